@@ -1,0 +1,721 @@
+//! The running instance: storage, keyring and rules wired together.
+//!
+//! HTTP handlers and the CLI call into [`App`]; it owns start-up checks (key
+//! canary, migrations, first admin token), the integrity check that binds
+//! seat rows to sealed licenses, and the draining flag.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+use crate::config::{Config, DatabaseConfig};
+use crate::crypto::keyring::{parse_key_list, Keyring, MasterKey, SealContext, SealError};
+use crate::crypto::{random_hex, sha256_hex, Secret};
+use crate::domain::identity::{new_identity_id, new_identity_secret, valid_identity_id, IdentityString};
+use crate::domain::license::{self, LicenseError, VendorKey};
+use crate::domain::seats::{FeatureUsage, Grant, GrantRequest, LeaseRef, Renewal, Role, SeatError};
+use crate::storage::{
+    mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, IdentityRow,
+    LicenseRecord, Storage, StorageError, TokenRow,
+};
+
+const CANARY_PLAINTEXT: &[u8] = b"floatlm key canary v1";
+/// Request ids are kept this long for idempotent retries.
+const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    License(#[from] LicenseError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Seat(#[from] SeatError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for AppError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Conflict(m) => AppError::Conflict(m),
+            StorageError::NotFound(m) => AppError::NotFound(m),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Why an instance refuses to start; each says what to do.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("master key refused: {0}")]
+    Key(String),
+}
+
+/// Features refused by the integrity check, by name, with the reason.
+type Refusals = BTreeMap<String, String>;
+
+pub struct App {
+    pub config: Config,
+    pub storage: Arc<dyn Storage>,
+    keyring: Keyring,
+    vendor_keys: RwLock<Vec<VendorKey>>,
+    draining: AtomicBool,
+    refused: RwLock<Refusals>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Opens the configured storage backend.
+pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
+    Ok(match &config.database {
+        DatabaseConfig::Sqlite(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StartError::Io(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            Arc::new(SqliteStorage::open(path).await?)
+        }
+        DatabaseConfig::Mysql(url) => Arc::new(MySqlStorage::connect(url.expose(), config.max_connections).await?),
+    })
+}
+
+/// Writes a secret file readable only by its owner.
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Loads DATA_DIR/master.key, generating it on first start (SQLite only).
+fn load_or_generate_key(config: &Config) -> Result<Vec<MasterKey>, StartError> {
+    if let Some(keys) = &config.master_keys {
+        return Ok(keys.clone());
+    }
+    let path = config.data_dir.join("master.key");
+    if path.exists() {
+        let text = Secret::new(
+            std::fs::read_to_string(&path).map_err(|e| StartError::Io(format!("cannot read {}: {e}", path.display())))?,
+        );
+        return parse_key_list(text.expose()).map_err(|e| StartError::Key(format!("{}: {e}", path.display())));
+    }
+    let key = MasterKey::generate("k1").expect("static id is valid");
+    write_private_file(&path, &format!("{}\n", key.to_spec().as_str()))
+        .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
+    tracing::warn!(
+        path = %path.display(),
+        "GENERATED A NEW MASTER KEY: every license and identity secret is sealed with it. \
+         Back this file up; without it the database cannot be read."
+    );
+    Ok(vec![key])
+}
+
+fn canary_ctx(key_id: &str) -> SealContext<'_> {
+    SealContext::new("keyring_canary", "sealed", key_id)
+}
+
+fn license_ctx(id: &str) -> SealContext<'_> {
+    SealContext::new("licenses", "sealed", id)
+}
+
+fn identity_ctx(id: &str) -> SealContext<'_> {
+    SealContext::new("identities", "sealed", id)
+}
+
+/// Proves the configured keys are the ones this database is sealed with.
+async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), StartError> {
+    let canaries = storage.canaries().await?;
+    let mut matched = false;
+    for (key_id, blob) in &canaries {
+        let Some(_) = ring.key(key_id) else { continue };
+        match ring.open(canary_ctx(key_id), blob) {
+            Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
+            _ => {
+                return Err(StartError::Key(format!(
+                    "master key '{key_id}' is not the key this database was sealed with (same id, different bytes); \
+                     start with the database's key"
+                )))
+            }
+        }
+    }
+    if !canaries.is_empty() && !matched {
+        let ids: Vec<&str> = canaries.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(StartError::Key(format!(
+            "this database is sealed with master key(s) {}, but this instance holds {}; configure the database's key \
+             (add a new key after it, then run `floatlm admin rotate-key`, to change keys)",
+            ids.join(", "),
+            ring.key_ids().join(", ")
+        )));
+    }
+    let sealing = ring.sealing_key().id().to_string();
+    if !canaries.iter().any(|(k, _)| *k == sealing) {
+        storage
+            .insert_canary(&sealing, &ring.seal(canary_ctx(&sealing), CANARY_PLAINTEXT))
+            .await?;
+        // Another instance may have raced us with a different key of the same id.
+        let again = storage.canaries().await?;
+        if let Some((_, blob)) = again.iter().find(|(k, _)| *k == sealing) {
+            if ring.open(canary_ctx(&sealing), blob).is_err() {
+                return Err(StartError::Key(format!(
+                    "another instance registered a different master key '{sealing}' for this database at the same moment"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An admin token as handed out once: `flt_<id>_<secret>`.
+fn new_token() -> (String, Secret) {
+    use base64::Engine;
+    let id = random_hex(8);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::random_bytes(32));
+    let token = Secret::new(format!("flt_{id}_{secret}"));
+    (id, token)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LicenseView {
+    pub license_id: String,
+    pub serial: i64,
+    pub customer: String,
+    pub vendor_key_id: String,
+    pub applied_at: DateTime<Utc>,
+    /// "ok", or why the stored license is refused.
+    pub status: String,
+    pub features: Vec<license::FeatureDef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeatureView {
+    #[serde(flatten)]
+    pub usage: FeatureUsage,
+    /// Set when the integrity check refuses this feature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityView {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<&IdentityRow> for IdentityView {
+    fn from(r: &IdentityRow) -> Self {
+        IdentityView {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrityReport {
+    pub licenses_checked: usize,
+    pub refused: Refusals,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RotateReport {
+    pub sealing_key: String,
+    pub resealed: usize,
+    pub already_current: usize,
+}
+
+impl App {
+    /// Everything an instance does before it listens: key, database,
+    /// migrations, canary, first admin token, first integrity check.
+    pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::Io(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+        let keys = load_or_generate_key(&config)?;
+        let keyring = Keyring::new(keys).map_err(|e| StartError::Key(e.to_string()))?;
+        let storage = open_storage(&config).await?;
+        storage.migrate().await?;
+        check_canary(storage.as_ref(), &keyring).await?;
+        let app = Arc::new(App {
+            vendor_keys: RwLock::new(config.vendor_keys.clone()),
+            storage,
+            keyring,
+            draining: AtomicBool::new(false),
+            refused: RwLock::new(Refusals::new()),
+            started_at: Utc::now(),
+            config,
+        });
+        app.bootstrap_token().await?;
+        let report = app.verify_integrity().await.map_err(|e| StartError::Io(e.to_string()))?;
+        for (feature, why) in &report.refused {
+            tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
+        }
+        Ok(app)
+    }
+
+    async fn bootstrap_token(&self) -> Result<(), StartError> {
+        if self.config.admin_token.is_some() {
+            return Ok(());
+        }
+        let (id, token) = new_token();
+        let row = TokenRow {
+            id,
+            name: "bootstrap".into(),
+            role: Role::Admin,
+            token_hash: sha256_hex(token.expose().as_bytes()),
+            created_at: Utc::now(),
+            revoked_at: None,
+        };
+        if self.storage.insert_first_token(&row).await? {
+            let path = self.config.data_dir.join("admin.token");
+            let _ = std::fs::remove_file(&path);
+            write_private_file(&path, &format!("{}\n", token.expose()))
+                .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
+            tracing::warn!(path = %path.display(), "generated the first admin token (role admin); `floatlm admin` reads it from there");
+        }
+        Ok(())
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.storage.backend()
+    }
+
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keyring.key_ids()
+    }
+
+    /// Trusts one more vendor key (the demo key of `serve --demo`).
+    pub fn trust_vendor_key(&self, key: VendorKey) {
+        let mut keys = self.vendor_keys.write().expect("lock");
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ok when this instance can serve; otherwise why not.
+    pub async fn health(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining: this instance is shutting down".into());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+            Err(_) => Err("database did not answer within 2 s".into()),
+        }
+    }
+
+    // ---------------------------------------------------------------- licenses
+
+    /// Verifies, seals and stores a license file; creates or resizes slots.
+    pub async fn apply_license(&self, text: &str) -> Result<(ApplyOutcome, license::VerifiedLicense), AppError> {
+        let keys = self.vendor_keys.read().expect("lock").clone();
+        if keys.is_empty() {
+            return Err(AppError::License(LicenseError::UnknownKey(
+                "(none configured: set vendor_keys to the vendor's .pub file)".into(),
+            )));
+        }
+        let v = license::verify(text, &keys)?;
+        let record = LicenseRecord {
+            license_id: v.def.license_id.clone(),
+            serial: v.def.serial as i64,
+            customer: v.def.customer.clone(),
+            vendor_key_id: v.vendor_key_id.clone(),
+            digest: v.digest.clone(),
+            sealed: self.keyring.seal(license_ctx(&v.def.license_id), v.raw.as_bytes()),
+            features: v.def.features.clone(),
+        };
+        let outcome = self.storage.apply_license(&record).await?;
+        tracing::info!(license = %v.def.license_id, serial = v.def.serial, ?outcome, "license applied");
+        self.verify_integrity().await?;
+        Ok((outcome, v))
+    }
+
+    /// Opens and re-verifies a stored license.
+    fn open_license(&self, license_id: &str, sealed: &[u8], digest: &str) -> Result<license::VerifiedLicense, String> {
+        let text = self
+            .keyring
+            .open(license_ctx(license_id), sealed)
+            .map_err(|e: SealError| format!("stored license {license_id} refused: {e}"))?;
+        let text = std::str::from_utf8(&text).map_err(|_| format!("stored license {license_id} is not text"))?;
+        let keys = self.vendor_keys.read().expect("lock").clone();
+        let v = license::verify(text, &keys).map_err(|e| format!("stored license {license_id} refused: {e}"))?;
+        if v.def.license_id != license_id || v.digest != digest {
+            return Err(format!("stored license {license_id} refused: its row does not match the sealed file"));
+        }
+        Ok(v)
+    }
+
+    pub async fn licenses(&self) -> Result<Vec<LicenseView>, AppError> {
+        let rows = self.storage.licenses().await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let opened = self.open_license(&r.license_id, &r.sealed, &r.digest);
+                LicenseView {
+                    status: opened.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
+                    features: opened.map(|v| v.def.features).unwrap_or_default(),
+                    license_id: r.license_id,
+                    serial: r.serial,
+                    customer: r.customer,
+                    vendor_key_id: r.vendor_key_id,
+                    applied_at: r.applied_at,
+                }
+            })
+            .collect())
+    }
+
+    /// Checks that every feature row and its active slot count match the
+    /// sealed, signed license; refuses the features that do not.
+    pub async fn verify_integrity(&self) -> Result<IntegrityReport, AppError> {
+        let mut report = self.integrity_pass().await?;
+        if !report.refused.is_empty() {
+            // A license applied between our two reads looks like a mismatch;
+            // only what survives a second look is refused.
+            report = self.integrity_pass().await?;
+        }
+        *self.refused.write().expect("lock") = report.refused.clone();
+        Ok(report)
+    }
+
+    async fn integrity_pass(&self) -> Result<IntegrityReport, AppError> {
+        let licenses = self.storage.licenses().await?;
+        let rows = self.storage.feature_rows().await?;
+        let mut refused = Refusals::new();
+        for lic in &licenses {
+            let opened = self.open_license(&lic.license_id, &lic.sealed, &lic.digest);
+            for row in rows.iter().filter(|r| r.license_id == lic.license_id) {
+                let problem = match &opened {
+                    Err(e) => Some(e.clone()),
+                    Ok(v) => {
+                        let def = v.def.features.iter().find(|f| f.name == row.name);
+                        let seats = def.map(|f| f.seats as i64).unwrap_or(0);
+                        let window_ok = def.is_none_or(|f| f.not_before == row.not_before && f.expires == row.expires_at);
+                        if row.seats != seats || row.active_slots != seats || !window_ok {
+                            Some(format!(
+                                "license {} grants {seats} seats of '{}' but the database holds {} active slots (seats column {}){}; \
+                                 the seat rows were edited outside floatlm — re-apply the license file to repair them",
+                                lic.license_id,
+                                row.name,
+                                row.active_slots,
+                                row.seats,
+                                if window_ok { "" } else { " and a different validity window" }
+                            ))
+                        } else {
+                            None
+                        }
+                    }
+                };
+                if let Some(p) = problem {
+                    refused.entry(row.name.clone()).or_insert(p);
+                }
+            }
+        }
+        for row in &rows {
+            if row.seats > 0 && !licenses.iter().any(|l| l.license_id == row.license_id) {
+                refused.entry(row.name.clone()).or_insert(format!(
+                    "feature row {} names license {}, which is not stored; it was inserted outside floatlm",
+                    row.id, row.license_id
+                ));
+            }
+        }
+        Ok(IntegrityReport {
+            licenses_checked: licenses.len(),
+            refused,
+        })
+    }
+
+    pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
+        let rows = self.storage.feature_rows().await?;
+        let refused = self.refused.read().expect("lock").clone();
+        Ok(usage_by_name(&rows)
+            .into_iter()
+            .map(|usage| FeatureView {
+                refused: refused.get(&usage.name).cloned(),
+                usage,
+            })
+            .collect())
+    }
+
+    // ------------------------------------------------------------------ seats
+
+    pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
+            return Err(SeatError::Refused(req.feature.clone(), why.clone()));
+        }
+        self.storage.grant(req).await
+    }
+
+    pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
+        Ok(self.storage.renew(holder, leases, self.config.lease_ttl).await?)
+    }
+
+    pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
+        Ok(self.storage.release(holder, lease).await?)
+    }
+
+    pub async fn force_release(&self, lease: LeaseRef) -> Result<(), AppError> {
+        if self.storage.force_release(lease).await? {
+            tracing::info!(%lease, "lease force-released by an operator");
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!("lease {lease} is not live (already released, expired or re-granted)")))
+        }
+    }
+
+    // -------------------------------------------------------------- identities
+
+    /// Creates an identity; the returned string is the only copy of the secret
+    /// outside the sealed row.
+    pub async fn create_identity(
+        &self,
+        name: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(IdentityView, IdentityString), AppError> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+            return Err(AppError::BadRequest("identity name must be 1-128 printable characters".into()));
+        }
+        let id = new_identity_id();
+        let secret = new_identity_secret();
+        let row = IdentityRow {
+            sealed: self.keyring.seal(identity_ctx(&id), secret.expose().as_bytes()),
+            id: id.clone(),
+            name: name.to_string(),
+            created_at: Utc::now(),
+            expires_at,
+            revoked_at: None,
+        };
+        self.storage.insert_identity(&row).await?;
+        let stored = self
+            .storage
+            .identity(&id)
+            .await?
+            .ok_or_else(|| AppError::Internal("identity vanished after insert".into()))?;
+        tracing::info!(identity = %id, %name, "identity created");
+        Ok((
+            IdentityView::from(&stored),
+            IdentityString {
+                id,
+                secret,
+                address: self.config.public_address.clone(),
+            },
+        ))
+    }
+
+    pub async fn identities(&self) -> Result<Vec<IdentityView>, AppError> {
+        Ok(self.storage.identities().await?.iter().map(IdentityView::from).collect())
+    }
+
+    /// The identity's secret, opened (used by the protocol handshake).
+    pub async fn identity_secret(&self, id: &str) -> Result<Option<(IdentityRow, Secret)>, AppError> {
+        if !valid_identity_id(id) {
+            return Ok(None);
+        }
+        let Some(row) = self.storage.identity(id).await? else {
+            return Ok(None);
+        };
+        let secret = self
+            .keyring
+            .open(identity_ctx(id), &row.sealed)
+            .map_err(|e| AppError::Internal(format!("identity {id}: {e}")))?;
+        let secret = String::from_utf8(secret.to_vec()).map_err(|_| AppError::Internal(format!("identity {id}: secret is not text")))?;
+        Ok(Some((row, Secret::new(secret))))
+    }
+
+    pub async fn revoke_identity(&self, id: &str) -> Result<(), AppError> {
+        if self.storage.revoke_identity(id).await? {
+            tracing::info!(identity = %id, "identity revoked");
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!("identity {id} does not exist or is already revoked")))
+        }
+    }
+
+    // ------------------------------------------------------------------ tokens
+
+    /// Which role a bearer token carries, if any.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Role>, AppError> {
+        if let Some(cfg) = &self.config.admin_token {
+            if bool::from(cfg.expose().as_bytes().ct_eq(token.as_bytes())) {
+                return Ok(Some(Role::Admin));
+            }
+        }
+        if !token.starts_with("flt_") || token.len() > 200 {
+            return Ok(None);
+        }
+        Ok(self
+            .storage
+            .token_by_hash(&sha256_hex(token.as_bytes()))
+            .await?
+            .map(|t| t.role))
+    }
+
+    pub async fn create_token(&self, name: &str, role: Role) -> Result<(TokenView, Secret), AppError> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+            return Err(AppError::BadRequest("token name must be 1-128 printable characters".into()));
+        }
+        let (id, token) = new_token();
+        let row = TokenRow {
+            id: id.clone(),
+            name: name.to_string(),
+            role,
+            token_hash: sha256_hex(token.expose().as_bytes()),
+            created_at: Utc::now(),
+            revoked_at: None,
+        };
+        self.storage.insert_token(&row).await?;
+        tracing::info!(token = %id, role = role.as_str(), "admin token created");
+        Ok((
+            TokenView {
+                id,
+                name: row.name,
+                role,
+                created_at: row.created_at,
+                revoked_at: None,
+            },
+            token,
+        ))
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, AppError> {
+        Ok(self
+            .storage
+            .tokens()
+            .await?
+            .into_iter()
+            .map(|t| TokenView {
+                id: t.id,
+                name: t.name,
+                role: t.role,
+                created_at: t.created_at,
+                revoked_at: t.revoked_at,
+            })
+            .collect())
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), AppError> {
+        if self.storage.revoke_token(id).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!("token {id} does not exist or is already revoked")))
+        }
+    }
+
+    // --------------------------------------------------------------- rotation
+
+    /// Re-seals every blob under the newest key, then keeps only its canary.
+    pub async fn rotate_key(&self) -> Result<RotateReport, AppError> {
+        let sealing = self.keyring.sealing_key().id().to_string();
+        check_canary(self.storage.as_ref(), &self.keyring)
+            .await
+            .map_err(|e| AppError::Conflict(e.to_string()))?;
+        let mut resealed = 0;
+        let mut already_current = 0;
+        for row in self.storage.sealed_rows().await? {
+            if Keyring::blob_key_id(&row.sealed).ok() == Some(sealing.as_str()) {
+                already_current += 1;
+                continue;
+            }
+            let ctx = SealContext::new(row.kind.table(), "sealed", &row.row_id);
+            let plain = self.keyring.open(ctx, &row.sealed).map_err(|e| {
+                AppError::Conflict(format!("{} row {} cannot be re-sealed: {e}", row.kind.table(), row.row_id))
+            })?;
+            let new = self.keyring.seal(ctx, &plain);
+            if self.storage.reseal(row.kind, &row.row_id, &row.sealed, &new).await? {
+                resealed += 1;
+            }
+        }
+        // Only drop older canaries once nothing is left under older keys.
+        let leftover = self
+            .storage
+            .sealed_rows()
+            .await?
+            .iter()
+            .filter(|r| Keyring::blob_key_id(&r.sealed).ok() != Some(sealing.as_str()))
+            .count();
+        if leftover == 0 {
+            self.storage.retain_canary(&sealing).await?;
+        }
+        tracing::info!(%sealing, resealed, "master key rotation finished");
+        Ok(RotateReport {
+            sealing_key: sealing,
+            resealed,
+            already_current,
+        })
+    }
+
+    /// Periodic upkeep: integrity check and request-id purge, until `stop`.
+    pub async fn maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.integrity_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match self.verify_integrity().await {
+                Ok(r) => {
+                    for (feature, why) in &r.refused {
+                        tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "integrity check could not run"),
+            }
+            if let Err(e) = self.storage.purge_requests(REQUEST_ID_RETENTION).await {
+                tracing::warn!(error = %e, "could not purge old request ids");
+            }
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! One validated [`Config`] from, in rising strength: an INI file,
+//! `FLOATLM_*` environment variables, command-line flags.
+//!
+//! Every value remembers where it came from, so a bad one fails start-up with
+//! a message naming the key, its source and what is allowed. Secrets may be
+//! given as `*_file` paths (handy for container secrets) and never print.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+use crate::crypto::keyring::{parse_key_list, MasterKey};
+use crate::crypto::Secret;
+use crate::domain::license::VendorKey;
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("the built-in default"),
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(n) => write!(f, "flag {n}"),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config key '{key}' (from {from}) is invalid: {reason}")]
+    Invalid {
+        key: &'static str,
+        from: Source,
+        reason: String,
+    },
+    #[error("cannot read config file {0}: {1}")]
+    File(PathBuf, String),
+    #[error("config file {path}: unknown key '{key}' in section [{section}]; known keys are listed in config/floatlm.ini")]
+    UnknownKey {
+        path: PathBuf,
+        section: String,
+        key: String,
+    },
+    #[error("{0}")]
+    Missing(String),
+}
+
+/// Every key: (INI section, key). Env is FLOATLM_<KEY>, flag is --<key with ->.
+pub const KEYS: &[(&str, &str)] = &[
+    ("server", "listen"),
+    ("server", "admin_listen"),
+    ("server", "public_address"),
+    ("server", "instance_id"),
+    ("server", "data_dir"),
+    ("server", "drain_delay"),
+    ("server", "max_body_bytes"),
+    ("database", "database_url"),
+    ("database", "database_url_file"),
+    ("database", "max_connections"),
+    ("security", "master_key"),
+    ("security", "master_key_file"),
+    ("security", "vendor_keys"),
+    ("security", "admin_token"),
+    ("security", "admin_token_file"),
+    ("leases", "lease_ttl"),
+    ("leases", "integrity_interval"),
+    ("logging", "log_format"),
+    ("logging", "log_level"),
+];
+
+pub fn env_name(key: &str) -> String {
+    format!("FLOATLM_{}", key.to_ascii_uppercase())
+}
+
+pub fn flag_name(key: &str) -> String {
+    format!("--{}", key.replace('_', "-"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Which database, with any password kept secret.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    Sqlite(PathBuf),
+    Mysql(Secret),
+}
+
+/// The validated configuration. `Debug` never shows secrets.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// HOST:PORT written into identity strings.
+    pub public_address: String,
+    pub instance_id: String,
+    pub data_dir: PathBuf,
+    pub drain_delay: Duration,
+    pub max_body_bytes: usize,
+    pub database: DatabaseConfig,
+    pub max_connections: u32,
+    /// None: generate or load DATA_DIR/master.key (SQLite only).
+    pub master_keys: Option<Vec<MasterKey>>,
+    pub vendor_keys: Vec<VendorKey>,
+    pub admin_token: Option<Secret>,
+    pub lease_ttl: Duration,
+    pub integrity_interval: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Where every effective value came from, for `config check`.
+    pub sources: BTreeMap<&'static str, Source>,
+}
+
+/// Raw layered values before validation.
+#[derive(Debug, Default, Clone)]
+pub struct Layers {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl Layers {
+    fn set(&mut self, key: &'static str, value: String, source: Source) {
+        self.values.insert(key, (value, source));
+    }
+
+    /// Reads the INI file at `path`.
+    pub fn file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File(path.to_path_buf(), e.to_string()))?;
+        let ini = ini::Ini::load_from_str(&text)
+            .map_err(|e| ConfigError::File(path.to_path_buf(), e.to_string()))?;
+        for (section, props) in ini.iter() {
+            let section = section.unwrap_or("");
+            for (k, v) in props.iter() {
+                let key = KEYS
+                    .iter()
+                    .find(|(s, name)| *name == k && (section.is_empty() || *s == section))
+                    .map(|(_, name)| *name)
+                    .ok_or_else(|| ConfigError::UnknownKey {
+                        path: path.to_path_buf(),
+                        section: section.to_string(),
+                        key: k.to_string(),
+                    })?;
+                self.set(key, v.to_string(), Source::File(path.to_path_buf()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads FLOATLM_* variables from `env`.
+    pub fn env<'a>(&mut self, env: impl Fn(&str) -> Option<String> + 'a) {
+        for (_, key) in KEYS {
+            let name = env_name(key);
+            if let Some(v) = env(&name) {
+                self.set(key, v, Source::Env(name));
+            }
+        }
+    }
+
+    /// Applies one command-line flag value.
+    pub fn flag(&mut self, key: &'static str, value: Option<impl ToString>) {
+        if let Some(v) = value {
+            self.set(key, v.to_string(), Source::Flag(flag_name(key)));
+        }
+    }
+
+    fn get(&self, key: &'static str) -> Option<&(String, Source)> {
+        self.values.get(key).filter(|(v, _)| !v.trim().is_empty())
+    }
+
+    /// Validates everything into a [`Config`].
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        let sources = std::cell::RefCell::new(BTreeMap::new());
+        let take = |key: &'static str, default: Option<&str>| -> Option<(String, Source)> {
+            let v = match self.get(key) {
+                Some((v, s)) => Some((v.trim().to_string(), s.clone())),
+                None => default.map(|d| (d.to_string(), Source::Default)),
+            };
+            if let Some((_, s)) = &v {
+                sources.borrow_mut().insert(key, s.clone());
+            }
+            v
+        };
+        fn invalid(key: &'static str, source: &Source, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                from: source.clone(),
+                reason: reason.into(),
+            }
+        }
+        fn addr(key: &'static str, v: &(String, Source)) -> Result<SocketAddr, ConfigError> {
+            v.0.parse()
+                .map_err(|_| invalid(key, &v.1, format!("'{}' is not IP:PORT (for example 127.0.0.1:8990 or 0.0.0.0:8990)", v.0)))
+        }
+        fn secs(key: &'static str, v: &(String, Source), min: f64, max: f64) -> Result<Duration, ConfigError> {
+            let d = parse_duration(&v.0).ok_or_else(|| {
+                invalid(key, &v.1, format!("'{}' is not a duration (examples: 30s, 2m, 1h, 500ms)", v.0))
+            })?;
+            let s = d.as_secs_f64();
+            if s < min || s > max {
+                return Err(invalid(key, &v.1, format!("{s}s is outside the allowed range {min}s..={max}s")));
+            }
+            Ok(d)
+        }
+        /// The value of `key`, or the contents of the file named by `key_file`.
+        fn secret_or_file(
+            direct: Option<(String, Source)>,
+            file: Option<(String, Source)>,
+            key: &'static str,
+            key_file: &'static str,
+        ) -> Result<Option<(Secret, Source)>, ConfigError> {
+            match (direct, file) {
+                (Some(_), Some((_, s))) => Err(invalid(key_file, &s, format!("set either {key} or {key_file}, not both"))),
+                (Some((v, s)), None) => Ok(Some((Secret::new(v), s))),
+                (None, Some((p, s))) => {
+                    let text = std::fs::read_to_string(&p)
+                        .map_err(|e| invalid(key_file, &s, format!("cannot read {p}: {e}")))?;
+                    Ok(Some((Secret::new(text.trim().to_string()), s)))
+                }
+                (None, None) => Ok(None),
+            }
+        }
+
+        let listen_v = take("listen", Some("127.0.0.1:8990")).unwrap();
+        let listen = addr("listen", &listen_v)?;
+        let admin_listen = addr("admin_listen", &take("admin_listen", Some("127.0.0.1:8991")).unwrap())?;
+        let public_address = match take("public_address", None) {
+            Some((v, s)) => {
+                let ok = v
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !v.contains(['@', ' ', '/']));
+                if !ok {
+                    return Err(invalid("public_address", &s, format!("'{v}' is not HOST:PORT")));
+                }
+                v
+            }
+            None => listen.to_string(),
+        };
+        let instance_id = match take("instance_id", None) {
+            Some((v, s)) => {
+                if !crate::domain::valid_name(&v) {
+                    return Err(invalid("instance_id", &s, "use 1-64 characters of A-Z a-z 0-9 _ . -"));
+                }
+                v
+            }
+            None => format!("i-{}", crate::crypto::random_hex(4)),
+        };
+        let data_dir = PathBuf::from(take("data_dir", Some("./floatlm-data")).unwrap().0);
+        let drain_delay = secs("drain_delay", &take("drain_delay", Some("5s")).unwrap(), 0.0, 600.0)?;
+        let body_v = take("max_body_bytes", Some("1048576")).unwrap();
+        let max_body_bytes: usize = body_v
+            .0
+            .parse()
+            .ok()
+            .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+            .ok_or_else(|| invalid("max_body_bytes", &body_v.1, "a whole number of bytes between 1024 and 67108864"))?;
+
+        let db = secret_or_file(
+            take("database_url", None),
+            take("database_url_file", None),
+            "database_url",
+            "database_url_file",
+        )?;
+        let database = match db {
+            None => {
+                sources.borrow_mut().insert("database_url", Source::Default);
+                DatabaseConfig::Sqlite(data_dir.join("floatlm.db"))
+            }
+            Some((url, s)) => {
+                let u = url.expose();
+                if let Some(rest) = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")) {
+                    let path = rest.split('?').next().unwrap_or("");
+                    if path.is_empty() {
+                        return Err(invalid("database_url", &s, "sqlite: URL names no file (example: sqlite:///var/lib/floatlm/floatlm.db)"));
+                    }
+                    DatabaseConfig::Sqlite(PathBuf::from(path))
+                } else if u.starts_with("mysql://") || u.starts_with("mariadb://") {
+                    let u = u.replacen("mariadb://", "mysql://", 1);
+                    let after = u.trim_start_matches("mysql://");
+                    let db = after.rsplit_once('/').map(|(_, d)| d.split('?').next().unwrap_or(""));
+                    if db.is_none_or(|d| d.is_empty()) {
+                        return Err(invalid("database_url", &s, "a MySQL URL must name the database: mysql://USER:PASS@HOST:3306/DATABASE"));
+                    }
+                    DatabaseConfig::Mysql(Secret::new(u))
+                } else {
+                    return Err(invalid("database_url", &s, "use sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE"));
+                }
+            }
+        };
+        let mc_v = take("max_connections", Some("16")).unwrap();
+        let max_connections: u32 = mc_v
+            .0
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| invalid("max_connections", &mc_v.1, "a whole number between 1 and 1000"))?;
+
+        let mk = secret_or_file(take("master_key", None), take("master_key_file", None), "master_key", "master_key_file")?;
+        let master_keys = match mk {
+            None => {
+                if matches!(database, DatabaseConfig::Mysql(_)) {
+                    return Err(ConfigError::Missing(
+                        "a MySQL/MariaDB database needs master_key or master_key_file (every instance must hold the same keys); \
+                         generate one with: echo \"k1:$(head -c 32 /dev/urandom | base64)\""
+                            .into(),
+                    ));
+                }
+                None
+            }
+            Some((spec, s)) => {
+                let key = if s == Source::Default { "master_key" } else { key_of(&s, "master_key", "master_key_file") };
+                Some(parse_key_list(spec.expose()).map_err(|e| invalid(key, &s, e.to_string()))?)
+            }
+        };
+
+        let mut vendor_keys = Vec::new();
+        if let Some((v, s)) = take("vendor_keys", None) {
+            for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let text = if Path::new(item).exists() || item.ends_with(".pub") {
+                    std::fs::read_to_string(item)
+                        .map_err(|e| invalid("vendor_keys", &s, format!("cannot read vendor key file {item}: {e}")))?
+                } else {
+                    item.to_string()
+                };
+                let key = VendorKey::parse(&text).map_err(|e| invalid("vendor_keys", &s, format!("{item}: {e}")))?;
+                if !vendor_keys.contains(&key) {
+                    vendor_keys.push(key);
+                }
+            }
+        }
+
+        let admin_token = secret_or_file(take("admin_token", None), take("admin_token_file", None), "admin_token", "admin_token_file")?
+            .map(|(t, s)| {
+                if t.expose().len() < 16 {
+                    Err(invalid("admin_token", &s, "an admin token must be at least 16 characters"))
+                } else {
+                    Ok(t)
+                }
+            })
+            .transpose()?;
+
+        let lease_ttl = secs("lease_ttl", &take("lease_ttl", Some("60s")).unwrap(), 5.0, 86400.0)?;
+        let integrity_interval =
+            secs("integrity_interval", &take("integrity_interval", Some("30s")).unwrap(), 1.0, 3600.0)?;
+        let lf = take("log_format", Some("text")).unwrap();
+        let log_format = match lf.0.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log_format", &lf.1, format!("'{other}' is not text or json"))),
+        };
+        let ll = take("log_level", Some("info")).unwrap();
+        if tracing_subscriber::EnvFilter::try_new(&ll.0).is_err() {
+            return Err(invalid("log_level", &ll.1, "use error, warn, info, debug, trace or a tracing filter"));
+        }
+        Ok(Config {
+            listen,
+            admin_listen,
+            public_address,
+            instance_id,
+            data_dir,
+            drain_delay,
+            max_body_bytes,
+            database,
+            max_connections,
+            master_keys,
+            vendor_keys,
+            admin_token,
+            lease_ttl,
+            integrity_interval,
+            log_format,
+            log_level: ll.0,
+            sources: sources.into_inner(),
+        })
+    }
+}
+
+fn key_of(s: &Source, direct: &'static str, file: &'static str) -> &'static str {
+    let is_file = match s {
+        Source::Env(n) => n.ends_with("_FILE"),
+        Source::Flag(n) => n.ends_with("-file"),
+        _ => false,
+    };
+    if is_file {
+        file
+    } else {
+        direct
+    }
+}
+
+/// Parses `30s`, `2m`, `1h`, `500ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().ok()?;
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(v * mult))
+}
+
+impl Config {
+    /// The effective configuration as INI-like lines, secrets redacted.
+    pub fn describe(&self) -> String {
+        let src = |k: &str| {
+            self.sources
+                .get(k)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "the built-in default".into())
+        };
+        let db = match &self.database {
+            DatabaseConfig::Sqlite(p) => format!("sqlite://{}", p.display()),
+            DatabaseConfig::Mysql(u) => redact_url(u.expose()),
+        };
+        let keys = match &self.master_keys {
+            Some(k) => format!(
+                "{} (key ids: {}; the last seals)",
+                "[redacted]",
+                k.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
+            ),
+            None => format!("(not set: generated/loaded {})", self.data_dir.join("master.key").display()),
+        };
+        let vk: Vec<String> = self.vendor_keys.iter().map(|k| k.id()).collect();
+        let lines = [
+            ("listen", self.listen.to_string()),
+            ("admin_listen", self.admin_listen.to_string()),
+            ("public_address", self.public_address.clone()),
+            ("instance_id", self.instance_id.clone()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("drain_delay", format!("{}s", self.drain_delay.as_secs_f64())),
+            ("max_body_bytes", self.max_body_bytes.to_string()),
+            ("database_url", db),
+            ("max_connections", self.max_connections.to_string()),
+            ("master_key", keys),
+            ("vendor_keys", if vk.is_empty() { "(none: no license can be applied)".into() } else { vk.join(", ") }),
+            ("admin_token", if self.admin_token.is_some() { "[redacted]".into() } else { "(not set)".into() }),
+            ("lease_ttl", format!("{}s", self.lease_ttl.as_secs_f64())),
+            ("integrity_interval", format!("{}s", self.integrity_interval.as_secs_f64())),
+            ("log_format", format!("{:?}", self.log_format).to_lowercase()),
+            ("log_level", self.log_level.clone()),
+        ];
+        let mut out = String::new();
+        for (k, v) in lines {
+            out.push_str(&format!("{k} = {v}    ; from {}\n", src(k)));
+        }
+        out
+    }
+}
+
+/// A database URL with any password replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{}:[redacted]{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Layers::default().build().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8990");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8991");
+        assert!(matches!(c.database, DatabaseConfig::Sqlite(_)));
+        assert_eq!(c.lease_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.ini");
+        std::fs::write(&p, "[server]\nlisten = 127.0.0.1:1\nadmin_listen = 127.0.0.1:2\n[leases]\nlease_ttl = 10s\n").unwrap();
+        let mut l = Layers::default();
+        l.file(&p).unwrap();
+        l.env(env_of(&[("FLOATLM_LISTEN", "127.0.0.1:3"), ("FLOATLM_LEASE_TTL", "20s")]));
+        l.flag("listen", Some("127.0.0.1:4"));
+        let c = l.build().unwrap();
+        assert_eq!(c.listen.port(), 4);
+        assert_eq!(c.admin_listen.port(), 2);
+        assert_eq!(c.lease_ttl, Duration::from_secs(20));
+        assert_eq!(c.sources["lease_ttl"], Source::Env("FLOATLM_LEASE_TTL".into()));
+    }
+
+    #[test]
+    fn errors_name_key_source_and_rule() {
+        let mut l = Layers::default();
+        l.env(env_of(&[("FLOATLM_LEASE_TTL", "forever")]));
+        let e = l.build().unwrap_err().to_string();
+        assert!(e.contains("lease_ttl") && e.contains("FLOATLM_LEASE_TTL") && e.contains("duration"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f.ini");
+        std::fs::write(&p, "[server]\nlistne = 1\n").unwrap();
+        let e = Layers::default().file(&p).unwrap_err().to_string();
+        assert!(e.contains("listne"), "{e}");
+    }
+
+    #[test]
+    fn mysql_needs_a_master_key_and_secrets_do_not_print() {
+        let mut l = Layers::default();
+        l.flag("database_url", Some("mysql://root:hunter2@127.0.0.1:3306/floatlm"));
+        let e = l.build().unwrap_err().to_string();
+        assert!(e.contains("master_key"), "{e}");
+        assert!(!e.contains("hunter2"));
+        l.flag("master_key", Some(format!("k1:{}", "A".repeat(43) + "=")));
+        let c = l.build().unwrap();
+        let shown = format!("{c:?}{}", c.describe());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains(&"A".repeat(43)), "{shown}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(redact_url("mysql://u:p@h:1/d"), "mysql://u:[redacted]@h:1/d");
+    }
+}

@@ -1,0 +1,188 @@
+//! The admin API (`/admin/v1/…`), on its own listener, behind bearer tokens
+//! with roles: monitor reads, operator also force-releases leases, admin does
+//! everything.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+use super::ApiError;
+use crate::app::App;
+use crate::domain::seats::{LeaseRef, Role};
+
+/// The caller's role, from `Authorization: Bearer …`.
+pub struct Caller(pub Role);
+
+impl FromRequestParts<Arc<App>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing Authorization: Bearer <token> (see DATA_DIR/admin.token or `floatlm admin token create`)",
+                )
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authorization must be 'Bearer <token>'"))?;
+        match app.authenticate(token.trim()).await? {
+            Some(role) => Ok(Caller(role)),
+            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked admin token")),
+        }
+    }
+}
+
+impl Caller {
+    fn need(&self, role: Role) -> Result<(), ApiError> {
+        if self.0 >= role {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this needs the {} role; the token has {}", role.as_str(), self.0.as_str()),
+            ))
+        }
+    }
+}
+
+type Res = Result<Json<Value>, ApiError>;
+
+pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin/v1/status", get(status))
+        .route("/admin/v1/licenses", get(licenses).post(apply_license))
+        .route("/admin/v1/features", get(features))
+        .route("/admin/v1/leases", get(leases))
+        .route("/admin/v1/leases/{lease}", delete(release_lease))
+        .route("/admin/v1/identities", get(identities).post(create_identity))
+        .route("/admin/v1/identities/{id}", delete(revoke_identity))
+        .route("/admin/v1/tokens", get(tokens).post(create_token))
+        .route("/admin/v1/tokens/{id}", delete(revoke_token))
+        .route("/admin/v1/rotate-key", post(rotate_key))
+        .route("/admin/v1/verify", post(verify))
+}
+
+async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Monitor)?;
+    let health = app.health().await;
+    Ok(Json(json!({
+        "instance": app.instance_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend": app.backend(),
+        "started_at": app.started_at,
+        "healthy": health.is_ok(),
+        "reason": health.err(),
+        "draining": app.is_draining(),
+        "key_ids": app.key_ids(),
+        "lease_ttl_s": app.config.lease_ttl.as_secs_f64(),
+        "role": caller.0,
+    })))
+}
+
+async fn licenses(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(json!({ "licenses": app.licenses().await? })))
+}
+
+/// Body: the license file text as it is.
+async fn apply_license(State(app): State<Arc<App>>, caller: Caller, body: String) -> Res {
+    caller.need(Role::Admin)?;
+    let (outcome, v) = app.apply_license(&body).await?;
+    Ok(Json(json!({
+        "license_id": v.def.license_id,
+        "serial": v.def.serial,
+        "result": outcome,
+        "features": v.def.features,
+    })))
+}
+
+async fn features(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(json!({ "features": app.features().await? })))
+}
+
+async fn leases(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(json!({ "leases": app.storage.leases().await.map_err(crate::app::AppError::from)? })))
+}
+
+async fn release_lease(State(app): State<Arc<App>>, caller: Caller, Path(lease): Path<String>) -> Res {
+    caller.need(Role::Operator)?;
+    let lease: LeaseRef = lease.parse().map_err(ApiError::bad_request)?;
+    app.force_release(lease).await?;
+    Ok(Json(json!({ "released": lease })))
+}
+
+async fn identities(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Admin)?;
+    Ok(Json(json!({ "identities": app.identities().await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewIdentity {
+    name: String,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn create_identity(State(app): State<Arc<App>>, caller: Caller, body: Result<Json<NewIdentity>, axum::extract::rejection::JsonRejection>) -> Res {
+    caller.need(Role::Admin)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (view, ident) = app.create_identity(&req.name, req.expires_at).await?;
+    Ok(Json(json!({ "identity": view, "identity_string": ident.reveal() })))
+}
+
+async fn revoke_identity(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Res {
+    caller.need(Role::Admin)?;
+    app.revoke_identity(&id).await?;
+    Ok(Json(json!({ "revoked": id })))
+}
+
+async fn tokens(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Admin)?;
+    Ok(Json(json!({ "tokens": app.tokens().await? })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: Role,
+}
+
+async fn create_token(State(app): State<Arc<App>>, caller: Caller, body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>) -> Res {
+    caller.need(Role::Admin)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (view, token) = app.create_token(&req.name, req.role).await?;
+    Ok(Json(json!({ "token": view, "secret": token.expose() })))
+}
+
+async fn revoke_token(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Res {
+    caller.need(Role::Admin)?;
+    app.revoke_token(&id).await?;
+    Ok(Json(json!({ "revoked": id })))
+}
+
+async fn rotate_key(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Admin)?;
+    Ok(Json(serde_json::to_value(app.rotate_key().await?).unwrap_or_default()))
+}
+
+async fn verify(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Operator)?;
+    Ok(Json(serde_json::to_value(app.verify_integrity().await?).unwrap_or_default()))
+}

@@ -1,0 +1,70 @@
+//! Every error leaves as JSON `{"error": code, "message": text}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::app::AppError;
+use crate::domain::seats::SeatError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let msg = e.to_string();
+        match e {
+            AppError::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, "bad_request", msg),
+            AppError::License(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "license_invalid", msg),
+            AppError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", msg),
+            AppError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
+            AppError::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", msg),
+            AppError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
+            AppError::Seat(s) => s.into(),
+            AppError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg),
+            AppError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
+        }
+    }
+}
+
+impl From<SeatError> for ApiError {
+    fn from(e: SeatError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SeatError::NoSeat { .. } => Self::new(StatusCode::CONFLICT, "no_license", msg),
+            SeatError::UnknownFeature(_) => Self::new(StatusCode::NOT_FOUND, "unknown_feature", msg),
+            SeatError::Expired(_) => Self::new(StatusCode::FORBIDDEN, "license_expired", msg),
+            SeatError::Refused(..) => Self::new(StatusCode::FORBIDDEN, "license_refused", msg),
+            SeatError::RequestIdReused(_) => Self::new(StatusCode::CONFLICT, "request_id_reused", msg),
+            SeatError::Storage(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! HTTP: the licensing listener (healthz now, protocol routes later) and the
+//! admin listener, each an axum router; serving with drain on SIGTERM.
+
+pub mod admin;
+pub mod error;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::App;
+pub use error::ApiError;
+
+/// Response header naming the instance that answered.
+pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-ldk-server-instance");
+/// Request header the client sets to its own random id; proxies hash it.
+pub const CLIENT_INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-ldk-instance");
+pub const HEALTHZ_PATH: &str = "/sentinel/ldk/v1/healthz";
+
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    let body = |status: &str, reason: Option<String>| {
+        json!({
+            "status": status,
+            "instance": app.instance_id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": app.backend(),
+            "reason": reason,
+        })
+    };
+    match app.health().await {
+        Ok(()) => (StatusCode::OK, Json(body("ok", None))).into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, Json(body("unavailable", Some(why)))).into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn stamp_instance(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(app.instance_id()) {
+        resp.headers_mut().insert(INSTANCE_HEADER, v);
+    }
+    resp
+}
+
+/// Layers every router shares: body limit, panics as 500 JSON, tracing,
+/// instance header.
+fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
+    router
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), stamp_instance))
+        .layer(RequestBodyLimitLayer::new(app.config.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app.clone())
+}
+
+/// The licensing listener's router.
+pub fn licensing_router(app: &Arc<App>) -> Router {
+    common(Router::new().route(HEALTHZ_PATH, get(healthz)), app)
+}
+
+/// The admin listener's router.
+pub fn admin_router(app: &Arc<App>) -> Router {
+    common(admin::routes(app.clone()), app)
+}
+
+/// Serves both listeners until `shutdown` resolves, then drains: healthz
+/// turns 503 at once, requests keep being served for the drain delay, then
+/// the listeners stop accepting and in-flight requests finish.
+pub async fn serve(
+    app: Arc<App>,
+    licensing: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let drain_app = app.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        drain_app.set_draining();
+        tracing::info!(
+            delay_s = drain_app.config.drain_delay.as_secs_f64(),
+            "draining: healthz now answers 503; serving until the drain delay ends"
+        );
+        tokio::time::sleep(drain_app.config.drain_delay).await;
+        tracing::info!("drain delay over: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let maintenance = tokio::spawn(app.clone().maintenance(stop_rx.clone()));
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let lic = axum::serve(
+        licensing,
+        licensing_router(&app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait(stop_rx.clone()));
+    let adm = axum::serve(
+        admin,
+        admin_router(&app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait(stop_rx.clone()));
+    let (a, b) = tokio::join!(lic, adm);
+    let _ = maintenance.await;
+    a.and(b)
+}

@@ -1,0 +1,451 @@
+//! The trusted license storage: one trait, two backends written out plainly.
+//!
+//! * [`mysql::MySqlStorage`] — MySQL / MariaDB, shared by every instance of a
+//!   cluster (the HA setup).
+//! * [`sqlite::SqliteStorage`] — an embedded file, the zero-setup single node.
+//!
+//! Seats are pre-created slot rows. A slot moves only through single-row
+//! conditional UPDATEs whose WHERE checks the slot's own state and its
+//! `lease_gen` fencing token; time is the database's clock, read once per
+//! transaction. The SQL of each backend is in its own file so the differences
+//! stay visible; shared rules (how to resize, what to retry) live here.
+
+pub mod mysql;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Duration;
+use thiserror::Error;
+
+use crate::domain::license::FeatureDef;
+use crate::domain::seats::{
+    FeatureUsage, Grant, GrantRequest, LeaseInfo, LeaseRef, Renewal, Role, SeatError,
+};
+
+/// Slot states as stored.
+pub const SLOT_ACTIVE: i64 = 0;
+/// Held, but the license shrank: released or expired, it becomes retired.
+pub const SLOT_RETIRING: i64 = 1;
+pub const SLOT_RETIRED: i64 = 2;
+
+/// How often a transaction is retried on deadlock / lock-wait / busy errors.
+const MAX_TX_ATTEMPTS: u32 = 8;
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Mysql,
+}
+
+/// A verified, sealed license ready to be stored.
+#[derive(Debug, Clone)]
+pub struct LicenseRecord {
+    pub license_id: String,
+    pub serial: i64,
+    pub customer: String,
+    pub vendor_key_id: String,
+    pub digest: String,
+    /// The license file, sealed for (licenses, sealed, license_id).
+    pub sealed: Vec<u8>,
+    pub features: Vec<FeatureDef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ApplyOutcome {
+    Created,
+    Replaced { previous_serial: i64 },
+    Unchanged,
+}
+
+/// A stored license row.
+#[derive(Debug, Clone)]
+pub struct StoredLicense {
+    pub license_id: String,
+    pub serial: i64,
+    pub customer: String,
+    pub vendor_key_id: String,
+    pub digest: String,
+    pub sealed: Vec<u8>,
+    pub applied_at: DateTime<Utc>,
+}
+
+/// One feature row (one feature of one license) with its slot counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureRow {
+    pub id: i64,
+    pub license_id: String,
+    pub name: String,
+    pub seats: i64,
+    pub version: Option<String>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// License window open right now (database clock).
+    pub valid: bool,
+    pub active_slots: i64,
+    pub active_free: i64,
+    pub retiring_live: i64,
+    pub used: i64,
+}
+
+/// Sums feature rows into the per-name view operators and clients see.
+pub fn usage_by_name(rows: &[FeatureRow]) -> Vec<FeatureUsage> {
+    let mut out: Vec<FeatureUsage> = Vec::new();
+    for r in rows {
+        let (total, free) = if r.valid {
+            (r.active_slots, (r.active_free - r.retiring_live).max(0))
+        } else {
+            (0, 0)
+        };
+        match out.iter_mut().find(|u| u.name == r.name) {
+            Some(u) => {
+                u.total += total;
+                u.used += r.used;
+                u.free += free;
+            }
+            None => out.push(FeatureUsage {
+                name: r.name.clone(),
+                total,
+                used: r.used,
+                free,
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityRow {
+    pub id: String,
+    pub name: String,
+    /// The secret, sealed for (identities, sealed, id).
+    pub sealed: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the token secret, hex.
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Which sealed column a blob lives in (for key rotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedKind {
+    License,
+    IdentitySecret,
+}
+
+impl SealedKind {
+    pub fn table(&self) -> &'static str {
+        match self {
+            SealedKind::License => "licenses",
+            SealedKind::IdentitySecret => "identities",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SealedRow {
+    pub kind: SealedKind,
+    pub row_id: String,
+    pub sealed: Vec<u8>,
+}
+
+/// The storage contract. Every method is one transaction (or none).
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Runs the migrations of this backend; safe to call from several
+    /// instances at the same moment.
+    async fn migrate(&self) -> Result<()>;
+    /// Cheap liveness probe.
+    async fn ping(&self) -> Result<()>;
+    /// The database clock.
+    async fn now(&self) -> Result<DateTime<Utc>>;
+
+    // --- keyring canary
+    async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Inserts unless a canary for `key_id` exists; true when inserted.
+    async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool>;
+    /// Removes the canaries of every key but `keep`.
+    async fn retain_canary(&self, keep: &str) -> Result<()>;
+
+    // --- licenses
+    /// Stores the license and creates or resizes its features' slots in one
+    /// transaction.
+    async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome>;
+    async fn licenses(&self) -> Result<Vec<StoredLicense>>;
+    async fn feature_rows(&self) -> Result<Vec<FeatureRow>>;
+
+    // --- seats
+    async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError>;
+    /// Renews several leases of one holder in one transaction.
+    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>>;
+    /// True when the lease was held by `holder` and is now released.
+    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool>;
+    /// Operator release, regardless of holder.
+    async fn force_release(&self, lease: LeaseRef) -> Result<bool>;
+    async fn leases(&self) -> Result<Vec<LeaseInfo>>;
+    /// Forgets request ids older than `age`; returns how many.
+    async fn purge_requests(&self, age: Duration) -> Result<u64>;
+
+    // --- identities
+    async fn insert_identity(&self, row: &IdentityRow) -> Result<()>;
+    async fn identity(&self, id: &str) -> Result<Option<IdentityRow>>;
+    async fn identities(&self) -> Result<Vec<IdentityRow>>;
+    async fn revoke_identity(&self, id: &str) -> Result<bool>;
+
+    // --- admin tokens
+    async fn insert_token(&self, row: &TokenRow) -> Result<()>;
+    /// Inserts `row` only if no token exists yet; true when inserted.
+    async fn insert_first_token(&self, row: &TokenRow) -> Result<bool>;
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
+    async fn tokens(&self) -> Result<Vec<TokenRow>>;
+    async fn revoke_token(&self, id: &str) -> Result<bool>;
+
+    // --- key rotation
+    async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;
+    /// Replaces a sealed blob if it still equals `old`; true when replaced.
+    async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+}
+
+/// A slot as seen by the resize planner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotView {
+    pub slot_no: i64,
+    pub state: i64,
+    pub live: bool,
+}
+
+/// What a resize does: state changes (slot, from, to) and new slot numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResizePlan {
+    pub changes: Vec<(i64, i64, i64)>,
+    pub inserts: Vec<i64>,
+}
+
+/// Plans growing or shrinking a feature to `target` active slots.
+///
+/// Growing takes back retiring slots first (their leases stay), then reuses
+/// retired ones, then adds new slot numbers. Shrinking retires free slots
+/// first; only when too few are free does it mark held slots retiring — their
+/// leases stay valid until released or expired, and grants swap them against
+/// free slots so the live count converges to the new size without any lease
+/// being revoked.
+pub fn plan_resize(slots: &[SlotView], target: i64) -> ResizePlan {
+    let mut plan = ResizePlan::default();
+    let active = slots.iter().filter(|s| s.state == SLOT_ACTIVE).count() as i64;
+    // Retiring slots whose lease ended are retired in any case.
+    let mut reusable: Vec<SlotView> = Vec::new();
+    for s in slots {
+        if s.state == SLOT_RETIRING && !s.live {
+            reusable.push(*s);
+        } else if s.state == SLOT_RETIRED {
+            reusable.push(*s);
+        }
+    }
+    reusable.sort_by_key(|s| s.slot_no);
+    if target > active {
+        let mut need = target - active;
+        for s in slots.iter().filter(|s| s.state == SLOT_RETIRING && s.live) {
+            if need == 0 {
+                break;
+            }
+            plan.changes.push((s.slot_no, SLOT_RETIRING, SLOT_ACTIVE));
+            need -= 1;
+        }
+        let mut reused = Vec::new();
+        for s in &reusable {
+            if need == 0 {
+                break;
+            }
+            plan.changes.push((s.slot_no, s.state, SLOT_ACTIVE));
+            reused.push(s.slot_no);
+            need -= 1;
+        }
+        let mut next = slots.iter().map(|s| s.slot_no + 1).max().unwrap_or(0);
+        for _ in 0..need {
+            plan.inserts.push(next);
+            next += 1;
+        }
+        reusable.retain(|s| !reused.contains(&s.slot_no));
+    } else if target < active {
+        let mut excess = active - target;
+        let mut candidates: Vec<&SlotView> =
+            slots.iter().filter(|s| s.state == SLOT_ACTIVE).collect();
+        // Free slots first, highest numbers first.
+        candidates.sort_by_key(|s| (s.live, std::cmp::Reverse(s.slot_no)));
+        for s in candidates {
+            if excess == 0 {
+                break;
+            }
+            let to = if s.live { SLOT_RETIRING } else { SLOT_RETIRED };
+            plan.changes.push((s.slot_no, SLOT_ACTIVE, to));
+            excess -= 1;
+        }
+    }
+    for s in reusable.iter().filter(|s| s.state == SLOT_RETIRING) {
+        plan.changes.push((s.slot_no, SLOT_RETIRING, SLOT_RETIRED));
+    }
+    plan
+}
+
+/// Whether a database error means "run the whole transaction again":
+/// MySQL deadlock (1213), lock wait timeout (1205), Group Replication
+/// certification failure (3101), Galera "WSREP has not yet prepared node"
+/// (1047), and SQLite busy/locked.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                return matches!(my.number(), 1213 | 1205 | 3101 | 1047);
+            }
+            matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517"))
+        }
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
+/// Whether an error is a unique-key violation (MySQL 1062, SQLite 2067/1555).
+pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}
+
+/// Backoff before attempt `n` (1-based) of a retried transaction.
+async fn retry_pause(attempt: u32) {
+    let base = 2u64.pow(attempt.min(6));
+    let jitter = rand::random::<u64>() % (base + 1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// Runs `op` again while it fails with a retryable error.
+pub(crate) async fn with_retry<T, E, F, Fut>(mut op: F) -> std::result::Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    E: RetryClass,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if attempt < MAX_TX_ATTEMPTS && e.retryable() => {
+                tracing::debug!(attempt, "retrying transaction after a transient database error");
+                retry_pause(attempt).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Errors that can say whether a retry may help.
+pub(crate) trait RetryClass {
+    fn retryable(&self) -> bool;
+}
+
+impl RetryClass for StorageError {
+    fn retryable(&self) -> bool {
+        matches!(self, StorageError::Database(e) if is_retryable(e))
+    }
+}
+
+impl RetryClass for SeatError {
+    fn retryable(&self) -> bool {
+        matches!(self, SeatError::Storage(e) if e.retryable())
+    }
+}
+
+/// Microseconds in a duration, as stored.
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(slot_no: i64, state: i64, live: bool) -> SlotView {
+        SlotView { slot_no, state, live }
+    }
+
+    #[test]
+    fn grow_from_nothing_inserts() {
+        let p = plan_resize(&[], 3);
+        assert_eq!(p.inserts, vec![0, 1, 2]);
+        assert!(p.changes.is_empty());
+    }
+
+    #[test]
+    fn shrink_retires_free_slots_first() {
+        let slots = [v(0, 0, true), v(1, 0, false), v(2, 0, true), v(3, 0, false)];
+        let p = plan_resize(&slots, 2);
+        assert_eq!(p.changes, vec![(3, 0, 2), (1, 0, 2)]);
+        let p = plan_resize(&slots, 1);
+        assert_eq!(p.changes, vec![(3, 0, 2), (1, 0, 2), (2, 0, 1)]);
+    }
+
+    #[test]
+    fn grow_takes_back_retiring_then_retired_then_new() {
+        let slots = [v(0, 0, true), v(1, 1, true), v(2, 2, false), v(3, 1, false)];
+        let p = plan_resize(&slots, 5);
+        assert_eq!(p.changes, vec![(1, 1, 0), (2, 2, 0), (3, 1, 0)]);
+        assert_eq!(p.inserts, vec![4]);
+        let p = plan_resize(&slots, 1);
+        assert_eq!(p.changes, vec![(3, 1, 2)]);
+    }
+
+    #[test]
+    fn usage_subtracts_retiring_debt() {
+        let row = FeatureRow {
+            id: 1,
+            license_id: "L".into(),
+            name: "f".into(),
+            seats: 2,
+            version: None,
+            not_before: None,
+            expires_at: None,
+            valid: true,
+            active_slots: 2,
+            active_free: 1,
+            retiring_live: 2,
+            used: 3,
+        };
+        let u = usage_by_name(&[row]);
+        assert_eq!(u[0].free, 0);
+        assert_eq!(u[0].total, 2);
+        assert_eq!(u[0].used, 3);
+    }
+}

@@ -1,0 +1,873 @@
+//! MySQL / MariaDB backend: the shared store of an active-active cluster.
+//!
+//! Sessions run at READ COMMITTED with UTC time; grants pick a slot with
+//! `SELECT … FOR UPDATE SKIP LOCKED` so concurrent grants on several
+//! instances never wait on each other's candidate row, then move it with a
+//! conditional UPDATE. sqlx always sets CLIENT_FOUND_ROWS, so "rows affected"
+//! counts matched rows: 1 means the slot was in the state we required.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{Executor, MySql, QueryBuilder, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::*;
+
+pub struct MySqlStorage {
+    pool: MySqlPool,
+}
+
+type Tx<'a> = Transaction<'a, MySql>;
+
+fn utc(t: NaiveDateTime) -> DateTime<Utc> {
+    t.and_utc()
+}
+
+fn naive(t: DateTime<Utc>) -> NaiveDateTime {
+    t.naive_utc()
+}
+
+fn add(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
+    t + chrono::Duration::microseconds(micros(d))
+}
+
+async fn db_now(tx: &mut Tx<'_>) -> Result<NaiveDateTime> {
+    Ok(sqlx::query_scalar("SELECT NOW(6)").fetch_one(&mut **tx).await?)
+}
+
+impl MySqlStorage {
+    /// Connects; `url` is `mysql://user:pass@host:port/database`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = MySqlConnectOptions::from_str(url)
+            .map_err(|e| StorageError::Connect(format!("database_url is not a valid MySQL URL: {e}")))?
+            .timezone(Some("+00:00".to_string()));
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(|e| StorageError::Connect(describe_connect_error(&e)))?;
+        Ok(MySqlStorage { pool })
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    async fn replay(&self, tx: &mut Tx<'_>, req: &GrantRequest) -> Result<Option<Grant>, SeatError> {
+        let row: Option<(i64, i64, i64, NaiveDateTime, NaiveDateTime, String)> = sqlx::query_as(
+            "SELECT g.feature_id, g.slot_no, g.lease_gen, g.created_at, g.expires_at, f.name
+             FROM grant_requests g JOIN features f ON f.id = g.feature_id
+             WHERE g.holder = ? AND g.request_id = ?",
+        )
+        .bind(&req.holder)
+        .bind(req.request_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StorageError::from)?;
+        let Some((feature_id, slot_no, lease_gen, granted, mut expires, name)) = row else {
+            return Ok(None);
+        };
+        if name != req.feature {
+            return Err(SeatError::RequestIdReused(req.request_id.to_string()));
+        }
+        // A renewed lease answers with its current expiry.
+        let current: Option<Option<NaiveDateTime>> = sqlx::query_scalar(
+            "SELECT expires_at FROM slots WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ?",
+        )
+        .bind(feature_id)
+        .bind(slot_no)
+        .bind(lease_gen)
+        .bind(&req.holder)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StorageError::from)?;
+        if let Some(Some(e)) = current {
+            expires = e;
+        }
+        Ok(Some(Grant {
+            lease: LeaseRef {
+                feature_id,
+                slot_no,
+                lease_gen,
+            },
+            feature: name,
+            granted_at: utc(granted),
+            expires_at: utc(expires),
+            replayed: true,
+        }))
+    }
+
+    async fn grant_once(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        let mut tx = self.pool.begin().await.map_err(StorageError::from)?;
+        if let Some(g) = self.replay(&mut tx, req).await? {
+            tx.commit().await.map_err(StorageError::from)?;
+            return Ok(g);
+        }
+        let now = db_now(&mut tx).await?;
+        let features: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, CAST((not_before IS NULL OR not_before <= ?) AND (expires_at IS NULL OR expires_at > ?) AS SIGNED)
+             FROM features WHERE name = ? AND seats > 0 ORDER BY id",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(&req.feature)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StorageError::from)?;
+        if features.is_empty() {
+            return Err(SeatError::UnknownFeature(req.feature.clone()));
+        }
+        let valid: Vec<i64> = features.iter().filter(|f| f.1 == 1).map(|f| f.0).collect();
+        if valid.is_empty() {
+            return Err(SeatError::Expired(req.feature.clone()));
+        }
+        let expires = add(now, req.ttl);
+        for &fid in &valid {
+            // Bounded: each pass either grants, or retires one retiring slot.
+            for _ in 0..(MAX_SEATS_PASSES) {
+                let cand: Option<i64> = sqlx::query_scalar(
+                    "SELECT slot_no FROM slots
+                     WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= ?)
+                     ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(fid)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                let Some(slot) = cand else { break };
+                let retiring: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT slot_no, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED) FROM slots
+                     WHERE feature_id = ? AND state = 1 ORDER BY slot_no LIMIT 1 FOR UPDATE",
+                )
+                .bind(now)
+                .bind(fid)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                if let Some((rslot, live)) = retiring {
+                    if live == 1 {
+                        // The license shrank while this slot was held: the free
+                        // slot retires in its place and the held one stays.
+                        sqlx::query(
+                            "UPDATE slots SET state = 2 WHERE feature_id = ? AND slot_no = ? AND state = 0
+                             AND (expires_at IS NULL OR expires_at <= ?)",
+                        )
+                        .bind(fid)
+                        .bind(slot)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from)?;
+                        sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ? AND slot_no = ? AND state = 1")
+                            .bind(fid)
+                            .bind(rslot)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StorageError::from)?;
+                    } else {
+                        sqlx::query(
+                            "UPDATE slots SET state = 2 WHERE feature_id = ? AND slot_no = ? AND state = 1
+                             AND (expires_at IS NULL OR expires_at <= ?)",
+                        )
+                        .bind(fid)
+                        .bind(rslot)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from)?;
+                    }
+                    continue;
+                }
+                let res = sqlx::query(
+                    "UPDATE slots SET lease_gen = lease_gen + 1, holder = ?, client_info = ?, request_id = ?,
+                            granted_by = ?, granted_at = ?, expires_at = ?
+                     WHERE feature_id = ? AND slot_no = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= ?)",
+                )
+                .bind(&req.holder)
+                .bind(&req.client_info)
+                .bind(req.request_id.as_str())
+                .bind(&req.instance_id)
+                .bind(now)
+                .bind(expires)
+                .bind(fid)
+                .bind(slot)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                if res.rows_affected() != 1 {
+                    continue;
+                }
+                let lease_gen: i64 =
+                    sqlx::query_scalar("SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?")
+                        .bind(fid)
+                        .bind(slot)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StorageError::from)?;
+                sqlx::query(
+                    "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&req.holder)
+                .bind(req.request_id.as_str())
+                .bind(fid)
+                .bind(slot)
+                .bind(lease_gen)
+                .bind(now)
+                .bind(expires)
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                tx.commit().await.map_err(StorageError::from)?;
+                return Ok(Grant {
+                    lease: LeaseRef {
+                        feature_id: fid,
+                        slot_no: slot,
+                        lease_gen,
+                    },
+                    feature: req.feature.clone(),
+                    granted_at: utc(now),
+                    expires_at: utc(expires),
+                    replayed: false,
+                });
+            }
+        }
+        let mut total = 0i64;
+        for &fid in &valid {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
+                .bind(fid)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+            total += n;
+        }
+        // Keep any retirements done above.
+        tx.commit().await.map_err(StorageError::from)?;
+        Err(SeatError::NoSeat {
+            feature: req.feature.clone(),
+            total,
+        })
+    }
+
+    async fn resize(&self, tx: &mut Tx<'_>, feature_id: i64, target: i64, now: NaiveDateTime) -> Result<()> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT slot_no, state, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED)
+             FROM slots WHERE feature_id = ? ORDER BY slot_no FOR UPDATE",
+        )
+        .bind(now)
+        .bind(feature_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let views: Vec<SlotView> = rows
+            .iter()
+            .map(|&(slot_no, state, live)| SlotView {
+                slot_no,
+                state,
+                live: live == 1,
+            })
+            .collect();
+        let plan = plan_resize(&views, target);
+        for (slot_no, from, to) in plan.changes {
+            sqlx::query("UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?")
+                .bind(to)
+                .bind(feature_id)
+                .bind(slot_no)
+                .bind(from)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for chunk in plan.inserts.chunks(500) {
+            let mut qb: QueryBuilder<MySql> = QueryBuilder::new("INSERT INTO slots (feature_id, slot_no) ");
+            qb.push_values(chunk, |mut b, slot_no| {
+                b.push_bind(feature_id).push_bind(*slot_no);
+            });
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let now = db_now(&mut tx).await?;
+        let existing: Option<(i64, String)> =
+            sqlx::query_as("SELECT serial, digest FROM licenses WHERE license_id = ? FOR UPDATE")
+                .bind(&lic.license_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match existing {
+            Some((_, digest)) if digest == lic.digest => return Ok(ApplyOutcome::Unchanged),
+            Some((serial, _)) => {
+                check_serial(&lic.license_id, serial, lic.serial)?;
+                sqlx::query(
+                    "UPDATE licenses SET serial = ?, customer = ?, vendor_key_id = ?, digest = ?, sealed = ?, applied_at = ?
+                     WHERE license_id = ?",
+                )
+                .bind(lic.serial)
+                .bind(&lic.customer)
+                .bind(&lic.vendor_key_id)
+                .bind(&lic.digest)
+                .bind(&lic.sealed)
+                .bind(now)
+                .bind(&lic.license_id)
+                .execute(&mut *tx)
+                .await?;
+                ApplyOutcome::Replaced {
+                    previous_serial: serial,
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO licenses (license_id, serial, customer, vendor_key_id, digest, sealed, applied_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&lic.license_id)
+                .bind(lic.serial)
+                .bind(&lic.customer)
+                .bind(&lic.vendor_key_id)
+                .bind(&lic.digest)
+                .bind(&lic.sealed)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                ApplyOutcome::Created
+            }
+        };
+        let old: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM features WHERE license_id = ? ORDER BY id FOR UPDATE")
+                .bind(&lic.license_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        for f in &lic.features {
+            let nb = f.not_before.map(naive);
+            let ex = f.expires.map(naive);
+            let id = match old.iter().find(|(_, n)| *n == f.name) {
+                Some((id, _)) => {
+                    sqlx::query("UPDATE features SET seats = ?, version = ?, not_before = ?, expires_at = ? WHERE id = ?")
+                        .bind(f.seats as i64)
+                        .bind(&f.version)
+                        .bind(nb)
+                        .bind(ex)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    *id
+                }
+                None => sqlx::query(
+                    "INSERT INTO features (license_id, name, seats, version, not_before, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&lic.license_id)
+                .bind(&f.name)
+                .bind(f.seats as i64)
+                .bind(&f.version)
+                .bind(nb)
+                .bind(ex)
+                .execute(&mut *tx)
+                .await?
+                .last_insert_id() as i64,
+            };
+            self.resize(&mut tx, id, f.seats as i64, now).await?;
+        }
+        for (id, name) in &old {
+            if !lic.features.iter().any(|f| &f.name == name) {
+                sqlx::query("UPDATE features SET seats = 0 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.resize(&mut tx, *id, 0, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+/// Passes of the grant loop per feature row (see `grant_once`).
+const MAX_SEATS_PASSES: usize = 4 * crate::domain::license::MAX_SEATS as usize;
+
+/// Refuses an older serial, or the same serial with different content.
+pub(crate) fn check_serial(license_id: &str, stored: i64, new: i64) -> Result<()> {
+    if new < stored {
+        return Err(StorageError::Conflict(format!(
+            "license {license_id} serial {stored} is already applied; serial {new} is older and was not applied"
+        )));
+    }
+    if new == stored {
+        return Err(StorageError::Conflict(format!(
+            "license {license_id} serial {stored} is already applied with different content; a changed license needs a higher serial"
+        )));
+    }
+    Ok(())
+}
+
+/// A connection error without the URL (it may hold a password).
+pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("{io} (is the database server running and reachable?)"),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_string(),
+        other => other.to_string(),
+    }
+}
+
+type IdentityTuple = (String, String, Vec<u8>, NaiveDateTime, Option<NaiveDateTime>, Option<NaiveDateTime>);
+
+fn identity_row(t: IdentityTuple) -> IdentityRow {
+    IdentityRow {
+        id: t.0,
+        name: t.1,
+        sealed: t.2,
+        created_at: utc(t.3),
+        expires_at: t.4.map(utc),
+        revoked_at: t.5.map(utc),
+    }
+}
+
+type TokenTuple = (String, String, String, String, NaiveDateTime, Option<NaiveDateTime>);
+
+fn token_row(t: TokenTuple) -> Result<TokenRow> {
+    Ok(TokenRow {
+        id: t.0,
+        name: t.1,
+        role: t.2.parse().map_err(StorageError::Conflict)?,
+        token_hash: t.3,
+        created_at: utc(t.4),
+        revoked_at: t.5.map(utc),
+    })
+}
+
+#[async_trait]
+impl Storage for MySqlStorage {
+    fn backend(&self) -> Backend {
+        Backend::Mysql
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        // Several instances may start at once on a fresh database: one migrates,
+        // the others wait here and then find nothing left to do.
+        let got: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('floatlm.migrate.', DATABASE()), 120)")
+                .fetch_one(&mut *conn)
+                .await?;
+        if got != Some(1) {
+            return Err(StorageError::Conflict(
+                "another floatlm instance has held the migration lock for over 120 s; is it stuck?".into(),
+            ));
+        }
+        // Our named lock is held on `conn`; the migrator takes its own lock too.
+        let res = sqlx::migrate!("./migrations/mysql").run(&self.pool).await;
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT('floatlm.migrate.', DATABASE()))")
+            .execute(&mut *conn)
+            .await?;
+        Ok(res?)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        let t: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6)").fetch_one(&self.pool).await?;
+        Ok(utc(t))
+    }
+
+    async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool> {
+        let r = sqlx::query("INSERT IGNORE INTO keyring_canary (key_id, sealed) VALUES (?, ?)")
+            .bind(key_id)
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn retain_canary(&self, keep: &str) -> Result<()> {
+        sqlx::query("DELETE FROM keyring_canary WHERE key_id <> ?")
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
+        // A concurrent first apply of the same license id loses on the primary
+        // key; running again sees the winner's row.
+        let mut attempt = 0;
+        loop {
+            match with_retry(|| self.apply_once(lic)).await {
+                Err(StorageError::Database(e)) if is_duplicate_key(&e) && attempt < 3 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn licenses(&self) -> Result<Vec<StoredLicense>> {
+        let rows: Vec<(String, i64, String, String, String, Vec<u8>, NaiveDateTime)> = sqlx::query_as(
+            "SELECT license_id, serial, customer, vendor_key_id, digest, sealed, applied_at FROM licenses ORDER BY license_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredLicense {
+                license_id: r.0,
+                serial: r.1,
+                customer: r.2,
+                vendor_key_id: r.3,
+                digest: r.4,
+                sealed: r.5,
+                applied_at: utc(r.6),
+            })
+            .collect())
+    }
+
+    async fn feature_rows(&self) -> Result<Vec<FeatureRow>> {
+        type Row = (
+            i64,
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<NaiveDateTime>,
+            Option<NaiveDateTime>,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT f.id, f.license_id, f.name, CAST(f.seats AS SIGNED), f.version, f.not_before, f.expires_at,
+                CAST((f.not_before IS NULL OR f.not_before <= NOW(6)) AND (f.expires_at IS NULL OR f.expires_at > NOW(6)) AS SIGNED),
+                CAST(COALESCE(SUM(s.state = 0), 0) AS SIGNED),
+                CAST(COALESCE(SUM(s.state = 0 AND (s.expires_at IS NULL OR s.expires_at <= NOW(6))), 0) AS SIGNED),
+                CAST(COALESCE(SUM(s.state = 1 AND s.expires_at > NOW(6)), 0) AS SIGNED),
+                CAST(COALESCE(SUM(s.state IN (0, 1) AND s.expires_at > NOW(6)), 0) AS SIGNED)
+             FROM features f LEFT JOIN slots s ON s.feature_id = f.id
+             GROUP BY f.id, f.license_id, f.name, f.seats, f.version, f.not_before, f.expires_at
+             ORDER BY f.name, f.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FeatureRow {
+                id: r.0,
+                license_id: r.1,
+                name: r.2,
+                seats: r.3,
+                version: r.4,
+                not_before: r.5.map(utc),
+                expires_at: r.6.map(utc),
+                valid: r.7 == 1,
+                active_slots: r.8,
+                active_free: r.9,
+                retiring_live: r.10,
+                used: r.11,
+            })
+            .collect())
+    }
+
+    async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        // A duplicate request id means a concurrent retry of the same request
+        // won the race: run again and answer with its grant.
+        let mut attempt = 0;
+        loop {
+            match with_retry(|| self.grant_once(req)).await {
+                Err(SeatError::Storage(StorageError::Database(e))) if is_duplicate_key(&e) && attempt < 3 => {
+                    attempt += 1
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>> {
+        with_retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let now = db_now(&mut tx).await?;
+            let expires = add(now, ttl);
+            let mut out = Vec::with_capacity(leases.len());
+            for l in leases {
+                let r = sqlx::query(
+                    "UPDATE slots SET expires_at = ?
+                     WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ? AND state IN (0, 1) AND expires_at > ?",
+                )
+                .bind(expires)
+                .bind(l.feature_id)
+                .bind(l.slot_no)
+                .bind(l.lease_gen)
+                .bind(holder)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                out.push(if r.rows_affected() == 1 {
+                    Renewal::Renewed(utc(expires))
+                } else {
+                    Renewal::Lost
+                });
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
+        with_retry(|| async {
+            let r = sqlx::query(
+                "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
+                        holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
+                 WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ? AND state IN (0, 1)
+                   AND expires_at > NOW(6)",
+            )
+            .bind(lease.feature_id)
+            .bind(lease.slot_no)
+            .bind(lease.lease_gen)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn force_release(&self, lease: LeaseRef) -> Result<bool> {
+        with_retry(|| async {
+            let r = sqlx::query(
+                "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
+                        holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
+                 WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND state IN (0, 1)
+                   AND expires_at > NOW(6)",
+            )
+            .bind(lease.feature_id)
+            .bind(lease.slot_no)
+            .bind(lease.lease_gen)
+            .execute(&self.pool)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+        .await
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        type Row = (
+            i64,
+            i64,
+            i64,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            NaiveDateTime,
+            NaiveDateTime,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT s.feature_id, CAST(s.slot_no AS SIGNED), s.lease_gen, f.name, f.license_id, s.holder, s.client_info,
+                    s.granted_by, s.granted_at, s.expires_at, CAST(s.state AS SIGNED)
+             FROM slots s JOIN features f ON f.id = s.feature_id
+             WHERE s.state IN (0, 1) AND s.expires_at > NOW(6)
+             ORDER BY f.name, s.feature_id, s.slot_no",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LeaseInfo {
+                lease: LeaseRef {
+                    feature_id: r.0,
+                    slot_no: r.1,
+                    lease_gen: r.2,
+                },
+                feature: r.3,
+                license_id: r.4,
+                holder: r.5.unwrap_or_default(),
+                client_info: r.6.unwrap_or_default(),
+                granted_by: r.7.unwrap_or_default(),
+                granted_at: utc(r.8),
+                expires_at: utc(r.9),
+                retiring: r.10 == SLOT_RETIRING,
+            })
+            .collect())
+    }
+
+    async fn purge_requests(&self, age: Duration) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM grant_requests WHERE created_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT 10000",
+        )
+        .bind(micros(age))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO identities (id, name, sealed, created_at, expires_at, revoked_at) VALUES (?, ?, ?, NOW(6), ?, NULL)",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(&row.sealed)
+        .bind(row.expires_at.map(naive))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn identity(&self, id: &str) -> Result<Option<IdentityRow>> {
+        let row: Option<IdentityTuple> = sqlx::query_as(
+            "SELECT id, name, sealed, created_at, expires_at, revoked_at FROM identities WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(identity_row))
+    }
+
+    async fn identities(&self) -> Result<Vec<IdentityRow>> {
+        let rows: Vec<IdentityTuple> = sqlx::query_as(
+            "SELECT id, name, sealed, created_at, expires_at, revoked_at FROM identities ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(identity_row).collect())
+    }
+
+    async fn revoke_identity(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE identities SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_token(&self, row: &TokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO admin_tokens (id, name, role, token_hash, created_at) VALUES (?, ?, ?, ?, NOW(6))",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(row.role.as_str())
+        .bind(&row.token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_first_token(&self, row: &TokenRow) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        let got: Option<i64> =
+            sqlx::query_scalar("SELECT GET_LOCK(CONCAT('floatlm.first-token.', DATABASE()), 30)")
+                .fetch_one(&mut *conn)
+                .await?;
+        if got != Some(1) {
+            return Err(StorageError::Conflict("timed out waiting for the first-token lock".into()));
+        }
+        let res = async {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens")
+                .fetch_one(&mut *conn)
+                .await?;
+            if n > 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO admin_tokens (id, name, role, token_hash, created_at) VALUES (?, ?, ?, ?, NOW(6))",
+            )
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(row.role.as_str())
+            .bind(&row.token_hash)
+            .execute(&mut *conn)
+            .await?;
+            Ok::<bool, StorageError>(true)
+        }
+        .await;
+        sqlx::query("SELECT RELEASE_LOCK(CONCAT('floatlm.first-token.', DATABASE()))")
+            .execute(&mut *conn)
+            .await?;
+        res
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
+        let row: Option<TokenTuple> = sqlx::query_as(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM admin_tokens
+             WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(token_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows: Vec<TokenTuple> = sqlx::query_as(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM admin_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(token_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE admin_tokens SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn sealed_rows(&self) -> Result<Vec<SealedRow>> {
+        let mut out = Vec::new();
+        let lic: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT license_id, sealed FROM licenses")
+            .fetch_all(&self.pool)
+            .await?;
+        out.extend(lic.into_iter().map(|(row_id, sealed)| SealedRow {
+            kind: SealedKind::License,
+            row_id,
+            sealed,
+        }));
+        let ids: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, sealed FROM identities")
+            .fetch_all(&self.pool)
+            .await?;
+        out.extend(ids.into_iter().map(|(row_id, sealed)| SealedRow {
+            kind: SealedKind::IdentitySecret,
+            row_id,
+            sealed,
+        }));
+        Ok(out)
+    }
+
+    async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let sql = match kind {
+            SealedKind::License => "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?",
+            SealedKind::IdentitySecret => "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?",
+        };
+        let r = sqlx::query(sql)
+            .bind(new)
+            .bind(row_id)
+            .bind(old)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,804 @@
+//! Embedded SQLite backend: the zero-setup single node.
+//!
+//! One writer connection serialises every state change (SQLite allows one
+//! writer anyway), so no `FOR UPDATE` is needed; a small reader pool serves
+//! lists and counts from WAL snapshots. Times are INTEGER microseconds since
+//! the epoch, read from SQLite's own clock once per transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+use super::mysql::check_serial;
+use super::*;
+
+pub struct SqliteStorage {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+type Tx<'a> = Transaction<'a, Sqlite>;
+
+const NOW_SQL: &str = "SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
+
+fn utc(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+async fn db_now(tx: &mut Tx<'_>) -> Result<i64> {
+    Ok(sqlx::query_scalar(NOW_SQL).fetch_one(&mut **tx).await?)
+}
+
+impl SqliteStorage {
+    /// Opens (creating if missing) the database file at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a granted seat is on disk before the client hears of it.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let connect_err =
+            |e: sqlx::Error| StorageError::Connect(format!("SQLite file {}: {e}", path.display()));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.clone())
+            .await
+            .map_err(connect_err)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts.read_only(true))
+            .await
+            .map_err(connect_err)?;
+        Ok(SqliteStorage { writer, reader })
+    }
+
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn begin(&self) -> Result<Tx<'static>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    async fn replay(&self, tx: &mut Tx<'_>, req: &GrantRequest) -> Result<Option<Grant>, SeatError> {
+        let row: Option<(i64, i64, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT g.feature_id, g.slot_no, g.lease_gen, g.created_at, g.expires_at, f.name
+             FROM grant_requests g JOIN features f ON f.id = g.feature_id
+             WHERE g.holder = ? AND g.request_id = ?",
+        )
+        .bind(&req.holder)
+        .bind(req.request_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StorageError::from)?;
+        let Some((feature_id, slot_no, lease_gen, granted, mut expires, name)) = row else {
+            return Ok(None);
+        };
+        if name != req.feature {
+            return Err(SeatError::RequestIdReused(req.request_id.to_string()));
+        }
+        let current: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT expires_at FROM slots WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ?",
+        )
+        .bind(feature_id)
+        .bind(slot_no)
+        .bind(lease_gen)
+        .bind(&req.holder)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StorageError::from)?;
+        if let Some(Some(e)) = current {
+            expires = e;
+        }
+        Ok(Some(Grant {
+            lease: LeaseRef {
+                feature_id,
+                slot_no,
+                lease_gen,
+            },
+            feature: name,
+            granted_at: utc(granted),
+            expires_at: utc(expires),
+            replayed: true,
+        }))
+    }
+
+    async fn grant_once(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        let mut tx = self.begin().await?;
+        if let Some(g) = self.replay(&mut tx, req).await? {
+            tx.commit().await.map_err(StorageError::from)?;
+            return Ok(g);
+        }
+        let now = db_now(&mut tx).await?;
+        let features: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, (not_before IS NULL OR not_before <= ?1) AND (expires_at IS NULL OR expires_at > ?1)
+             FROM features WHERE name = ?2 AND seats > 0 ORDER BY id",
+        )
+        .bind(now)
+        .bind(&req.feature)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StorageError::from)?;
+        if features.is_empty() {
+            return Err(SeatError::UnknownFeature(req.feature.clone()));
+        }
+        let valid: Vec<i64> = features.iter().filter(|f| f.1 == 1).map(|f| f.0).collect();
+        if valid.is_empty() {
+            return Err(SeatError::Expired(req.feature.clone()));
+        }
+        let expires = now.saturating_add(micros(req.ttl));
+        for &fid in &valid {
+            for _ in 0..MAX_SEATS_PASSES {
+                let cand: Option<i64> = sqlx::query_scalar(
+                    "SELECT slot_no FROM slots
+                     WHERE feature_id = ?1 AND state = 0 AND (expires_at IS NULL OR expires_at <= ?2)
+                     ORDER BY slot_no LIMIT 1",
+                )
+                .bind(fid)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                let Some(slot) = cand else { break };
+                let retiring: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT slot_no, expires_at IS NOT NULL AND expires_at > ?1 FROM slots
+                     WHERE feature_id = ?2 AND state = 1 ORDER BY slot_no LIMIT 1",
+                )
+                .bind(now)
+                .bind(fid)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                if let Some((rslot, live)) = retiring {
+                    if live == 1 {
+                        // The license shrank while this slot was held: the free
+                        // slot retires in its place and the held one stays.
+                        sqlx::query(
+                            "UPDATE slots SET state = 2 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 0
+                             AND (expires_at IS NULL OR expires_at <= ?3)",
+                        )
+                        .bind(fid)
+                        .bind(slot)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from)?;
+                        sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 1")
+                            .bind(fid)
+                            .bind(rslot)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(StorageError::from)?;
+                    } else {
+                        sqlx::query(
+                            "UPDATE slots SET state = 2 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 1
+                             AND (expires_at IS NULL OR expires_at <= ?3)",
+                        )
+                        .bind(fid)
+                        .bind(rslot)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StorageError::from)?;
+                    }
+                    continue;
+                }
+                let res = sqlx::query(
+                    "UPDATE slots SET lease_gen = lease_gen + 1, holder = ?1, client_info = ?2, request_id = ?3,
+                            granted_by = ?4, granted_at = ?5, expires_at = ?6
+                     WHERE feature_id = ?7 AND slot_no = ?8 AND state = 0 AND (expires_at IS NULL OR expires_at <= ?5)",
+                )
+                .bind(&req.holder)
+                .bind(&req.client_info)
+                .bind(req.request_id.as_str())
+                .bind(&req.instance_id)
+                .bind(now)
+                .bind(expires)
+                .bind(fid)
+                .bind(slot)
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                if res.rows_affected() != 1 {
+                    continue;
+                }
+                let lease_gen: i64 =
+                    sqlx::query_scalar("SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?")
+                        .bind(fid)
+                        .bind(slot)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StorageError::from)?;
+                sqlx::query(
+                    "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&req.holder)
+                .bind(req.request_id.as_str())
+                .bind(fid)
+                .bind(slot)
+                .bind(lease_gen)
+                .bind(now)
+                .bind(expires)
+                .execute(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                tx.commit().await.map_err(StorageError::from)?;
+                return Ok(Grant {
+                    lease: LeaseRef {
+                        feature_id: fid,
+                        slot_no: slot,
+                        lease_gen,
+                    },
+                    feature: req.feature.clone(),
+                    granted_at: utc(now),
+                    expires_at: utc(expires),
+                    replayed: false,
+                });
+            }
+        }
+        let mut total = 0i64;
+        for &fid in &valid {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
+                .bind(fid)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+            total += n;
+        }
+        tx.commit().await.map_err(StorageError::from)?;
+        Err(SeatError::NoSeat {
+            feature: req.feature.clone(),
+            total,
+        })
+    }
+
+    async fn resize(&self, tx: &mut Tx<'_>, feature_id: i64, target: i64, now: i64) -> Result<()> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT slot_no, state, expires_at IS NOT NULL AND expires_at > ?1
+             FROM slots WHERE feature_id = ?2 ORDER BY slot_no",
+        )
+        .bind(now)
+        .bind(feature_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        let views: Vec<SlotView> = rows
+            .iter()
+            .map(|&(slot_no, state, live)| SlotView {
+                slot_no,
+                state,
+                live: live == 1,
+            })
+            .collect();
+        let plan = plan_resize(&views, target);
+        for (slot_no, from, to) in plan.changes {
+            sqlx::query("UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?")
+                .bind(to)
+                .bind(feature_id)
+                .bind(slot_no)
+                .bind(from)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for chunk in plan.inserts.chunks(400) {
+            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO slots (feature_id, slot_no) ");
+            qb.push_values(chunk, |mut b, slot_no| {
+                b.push_bind(feature_id).push_bind(*slot_no);
+            });
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
+        let mut tx = self.begin().await?;
+        let now = db_now(&mut tx).await?;
+        let existing: Option<(i64, String)> =
+            sqlx::query_as("SELECT serial, digest FROM licenses WHERE license_id = ?")
+                .bind(&lic.license_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let outcome = match existing {
+            Some((_, digest)) if digest == lic.digest => return Ok(ApplyOutcome::Unchanged),
+            Some((serial, _)) => {
+                check_serial(&lic.license_id, serial, lic.serial)?;
+                sqlx::query(
+                    "UPDATE licenses SET serial = ?, customer = ?, vendor_key_id = ?, digest = ?, sealed = ?, applied_at = ?
+                     WHERE license_id = ?",
+                )
+                .bind(lic.serial)
+                .bind(&lic.customer)
+                .bind(&lic.vendor_key_id)
+                .bind(&lic.digest)
+                .bind(&lic.sealed)
+                .bind(now)
+                .bind(&lic.license_id)
+                .execute(&mut *tx)
+                .await?;
+                ApplyOutcome::Replaced {
+                    previous_serial: serial,
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO licenses (license_id, serial, customer, vendor_key_id, digest, sealed, applied_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&lic.license_id)
+                .bind(lic.serial)
+                .bind(&lic.customer)
+                .bind(&lic.vendor_key_id)
+                .bind(&lic.digest)
+                .bind(&lic.sealed)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                ApplyOutcome::Created
+            }
+        };
+        let old: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM features WHERE license_id = ? ORDER BY id")
+            .bind(&lic.license_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for f in &lic.features {
+            let nb = f.not_before.map(us);
+            let ex = f.expires.map(us);
+            let id = match old.iter().find(|(_, n)| *n == f.name) {
+                Some((id, _)) => {
+                    sqlx::query("UPDATE features SET seats = ?, version = ?, not_before = ?, expires_at = ? WHERE id = ?")
+                        .bind(f.seats as i64)
+                        .bind(&f.version)
+                        .bind(nb)
+                        .bind(ex)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    *id
+                }
+                None => sqlx::query(
+                    "INSERT INTO features (license_id, name, seats, version, not_before, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&lic.license_id)
+                .bind(&f.name)
+                .bind(f.seats as i64)
+                .bind(&f.version)
+                .bind(nb)
+                .bind(ex)
+                .execute(&mut *tx)
+                .await?
+                .last_insert_rowid(),
+            };
+            self.resize(&mut tx, id, f.seats as i64, now).await?;
+        }
+        for (id, name) in &old {
+            if !lic.features.iter().any(|f| &f.name == name) {
+                sqlx::query("UPDATE features SET seats = 0 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.resize(&mut tx, *id, 0, now).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn release_where(&self, lease: LeaseRef, holder: Option<&str>) -> Result<bool> {
+        with_retry(|| async {
+            let r = sqlx::query(
+                "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
+                        holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
+                 WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND (?4 IS NULL OR holder = ?4)
+                   AND state IN (0, 1) AND expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
+            )
+            .bind(lease.feature_id)
+            .bind(lease.slot_no)
+            .bind(lease.lease_gen)
+            .bind(holder)
+            .execute(&self.writer)
+            .await?;
+            Ok(r.rows_affected() == 1)
+        })
+        .await
+    }
+}
+
+/// Passes of the grant loop per feature row (see `grant_once`).
+const MAX_SEATS_PASSES: usize = 4 * crate::domain::license::MAX_SEATS as usize;
+
+type IdentityTuple = (String, String, Vec<u8>, i64, Option<i64>, Option<i64>);
+
+fn identity_row(t: IdentityTuple) -> IdentityRow {
+    IdentityRow {
+        id: t.0,
+        name: t.1,
+        sealed: t.2,
+        created_at: utc(t.3),
+        expires_at: t.4.map(utc),
+        revoked_at: t.5.map(utc),
+    }
+}
+
+type TokenTuple = (String, String, String, String, i64, Option<i64>);
+
+fn token_row(t: TokenTuple) -> Result<TokenRow> {
+    Ok(TokenRow {
+        id: t.0,
+        name: t.1,
+        role: t.2.parse().map_err(StorageError::Conflict)?,
+        token_hash: t.3,
+        created_at: utc(t.4),
+        revoked_at: t.5.map(utc),
+    })
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        // One process owns the file; the writer connection serialises this.
+        sqlx::migrate!("./migrations/sqlite").run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        let t: i64 = sqlx::query_scalar(NOW_SQL).fetch_one(&self.reader).await?;
+        Ok(utc(t))
+    }
+
+    async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
+            .fetch_all(&self.writer)
+            .await?)
+    }
+
+    async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO keyring_canary (key_id, sealed, created_at)
+             VALUES (?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER))",
+        )
+        .bind(key_id)
+        .bind(sealed)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn retain_canary(&self, keep: &str) -> Result<()> {
+        sqlx::query("DELETE FROM keyring_canary WHERE key_id <> ?")
+            .bind(keep)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
+        with_retry(|| self.apply_once(lic)).await
+    }
+
+    async fn licenses(&self) -> Result<Vec<StoredLicense>> {
+        let rows: Vec<(String, i64, String, String, String, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT license_id, serial, customer, vendor_key_id, digest, sealed, applied_at FROM licenses ORDER BY license_id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredLicense {
+                license_id: r.0,
+                serial: r.1,
+                customer: r.2,
+                vendor_key_id: r.3,
+                digest: r.4,
+                sealed: r.5,
+                applied_at: utc(r.6),
+            })
+            .collect())
+    }
+
+    async fn feature_rows(&self) -> Result<Vec<FeatureRow>> {
+        type Row = (
+            i64,
+            String,
+            String,
+            i64,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "WITH clock(now) AS (SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+             SELECT f.id, f.license_id, f.name, f.seats, f.version, f.not_before, f.expires_at,
+                (f.not_before IS NULL OR f.not_before <= clock.now) AND (f.expires_at IS NULL OR f.expires_at > clock.now),
+                COALESCE(SUM(s.state = 0), 0),
+                COALESCE(SUM(s.state = 0 AND (s.expires_at IS NULL OR s.expires_at <= clock.now)), 0),
+                COALESCE(SUM(s.state = 1 AND s.expires_at > clock.now), 0),
+                COALESCE(SUM(s.state IN (0, 1) AND s.expires_at > clock.now), 0)
+             FROM features f CROSS JOIN clock LEFT JOIN slots s ON s.feature_id = f.id
+             GROUP BY f.id
+             ORDER BY f.name, f.id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FeatureRow {
+                id: r.0,
+                license_id: r.1,
+                name: r.2,
+                seats: r.3,
+                version: r.4,
+                not_before: r.5.map(utc),
+                expires_at: r.6.map(utc),
+                valid: r.7 == 1,
+                active_slots: r.8,
+                active_free: r.9,
+                retiring_live: r.10,
+                used: r.11,
+            })
+            .collect())
+    }
+
+    async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        with_retry(|| self.grant_once(req)).await
+    }
+
+    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>> {
+        with_retry(|| async {
+            let mut tx = self.begin().await?;
+            let now = db_now(&mut tx).await?;
+            let expires = now.saturating_add(micros(ttl));
+            let mut out = Vec::with_capacity(leases.len());
+            for l in leases {
+                let r = sqlx::query(
+                    "UPDATE slots SET expires_at = ?1
+                     WHERE feature_id = ?2 AND slot_no = ?3 AND lease_gen = ?4 AND holder = ?5 AND state IN (0, 1)
+                       AND expires_at > ?6",
+                )
+                .bind(expires)
+                .bind(l.feature_id)
+                .bind(l.slot_no)
+                .bind(l.lease_gen)
+                .bind(holder)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                out.push(if r.rows_affected() == 1 {
+                    Renewal::Renewed(utc(expires))
+                } else {
+                    Renewal::Lost
+                });
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
+        self.release_where(lease, Some(holder)).await
+    }
+
+    async fn force_release(&self, lease: LeaseRef) -> Result<bool> {
+        self.release_where(lease, None).await
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        type Row = (
+            i64,
+            i64,
+            i64,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+            i64,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT s.feature_id, s.slot_no, s.lease_gen, f.name, f.license_id, s.holder, s.client_info,
+                    s.granted_by, s.granted_at, s.expires_at, s.state
+             FROM slots s JOIN features f ON f.id = s.feature_id
+             WHERE s.state IN (0, 1) AND s.expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)
+             ORDER BY f.name, s.feature_id, s.slot_no",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LeaseInfo {
+                lease: LeaseRef {
+                    feature_id: r.0,
+                    slot_no: r.1,
+                    lease_gen: r.2,
+                },
+                feature: r.3,
+                license_id: r.4,
+                holder: r.5.unwrap_or_default(),
+                client_info: r.6.unwrap_or_default(),
+                granted_by: r.7.unwrap_or_default(),
+                granted_at: utc(r.8),
+                expires_at: utc(r.9),
+                retiring: r.10 == SLOT_RETIRING,
+            })
+            .collect())
+    }
+
+    async fn purge_requests(&self, age: Duration) -> Result<u64> {
+        let r = sqlx::query(
+            "DELETE FROM grant_requests WHERE created_at < CAST(unixepoch('subsec') * 1000000 AS INTEGER) - ?",
+        )
+        .bind(micros(age))
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO identities (id, name, sealed, created_at, expires_at, revoked_at)
+             VALUES (?, ?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER), ?, NULL)",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(&row.sealed)
+        .bind(row.expires_at.map(us))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn identity(&self, id: &str) -> Result<Option<IdentityRow>> {
+        let row: Option<IdentityTuple> = sqlx::query_as(
+            "SELECT id, name, sealed, created_at, expires_at, revoked_at FROM identities WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map(identity_row))
+    }
+
+    async fn identities(&self) -> Result<Vec<IdentityRow>> {
+        let rows: Vec<IdentityTuple> = sqlx::query_as(
+            "SELECT id, name, sealed, created_at, expires_at, revoked_at FROM identities ORDER BY created_at, id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows.into_iter().map(identity_row).collect())
+    }
+
+    async fn revoke_identity(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE identities SET revoked_at = CAST(unixepoch('subsec') * 1000000 AS INTEGER)
+             WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_token(&self, row: &TokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO admin_tokens (id, name, role, token_hash, created_at)
+             VALUES (?, ?, ?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER))",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(row.role.as_str())
+        .bind(&row.token_hash)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_first_token(&self, row: &TokenRow) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO admin_tokens (id, name, role, token_hash, created_at)
+             SELECT ?, ?, ?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER)
+             WHERE NOT EXISTS (SELECT 1 FROM admin_tokens)",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(row.role.as_str())
+        .bind(&row.token_hash)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
+        let row: Option<TokenTuple> = sqlx::query_as(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM admin_tokens
+             WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(token_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        let rows: Vec<TokenTuple> = sqlx::query_as(
+            "SELECT id, name, role, token_hash, created_at, revoked_at FROM admin_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter().map(token_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE admin_tokens SET revoked_at = CAST(unixepoch('subsec') * 1000000 AS INTEGER)
+             WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn sealed_rows(&self) -> Result<Vec<SealedRow>> {
+        let mut out = Vec::new();
+        let lic: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT license_id, sealed FROM licenses")
+            .fetch_all(&self.writer)
+            .await?;
+        out.extend(lic.into_iter().map(|(row_id, sealed)| SealedRow {
+            kind: SealedKind::License,
+            row_id,
+            sealed,
+        }));
+        let ids: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, sealed FROM identities")
+            .fetch_all(&self.writer)
+            .await?;
+        out.extend(ids.into_iter().map(|(row_id, sealed)| SealedRow {
+            kind: SealedKind::IdentitySecret,
+            row_id,
+            sealed,
+        }));
+        Ok(out)
+    }
+
+    async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let sql = match kind {
+            SealedKind::License => "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?",
+            SealedKind::IdentitySecret => "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?",
+        };
+        let r = sqlx::query(sql)
+            .bind(new)
+            .bind(row_id)
+            .bind(old)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
