@@ -503,11 +503,11 @@ impl App {
     }
 
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
-        Ok(self.storage.release(holder, lease).await?)
+        Ok(self.storage.release(holder, lease).await?.is_some())
     }
 
     pub async fn force_release(&self, lease: LeaseRef) -> Result<(), AppError> {
-        if self.storage.force_release(lease).await? {
+        if self.storage.force_release(lease).await?.is_some() {
             tracing::info!(%lease, "lease force-released by an operator");
             Ok(())
         } else {

@@ -210,10 +210,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError>;
     /// Renews several leases of one holder in one transaction.
     async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>>;
-    /// True when the lease was held by `holder` and is now released.
-    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool>;
+    /// Releases a lease held by `holder`; the database time it ended, or
+    /// None when it was not live (already released, expired, re-granted).
+    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     /// Operator release, regardless of holder.
-    async fn force_release(&self, lease: LeaseRef) -> Result<bool>;
+    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;
     /// Forgets request ids older than `age`; returns how many.
     async fn purge_requests(&self, age: Duration) -> Result<u64>;

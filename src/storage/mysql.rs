@@ -113,13 +113,10 @@ impl MySqlStorage {
             tx.commit().await.map_err(StorageError::from)?;
             return Ok(g);
         }
-        let now = db_now(&mut tx).await?;
         let features: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, CAST((not_before IS NULL OR not_before <= ?) AND (expires_at IS NULL OR expires_at > ?) AS SIGNED)
+            "SELECT id, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED)
              FROM features WHERE name = ? AND seats > 0 ORDER BY id",
         )
-        .bind(now)
-        .bind(now)
         .bind(&req.feature)
         .fetch_all(&mut *tx)
         .await
@@ -131,21 +128,23 @@ impl MySqlStorage {
         if valid.is_empty() {
             return Err(SeatError::Expired(req.feature.clone()));
         }
-        let expires = add(now, req.ttl);
         for &fid in &valid {
             // Bounded: each pass either grants, or retires one retiring slot.
             for _ in 0..(MAX_SEATS_PASSES) {
                 let cand: Option<i64> = sqlx::query_scalar(
                     "SELECT slot_no FROM slots
-                     WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= ?)
+                     WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
                      ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
                 )
                 .bind(fid)
-                .bind(now)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
                 let Some(slot) = cand else { break };
+                // Read the clock only now that the slot is locked: a release we
+                // reclaim committed before this, so the new lease starts after it.
+                let now = db_now(&mut tx).await?;
+                let expires = add(now, req.ttl);
                 let retiring: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED) FROM slots
                      WHERE feature_id = ? AND state = 1 ORDER BY slot_no LIMIT 1 FOR UPDATE",
@@ -296,6 +295,27 @@ impl MySqlStorage {
             qb.build().execute(&mut **tx).await?;
         }
         Ok(())
+    }
+
+    async fn release_where(&self, lease: LeaseRef, holder: Option<&str>) -> Result<Option<DateTime<Utc>>> {
+        let mut tx = self.pool.begin().await?;
+        let now = db_now(&mut tx).await?;
+        let r = sqlx::query(
+            "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
+                    holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
+             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND (? IS NULL OR holder = ?)
+               AND state IN (0, 1) AND expires_at > ?",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(holder)
+        .bind(holder)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((r.rows_affected() == 1).then(|| utc(now)))
     }
 
     async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
@@ -631,41 +651,12 @@ impl Storage for MySqlStorage {
         .await
     }
 
-    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
-        with_retry(|| async {
-            let r = sqlx::query(
-                "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
-                        holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
-                 WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ? AND state IN (0, 1)
-                   AND expires_at > NOW(6)",
-            )
-            .bind(lease.feature_id)
-            .bind(lease.slot_no)
-            .bind(lease.lease_gen)
-            .bind(holder)
-            .execute(&self.pool)
-            .await?;
-            Ok(r.rows_affected() == 1)
-        })
-        .await
+    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        with_retry(|| self.release_where(lease, Some(holder))).await
     }
 
-    async fn force_release(&self, lease: LeaseRef) -> Result<bool> {
-        with_retry(|| async {
-            let r = sqlx::query(
-                "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
-                        holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
-                 WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND state IN (0, 1)
-                   AND expires_at > NOW(6)",
-            )
-            .bind(lease.feature_id)
-            .bind(lease.slot_no)
-            .bind(lease.lease_gen)
-            .execute(&self.pool)
-            .await?;
-            Ok(r.rows_affected() == 1)
-        })
-        .await
+    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        with_retry(|| self.release_where(lease, None)).await
     }
 
     async fn leases(&self) -> Result<Vec<LeaseInfo>> {

@@ -397,21 +397,25 @@ impl SqliteStorage {
         Ok(outcome)
     }
 
-    async fn release_where(&self, lease: LeaseRef, holder: Option<&str>) -> Result<bool> {
+    async fn release_where(&self, lease: LeaseRef, holder: Option<&str>) -> Result<Option<DateTime<Utc>>> {
         with_retry(|| async {
+            let mut tx = self.begin().await?;
+            let now = db_now(&mut tx).await?;
             let r = sqlx::query(
                 "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
                         holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
                  WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND (?4 IS NULL OR holder = ?4)
-                   AND state IN (0, 1) AND expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
+                   AND state IN (0, 1) AND expires_at > ?5",
             )
             .bind(lease.feature_id)
             .bind(lease.slot_no)
             .bind(lease.lease_gen)
             .bind(holder)
-            .execute(&self.writer)
+            .bind(now)
+            .execute(&mut *tx)
             .await?;
-            Ok(r.rows_affected() == 1)
+            tx.commit().await?;
+            Ok((r.rows_affected() == 1).then(|| utc(now)))
         })
         .await
     }
@@ -602,11 +606,11 @@ impl Storage for SqliteStorage {
         .await
     }
 
-    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
+    async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         self.release_where(lease, Some(holder)).await
     }
 
-    async fn force_release(&self, lease: LeaseRef) -> Result<bool> {
+    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         self.release_where(lease, None).await
     }
 

@@ -1,0 +1,307 @@
+//! Shared test harness: real MariaDB (a fresh database per test), real
+//! SQLite files, signed licenses, and real `floatlm` processes on port 0.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floatlm::app::App;
+use floatlm::config::Layers;
+use floatlm::crypto::keyring::{Keyring, MasterKey, SealContext};
+use floatlm::domain::license::{parse_definition, LicenseDef, VendorSigningKey};
+use floatlm::storage::mysql::MySqlStorage;
+use floatlm::storage::sqlite::SqliteStorage;
+use floatlm::storage::{LicenseRecord, Storage};
+
+/// Server URL without a database; override with FLOATLM_TEST_MYSQL_URL.
+pub fn mysql_server_url() -> String {
+    std::env::var("FLOATLM_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
+}
+
+const HOW_TO_START: &str = "MariaDB must be reachable for this test. Start it with \
+    `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` (or `apt-get install -y mariadb-server`), \
+    or run scripts/test.sh, which starts it; set FLOATLM_TEST_MYSQL_URL=mysql://USER:PASS@HOST:PORT to use another server";
+
+/// A database of its own on the test MariaDB server, dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        use sqlx::Connection;
+        let server = mysql_server_url();
+        let mut conn = match tokio::time::timeout(Duration::from_secs(10), sqlx::MySqlConnection::connect(&server)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => panic!("cannot connect to MariaDB at {server}: {e}. {HOW_TO_START}"),
+            Err(_) => panic!("timed out connecting to MariaDB at {server}. {HOW_TO_START}"),
+        };
+        let name = format!("floatlm_t_{}", floatlm::crypto::random_hex(6));
+        sqlx::query(&format!("CREATE DATABASE `{name}`"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let _ = conn.close().await;
+        TestDb {
+            url: format!("{server}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let server = mysql_server_url();
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a small one of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::MySqlConnection::connect(&server).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+                    let _ = c.close().await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Mysql,
+}
+
+/// A migrated storage plus whatever keeps it alive.
+pub struct TestStore {
+    pub storage: Arc<dyn Storage>,
+    pub kind: Kind,
+    pub db: Option<TestDb>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestStore {
+    pub async fn new(kind: Kind) -> TestStore {
+        Self::with_pool(kind, 16).await
+    }
+
+    pub async fn with_pool(kind: Kind, pool: u32) -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, db): (Arc<dyn Storage>, Option<TestDb>) = match kind {
+            Kind::Sqlite => (Arc::new(SqliteStorage::open(&dir.path().join("t.db")).await.unwrap()), None),
+            Kind::Mysql => {
+                let db = TestDb::new().await;
+                (Arc::new(MySqlStorage::connect(&db.url, pool).await.unwrap()), Some(db))
+            }
+        };
+        storage.migrate().await.unwrap();
+        TestStore { storage, kind, db, dir }
+    }
+}
+
+pub fn test_keyring() -> Keyring {
+    Keyring::new(vec![MasterKey::new("k1", [42; 32]).unwrap()]).unwrap()
+}
+
+/// A license record as the app would store it.
+pub fn record(def: &LicenseDef, vendor: &VendorSigningKey, ring: &Keyring) -> LicenseRecord {
+    let text = vendor.sign(def).unwrap();
+    LicenseRecord {
+        license_id: def.license_id.clone(),
+        serial: def.serial as i64,
+        customer: def.customer.clone(),
+        vendor_key_id: vendor.public().id(),
+        digest: floatlm::crypto::sha256_hex(text.as_bytes()),
+        sealed: ring.seal(SealContext::new("licenses", "sealed", &def.license_id), text.as_bytes()),
+        features: def.features.clone(),
+    }
+}
+
+/// A definition with one feature.
+pub fn def(license_id: &str, serial: u64, feature: &str, seats: u32) -> LicenseDef {
+    parse_definition(&format!(
+        "license_id = \"{license_id}\"\nserial = {serial}\ncustomer = \"Test\"\n[[feature]]\nname = \"{feature}\"\nseats = {seats}\n"
+    ))
+    .unwrap()
+}
+
+/// An in-process App on `kind`, with a trusted vendor key.
+pub struct TestApp {
+    pub app: Arc<App>,
+    pub vendor: VendorSigningKey,
+    pub dir: tempfile::TempDir,
+    pub db: Option<TestDb>,
+}
+
+pub fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
+}
+
+pub const MASTER_KEY_1: &str = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+pub const MASTER_KEY_2: &str = "k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+/// Layers for an App: data dir in `dir`, database per kind, master key, vendor key.
+pub fn layers(dir: &Path, db_url: Option<&str>, master_key: &str, vendor: &VendorSigningKey) -> Layers {
+    let pub_path = write(&dir.join("vendor.pub"), &vendor.public().to_text());
+    let mut l = Layers::default();
+    l.flag("data_dir", Some(dir.join("data").display()));
+    l.flag("database_url", db_url);
+    l.flag("master_key", Some(master_key));
+    l.flag("vendor_keys", Some(pub_path.display()));
+    l.flag("admin_token", Some("test-admin-token-0123456789"));
+    l
+}
+
+impl TestApp {
+    pub async fn new(kind: Kind) -> TestApp {
+        let db = match kind {
+            Kind::Mysql => Some(TestDb::new().await),
+            Kind::Sqlite => None,
+        };
+        Self::on(kind, db, VendorSigningKey::generate()).await
+    }
+
+    pub async fn on(_kind: Kind, db: Option<TestDb>, vendor: VendorSigningKey) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let url = db.as_ref().map(|d| d.url.clone());
+        let cfg = layers(dir.path(), url.as_deref(), MASTER_KEY_1, &vendor).build().unwrap();
+        let app = App::start(cfg).await.unwrap();
+        TestApp { app, vendor, dir, db }
+    }
+}
+
+/// A real `floatlm serve` process.
+pub struct ServerProc {
+    pub child: Child,
+    pub licensing: String,
+    pub admin: String,
+    pub instance: String,
+    pub stderr_log: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts `floatlm serve ARGS` with ENV and waits for its listening line.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Result<ServerProc, String> {
+        let stderr_log = log_dir.join(format!("server-{}.log", floatlm::crypto::random_hex(4)));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_floatlm"));
+        cmd.arg("serve")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(" listening licensing=") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                let field = |k: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let instance = line.split_whitespace().nth(2).unwrap_or_default().to_string();
+                Ok(ServerProc {
+                    licensing: field("licensing="),
+                    admin: field("admin="),
+                    instance,
+                    child,
+                    stderr_log,
+                })
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                Err(format!(
+                    "server did not start (exit {status:?}); its log:\n{}",
+                    std::fs::read_to_string(&stderr_log).unwrap_or_default()
+                ))
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for exit with a deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Defines `$name_sqlite` and `$name_mysql` tests calling `$body(Kind)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::common::Kind::Sqlite).await }
+            )*
+        }
+        mod mysql_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(super::common::Kind::Mysql).await }
+            )*
+        }
+    };
+}

@@ -1,0 +1,278 @@
+//! One conformance suite for the Storage trait, run on SQLite and MariaDB.
+
+mod common;
+
+use common::{def, record, test_keyring, wait_for, Kind, TestStore};
+use floatlm::domain::license::VendorSigningKey;
+use floatlm::domain::seats::{GrantRequest, LeaseRef, RequestId, Renewal, SeatError};
+use floatlm::storage::{usage_by_name, ApplyOutcome, SealedKind, Storage, StorageError};
+use std::time::Duration;
+
+fn req(feature: &str, holder: &str, rid: &str, ttl: Duration) -> GrantRequest {
+    GrantRequest {
+        feature: feature.into(),
+        request_id: RequestId::new(rid).unwrap(),
+        holder: holder.into(),
+        client_info: "test".into(),
+        ttl,
+        instance_id: "i-test".into(),
+    }
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+async fn store_with(kind: Kind, feature: &str, seats: u32) -> (TestStore, VendorSigningKey) {
+    let s = TestStore::new(kind).await;
+    let v = VendorSigningKey::generate();
+    let out = s.storage.apply_license(&record(&def("L1", 1, feature, seats), &v, &test_keyring())).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Created);
+    (s, v)
+}
+
+async fn usage(st: &dyn Storage, name: &str) -> (i64, i64, i64) {
+    let u = usage_by_name(&st.feature_rows().await.unwrap());
+    let f = u.iter().find(|f| f.name == name).expect("feature listed");
+    (f.total, f.used, f.free)
+}
+
+async fn grants_up_to_n_then_refuses(kind: Kind) {
+    let (s, _) = store_with(kind, "cad", 3).await;
+    let st = s.storage.as_ref();
+    let mut leases = Vec::new();
+    for i in 0..3 {
+        let g = st.grant(&req("cad", "h1", &format!("r{i}"), TTL)).await.unwrap();
+        assert!(!g.replayed);
+        assert!(g.expires_at > g.granted_at);
+        leases.push(g.lease);
+    }
+    let err = st.grant(&req("cad", "h1", "r3", TTL)).await.unwrap_err();
+    assert!(matches!(err, SeatError::NoSeat { total: 3, .. }), "{err}");
+    assert!(err.to_string().starts_with("no license"), "{err}");
+    assert_eq!(usage(st, "cad").await, (3, 3, 0));
+    // Release frees exactly one; a second release of the same lease is a no-op.
+    assert!(st.release("h1", leases[1]).await.unwrap().is_some());
+    assert!(st.release("h1", leases[1]).await.unwrap().is_none());
+    assert_eq!(usage(st, "cad").await, (3, 2, 1));
+    let g = st.grant(&req("cad", "h2", "r4", TTL)).await.unwrap();
+    assert_eq!(g.lease.slot_no, leases[1].slot_no);
+    assert!(g.lease.lease_gen > leases[1].lease_gen, "lease_gen is a fencing token and must rise");
+    // The old lease of that slot is fenced off.
+    assert_eq!(st.renew("h1", &[leases[1]], TTL).await.unwrap(), vec![Renewal::Lost]);
+    assert!(st.release("h1", leases[1]).await.unwrap().is_none());
+}
+
+async fn request_ids_make_grants_idempotent(kind: Kind) {
+    let (s, v) = store_with(kind, "cad", 2).await;
+    let st = s.storage.as_ref();
+    let a = st.grant(&req("cad", "h1", "s1:1", TTL)).await.unwrap();
+    let b = st.grant(&req("cad", "h1", "s1:1", TTL)).await.unwrap();
+    assert!(b.replayed);
+    assert_eq!(a.lease, b.lease);
+    assert_eq!(usage(st, "cad").await.1, 1, "a retry must not take a second seat");
+    // Same request id from another holder is a different request.
+    let c = st.grant(&req("cad", "h2", "s1:1", TTL)).await.unwrap();
+    assert_ne!(c.lease, a.lease);
+    // Same id, other feature: refused, nothing granted.
+    st.apply_license(&record(&def("L2", 1, "other", 1), &v, &test_keyring())).await.unwrap();
+    let e = st.grant(&req("other", "h1", "s1:1", TTL)).await.unwrap_err();
+    assert!(matches!(e, SeatError::RequestIdReused(_)), "{e}");
+    assert_eq!(usage(st, "other").await.1, 0);
+    // Concurrent retries of one request id grant once.
+    let mut tasks = Vec::new();
+    let shared = s.storage.clone();
+    st.release("h1", a.lease).await.unwrap();
+    st.release("h2", c.lease).await.unwrap();
+    for _ in 0..8 {
+        let st = shared.clone();
+        tasks.push(tokio::spawn(async move { st.grant(&req("cad", "h9", "race:1", TTL)).await.unwrap().lease }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert!(got.windows(2).all(|w| w[0] == w[1]), "{got:?}");
+    assert_eq!(usage(st, "cad").await.1, 1);
+}
+
+async fn renew_extends_and_expiry_frees(kind: Kind) {
+    let (s, _) = store_with(kind, "cad", 1).await;
+    let st = s.storage.as_ref();
+    let short = Duration::from_millis(300);
+    let g = st.grant(&req("cad", "h1", "a", short)).await.unwrap();
+    let r = st.renew("h1", &[g.lease], Duration::from_secs(2)).await.unwrap();
+    let Renewal::Renewed(until) = r[0] else { panic!("renew failed") };
+    assert!(until > g.expires_at);
+    // Wrong holder cannot renew or release.
+    assert_eq!(st.renew("h2", &[g.lease], TTL).await.unwrap(), vec![Renewal::Lost]);
+    assert!(st.release("h2", g.lease).await.unwrap().is_none());
+    assert!(matches!(st.grant(&req("cad", "h2", "b", TTL)).await, Err(SeatError::NoSeat { .. })));
+    // Left alone, the lease expires and the next grant reclaims the slot.
+    let mut n = 0;
+    let g2 = wait_for("the expired lease to be reclaimed", Duration::from_secs(10), || {
+        n += 1;
+        let rid = format!("c{n}");
+        async move { st.grant(&req("cad", "h2", &rid, TTL)).await.ok() }
+    })
+    .await;
+    assert_eq!(g2.lease.slot_no, g.lease.slot_no);
+    assert!(g2.lease.lease_gen > g.lease.lease_gen);
+    assert!(g2.granted_at >= until, "a slot is re-granted only after its lease expired");
+    assert_eq!(st.renew("h1", &[g.lease], TTL).await.unwrap(), vec![Renewal::Lost]);
+}
+
+async fn batch_renew_reports_each_lease(kind: Kind) {
+    let (s, _) = store_with(kind, "cad", 3).await;
+    let st = s.storage.as_ref();
+    let a = st.grant(&req("cad", "h1", "a", TTL)).await.unwrap().lease;
+    let b = st.grant(&req("cad", "h1", "b", TTL)).await.unwrap().lease;
+    st.release("h1", b).await.unwrap();
+    let bogus = LeaseRef { feature_id: 999, slot_no: 0, lease_gen: 1 };
+    let r = st.renew("h1", &[a, b, bogus], TTL).await.unwrap();
+    assert!(matches!(r[0], Renewal::Renewed(_)));
+    assert_eq!(&r[1..], &[Renewal::Lost, Renewal::Lost]);
+}
+
+async fn unknown_expired_and_future_features(kind: Kind) {
+    let s = TestStore::new(kind).await;
+    let st = s.storage.as_ref();
+    let v = VendorSigningKey::generate();
+    let ring = test_keyring();
+    assert!(matches!(st.grant(&req("nope", "h", "a", TTL)).await, Err(SeatError::UnknownFeature(_))));
+    let mut d = def("OLD", 1, "old", 2);
+    d.features[0].expires = Some("2020-01-01T00:00:00Z".parse().unwrap());
+    st.apply_license(&record(&d, &v, &ring)).await.unwrap();
+    let e = st.grant(&req("old", "h", "b", TTL)).await.unwrap_err();
+    assert!(matches!(e, SeatError::Expired(_)), "{e}");
+    let mut d = def("NEW", 1, "future", 2);
+    d.features[0].not_before = Some("2099-01-01T00:00:00Z".parse().unwrap());
+    st.apply_license(&record(&d, &v, &ring)).await.unwrap();
+    assert!(matches!(st.grant(&req("future", "h", "c", TTL)).await, Err(SeatError::Expired(_))));
+    assert_eq!(usage(st, "old").await, (0, 0, 0));
+}
+
+async fn apply_is_versioned(kind: Kind) {
+    let (s, v) = store_with(kind, "cad", 2).await;
+    let st = s.storage.as_ref();
+    let ring = test_keyring();
+    let same = record(&def("L1", 1, "cad", 2), &v, &ring);
+    // Ed25519 signatures are deterministic: the same definition is the same file.
+    assert_eq!(st.apply_license(&same).await.unwrap(), ApplyOutcome::Unchanged);
+    let changed = record(&def("L1", 1, "cad", 3), &v, &ring);
+    let e = st.apply_license(&changed).await.unwrap_err();
+    assert!(matches!(e, StorageError::Conflict(_)) && e.to_string().contains("higher serial"), "{e}");
+    let v2 = record(&def("L1", 2, "cad", 4), &v, &ring);
+    assert_eq!(st.apply_license(&v2).await.unwrap(), ApplyOutcome::Replaced { previous_serial: 1 });
+    assert_eq!(usage(st, "cad").await, (4, 0, 4));
+    let older = record(&def("L1", 1, "cad", 9), &v, &ring);
+    assert!(st.apply_license(&older).await.unwrap_err().to_string().contains("older"));
+    assert_eq!(usage(st, "cad").await, (4, 0, 4));
+    // Two licenses of one feature add up.
+    st.apply_license(&record(&def("L2", 1, "cad", 1), &v, &ring)).await.unwrap();
+    assert_eq!(usage(st, "cad").await, (5, 0, 5));
+    // A license that drops a feature retires its slots.
+    st.apply_license(&record(&def("L2", 2, "else", 1), &v, &ring)).await.unwrap();
+    assert_eq!(usage(st, "cad").await, (4, 0, 4));
+    assert_eq!(st.licenses().await.unwrap().len(), 2);
+}
+
+async fn shrinking_never_revokes_and_converges(kind: Kind) {
+    let (s, v) = store_with(kind, "cad", 4).await;
+    let st = s.storage.as_ref();
+    let ring = test_keyring();
+    let mut held = Vec::new();
+    for i in 0..3 {
+        held.push(st.grant(&req("cad", "h", &format!("g{i}"), TTL)).await.unwrap().lease);
+    }
+    // 4 -> 1 with 3 held: the free slot retires, two held slots go retiring.
+    st.apply_license(&record(&def("L1", 2, "cad", 1), &v, &ring)).await.unwrap();
+    assert_eq!(usage(st, "cad").await, (1, 3, 0));
+    for l in &held {
+        assert!(matches!(st.renew("h", &[*l], TTL).await.unwrap()[0], Renewal::Renewed(_)), "no live lease is revoked");
+    }
+    assert!(matches!(st.grant(&req("cad", "x", "n1", TTL)).await, Err(SeatError::NoSeat { total: 1, .. })));
+    // Releasing leases never lets the live count exceed the new size again.
+    for (i, l) in held.iter().enumerate() {
+        st.release("h", *l).await.unwrap();
+        let _ = st.grant(&req("cad", "x", &format!("m{i}"), TTL)).await;
+        let (total, used, _) = usage(st, "cad").await;
+        assert_eq!(total, 1);
+        assert!(used <= (held.len() - i - 1).max(1) as i64, "used {used} after {} releases", i + 1);
+    }
+    let leases = st.leases().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    // Growing again brings the seats back.
+    st.apply_license(&record(&def("L1", 3, "cad", 5), &v, &ring)).await.unwrap();
+    assert_eq!(usage(st, "cad").await, (5, 1, 4));
+}
+
+async fn leases_list_and_force_release(kind: Kind) {
+    let (s, _) = store_with(kind, "cad", 2).await;
+    let st = s.storage.as_ref();
+    let g = st.grant(&req("cad", "holder-1", "a", TTL)).await.unwrap();
+    let l = st.leases().await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].lease, g.lease);
+    assert_eq!(l[0].holder, "holder-1");
+    assert_eq!(l[0].granted_by, "i-test");
+    assert!(st.force_release(g.lease).await.unwrap().is_some());
+    assert!(st.leases().await.unwrap().is_empty());
+    assert!(st.force_release(g.lease).await.unwrap().is_none());
+}
+
+async fn identities_tokens_canaries_and_reseal(kind: Kind) {
+    use floatlm::domain::seats::Role;
+    use floatlm::storage::{IdentityRow, TokenRow};
+    let s = TestStore::new(kind).await;
+    let st = s.storage.as_ref();
+    let now = st.now().await.unwrap();
+    let row = IdentityRow { id: "0123456789abcdef".into(), name: "ci".into(), sealed: vec![1, 2, 3], created_at: now, expires_at: None, revoked_at: None };
+    st.insert_identity(&row).await.unwrap();
+    assert!(st.insert_identity(&row).await.is_err(), "duplicate id refused");
+    let got = st.identity("0123456789abcdef").await.unwrap().unwrap();
+    assert_eq!(got.sealed, vec![1, 2, 3]);
+    assert!(st.revoke_identity("0123456789abcdef").await.unwrap());
+    assert!(!st.revoke_identity("0123456789abcdef").await.unwrap());
+    assert!(st.identity("0123456789abcdef").await.unwrap().unwrap().revoked_at.is_some());
+
+    let t = |id: &str, hash: &str| TokenRow { id: id.into(), name: "t".into(), role: Role::Operator, token_hash: hash.into(), created_at: now, revoked_at: None };
+    assert!(st.insert_first_token(&t("a", &"a".repeat(64))).await.unwrap());
+    assert!(!st.insert_first_token(&t("b", &"b".repeat(64))).await.unwrap());
+    st.insert_token(&t("c", &"c".repeat(64))).await.unwrap();
+    assert_eq!(st.token_by_hash(&"c".repeat(64)).await.unwrap().unwrap().role, Role::Operator);
+    assert!(st.revoke_token("c").await.unwrap());
+    assert!(st.token_by_hash(&"c".repeat(64)).await.unwrap().is_none());
+    assert_eq!(st.tokens().await.unwrap().len(), 2);
+
+    assert!(st.insert_canary("k1", b"one").await.unwrap());
+    assert!(!st.insert_canary("k1", b"two").await.unwrap(), "first canary wins");
+    st.insert_canary("k2", b"x").await.unwrap();
+    st.retain_canary("k2").await.unwrap();
+    assert_eq!(st.canaries().await.unwrap(), vec![("k2".to_string(), b"x".to_vec())]);
+
+    assert!(st.reseal(SealedKind::IdentitySecret, "0123456789abcdef", &[1, 2, 3], &[4]).await.unwrap());
+    assert!(!st.reseal(SealedKind::IdentitySecret, "0123456789abcdef", &[1, 2, 3], &[5]).await.unwrap(), "conditional on the old blob");
+    assert_eq!(st.sealed_rows().await.unwrap().len(), 1);
+    assert_eq!(st.purge_requests(Duration::from_secs(3600)).await.unwrap(), 0);
+}
+
+async fn migrations_are_idempotent(kind: Kind) {
+    let s = TestStore::new(kind).await;
+    s.storage.migrate().await.unwrap();
+    s.storage.ping().await.unwrap();
+    let a = s.storage.now().await.unwrap();
+    let b = s.storage.now().await.unwrap();
+    assert!(b >= a, "the database clock does not run backwards");
+}
+
+both_backends!(
+    grants_up_to_n_then_refuses,
+    request_ids_make_grants_idempotent,
+    renew_extends_and_expiry_frees,
+    batch_renew_reports_each_lease,
+    unknown_expired_and_future_features,
+    apply_is_versioned,
+    shrinking_never_revokes_and_converges,
+    leases_list_and_force_release,
+    identities_tokens_canaries_and_reseal,
+    migrations_are_idempotent,
+);
