@@ -17,7 +17,9 @@ use thiserror::Error;
 use crate::config::{Config, DatabaseConfig};
 use crate::crypto::keyring::{parse_key_list, Keyring, MasterKey, SealContext, SealError};
 use crate::crypto::{random_hex, sha256_hex, Secret};
-use crate::domain::identity::{new_identity_id, new_identity_secret, valid_identity_id, IdentityString};
+use crate::domain::identity::{
+    new_identity_id, new_identity_secret, valid_identity_id, IdentityString,
+};
 use crate::domain::license::{self, LicenseError, VendorKey};
 use crate::domain::seats::{FeatureUsage, Grant, GrantRequest, LeaseRef, Renewal, Role, SeatError};
 use crate::storage::{
@@ -95,7 +97,9 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartErro
             }
             Arc::new(SqliteStorage::open(path).await?)
         }
-        DatabaseConfig::Mysql(url) => Arc::new(MySqlStorage::connect(url.expose(), config.max_connections).await?),
+        DatabaseConfig::Mysql(url) => {
+            Arc::new(MySqlStorage::connect(url.expose(), config.max_connections).await?)
+        }
     })
 }
 
@@ -123,9 +127,11 @@ fn load_or_generate_key(config: &Config) -> Result<Vec<MasterKey>, StartError> {
     let path = config.data_dir.join("master.key");
     if path.exists() {
         let text = Secret::new(
-            std::fs::read_to_string(&path).map_err(|e| StartError::Io(format!("cannot read {}: {e}", path.display())))?,
+            std::fs::read_to_string(&path)
+                .map_err(|e| StartError::Io(format!("cannot read {}: {e}", path.display())))?,
         );
-        return parse_key_list(text.expose()).map_err(|e| StartError::Key(format!("{}: {e}", path.display())));
+        return parse_key_list(text.expose())
+            .map_err(|e| StartError::Key(format!("{}: {e}", path.display())));
     }
     let key = MasterKey::generate("k1").expect("static id is valid");
     write_private_file(&path, &format!("{}\n", key.to_spec().as_str()))
@@ -197,7 +203,8 @@ async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), Start
 fn new_token() -> (String, Secret) {
     use base64::Engine;
     let id = random_hex(8);
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::random_bytes(32));
+    let secret =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(crate::crypto::random_bytes(32));
     let token = Secret::new(format!("flt_{id}_{secret}"));
     (id, token)
 }
@@ -270,8 +277,12 @@ impl App {
     /// Everything an instance does before it listens: key, database,
     /// migrations, canary, first admin token, first integrity check.
     pub async fn start(config: Config) -> Result<Arc<App>, StartError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| StartError::Io(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Io(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
         let keys = load_or_generate_key(&config)?;
         let keyring = Keyring::new(keys).map_err(|e| StartError::Key(e.to_string()))?;
         let storage = open_storage(&config).await?;
@@ -287,7 +298,10 @@ impl App {
             config,
         });
         app.bootstrap_token().await?;
-        let report = app.verify_integrity().await.map_err(|e| StartError::Io(e.to_string()))?;
+        let report = app
+            .verify_integrity()
+            .await
+            .map_err(|e| StartError::Io(e.to_string()))?;
         for (feature, why) in &report.refused {
             tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
         }
@@ -360,7 +374,10 @@ impl App {
     // ---------------------------------------------------------------- licenses
 
     /// Verifies, seals and stores a license file; creates or resizes slots.
-    pub async fn apply_license(&self, text: &str) -> Result<(ApplyOutcome, license::VerifiedLicense), AppError> {
+    pub async fn apply_license(
+        &self,
+        text: &str,
+    ) -> Result<(ApplyOutcome, license::VerifiedLicense), AppError> {
         let keys = self.vendor_keys.read().expect("lock").clone();
         if keys.is_empty() {
             return Err(AppError::License(LicenseError::UnknownKey(
@@ -368,13 +385,23 @@ impl App {
             )));
         }
         let v = license::verify(text, &keys)?;
+        let now = self.storage.now().await?;
+        if v.def
+            .features
+            .iter()
+            .all(|f| f.expires.is_some_and(|e| e <= now))
+        {
+            return Err(LicenseError::Expired(v.def.license_id.clone()).into());
+        }
         let record = LicenseRecord {
             license_id: v.def.license_id.clone(),
             serial: v.def.serial as i64,
             customer: v.def.customer.clone(),
             vendor_key_id: v.vendor_key_id.clone(),
             digest: v.digest.clone(),
-            sealed: self.keyring.seal(license_ctx(&v.def.license_id), v.raw.as_bytes()),
+            sealed: self
+                .keyring
+                .seal(license_ctx(&v.def.license_id), v.raw.as_bytes()),
             features: v.def.features.clone(),
         };
         let outcome = self.storage.apply_license(&record).await?;
@@ -384,16 +411,25 @@ impl App {
     }
 
     /// Opens and re-verifies a stored license.
-    fn open_license(&self, license_id: &str, sealed: &[u8], digest: &str) -> Result<license::VerifiedLicense, String> {
+    fn open_license(
+        &self,
+        license_id: &str,
+        sealed: &[u8],
+        digest: &str,
+    ) -> Result<license::VerifiedLicense, String> {
         let text = self
             .keyring
             .open(license_ctx(license_id), sealed)
             .map_err(|e: SealError| format!("stored license {license_id} refused: {e}"))?;
-        let text = std::str::from_utf8(&text).map_err(|_| format!("stored license {license_id} is not text"))?;
+        let text = std::str::from_utf8(&text)
+            .map_err(|_| format!("stored license {license_id} is not text"))?;
         let keys = self.vendor_keys.read().expect("lock").clone();
-        let v = license::verify(text, &keys).map_err(|e| format!("stored license {license_id} refused: {e}"))?;
+        let v = license::verify(text, &keys)
+            .map_err(|e| format!("stored license {license_id} refused: {e}"))?;
         if v.def.license_id != license_id || v.digest != digest {
-            return Err(format!("stored license {license_id} refused: its row does not match the sealed file"));
+            return Err(format!(
+                "stored license {license_id} refused: its row does not match the sealed file"
+            ));
         }
         Ok(v)
     }
@@ -405,7 +441,10 @@ impl App {
             .map(|r| {
                 let opened = self.open_license(&r.license_id, &r.sealed, &r.digest);
                 LicenseView {
-                    status: opened.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.clone()),
+                    status: opened
+                        .as_ref()
+                        .map(|_| "ok".to_string())
+                        .unwrap_or_else(|e| e.clone()),
                     features: opened.map(|v| v.def.features).unwrap_or_default(),
                     license_id: r.license_id,
                     serial: r.serial,
@@ -442,7 +481,9 @@ impl App {
                     Ok(v) => {
                         let def = v.def.features.iter().find(|f| f.name == row.name);
                         let seats = def.map(|f| f.seats as i64).unwrap_or(0);
-                        let window_ok = def.is_none_or(|f| f.not_before == row.not_before && f.expires == row.expires_at);
+                        let window_ok = def.is_none_or(|f| {
+                            f.not_before == row.not_before && f.expires == row.expires_at
+                        });
                         if row.seats != seats || row.active_slots != seats || !window_ok {
                             Some(format!(
                                 "license {} grants {seats} seats of '{}' but the database holds {} active slots (seats column {}){}; \
@@ -499,7 +540,10 @@ impl App {
     }
 
     pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
-        Ok(self.storage.renew(holder, leases, self.config.lease_ttl).await?)
+        Ok(self
+            .storage
+            .renew(holder, leases, self.config.lease_ttl)
+            .await?)
     }
 
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
@@ -511,7 +555,9 @@ impl App {
             tracing::info!(%lease, "lease force-released by an operator");
             Ok(())
         } else {
-            Err(AppError::NotFound(format!("lease {lease} is not live (already released, expired or re-granted)")))
+            Err(AppError::NotFound(format!(
+                "lease {lease} is not live (already released, expired or re-granted)"
+            )))
         }
     }
 
@@ -525,12 +571,16 @@ impl App {
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(IdentityView, IdentityString), AppError> {
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-            return Err(AppError::BadRequest("identity name must be 1-128 printable characters".into()));
+            return Err(AppError::BadRequest(
+                "identity name must be 1-128 printable characters".into(),
+            ));
         }
         let id = new_identity_id();
         let secret = new_identity_secret();
         let row = IdentityRow {
-            sealed: self.keyring.seal(identity_ctx(&id), secret.expose().as_bytes()),
+            sealed: self
+                .keyring
+                .seal(identity_ctx(&id), secret.expose().as_bytes()),
             id: id.clone(),
             name: name.to_string(),
             created_at: Utc::now(),
@@ -555,11 +605,20 @@ impl App {
     }
 
     pub async fn identities(&self) -> Result<Vec<IdentityView>, AppError> {
-        Ok(self.storage.identities().await?.iter().map(IdentityView::from).collect())
+        Ok(self
+            .storage
+            .identities()
+            .await?
+            .iter()
+            .map(IdentityView::from)
+            .collect())
     }
 
     /// The identity's secret, opened (used by the protocol handshake).
-    pub async fn identity_secret(&self, id: &str) -> Result<Option<(IdentityRow, Secret)>, AppError> {
+    pub async fn identity_secret(
+        &self,
+        id: &str,
+    ) -> Result<Option<(IdentityRow, Secret)>, AppError> {
         if !valid_identity_id(id) {
             return Ok(None);
         }
@@ -570,7 +629,8 @@ impl App {
             .keyring
             .open(identity_ctx(id), &row.sealed)
             .map_err(|e| AppError::Internal(format!("identity {id}: {e}")))?;
-        let secret = String::from_utf8(secret.to_vec()).map_err(|_| AppError::Internal(format!("identity {id}: secret is not text")))?;
+        let secret = String::from_utf8(secret.to_vec())
+            .map_err(|_| AppError::Internal(format!("identity {id}: secret is not text")))?;
         Ok(Some((row, Secret::new(secret))))
     }
 
@@ -579,7 +639,9 @@ impl App {
             tracing::info!(identity = %id, "identity revoked");
             Ok(())
         } else {
-            Err(AppError::NotFound(format!("identity {id} does not exist or is already revoked")))
+            Err(AppError::NotFound(format!(
+                "identity {id} does not exist or is already revoked"
+            )))
         }
     }
 
@@ -602,9 +664,15 @@ impl App {
             .map(|t| t.role))
     }
 
-    pub async fn create_token(&self, name: &str, role: Role) -> Result<(TokenView, Secret), AppError> {
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+    ) -> Result<(TokenView, Secret), AppError> {
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
-            return Err(AppError::BadRequest("token name must be 1-128 printable characters".into()));
+            return Err(AppError::BadRequest(
+                "token name must be 1-128 printable characters".into(),
+            ));
         }
         let (id, token) = new_token();
         let row = TokenRow {
@@ -649,7 +717,9 @@ impl App {
         if self.storage.revoke_token(id).await? {
             Ok(())
         } else {
-            Err(AppError::NotFound(format!("token {id} does not exist or is already revoked")))
+            Err(AppError::NotFound(format!(
+                "token {id} does not exist or is already revoked"
+            )))
         }
     }
 
@@ -670,10 +740,18 @@ impl App {
             }
             let ctx = SealContext::new(row.kind.table(), "sealed", &row.row_id);
             let plain = self.keyring.open(ctx, &row.sealed).map_err(|e| {
-                AppError::Conflict(format!("{} row {} cannot be re-sealed: {e}", row.kind.table(), row.row_id))
+                AppError::Conflict(format!(
+                    "{} row {} cannot be re-sealed: {e}",
+                    row.kind.table(),
+                    row.row_id
+                ))
             })?;
             let new = self.keyring.seal(ctx, &plain);
-            if self.storage.reseal(row.kind, &row.row_id, &row.sealed, &new).await? {
+            if self
+                .storage
+                .reseal(row.kind, &row.row_id, &row.sealed, &new)
+                .await?
+            {
                 resealed += 1;
             }
         }

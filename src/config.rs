@@ -203,16 +203,37 @@ impl Layers {
             }
         }
         fn addr(key: &'static str, v: &(String, Source)) -> Result<SocketAddr, ConfigError> {
-            v.0.parse()
-                .map_err(|_| invalid(key, &v.1, format!("'{}' is not IP:PORT (for example 127.0.0.1:8990 or 0.0.0.0:8990)", v.0)))
+            v.0.parse().map_err(|_| {
+                invalid(
+                    key,
+                    &v.1,
+                    format!(
+                        "'{}' is not IP:PORT (for example 127.0.0.1:8990 or 0.0.0.0:8990)",
+                        v.0
+                    ),
+                )
+            })
         }
-        fn secs(key: &'static str, v: &(String, Source), min: f64, max: f64) -> Result<Duration, ConfigError> {
+        fn secs(
+            key: &'static str,
+            v: &(String, Source),
+            min: f64,
+            max: f64,
+        ) -> Result<Duration, ConfigError> {
             let d = parse_duration(&v.0).ok_or_else(|| {
-                invalid(key, &v.1, format!("'{}' is not a duration (examples: 30s, 2m, 1h, 500ms)", v.0))
+                invalid(
+                    key,
+                    &v.1,
+                    format!("'{}' is not a duration (examples: 30s, 2m, 1h, 500ms)", v.0),
+                )
             })?;
             let s = d.as_secs_f64();
             if s < min || s > max {
-                return Err(invalid(key, &v.1, format!("{s}s is outside the allowed range {min}s..={max}s")));
+                return Err(invalid(
+                    key,
+                    &v.1,
+                    format!("{s}s is outside the allowed range {min}s..={max}s"),
+                ));
             }
             Ok(d)
         }
@@ -224,7 +245,11 @@ impl Layers {
             key_file: &'static str,
         ) -> Result<Option<(Secret, Source)>, ConfigError> {
             match (direct, file) {
-                (Some(_), Some((_, s))) => Err(invalid(key_file, &s, format!("set either {key} or {key_file}, not both"))),
+                (Some(_), Some((_, s))) => Err(invalid(
+                    key_file,
+                    &s,
+                    format!("set either {key} or {key_file}, not both"),
+                )),
                 (Some((v, s)), None) => Ok(Some((Secret::new(v), s))),
                 (None, Some((p, s))) => {
                     let text = std::fs::read_to_string(&p)
@@ -237,14 +262,21 @@ impl Layers {
 
         let listen_v = take("listen", Some("127.0.0.1:8990")).unwrap();
         let listen = addr("listen", &listen_v)?;
-        let admin_listen = addr("admin_listen", &take("admin_listen", Some("127.0.0.1:8991")).unwrap())?;
+        let admin_listen = addr(
+            "admin_listen",
+            &take("admin_listen", Some("127.0.0.1:8991")).unwrap(),
+        )?;
         let public_address = match take("public_address", None) {
             Some((v, s)) => {
-                let ok = v
-                    .rsplit_once(':')
-                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok() && !v.contains(['@', ' ', '/']));
+                let ok = v.rsplit_once(':').is_some_and(|(h, p)| {
+                    !h.is_empty() && p.parse::<u16>().is_ok() && !v.contains(['@', ' ', '/'])
+                });
                 if !ok {
-                    return Err(invalid("public_address", &s, format!("'{v}' is not HOST:PORT")));
+                    return Err(invalid(
+                        "public_address",
+                        &s,
+                        format!("'{v}' is not HOST:PORT"),
+                    ));
                 }
                 v
             }
@@ -253,21 +285,36 @@ impl Layers {
         let instance_id = match take("instance_id", None) {
             Some((v, s)) => {
                 if !crate::domain::valid_name(&v) {
-                    return Err(invalid("instance_id", &s, "use 1-64 characters of A-Z a-z 0-9 _ . -"));
+                    return Err(invalid(
+                        "instance_id",
+                        &s,
+                        "use 1-64 characters of A-Z a-z 0-9 _ . -",
+                    ));
                 }
                 v
             }
             None => format!("i-{}", crate::crypto::random_hex(4)),
         };
         let data_dir = PathBuf::from(take("data_dir", Some("./floatlm-data")).unwrap().0);
-        let drain_delay = secs("drain_delay", &take("drain_delay", Some("5s")).unwrap(), 0.0, 600.0)?;
+        let drain_delay = secs(
+            "drain_delay",
+            &take("drain_delay", Some("5s")).unwrap(),
+            0.0,
+            600.0,
+        )?;
         let body_v = take("max_body_bytes", Some("1048576")).unwrap();
         let max_body_bytes: usize = body_v
             .0
             .parse()
             .ok()
             .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
-            .ok_or_else(|| invalid("max_body_bytes", &body_v.1, "a whole number of bytes between 1024 and 67108864"))?;
+            .ok_or_else(|| {
+                invalid(
+                    "max_body_bytes",
+                    &body_v.1,
+                    "a whole number of bytes between 1024 and 67108864",
+                )
+            })?;
 
         let db = secret_or_file(
             take("database_url", None),
@@ -282,7 +329,10 @@ impl Layers {
             }
             Some((url, s)) => {
                 let u = url.expose();
-                if let Some(rest) = u.strip_prefix("sqlite://").or_else(|| u.strip_prefix("sqlite:")) {
+                if let Some(rest) = u
+                    .strip_prefix("sqlite://")
+                    .or_else(|| u.strip_prefix("sqlite:"))
+                {
                     let path = rest.split('?').next().unwrap_or("");
                     if path.is_empty() {
                         return Err(invalid("database_url", &s, "sqlite: URL names no file (example: sqlite:///var/lib/floatlm/floatlm.db)"));
@@ -291,13 +341,19 @@ impl Layers {
                 } else if u.starts_with("mysql://") || u.starts_with("mariadb://") {
                     let u = u.replacen("mariadb://", "mysql://", 1);
                     let after = u.trim_start_matches("mysql://");
-                    let db = after.rsplit_once('/').map(|(_, d)| d.split('?').next().unwrap_or(""));
+                    let db = after
+                        .rsplit_once('/')
+                        .map(|(_, d)| d.split('?').next().unwrap_or(""));
                     if db.is_none_or(|d| d.is_empty()) {
                         return Err(invalid("database_url", &s, "a MySQL URL must name the database: mysql://USER:PASS@HOST:3306/DATABASE"));
                     }
                     DatabaseConfig::Mysql(Secret::new(u))
                 } else {
-                    return Err(invalid("database_url", &s, "use sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE"));
+                    return Err(invalid(
+                        "database_url",
+                        &s,
+                        "use sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE",
+                    ));
                 }
             }
         };
@@ -307,9 +363,20 @@ impl Layers {
             .parse()
             .ok()
             .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| invalid("max_connections", &mc_v.1, "a whole number between 1 and 1000"))?;
+            .ok_or_else(|| {
+                invalid(
+                    "max_connections",
+                    &mc_v.1,
+                    "a whole number between 1 and 1000",
+                )
+            })?;
 
-        let mk = secret_or_file(take("master_key", None), take("master_key_file", None), "master_key", "master_key_file")?;
+        let mk = secret_or_file(
+            take("master_key", None),
+            take("master_key_file", None),
+            "master_key",
+            "master_key_file",
+        )?;
         let master_keys = match mk {
             None => {
                 if matches!(database, DatabaseConfig::Mysql(_)) {
@@ -322,7 +389,11 @@ impl Layers {
                 None
             }
             Some((spec, s)) => {
-                let key = if s == Source::Default { "master_key" } else { key_of(&s, "master_key", "master_key_file") };
+                let key = if s == Source::Default {
+                    "master_key"
+                } else {
+                    key_of(&s, "master_key", "master_key_file")
+                };
                 Some(parse_key_list(spec.expose()).map_err(|e| invalid(key, &s, e.to_string()))?)
             }
         };
@@ -331,40 +402,74 @@ impl Layers {
         if let Some((v, s)) = take("vendor_keys", None) {
             for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                 let text = if Path::new(item).exists() || item.ends_with(".pub") {
-                    std::fs::read_to_string(item)
-                        .map_err(|e| invalid("vendor_keys", &s, format!("cannot read vendor key file {item}: {e}")))?
+                    std::fs::read_to_string(item).map_err(|e| {
+                        invalid(
+                            "vendor_keys",
+                            &s,
+                            format!("cannot read vendor key file {item}: {e}"),
+                        )
+                    })?
                 } else {
                     item.to_string()
                 };
-                let key = VendorKey::parse(&text).map_err(|e| invalid("vendor_keys", &s, format!("{item}: {e}")))?;
+                let key = VendorKey::parse(&text)
+                    .map_err(|e| invalid("vendor_keys", &s, format!("{item}: {e}")))?;
                 if !vendor_keys.contains(&key) {
                     vendor_keys.push(key);
                 }
             }
         }
 
-        let admin_token = secret_or_file(take("admin_token", None), take("admin_token_file", None), "admin_token", "admin_token_file")?
-            .map(|(t, s)| {
-                if t.expose().len() < 16 {
-                    Err(invalid("admin_token", &s, "an admin token must be at least 16 characters"))
-                } else {
-                    Ok(t)
-                }
-            })
-            .transpose()?;
+        let admin_token = secret_or_file(
+            take("admin_token", None),
+            take("admin_token_file", None),
+            "admin_token",
+            "admin_token_file",
+        )?
+        .map(|(t, s)| {
+            if t.expose().len() < 16 {
+                Err(invalid(
+                    "admin_token",
+                    &s,
+                    "an admin token must be at least 16 characters",
+                ))
+            } else {
+                Ok(t)
+            }
+        })
+        .transpose()?;
 
-        let lease_ttl = secs("lease_ttl", &take("lease_ttl", Some("60s")).unwrap(), 5.0, 86400.0)?;
-        let integrity_interval =
-            secs("integrity_interval", &take("integrity_interval", Some("30s")).unwrap(), 1.0, 3600.0)?;
+        let lease_ttl = secs(
+            "lease_ttl",
+            &take("lease_ttl", Some("60s")).unwrap(),
+            5.0,
+            86400.0,
+        )?;
+        let integrity_interval = secs(
+            "integrity_interval",
+            &take("integrity_interval", Some("30s")).unwrap(),
+            1.0,
+            3600.0,
+        )?;
         let lf = take("log_format", Some("text")).unwrap();
         let log_format = match lf.0.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => return Err(invalid("log_format", &lf.1, format!("'{other}' is not text or json"))),
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    &lf.1,
+                    format!("'{other}' is not text or json"),
+                ))
+            }
         };
         let ll = take("log_level", Some("info")).unwrap();
         if tracing_subscriber::EnvFilter::try_new(&ll.0).is_err() {
-            return Err(invalid("log_level", &ll.1, "use error, warn, info, debug, trace or a tracing filter"));
+            return Err(invalid(
+                "log_level",
+                &ll.1,
+                "use error, warn, info, debug, trace or a tracing filter",
+            ));
         }
         Ok(Config {
             listen,
@@ -441,7 +546,10 @@ impl Config {
                 "[redacted]",
                 k.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
             ),
-            None => format!("(not set: generated/loaded {})", self.data_dir.join("master.key").display()),
+            None => format!(
+                "(not set: generated/loaded {})",
+                self.data_dir.join("master.key").display()
+            ),
         };
         let vk: Vec<String> = self.vendor_keys.iter().map(|k| k.id()).collect();
         let lines = [
@@ -450,16 +558,39 @@ impl Config {
             ("public_address", self.public_address.clone()),
             ("instance_id", self.instance_id.clone()),
             ("data_dir", self.data_dir.display().to_string()),
-            ("drain_delay", format!("{}s", self.drain_delay.as_secs_f64())),
+            (
+                "drain_delay",
+                format!("{}s", self.drain_delay.as_secs_f64()),
+            ),
             ("max_body_bytes", self.max_body_bytes.to_string()),
             ("database_url", db),
             ("max_connections", self.max_connections.to_string()),
             ("master_key", keys),
-            ("vendor_keys", if vk.is_empty() { "(none: no license can be applied)".into() } else { vk.join(", ") }),
-            ("admin_token", if self.admin_token.is_some() { "[redacted]".into() } else { "(not set)".into() }),
+            (
+                "vendor_keys",
+                if vk.is_empty() {
+                    "(none: no license can be applied)".into()
+                } else {
+                    vk.join(", ")
+                },
+            ),
+            (
+                "admin_token",
+                if self.admin_token.is_some() {
+                    "[redacted]".into()
+                } else {
+                    "(not set)".into()
+                },
+            ),
             ("lease_ttl", format!("{}s", self.lease_ttl.as_secs_f64())),
-            ("integrity_interval", format!("{}s", self.integrity_interval.as_secs_f64())),
-            ("log_format", format!("{:?}", self.log_format).to_lowercase()),
+            (
+                "integrity_interval",
+                format!("{}s", self.integrity_interval.as_secs_f64()),
+            ),
+            (
+                "log_format",
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
             ("log_level", self.log_level.clone()),
         ];
         let mut out = String::new();
@@ -487,7 +618,10 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k: &str| map.get(k).cloned()
     }
 
@@ -507,13 +641,19 @@ mod tests {
         std::fs::write(&p, "[server]\nlisten = 127.0.0.1:1\nadmin_listen = 127.0.0.1:2\n[leases]\nlease_ttl = 10s\n").unwrap();
         let mut l = Layers::default();
         l.file(&p).unwrap();
-        l.env(env_of(&[("FLOATLM_LISTEN", "127.0.0.1:3"), ("FLOATLM_LEASE_TTL", "20s")]));
+        l.env(env_of(&[
+            ("FLOATLM_LISTEN", "127.0.0.1:3"),
+            ("FLOATLM_LEASE_TTL", "20s"),
+        ]));
         l.flag("listen", Some("127.0.0.1:4"));
         let c = l.build().unwrap();
         assert_eq!(c.listen.port(), 4);
         assert_eq!(c.admin_listen.port(), 2);
         assert_eq!(c.lease_ttl, Duration::from_secs(20));
-        assert_eq!(c.sources["lease_ttl"], Source::Env("FLOATLM_LEASE_TTL".into()));
+        assert_eq!(
+            c.sources["lease_ttl"],
+            Source::Env("FLOATLM_LEASE_TTL".into())
+        );
     }
 
     #[test]
@@ -521,7 +661,10 @@ mod tests {
         let mut l = Layers::default();
         l.env(env_of(&[("FLOATLM_LEASE_TTL", "forever")]));
         let e = l.build().unwrap_err().to_string();
-        assert!(e.contains("lease_ttl") && e.contains("FLOATLM_LEASE_TTL") && e.contains("duration"), "{e}");
+        assert!(
+            e.contains("lease_ttl") && e.contains("FLOATLM_LEASE_TTL") && e.contains("duration"),
+            "{e}"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f.ini");
@@ -533,7 +676,10 @@ mod tests {
     #[test]
     fn mysql_needs_a_master_key_and_secrets_do_not_print() {
         let mut l = Layers::default();
-        l.flag("database_url", Some("mysql://root:hunter2@127.0.0.1:3306/floatlm"));
+        l.flag(
+            "database_url",
+            Some("mysql://root:hunter2@127.0.0.1:3306/floatlm"),
+        );
         let e = l.build().unwrap_err().to_string();
         assert!(e.contains("master_key"), "{e}");
         assert!(!e.contains("hunter2"));
@@ -550,6 +696,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(redact_url("mysql://u:p@h:1/d"), "mysql://u:[redacted]@h:1/d");
+        assert_eq!(
+            redact_url("mysql://u:p@h:1/d"),
+            "mysql://u:[redacted]@h:1/d"
+        );
     }
 }

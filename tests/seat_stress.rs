@@ -34,7 +34,13 @@ async fn seat_stress(kind: Kind) {
     let store = TestStore::with_pool(kind, 24).await;
     let st = store.storage.clone();
     let v = VendorSigningKey::generate();
-    st.apply_license(&record(&def("STRESS", 1, "seat", SEATS), &v, &test_keyring())).await.unwrap();
+    st.apply_license(&record(
+        &def("STRESS", 1, "seat", SEATS),
+        &v,
+        &test_keyring(),
+    ))
+    .await
+    .unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicUsize::new(0));
@@ -45,11 +51,19 @@ async fn seat_stress(kind: Kind) {
         let mut polls = 0usize;
         while !poll_stop.load(Ordering::Relaxed) {
             let live = poll_st.leases().await.unwrap();
-            assert!(live.len() <= SEATS as usize, "poller saw {} live leases of {SEATS}: {live:?}", live.len());
+            assert!(
+                live.len() <= SEATS as usize,
+                "poller saw {} live leases of {SEATS}: {live:?}",
+                live.len()
+            );
             for l in live {
                 let key = (l.lease.feature_id, l.lease.slot_no);
                 let prev = seen.insert(key, l.lease.lease_gen).unwrap_or(0);
-                assert!(l.lease.lease_gen >= prev, "lease_gen of slot {key:?} went back from {prev} to {}", l.lease.lease_gen);
+                assert!(
+                    l.lease.lease_gen >= prev,
+                    "lease_gen of slot {key:?} went back from {prev} to {}",
+                    l.lease.lease_gen
+                );
             }
             polls += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -65,7 +79,9 @@ async fn seat_stress(kind: Kind) {
         let st = st.clone();
         let ops = ops.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             let holder = format!("task{t}");
             let mut lives: Vec<Life> = Vec::new();
             let mut held: Option<Life> = None;
@@ -78,7 +94,11 @@ async fn seat_stress(kind: Kind) {
                 match held.take() {
                     None => {
                         seq += 1;
-                        let ttl = if rng.gen_bool(0.15) { Duration::from_millis(100) } else { Duration::from_millis(300) };
+                        let ttl = if rng.gen_bool(0.15) {
+                            Duration::from_millis(100)
+                        } else {
+                            Duration::from_millis(300)
+                        };
                         let req = GrantRequest {
                             feature: "seat".into(),
                             request_id: RequestId::new(format!("{holder}:{seq}")).unwrap(),
@@ -93,15 +113,23 @@ async fn seat_stress(kind: Kind) {
                                 if rng.gen_bool(0.1) {
                                     // A retry of the same request: same answer, no second seat.
                                     let again = st.grant(&req).await.unwrap();
-                                    assert!(again.replayed && again.lease == g.lease, "{again:?} vs {g:?}");
+                                    assert!(
+                                        again.replayed && again.lease == g.lease,
+                                        "{again:?} vs {g:?}"
+                                    );
                                     replays += 1;
                                 }
-                                held = Some(Life { lease: g.lease, granted_at: g.granted_at, end: g.expires_at });
+                                held = Some(Life {
+                                    lease: g.lease,
+                                    granted_at: g.granted_at,
+                                    end: g.expires_at,
+                                });
                             }
                             Err(SeatError::NoSeat { .. }) => {
                                 // Like an application told "no license": back off a little.
                                 refused += 1;
-                                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
+                                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150)))
+                                    .await;
                             }
                             Err(e) => panic!("grant failed: {e}"),
                         }
@@ -109,7 +137,11 @@ async fn seat_stress(kind: Kind) {
                     Some(mut life) => {
                         let x: f64 = rng.gen();
                         if x < 0.5 {
-                            match st.renew(&holder, &[life.lease], Duration::from_millis(300)).await.unwrap()[0] {
+                            match st
+                                .renew(&holder, &[life.lease], Duration::from_millis(300))
+                                .await
+                                .unwrap()[0]
+                            {
                                 Renewal::Renewed(until) => {
                                     life.end = until;
                                     held = Some(life);
@@ -151,25 +183,45 @@ async fn seat_stress(kind: Kind) {
         started.elapsed()
     );
     assert!(total_ops >= 10_000);
-    assert!(granted > 1000 && refused > 500, "the storm must both grant and refuse: {granted} grants, {refused} refusals");
+    assert!(
+        granted > 1000 && refused > 500,
+        "the storm must both grant and refuse: {granted} grants, {refused} refusals"
+    );
     assert!(polls > 10);
 
     // lease_gen only rises per slot, and a slot's next lease starts after the
     // previous one ended.
     let mut by_slot: BTreeMap<(i64, i64), Vec<&Life>> = BTreeMap::new();
     for l in &lives {
-        by_slot.entry((l.lease.feature_id, l.lease.slot_no)).or_default().push(l);
+        by_slot
+            .entry((l.lease.feature_id, l.lease.slot_no))
+            .or_default()
+            .push(l);
     }
-    assert!(by_slot.len() <= SEATS as usize, "leases on {} slots", by_slot.len());
+    assert!(
+        by_slot.len() <= SEATS as usize,
+        "leases on {} slots",
+        by_slot.len()
+    );
     for (slot, mut ls) in by_slot {
         ls.sort_by_key(|l| l.lease.lease_gen);
         for w in ls.windows(2) {
-            assert!(w[1].lease.lease_gen > w[0].lease.lease_gen, "slot {slot:?}: duplicate lease {:?}", w[1].lease);
-            assert!(w[1].granted_at >= w[0].granted_at, "slot {slot:?}: lease_gen rose but time went back");
+            assert!(
+                w[1].lease.lease_gen > w[0].lease.lease_gen,
+                "slot {slot:?}: duplicate lease {:?}",
+                w[1].lease
+            );
+            assert!(
+                w[1].granted_at >= w[0].granted_at,
+                "slot {slot:?}: lease_gen rose but time went back"
+            );
             assert!(
                 w[1].granted_at >= w[0].end,
                 "slot {slot:?}: lease {} granted at {} while lease {} was valid until {}",
-                w[1].lease, w[1].granted_at, w[0].lease, w[0].end
+                w[1].lease,
+                w[1].granted_at,
+                w[0].lease,
+                w[0].end
             );
         }
     }
@@ -185,8 +237,14 @@ async fn seat_stress(kind: Kind) {
         live += d;
         peak = peak.max(live);
     }
-    assert!(peak <= SEATS as i32, "{peak} leases were valid at once; {SEATS} are licensed");
-    assert_eq!(peak, SEATS as i32, "the storm should have filled every seat at some point");
+    assert!(
+        peak <= SEATS as i32,
+        "{peak} leases were valid at once; {SEATS} are licensed"
+    );
+    assert_eq!(
+        peak, SEATS as i32,
+        "the storm should have filled every seat at some point"
+    );
 }
 
 both_backends!(seat_stress);

@@ -4,7 +4,7 @@ mod common;
 
 use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
-use floatlm::domain::seats::{GrantRequest, LeaseRef, RequestId, Renewal, SeatError};
+use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use floatlm::storage::{usage_by_name, ApplyOutcome, SealedKind, Storage, StorageError};
 use std::time::Duration;
 
@@ -24,7 +24,11 @@ const TTL: Duration = Duration::from_secs(60);
 async fn store_with(kind: Kind, feature: &str, seats: u32) -> (TestStore, VendorSigningKey) {
     let s = TestStore::new(kind).await;
     let v = VendorSigningKey::generate();
-    let out = s.storage.apply_license(&record(&def("L1", 1, feature, seats), &v, &test_keyring())).await.unwrap();
+    let out = s
+        .storage
+        .apply_license(&record(&def("L1", 1, feature, seats), &v, &test_keyring()))
+        .await
+        .unwrap();
     assert_eq!(out, ApplyOutcome::Created);
     (s, v)
 }
@@ -40,7 +44,10 @@ async fn grants_up_to_n_then_refuses(kind: Kind) {
     let st = s.storage.as_ref();
     let mut leases = Vec::new();
     for i in 0..3 {
-        let g = st.grant(&req("cad", "h1", &format!("r{i}"), TTL)).await.unwrap();
+        let g = st
+            .grant(&req("cad", "h1", &format!("r{i}"), TTL))
+            .await
+            .unwrap();
         assert!(!g.replayed);
         assert!(g.expires_at > g.granted_at);
         leases.push(g.lease);
@@ -55,9 +62,15 @@ async fn grants_up_to_n_then_refuses(kind: Kind) {
     assert_eq!(usage(st, "cad").await, (3, 2, 1));
     let g = st.grant(&req("cad", "h2", "r4", TTL)).await.unwrap();
     assert_eq!(g.lease.slot_no, leases[1].slot_no);
-    assert!(g.lease.lease_gen > leases[1].lease_gen, "lease_gen is a fencing token and must rise");
+    assert!(
+        g.lease.lease_gen > leases[1].lease_gen,
+        "lease_gen is a fencing token and must rise"
+    );
     // The old lease of that slot is fenced off.
-    assert_eq!(st.renew("h1", &[leases[1]], TTL).await.unwrap(), vec![Renewal::Lost]);
+    assert_eq!(
+        st.renew("h1", &[leases[1]], TTL).await.unwrap(),
+        vec![Renewal::Lost]
+    );
     assert!(st.release("h1", leases[1]).await.unwrap().is_none());
 }
 
@@ -68,13 +81,22 @@ async fn request_ids_make_grants_idempotent(kind: Kind) {
     let b = st.grant(&req("cad", "h1", "s1:1", TTL)).await.unwrap();
     assert!(b.replayed);
     assert_eq!(a.lease, b.lease);
-    assert_eq!(usage(st, "cad").await.1, 1, "a retry must not take a second seat");
+    assert_eq!(
+        usage(st, "cad").await.1,
+        1,
+        "a retry must not take a second seat"
+    );
     // Same request id from another holder is a different request.
     let c = st.grant(&req("cad", "h2", "s1:1", TTL)).await.unwrap();
     assert_ne!(c.lease, a.lease);
     // Same id, other feature: refused, nothing granted.
-    st.apply_license(&record(&def("L2", 1, "other", 1), &v, &test_keyring())).await.unwrap();
-    let e = st.grant(&req("other", "h1", "s1:1", TTL)).await.unwrap_err();
+    st.apply_license(&record(&def("L2", 1, "other", 1), &v, &test_keyring()))
+        .await
+        .unwrap();
+    let e = st
+        .grant(&req("other", "h1", "s1:1", TTL))
+        .await
+        .unwrap_err();
     assert!(matches!(e, SeatError::RequestIdReused(_)), "{e}");
     assert_eq!(usage(st, "other").await.1, 0);
     // Concurrent retries of one request id grant once.
@@ -84,7 +106,12 @@ async fn request_ids_make_grants_idempotent(kind: Kind) {
     st.release("h2", c.lease).await.unwrap();
     for _ in 0..8 {
         let st = shared.clone();
-        tasks.push(tokio::spawn(async move { st.grant(&req("cad", "h9", "race:1", TTL)).await.unwrap().lease }));
+        tasks.push(tokio::spawn(async move {
+            st.grant(&req("cad", "h9", "race:1", TTL))
+                .await
+                .unwrap()
+                .lease
+        }));
     }
     let mut got = Vec::new();
     for t in tasks {
@@ -99,25 +126,46 @@ async fn renew_extends_and_expiry_frees(kind: Kind) {
     let st = s.storage.as_ref();
     let short = Duration::from_millis(300);
     let g = st.grant(&req("cad", "h1", "a", short)).await.unwrap();
-    let r = st.renew("h1", &[g.lease], Duration::from_secs(2)).await.unwrap();
-    let Renewal::Renewed(until) = r[0] else { panic!("renew failed") };
+    let r = st
+        .renew("h1", &[g.lease], Duration::from_secs(2))
+        .await
+        .unwrap();
+    let Renewal::Renewed(until) = r[0] else {
+        panic!("renew failed")
+    };
     assert!(until > g.expires_at);
     // Wrong holder cannot renew or release.
-    assert_eq!(st.renew("h2", &[g.lease], TTL).await.unwrap(), vec![Renewal::Lost]);
+    assert_eq!(
+        st.renew("h2", &[g.lease], TTL).await.unwrap(),
+        vec![Renewal::Lost]
+    );
     assert!(st.release("h2", g.lease).await.unwrap().is_none());
-    assert!(matches!(st.grant(&req("cad", "h2", "b", TTL)).await, Err(SeatError::NoSeat { .. })));
+    assert!(matches!(
+        st.grant(&req("cad", "h2", "b", TTL)).await,
+        Err(SeatError::NoSeat { .. })
+    ));
     // Left alone, the lease expires and the next grant reclaims the slot.
     let mut n = 0;
-    let g2 = wait_for("the expired lease to be reclaimed", Duration::from_secs(10), || {
-        n += 1;
-        let rid = format!("c{n}");
-        async move { st.grant(&req("cad", "h2", &rid, TTL)).await.ok() }
-    })
+    let g2 = wait_for(
+        "the expired lease to be reclaimed",
+        Duration::from_secs(10),
+        || {
+            n += 1;
+            let rid = format!("c{n}");
+            async move { st.grant(&req("cad", "h2", &rid, TTL)).await.ok() }
+        },
+    )
     .await;
     assert_eq!(g2.lease.slot_no, g.lease.slot_no);
     assert!(g2.lease.lease_gen > g.lease.lease_gen);
-    assert!(g2.granted_at >= until, "a slot is re-granted only after its lease expired");
-    assert_eq!(st.renew("h1", &[g.lease], TTL).await.unwrap(), vec![Renewal::Lost]);
+    assert!(
+        g2.granted_at >= until,
+        "a slot is re-granted only after its lease expired"
+    );
+    assert_eq!(
+        st.renew("h1", &[g.lease], TTL).await.unwrap(),
+        vec![Renewal::Lost]
+    );
 }
 
 async fn batch_renew_reports_each_lease(kind: Kind) {
@@ -126,7 +174,11 @@ async fn batch_renew_reports_each_lease(kind: Kind) {
     let a = st.grant(&req("cad", "h1", "a", TTL)).await.unwrap().lease;
     let b = st.grant(&req("cad", "h1", "b", TTL)).await.unwrap().lease;
     st.release("h1", b).await.unwrap();
-    let bogus = LeaseRef { feature_id: 999, slot_no: 0, lease_gen: 1 };
+    let bogus = LeaseRef {
+        feature_id: 999,
+        slot_no: 0,
+        lease_gen: 1,
+    };
     let r = st.renew("h1", &[a, b, bogus], TTL).await.unwrap();
     assert!(matches!(r[0], Renewal::Renewed(_)));
     assert_eq!(&r[1..], &[Renewal::Lost, Renewal::Lost]);
@@ -137,7 +189,10 @@ async fn unknown_expired_and_future_features(kind: Kind) {
     let st = s.storage.as_ref();
     let v = VendorSigningKey::generate();
     let ring = test_keyring();
-    assert!(matches!(st.grant(&req("nope", "h", "a", TTL)).await, Err(SeatError::UnknownFeature(_))));
+    assert!(matches!(
+        st.grant(&req("nope", "h", "a", TTL)).await,
+        Err(SeatError::UnknownFeature(_))
+    ));
     let mut d = def("OLD", 1, "old", 2);
     d.features[0].expires = Some("2020-01-01T00:00:00Z".parse().unwrap());
     st.apply_license(&record(&d, &v, &ring)).await.unwrap();
@@ -146,7 +201,10 @@ async fn unknown_expired_and_future_features(kind: Kind) {
     let mut d = def("NEW", 1, "future", 2);
     d.features[0].not_before = Some("2099-01-01T00:00:00Z".parse().unwrap());
     st.apply_license(&record(&d, &v, &ring)).await.unwrap();
-    assert!(matches!(st.grant(&req("future", "h", "c", TTL)).await, Err(SeatError::Expired(_))));
+    assert!(matches!(
+        st.grant(&req("future", "h", "c", TTL)).await,
+        Err(SeatError::Expired(_))
+    ));
     assert_eq!(usage(st, "old").await, (0, 0, 0));
 }
 
@@ -156,21 +214,39 @@ async fn apply_is_versioned(kind: Kind) {
     let ring = test_keyring();
     let same = record(&def("L1", 1, "cad", 2), &v, &ring);
     // Ed25519 signatures are deterministic: the same definition is the same file.
-    assert_eq!(st.apply_license(&same).await.unwrap(), ApplyOutcome::Unchanged);
+    assert_eq!(
+        st.apply_license(&same).await.unwrap(),
+        ApplyOutcome::Unchanged
+    );
     let changed = record(&def("L1", 1, "cad", 3), &v, &ring);
     let e = st.apply_license(&changed).await.unwrap_err();
-    assert!(matches!(e, StorageError::Conflict(_)) && e.to_string().contains("higher serial"), "{e}");
+    assert!(
+        matches!(e, StorageError::Conflict(_)) && e.to_string().contains("higher serial"),
+        "{e}"
+    );
     let v2 = record(&def("L1", 2, "cad", 4), &v, &ring);
-    assert_eq!(st.apply_license(&v2).await.unwrap(), ApplyOutcome::Replaced { previous_serial: 1 });
+    assert_eq!(
+        st.apply_license(&v2).await.unwrap(),
+        ApplyOutcome::Replaced { previous_serial: 1 }
+    );
     assert_eq!(usage(st, "cad").await, (4, 0, 4));
     let older = record(&def("L1", 1, "cad", 9), &v, &ring);
-    assert!(st.apply_license(&older).await.unwrap_err().to_string().contains("older"));
+    assert!(st
+        .apply_license(&older)
+        .await
+        .unwrap_err()
+        .to_string()
+        .contains("older"));
     assert_eq!(usage(st, "cad").await, (4, 0, 4));
     // Two licenses of one feature add up.
-    st.apply_license(&record(&def("L2", 1, "cad", 1), &v, &ring)).await.unwrap();
+    st.apply_license(&record(&def("L2", 1, "cad", 1), &v, &ring))
+        .await
+        .unwrap();
     assert_eq!(usage(st, "cad").await, (5, 0, 5));
     // A license that drops a feature retires its slots.
-    st.apply_license(&record(&def("L2", 2, "else", 1), &v, &ring)).await.unwrap();
+    st.apply_license(&record(&def("L2", 2, "else", 1), &v, &ring))
+        .await
+        .unwrap();
     assert_eq!(usage(st, "cad").await, (4, 0, 4));
     assert_eq!(st.licenses().await.unwrap().len(), 2);
 }
@@ -181,27 +257,49 @@ async fn shrinking_never_revokes_and_converges(kind: Kind) {
     let ring = test_keyring();
     let mut held = Vec::new();
     for i in 0..3 {
-        held.push(st.grant(&req("cad", "h", &format!("g{i}"), TTL)).await.unwrap().lease);
+        held.push(
+            st.grant(&req("cad", "h", &format!("g{i}"), TTL))
+                .await
+                .unwrap()
+                .lease,
+        );
     }
     // 4 -> 1 with 3 held: the free slot retires, two held slots go retiring.
-    st.apply_license(&record(&def("L1", 2, "cad", 1), &v, &ring)).await.unwrap();
+    st.apply_license(&record(&def("L1", 2, "cad", 1), &v, &ring))
+        .await
+        .unwrap();
     assert_eq!(usage(st, "cad").await, (1, 3, 0));
     for l in &held {
-        assert!(matches!(st.renew("h", &[*l], TTL).await.unwrap()[0], Renewal::Renewed(_)), "no live lease is revoked");
+        assert!(
+            matches!(
+                st.renew("h", &[*l], TTL).await.unwrap()[0],
+                Renewal::Renewed(_)
+            ),
+            "no live lease is revoked"
+        );
     }
-    assert!(matches!(st.grant(&req("cad", "x", "n1", TTL)).await, Err(SeatError::NoSeat { total: 1, .. })));
+    assert!(matches!(
+        st.grant(&req("cad", "x", "n1", TTL)).await,
+        Err(SeatError::NoSeat { total: 1, .. })
+    ));
     // Releasing leases never lets the live count exceed the new size again.
     for (i, l) in held.iter().enumerate() {
         st.release("h", *l).await.unwrap();
         let _ = st.grant(&req("cad", "x", &format!("m{i}"), TTL)).await;
         let (total, used, _) = usage(st, "cad").await;
         assert_eq!(total, 1);
-        assert!(used <= (held.len() - i - 1).max(1) as i64, "used {used} after {} releases", i + 1);
+        assert!(
+            used <= (held.len() - i - 1).max(1) as i64,
+            "used {used} after {} releases",
+            i + 1
+        );
     }
     let leases = st.leases().await.unwrap();
     assert_eq!(leases.len(), 1);
     // Growing again brings the seats back.
-    st.apply_license(&record(&def("L1", 3, "cad", 5), &v, &ring)).await.unwrap();
+    st.apply_license(&record(&def("L1", 3, "cad", 5), &v, &ring))
+        .await
+        .unwrap();
     assert_eq!(usage(st, "cad").await, (5, 1, 4));
 }
 
@@ -225,34 +323,97 @@ async fn identities_tokens_canaries_and_reseal(kind: Kind) {
     let s = TestStore::new(kind).await;
     let st = s.storage.as_ref();
     let now = st.now().await.unwrap();
-    let row = IdentityRow { id: "0123456789abcdef".into(), name: "ci".into(), sealed: vec![1, 2, 3], created_at: now, expires_at: None, revoked_at: None };
+    let row = IdentityRow {
+        id: "0123456789abcdef".into(),
+        name: "ci".into(),
+        sealed: vec![1, 2, 3],
+        created_at: now,
+        expires_at: None,
+        revoked_at: None,
+    };
     st.insert_identity(&row).await.unwrap();
-    assert!(st.insert_identity(&row).await.is_err(), "duplicate id refused");
+    assert!(
+        st.insert_identity(&row).await.is_err(),
+        "duplicate id refused"
+    );
     let got = st.identity("0123456789abcdef").await.unwrap().unwrap();
     assert_eq!(got.sealed, vec![1, 2, 3]);
     assert!(st.revoke_identity("0123456789abcdef").await.unwrap());
     assert!(!st.revoke_identity("0123456789abcdef").await.unwrap());
-    assert!(st.identity("0123456789abcdef").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(st
+        .identity("0123456789abcdef")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
 
-    let t = |id: &str, hash: &str| TokenRow { id: id.into(), name: "t".into(), role: Role::Operator, token_hash: hash.into(), created_at: now, revoked_at: None };
-    assert!(st.insert_first_token(&t("a", &"a".repeat(64))).await.unwrap());
-    assert!(!st.insert_first_token(&t("b", &"b".repeat(64))).await.unwrap());
+    let t = |id: &str, hash: &str| TokenRow {
+        id: id.into(),
+        name: "t".into(),
+        role: Role::Operator,
+        token_hash: hash.into(),
+        created_at: now,
+        revoked_at: None,
+    };
+    assert!(st
+        .insert_first_token(&t("a", &"a".repeat(64)))
+        .await
+        .unwrap());
+    assert!(!st
+        .insert_first_token(&t("b", &"b".repeat(64)))
+        .await
+        .unwrap());
     st.insert_token(&t("c", &"c".repeat(64))).await.unwrap();
-    assert_eq!(st.token_by_hash(&"c".repeat(64)).await.unwrap().unwrap().role, Role::Operator);
+    assert_eq!(
+        st.token_by_hash(&"c".repeat(64))
+            .await
+            .unwrap()
+            .unwrap()
+            .role,
+        Role::Operator
+    );
     assert!(st.revoke_token("c").await.unwrap());
     assert!(st.token_by_hash(&"c".repeat(64)).await.unwrap().is_none());
     assert_eq!(st.tokens().await.unwrap().len(), 2);
 
     assert!(st.insert_canary("k1", b"one").await.unwrap());
-    assert!(!st.insert_canary("k1", b"two").await.unwrap(), "first canary wins");
+    assert!(
+        !st.insert_canary("k1", b"two").await.unwrap(),
+        "first canary wins"
+    );
     st.insert_canary("k2", b"x").await.unwrap();
     st.retain_canary("k2").await.unwrap();
-    assert_eq!(st.canaries().await.unwrap(), vec![("k2".to_string(), b"x".to_vec())]);
+    assert_eq!(
+        st.canaries().await.unwrap(),
+        vec![("k2".to_string(), b"x".to_vec())]
+    );
 
-    assert!(st.reseal(SealedKind::IdentitySecret, "0123456789abcdef", &[1, 2, 3], &[4]).await.unwrap());
-    assert!(!st.reseal(SealedKind::IdentitySecret, "0123456789abcdef", &[1, 2, 3], &[5]).await.unwrap(), "conditional on the old blob");
+    assert!(st
+        .reseal(
+            SealedKind::IdentitySecret,
+            "0123456789abcdef",
+            &[1, 2, 3],
+            &[4]
+        )
+        .await
+        .unwrap());
+    assert!(
+        !st.reseal(
+            SealedKind::IdentitySecret,
+            "0123456789abcdef",
+            &[1, 2, 3],
+            &[5]
+        )
+        .await
+        .unwrap(),
+        "conditional on the old blob"
+    );
     assert_eq!(st.sealed_rows().await.unwrap().len(), 1);
-    assert_eq!(st.purge_requests(Duration::from_secs(3600)).await.unwrap(), 0);
+    assert_eq!(
+        st.purge_requests(Duration::from_secs(3600)).await.unwrap(),
+        0
+    );
 }
 
 async fn migrations_are_idempotent(kind: Kind) {

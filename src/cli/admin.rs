@@ -8,7 +8,11 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct AdminArgs {
     /// Admin API base URL.
-    #[arg(long, env = "FLOATLM_ADMIN_URL", default_value = "http://127.0.0.1:8991")]
+    #[arg(
+        long,
+        env = "FLOATLM_ADMIN_URL",
+        default_value = "http://127.0.0.1:8991"
+    )]
     pub url: String,
     /// Bearer token [default: the contents of DATA_DIR/admin.token].
     #[arg(long, env = "FLOATLM_ADMIN_TOKEN", hide_env_values = true)]
@@ -67,7 +71,9 @@ pub enum LicenseCmd {
 pub enum LeaseCmd {
     List,
     /// Force-release a lease (operator role).
-    Release { lease: String },
+    Release {
+        lease: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,7 +87,9 @@ pub enum IdentityCmd {
         expires: Option<String>,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,7 +102,9 @@ pub enum TokenCmd {
         role: String,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 struct Api {
@@ -104,7 +114,12 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Body>) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body>,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url.trim_end_matches('/')))
@@ -114,15 +129,20 @@ impl Api {
             Some(Body::Text(t)) => req.header("content-type", "text/plain").body(t),
             None => req,
         };
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {} (is `floatlm serve` running? set --url)", self.url))?;
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the admin API at {} (is `floatlm serve` running? set --url)",
+                self.url
+            )
+        })?;
         let status = resp.status();
         let v: Value = resp.json().await.unwrap_or_else(|_| json!({}));
         if !status.is_success() {
             let msg = v["message"].as_str().unwrap_or("no message");
-            bail!("{msg} (HTTP {status}, {})", v["error"].as_str().unwrap_or("error"));
+            bail!(
+                "{msg} (HTTP {status}, {})",
+                v["error"].as_str().unwrap_or("error")
+            );
         }
         Ok(v)
     }
@@ -138,7 +158,9 @@ fn parse_expiry(s: &str) -> anyhow::Result<String> {
         return Ok(t.with_timezone(&chrono::Utc).to_rfc3339());
     }
     let (n, unit) = s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
-    let n: i64 = n.parse().with_context(|| format!("--expires '{s}' is neither RFC 3339 nor a duration like 30d"))?;
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("--expires '{s}' is neither RFC 3339 nor a duration like 30d"))?;
     let d = match unit {
         "d" => chrono::Duration::days(n),
         "h" => chrono::Duration::hours(n),
@@ -151,9 +173,15 @@ fn parse_expiry(s: &str) -> anyhow::Result<String> {
 
 fn table(rows: &[Vec<String>]) {
     let cols = rows.first().map(|r| r.len()).unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
@@ -177,36 +205,74 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
     };
     let api = Api {
-        http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .build()?,
         url: args.url.clone(),
         token,
     };
     use reqwest::Method as M;
     let v = match &args.command {
-        AdminCommand::Apply { file } | AdminCommand::License { command: LicenseCmd::Apply { file } } => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            api.call(M::POST, "/admin/v1/licenses", Some(Body::Text(text))).await?
+        AdminCommand::Apply { file }
+        | AdminCommand::License {
+            command: LicenseCmd::Apply { file },
+        } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            api.call(M::POST, "/admin/v1/licenses", Some(Body::Text(text)))
+                .await?
         }
-        AdminCommand::License { command: LicenseCmd::List } => api.call(M::GET, "/admin/v1/licenses", None).await?,
+        AdminCommand::License {
+            command: LicenseCmd::List,
+        } => api.call(M::GET, "/admin/v1/licenses", None).await?,
         AdminCommand::Features => api.call(M::GET, "/admin/v1/features", None).await?,
-        AdminCommand::Lease { command: LeaseCmd::List } => api.call(M::GET, "/admin/v1/leases", None).await?,
-        AdminCommand::Lease { command: LeaseCmd::Release { lease } } => {
-            api.call(M::DELETE, &format!("/admin/v1/leases/{lease}"), None).await?
+        AdminCommand::Lease {
+            command: LeaseCmd::List,
+        } => api.call(M::GET, "/admin/v1/leases", None).await?,
+        AdminCommand::Lease {
+            command: LeaseCmd::Release { lease },
+        } => {
+            api.call(M::DELETE, &format!("/admin/v1/leases/{lease}"), None)
+                .await?
         }
-        AdminCommand::Identity { command: IdentityCmd::Create { name, expires } } => {
+        AdminCommand::Identity {
+            command: IdentityCmd::Create { name, expires },
+        } => {
             let expires_at = expires.as_deref().map(parse_expiry).transpose()?;
-            api.call(M::POST, "/admin/v1/identities", Some(Body::Json(json!({"name": name, "expires_at": expires_at})))).await?
+            api.call(
+                M::POST,
+                "/admin/v1/identities",
+                Some(Body::Json(json!({"name": name, "expires_at": expires_at}))),
+            )
+            .await?
         }
-        AdminCommand::Identity { command: IdentityCmd::List } => api.call(M::GET, "/admin/v1/identities", None).await?,
-        AdminCommand::Identity { command: IdentityCmd::Revoke { id } } => {
-            api.call(M::DELETE, &format!("/admin/v1/identities/{id}"), None).await?
+        AdminCommand::Identity {
+            command: IdentityCmd::List,
+        } => api.call(M::GET, "/admin/v1/identities", None).await?,
+        AdminCommand::Identity {
+            command: IdentityCmd::Revoke { id },
+        } => {
+            api.call(M::DELETE, &format!("/admin/v1/identities/{id}"), None)
+                .await?
         }
-        AdminCommand::Token { command: TokenCmd::Create { name, role } } => {
-            api.call(M::POST, "/admin/v1/tokens", Some(Body::Json(json!({"name": name, "role": role})))).await?
+        AdminCommand::Token {
+            command: TokenCmd::Create { name, role },
+        } => {
+            api.call(
+                M::POST,
+                "/admin/v1/tokens",
+                Some(Body::Json(json!({"name": name, "role": role}))),
+            )
+            .await?
         }
-        AdminCommand::Token { command: TokenCmd::List } => api.call(M::GET, "/admin/v1/tokens", None).await?,
-        AdminCommand::Token { command: TokenCmd::Revoke { id } } => {
-            api.call(M::DELETE, &format!("/admin/v1/tokens/{id}"), None).await?
+        AdminCommand::Token {
+            command: TokenCmd::List,
+        } => api.call(M::GET, "/admin/v1/tokens", None).await?,
+        AdminCommand::Token {
+            command: TokenCmd::Revoke { id },
+        } => {
+            api.call(M::DELETE, &format!("/admin/v1/tokens/{id}"), None)
+                .await?
         }
         AdminCommand::RotateKey => api.call(M::POST, "/admin/v1/rotate-key", None).await?,
         AdminCommand::Verify => api.call(M::POST, "/admin/v1/verify", None).await?,
@@ -223,11 +289,27 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
 fn print_human(cmd: &AdminCommand, v: &Value) {
     let empty = vec![];
     match cmd {
-        AdminCommand::Apply { .. } | AdminCommand::License { command: LicenseCmd::Apply { .. } } => {
-            println!("license {} serial {}: {}", s(&v["license_id"]), s(&v["serial"]), s(&v["result"]["outcome"]));
+        AdminCommand::Apply { .. }
+        | AdminCommand::License {
+            command: LicenseCmd::Apply { .. },
+        } => {
+            println!(
+                "license {} serial {}: {}",
+                s(&v["license_id"]),
+                s(&v["serial"]),
+                s(&v["result"]["outcome"])
+            );
         }
-        AdminCommand::License { command: LicenseCmd::List } => {
-            let mut rows = vec![vec!["LICENSE".into(), "SERIAL".into(), "CUSTOMER".into(), "FEATURES".into(), "STATUS".into()]];
+        AdminCommand::License {
+            command: LicenseCmd::List,
+        } => {
+            let mut rows = vec![vec![
+                "LICENSE".into(),
+                "SERIAL".into(),
+                "CUSTOMER".into(),
+                "FEATURES".into(),
+                "STATUS".into(),
+            ]];
             for l in v["licenses"].as_array().unwrap_or(&empty) {
                 let feats: Vec<String> = l["features"]
                     .as_array()
@@ -235,51 +317,130 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                     .iter()
                     .map(|f| format!("{}:{}", s(&f["name"]), s(&f["seats"])))
                     .collect();
-                rows.push(vec![s(&l["license_id"]), s(&l["serial"]), s(&l["customer"]), feats.join(","), s(&l["status"])]);
+                rows.push(vec![
+                    s(&l["license_id"]),
+                    s(&l["serial"]),
+                    s(&l["customer"]),
+                    feats.join(","),
+                    s(&l["status"]),
+                ]);
             }
             table(&rows);
         }
         AdminCommand::Features => {
-            let mut rows = vec![vec!["FEATURE".into(), "TOTAL".into(), "USED".into(), "FREE".into(), "NOTE".into()]];
+            let mut rows = vec![vec![
+                "FEATURE".into(),
+                "TOTAL".into(),
+                "USED".into(),
+                "FREE".into(),
+                "NOTE".into(),
+            ]];
             for f in v["features"].as_array().unwrap_or(&empty) {
-                let note = f["refused"].as_str().map(|r| format!("REFUSED: {r}")).unwrap_or_default();
-                rows.push(vec![s(&f["name"]), s(&f["total"]), s(&f["used"]), s(&f["free"]), note]);
+                let note = f["refused"]
+                    .as_str()
+                    .map(|r| format!("REFUSED: {r}"))
+                    .unwrap_or_default();
+                rows.push(vec![
+                    s(&f["name"]),
+                    s(&f["total"]),
+                    s(&f["used"]),
+                    s(&f["free"]),
+                    note,
+                ]);
             }
             table(&rows);
         }
-        AdminCommand::Lease { command: LeaseCmd::List } => {
-            let mut rows = vec![vec!["LEASE".into(), "FEATURE".into(), "HOLDER".into(), "CLIENT".into(), "BY".into(), "EXPIRES".into()]];
+        AdminCommand::Lease {
+            command: LeaseCmd::List,
+        } => {
+            let mut rows = vec![vec![
+                "LEASE".into(),
+                "FEATURE".into(),
+                "HOLDER".into(),
+                "CLIENT".into(),
+                "BY".into(),
+                "EXPIRES".into(),
+            ]];
             for l in v["leases"].as_array().unwrap_or(&empty) {
-                rows.push(vec![s(&l["lease"]), s(&l["feature"]), s(&l["holder"]), s(&l["client_info"]), s(&l["granted_by"]), s(&l["expires_at"])]);
+                rows.push(vec![
+                    s(&l["lease"]),
+                    s(&l["feature"]),
+                    s(&l["holder"]),
+                    s(&l["client_info"]),
+                    s(&l["granted_by"]),
+                    s(&l["expires_at"]),
+                ]);
             }
             table(&rows);
         }
-        AdminCommand::Identity { command: IdentityCmd::Create { .. } } => {
-            println!("identity {} created. Its identity string (shown only now):", s(&v["identity"]["id"]));
+        AdminCommand::Identity {
+            command: IdentityCmd::Create { .. },
+        } => {
+            println!(
+                "identity {} created. Its identity string (shown only now):",
+                s(&v["identity"]["id"])
+            );
             println!("{}", s(&v["identity_string"]));
         }
-        AdminCommand::Identity { command: IdentityCmd::List } => {
-            let mut rows = vec![vec!["ID".into(), "NAME".into(), "CREATED".into(), "EXPIRES".into(), "REVOKED".into()]];
+        AdminCommand::Identity {
+            command: IdentityCmd::List,
+        } => {
+            let mut rows = vec![vec![
+                "ID".into(),
+                "NAME".into(),
+                "CREATED".into(),
+                "EXPIRES".into(),
+                "REVOKED".into(),
+            ]];
             for i in v["identities"].as_array().unwrap_or(&empty) {
-                rows.push(vec![s(&i["id"]), s(&i["name"]), s(&i["created_at"]), s(&i["expires_at"]), s(&i["revoked_at"])]);
+                rows.push(vec![
+                    s(&i["id"]),
+                    s(&i["name"]),
+                    s(&i["created_at"]),
+                    s(&i["expires_at"]),
+                    s(&i["revoked_at"]),
+                ]);
             }
             table(&rows);
         }
-        AdminCommand::Token { command: TokenCmd::Create { .. } } => {
-            println!("token {} ({}) created. The token (shown only now):", s(&v["token"]["id"]), s(&v["token"]["role"]));
+        AdminCommand::Token {
+            command: TokenCmd::Create { .. },
+        } => {
+            println!(
+                "token {} ({}) created. The token (shown only now):",
+                s(&v["token"]["id"]),
+                s(&v["token"]["role"])
+            );
             println!("{}", s(&v["secret"]));
         }
-        AdminCommand::Token { command: TokenCmd::List } => {
-            let mut rows = vec![vec!["ID".into(), "NAME".into(), "ROLE".into(), "CREATED".into(), "REVOKED".into()]];
+        AdminCommand::Token {
+            command: TokenCmd::List,
+        } => {
+            let mut rows = vec![vec![
+                "ID".into(),
+                "NAME".into(),
+                "ROLE".into(),
+                "CREATED".into(),
+                "REVOKED".into(),
+            ]];
             for t in v["tokens"].as_array().unwrap_or(&empty) {
-                rows.push(vec![s(&t["id"]), s(&t["name"]), s(&t["role"]), s(&t["created_at"]), s(&t["revoked_at"])]);
+                rows.push(vec![
+                    s(&t["id"]),
+                    s(&t["name"]),
+                    s(&t["role"]),
+                    s(&t["created_at"]),
+                    s(&t["revoked_at"]),
+                ]);
             }
             table(&rows);
         }
         AdminCommand::Verify => {
             let refused = v["refused"].as_object().cloned().unwrap_or_default();
             if refused.is_empty() {
-                println!("integrity ok: {} license(s) checked", s(&v["licenses_checked"]));
+                println!(
+                    "integrity ok: {} license(s) checked",
+                    s(&v["licenses_checked"])
+                );
             } else {
                 for (f, why) in refused {
                     println!("REFUSED {f}: {}", s(&why));

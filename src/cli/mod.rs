@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use crate::config::{Config, ConfigError, Layers};
 
 #[derive(Parser, Debug)]
-#[command(name = "floatlm", version, about = "Active-active floating-license manager")]
+#[command(
+    name = "floatlm",
+    version,
+    about = "Active-active floating-license manager"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -110,9 +114,15 @@ impl ServerFlags {
         self.load_with_env(|k| std::env::var(k).ok())
     }
 
-    pub fn load_with_env(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn load_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut layers = Layers::default();
-        let file = self.config.clone().or_else(|| env("FLOATLM_CONFIG").map(PathBuf::from));
+        let file = self
+            .config
+            .clone()
+            .or_else(|| env("FLOATLM_CONFIG").map(PathBuf::from));
         if let Some(path) = file {
             layers.file(&path)?;
         }

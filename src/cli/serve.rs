@@ -11,7 +11,9 @@ use crate::domain::license::{FeatureDef, LicenseDef, VendorSigningKey};
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -49,7 +51,10 @@ async fn demo_setup(app: &App) -> anyhow::Result<()> {
     app.trust_vendor_key(key.public());
     let ident_path = app.config.data_dir.join("demo-identity.txt");
     if ident_path.exists() {
-        println!("floatlm: demo mode: using the existing demo license and {}", ident_path.display());
+        println!(
+            "floatlm: demo mode: using the existing demo license and {}",
+            ident_path.display()
+        );
         return Ok(());
     }
     let def = LicenseDef {
@@ -85,6 +90,31 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(&cfg);
+    // Bind first: a taken port fails fast, and port 0 resolves to a real port
+    // before identity strings are written.
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    };
+    let (licensing, admin) = match (bind(cfg.listen).await, bind(cfg.admin_listen).await) {
+        (Ok(l), Ok(a)) => (l, a),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("floatlm: {e} (choose another with --listen / --admin-listen)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cfg = cfg;
+    if !cfg.sources.contains_key("public_address") {
+        if let Ok(bound) = licensing.local_addr() {
+            cfg.public_address = bound.to_string();
+            if bound.ip().is_unspecified() {
+                tracing::warn!(
+                    "listening on {bound}: set public_address to the HOST:PORT clients use, or identity strings will name {bound}"
+                );
+            }
+        }
+    }
     let fresh = !cfg.data_dir.exists();
     let app = match App::start(cfg).await {
         Ok(app) => app,
@@ -94,7 +124,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     if fresh {
-        println!("floatlm: created data directory {}", app.config.data_dir.display());
+        println!(
+            "floatlm: created data directory {}",
+            app.config.data_dir.display()
+        );
     }
     if args.demo {
         if let Err(e) = demo_setup(&app).await {
@@ -102,21 +135,15 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let bind = |addr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
-    };
-    let (licensing, admin) = match (bind(app.config.listen).await, bind(app.config.admin_listen).await) {
-        (Ok(l), Ok(a)) => (l, a),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("floatlm: {e} (choose another with --listen / --admin-listen)");
-            return ExitCode::FAILURE;
-        }
-    };
     let (lic_addr, adm_addr) = (
-        licensing.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        admin.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        licensing
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        admin
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     );
     // One stable line that scripts and tests read for the bound ports.
     println!(

@@ -54,7 +54,9 @@ pub enum SealError {
     Malformed(&'static str),
     #[error("sealed blob uses blob format version {0}, this floatlm understands version 1")]
     UnknownVersion(u8),
-    #[error("sealed blob was sealed with master key '{0}', which this instance is not configured with")]
+    #[error(
+        "sealed blob was sealed with master key '{0}', which this instance is not configured with"
+    )]
     UnknownKey(String),
     #[error("sealed blob does not open with master key '{0}': it was tampered with, moved from another row, or sealed with a different key of the same id")]
     Tampered(String),
@@ -322,12 +324,18 @@ mod tests {
         assert_eq!(&both.open(ctx, &blob).unwrap()[..], b"x");
         let blob2 = both.seal(ctx, b"y");
         assert_eq!(Keyring::blob_key_id(&blob2).unwrap(), "k2");
-        assert_eq!(old.open(ctx, &blob2).unwrap_err(), SealError::UnknownKey("k2".into()));
+        assert_eq!(
+            old.open(ctx, &blob2).unwrap_err(),
+            SealError::UnknownKey("k2".into())
+        );
     }
 
     #[test]
     fn key_specs_are_validated_without_echoing_bytes() {
-        assert_eq!(MasterKey::parse("nokey").unwrap_err(), KeySpecError::MissingId);
+        assert_eq!(
+            MasterKey::parse("nokey").unwrap_err(),
+            KeySpecError::MissingId
+        );
         assert!(matches!(
             MasterKey::parse("k1:aGVsbG8="),
             Err(KeySpecError::BadLength(_, 5))

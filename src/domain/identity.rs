@@ -27,7 +27,10 @@ impl IdentityString {
 
 /// Identity ids are 16 lower-case hex characters.
 pub fn valid_identity_id(id: &str) -> bool {
-    id.len() == 16 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 pub fn new_identity_id() -> String {
@@ -91,7 +94,12 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "abc", "0123456789abcdef:short@h:1", "0123456789abcdef:0123456789abcdef0123@h:x"] {
+        for s in [
+            "",
+            "abc",
+            "0123456789abcdef:short@h:1",
+            "0123456789abcdef:0123456789abcdef0123@h:x",
+        ] {
             assert!(s.parse::<IdentityString>().is_err(), "{s}");
         }
     }

@@ -42,6 +42,10 @@ pub enum LicenseError {
     BadSignature(String),
     #[error("license definition is invalid: {0}")]
     Invalid(String),
+    #[error(
+        "license {0} has expired (every feature's expiry is in the past); nothing was applied"
+    )]
+    Expired(String),
 }
 
 /// One licensed feature.
@@ -108,8 +112,14 @@ impl LicenseDef {
                     f.name, f.seats
                 ));
             }
-            if f.version.as_ref().is_some_and(|v| v.is_empty() || v.len() > 64) {
-                return bad(format!("feature '{}' has an empty or over-long version", f.name));
+            if f.version
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 64)
+            {
+                return bad(format!(
+                    "feature '{}' has an empty or over-long version",
+                    f.name
+                ));
             }
             if let (Some(nb), Some(ex)) = (f.not_before, f.expires) {
                 if ex <= nb {
@@ -167,17 +177,23 @@ impl VendorKey {
         let bytes = B64
             .decode(b64.trim())
             .map_err(|_| "not base64 (expected the contents of a vendor .pub file)".to_string())?;
-        let arr: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| format!("an Ed25519 public key is 32 bytes, this one is {}", bytes.len()))?;
-        let key = VerifyingKey::from_bytes(&arr).map_err(|_| "not a valid Ed25519 public key".to_string())?;
+        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            format!(
+                "an Ed25519 public key is 32 bytes, this one is {}",
+                bytes.len()
+            )
+        })?;
+        let key = VerifyingKey::from_bytes(&arr)
+            .map_err(|_| "not a valid Ed25519 public key".to_string())?;
         Ok(VendorKey { key })
     }
 
     /// Text of a `.pub` file.
     pub fn to_text(&self) -> String {
-        armor("FLOATLM VENDOR PUBLIC KEY", &B64.encode(self.key.as_bytes()))
+        armor(
+            "FLOATLM VENDOR PUBLIC KEY",
+            &B64.encode(self.key.as_bytes()),
+        )
     }
 }
 
@@ -188,7 +204,11 @@ pub struct VendorSigningKey {
 
 impl fmt::Debug for VendorSigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "VendorSigningKey({}, [redacted])", key_id(&self.key.verifying_key()))
+        write!(
+            f,
+            "VendorSigningKey({}, [redacted])",
+            key_id(&self.key.verifying_key())
+        )
     }
 }
 
@@ -201,10 +221,10 @@ impl VendorSigningKey {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let b64 = strip_armor(text, "FLOATLM VENDOR SIGNING KEY");
-        let bytes = zeroize::Zeroizing::new(
-            B64.decode(b64.trim())
-                .map_err(|_| "not base64 (expected the contents of a vendor .key file)".to_string())?,
-        );
+        let bytes =
+            zeroize::Zeroizing::new(B64.decode(b64.trim()).map_err(|_| {
+                "not base64 (expected the contents of a vendor .key file)".to_string()
+            })?);
         let arr: [u8; 32] = bytes
             .as_slice()
             .try_into()
@@ -272,7 +292,9 @@ pub fn verify(text: &str, trusted: &[VendorKey]) -> Result<VerifiedLicense, Lice
     let file: LicenseFile =
         serde_json::from_str(text).map_err(|e| LicenseError::Malformed(e.to_string()))?;
     if file.format != FORMAT {
-        return Err(LicenseError::UnknownFormat(file.format.chars().take(64).collect()));
+        return Err(LicenseError::UnknownFormat(
+            file.format.chars().take(64).collect(),
+        ));
     }
     let key = trusted
         .iter()
@@ -285,7 +307,9 @@ pub fn verify(text: &str, trusted: &[VendorKey]) -> Result<VerifiedLicense, Lice
         .decode(file.signature.as_bytes())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| LicenseError::Malformed("signature is not 64 base64-encoded bytes".into()))?;
+        .ok_or_else(|| {
+            LicenseError::Malformed("signature is not 64 base64-encoded bytes".into())
+        })?;
     let mut msg = SIGNING_DOMAIN.to_vec();
     msg.extend_from_slice(&payload);
     key.key
@@ -347,13 +371,19 @@ expires = "2030-01-01T00:00:00Z"
         let k = VendorSigningKey::generate();
         let other = VendorSigningKey::generate();
         let text = k.sign(&def()).unwrap();
-        assert!(matches!(verify(&text, &[other.public()]), Err(LicenseError::UnknownKey(_))));
+        assert!(matches!(
+            verify(&text, &[other.public()]),
+            Err(LicenseError::UnknownKey(_))
+        ));
         // Re-sign the payload with another key but keep the trusted key id.
         let mut file: LicenseFile = serde_json::from_str(&text).unwrap();
         let forged: LicenseFile = serde_json::from_str(&other.sign(&def()).unwrap()).unwrap();
         file.signature = forged.signature;
         let text = serde_json::to_string(&file).unwrap();
-        assert!(matches!(verify(&text, &[k.public()]), Err(LicenseError::BadSignature(_))));
+        assert!(matches!(
+            verify(&text, &[k.public()]),
+            Err(LicenseError::BadSignature(_))
+        ));
     }
 
     #[test]

@@ -72,7 +72,12 @@ impl fmt::Display for LeaseRef {
 impl FromStr for LeaseRef {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("lease id '{}' is not of the form FEATURE.SLOT.GEN", s.chars().take(40).collect::<String>());
+        let err = || {
+            format!(
+                "lease id '{}' is not of the form FEATURE.SLOT.GEN",
+                s.chars().take(40).collect::<String>()
+            )
+        };
         let mut it = s.split('.');
         let mut next = || -> Result<i64, String> {
             it.next()
@@ -146,7 +151,9 @@ pub enum SeatError {
     UnknownFeature(String),
     #[error("no license: every license for feature '{0}' has expired or is not yet valid")]
     Expired(String),
-    #[error("no license: feature '{0}' is refused because its license failed the integrity check ({1})")]
+    #[error(
+        "no license: feature '{0}' is refused because its license failed the integrity check ({1})"
+    )]
     Refused(String, String),
     #[error("request id '{0}' was already used for a different request")]
     RequestIdReused(String),
@@ -210,7 +217,9 @@ impl FromStr for Role {
             "monitor" => Ok(Role::Monitor),
             "operator" => Ok(Role::Operator),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role '{other}': use monitor, operator or admin")),
+            other => Err(format!(
+                "unknown role '{other}': use monitor, operator or admin"
+            )),
         }
     }
 }
@@ -221,7 +230,11 @@ mod tests {
 
     #[test]
     fn lease_ref_round_trip() {
-        let r = LeaseRef { feature_id: 3, slot_no: 4, lease_gen: 99 };
+        let r = LeaseRef {
+            feature_id: 3,
+            slot_no: 4,
+            lease_gen: 99,
+        };
         assert_eq!(r.to_string().parse::<LeaseRef>().unwrap(), r);
         for bad in ["", "1.2", "1.2.3.4", "a.b.c", "-1.2.3"] {
             assert!(bad.parse::<LeaseRef>().is_err(), "{bad}");

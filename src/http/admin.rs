@@ -34,12 +34,20 @@ impl FromRequestParts<Arc<App>> for Caller {
                     "missing Authorization: Bearer <token> (see DATA_DIR/admin.token or `floatlm admin token create`)",
                 )
             })?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authorization must be 'Bearer <token>'"))?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authorization must be 'Bearer <token>'",
+            )
+        })?;
         match app.authenticate(token.trim()).await? {
             Some(role) => Ok(Caller(role)),
-            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked admin token")),
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unknown or revoked admin token",
+            )),
         }
     }
 }
@@ -52,7 +60,11 @@ impl Caller {
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("this needs the {} role; the token has {}", role.as_str(), self.0.as_str()),
+                format!(
+                    "this needs the {} role; the token has {}",
+                    role.as_str(),
+                    self.0.as_str()
+                ),
             ))
         }
     }
@@ -67,7 +79,10 @@ pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/v1/features", get(features))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{lease}", delete(release_lease))
-        .route("/admin/v1/identities", get(identities).post(create_identity))
+        .route(
+            "/admin/v1/identities",
+            get(identities).post(create_identity),
+        )
         .route("/admin/v1/identities/{id}", delete(revoke_identity))
         .route("/admin/v1/tokens", get(tokens).post(create_token))
         .route("/admin/v1/tokens/{id}", delete(revoke_token))
@@ -116,10 +131,16 @@ async fn features(State(app): State<Arc<App>>, caller: Caller) -> Res {
 
 async fn leases(State(app): State<Arc<App>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
-    Ok(Json(json!({ "leases": app.storage.leases().await.map_err(crate::app::AppError::from)? })))
+    Ok(Json(
+        json!({ "leases": app.storage.leases().await.map_err(crate::app::AppError::from)? }),
+    ))
 }
 
-async fn release_lease(State(app): State<Arc<App>>, caller: Caller, Path(lease): Path<String>) -> Res {
+async fn release_lease(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(lease): Path<String>,
+) -> Res {
     caller.need(Role::Operator)?;
     let lease: LeaseRef = lease.parse().map_err(ApiError::bad_request)?;
     app.force_release(lease).await?;
@@ -139,14 +160,24 @@ struct NewIdentity {
     expires_at: Option<DateTime<Utc>>,
 }
 
-async fn create_identity(State(app): State<Arc<App>>, caller: Caller, body: Result<Json<NewIdentity>, axum::extract::rejection::JsonRejection>) -> Res {
+async fn create_identity(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: Result<Json<NewIdentity>, axum::extract::rejection::JsonRejection>,
+) -> Res {
     caller.need(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (view, ident) = app.create_identity(&req.name, req.expires_at).await?;
-    Ok(Json(json!({ "identity": view, "identity_string": ident.reveal() })))
+    Ok(Json(
+        json!({ "identity": view, "identity_string": ident.reveal() }),
+    ))
 }
 
-async fn revoke_identity(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Res {
+async fn revoke_identity(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
     caller.need(Role::Admin)?;
     app.revoke_identity(&id).await?;
     Ok(Json(json!({ "revoked": id })))
@@ -164,7 +195,11 @@ struct NewToken {
     role: Role,
 }
 
-async fn create_token(State(app): State<Arc<App>>, caller: Caller, body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>) -> Res {
+async fn create_token(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
+) -> Res {
     caller.need(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (view, token) = app.create_token(&req.name, req.role).await?;
@@ -179,10 +214,14 @@ async fn revoke_token(State(app): State<Arc<App>>, caller: Caller, Path(id): Pat
 
 async fn rotate_key(State(app): State<Arc<App>>, caller: Caller) -> Res {
     caller.need(Role::Admin)?;
-    Ok(Json(serde_json::to_value(app.rotate_key().await?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(app.rotate_key().await?).unwrap_or_default(),
+    ))
 }
 
 async fn verify(State(app): State<Arc<App>>, caller: Caller) -> Res {
     caller.need(Role::Operator)?;
-    Ok(Json(serde_json::to_value(app.verify_integrity().await?).unwrap_or_default()))
+    Ok(Json(
+        serde_json::to_value(app.verify_integrity().await?).unwrap_or_default(),
+    ))
 }

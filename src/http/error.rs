@@ -34,7 +34,11 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        (self.status, Json(json!({"error": self.code, "message": self.message}))).into_response()
+        (
+            self.status,
+            Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
     }
 }
 
@@ -43,13 +47,17 @@ impl From<AppError> for ApiError {
         let msg = e.to_string();
         match e {
             AppError::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, "bad_request", msg),
-            AppError::License(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "license_invalid", msg),
+            AppError::License(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "license_invalid", msg)
+            }
             AppError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", msg),
             AppError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
             AppError::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", msg),
             AppError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
             AppError::Seat(s) => s.into(),
-            AppError::Unavailable(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg),
+            AppError::Unavailable(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
+            }
             AppError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
         }
     }
@@ -60,11 +68,17 @@ impl From<SeatError> for ApiError {
         let msg = e.to_string();
         match e {
             SeatError::NoSeat { .. } => Self::new(StatusCode::CONFLICT, "no_license", msg),
-            SeatError::UnknownFeature(_) => Self::new(StatusCode::NOT_FOUND, "unknown_feature", msg),
+            SeatError::UnknownFeature(_) => {
+                Self::new(StatusCode::NOT_FOUND, "unknown_feature", msg)
+            }
             SeatError::Expired(_) => Self::new(StatusCode::FORBIDDEN, "license_expired", msg),
             SeatError::Refused(..) => Self::new(StatusCode::FORBIDDEN, "license_refused", msg),
-            SeatError::RequestIdReused(_) => Self::new(StatusCode::CONFLICT, "request_id_reused", msg),
-            SeatError::Storage(_) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg),
+            SeatError::RequestIdReused(_) => {
+                Self::new(StatusCode::CONFLICT, "request_id_reused", msg)
+            }
+            SeatError::Storage(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg)
+            }
         }
     }
 }

@@ -39,7 +39,11 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
     };
     match app.health().await {
         Ok(()) => (StatusCode::OK, Json(body("ok", None))).into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, Json(body("unavailable", Some(why)))).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(body("unavailable", Some(why))),
+        )
+            .into_response(),
     }
 }
 
@@ -63,7 +67,12 @@ fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), stamp_instance))
         .layer(RequestBodyLimitLayer::new(app.config.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(app.clone())

@@ -209,7 +209,8 @@ pub trait Storage: Send + Sync + 'static {
     // --- seats
     async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError>;
     /// Renews several leases of one holder in one transaction.
-    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>>;
+    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration)
+        -> Result<Vec<Renewal>>;
     /// Releases a lease held by `holder`; the database time it ended, or
     /// None when it was not live (already released, expired, re-granted).
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
@@ -268,9 +269,7 @@ pub fn plan_resize(slots: &[SlotView], target: i64) -> ResizePlan {
     // Retiring slots whose lease ended are retired in any case.
     let mut reusable: Vec<SlotView> = Vec::new();
     for s in slots {
-        if s.state == SLOT_RETIRING && !s.live {
-            reusable.push(*s);
-        } else if s.state == SLOT_RETIRED {
+        if (s.state == SLOT_RETIRING && !s.live) || s.state == SLOT_RETIRED {
             reusable.push(*s);
         }
     }
@@ -293,11 +292,8 @@ pub fn plan_resize(slots: &[SlotView], target: i64) -> ResizePlan {
             reused.push(s.slot_no);
             need -= 1;
         }
-        let mut next = slots.iter().map(|s| s.slot_no + 1).max().unwrap_or(0);
-        for _ in 0..need {
-            plan.inserts.push(next);
-            next += 1;
-        }
+        let next = slots.iter().map(|s| s.slot_no + 1).max().unwrap_or(0);
+        plan.inserts.extend(next..next + need);
         reusable.retain(|s| !reused.contains(&s.slot_no));
     } else if target < active {
         let mut excess = active - target;
@@ -363,7 +359,10 @@ where
     loop {
         match op().await {
             Err(e) if attempt < MAX_TX_ATTEMPTS && e.retryable() => {
-                tracing::debug!(attempt, "retrying transaction after a transient database error");
+                tracing::debug!(
+                    attempt,
+                    "retrying transaction after a transient database error"
+                );
                 retry_pause(attempt).await;
                 attempt += 1;
             }
@@ -399,7 +398,11 @@ mod tests {
     use super::*;
 
     fn v(slot_no: i64, state: i64, live: bool) -> SlotView {
-        SlotView { slot_no, state, live }
+        SlotView {
+            slot_no,
+            state,
+            live,
+        }
     }
 
     #[test]

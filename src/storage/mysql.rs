@@ -34,14 +34,18 @@ fn add(t: NaiveDateTime, d: Duration) -> NaiveDateTime {
 }
 
 async fn db_now(tx: &mut Tx<'_>) -> Result<NaiveDateTime> {
-    Ok(sqlx::query_scalar("SELECT NOW(6)").fetch_one(&mut **tx).await?)
+    Ok(sqlx::query_scalar("SELECT NOW(6)")
+        .fetch_one(&mut **tx)
+        .await?)
 }
 
 impl MySqlStorage {
     /// Connects; `url` is `mysql://user:pass@host:port/database`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
         let opts = MySqlConnectOptions::from_str(url)
-            .map_err(|e| StorageError::Connect(format!("database_url is not a valid MySQL URL: {e}")))?
+            .map_err(|e| {
+                StorageError::Connect(format!("database_url is not a valid MySQL URL: {e}"))
+            })?
             .timezone(Some("+00:00".to_string()));
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
@@ -63,7 +67,11 @@ impl MySqlStorage {
         &self.pool
     }
 
-    async fn replay(&self, tx: &mut Tx<'_>, req: &GrantRequest) -> Result<Option<Grant>, SeatError> {
+    async fn replay(
+        &self,
+        tx: &mut Tx<'_>,
+        req: &GrantRequest,
+    ) -> Result<Option<Grant>, SeatError> {
         let row: Option<(i64, i64, i64, NaiveDateTime, NaiveDateTime, String)> = sqlx::query_as(
             "SELECT g.feature_id, g.slot_no, g.lease_gen, g.created_at, g.expires_at, f.name
              FROM grant_requests g JOIN features f ON f.id = g.feature_id
@@ -128,6 +136,19 @@ impl MySqlStorage {
         if valid.is_empty() {
             return Err(SeatError::Expired(req.feature.clone()));
         }
+        // Claim the request id before touching any slot: a concurrent retry of
+        // the same request blocks on this row until we commit, then gets a
+        // duplicate key and answers with our grant. Without the claim it would
+        // skip the slot we locked and could answer "no seat".
+        sqlx::query(
+            "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
+             VALUES (?, ?, 0, -1, 0, NOW(6), NOW(6))",
+        )
+        .bind(&req.holder)
+        .bind(req.request_id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(StorageError::from)?;
         for &fid in &valid {
             // Bounded: each pass either grants, or retires one retiring slot.
             for _ in 0..(MAX_SEATS_PASSES) {
@@ -208,24 +229,25 @@ impl MySqlStorage {
                 if res.rows_affected() != 1 {
                     continue;
                 }
-                let lease_gen: i64 =
-                    sqlx::query_scalar("SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?")
-                        .bind(fid)
-                        .bind(slot)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StorageError::from)?;
-                sqlx::query(
-                    "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                let lease_gen: i64 = sqlx::query_scalar(
+                    "SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?",
                 )
-                .bind(&req.holder)
-                .bind(req.request_id.as_str())
+                .bind(fid)
+                .bind(slot)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
+                sqlx::query(
+                    "UPDATE grant_requests SET feature_id = ?, slot_no = ?, lease_gen = ?, created_at = ?, expires_at = ?
+                     WHERE holder = ? AND request_id = ?",
+                )
                 .bind(fid)
                 .bind(slot)
                 .bind(lease_gen)
                 .bind(now)
                 .bind(expires)
+                .bind(&req.holder)
+                .bind(req.request_id.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
@@ -245,14 +267,21 @@ impl MySqlStorage {
         }
         let mut total = 0i64;
         for &fid in &valid {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
-                .bind(fid)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StorageError::from)?;
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
+                    .bind(fid)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from)?;
             total += n;
         }
-        // Keep any retirements done above.
+        // No seat: give the request id back, keep any retirements done above.
+        sqlx::query("DELETE FROM grant_requests WHERE holder = ? AND request_id = ?")
+            .bind(&req.holder)
+            .bind(req.request_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(StorageError::from)?;
         tx.commit().await.map_err(StorageError::from)?;
         Err(SeatError::NoSeat {
             feature: req.feature.clone(),
@@ -260,7 +289,13 @@ impl MySqlStorage {
         })
     }
 
-    async fn resize(&self, tx: &mut Tx<'_>, feature_id: i64, target: i64, now: NaiveDateTime) -> Result<()> {
+    async fn resize(
+        &self,
+        tx: &mut Tx<'_>,
+        feature_id: i64,
+        target: i64,
+        now: NaiveDateTime,
+    ) -> Result<()> {
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT slot_no, state, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED)
              FROM slots WHERE feature_id = ? ORDER BY slot_no FOR UPDATE",
@@ -279,16 +314,19 @@ impl MySqlStorage {
             .collect();
         let plan = plan_resize(&views, target);
         for (slot_no, from, to) in plan.changes {
-            sqlx::query("UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?")
-                .bind(to)
-                .bind(feature_id)
-                .bind(slot_no)
-                .bind(from)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?",
+            )
+            .bind(to)
+            .bind(feature_id)
+            .bind(slot_no)
+            .bind(from)
+            .execute(&mut **tx)
+            .await?;
         }
         for chunk in plan.inserts.chunks(500) {
-            let mut qb: QueryBuilder<MySql> = QueryBuilder::new("INSERT INTO slots (feature_id, slot_no) ");
+            let mut qb: QueryBuilder<MySql> =
+                QueryBuilder::new("INSERT INTO slots (feature_id, slot_no) ");
             qb.push_values(chunk, |mut b, slot_no| {
                 b.push_bind(feature_id).push_bind(*slot_no);
             });
@@ -297,7 +335,11 @@ impl MySqlStorage {
         Ok(())
     }
 
-    async fn release_where(&self, lease: LeaseRef, holder: Option<&str>) -> Result<Option<DateTime<Utc>>> {
+    async fn release_where(
+        &self,
+        lease: LeaseRef,
+        holder: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>> {
         let mut tx = self.pool.begin().await?;
         let now = db_now(&mut tx).await?;
         let r = sqlx::query(
@@ -327,7 +369,9 @@ impl MySqlStorage {
                 .fetch_optional(&mut *tx)
                 .await?;
         let outcome = match existing {
-            Some((_, digest)) if digest == lic.digest => return Ok(ApplyOutcome::Unchanged),
+            // Same file: nothing to store, but the slots are reconciled below, which
+            // repairs seat rows edited outside floatlm.
+            Some((_, digest)) if digest == lic.digest => ApplyOutcome::Unchanged,
             Some((serial, _)) => {
                 check_serial(&lic.license_id, serial, lic.serial)?;
                 sqlx::query(
@@ -364,11 +408,12 @@ impl MySqlStorage {
                 ApplyOutcome::Created
             }
         };
-        let old: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, name FROM features WHERE license_id = ? ORDER BY id FOR UPDATE")
-                .bind(&lic.license_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let old: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, name FROM features WHERE license_id = ? ORDER BY id FOR UPDATE",
+        )
+        .bind(&lic.license_id)
+        .fetch_all(&mut *tx)
+        .await?;
         for f in &lic.features {
             let nb = f.not_before.map(naive);
             let ex = f.expires.map(naive);
@@ -441,7 +486,14 @@ pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
     }
 }
 
-type IdentityTuple = (String, String, Vec<u8>, NaiveDateTime, Option<NaiveDateTime>, Option<NaiveDateTime>);
+type IdentityTuple = (
+    String,
+    String,
+    Vec<u8>,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+);
 
 fn identity_row(t: IdentityTuple) -> IdentityRow {
     IdentityRow {
@@ -454,7 +506,14 @@ fn identity_row(t: IdentityTuple) -> IdentityRow {
     }
 }
 
-type TokenTuple = (String, String, String, String, NaiveDateTime, Option<NaiveDateTime>);
+type TokenTuple = (
+    String,
+    String,
+    String,
+    String,
+    NaiveDateTime,
+    Option<NaiveDateTime>,
+);
 
 fn token_row(t: TokenTuple) -> Result<TokenRow> {
     Ok(TokenRow {
@@ -483,7 +542,8 @@ impl Storage for MySqlStorage {
                 .await?;
         if got != Some(1) {
             return Err(StorageError::Conflict(
-                "another floatlm instance has held the migration lock for over 120 s; is it stuck?".into(),
+                "another floatlm instance has held the migration lock for over 120 s; is it stuck?"
+                    .into(),
             ));
         }
         // Our named lock is held on `conn`; the migrator takes its own lock too.
@@ -500,14 +560,18 @@ impl Storage for MySqlStorage {
     }
 
     async fn now(&self) -> Result<DateTime<Utc>> {
-        let t: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6)").fetch_one(&self.pool).await?;
+        let t: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6)")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(utc(t))
     }
 
     async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool> {
@@ -533,7 +597,9 @@ impl Storage for MySqlStorage {
         let mut attempt = 0;
         loop {
             match with_retry(|| self.apply_once(lic)).await {
-                Err(StorageError::Database(e)) if is_duplicate_key(&e) && attempt < 3 => attempt += 1,
+                Err(StorageError::Database(e)) if is_duplicate_key(&e) && attempt < 3 => {
+                    attempt += 1
+                }
                 other => return other,
             }
         }
@@ -612,7 +678,9 @@ impl Storage for MySqlStorage {
         let mut attempt = 0;
         loop {
             match with_retry(|| self.grant_once(req)).await {
-                Err(SeatError::Storage(StorageError::Database(e))) if is_duplicate_key(&e) && attempt < 3 => {
+                Err(SeatError::Storage(StorageError::Database(e)))
+                    if is_duplicate_key(&e) && attempt < 3 =>
+                {
                     attempt += 1
                 }
                 other => return other,
@@ -620,7 +688,12 @@ impl Storage for MySqlStorage {
         }
     }
 
-    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>> {
+    async fn renew(
+        &self,
+        holder: &str,
+        leases: &[LeaseRef],
+        ttl: Duration,
+    ) -> Result<Vec<Renewal>> {
         with_retry(|| async {
             let mut tx = self.pool.begin().await?;
             let now = db_now(&mut tx).await?;
@@ -745,10 +818,12 @@ impl Storage for MySqlStorage {
     }
 
     async fn revoke_identity(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE identities SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE identities SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -772,7 +847,9 @@ impl Storage for MySqlStorage {
                 .fetch_one(&mut *conn)
                 .await?;
         if got != Some(1) {
-            return Err(StorageError::Conflict("timed out waiting for the first-token lock".into()));
+            return Err(StorageError::Conflict(
+                "timed out waiting for the first-token lock".into(),
+            ));
         }
         let res = async {
             let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM admin_tokens")
@@ -820,10 +897,12 @@ impl Storage for MySqlStorage {
     }
 
     async fn revoke_token(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE admin_tokens SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE admin_tokens SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -850,8 +929,12 @@ impl Storage for MySqlStorage {
 
     async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
         let sql = match kind {
-            SealedKind::License => "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?",
-            SealedKind::IdentitySecret => "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?",
+            SealedKind::License => {
+                "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?"
+            }
+            SealedKind::IdentitySecret => {
+                "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?"
+            }
         };
         let r = sqlx::query(sql)
             .bind(new)

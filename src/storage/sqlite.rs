@@ -74,7 +74,11 @@ impl SqliteStorage {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    async fn replay(&self, tx: &mut Tx<'_>, req: &GrantRequest) -> Result<Option<Grant>, SeatError> {
+    async fn replay(
+        &self,
+        tx: &mut Tx<'_>,
+        req: &GrantRequest,
+    ) -> Result<Option<Grant>, SeatError> {
         let row: Option<(i64, i64, i64, i64, i64, String)> = sqlx::query_as(
             "SELECT g.feature_id, g.slot_no, g.lease_gen, g.created_at, g.expires_at, f.name
              FROM grant_requests g JOIN features f ON f.id = g.feature_id
@@ -216,13 +220,14 @@ impl SqliteStorage {
                 if res.rows_affected() != 1 {
                     continue;
                 }
-                let lease_gen: i64 =
-                    sqlx::query_scalar("SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?")
-                        .bind(fid)
-                        .bind(slot)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StorageError::from)?;
+                let lease_gen: i64 = sqlx::query_scalar(
+                    "SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?",
+                )
+                .bind(fid)
+                .bind(slot)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StorageError::from)?;
                 sqlx::query(
                     "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
                      VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -253,11 +258,12 @@ impl SqliteStorage {
         }
         let mut total = 0i64;
         for &fid in &valid {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
-                .bind(fid)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StorageError::from)?;
+            let n: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
+                    .bind(fid)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StorageError::from)?;
             total += n;
         }
         tx.commit().await.map_err(StorageError::from)?;
@@ -286,16 +292,19 @@ impl SqliteStorage {
             .collect();
         let plan = plan_resize(&views, target);
         for (slot_no, from, to) in plan.changes {
-            sqlx::query("UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?")
-                .bind(to)
-                .bind(feature_id)
-                .bind(slot_no)
-                .bind(from)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?",
+            )
+            .bind(to)
+            .bind(feature_id)
+            .bind(slot_no)
+            .bind(from)
+            .execute(&mut **tx)
+            .await?;
         }
         for chunk in plan.inserts.chunks(400) {
-            let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO slots (feature_id, slot_no) ");
+            let mut qb: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT INTO slots (feature_id, slot_no) ");
             qb.push_values(chunk, |mut b, slot_no| {
                 b.push_bind(feature_id).push_bind(*slot_no);
             });
@@ -313,7 +322,9 @@ impl SqliteStorage {
                 .fetch_optional(&mut *tx)
                 .await?;
         let outcome = match existing {
-            Some((_, digest)) if digest == lic.digest => return Ok(ApplyOutcome::Unchanged),
+            // Same file: nothing to store, but the slots are reconciled below, which
+            // repairs seat rows edited outside floatlm.
+            Some((_, digest)) if digest == lic.digest => ApplyOutcome::Unchanged,
             Some((serial, _)) => {
                 check_serial(&lic.license_id, serial, lic.serial)?;
                 sqlx::query(
@@ -350,10 +361,11 @@ impl SqliteStorage {
                 ApplyOutcome::Created
             }
         };
-        let old: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM features WHERE license_id = ? ORDER BY id")
-            .bind(&lic.license_id)
-            .fetch_all(&mut *tx)
-            .await?;
+        let old: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM features WHERE license_id = ? ORDER BY id")
+                .bind(&lic.license_id)
+                .fetch_all(&mut *tx)
+                .await?;
         for f in &lic.features {
             let nb = f.not_before.map(us);
             let ex = f.expires.map(us);
@@ -397,7 +409,11 @@ impl SqliteStorage {
         Ok(outcome)
     }
 
-    async fn release_where(&self, lease: LeaseRef, holder: Option<&str>) -> Result<Option<DateTime<Utc>>> {
+    async fn release_where(
+        &self,
+        lease: LeaseRef,
+        holder: Option<&str>,
+    ) -> Result<Option<DateTime<Utc>>> {
         with_retry(|| async {
             let mut tx = self.begin().await?;
             let now = db_now(&mut tx).await?;
@@ -458,7 +474,9 @@ impl Storage for SqliteStorage {
 
     async fn migrate(&self) -> Result<()> {
         // One process owns the file; the writer connection serialises this.
-        sqlx::migrate!("./migrations/sqlite").run(&self.writer).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -473,9 +491,11 @@ impl Storage for SqliteStorage {
     }
 
     async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
-            .fetch_all(&self.writer)
-            .await?)
+        Ok(
+            sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
+                .fetch_all(&self.writer)
+                .await?,
+        )
     }
 
     async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool> {
@@ -574,7 +594,12 @@ impl Storage for SqliteStorage {
         with_retry(|| self.grant_once(req)).await
     }
 
-    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration) -> Result<Vec<Renewal>> {
+    async fn renew(
+        &self,
+        holder: &str,
+        leases: &[LeaseRef],
+        ttl: Duration,
+    ) -> Result<Vec<Renewal>> {
         with_retry(|| async {
             let mut tx = self.begin().await?;
             let now = db_now(&mut tx).await?;
@@ -794,8 +819,12 @@ impl Storage for SqliteStorage {
 
     async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
         let sql = match kind {
-            SealedKind::License => "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?",
-            SealedKind::IdentitySecret => "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?",
+            SealedKind::License => {
+                "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?"
+            }
+            SealedKind::IdentitySecret => {
+                "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?"
+            }
         };
         let r = sqlx::query(sql)
             .bind(new)

@@ -18,7 +18,8 @@ use floatlm::storage::{LicenseRecord, Storage};
 
 /// Server URL without a database; override with FLOATLM_TEST_MYSQL_URL.
 pub fn mysql_server_url() -> String {
-    std::env::var("FLOATLM_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
+    std::env::var("FLOATLM_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_string())
 }
 
 const HOW_TO_START: &str = "MariaDB must be reachable for this test. Start it with \
@@ -35,7 +36,12 @@ impl TestDb {
     pub async fn new() -> TestDb {
         use sqlx::Connection;
         let server = mysql_server_url();
-        let mut conn = match tokio::time::timeout(Duration::from_secs(10), sqlx::MySqlConnection::connect(&server)).await {
+        let mut conn = match tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::MySqlConnection::connect(&server),
+        )
+        .await
+        {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => panic!("cannot connect to MariaDB at {server}: {e}. {HOW_TO_START}"),
             Err(_) => panic!("timed out connecting to MariaDB at {server}. {HOW_TO_START}"),
@@ -59,11 +65,16 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs outside any runtime guarantee: use a small one of our own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 use sqlx::Connection;
                 if let Ok(mut c) = sqlx::MySqlConnection::connect(&server).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`")).execute(&mut c).await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS `{name}`"))
+                        .execute(&mut c)
+                        .await;
                     let _ = c.close().await;
                 }
             })
@@ -95,14 +106,25 @@ impl TestStore {
     pub async fn with_pool(kind: Kind, pool: u32) -> TestStore {
         let dir = tempfile::tempdir().unwrap();
         let (storage, db): (Arc<dyn Storage>, Option<TestDb>) = match kind {
-            Kind::Sqlite => (Arc::new(SqliteStorage::open(&dir.path().join("t.db")).await.unwrap()), None),
+            Kind::Sqlite => (
+                Arc::new(SqliteStorage::open(&dir.path().join("t.db")).await.unwrap()),
+                None,
+            ),
             Kind::Mysql => {
                 let db = TestDb::new().await;
-                (Arc::new(MySqlStorage::connect(&db.url, pool).await.unwrap()), Some(db))
+                (
+                    Arc::new(MySqlStorage::connect(&db.url, pool).await.unwrap()),
+                    Some(db),
+                )
             }
         };
         storage.migrate().await.unwrap();
-        TestStore { storage, kind, db, dir }
+        TestStore {
+            storage,
+            kind,
+            db,
+            dir,
+        }
     }
 }
 
@@ -119,7 +141,10 @@ pub fn record(def: &LicenseDef, vendor: &VendorSigningKey, ring: &Keyring) -> Li
         customer: def.customer.clone(),
         vendor_key_id: vendor.public().id(),
         digest: floatlm::crypto::sha256_hex(text.as_bytes()),
-        sealed: ring.seal(SealContext::new("licenses", "sealed", &def.license_id), text.as_bytes()),
+        sealed: ring.seal(
+            SealContext::new("licenses", "sealed", &def.license_id),
+            text.as_bytes(),
+        ),
         features: def.features.clone(),
     }
 }
@@ -149,7 +174,12 @@ pub const MASTER_KEY_1: &str = "k1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
 pub const MASTER_KEY_2: &str = "k2:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 
 /// Layers for an App: data dir in `dir`, database per kind, master key, vendor key.
-pub fn layers(dir: &Path, db_url: Option<&str>, master_key: &str, vendor: &VendorSigningKey) -> Layers {
+pub fn layers(
+    dir: &Path,
+    db_url: Option<&str>,
+    master_key: &str,
+    vendor: &VendorSigningKey,
+) -> Layers {
     let pub_path = write(&dir.join("vendor.pub"), &vendor.public().to_text());
     let mut l = Layers::default();
     l.flag("data_dir", Some(dir.join("data").display()));
@@ -172,9 +202,16 @@ impl TestApp {
     pub async fn on(_kind: Kind, db: Option<TestDb>, vendor: VendorSigningKey) -> TestApp {
         let dir = tempfile::tempdir().unwrap();
         let url = db.as_ref().map(|d| d.url.clone());
-        let cfg = layers(dir.path(), url.as_deref(), MASTER_KEY_1, &vendor).build().unwrap();
+        let cfg = layers(dir.path(), url.as_deref(), MASTER_KEY_1, &vendor)
+            .build()
+            .unwrap();
         let app = App::start(cfg).await.unwrap();
-        TestApp { app, vendor, dir, db }
+        TestApp {
+            app,
+            vendor,
+            dir,
+            db,
+        }
     }
 }
 
@@ -189,7 +226,11 @@ pub struct ServerProc {
 
 impl ServerProc {
     /// Starts `floatlm serve ARGS` with ENV and waits for its listening line.
-    pub fn spawn(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Result<ServerProc, String> {
+    pub fn spawn(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Result<ServerProc, String> {
         let stderr_log = log_dir.join(format!("server-{}.log", floatlm::crypto::random_hex(4)));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_floatlm"));
         cmd.arg("serve")
@@ -219,7 +260,11 @@ impl ServerProc {
                         .unwrap_or_default()
                         .to_string()
                 };
-                let instance = line.split_whitespace().nth(2).unwrap_or_default().to_string();
+                let instance = line
+                    .split_whitespace()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_string();
                 Ok(ServerProc {
                     licensing: field("licensing="),
                     admin: field("admin="),
@@ -304,4 +349,93 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// Direct SQL on a TestApp's database, for tampering like an operator would.
+pub async fn raw_exec(t: &TestApp, sql: &str) -> u64 {
+    match &t.db {
+        Some(db) => {
+            let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+            let n = sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected();
+            pool.close().await;
+            n
+        }
+        None => {
+            let pool = sqlx::SqlitePool::connect(&format!(
+                "sqlite://{}",
+                t.dir.path().join("data/floatlm.db").display()
+            ))
+            .await
+            .unwrap();
+            let n = sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected();
+            pool.close().await;
+            n
+        }
+    }
+}
+
+/// Reads `licenses.sealed` of one license.
+pub async fn license_blob(t: &TestApp, license_id: &str) -> Vec<u8> {
+    let sql = "SELECT sealed FROM licenses WHERE license_id = ?";
+    match &t.db {
+        Some(db) => {
+            let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(license_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        None => {
+            let pool = sqlx::SqlitePool::connect(&format!(
+                "sqlite://{}",
+                t.dir.path().join("data/floatlm.db").display()
+            ))
+            .await
+            .unwrap();
+            sqlx::query_scalar(sql)
+                .bind(license_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+/// Overwrites `licenses.sealed` of one license.
+pub async fn set_license_blob(t: &TestApp, license_id: &str, blob: &[u8]) {
+    let sql = "UPDATE licenses SET sealed = ? WHERE license_id = ?";
+    match &t.db {
+        Some(db) => {
+            let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+            sqlx::query(sql)
+                .bind(blob)
+                .bind(license_id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        None => {
+            let pool = sqlx::SqlitePool::connect(&format!(
+                "sqlite://{}",
+                t.dir.path().join("data/floatlm.db").display()
+            ))
+            .await
+            .unwrap();
+            sqlx::query(sql)
+                .bind(blob)
+                .bind(license_id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
 }

@@ -1,0 +1,578 @@
+//! The real binary: start-up, healthz, drain, admin API over HTTP, CLI, and
+//! configuration errors. Servers listen on 127.0.0.1 port 0.
+
+mod common;
+
+use common::{wait_for, Kind, ServerProc, TestDb, MASTER_KEY_1};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+
+/// Arguments and env for a server on `kind` with data in `dir`.
+fn server_args(
+    kind: Kind,
+    dir: &Path,
+    db: Option<&TestDb>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let mut args = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--log-level".into(),
+        "info".into(),
+    ];
+    let mut env = vec![];
+    if kind == Kind::Mysql {
+        args.push("--database-url".into());
+        args.push(db.expect("mysql test db").url.clone());
+        env.push(("FLOATLM_MASTER_KEY".to_string(), MASTER_KEY_1.to_string()));
+    }
+    (args, env)
+}
+
+fn spawn(kind: Kind, dir: &Path, db: Option<&TestDb>, extra: &[&str]) -> ServerProc {
+    let (mut args, env) = server_args(kind, dir, db);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    ServerProc::spawn(&a, &e, dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn db_for(kind: Kind) -> Option<TestDb> {
+    match kind {
+        Kind::Mysql => Some(TestDb::new().await),
+        Kind::Sqlite => None,
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn healthz(addr: &str) -> Option<(u16, serde_json::Value)> {
+    let r = http()
+        .get(format!("http://{addr}/sentinel/ldk/v1/healthz"))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+fn admin_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_started_together_on_a_fresh_database_both_become_healthy() {
+    let db = TestDb::new().await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (p1, p2) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn(Kind::Mysql, d1.path(), Some(&db), &[]));
+        let b = s.spawn(|| spawn(Kind::Mysql, d2.path(), Some(&db), &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for p in [&p1, &p2] {
+        let (status, body) = wait_for("healthz 200", Duration::from_secs(30), || async {
+            healthz(&p.licensing).await.filter(|(s, _)| *s == 200)
+        })
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["instance"], p.instance.as_str());
+        assert_eq!(body["backend"], "mysql");
+    }
+    assert_ne!(p1.instance, p2.instance);
+    // Exactly one of them generated the first admin token.
+    let tokens = [d1.path(), d2.path()]
+        .iter()
+        .filter(|d| d.join("data/admin.token").exists())
+        .count();
+    assert_eq!(tokens, 1);
+}
+
+async fn drain_finishes_in_flight_requests(kind: Kind) {
+    let db = db_for(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(kind, dir.path(), db.as_ref(), &["--drain-delay", "1s"]);
+    let token = admin_token(dir.path());
+    assert_eq!(healthz(&p.licensing).await.unwrap().0, 200);
+
+    // A request in flight: headers and half the body sent before SIGTERM.
+    let body = "x".repeat(4000);
+    let mut conn = TcpStream::connect(&p.admin).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /admin/v1/licenses HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{}",
+        body.len(),
+        &body[..2000]
+    )
+    .unwrap();
+    conn.flush().unwrap();
+
+    p.signal(libc::SIGTERM);
+    let (status, b) = wait_for(
+        "healthz 503 after SIGTERM",
+        Duration::from_secs(10),
+        || async { healthz(&p.licensing).await.filter(|(s, _)| *s == 503) },
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(b["reason"].as_str().unwrap().contains("draining"), "{b}");
+    // Still serving other requests during the drain delay.
+    let st = http()
+        .get(format!("http://{}/admin/v1/status", p.admin))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(st.status(), 200);
+    assert_eq!(
+        st.json::<serde_json::Value>().await.unwrap()["draining"],
+        true
+    );
+
+    // After the delay the listeners close; the in-flight request still finishes.
+    let lic = p.licensing.clone();
+    wait_for(
+        "licensing listener to close",
+        Duration::from_secs(15),
+        || {
+            let lic = lic.clone();
+            async move { TcpStream::connect(&lic).err().map(|_| ()) }
+        },
+    )
+    .await;
+    conn.write_all(&body.as_bytes()[2000..]).unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 422"),
+        "in-flight request got: {resp}"
+    );
+    assert!(resp.contains("license_invalid"), "{resp}");
+    let code = p
+        .wait_exit(Duration::from_secs(15))
+        .expect("server exits after draining");
+    assert_eq!(code.code(), Some(0), "log:\n{}", p.log());
+}
+
+async fn admin_api_roles_errors_and_headers(kind: Kind) {
+    let db = db_for(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(kind, dir.path(), db.as_ref(), &["--demo"]);
+    let admin = admin_token(dir.path());
+    let c = http();
+    let url = |path: &str| format!("http://{}{path}", p.admin);
+
+    let r = c
+        .post(url("/admin/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "grafana", "role": "monitor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let monitor = r.json::<serde_json::Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(url("/admin/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "ops", "role": "operator"}))
+        .send()
+        .await
+        .unwrap();
+    let operator = r.json::<serde_json::Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let r = c
+        .get(url("/admin/v1/features"))
+        .bearer_auth(&monitor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ldk-server-instance"], p.instance.as_str());
+    let f = r.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(f["features"][0]["name"], "demo");
+    assert_eq!(f["features"][0]["total"], 5);
+
+    let check = |r: reqwest::Response, status: u16, code: &'static str| async move {
+        assert_eq!(r.status().as_u16(), status);
+        assert!(r.headers().contains_key("x-ldk-server-instance"));
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"], code, "{v}");
+        assert!(!v["message"].as_str().unwrap().is_empty());
+    };
+    check(
+        c.post(url("/admin/v1/licenses"))
+            .bearer_auth(&monitor)
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    check(
+        c.delete(url("/admin/v1/leases/1.0.1"))
+            .bearer_auth(&monitor)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    check(
+        c.delete(url("/admin/v1/leases/1.0.1"))
+            .bearer_auth(&operator)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    check(
+        c.delete(url("/admin/v1/leases/garbage"))
+            .bearer_auth(&operator)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(
+        c.get(url("/admin/v1/identities"))
+            .bearer_auth(&operator)
+            .send()
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    check(
+        c.get(url("/admin/v1/features")).send().await.unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    check(
+        c.get(url("/admin/v1/features"))
+            .bearer_auth("flt_nope_nope")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    check(
+        c.post(url("/admin/v1/identities"))
+            .bearer_auth(&admin)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(
+        c.post(url("/admin/v1/tokens"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"name": "x", "role": "root"}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    check(c.get(url("/nope")).send().await.unwrap(), 404, "not_found").await;
+    check(
+        c.post(url("/admin/v1/licenses"))
+            .bearer_auth(&admin)
+            .body("{\"format\":1}")
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "license_invalid",
+    )
+    .await;
+    let big = "a".repeat(2 * 1024 * 1024);
+    let r = c
+        .post(url("/admin/v1/licenses"))
+        .bearer_auth(&admin)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let h = c
+        .get(format!("http://{}/sentinel/ldk/v1/healthz", p.licensing))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.headers()["x-ldk-server-instance"], p.instance.as_str());
+    // Revoked tokens stop working.
+    let list: serde_json::Value = c
+        .get(url("/admin/v1/tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "grafana")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        c.delete(url(&format!("/admin/v1/tokens/{id}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    check(
+        c.get(url("/admin/v1/features"))
+            .bearer_auth(&monitor)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthorized",
+    )
+    .await;
+    // The demo identity string is there and names this server.
+    let ident = std::fs::read_to_string(dir.path().join("data/demo-identity.txt")).unwrap();
+    assert!(
+        ident
+            .trim()
+            .parse::<floatlm::domain::identity::IdentityString>()
+            .is_ok(),
+        "{ident}"
+    );
+}
+
+fn floatlm(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn cli_vendor_and_admin_round_trip(kind: Kind) {
+    let db = db_for(kind).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (code, out, err) = floatlm(
+        &[
+            "vendor",
+            "keygen",
+            "--out",
+            &d.join("vendor").display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("vendor.pub"));
+    let (code, _, err) = floatlm(
+        &[
+            "vendor",
+            "keygen",
+            "--out",
+            &d.join("vendor").display().to_string(),
+        ],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    std::fs::write(d.join("def.toml"), "license_id = \"ACME\"\nserial = 1\ncustomer = \"ACME\"\n[[feature]]\nname = \"cad\"\nseats = 3\n").unwrap();
+    let lic = d.join("acme.lic").display().to_string();
+    let (code, out, err) = floatlm(
+        &[
+            "vendor",
+            "sign",
+            "--key",
+            &d.join("vendor/vendor.key").display().to_string(),
+            &d.join("def.toml").display().to_string(),
+            "-o",
+            &lic,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed license ACME"), "{out}");
+
+    let pubkey = d.join("vendor/vendor.pub").display().to_string();
+    let p = spawn(kind, d, db.as_ref(), &["--vendor-key", &pubkey]);
+    let url = format!("http://{}", p.admin);
+    let data = d.join("data").display().to_string();
+    let admin = |args: &[&str]| {
+        let mut a = vec!["admin", "--url", &url, "--data-dir", &data];
+        a.extend_from_slice(args);
+        floatlm(&a, &[])
+    };
+    let (code, out, err) = admin(&["apply", &lic]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created"), "{out}");
+    let (_, out, _) = admin(&["apply", &lic]);
+    assert!(out.contains("unchanged"), "{out}");
+    let (_, out, _) = admin(&["features"]);
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["cad", "3", "0", "3"]),
+        "{out}"
+    );
+    let (code, out, err) = admin(&["identity", "create", "--name", "ci", "--expires", "30d"]);
+    assert_eq!(code, 0, "{err}");
+    let ident = out.lines().last().unwrap();
+    assert!(ident.ends_with(&format!("@{}", p.licensing)), "{out}");
+    let (_, out, _) = admin(&["--json", "identity", "list"]);
+    assert!(
+        out.contains("\"ci\"") && !out.contains(ident.split(['@', ':']).nth(1).unwrap()),
+        "list never shows secrets: {out}"
+    );
+    let (code, out, _) = admin(&["verify"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("integrity ok"), "{out}");
+    let (code, _, err) = admin(&["apply", &d.join("def.toml").display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a floatlm license"), "{err}");
+    let (code, _, err) = floatlm(
+        &["admin", "--url", &url, "--token", "flt_bad", "features"],
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown or revoked admin token"), "{err}");
+}
+
+#[test]
+fn configuration_errors_name_the_key_and_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let (code, _, err) = floatlm(&["serve", "--data-dir", &d, "--lease-ttl", "forever"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("lease_ttl") && err.contains("--lease-ttl") && err.contains("duration"),
+        "{err}"
+    );
+    let (code, _, err) = floatlm(
+        &["serve", "--data-dir", &d],
+        &[("FLOATLM_LISTEN", "everywhere")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("FLOATLM_LISTEN") && err.contains("IP:PORT"),
+        "{err}"
+    );
+    let ini = dir.path().join("f.ini");
+    std::fs::write(
+        &ini,
+        "[server]\nlisten = 127.0.0.1:0\n[leases]\nlease_tll = 30s\n",
+    )
+    .unwrap();
+    let (code, _, err) = floatlm(&["config", "check", "-c", &ini.display().to_string()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("lease_tll"), "{err}");
+    let (code, _, err) = floatlm(
+        &[
+            "serve",
+            "--data-dir",
+            &d,
+            "--database-url",
+            "mysql://root:s3cret@127.0.0.1:3306/x",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("master_key") && !err.contains("s3cret"),
+        "{err}"
+    );
+    let (code, out, err) = floatlm(
+        &[
+            "config",
+            "check",
+            "--data-dir",
+            &d,
+            "--database-url",
+            "mysql://root:s3cret@127.0.0.1:3306/x",
+        ],
+        &[
+            ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
+            ("FLOATLM_LEASE_TTL", "45s"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("s3cret") && !out.contains(&MASTER_KEY_1[3..]),
+        "secrets redacted: {out}"
+    );
+    assert!(
+        out.contains("lease_ttl = 45s") && out.contains("FLOATLM_LEASE_TTL"),
+        "{out}"
+    );
+    let (code, _, err) = floatlm(
+        &[
+            "serve",
+            "--data-dir",
+            &d,
+            "--vendor-key",
+            "/nonexistent/v.pub",
+        ],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("vendor_keys") && err.contains("/nonexistent/v.pub"),
+        "{err}"
+    );
+}
+
+both_backends!(
+    drain_finishes_in_flight_requests,
+    admin_api_roles_errors_and_headers,
+    cli_vendor_and_admin_round_trip
+);
