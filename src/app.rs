@@ -83,6 +83,8 @@ pub struct App {
     keyring: Keyring,
     vendor_keys: RwLock<Vec<VendorKey>>,
     draining: AtomicBool,
+    /// Why the key canary no longer opens, if it stopped (checked periodically).
+    key_problem: RwLock<Option<String>>,
     refused: RwLock<Refusals>,
     pub started_at: DateTime<Utc>,
 }
@@ -199,6 +201,26 @@ async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), Start
     Ok(())
 }
 
+/// Read-only canary check for a running instance: some canary of a key we
+/// hold must open, and none of ours may fail.
+async fn verify_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), String> {
+    let canaries = storage.canaries().await.map_err(|e| e.to_string())?;
+    let mut matched = false;
+    for (key_id, blob) in &canaries {
+        if ring.key(key_id).is_some() {
+            match ring.open(canary_ctx(key_id), blob) {
+                Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
+                _ => return Err(format!("the canary of master key '{key_id}' no longer opens")),
+            }
+        }
+    }
+    if matched {
+        Ok(())
+    } else {
+        Err("no canary of this instance's master keys is left in the database".into())
+    }
+}
+
 /// An admin token as handed out once: `flt_<id>_<secret>`.
 fn new_token() -> (String, Secret) {
     use base64::Engine;
@@ -293,6 +315,7 @@ impl App {
             storage,
             keyring,
             draining: AtomicBool::new(false),
+            key_problem: RwLock::new(None),
             refused: RwLock::new(Refusals::new()),
             started_at: Utc::now(),
             config,
@@ -363,6 +386,9 @@ impl App {
     pub async fn health(&self) -> Result<(), String> {
         if self.is_draining() {
             return Err("draining: this instance is shutting down".into());
+        }
+        if let Some(why) = self.key_problem.read().expect("lock").clone() {
+            return Err(why);
         }
         match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
             Ok(Ok(())) => Ok(()),
@@ -783,6 +809,14 @@ impl App {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
+            let key = match verify_canary(self.storage.as_ref(), &self.keyring).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "key canary check failed");
+                    Some(format!("key canary: {e}"))
+                }
+            };
+            *self.key_problem.write().expect("lock") = key;
             match self.verify_integrity().await {
                 Ok(r) => {
                     for (feature, why) in &r.refused {
