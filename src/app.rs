@@ -87,6 +87,13 @@ pub struct App {
     key_problem: RwLock<Option<String>>,
     refused: RwLock<Refusals>,
     pub started_at: DateTime<Utc>,
+    /// Protocol sessions of this instance.
+    pub sessions: crate::sessions::Sessions,
+    /// The operator's auth script, if configured.
+    pub auth_hook: Option<crate::auth_hook::AuthHook>,
+    /// Derives stand-in secrets for unknown identity ids, so they fail the
+    /// handshake exactly like a wrong secret.
+    dummy_key: zeroize::Zeroizing<[u8; 32]>,
 }
 
 /// Opens the configured storage backend.
@@ -210,7 +217,11 @@ async fn verify_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), Stri
         if ring.key(key_id).is_some() {
             match ring.open(canary_ctx(key_id), blob) {
                 Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
-                _ => return Err(format!("the canary of master key '{key_id}' no longer opens")),
+                _ => {
+                    return Err(format!(
+                        "the canary of master key '{key_id}' no longer opens"
+                    ))
+                }
             }
         }
     }
@@ -318,6 +329,15 @@ impl App {
             key_problem: RwLock::new(None),
             refused: RwLock::new(Refusals::new()),
             started_at: Utc::now(),
+            sessions: crate::sessions::Sessions::new(config.max_sessions, config.session_idle),
+            auth_hook: config.auth_script.clone().map(|p| {
+                crate::auth_hook::AuthHook::new(p, config.auth_timeout, config.auth_max_concurrent)
+            }),
+            dummy_key: zeroize::Zeroizing::new(
+                crate::crypto::random_bytes(32)
+                    .try_into()
+                    .expect("32 bytes"),
+            ),
             config,
         });
         app.bootstrap_token().await?;
@@ -660,6 +680,19 @@ impl App {
         Ok(Some((row, Secret::new(secret))))
     }
 
+    /// A stand-in secret for an identity id that does not exist: same shape
+    /// as a real one, stable per id within this process.
+    pub fn dummy_secret(&self, id: &str) -> Secret {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.dummy_key.as_ref())
+            .expect("any key length");
+        mac.update(id.as_bytes());
+        Secret::new(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()),
+        )
+    }
+
     pub async fn revoke_identity(&self, id: &str) -> Result<(), AppError> {
         if self.storage.revoke_identity(id).await? {
             tracing::info!(identity = %id, "identity revoked");
@@ -824,6 +857,10 @@ impl App {
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "integrity check could not run"),
+            }
+            let swept = self.sessions.sweep();
+            if swept > 0 {
+                tracing::debug!(swept, "forgot idle protocol sessions");
             }
             if let Err(e) = self.storage.purge_requests(REQUEST_ID_RETENTION).await {
                 tracing::warn!(error = %e, "could not purge old request ids");

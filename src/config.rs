@@ -73,6 +73,12 @@ pub const KEYS: &[(&str, &str)] = &[
     ("security", "vendor_keys"),
     ("security", "admin_token"),
     ("security", "admin_token_file"),
+    ("server", "max_sessions"),
+    ("server", "session_idle"),
+    ("server", "trusted_proxies"),
+    ("auth", "auth_script"),
+    ("auth", "auth_timeout"),
+    ("auth", "auth_max_concurrent"),
     ("leases", "lease_ttl"),
     ("leases", "integrity_interval"),
     ("logging", "log_format"),
@@ -120,6 +126,16 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub lease_ttl: Duration,
     pub integrity_interval: Duration,
+    /// Protocol sessions kept in memory per instance; past it, 503.
+    pub max_sessions: usize,
+    /// A session unused this long is forgotten (the client handshakes again).
+    pub session_idle: Duration,
+    /// Peers whose X-Forwarded-For is believed (reverse proxies).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The operator's auth script, run on every login.
+    pub auth_script: Option<PathBuf>,
+    pub auth_timeout: Duration,
+    pub auth_max_concurrent: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Where every effective value came from, for `config check`.
@@ -173,8 +189,13 @@ impl Layers {
 
     /// Applies one command-line flag value.
     pub fn flag(&mut self, key: &'static str, value: Option<impl ToString>) {
+        self.flag_named(key, &flag_name(key), value);
+    }
+
+    /// Applies a flag whose name is not `--<key>` (for example `--auth`).
+    pub fn flag_named(&mut self, key: &'static str, flag: &str, value: Option<impl ToString>) {
         if let Some(v) = value {
-            self.set(key, v.to_string(), Source::Flag(flag_name(key)));
+            self.set(key, v.to_string(), Source::Flag(flag.to_string()));
         }
     }
 
@@ -451,6 +472,73 @@ impl Layers {
             1.0,
             3600.0,
         )?;
+        let ms_v = take("max_sessions", Some("100000")).unwrap();
+        let max_sessions: usize = ms_v
+            .0
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000_000).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "max_sessions",
+                    &ms_v.1,
+                    "a whole number between 1 and 10000000",
+                )
+            })?;
+        let session_idle = secs(
+            "session_idle",
+            &take("session_idle", Some("10m")).unwrap(),
+            1.0,
+            86400.0,
+        )?;
+        let mut trusted_proxies = Vec::new();
+        if let Some((v, s)) = take("trusted_proxies", None) {
+            for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                trusted_proxies.push(item.parse().map_err(|_| {
+                    invalid(
+                        "trusted_proxies",
+                        &s,
+                        format!("'{item}' is not an IP address"),
+                    )
+                })?);
+            }
+        }
+        let auth_script = match take("auth_script", None) {
+            Some((v, s)) => {
+                let p = PathBuf::from(&v);
+                let meta = std::fs::metadata(&p)
+                    .map_err(|e| invalid("auth_script", &s, format!("{v}: {e}")))?;
+                use std::os::unix::fs::PermissionsExt;
+                if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                    return Err(invalid(
+                        "auth_script",
+                        &s,
+                        format!("{v} is not an executable file (chmod +x it)"),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        let auth_timeout = secs(
+            "auth_timeout",
+            &take("auth_timeout", Some("5s")).unwrap(),
+            0.05,
+            300.0,
+        )?;
+        let amc_v = take("auth_max_concurrent", Some("8")).unwrap();
+        let auth_max_concurrent: usize = amc_v
+            .0
+            .parse()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "auth_max_concurrent",
+                    &amc_v.1,
+                    "a whole number between 1 and 1024",
+                )
+            })?;
         let lf = take("log_format", Some("text")).unwrap();
         let log_format = match lf.0.as_str() {
             "text" => LogFormat::Text,
@@ -486,6 +574,12 @@ impl Layers {
             admin_token,
             lease_ttl,
             integrity_interval,
+            max_sessions,
+            session_idle,
+            trusted_proxies,
+            auth_script,
+            auth_timeout,
+            auth_max_concurrent,
             log_format,
             log_level: ll.0,
             sources: sources.into_inner(),

@@ -1,7 +1,9 @@
 pub mod app;
+pub mod auth_hook;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod sessions;
 pub mod storage;

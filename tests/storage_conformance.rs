@@ -54,7 +54,7 @@ async fn grants_up_to_n_then_refuses(kind: Kind) {
     }
     let err = st.grant(&req("cad", "h1", "r3", TTL)).await.unwrap_err();
     assert!(matches!(err, SeatError::NoSeat { total: 3, .. }), "{err}");
-    assert!(err.to_string().starts_with("no license"), "{err}");
+    assert!(err.to_string().starts_with("No license"), "{err}");
     assert_eq!(usage(st, "cad").await, (3, 3, 0));
     // Release frees exactly one; a second release of the same lease is a no-op.
     assert!(st.release("h1", leases[1]).await.unwrap().is_some());

@@ -1,6 +1,7 @@
 //! The one binary: `serve`, `config check`, `vendor …`, `admin …`.
 
 pub mod admin;
+pub mod client;
 pub mod serve;
 pub mod vendor;
 
@@ -37,6 +38,12 @@ pub enum Command {
     },
     /// Operate a running server through its admin API.
     Admin(admin::AdminArgs),
+    /// Check that a server answers (no identity needed).
+    Ping(client::PingArgs),
+    /// Show total, used and free seats.
+    Query(client::QueryArgs),
+    /// Hold a seat while a command runs (or for --hold SECS).
+    Checkout(client::CheckoutArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +91,9 @@ pub struct ServerFlags {
     /// File holding a static admin token (role admin).
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<String>,
+    /// Executable run on every login with JSON on stdin; exit 0 allows.
+    #[arg(long = "auth", value_name = "PATH")]
+    pub auth_script: Option<String>,
     /// Lease time-to-live [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub lease_ttl: Option<String>,
@@ -140,6 +150,7 @@ impl ServerFlags {
             layers.flag("vendor_keys", Some(self.vendor_keys.join(",")));
         }
         layers.flag("admin_token_file", self.admin_token_file.as_ref());
+        layers.flag_named("auth_script", "--auth", self.auth_script.as_ref());
         layers.flag("lease_ttl", self.lease_ttl.as_ref());
         layers.flag("drain_delay", self.drain_delay.as_ref());
         layers.flag("log_format", self.log_format.as_ref());
@@ -184,6 +195,9 @@ pub fn main() -> ExitCode {
             },
             Command::Vendor { command } => report(vendor::run(command)),
             Command::Admin(args) => report(admin::run(args).await),
+            Command::Ping(args) => client::ping(args).await,
+            Command::Query(args) => client::query(args).await,
+            Command::Checkout(args) => client::checkout(args).await,
         }
     })
 }

@@ -145,14 +145,14 @@ pub enum Renewal {
 
 #[derive(Debug, Error)]
 pub enum SeatError {
-    #[error("no license: all {total} seats of feature '{feature}' are in use")]
+    #[error("No license: all {total} seats of feature '{feature}' are in use")]
     NoSeat { feature: String, total: i64 },
-    #[error("no license: feature '{0}' is not licensed on this server")]
+    #[error("No license: feature '{0}' is not licensed on this server")]
     UnknownFeature(String),
-    #[error("no license: every license for feature '{0}' has expired or is not yet valid")]
+    #[error("No license: every license for feature '{0}' has expired or is not yet valid")]
     Expired(String),
     #[error(
-        "no license: feature '{0}' is refused because its license failed the integrity check ({1})"
+        "No license: feature '{0}' is refused because its license failed the integrity check ({1})"
     )]
     Refused(String, String),
     #[error("request id '{0}' was already used for a different request")]

@@ -3,12 +3,13 @@
 
 pub mod admin;
 pub mod error;
+pub mod protocol;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::future::Future;
@@ -80,7 +81,14 @@ fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
 
 /// The licensing listener's router.
 pub fn licensing_router(app: &Arc<App>) -> Router {
-    common(Router::new().route(HEALTHZ_PATH, get(healthz)), app)
+    common(
+        Router::new()
+            .route(HEALTHZ_PATH, get(healthz))
+            .route(floatlm_protocol::PATH_PING, get(protocol::ping))
+            .route(floatlm_protocol::PATH_HANDSHAKE, post(protocol::handshake))
+            .route(floatlm_protocol::PATH_REQUEST, post(protocol::request)),
+        app,
+    )
 }
 
 /// The admin listener's router.

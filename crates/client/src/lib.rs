@@ -1,1 +1,33 @@
-pub fn y(){}
+//! The floatlm Licensing API for applications.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), floatlm_client::ClientError> {
+//! let client = floatlm_client::Client::connect(
+//!     &["00112233aabbccdd:SECRET@lic1.example.com:8990", "00112233aabbccdd:SECRET@lic2.example.com:8990"],
+//!     floatlm_client::Options::from_env(),
+//! ).await?;
+//! let seat = client.checkout("cad").await?;   // heartbeats on its own, survives server failures
+//! // ... work ...
+//! seat.release().await;
+//! # Ok(()) }
+//! ```
+//!
+//! * The client contacts every server in parallel and uses the first that
+//!   completes a handshake.
+//! * A [`SeatHandle`] is virtual: a background task renews the lease at a
+//!   fraction of its TTL; when its server fails, the same lease is renewed
+//!   through another server, with no second login. The application asks the
+//!   handle for its state and the client for each server's status.
+//! * A failed server is retried every [`Options::retry_interval`] (default
+//!   60 s), up to [`Options::max_retries`] times (default: unlimited).
+
+mod client;
+mod error;
+mod handle;
+mod identity;
+
+pub use client::{Client, Options, PingInfo, ServerState, ServerStatus};
+pub use error::{ClientError, NoLicenseReason};
+pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
+pub use handle::{HandleState, SeatHandle};
+pub use identity::ServerSpec;

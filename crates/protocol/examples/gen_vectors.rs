@@ -1,4 +1,7 @@
 //! Prints the protocol test vectors as JSON (tests/vectors/v1.json).
 fn main() {
-    println!("{}", serde_json::to_string_pretty(&floatlm_protocol::vectors::compute()).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&floatlm_protocol::vectors::compute()).unwrap()
+    );
 }

@@ -56,7 +56,13 @@ fn nonce(dir: Direction, seq: u64) -> [u8; 12] {
 }
 
 /// Seals `plaintext` as envelope number `seq`.
-pub fn seal(key: &[u8; 32], dir: Direction, seq: u64, binding: &Binding<'_>, plaintext: &[u8]) -> Vec<u8> {
+pub fn seal(
+    key: &[u8; 32],
+    dir: Direction,
+    seq: u64,
+    binding: &Binding<'_>,
+    plaintext: &[u8],
+) -> Vec<u8> {
     let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
     let ct = cipher
         .encrypt(
@@ -85,11 +91,18 @@ pub fn peek_seq(envelope: &[u8]) -> Result<u64, ProtocolError> {
     if envelope[0] != VERSION {
         return Err(ProtocolError::UnsupportedVersion(envelope[0]));
     }
-    Ok(u64::from_be_bytes(envelope[1..HEADER].try_into().expect("8 bytes")))
+    Ok(u64::from_be_bytes(
+        envelope[1..HEADER].try_into().expect("8 bytes"),
+    ))
 }
 
 /// Opens an envelope; returns its sequence number and plaintext.
-pub fn open(key: &[u8; 32], dir: Direction, binding: &Binding<'_>, envelope: &[u8]) -> Result<(u64, Vec<u8>), ProtocolError> {
+pub fn open(
+    key: &[u8; 32],
+    dir: Direction,
+    binding: &Binding<'_>,
+    envelope: &[u8],
+) -> Result<(u64, Vec<u8>), ProtocolError> {
     let seq = peek_seq(envelope)?;
     let cipher = Aes256Gcm::new_from_slice(key).expect("32-byte key");
     let pt = cipher
@@ -134,7 +147,11 @@ impl ReplayWindow {
         self.check(seq)?;
         if seq >= self.top {
             let shift = seq + 1 - self.top;
-            self.bits = if shift >= Self::SIZE { 0 } else { self.bits << shift };
+            self.bits = if shift >= Self::SIZE {
+                0
+            } else {
+                self.bits << shift
+            };
             self.bits |= 1;
             self.top = seq + 1;
         } else {
@@ -159,20 +176,35 @@ mod tests {
     fn seal_open_and_every_byte_matters() {
         let k = [9u8; 32];
         let env = seal(&k, Direction::ClientToServer, 7, &B, b"{\"op\":\"info\"}");
-        assert_eq!(open(&k, Direction::ClientToServer, &B, &env).unwrap(), (7, b"{\"op\":\"info\"}".to_vec()));
+        assert_eq!(
+            open(&k, Direction::ClientToServer, &B, &env).unwrap(),
+            (7, b"{\"op\":\"info\"}".to_vec())
+        );
         for i in 0..env.len() {
             let mut e = env.clone();
             e[i] ^= 0x80;
-            assert!(open(&k, Direction::ClientToServer, &B, &e).is_err(), "byte {i}");
+            assert!(
+                open(&k, Direction::ClientToServer, &B, &e).is_err(),
+                "byte {i}"
+            );
         }
-        assert!(open(&k, Direction::ServerToClient, &B, &env).is_err(), "no reflection");
+        assert!(
+            open(&k, Direction::ServerToClient, &B, &env).is_err(),
+            "no reflection"
+        );
         for other in [
             Binding { method: "GET", ..B },
             Binding { path: "/x", ..B },
-            Binding { instance: "c2", ..B },
+            Binding {
+                instance: "c2",
+                ..B
+            },
             Binding { session: "s2", ..B },
         ] {
-            assert_eq!(open(&k, Direction::ClientToServer, &other, &env), Err(ProtocolError::BadEnvelope));
+            assert_eq!(
+                open(&k, Direction::ClientToServer, &other, &env),
+                Err(ProtocolError::BadEnvelope)
+            );
         }
     }
 

@@ -46,7 +46,11 @@ fn prologue(identity_id: &str) -> Vec<u8> {
 }
 
 fn valid_id(id: &[u8]) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
 }
 
 /// Client side, between sending ClientHello and reading ServerHello.
@@ -63,19 +67,29 @@ impl std::fmt::Debug for ClientHandshake {
 impl ClientHandshake {
     /// Starts a handshake; returns the state and the ClientHello bytes.
     /// `ephemeral` fixes the X25519 ephemeral key (test vectors only).
-    pub fn start(identity_id: &str, secret: &[u8], ephemeral: Option<&[u8; 32]>) -> Result<(Self, Vec<u8>), ProtocolError> {
+    pub fn start(
+        identity_id: &str,
+        secret: &[u8],
+        ephemeral: Option<&[u8; 32]>,
+    ) -> Result<(Self, Vec<u8>), ProtocolError> {
         if !valid_id(identity_id.as_bytes()) {
             return Err(ProtocolError::Malformed("identity id"));
         }
         let psk = Zeroizing::new(derive_psk(secret, identity_id));
         let prologue = prologue(identity_id);
-        let mut b = snow::Builder::new(params()).psk(0, psk.as_ref()).prologue(&prologue);
+        let mut b = snow::Builder::new(params())
+            .psk(0, psk.as_ref())
+            .prologue(&prologue);
         if let Some(e) = ephemeral {
             b = b.fixed_ephemeral_key_for_testing_only(e);
         }
-        let mut state = b.build_initiator().map_err(|_| ProtocolError::Malformed("noise setup"))?;
+        let mut state = b
+            .build_initiator()
+            .map_err(|_| ProtocolError::Malformed("noise setup"))?;
         let mut msg = vec![0u8; 256];
-        let n = state.write_message(&[], &mut msg).map_err(|_| ProtocolError::Malformed("noise write"))?;
+        let n = state
+            .write_message(&[], &mut msg)
+            .map_err(|_| ProtocolError::Malformed("noise write"))?;
         let mut out = Vec::with_capacity(2 + identity_id.len() + n);
         out.push(VERSION);
         out.push(identity_id.len() as u8);
@@ -85,18 +99,26 @@ impl ClientHandshake {
     }
 
     /// Reads ServerHello; returns the session keys and the server's payload.
-    pub fn finish(mut self, server_hello: &[u8]) -> Result<(SessionKeys, ServerHelloPayload), ProtocolError> {
+    pub fn finish(
+        mut self,
+        server_hello: &[u8],
+    ) -> Result<(SessionKeys, ServerHelloPayload), ProtocolError> {
         if server_hello.len() > MAX_HELLO {
             return Err(ProtocolError::TooLarge);
         }
-        let (&v, noise) = server_hello.split_first().ok_or(ProtocolError::Malformed("empty"))?;
+        let (&v, noise) = server_hello
+            .split_first()
+            .ok_or(ProtocolError::Malformed("empty"))?;
         if v != VERSION {
             return Err(ProtocolError::UnsupportedVersion(v));
         }
         let mut buf = vec![0u8; MAX_NOISE];
-        let n = self.state.read_message(noise, &mut buf).map_err(|_| ProtocolError::AuthFailed)?;
-        let payload: ServerHelloPayload =
-            serde_json::from_slice(&buf[..n]).map_err(|_| ProtocolError::Malformed("server hello payload"))?;
+        let n = self
+            .state
+            .read_message(noise, &mut buf)
+            .map_err(|_| ProtocolError::AuthFailed)?;
+        let payload: ServerHelloPayload = serde_json::from_slice(&buf[..n])
+            .map_err(|_| ProtocolError::Malformed("server hello payload"))?;
         let keys = split(&mut self.state)?;
         Ok((keys, payload))
     }
@@ -124,11 +146,15 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError
     if bytes.len() > MAX_HELLO {
         return Err(ProtocolError::TooLarge);
     }
-    let (&v, rest) = bytes.split_first().ok_or(ProtocolError::Malformed("empty"))?;
+    let (&v, rest) = bytes
+        .split_first()
+        .ok_or(ProtocolError::Malformed("empty"))?;
     if v != VERSION {
         return Err(ProtocolError::UnsupportedVersion(v));
     }
-    let (&len, rest) = rest.split_first().ok_or(ProtocolError::Malformed("truncated"))?;
+    let (&len, rest) = rest
+        .split_first()
+        .ok_or(ProtocolError::Malformed("truncated"))?;
     let len = len as usize;
     if rest.len() < len + 32 {
         return Err(ProtocolError::Malformed("truncated"));
@@ -138,7 +164,8 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError
         return Err(ProtocolError::Malformed("identity id"));
     }
     Ok(ClientHello {
-        identity_id: std::str::from_utf8(id).map_err(|_| ProtocolError::Malformed("identity id"))?,
+        identity_id: std::str::from_utf8(id)
+            .map_err(|_| ProtocolError::Malformed("identity id"))?,
         noise,
     })
 }
@@ -155,16 +182,24 @@ pub fn respond(
 ) -> Result<(SessionKeys, Vec<u8>), ProtocolError> {
     let psk = Zeroizing::new(derive_psk(secret, hello.identity_id));
     let prologue = prologue(hello.identity_id);
-    let mut b = snow::Builder::new(params()).psk(0, psk.as_ref()).prologue(&prologue);
+    let mut b = snow::Builder::new(params())
+        .psk(0, psk.as_ref())
+        .prologue(&prologue);
     if let Some(e) = ephemeral {
         b = b.fixed_ephemeral_key_for_testing_only(e);
     }
-    let mut state = b.build_responder().map_err(|_| ProtocolError::Malformed("noise setup"))?;
+    let mut state = b
+        .build_responder()
+        .map_err(|_| ProtocolError::Malformed("noise setup"))?;
     let mut buf = vec![0u8; MAX_NOISE];
-    state.read_message(hello.noise, &mut buf).map_err(|_| ProtocolError::AuthFailed)?;
+    state
+        .read_message(hello.noise, &mut buf)
+        .map_err(|_| ProtocolError::AuthFailed)?;
     let body = serde_json::to_vec(payload).map_err(|_| ProtocolError::Malformed("payload"))?;
     let mut msg = vec![0u8; body.len() + 128];
-    let n = state.write_message(&body, &mut msg).map_err(|_| ProtocolError::TooLarge)?;
+    let n = state
+        .write_message(&body, &mut msg)
+        .map_err(|_| ProtocolError::TooLarge)?;
     let keys = split(&mut state)?;
     let mut out = Vec::with_capacity(1 + n);
     out.push(VERSION);

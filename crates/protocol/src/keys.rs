@@ -17,7 +17,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 pub fn derive_psk(secret: &[u8], identity_id: &str) -> [u8; 32] {
     let hk = Hkdf::<Sha256>::new(Some(b"floatlm-psk-v1"), secret);
     let mut out = [0u8; 32];
-    hk.expand(identity_id.as_bytes(), &mut out).expect("32 bytes is a valid HKDF length");
+    hk.expand(identity_id.as_bytes(), &mut out)
+        .expect("32 bytes is a valid HKDF length");
     out
 }
 
@@ -39,7 +40,8 @@ impl SessionKeys {
         let expand = |ikm: &[u8; 32], info: &[u8]| {
             let hk = Hkdf::<Sha256>::new(Some(handshake_hash), ikm);
             let mut out = [0u8; 32];
-            hk.expand(info, &mut out).expect("32 bytes is a valid HKDF length");
+            hk.expand(info, &mut out)
+                .expect("32 bytes is a valid HKDF length");
             out
         };
         SessionKeys {

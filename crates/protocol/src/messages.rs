@@ -61,7 +61,9 @@ pub struct LeaseStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Info { features: Vec<FeatureInfo> },
+    Info {
+        features: Vec<FeatureInfo>,
+    },
     Granted {
         lease: String,
         feature: String,
@@ -70,8 +72,13 @@ pub enum Response {
         lease_gen: i64,
         replayed: bool,
     },
-    Heartbeat { leases: Vec<LeaseStatus> },
-    Released { lease: String, released: bool },
+    Heartbeat {
+        leases: Vec<LeaseStatus>,
+    },
+    Released {
+        lease: String,
+        released: bool,
+    },
     Error {
         code: ErrorCode,
         /// For `no_license`: one of [`reason`].

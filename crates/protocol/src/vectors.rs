@@ -13,7 +13,8 @@ pub const SECRET: &str = "floatlm-test-vector-secret-0123456789";
 pub const CLIENT_EPHEMERAL: [u8; 32] = [0x11; 32];
 pub const SERVER_EPHEMERAL: [u8; 32] = [0x22; 32];
 pub const REQUEST_JSON: &str = r#"{"op":"info","features":["demo"]}"#;
-pub const RESPONSE_JSON: &str = r#"{"result":"info","features":[{"name":"demo","total":5,"used":1,"free":4}]}"#;
+pub const RESPONSE_JSON: &str =
+    r#"{"result":"info","features":[{"name":"demo","total":5,"used":1,"free":4}]}"#;
 
 pub fn server_payload() -> ServerHelloPayload {
     ServerHelloPayload {
@@ -54,10 +55,16 @@ pub struct Vectors {
 
 /// Computes the vectors from the fixed inputs.
 pub fn compute() -> Vectors {
-    let (client, hello) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), Some(&CLIENT_EPHEMERAL)).unwrap();
+    let (client, hello) =
+        ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), Some(&CLIENT_EPHEMERAL)).unwrap();
     let parsed = handshake::parse_client_hello(&hello).unwrap();
-    let (server_keys, server_hello) =
-        handshake::respond(&parsed, SECRET.as_bytes(), &server_payload(), Some(&SERVER_EPHEMERAL)).unwrap();
+    let (server_keys, server_hello) = handshake::respond(
+        &parsed,
+        SECRET.as_bytes(),
+        &server_payload(),
+        Some(&SERVER_EPHEMERAL),
+    )
+    .unwrap();
     let (keys, payload) = client.finish(&server_hello).unwrap();
     assert_eq!(keys, server_keys);
     assert_eq!(payload, server_payload());
@@ -74,9 +81,21 @@ pub fn compute() -> Vectors {
         s2c_key: hex::encode(keys.s2c),
         request_seq: 5,
         request_plaintext: REQUEST_JSON.into(),
-        request_envelope: hex::encode(envelope::seal(&keys.c2s, Direction::ClientToServer, 5, &b, REQUEST_JSON.as_bytes())),
+        request_envelope: hex::encode(envelope::seal(
+            &keys.c2s,
+            Direction::ClientToServer,
+            5,
+            &b,
+            REQUEST_JSON.as_bytes(),
+        )),
         response_plaintext: RESPONSE_JSON.into(),
-        response_envelope: hex::encode(envelope::seal(&keys.s2c, Direction::ServerToClient, 5, &b, RESPONSE_JSON.as_bytes())),
+        response_envelope: hex::encode(envelope::seal(
+            &keys.s2c,
+            Direction::ServerToClient,
+            5,
+            &b,
+            RESPONSE_JSON.as_bytes(),
+        )),
     }
 }
 

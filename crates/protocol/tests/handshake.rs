@@ -16,28 +16,55 @@ fn vector_envelopes_open() {
     let c2s: [u8; 32] = hex::decode(&v.c2s_key).unwrap().try_into().unwrap();
     let s2c: [u8; 32] = hex::decode(&v.s2c_key).unwrap().try_into().unwrap();
     let b = vectors::binding();
-    let (seq, pt) = envelope::open(&c2s, Direction::ClientToServer, &b, &hex::decode(&v.request_envelope).unwrap()).unwrap();
+    let (seq, pt) = envelope::open(
+        &c2s,
+        Direction::ClientToServer,
+        &b,
+        &hex::decode(&v.request_envelope).unwrap(),
+    )
+    .unwrap();
     assert_eq!((seq, pt), (v.request_seq, v.request_plaintext.into_bytes()));
-    let (seq, pt) = envelope::open(&s2c, Direction::ServerToClient, &b, &hex::decode(&v.response_envelope).unwrap()).unwrap();
-    assert_eq!((seq, pt), (v.request_seq, v.response_plaintext.into_bytes()));
+    let (seq, pt) = envelope::open(
+        &s2c,
+        Direction::ServerToClient,
+        &b,
+        &hex::decode(&v.response_envelope).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (seq, pt),
+        (v.request_seq, v.response_plaintext.into_bytes())
+    );
 }
 
 #[test]
 fn wrong_secret_fails_on_both_sides() {
     let (_, hello) = ClientHandshake::start(IDENTITY_ID, b"not the secret", None).unwrap();
     let parsed = parse_client_hello(&hello).unwrap();
-    assert_eq!(respond(&parsed, SECRET.as_bytes(), &server_payload(), None).unwrap_err(), ProtocolError::AuthFailed);
+    assert_eq!(
+        respond(&parsed, SECRET.as_bytes(), &server_payload(), None).unwrap_err(),
+        ProtocolError::AuthFailed
+    );
     // A server that does not know the secret cannot answer acceptably either.
     let (client, hello) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), None).unwrap();
     let parsed = parse_client_hello(&hello).unwrap();
     let (_, reply) = respond(&parsed, SECRET.as_bytes(), &server_payload(), None).unwrap();
     let (_, evil) = {
         let (_, h2) = ClientHandshake::start(IDENTITY_ID, b"other", None).unwrap();
-        respond(&parse_client_hello(&h2).unwrap(), b"other", &server_payload(), None).unwrap()
+        respond(
+            &parse_client_hello(&h2).unwrap(),
+            b"other",
+            &server_payload(),
+            None,
+        )
+        .unwrap()
     };
     assert_eq!(client.finish(&evil).unwrap_err(), ProtocolError::AuthFailed);
     let (client2, _) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), None).unwrap();
-    assert!(client2.finish(&reply).is_err(), "a reply to another handshake does not finish this one");
+    assert!(
+        client2.finish(&reply).is_err(),
+        "a reply to another handshake does not finish this one"
+    );
 }
 
 #[test]
@@ -46,16 +73,35 @@ fn every_flipped_byte_of_either_hello_is_rejected() {
     for i in 0..hello.len() {
         let mut h = hello.clone();
         h[i] ^= 0x01;
-        let ok = parse_client_hello(&h).and_then(|p| respond(&p, SECRET.as_bytes(), &server_payload(), None));
+        let ok = parse_client_hello(&h)
+            .and_then(|p| respond(&p, SECRET.as_bytes(), &server_payload(), None));
         assert!(ok.is_err(), "client hello byte {i}");
     }
-    let (client_hello_state, hello) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), None).unwrap();
+    let (client_hello_state, hello) =
+        ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), None).unwrap();
     drop(client_hello_state);
-    let (_, reply) = respond(&parse_client_hello(&hello).unwrap(), SECRET.as_bytes(), &server_payload(), None).unwrap();
+    let (_, reply) = respond(
+        &parse_client_hello(&hello).unwrap(),
+        SECRET.as_bytes(),
+        &server_payload(),
+        None,
+    )
+    .unwrap();
     for i in 0..reply.len() {
         // A fresh client state per try: a failed read poisons the old one.
-        let (c, h) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), Some(&vectors::CLIENT_EPHEMERAL)).unwrap();
-        let (_, r) = respond(&parse_client_hello(&h).unwrap(), SECRET.as_bytes(), &server_payload(), Some(&vectors::SERVER_EPHEMERAL)).unwrap();
+        let (c, h) = ClientHandshake::start(
+            IDENTITY_ID,
+            SECRET.as_bytes(),
+            Some(&vectors::CLIENT_EPHEMERAL),
+        )
+        .unwrap();
+        let (_, r) = respond(
+            &parse_client_hello(&h).unwrap(),
+            SECRET.as_bytes(),
+            &server_payload(),
+            Some(&vectors::SERVER_EPHEMERAL),
+        )
+        .unwrap();
         let mut r = r.clone();
         let at = i % r.len();
         r[at] ^= 0x01;
@@ -67,8 +113,14 @@ fn every_flipped_byte_of_either_hello_is_rejected() {
 fn versions_and_sizes_are_checked() {
     let (_, mut hello) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), None).unwrap();
     hello[0] = 2;
-    assert_eq!(parse_client_hello(&hello).unwrap_err(), ProtocolError::UnsupportedVersion(2));
-    assert_eq!(parse_client_hello(&vec![1u8; 10_000]).unwrap_err(), ProtocolError::TooLarge);
+    assert_eq!(
+        parse_client_hello(&hello).unwrap_err(),
+        ProtocolError::UnsupportedVersion(2)
+    );
+    assert_eq!(
+        parse_client_hello(&vec![1u8; 10_000]).unwrap_err(),
+        ProtocolError::TooLarge
+    );
     assert!(parse_client_hello(&[]).is_err());
     assert!(ClientHandshake::start("bad id!", b"x", None).is_err());
 }

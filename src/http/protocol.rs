@@ -1,0 +1,335 @@
+//! The licensing protocol over HTTP: ping, handshake, sealed requests.
+//!
+//! docs/protocol.md is the contract. Envelope-level failures (unknown
+//! session, replay, a byte changed) answer with plain JSON errors, because
+//! nothing sealed can be trusted; operation results travel sealed.
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use floatlm_protocol::envelope::{self, Binding, Direction};
+use floatlm_protocol::handshake::{self, ServerHelloPayload};
+use floatlm_protocol::messages::{
+    reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply,
+};
+use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
+use serde_json::json;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::ApiError;
+use crate::app::App;
+use crate::auth_hook::AuthInput;
+use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
+use crate::sessions::Session;
+
+fn octets(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
+fn protocol_error(e: ProtocolError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        ProtocolError::AuthFailed => ApiError::new(StatusCode::UNAUTHORIZED, "auth_failed", msg),
+        ProtocolError::UnsupportedVersion(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "unsupported_version", msg)
+        }
+        ProtocolError::Replay(_) => ApiError::new(StatusCode::CONFLICT, "replay", msg),
+        ProtocolError::BadEnvelope => ApiError::new(StatusCode::BAD_REQUEST, "bad_envelope", msg),
+        ProtocolError::TooLarge => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg)
+        }
+        ProtocolError::Malformed(_) => ApiError::new(StatusCode::BAD_REQUEST, "malformed", msg),
+    }
+}
+
+/// `GET /sentinel/ldk/v1/ping`: no session needed.
+pub async fn ping(State(app): State<Arc<App>>) -> Response {
+    Json(json!({
+        "instance": app.instance_id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": floatlm_protocol::VERSION,
+    }))
+    .into_response()
+}
+
+/// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out.
+pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let hello = handshake::parse_client_hello(&body).map_err(protocol_error)?;
+    if !app.sessions.has_room() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            format!(
+                "this instance holds its maximum of {} sessions; try another instance or later",
+                app.config.max_sessions
+            ),
+        ));
+    }
+    // Unknown ids take the same path with a stand-in secret: same work, same error.
+    let (row, secret) = match app.identity_secret(hello.identity_id).await? {
+        Some((row, secret)) => (Some(row), secret),
+        None => (None, app.dummy_secret(hello.identity_id)),
+    };
+    let now = chrono::Utc::now();
+    let refused = row.as_ref().and_then(|r| {
+        if let Some(at) = r.revoked_at {
+            Some(format!("identity {} was revoked at {at}", r.id))
+        } else {
+            r.expires_at
+                .filter(|e| *e <= now)
+                .map(|e| format!("identity {} expired at {e}", r.id))
+        }
+    });
+    let session_id = crate::crypto::random_hex(16);
+    let payload = ServerHelloPayload {
+        session: session_id.clone(),
+        instance: app.instance_id().to_string(),
+        lease_ttl_ms: app.config.lease_ttl.as_millis() as u64,
+        refused: refused.clone(),
+    };
+    let (keys, reply) = handshake::respond(&hello, secret.expose().as_bytes(), &payload, None)
+        .map_err(protocol_error)?;
+    let Some(row) = row else {
+        // Unreachable in practice: a stand-in secret never matches a client's.
+        return Err(protocol_error(ProtocolError::AuthFailed));
+    };
+    if refused.is_none() && !app.sessions.insert(session_id, Session::new(row.id, keys)) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "session table is full",
+        ));
+    }
+    Ok(octets(reply))
+}
+
+/// The address handed to the auth script: the peer, or the last
+/// X-Forwarded-For entry when the peer is a trusted proxy.
+fn client_addr(app: &App, peer: SocketAddr, headers: &HeaderMap) -> String {
+    if app.config.trusted_proxies.contains(&peer.ip()) {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return ip.to_string();
+        }
+    }
+    peer.ip().to_string()
+}
+
+/// `POST /sentinel/ldk/v1/request`: one sealed request, one sealed response.
+pub async fn request(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let session_id = headers
+        .get(HEADER_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::bad_request("missing X-LDK-Session header: handshake first"))?
+        .to_string();
+    let instance = headers
+        .get(HEADER_INSTANCE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let session = app.sessions.get(&session_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "session_unknown",
+            "session unknown or expired on this instance: handshake again",
+        )
+    })?;
+    let binding = Binding {
+        method: "POST",
+        path: PATH_REQUEST,
+        instance: &instance,
+        session: &session_id,
+    };
+    let (seq, plaintext, identity, s2c) = {
+        let mut s = session.lock().expect("lock");
+        let seq = envelope::peek_seq(&body).map_err(protocol_error)?;
+        s.window.check(seq).map_err(protocol_error)?;
+        let (seq, pt) = envelope::open(&s.keys.c2s, Direction::ClientToServer, &binding, &body)
+            .map_err(protocol_error)?;
+        s.window.accept(seq).map_err(protocol_error)?;
+        s.touch();
+        (seq, pt, s.identity_id.clone(), s.keys.s2c)
+    };
+    let reply = match serde_json::from_slice::<Request>(&plaintext) {
+        Ok(req) => {
+            handle(
+                &app,
+                &identity,
+                client_addr(&app, peer, &headers),
+                &instance,
+                req,
+            )
+            .await
+        }
+        Err(e) => Reply::Error {
+            code: ErrorCode::BadRequest,
+            reason: None,
+            message: format!("request is not a valid operation: {e}"),
+        },
+    };
+    let json = serde_json::to_vec(&reply).expect("reply serialises");
+    Ok(octets(envelope::seal(
+        &s2c,
+        Direction::ServerToClient,
+        seq,
+        &binding,
+        &json,
+    )))
+}
+
+fn no_license(reason: &str, message: String) -> Reply {
+    Reply::Error {
+        code: ErrorCode::NoLicense,
+        reason: Some(reason.to_string()),
+        message,
+    }
+}
+
+fn seat_error(e: SeatError) -> Reply {
+    let message = e.to_string();
+    match e {
+        SeatError::NoSeat { .. } => no_license(reason::ALL_SEATS_TAKEN, message),
+        SeatError::UnknownFeature(_) => no_license(reason::UNKNOWN_FEATURE, message),
+        SeatError::Expired(_) => no_license(reason::LICENSE_EXPIRED, message),
+        SeatError::Refused(..) => no_license(reason::LICENSE_REFUSED, message),
+        SeatError::RequestIdReused(_) => Reply::Error {
+            code: ErrorCode::BadRequest,
+            reason: None,
+            message,
+        },
+        SeatError::Storage(_) => Reply::Error {
+            code: ErrorCode::Unavailable,
+            reason: None,
+            message,
+        },
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Reply {
+    Reply::Error {
+        code: ErrorCode::Unavailable,
+        reason: None,
+        message: e.to_string(),
+    }
+}
+
+async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Request) -> Reply {
+    match req {
+        Request::Info { features } => match app.features().await {
+            Ok(all) => Reply::Info {
+                features: all
+                    .into_iter()
+                    .filter(|f| features.is_empty() || features.contains(&f.usage.name))
+                    .map(|f| FeatureInfo {
+                        name: f.usage.name,
+                        total: f.usage.total,
+                        used: f.usage.used,
+                        free: if f.refused.is_some() { 0 } else { f.usage.free },
+                    })
+                    .collect(),
+            },
+            Err(e) => unavailable(e),
+        },
+        Request::Login {
+            feature,
+            request_id,
+            auth,
+        } => {
+            let Ok(request_id) = RequestId::new(request_id) else {
+                return Reply::Error {
+                    code: ErrorCode::BadRequest,
+                    reason: None,
+                    message: "request id must be 1-96 characters of A-Z a-z 0-9 : . _ -".into(),
+                };
+            };
+            if let Some(hook) = &app.auth_hook {
+                let input = AuthInput {
+                    mech: auth.mech.clone(),
+                    data: auth.data.clone(),
+                    addr,
+                    user: auth.user.clone(),
+                    groups: auth.groups.clone(),
+                };
+                if let Err(why) = hook.check(&input).await {
+                    tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
+                    return no_license(reason::AUTH_DENIED, format!("No license: {why}"));
+                }
+            }
+            let req = GrantRequest {
+                feature,
+                request_id,
+                holder: identity.to_string(),
+                client_info: format!("{}@{} ({})", auth.user, auth.host, instance)
+                    .chars()
+                    .take(255)
+                    .collect(),
+                ttl: app.config.lease_ttl,
+                instance_id: app.instance_id().to_string(),
+            };
+            match app.grant(&req).await {
+                Ok(g) => Reply::Granted {
+                    lease: g.lease.to_string(),
+                    feature: g.feature,
+                    ttl_ms: (g.expires_at - g.granted_at).num_milliseconds().max(0) as u64,
+                    lease_gen: g.lease.lease_gen,
+                    replayed: g.replayed,
+                },
+                Err(e) => seat_error(e),
+            }
+        }
+        Request::Heartbeat { leases } => {
+            if leases.len() > 1000 {
+                return Reply::Error {
+                    code: ErrorCode::BadRequest,
+                    reason: None,
+                    message: "at most 1000 leases per heartbeat".into(),
+                };
+            }
+            let parsed: Vec<Option<LeaseRef>> = leases.iter().map(|l| l.parse().ok()).collect();
+            let valid: Vec<LeaseRef> = parsed.iter().flatten().copied().collect();
+            let renewed = match app.renew(identity, &valid).await {
+                Ok(r) => r,
+                Err(e) => return unavailable(e),
+            };
+            let ttl = app.config.lease_ttl.as_millis() as u64;
+            let mut it = renewed.into_iter();
+            Reply::Heartbeat {
+                leases: leases
+                    .into_iter()
+                    .zip(parsed)
+                    .map(|(lease, p)| {
+                        let alive = p.is_some() && matches!(it.next(), Some(Renewal::Renewed(_)));
+                        LeaseStatus {
+                            lease,
+                            alive,
+                            ttl_ms: if alive { ttl } else { 0 },
+                        }
+                    })
+                    .collect(),
+            }
+        }
+        Request::Logout { lease } => match lease.parse::<LeaseRef>() {
+            Ok(l) => match app.release(identity, l).await {
+                Ok(released) => Reply::Released { lease, released },
+                Err(e) => unavailable(e),
+            },
+            Err(e) => Reply::Error {
+                code: ErrorCode::BadRequest,
+                reason: None,
+                message: e,
+            },
+        },
+    }
+}
