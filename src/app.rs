@@ -650,6 +650,38 @@ impl App {
         ))
     }
 
+    /// Stores an identity with a given id and secret (migrating identities
+    /// from another system; the protocol test vectors).
+    pub async fn import_identity(
+        &self,
+        id: &str,
+        name: &str,
+        secret: &Secret,
+    ) -> Result<IdentityView, AppError> {
+        if !valid_identity_id(id) {
+            return Err(AppError::BadRequest(
+                "identity id must be 16 lower-case hex characters".into(),
+            ));
+        }
+        if secret.expose().len() < 16 || secret.expose().len() > 128 {
+            return Err(AppError::BadRequest(
+                "identity secret must be 16-128 characters".into(),
+            ));
+        }
+        let row = IdentityRow {
+            sealed: self
+                .keyring
+                .seal(identity_ctx(id), secret.expose().as_bytes()),
+            id: id.to_string(),
+            name: name.to_string(),
+            created_at: Utc::now(),
+            expires_at: None,
+            revoked_at: None,
+        };
+        self.storage.insert_identity(&row).await?;
+        Ok(IdentityView::from(&row))
+    }
+
     pub async fn identities(&self) -> Result<Vec<IdentityView>, AppError> {
         Ok(self
             .storage

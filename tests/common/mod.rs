@@ -439,3 +439,19 @@ pub async fn set_license_blob(t: &TestApp, license_id: &str, blob: &[u8]) {
         }
     }
 }
+
+/// Serves `app` in this process on 127.0.0.1 port 0; returns (licensing, admin)
+/// addresses and a sender that stops it.
+pub async fn serve_in_process(app: Arc<App>) -> (String, String, tokio::sync::oneshot::Sender<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addrs = (
+        l.local_addr().unwrap().to_string(),
+        a.local_addr().unwrap().to_string(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(floatlm::http::serve(app, l, a, async move {
+        let _ = rx.await;
+    }));
+    (addrs.0, addrs.1, tx)
+}
