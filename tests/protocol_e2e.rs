@@ -686,3 +686,28 @@ both_backends!(
     tampered_and_replayed_requests_are_never_acted_on,
     wrong_secret_and_unknown_id_are_indistinguishable,
 );
+
+/// Past `max_sessions` new handshakes get 503 with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_table_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let vendor = floatlm::domain::license::VendorSigningKey::generate();
+    let mut l = common::layers(dir.path(), None, MASTER_KEY_1, &vendor);
+    l.flag("max_sessions", Some("2"));
+    let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
+    let (_, ident) = app.create_identity("x", None).await.unwrap();
+    let (lic, _, _stop) = common::serve_in_process(app.clone()).await;
+    let ident = format!("{}:{}@{lic}", ident.id, ident.secret.expose());
+    let _a = Client::connect(&[&ident], opts("")).await.unwrap();
+    let _b = Client::connect(&[&ident], opts("")).await.unwrap();
+    let (_, hello) = ClientHandshake::start(ident.split(':').next().unwrap(), b"whatever-secret-here", None).unwrap();
+    let r = reqwest::Client::new().post(format!("http://{lic}{PATH_HANDSHAKE}")).body(hello).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "too_many_sessions");
+    assert!(v["message"].as_str().unwrap().contains("maximum of 2 sessions"), "{v}");
+    match Client::connect(&[&ident], opts("")).await {
+        Err(ClientError::Unreachable(m)) => assert!(m.contains("maximum"), "{m}"),
+        other => panic!("expected 503 to surface, got {:?}", other.err()),
+    }
+}
