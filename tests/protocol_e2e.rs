@@ -700,12 +700,28 @@ async fn the_session_table_is_bounded() {
     let ident = format!("{}:{}@{lic}", ident.id, ident.secret.expose());
     let _a = Client::connect(&[&ident], opts("")).await.unwrap();
     let _b = Client::connect(&[&ident], opts("")).await.unwrap();
-    let (_, hello) = ClientHandshake::start(ident.split(':').next().unwrap(), b"whatever-secret-here", None).unwrap();
-    let r = reqwest::Client::new().post(format!("http://{lic}{PATH_HANDSHAKE}")).body(hello).send().await.unwrap();
+    let (_, hello) = ClientHandshake::start(
+        ident.split(':').next().unwrap(),
+        b"whatever-secret-here",
+        None,
+    )
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{lic}{PATH_HANDSHAKE}"))
+        .body(hello)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "too_many_sessions");
-    assert!(v["message"].as_str().unwrap().contains("maximum of 2 sessions"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum of 2 sessions"),
+        "{v}"
+    );
     match Client::connect(&[&ident], opts("")).await {
         Err(ClientError::Unreachable(m)) => assert!(m.contains("maximum"), "{m}"),
         other => panic!("expected 503 to surface, got {:?}", other.err()),

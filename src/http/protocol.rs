@@ -107,9 +107,10 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
 }
 
 /// The address handed to the auth script: the peer, or the last
-/// X-Forwarded-For entry when the peer is a trusted proxy.
-fn client_addr(app: &App, peer: SocketAddr, headers: &HeaderMap) -> String {
-    if app.config.trusted_proxies.contains(&peer.ip()) {
+/// X-Forwarded-For entry when the peer is a trusted proxy (the entry that
+/// proxy appended; earlier ones are whatever the client claimed).
+fn client_addr(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> String {
+    if trusted.contains(&peer.ip()) {
         if let Some(ip) = headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
@@ -167,7 +168,7 @@ pub async fn request(
             handle(
                 &app,
                 &identity,
-                client_addr(&app, peer, &headers),
+                client_addr(&app.config.trusted_proxies, peer, &headers),
                 &instance,
                 req,
             )
@@ -331,5 +332,24 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                 message: e,
             },
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 10.1.2.3".parse().unwrap());
+        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let other: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let trusted = ["127.0.0.1".parse().unwrap()];
+        assert_eq!(client_addr(&trusted, proxy, &h), "10.1.2.3");
+        assert_eq!(client_addr(&trusted, other, &h), "192.0.2.7");
+        assert_eq!(client_addr(&[], proxy, &h), "127.0.0.1");
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_addr(&trusted, proxy, &h), "127.0.0.1");
     }
 }

@@ -169,6 +169,17 @@ impl Client {
         Self::with_servers(specs, options).await
     }
 
+    /// Connects with the identity strings in FLOATLM_IDENTITY (comma separated).
+    pub async fn from_env(options: Options) -> Result<Client, ClientError> {
+        let ids = std::env::var("FLOATLM_IDENTITY").unwrap_or_default();
+        let ids: Vec<&str> = ids
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        Self::connect(&ids, options).await
+    }
+
     pub async fn with_servers(
         servers: Vec<ServerSpec>,
         options: Options,

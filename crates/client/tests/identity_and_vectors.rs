@@ -6,12 +6,25 @@ use floatlm_protocol::vectors;
 
 #[test]
 fn identity_strings_parse_and_never_print_the_secret() {
-    let s: ServerSpec = "00112233aabbccdd:s3cr3t-value@lic.example.com:8990".parse().unwrap();
+    let s: ServerSpec = "00112233aabbccdd:s3cr3t-value@lic.example.com:8990"
+        .parse()
+        .unwrap();
     assert_eq!(s.identity_id, "00112233aabbccdd");
     assert_eq!(s.address, "lic.example.com:8990");
     assert!(!format!("{s:?}").contains("s3cr3t"));
-    for bad in ["", "nope", "id@host:1", "id:@host:1", "id:secret@host", "id:secret@host:port", "i d:s@h:1"] {
-        assert!(matches!(bad.parse::<ServerSpec>(), Err(ClientError::BadIdentity(_))), "{bad}");
+    for bad in [
+        "",
+        "nope",
+        "id@host:1",
+        "id:@host:1",
+        "id:secret@host",
+        "id:secret@host:port",
+        "i d:s@h:1",
+    ] {
+        assert!(
+            matches!(bad.parse::<ServerSpec>(), Err(ClientError::BadIdentity(_))),
+            "{bad}"
+        );
     }
 }
 
@@ -21,7 +34,12 @@ fn the_vector_identity_produces_the_vector_client_hello() {
     // The secret is used as the bytes of the text after the ':'.
     let ident = format!("{}:{}@127.0.0.1:8990", v.identity_id, v.secret);
     let spec: ServerSpec = ident.parse().unwrap();
-    let (_, hello) = ClientHandshake::start(&spec.identity_id, v.secret.as_bytes(), Some(&vectors::CLIENT_EPHEMERAL)).unwrap();
+    let (_, hello) = ClientHandshake::start(
+        &spec.identity_id,
+        v.secret.as_bytes(),
+        Some(&vectors::CLIENT_EPHEMERAL),
+    )
+    .unwrap();
     assert_eq!(hex::encode(hello), v.client_hello);
 }
 
