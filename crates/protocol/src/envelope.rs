@@ -132,6 +132,11 @@ impl ReplayWindow {
 
     /// Whether `seq` would be accepted, without recording it.
     pub fn check(&self, seq: u64) -> Result<(), ProtocolError> {
+        // The last number is never accepted, so `seq + 1` cannot overflow and
+        // wrap the window back to zero (found by the envelope fuzz target).
+        if seq == u64::MAX {
+            return Err(ProtocolError::Replay(seq));
+        }
         if seq >= self.top {
             return Ok(());
         }
@@ -223,7 +228,34 @@ mod tests {
         assert!(w.accept(72).is_err());
     }
 
+    #[test]
+    fn the_last_sequence_number_never_wraps_the_window() {
+        let mut w = ReplayWindow::default();
+        w.accept(5).unwrap();
+        assert_eq!(w.accept(u64::MAX), Err(ProtocolError::Replay(u64::MAX)));
+        w.accept(u64::MAX - 1).unwrap();
+        assert!(w.accept(5).is_err(), "old numbers stay refused");
+        // The fuzz artifact that found it: an envelope header with seq = u64::MAX.
+        let crash = hex_bytes("01ffffffffffffffff0000008989890a 898901000000a98989898989898989898989 0a");
+        if let Ok(seq) = peek_seq(&crash) {
+            let _ = ReplayWindow::default().accept(seq);
+        }
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+    }
+
     proptest::proptest! {
+        #[test]
+        fn window_never_panics(seqs in proptest::collection::vec(proptest::num::u64::ANY, 1..50)) {
+            let mut w = ReplayWindow::default();
+            for s in seqs {
+                let _ = w.accept(s);
+            }
+        }
+
         #[test]
         fn open_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
             let _ = open(&[1; 32], Direction::ClientToServer, &B, &data);
