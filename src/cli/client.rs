@@ -54,8 +54,16 @@ pub struct CheckoutArgs {
     pub command: Vec<String>,
 }
 
+/// The identity strings to use; a usage error is printed and becomes exit 2.
+fn identities(args: &ServerArgs) -> Result<Vec<String>, ExitCode> {
+    identity_strings(args).map_err(|e| {
+        eprintln!("floatlm: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// The identity strings to use, from -s values and --identity/FLOATLM_IDENTITY.
-pub fn identities(args: &ServerArgs) -> anyhow::Result<Vec<String>> {
+pub fn identity_strings(args: &ServerArgs) -> anyhow::Result<Vec<String>> {
     let ids: Vec<String> = args
         .identity
         .as_deref()
@@ -127,10 +135,7 @@ fn fail(e: &ClientError) -> ExitCode {
 pub async fn query(args: QueryArgs) -> ExitCode {
     let ids = match identities(&args.server) {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("floatlm: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let client = match Client::connect(&ids, Options::from_env()).await {
         Ok(c) => c,
@@ -168,10 +173,7 @@ pub async fn query(args: QueryArgs) -> ExitCode {
 pub async fn checkout(args: CheckoutArgs) -> ExitCode {
     let ids = match identities(&args.server) {
         Ok(i) => i,
-        Err(e) => {
-            eprintln!("floatlm: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if args.hold.is_none() && args.command.is_empty() {
         eprintln!("floatlm: give a command after -- (floatlm checkout -s … FEATURE -- CMD ARGS…) or --hold SECS");

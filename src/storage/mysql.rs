@@ -179,16 +179,7 @@ impl MySqlStorage {
                     if live == 1 {
                         // The license shrank while this slot was held: the free
                         // slot retires in its place and the held one stays.
-                        sqlx::query(
-                            "UPDATE slots SET state = 2 WHERE feature_id = ? AND slot_no = ? AND state = 0
-                             AND (expires_at IS NULL OR expires_at <= ?)",
-                        )
-                        .bind(fid)
-                        .bind(slot)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from)?;
+                        retire_unheld(&mut tx, fid, slot, SLOT_ACTIVE, now).await?;
                         sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ? AND slot_no = ? AND state = 1")
                             .bind(fid)
                             .bind(rslot)
@@ -196,16 +187,7 @@ impl MySqlStorage {
                             .await
                             .map_err(StorageError::from)?;
                     } else {
-                        sqlx::query(
-                            "UPDATE slots SET state = 2 WHERE feature_id = ? AND slot_no = ? AND state = 1
-                             AND (expires_at IS NULL OR expires_at <= ?)",
-                        )
-                        .bind(fid)
-                        .bind(rslot)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from)?;
+                        retire_unheld(&mut tx, fid, rslot, SLOT_RETIRING, now).await?;
                     }
                     continue;
                 }
@@ -456,6 +438,28 @@ impl MySqlStorage {
         tx.commit().await?;
         Ok(outcome)
     }
+}
+
+/// Retires a slot in state `from` that nobody holds (free or expired).
+async fn retire_unheld(
+    tx: &mut Tx<'_>,
+    feature_id: i64,
+    slot_no: i64,
+    from: i64,
+    now: NaiveDateTime,
+) -> Result<(), SeatError> {
+    sqlx::query(
+        "UPDATE slots SET state = 2 WHERE feature_id = ? AND slot_no = ? AND state = ?
+         AND (expires_at IS NULL OR expires_at <= ?)",
+    )
+    .bind(feature_id)
+    .bind(slot_no)
+    .bind(from)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(StorageError::from)?;
+    Ok(())
 }
 
 /// Passes of the grant loop per feature row (see `grant_once`).

@@ -171,16 +171,7 @@ impl SqliteStorage {
                     if live == 1 {
                         // The license shrank while this slot was held: the free
                         // slot retires in its place and the held one stays.
-                        sqlx::query(
-                            "UPDATE slots SET state = 2 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 0
-                             AND (expires_at IS NULL OR expires_at <= ?3)",
-                        )
-                        .bind(fid)
-                        .bind(slot)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from)?;
+                        retire_unheld(&mut tx, fid, slot, SLOT_ACTIVE, now).await?;
                         sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 1")
                             .bind(fid)
                             .bind(rslot)
@@ -188,16 +179,7 @@ impl SqliteStorage {
                             .await
                             .map_err(StorageError::from)?;
                     } else {
-                        sqlx::query(
-                            "UPDATE slots SET state = 2 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 1
-                             AND (expires_at IS NULL OR expires_at <= ?3)",
-                        )
-                        .bind(fid)
-                        .bind(rslot)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(StorageError::from)?;
+                        retire_unheld(&mut tx, fid, rslot, SLOT_RETIRING, now).await?;
                     }
                     continue;
                 }
@@ -435,6 +417,28 @@ impl SqliteStorage {
         })
         .await
     }
+}
+
+/// Retires a slot in state `from` that nobody holds (free or expired).
+async fn retire_unheld(
+    tx: &mut Tx<'_>,
+    feature_id: i64,
+    slot_no: i64,
+    from: i64,
+    now: i64,
+) -> Result<(), SeatError> {
+    sqlx::query(
+        "UPDATE slots SET state = 2 WHERE feature_id = ?1 AND slot_no = ?2 AND state = ?3
+         AND (expires_at IS NULL OR expires_at <= ?4)",
+    )
+    .bind(feature_id)
+    .bind(slot_no)
+    .bind(from)
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(StorageError::from)?;
+    Ok(())
 }
 
 /// Passes of the grant loop per feature row (see `grant_once`).

@@ -351,93 +351,54 @@ macro_rules! both_backends {
     };
 }
 
-/// Direct SQL on a TestApp's database, for tampering like an operator would.
+/// A pool on a TestApp's database (either backend), for tampering like an
+/// operator with database access would.
+pub async fn raw_pool(t: &TestApp) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let url = match &t.db {
+        Some(db) => db.url.clone(),
+        None => format!(
+            "sqlite://{}",
+            t.dir.path().join("data/floatlm.db").display()
+        ),
+    };
+    sqlx::AnyPool::connect(&url).await.unwrap()
+}
+
+/// Runs one statement; returns rows affected.
 pub async fn raw_exec(t: &TestApp, sql: &str) -> u64 {
-    match &t.db {
-        Some(db) => {
-            let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
-            let n = sqlx::query(sql)
-                .execute(&pool)
-                .await
-                .unwrap()
-                .rows_affected();
-            pool.close().await;
-            n
-        }
-        None => {
-            let pool = sqlx::SqlitePool::connect(&format!(
-                "sqlite://{}",
-                t.dir.path().join("data/floatlm.db").display()
-            ))
-            .await
-            .unwrap();
-            let n = sqlx::query(sql)
-                .execute(&pool)
-                .await
-                .unwrap()
-                .rows_affected();
-            pool.close().await;
-            n
-        }
-    }
+    let pool = raw_pool(t).await;
+    let n = sqlx::query(sql)
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    pool.close().await;
+    n
 }
 
 /// Reads `licenses.sealed` of one license.
 pub async fn license_blob(t: &TestApp, license_id: &str) -> Vec<u8> {
-    let sql = "SELECT sealed FROM licenses WHERE license_id = ?";
-    match &t.db {
-        Some(db) => {
-            let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
-            sqlx::query_scalar(sql)
-                .bind(license_id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-        None => {
-            let pool = sqlx::SqlitePool::connect(&format!(
-                "sqlite://{}",
-                t.dir.path().join("data/floatlm.db").display()
-            ))
-            .await
-            .unwrap();
-            sqlx::query_scalar(sql)
-                .bind(license_id)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    }
+    let pool = raw_pool(t).await;
+    let blob = sqlx::query_scalar("SELECT sealed FROM licenses WHERE license_id = ?")
+        .bind(license_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    blob
 }
 
 /// Overwrites `licenses.sealed` of one license.
 pub async fn set_license_blob(t: &TestApp, license_id: &str, blob: &[u8]) {
-    let sql = "UPDATE licenses SET sealed = ? WHERE license_id = ?";
-    match &t.db {
-        Some(db) => {
-            let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
-            sqlx::query(sql)
-                .bind(blob)
-                .bind(license_id)
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        None => {
-            let pool = sqlx::SqlitePool::connect(&format!(
-                "sqlite://{}",
-                t.dir.path().join("data/floatlm.db").display()
-            ))
-            .await
-            .unwrap();
-            sqlx::query(sql)
-                .bind(blob)
-                .bind(license_id)
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-    }
+    let pool = raw_pool(t).await;
+    sqlx::query("UPDATE licenses SET sealed = ? WHERE license_id = ?")
+        .bind(blob.to_vec())
+        .bind(license_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
 }
 
 /// Serves `app` in this process on 127.0.0.1 port 0; returns (licensing, admin)

@@ -236,7 +236,8 @@ mod tests {
         w.accept(u64::MAX - 1).unwrap();
         assert!(w.accept(5).is_err(), "old numbers stay refused");
         // The fuzz artifact that found it: an envelope header with seq = u64::MAX.
-        let crash = hex_bytes("01ffffffffffffffff0000008989890a 898901000000a98989898989898989898989 0a");
+        let crash =
+            hex_bytes("01ffffffffffffffff0000008989890a 898901000000a98989898989898989898989 0a");
         if let Ok(seq) = peek_seq(&crash) {
             let _ = ReplayWindow::default().accept(seq);
         }
@@ -244,7 +245,9 @@ mod tests {
 
     fn hex_bytes(s: &str) -> Vec<u8> {
         let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-        (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
     }
 
     proptest::proptest! {

@@ -45,6 +45,29 @@ fn prologue(identity_id: &str) -> Vec<u8> {
     p
 }
 
+/// A Noise state for one side, keyed by the identity's PSK.
+fn noise_state(
+    identity_id: &str,
+    secret: &[u8],
+    ephemeral: Option<&[u8; 32]>,
+    initiator: bool,
+) -> Result<snow::HandshakeState, ProtocolError> {
+    let psk = Zeroizing::new(derive_psk(secret, identity_id));
+    let prologue = prologue(identity_id);
+    let mut b = snow::Builder::new(params())
+        .psk(0, psk.as_ref())
+        .prologue(&prologue);
+    if let Some(e) = ephemeral {
+        b = b.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let built = if initiator {
+        b.build_initiator()
+    } else {
+        b.build_responder()
+    };
+    built.map_err(|_| ProtocolError::Malformed("noise setup"))
+}
+
 fn valid_id(id: &[u8]) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -75,17 +98,7 @@ impl ClientHandshake {
         if !valid_id(identity_id.as_bytes()) {
             return Err(ProtocolError::Malformed("identity id"));
         }
-        let psk = Zeroizing::new(derive_psk(secret, identity_id));
-        let prologue = prologue(identity_id);
-        let mut b = snow::Builder::new(params())
-            .psk(0, psk.as_ref())
-            .prologue(&prologue);
-        if let Some(e) = ephemeral {
-            b = b.fixed_ephemeral_key_for_testing_only(e);
-        }
-        let mut state = b
-            .build_initiator()
-            .map_err(|_| ProtocolError::Malformed("noise setup"))?;
+        let mut state = noise_state(identity_id, secret, ephemeral, true)?;
         let mut msg = vec![0u8; 256];
         let n = state
             .write_message(&[], &mut msg)
@@ -180,17 +193,7 @@ pub fn respond(
     payload: &ServerHelloPayload,
     ephemeral: Option<&[u8; 32]>,
 ) -> Result<(SessionKeys, Vec<u8>), ProtocolError> {
-    let psk = Zeroizing::new(derive_psk(secret, hello.identity_id));
-    let prologue = prologue(hello.identity_id);
-    let mut b = snow::Builder::new(params())
-        .psk(0, psk.as_ref())
-        .prologue(&prologue);
-    if let Some(e) = ephemeral {
-        b = b.fixed_ephemeral_key_for_testing_only(e);
-    }
-    let mut state = b
-        .build_responder()
-        .map_err(|_| ProtocolError::Malformed("noise setup"))?;
+    let mut state = noise_state(hello.identity_id, secret, ephemeral, false)?;
     let mut buf = vec![0u8; MAX_NOISE];
     state
         .read_message(hello.noise, &mut buf)
