@@ -299,6 +299,15 @@ pub struct IntegrityReport {
     pub refused: Refusals,
 }
 
+/// One instance in the cluster view.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterMember {
+    #[serde(flatten)]
+    pub row: crate::storage::InstanceRow,
+    /// up, draining or down.
+    pub state: &'static str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RotateReport {
     pub sealing_key: String,
@@ -863,6 +872,94 @@ impl App {
             resealed,
             already_current,
         })
+    }
+
+    /// Keeps this instance's row in the cluster view fresh and honours an
+    /// operator's drain request, until `stop`.
+    pub async fn cluster_heartbeat(
+        self: Arc<Self>,
+        licensing: String,
+        admin: String,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.config.cluster_heartbeat);
+        let mut fresh = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            let version = env!("CARGO_PKG_VERSION");
+            match self
+                .storage
+                .instance_heartbeat(self.instance_id(), &licensing, &admin, version, fresh)
+                .await
+            {
+                Ok(drain) => {
+                    fresh = false;
+                    if drain && !self.is_draining() {
+                        tracing::warn!(
+                            "an operator asked this instance to drain: healthz now answers 503"
+                        );
+                        self.set_draining();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not refresh this instance in the cluster view")
+                }
+            }
+        }
+    }
+
+    /// Every recorded instance, with its state by the database clock.
+    pub async fn cluster(&self) -> Result<Vec<ClusterMember>, AppError> {
+        let down_after = self.down_after().as_secs_f64();
+        Ok(self
+            .storage
+            .instances()
+            .await?
+            .into_iter()
+            .map(|row| ClusterMember {
+                state: if row.silent_for_s > down_after {
+                    "down"
+                } else if row.drain_requested {
+                    "draining"
+                } else {
+                    "up"
+                },
+                row,
+            })
+            .collect())
+    }
+
+    fn down_after(&self) -> Duration {
+        self.config.cluster_heartbeat * 3
+    }
+
+    pub async fn drain_instance(&self, id: &str) -> Result<(), AppError> {
+        if self.storage.request_drain(id).await? {
+            tracing::info!(instance = %id, "drain requested");
+            Ok(())
+        } else {
+            Err(AppError::NotFound(format!(
+                "instance {id} is not in the cluster view"
+            )))
+        }
+    }
+
+    /// Forgets a dead instance; a live one is refused.
+    pub async fn remove_instance(&self, id: &str) -> Result<(), AppError> {
+        if self.storage.remove_instance(id, self.down_after()).await? {
+            return Ok(());
+        }
+        match self.storage.instances().await?.into_iter().find(|i| i.id == id) {
+            Some(i) => Err(AppError::Conflict(format!(
+                "instance {id} was seen {:.1} s ago and counts as alive; stop it first (it is down after {:.0} s of silence)",
+                i.silent_for_s,
+                self.down_after().as_secs_f64()
+            ))),
+            None => Err(AppError::NotFound(format!("instance {id} is not in the cluster view"))),
+        }
     }
 
     /// Periodic upkeep: integrity check and request-id purge, until `stop`.

@@ -73,6 +73,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("security", "vendor_keys"),
     ("security", "admin_token"),
     ("security", "admin_token_file"),
+    ("server", "cluster_heartbeat"),
     ("server", "max_sessions"),
     ("server", "session_idle"),
     ("server", "trusted_proxies"),
@@ -126,6 +127,9 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     pub lease_ttl: Duration,
     pub integrity_interval: Duration,
+    /// How often this instance refreshes its row in the cluster view; it
+    /// counts as down after three missed refreshes.
+    pub cluster_heartbeat: Duration,
     /// Protocol sessions kept in memory per instance; past it, 503.
     pub max_sessions: usize,
     /// A session unused this long is forgotten (the client handshakes again).
@@ -472,6 +476,12 @@ impl Layers {
             1.0,
             3600.0,
         )?;
+        let cluster_heartbeat = secs(
+            "cluster_heartbeat",
+            &take("cluster_heartbeat", Some("5s")).unwrap(),
+            0.2,
+            300.0,
+        )?;
         let ms_v = take("max_sessions", Some("100000")).unwrap();
         let max_sessions: usize = ms_v
             .0
@@ -574,6 +584,7 @@ impl Layers {
             admin_token,
             lease_ttl,
             integrity_interval,
+            cluster_heartbeat,
             max_sessions,
             session_idle,
             trusted_proxies,

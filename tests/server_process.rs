@@ -488,6 +488,139 @@ async fn cli_vendor_and_admin_round_trip(kind: Kind) {
     assert!(err.contains("unknown or revoked admin token"), "{err}");
 }
 
+/// Two instances on one database see each other; an operator drains one
+/// from the other; a dead one shows as down and can be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_drain_and_remove() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let start = |name: &str| {
+        let data = dir.path().join(name).display().to_string();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--database-url",
+            &db.url,
+            "--instance-id",
+            name,
+        ];
+        let env = [
+            ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
+            ("FLOATLM_ADMIN_TOKEN", "cluster-admin-token-0123456789"),
+            ("FLOATLM_CLUSTER_HEARTBEAT", "300ms"),
+        ];
+        ServerProc::spawn(&args, &env, dir.path()).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let a = start("lic-a");
+    let mut b = start("lic-b");
+    let c = http();
+    let cluster = |admin: String| {
+        let c = c.clone();
+        async move {
+            c.get(format!("http://{admin}/admin/v1/cluster"))
+                .bearer_auth("cluster-admin-token-0123456789")
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let state_of = |v: &serde_json::Value, id: &str| {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .map(|i| i["state"].as_str().unwrap().to_string())
+    };
+    let v = wait_for(
+        "both instances in the cluster view",
+        Duration::from_secs(15),
+        || async {
+            let v = cluster(a.admin.clone()).await;
+            (state_of(&v, "lic-a").as_deref() == Some("up")
+                && state_of(&v, "lic-b").as_deref() == Some("up"))
+            .then_some(v)
+        },
+    )
+    .await;
+    let b_row = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == "lic-b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_row["address"], b.licensing.as_str());
+    assert_eq!(b_row["admin_address"], b.admin.as_str());
+    // Drain b through a's admin API: b's healthz turns 503, a stays healthy.
+    let r = c
+        .post(format!("http://{}/admin/v1/cluster/lic-b/drain", a.admin))
+        .bearer_auth("cluster-admin-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, body) = wait_for(
+        "lic-b to start draining",
+        Duration::from_secs(15),
+        || async { healthz(&b.licensing).await.filter(|(s, _)| *s == 503) },
+    )
+    .await;
+    assert!(
+        body["reason"].as_str().unwrap().contains("draining"),
+        "{body}"
+    );
+    assert_eq!(healthz(&a.licensing).await.unwrap().0, 200);
+    // A live instance cannot be removed; a dead one can.
+    let r = c
+        .delete(format!("http://{}/admin/v1/cluster/lic-b", a.admin))
+        .bearer_auth("cluster-admin-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    b.signal(libc::SIGKILL);
+    b.wait_exit(Duration::from_secs(10)).unwrap();
+    wait_for("lic-b to show as down", Duration::from_secs(15), || async {
+        (state_of(&cluster(a.admin.clone()).await, "lic-b").as_deref() == Some("down"))
+            .then_some(())
+    })
+    .await;
+    let r = c
+        .delete(format!("http://{}/admin/v1/cluster/lic-b", a.admin))
+        .bearer_auth("cluster-admin-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(state_of(&cluster(a.admin.clone()).await, "lic-b").is_none());
+    let out = Command::new(BIN)
+        .args([
+            "admin",
+            "--url",
+            &format!("http://{}", a.admin),
+            "--token",
+            "cluster-admin-token-0123456789",
+            "cluster",
+            "status",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lic-a") && l.contains(" up ")),
+        "{text}"
+    );
+}
+
 #[test]
 fn configuration_errors_name_the_key_and_its_source() {
     let dir = tempfile::tempdir().unwrap();

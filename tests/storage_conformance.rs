@@ -425,7 +425,49 @@ async fn migrations_are_idempotent(kind: Kind) {
     assert!(b >= a, "the database clock does not run backwards");
 }
 
+async fn instances_register_drain_and_remove(kind: Kind) {
+    let s = TestStore::new(kind).await;
+    let st = s.storage.as_ref();
+    assert!(!st
+        .instance_heartbeat("i-a", "127.0.0.1:1", "127.0.0.1:2", "0.1.0", true)
+        .await
+        .unwrap());
+    assert!(!st
+        .instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", true)
+        .await
+        .unwrap());
+    let all = st.instances().await.unwrap();
+    assert_eq!(
+        all.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["i-a", "i-b"]
+    );
+    assert!(all[0].silent_for_s < 60.0 && all[0].address == "127.0.0.1:1");
+    assert!(st.request_drain("i-b").await.unwrap());
+    assert!(!st.request_drain("i-zz").await.unwrap());
+    assert!(
+        st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", false)
+            .await
+            .unwrap(),
+        "drain is reported"
+    );
+    assert!(
+        !st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", true)
+            .await
+            .unwrap(),
+        "a restart clears it"
+    );
+    assert!(
+        !st.remove_instance("i-a", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "a live instance stays"
+    );
+    assert!(st.remove_instance("i-a", Duration::ZERO).await.unwrap());
+    assert_eq!(st.instances().await.unwrap().len(), 1);
+}
+
 both_backends!(
+    instances_register_drain_and_remove,
     grants_up_to_n_then_refuses,
     request_ids_make_grants_idempotent,
     renew_extends_and_expiry_frees,

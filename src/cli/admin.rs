@@ -53,6 +53,11 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: TokenCmd,
     },
+    /// The instances sharing this database.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Re-seal every secret and license under the newest master key.
     RotateKey,
     /// Run the integrity check now.
@@ -90,6 +95,16 @@ pub enum IdentityCmd {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Every instance with its state (up, draining, down) and live leases.
+    Status,
+    /// Make an instance's healthz answer 503 so the proxy moves clients away.
+    Drain { id: String },
+    /// Forget an instance that is down.
+    Remove { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +289,21 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             api.call(M::DELETE, &format!("/admin/v1/tokens/{id}"), None)
                 .await?
         }
+        AdminCommand::Cluster {
+            command: ClusterCmd::Status,
+        } => api.call(M::GET, "/admin/v1/cluster", None).await?,
+        AdminCommand::Cluster {
+            command: ClusterCmd::Drain { id },
+        } => {
+            api.call(M::POST, &format!("/admin/v1/cluster/{id}/drain"), None)
+                .await?
+        }
+        AdminCommand::Cluster {
+            command: ClusterCmd::Remove { id },
+        } => {
+            api.call(M::DELETE, &format!("/admin/v1/cluster/{id}"), None)
+                .await?
+        }
         AdminCommand::RotateKey => api.call(M::POST, "/admin/v1/rotate-key", None).await?,
         AdminCommand::Verify => api.call(M::POST, "/admin/v1/verify", None).await?,
         AdminCommand::Status => api.call(M::GET, "/admin/v1/status", None).await?,
@@ -430,6 +460,32 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                     s(&t["role"]),
                     s(&t["created_at"]),
                     s(&t["revoked_at"]),
+                ]);
+            }
+            table(&rows);
+        }
+        AdminCommand::Cluster {
+            command: ClusterCmd::Status,
+        } => {
+            let mut rows = vec![vec![
+                "INSTANCE".into(),
+                "STATE".into(),
+                "ADDRESS".into(),
+                "ADMIN".into(),
+                "LEASES".into(),
+                "SEEN".into(),
+                "VERSION".into(),
+            ]];
+            for i in v["instances"].as_array().unwrap_or(&empty) {
+                let seen = format!("{:.1}s ago", i["silent_for_s"].as_f64().unwrap_or(0.0));
+                rows.push(vec![
+                    s(&i["id"]),
+                    s(&i["state"]),
+                    s(&i["address"]),
+                    s(&i["admin_address"]),
+                    s(&i["leases"]),
+                    seen,
+                    s(&i["version"]),
                 ]);
             }
             table(&rows);

@@ -86,6 +86,9 @@ pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/v1/identities/{id}", delete(revoke_identity))
         .route("/admin/v1/tokens", get(tokens).post(create_token))
         .route("/admin/v1/tokens/{id}", delete(revoke_token))
+        .route("/admin/v1/cluster", get(cluster))
+        .route("/admin/v1/cluster/{id}", delete(remove_instance))
+        .route("/admin/v1/cluster/{id}/drain", post(drain_instance))
         .route("/admin/v1/rotate-key", post(rotate_key))
         .route("/admin/v1/verify", post(verify))
 }
@@ -210,6 +213,31 @@ async fn revoke_token(State(app): State<Arc<App>>, caller: Caller, Path(id): Pat
     caller.need(Role::Admin)?;
     app.revoke_token(&id).await?;
     Ok(Json(json!({ "revoked": id })))
+}
+
+async fn cluster(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(json!({ "instances": app.cluster().await? })))
+}
+
+async fn drain_instance(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    app.drain_instance(&id).await?;
+    Ok(Json(json!({ "draining": id })))
+}
+
+async fn remove_instance(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    app.remove_instance(&id).await?;
+    Ok(Json(json!({ "removed": id })))
 }
 
 async fn rotate_key(State(app): State<Arc<App>>, caller: Caller) -> Res {

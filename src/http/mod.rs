@@ -119,6 +119,17 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let maintenance = tokio::spawn(app.clone().maintenance(stop_rx.clone()));
+    let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let advertised = if app.config.sources.contains_key("public_address") {
+        app.config.public_address.clone()
+    } else {
+        addr(&licensing)
+    };
+    let heartbeat = tokio::spawn(app.clone().cluster_heartbeat(
+        advertised,
+        addr(&admin),
+        stop_rx.clone(),
+    ));
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
@@ -134,5 +145,6 @@ pub async fn serve(
     .with_graceful_shutdown(wait(stop_rx.clone()));
     let (a, b) = tokio::join!(lic, adm);
     let _ = maintenance.await;
+    let _ = heartbeat.await;
     a.and(b)
 }

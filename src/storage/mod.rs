@@ -156,6 +156,22 @@ pub struct TokenRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// One instance as recorded in the database.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceRow {
+    pub id: String,
+    pub address: String,
+    pub admin_address: String,
+    pub version: String,
+    pub started_at: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub drain_requested: bool,
+    /// Seconds since last_seen, by the database clock.
+    pub silent_for_s: f64,
+    /// Live leases this instance granted.
+    pub leases: i64,
+}
+
 /// Which sealed column a blob lives in (for key rotation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealedKind {
@@ -233,6 +249,23 @@ pub trait Storage: Send + Sync + 'static {
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
     async fn tokens(&self) -> Result<Vec<TokenRow>>;
     async fn revoke_token(&self, id: &str) -> Result<bool>;
+
+    // --- cluster view
+    /// Records this instance (or refreshes it); returns whether an operator
+    /// asked it to drain. `fresh` (first call after start) clears an old request.
+    async fn instance_heartbeat(
+        &self,
+        id: &str,
+        address: &str,
+        admin_address: &str,
+        version: &str,
+        fresh: bool,
+    ) -> Result<bool>;
+    async fn instances(&self) -> Result<Vec<InstanceRow>>;
+    /// Asks an instance to drain; false when it is not recorded.
+    async fn request_drain(&self, id: &str) -> Result<bool>;
+    /// Forgets an instance that has been silent at least `silent_for`.
+    async fn remove_instance(&self, id: &str, silent_for: Duration) -> Result<bool>;
 
     // --- key rotation
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;
