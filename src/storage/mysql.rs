@@ -152,8 +152,8 @@ impl MySqlStorage {
         for &fid in &valid {
             // Bounded: each pass either grants, or retires one retiring slot.
             for _ in 0..(MAX_SEATS_PASSES) {
-                let cand: Option<i64> = sqlx::query_scalar(
-                    "SELECT slot_no FROM slots
+                let cand: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT slot_no, lease_gen FROM slots
                      WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
                      ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
                 )
@@ -161,7 +161,9 @@ impl MySqlStorage {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
-                let Some(slot) = cand else { break };
+                let Some((slot, gen_before)) = cand else {
+                    break;
+                };
                 // Read the clock only now that the slot is locked: a release we
                 // reclaim committed before this, so the new lease starts after it.
                 let now = db_now(&mut tx).await?;
@@ -194,7 +196,8 @@ impl MySqlStorage {
                 let res = sqlx::query(
                     "UPDATE slots SET lease_gen = lease_gen + 1, holder = ?, client_info = ?, request_id = ?,
                             granted_by = ?, granted_at = ?, expires_at = ?
-                     WHERE feature_id = ? AND slot_no = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= ?)",
+                     WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND state = 0
+                       AND (expires_at IS NULL OR expires_at <= ?)",
                 )
                 .bind(&req.holder)
                 .bind(&req.client_info)
@@ -204,6 +207,7 @@ impl MySqlStorage {
                 .bind(expires)
                 .bind(fid)
                 .bind(slot)
+                .bind(gen_before)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
@@ -211,14 +215,9 @@ impl MySqlStorage {
                 if res.rows_affected() != 1 {
                     continue;
                 }
-                let lease_gen: i64 = sqlx::query_scalar(
-                    "SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?",
-                )
-                .bind(fid)
-                .bind(slot)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StorageError::from)?;
+                // The slot was read locked (MySQL) or under the single writer (SQLite)
+                // and the UPDATE checked lease_gen, so the new value is known.
+                let lease_gen = gen_before + 1;
                 sqlx::query(
                     "UPDATE grant_requests SET feature_id = ?, slot_no = ?, lease_gen = ?, created_at = ?, expires_at = ?
                      WHERE holder = ? AND request_id = ?",

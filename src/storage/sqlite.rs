@@ -147,8 +147,8 @@ impl SqliteStorage {
         let expires = now.saturating_add(micros(req.ttl));
         for &fid in &valid {
             for _ in 0..MAX_SEATS_PASSES {
-                let cand: Option<i64> = sqlx::query_scalar(
-                    "SELECT slot_no FROM slots
+                let cand: Option<(i64, i64)> = sqlx::query_as(
+                    "SELECT slot_no, lease_gen FROM slots
                      WHERE feature_id = ?1 AND state = 0 AND (expires_at IS NULL OR expires_at <= ?2)
                      ORDER BY slot_no LIMIT 1",
                 )
@@ -157,7 +157,9 @@ impl SqliteStorage {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
-                let Some(slot) = cand else { break };
+                let Some((slot, gen_before)) = cand else {
+                    break;
+                };
                 let retiring: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, expires_at IS NOT NULL AND expires_at > ?1 FROM slots
                      WHERE feature_id = ?2 AND state = 1 ORDER BY slot_no LIMIT 1",
@@ -186,7 +188,8 @@ impl SqliteStorage {
                 let res = sqlx::query(
                     "UPDATE slots SET lease_gen = lease_gen + 1, holder = ?1, client_info = ?2, request_id = ?3,
                             granted_by = ?4, granted_at = ?5, expires_at = ?6
-                     WHERE feature_id = ?7 AND slot_no = ?8 AND state = 0 AND (expires_at IS NULL OR expires_at <= ?5)",
+                     WHERE feature_id = ?7 AND slot_no = ?8 AND lease_gen = ?9 AND state = 0
+                       AND (expires_at IS NULL OR expires_at <= ?5)",
                 )
                 .bind(&req.holder)
                 .bind(&req.client_info)
@@ -196,20 +199,16 @@ impl SqliteStorage {
                 .bind(expires)
                 .bind(fid)
                 .bind(slot)
+                .bind(gen_before)
                 .execute(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
                 if res.rows_affected() != 1 {
                     continue;
                 }
-                let lease_gen: i64 = sqlx::query_scalar(
-                    "SELECT lease_gen FROM slots WHERE feature_id = ? AND slot_no = ?",
-                )
-                .bind(fid)
-                .bind(slot)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StorageError::from)?;
+                // The slot was read locked (MySQL) or under the single writer (SQLite)
+                // and the UPDATE checked lease_gen, so the new value is known.
+                let lease_gen = gen_before + 1;
                 sqlx::query(
                     "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
                      VALUES (?, ?, ?, ?, ?, ?, ?)",
