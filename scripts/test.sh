@@ -2,7 +2,8 @@
 # floatlm's test command (README.md names it; .ci/run calls it).
 #
 # 1. Makes sure MariaDB is reachable on 127.0.0.1:3306: starts it if it is
-#    installed and stopped, installs it with apt-get if it is absent (as root).
+#    installed and stopped, installs it with apt-get if it is absent (as root);
+#    installs nginx-light if nginx is absent (the tests start their own).
 # 2. Runs cargo fmt --check, cargo clippy -D warnings, and every test on both
 #    backends (SQLite and MariaDB).
 #
@@ -46,7 +47,20 @@ ensure_mariadb() {
   fi
 }
 
+# The active-active tests run a real NGINX in front of several instances.
+ensure_nginx() {
+  if [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing nginx-light for the active-active tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+  else
+    echo "nginx is not installed. Install it (apt-get install -y nginx-light)." >&2
+    exit 1
+  fi
+}
+
 ensure_mariadb
+ensure_nginx
 say "cargo fmt --check"
 cargo fmt --all --check
 say "cargo clippy --all-targets -- -D warnings"

@@ -192,6 +192,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(options.request_timeout)
             .connect_timeout(options.request_timeout)
+            // Proxies may pin a client with a cookie (nginx/floatlm-cookie.conf).
+            .cookie_store(true)
             .build()
             .map_err(|e| ClientError::Unreachable(e.to_string()))?;
         let client = Client {

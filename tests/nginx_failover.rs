@@ -1,0 +1,297 @@
+//! Active-active behind a real NGINX, for each shipped sticky policy: 50
+//! clients hold seats through the proxy, one instance is killed with SIGKILL,
+//! every client keeps its lease, the live count never exceeds N, and the
+//! restarted instance takes traffic again.
+
+mod common;
+
+use common::{wait_for, ServerProc, TestDb, MASTER_KEY_1};
+use floatlm_client::{Client, HandleState, Options};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+const TOKEN: &str = "nginx-test-admin-token-0123456789";
+const CLIENTS: usize = 50;
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the shipped config with our upstreams, port and paths swapped in.
+fn start_nginx(policy: &str, upstreams: &[String], dir: &Path) -> (Nginx, String) {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
+        panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
+    });
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("nginx")
+            .join(policy),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut out = String::new();
+    let mut upstream_done = false;
+    for line in shipped.lines() {
+        let t = line.trim_start();
+        if t.starts_with("server 127.0.0.1:") {
+            if !upstream_done {
+                for u in upstreams {
+                    out.push_str(&format!(
+                        "        server {u} max_fails=1 fail_timeout=2s;\n"
+                    ));
+                }
+                upstream_done = true;
+            }
+            continue;
+        }
+        let line = match t {
+            l if l.starts_with("listen 8080;") => format!("        listen 127.0.0.1:{port};"),
+            l if l.starts_with("pid ") => format!("pid {}/nginx.pid;", dir.display()),
+            l if l.starts_with("error_log ") => {
+                format!("error_log {}/nginx-error.log warn;", dir.display())
+            }
+            l if l.starts_with("worker_processes") => "worker_processes 1;".to_string(),
+            l if l.starts_with("http {") => {
+                let d = dir.display();
+                format!("http {{\n    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;")
+            }
+            _ => line.to_string(),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let conf = dir.join(format!("{policy}.run.conf"));
+    std::fs::write(&conf, out).unwrap();
+    let child = Command::new(nginx)
+        .args([
+            "-p",
+            &dir.display().to_string(),
+            "-c",
+            &conf.display().to_string(),
+            "-g",
+            "daemon off;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start; see {}/nginx-error.log",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Nginx(child), addr)
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "floatlm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn instance(dir: &Path, db: &TestDb, id: &str, listen: &str, pubkey: &str) -> ServerProc {
+    let data = dir.join(id).display().to_string();
+    let args = [
+        "--listen",
+        listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--database-url",
+        &db.url,
+        "--vendor-key",
+        pubkey,
+        "--lease-ttl",
+        "5s",
+        "--instance-id",
+        id,
+        "--drain-delay",
+        "0s",
+    ];
+    let env = [
+        ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
+        ("FLOATLM_ADMIN_TOKEN", TOKEN),
+    ];
+    ServerProc::spawn(&args, &env, dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn survive_sigkill_behind(policy: &str) {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vdir = d.join("vendor");
+    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
+    std::fs::write(d.join("def.toml"), format!("license_id = \"NGX\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = {CLIENTS}\n")).unwrap();
+    let lic = d.join("ngx.lic").display().to_string();
+    run(&[
+        "vendor",
+        "sign",
+        "--key",
+        &vdir.join("vendor.key").display().to_string(),
+        &d.join("def.toml").display().to_string(),
+        "-o",
+        &lic,
+    ]);
+    let pubkey = vdir.join("vendor.pub").display().to_string();
+
+    let ids = ["lic-1", "lic-2", "lic-3"];
+    let mut servers: Vec<ServerProc> = ids
+        .iter()
+        .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
+        .collect();
+    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
+    let (_nginx, proxy) = start_nginx(policy, &upstreams, d);
+    let admin_url = format!("http://{}", servers[0].admin);
+    run(&[
+        "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
+    ]);
+    let out = run(&[
+        "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "nginx",
+    ]);
+    let cred = out
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .to_string();
+    let ident = format!("{cred}@{proxy}");
+
+    // The auditor: the database's own count of valid leases, polled throughout.
+    let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let auditor = {
+        let (stop, peak, pool) = (stop.clone(), peak.clone(), pool.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM slots WHERE state IN (0, 1) AND expires_at > NOW(6)",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                peak.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+
+    let opts = || Options {
+        retry_interval: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(3),
+        ..Options::default()
+    };
+    let mut clients = Vec::new();
+    let mut seats = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = Client::connect(&[&ident], opts()).await.unwrap();
+        seats.push(c.checkout("cad").await.unwrap());
+        clients.push(c);
+    }
+    let leases: Vec<String> = seats.iter().map(|s| s.lease()).collect();
+    // Kill the instance that granted the most leases.
+    let mut by_instance: HashMap<String, usize> = HashMap::new();
+    for c in &clients {
+        *by_instance
+            .entry(c.server_status()[0].instance.clone().unwrap())
+            .or_default() += 1;
+    }
+    let (victim_id, on_victim) = by_instance
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(k, v)| (k.clone(), *v))
+        .unwrap();
+    let victim = ids.iter().position(|i| *i == victim_id).unwrap();
+    let victim_addr = servers[victim].licensing.clone();
+    servers[victim].signal(libc::SIGKILL);
+    servers[victim].wait_exit(Duration::from_secs(10)).unwrap();
+    let killed = Instant::now();
+    eprintln!("{policy}: killed {victim_id}, which served {on_victim} of {CLIENTS} clients");
+
+    // Past a whole TTL later, every handle still holds the same lease.
+    wait_for(
+        "every client to keep its seat across the kill",
+        Duration::from_secs(30),
+        || async {
+            let all_held = seats.iter().all(|s| s.state() == HandleState::Held);
+            (killed.elapsed() > Duration::from_secs(7) && all_held).then_some(())
+        },
+    )
+    .await;
+    let after: Vec<String> = seats.iter().map(|s| s.lease()).collect();
+    assert_eq!(after, leases, "same leases, no second login");
+    let live: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM slots WHERE state IN (0, 1) AND expires_at > NOW(6)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(live, CLIENTS as i64, "every seat is still held");
+
+    // The killed instance comes back on its address and takes new clients.
+    servers[victim] = instance(d, &db, &victim_id, &victim_addr, &pubkey);
+    wait_for(
+        "the restarted instance to take traffic",
+        Duration::from_secs(60),
+        || async {
+            let c = Client::connect(&[&ident], opts()).await.ok()?;
+            (c.server_status()[0].instance.as_deref() == Some(victim_id.as_str())).then_some(())
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    auditor.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(
+        peak <= CLIENTS as i64,
+        "{peak} valid leases at once; {CLIENTS} are licensed"
+    );
+    for s in seats {
+        s.release().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consistent_hash_on_x_ldk_instance() {
+    survive_sigkill_behind("floatlm-hash.conf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ip_hash() {
+    survive_sigkill_behind("floatlm-iphash.conf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sticky_cookie() {
+    survive_sigkill_behind("floatlm-cookie.conf").await;
+}
