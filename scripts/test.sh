@@ -3,7 +3,8 @@
 #
 # 1. Makes sure MariaDB is reachable on 127.0.0.1:3306: starts it if it is
 #    installed and stopped, installs it with apt-get if it is absent (as root);
-#    installs nginx-light if nginx is absent (the tests start their own).
+#    installs nginx-light and faketime if absent (the tests start their own nginx
+#    and run one instance under libfaketime).
 # 2. Runs cargo fmt --check, cargo clippy -D warnings, and every test on both
 #    backends (SQLite and MariaDB).
 #
@@ -49,12 +50,16 @@ ensure_mariadb() {
 
 # The active-active tests run a real NGINX in front of several instances.
 ensure_nginx() {
-  if [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null; then return; fi
+  local missing=()
+  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
+  # The clock-skew test runs an instance under libfaketime.
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
+  [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing nginx-light for the active-active tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+    say "installing ${missing[*]} for the active-active tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "nginx is not installed. Install it (apt-get install -y nginx-light)." >&2
+    echo "missing: ${missing[*]}. Install them (apt-get install -y ${missing[*]})." >&2
     exit 1
   fi
 }

@@ -73,7 +73,16 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
         Some((row, secret)) => (Some(row), secret),
         None => (None, app.dummy_secret(hello.identity_id)),
     };
-    let now = chrono::Utc::now();
+    // Expiry by the database clock, like everything else with a deadline;
+    // only asked when the identity has an expiry at all.
+    let now = match row.as_ref().and_then(|r| r.expires_at) {
+        Some(_) => app
+            .storage
+            .now()
+            .await
+            .map_err(crate::app::AppError::from)?,
+        None => chrono::Utc::now(),
+    };
     let refused = row.as_ref().and_then(|r| {
         if let Some(at) = r.revoked_at {
             Some(format!("identity {} was revoked at {at}", r.id))

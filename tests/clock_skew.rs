@@ -1,0 +1,179 @@
+//! An instance whose own clock is ten minutes off (libfaketime) grants and
+//! expires leases correctly, because only the database clock counts.
+
+mod common;
+
+use common::{wait_for, ServerProc, TestDb, MASTER_KEY_1};
+use floatlm_client::{Client, ClientError, Options};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+const TOKEN: &str = "skew-admin-token-0123456789";
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "floatlm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
+    assert!(
+        Path::new(FAKETIME).exists(),
+        "libfaketime is not installed: apt-get install -y faketime (scripts/test.sh installs it)"
+    );
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vdir = d.join("vendor");
+    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
+    std::fs::write(d.join("def.toml"), "license_id = \"SKEW\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = 1\n").unwrap();
+    let lic = d.join("s.lic").display().to_string();
+    run(&[
+        "vendor",
+        "sign",
+        "--key",
+        &vdir.join("vendor.key").display().to_string(),
+        &d.join("def.toml").display().to_string(),
+        "-o",
+        &lic,
+    ]);
+    let pubkey = vdir.join("vendor.pub").display().to_string();
+    let start = |name: &str, skewed: bool| {
+        let data = d.join(name).display().to_string();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--database-url",
+            &db.url,
+            "--vendor-key",
+            &pubkey,
+            "--lease-ttl",
+            "5s",
+        ];
+        let mut env = vec![
+            ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
+            ("FLOATLM_ADMIN_TOKEN", TOKEN),
+        ];
+        if skewed {
+            // Ten minutes slow; monotonic time stays real so timers work.
+            env.extend([
+                ("LD_PRELOAD", FAKETIME),
+                ("FAKETIME", "-10m"),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ]);
+        }
+        ServerProc::spawn(&args, &env, d).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let a = start("a", false);
+    let b = start("b", true);
+    let admin = |p: &ServerProc, args: &[&str]| {
+        let url = format!("http://{}", p.admin);
+        let mut all = vec!["admin", "--url", url.as_str(), "--token", TOKEN];
+        all.extend_from_slice(args);
+        run(&all)
+    };
+    // b's own clock really is off.
+    let status: serde_json::Value =
+        serde_json::from_str(&admin(&b, &["--json", "status"])).unwrap();
+    let b_started: chrono::DateTime<chrono::Utc> =
+        status["started_at"].as_str().unwrap().parse().unwrap();
+    let skew = chrono::Utc::now() - b_started;
+    assert!(
+        skew > chrono::Duration::minutes(9),
+        "instance b should run ten minutes slow, skew {skew}"
+    );
+
+    admin(&a, &["apply", &lic]);
+    let out = admin(&a, &["identity", "create", "--name", "skew"]);
+    let cred = out
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .to_string();
+    let via_b = format!("{cred}@{}", b.licensing);
+    let via_a = format!("{cred}@{}", a.licensing);
+
+    // A lease granted through b expires TTL after the database's now, not b's.
+    let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+    let mut holder = Command::new(BIN)
+        .args(["checkout", "-s", &via_b, "cad", "--hold", "300"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let remaining: f64 = wait_for("the lease granted through b", Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, NOW(6), expires_at) / 1000000 AS DOUBLE) FROM slots WHERE expires_at > NOW(6)",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert!(
+        remaining > 0.0 && remaining <= 5.5,
+        "lease ends {remaining} s from the database's now"
+    );
+    // Through the normal instance the one seat is taken.
+    let ca = Client::connect(&[&via_a], Options::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        ca.checkout("cad").await,
+        Err(ClientError::NoLicense { .. })
+    ));
+    // The holder vanishes; its seat frees after the TTL by the database clock.
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    let seat = wait_for(
+        "the vanished holder's seat to free",
+        Duration::from_secs(20),
+        || async { ca.checkout("cad").await.ok() },
+    )
+    .await;
+    seat.release().await;
+
+    // An identity that expired five minutes ago is refused by b too, though
+    // b's own clock says it is still valid.
+    let expired_at = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let out = admin(
+        &a,
+        &[
+            "identity",
+            "create",
+            "--name",
+            "old",
+            "--expires",
+            &expired_at,
+        ],
+    );
+    let old = out
+        .lines()
+        .last()
+        .unwrap()
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .to_string();
+    match Client::connect(&[format!("{old}@{}", b.licensing)], Options::default()).await {
+        Err(ClientError::IdentityRefused { reason, .. }) => {
+            assert!(reason.contains("expired"), "{reason}")
+        }
+        Err(e) => panic!("expected a refusal, got {e}"),
+        Ok(_) => panic!("an expired identity must be refused by the skewed instance too"),
+    }
+}
