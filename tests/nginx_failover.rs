@@ -295,3 +295,132 @@ async fn ip_hash() {
 async fn sticky_cookie() {
     survive_sigkill_behind("floatlm-cookie.conf").await;
 }
+
+/// `cluster drain` under load: new sessions move to the other instances,
+/// existing clients keep working, and the drained instance then stops with
+/// exit 0 — with no client ever losing or failing to renew its seat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_under_load_fails_no_client_operation() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let vdir = d.join("vendor");
+    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
+    std::fs::write(d.join("def.toml"), "license_id = \"DRN\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = 40\n").unwrap();
+    let lic = d.join("d.lic").display().to_string();
+    run(&[
+        "vendor",
+        "sign",
+        "--key",
+        &vdir.join("vendor.key").display().to_string(),
+        &d.join("def.toml").display().to_string(),
+        "-o",
+        &lic,
+    ]);
+    let pubkey = vdir.join("vendor.pub").display().to_string();
+    let ids = ["lic-1", "lic-2", "lic-3"];
+    let mut servers: Vec<ServerProc> = ids
+        .iter()
+        .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
+        .collect();
+    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
+    let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d);
+    let admin_url = format!("http://{}", servers[0].admin);
+    run(&[
+        "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
+    ]);
+    let out = run(&[
+        "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "drain",
+    ]);
+    let ident = format!(
+        "{}@{proxy}",
+        out.lines().last().unwrap().rsplit_once('@').unwrap().0
+    );
+    let opts = || Options {
+        retry_interval: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(3),
+        ..Options::default()
+    };
+
+    let mut clients = Vec::new();
+    let mut seats = Vec::new();
+    for _ in 0..20 {
+        let c = Client::connect(&[&ident], opts()).await.unwrap();
+        seats.push(c.checkout("cad").await.unwrap());
+        clients.push(c);
+    }
+    let leases: Vec<String> = seats.iter().map(|s| s.lease()).collect();
+    let victim = 1;
+    // A sampler watches every handle: none may ever be anything but Held.
+    let seats = Arc::new(seats);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (seats, stop) = (seats.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut bad = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for s in seats.iter() {
+                    let st = s.state();
+                    if st != HandleState::Held {
+                        bad.push(format!("{}: {st:?}", s.lease()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            bad
+        })
+    };
+    run(&[
+        "admin",
+        "--url",
+        &admin_url,
+        "--token",
+        TOKEN,
+        "cluster",
+        "drain",
+        ids[victim],
+    ]);
+    let lic_victim = servers[victim].licensing.clone();
+    wait_for(
+        "the drained instance's healthz to answer 503",
+        Duration::from_secs(20),
+        || {
+            let url = format!("http://{lic_victim}/sentinel/ldk/v1/healthz");
+            async move { (reqwest::get(url).await.ok()?.status() == 503).then_some(()) }
+        },
+    )
+    .await;
+    // New clients all land elsewhere, and keep checking out through the proxy.
+    for _ in 0..15 {
+        let c = Client::connect(&[&ident], opts()).await.unwrap();
+        assert_ne!(
+            c.server_status()[0].instance.as_deref(),
+            Some(ids[victim]),
+            "a draining instance takes no new session"
+        );
+        let s = c.checkout("cad").await.unwrap();
+        s.release().await;
+    }
+    // Then it stops cleanly; its clients move without a failed operation.
+    servers[victim].signal(libc::SIGTERM);
+    let code = servers[victim]
+        .wait_exit(Duration::from_secs(20))
+        .expect("the drained instance exits");
+    assert_eq!(code.code(), Some(0));
+    let stopped = Instant::now();
+    wait_for(
+        "two TTLs after the stop",
+        Duration::from_secs(30),
+        || async { (stopped.elapsed() > Duration::from_secs(10)).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let bad = sampler.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "handles left Held: {:?}",
+        &bad[..bad.len().min(10)]
+    );
+    let after: Vec<String> = seats.iter().map(|s| s.lease()).collect();
+    assert_eq!(after, leases);
+}

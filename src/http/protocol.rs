@@ -58,6 +58,15 @@ pub async fn ping(State(app): State<Arc<App>>) -> Response {
 /// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out.
 pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let hello = handshake::parse_client_hello(&body).map_err(protocol_error)?;
+    if app.is_draining() {
+        // New sessions go elsewhere (proxies retry a 503 on the next instance,
+        // the client library fails over); existing sessions are still served.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this instance is draining; use another instance",
+        ));
+    }
     if !app.sessions.has_room() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
