@@ -3,25 +3,17 @@
 
 mod common;
 
-use common::{wait_for, ServerProc, TestDb, MASTER_KEY_1};
+use common::{
+    cli_license, created_credential, floatlm_ok as run, wait_for, ServerProc, TestDb, BIN,
+    MASTER_KEY_1,
+};
 use floatlm_client::{Client, ClientError, Options};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
 const TOKEN: &str = "skew-admin-token-0123456789";
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "floatlm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
@@ -32,20 +24,7 @@ async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let vdir = d.join("vendor");
-    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
-    std::fs::write(d.join("def.toml"), "license_id = \"SKEW\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = 1\n").unwrap();
-    let lic = d.join("s.lic").display().to_string();
-    run(&[
-        "vendor",
-        "sign",
-        "--key",
-        &vdir.join("vendor.key").display().to_string(),
-        &d.join("def.toml").display().to_string(),
-        "-o",
-        &lic,
-    ]);
-    let pubkey = vdir.join("vendor.pub").display().to_string();
+    let (pubkey, lic) = cli_license(d, "SKEW", "cad", 1);
     let start = |name: &str, skewed: bool| {
         let data = d.join(name).display().to_string();
         let args = [
@@ -97,14 +76,7 @@ async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
 
     admin(&a, &["apply", &lic]);
     let out = admin(&a, &["identity", "create", "--name", "skew"]);
-    let cred = out
-        .lines()
-        .last()
-        .unwrap()
-        .rsplit_once('@')
-        .unwrap()
-        .0
-        .to_string();
+    let cred = created_credential(&out);
     let via_b = format!("{cred}@{}", b.licensing);
     let via_a = format!("{cred}@{}", a.licensing);
 
@@ -161,14 +133,7 @@ async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
             &expired_at,
         ],
     );
-    let old = out
-        .lines()
-        .last()
-        .unwrap()
-        .rsplit_once('@')
-        .unwrap()
-        .0
-        .to_string();
+    let old = created_credential(&out);
     match Client::connect(&[format!("{old}@{}", b.licensing)], Options::default()).await {
         Err(ClientError::IdentityRefused { reason, .. }) => {
             assert!(reason.contains("expired"), "{reason}")

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{wait_for, ServerProc, TestDb, MASTER_KEY_1};
+use common::{
+    cli_license, created_credential, floatlm_ok as run, wait_for, ServerProc, TestDb, MASTER_KEY_1,
+};
 use floatlm_client::{Client, HandleState, Options};
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
 const TOKEN: &str = "nginx-test-admin-token-0123456789";
 const CLIENTS: usize = 50;
 
@@ -106,16 +107,6 @@ fn start_nginx(policy: &str, upstreams: &[String], dir: &Path) -> (Nginx, String
     (Nginx(child), addr)
 }
 
-fn run(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "floatlm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn instance(dir: &Path, db: &TestDb, id: &str, listen: &str, pubkey: &str) -> ServerProc {
     let data = dir.join(id).display().to_string();
     let args = [
@@ -147,20 +138,7 @@ async fn survive_sigkill_behind(policy: &str) {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let vdir = d.join("vendor");
-    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
-    std::fs::write(d.join("def.toml"), format!("license_id = \"NGX\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = {CLIENTS}\n")).unwrap();
-    let lic = d.join("ngx.lic").display().to_string();
-    run(&[
-        "vendor",
-        "sign",
-        "--key",
-        &vdir.join("vendor.key").display().to_string(),
-        &d.join("def.toml").display().to_string(),
-        "-o",
-        &lic,
-    ]);
-    let pubkey = vdir.join("vendor.pub").display().to_string();
+    let (pubkey, lic) = cli_license(d, "NGX", "cad", CLIENTS as u32);
 
     let ids = ["lic-1", "lic-2", "lic-3"];
     let mut servers: Vec<ServerProc> = ids
@@ -176,14 +154,7 @@ async fn survive_sigkill_behind(policy: &str) {
     let out = run(&[
         "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "nginx",
     ]);
-    let cred = out
-        .lines()
-        .last()
-        .unwrap()
-        .rsplit_once('@')
-        .unwrap()
-        .0
-        .to_string();
+    let cred = created_credential(&out);
     let ident = format!("{cred}@{proxy}");
 
     // The auditor: the database's own count of valid leases, polled throughout.
@@ -304,20 +275,7 @@ async fn drain_under_load_fails_no_client_operation() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let vdir = d.join("vendor");
-    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
-    std::fs::write(d.join("def.toml"), "license_id = \"DRN\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = 40\n").unwrap();
-    let lic = d.join("d.lic").display().to_string();
-    run(&[
-        "vendor",
-        "sign",
-        "--key",
-        &vdir.join("vendor.key").display().to_string(),
-        &d.join("def.toml").display().to_string(),
-        "-o",
-        &lic,
-    ]);
-    let pubkey = vdir.join("vendor.pub").display().to_string();
+    let (pubkey, lic) = cli_license(d, "DRN", "cad", 40);
     let ids = ["lic-1", "lic-2", "lic-3"];
     let mut servers: Vec<ServerProc> = ids
         .iter()
@@ -332,10 +290,7 @@ async fn drain_under_load_fails_no_client_operation() {
     let out = run(&[
         "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "drain",
     ]);
-    let ident = format!(
-        "{}@{proxy}",
-        out.lines().last().unwrap().rsplit_once('@').unwrap().0
-    );
+    let ident = format!("{}@{proxy}", created_credential(&out));
     let opts = || Options {
         retry_interval: Duration::from_millis(200),
         request_timeout: Duration::from_secs(3),

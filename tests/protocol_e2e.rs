@@ -561,29 +561,8 @@ async fn the_server_accepts_the_test_vector_handshake() {
 async fn failover_keeps_the_same_lease() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let vdir = dir.path().join("vendor");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(BIN).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
-    std::fs::write(dir.path().join("d.toml"), "license_id = \"F\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = 2\n").unwrap();
-    let lic = dir.path().join("f.lic").display().to_string();
-    run(&[
-        "vendor",
-        "sign",
-        "--key",
-        &vdir.join("vendor.key").display().to_string(),
-        &dir.path().join("d.toml").display().to_string(),
-        "-o",
-        &lic,
-    ]);
-    let pubkey = vdir.join("vendor.pub").display().to_string();
+    let (pubkey, lic) = common::cli_license(dir.path(), "F", "cad", 2);
+    let run = common::floatlm_ok;
     let start = |name: &str| {
         let data = dir.path().join(name).display().to_string();
         let args = [
@@ -626,7 +605,7 @@ async fn failover_keeps_the_same_lease() {
     admin(&servers[0], &["apply", &lic]);
     let out = admin(&servers[0], &["identity", "create", "--name", "ha"]);
     let ident = out.lines().last().unwrap().to_string();
-    let cred = ident.rsplit_once('@').unwrap().0.to_string();
+    let cred = common::created_credential(&ident);
     let ids = [
         format!("{cred}@{}", servers[0].licensing),
         format!("{cred}@{}", servers[1].licensing),

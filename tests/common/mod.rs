@@ -416,3 +416,52 @@ pub async fn serve_in_process(app: Arc<App>) -> (String, String, tokio::sync::on
     }));
     (addrs.0, addrs.1, tx)
 }
+
+/// The floatlm binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+
+/// Runs the floatlm CLI; panics with its stderr on failure; returns stdout.
+pub fn floatlm_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "floatlm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A vendor key pair and a signed license of one feature, made with the CLI
+/// in `dir`; returns (vendor .pub path, .lic path).
+pub fn cli_license(dir: &Path, license_id: &str, feature: &str, seats: u32) -> (String, String) {
+    let vdir = dir.join("vendor");
+    floatlm_ok(&["vendor", "keygen", "--out", &vdir.display().to_string()]);
+    let def = dir.join(format!("{license_id}.toml"));
+    std::fs::write(
+        &def,
+        format!("license_id = \"{license_id}\"\nserial = 1\ncustomer = \"test\"\n[[feature]]\nname = \"{feature}\"\nseats = {seats}\n"),
+    )
+    .unwrap();
+    let lic = dir.join(format!("{license_id}.lic")).display().to_string();
+    floatlm_ok(&[
+        "vendor",
+        "sign",
+        "--key",
+        &vdir.join("vendor.key").display().to_string(),
+        &def.display().to_string(),
+        "-o",
+        &lic,
+    ]);
+    (vdir.join("vendor.pub").display().to_string(), lic)
+}
+
+/// `ID:SECRET` from the output of `floatlm admin identity create`.
+pub fn created_credential(out: &str) -> String {
+    out.lines()
+        .last()
+        .unwrap()
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .to_string()
+}
