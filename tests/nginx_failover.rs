@@ -37,7 +37,8 @@ fn free_port() -> u16 {
 }
 
 /// Runs the shipped config with our upstreams, port and paths swapped in.
-fn start_nginx(policy: &str, upstreams: &[String], dir: &Path) -> (Nginx, String) {
+/// Without `keepalive`, NGINX sends one request per upstream connection.
+fn start_nginx(policy: &str, upstreams: &[String], dir: &Path, keepalive: bool) -> (Nginx, String) {
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
         panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
     });
@@ -61,6 +62,11 @@ fn start_nginx(policy: &str, upstreams: &[String], dir: &Path) -> (Nginx, String
                 }
                 upstream_done = true;
             }
+            continue;
+        }
+        if !keepalive
+            && (t.starts_with("keepalive ") || t.starts_with("proxy_set_header Connection"))
+        {
             continue;
         }
         let line = match t {
@@ -146,7 +152,7 @@ async fn survive_sigkill_behind(policy: &str) {
         .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
         .collect();
     let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx(policy, &upstreams, d);
+    let (_nginx, proxy) = start_nginx(policy, &upstreams, d, true);
     let admin_url = format!("http://{}", servers[0].admin);
     run(&[
         "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
@@ -282,7 +288,7 @@ async fn drain_under_load_fails_no_client_operation() {
         .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
         .collect();
     let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d);
+    let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d, true);
     let admin_url = format!("http://{}", servers[0].admin);
     run(&[
         "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
@@ -378,4 +384,123 @@ async fn drain_under_load_fails_no_client_operation() {
     );
     let after: Vec<String> = seats.iter().map(|s| s.lease()).collect();
     assert_eq!(after, leases);
+}
+
+/// A stand-in for an upstream that dies mid-request: it forwards each
+/// connection's one request to `target`, but when `cut` is set, the first
+/// sealed request is delivered and its answer dropped.
+async fn cutter(listener: tokio::net::TcpListener, target: String, cut: Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let (target, cut) = (target.clone(), cut.clone());
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 8192];
+            let head_end = loop {
+                let n = inbound.read(&mut tmp).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                let n = inbound.read(&mut tmp).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let Ok(mut up) = tokio::net::TcpStream::connect(&target).await else {
+                return;
+            };
+            up.write_all(&buf).await.unwrap();
+            let mut resp = Vec::new();
+            let _ = up.read_to_end(&mut resp).await;
+            if head.starts_with("post /sentinel/ldk/v1/request")
+                && cut.swap(false, Ordering::SeqCst)
+            {
+                return; // the upstream "died": the request was acted on, the answer is lost
+            }
+            let _ = inbound.write_all(&resp).await;
+        });
+    }
+}
+
+/// NGINX retries a login on another instance after the first died while
+/// answering it: the seat is granted once, and the client gets that grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_retried_after_the_upstream_died_mid_request_grants_once() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (pubkey, lic) = cli_license(d, "CUT", "cad", 3);
+    let a = instance(d, &db, "lic-1", "127.0.0.1:0", &pubkey);
+    let b = instance(d, &db, "lic-2", "127.0.0.1:0", &pubkey);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut_addr = listener.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(cutter(listener, a.licensing.clone(), cut.clone()));
+    let (_nginx, proxy) = start_nginx(
+        "floatlm-hash.conf",
+        &[cut_addr, b.licensing.clone()],
+        d,
+        false,
+    );
+    let admin_url = format!("http://{}", a.admin);
+    run(&[
+        "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
+    ]);
+    let out = run(&[
+        "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "cut",
+    ]);
+    let ident = format!("{}@{proxy}", created_credential(&out));
+    let opts = || Options {
+        retry_interval: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(3),
+        ..Options::default()
+    };
+    // A client whose session lives on lic-1, behind the cutter.
+    let mut client = None;
+    for _ in 0..60 {
+        let c = Client::connect(&[&ident], opts()).await.unwrap();
+        if c.server_status()[0].instance.as_deref() == Some("lic-1") {
+            client = Some(c);
+            break;
+        }
+    }
+    let client = client.expect("some client id hashes to lic-1");
+    cut.store(true, Ordering::SeqCst);
+    let seat = client.checkout("cad").await.unwrap();
+    assert!(
+        !cut.load(Ordering::SeqCst),
+        "the answer to the login was dropped once"
+    );
+    let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
+    let live: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen FROM slots WHERE state IN (0, 1) AND expires_at > NOW(6)")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(live.len(), 1, "one login, one seat: {live:?}");
+    assert_eq!(
+        seat.lease(),
+        format!("{}.{}.{}", live[0].0, live[0].1, live[0].2)
+    );
+    let requests: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grant_requests")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(requests, 1);
 }

@@ -709,3 +709,36 @@ both_backends!(
     admin_api_roles_errors_and_headers,
     cli_vendor_and_admin_round_trip
 );
+
+/// An instance started with the wrong master key never becomes healthy: it
+/// refuses to start and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_with_the_wrong_master_key_refuses_to_start() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = spawn(Kind::Mysql, dir.path(), Some(&db), &[]);
+    assert_eq!(healthz(&good.licensing).await.unwrap().0, 200);
+    let data = dir.path().join("other").display().to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--database-url",
+        &db.url,
+    ];
+    let err = match ServerProc::spawn(
+        &args,
+        &[("FLOATLM_MASTER_KEY", common::MASTER_KEY_2)],
+        dir.path(),
+    ) {
+        Ok(_) => panic!("an instance with another master key must not start"),
+        Err(e) => e,
+    };
+    assert!(
+        err.contains("master key refused") && err.contains("sealed with master key(s) k1"),
+        "{err}"
+    );
+}
