@@ -3,16 +3,12 @@
 
 mod common;
 
-use common::{
-    cli_license, created_credential, floatlm_ok as run, wait_for, ServerProc, TestDb, BIN,
-    MASTER_KEY_1,
-};
+use common::{admin_cli, cli_license, cluster_instance, created_credential, wait_for, TestDb, BIN};
 use floatlm_client::{Client, ClientError, Options};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-const TOKEN: &str = "skew-admin-token-0123456789";
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,44 +21,16 @@ async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (pubkey, lic) = cli_license(d, "SKEW", "cad", 1);
-    let start = |name: &str, skewed: bool| {
-        let data = d.join(name).display().to_string();
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-            "--database-url",
-            &db.url,
-            "--vendor-key",
-            &pubkey,
-            "--lease-ttl",
-            "5s",
-        ];
-        let mut env = vec![
-            ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
-            ("FLOATLM_ADMIN_TOKEN", TOKEN),
-        ];
-        if skewed {
-            // Ten minutes slow; monotonic time stays real so timers work.
-            env.extend([
-                ("LD_PRELOAD", FAKETIME),
-                ("FAKETIME", "-10m"),
-                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
-            ]);
-        }
-        ServerProc::spawn(&args, &env, d).unwrap_or_else(|e| panic!("{e}"))
-    };
-    let a = start("a", false);
-    let b = start("b", true);
-    let admin = |p: &ServerProc, args: &[&str]| {
-        let url = format!("http://{}", p.admin);
-        let mut all = vec!["admin", "--url", url.as_str(), "--token", TOKEN];
-        all.extend_from_slice(args);
-        run(&all)
-    };
+    let extra = ["--vendor-key", pubkey.as_str(), "--lease-ttl", "5s"];
+    let a = cluster_instance(d, &db, "a", "127.0.0.1:0", &extra, &[]);
+    // Ten minutes slow; monotonic time stays real so timers work.
+    let skewed = [
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME", "-10m"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let b = cluster_instance(d, &db, "b", "127.0.0.1:0", &extra, &skewed);
+    let admin = admin_cli;
     // b's own clock really is off.
     let status: serde_json::Value =
         serde_json::from_str(&admin(&b, &["--json", "status"])).unwrap();

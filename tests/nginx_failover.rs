@@ -6,7 +6,7 @@
 mod common;
 
 use common::{
-    cli_license, created_credential, floatlm_ok as run, wait_for, ServerProc, TestDb, MASTER_KEY_1,
+    admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
 };
 use floatlm_client::{Client, HandleState, Options};
 use std::collections::HashMap;
@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "nginx-test-admin-token-0123456789";
 const CLIENTS: usize = 50;
 
 struct Nginx(Child);
@@ -114,30 +113,14 @@ fn start_nginx(policy: &str, upstreams: &[String], dir: &Path, keepalive: bool) 
 }
 
 fn instance(dir: &Path, db: &TestDb, id: &str, listen: &str, pubkey: &str) -> ServerProc {
-    let data = dir.join(id).display().to_string();
-    let args = [
-        "--listen",
-        listen,
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--database-url",
-        &db.url,
-        "--vendor-key",
-        pubkey,
-        "--lease-ttl",
-        "5s",
-        "--instance-id",
+    cluster_instance(
+        dir,
+        db,
         id,
-        "--drain-delay",
-        "0s",
-    ];
-    let env = [
-        ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
-        ("FLOATLM_ADMIN_TOKEN", TOKEN),
-    ];
-    ServerProc::spawn(&args, &env, dir).unwrap_or_else(|e| panic!("{e}"))
+        listen,
+        &["--vendor-key", pubkey, "--lease-ttl", "5s"],
+        &[],
+    )
 }
 
 async fn survive_sigkill_behind(policy: &str) {
@@ -153,13 +136,9 @@ async fn survive_sigkill_behind(policy: &str) {
         .collect();
     let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
     let (_nginx, proxy) = start_nginx(policy, &upstreams, d, true);
-    let admin_url = format!("http://{}", servers[0].admin);
-    run(&[
-        "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
-    ]);
-    let out = run(&[
-        "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "nginx",
-    ]);
+    let admin_at = &servers[0];
+    admin_cli(admin_at, &["apply", &lic]);
+    let out = admin_cli(admin_at, &["identity", "create", "--name", "nginx"]);
     let cred = created_credential(&out);
     let ident = format!("{cred}@{proxy}");
 
@@ -289,13 +268,9 @@ async fn drain_under_load_fails_no_client_operation() {
         .collect();
     let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
     let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d, true);
-    let admin_url = format!("http://{}", servers[0].admin);
-    run(&[
-        "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
-    ]);
-    let out = run(&[
-        "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "drain",
-    ]);
+    let admin_at = &servers[0];
+    admin_cli(admin_at, &["apply", &lic]);
+    let out = admin_cli(admin_at, &["identity", "create", "--name", "drain"]);
     let ident = format!("{}@{proxy}", created_credential(&out));
     let opts = || Options {
         retry_interval: Duration::from_millis(200),
@@ -331,16 +306,7 @@ async fn drain_under_load_fails_no_client_operation() {
             bad
         })
     };
-    run(&[
-        "admin",
-        "--url",
-        &admin_url,
-        "--token",
-        TOKEN,
-        "cluster",
-        "drain",
-        ids[victim],
-    ]);
+    admin_cli(admin_at, &["cluster", "drain", ids[victim]]);
     let lic_victim = servers[victim].licensing.clone();
     wait_for(
         "the drained instance's healthz to answer 503",
@@ -458,13 +424,9 @@ async fn a_request_retried_after_the_upstream_died_mid_request_grants_once() {
         d,
         false,
     );
-    let admin_url = format!("http://{}", a.admin);
-    run(&[
-        "admin", "--url", &admin_url, "--token", TOKEN, "apply", &lic,
-    ]);
-    let out = run(&[
-        "admin", "--url", &admin_url, "--token", TOKEN, "identity", "create", "--name", "cut",
-    ]);
+    let admin_at = &a;
+    admin_cli(admin_at, &["apply", &lic]);
+    let out = admin_cli(admin_at, &["identity", "create", "--name", "cut"]);
     let ident = format!("{}@{proxy}", created_credential(&out));
     let opts = || Options {
         retry_interval: Duration::from_millis(200),

@@ -562,50 +562,14 @@ async fn failover_keeps_the_same_lease() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let (pubkey, lic) = common::cli_license(dir.path(), "F", "cad", 2);
-    let run = common::floatlm_ok;
-    let start = |name: &str| {
-        let data = dir.path().join(name).display().to_string();
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-            "--database-url",
-            &db.url,
-            "--vendor-key",
-            &pubkey,
-            "--lease-ttl",
-            "5s",
-        ];
-        ServerProc::spawn(
-            &args,
-            &[
-                ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
-                ("FLOATLM_ADMIN_TOKEN", "failover-admin-token-0123456789"),
-            ],
-            dir.path(),
-        )
-        .unwrap()
-    };
+    let extra = ["--vendor-key", pubkey.as_str(), "--lease-ttl", "5s"];
+    let start =
+        |name: &str| common::cluster_instance(dir.path(), &db, name, "127.0.0.1:0", &extra, &[]);
     let mut servers = [start("a"), start("b")];
-    let admin = |p: &ServerProc, args: &[&str]| {
-        let url = format!("http://{}", p.admin);
-        let mut all = vec![
-            "admin",
-            "--url",
-            &url,
-            "--token",
-            "failover-admin-token-0123456789",
-        ];
-        all.extend_from_slice(args);
-        run(&all)
-    };
+    let admin = common::admin_cli;
     admin(&servers[0], &["apply", &lic]);
     let out = admin(&servers[0], &["identity", "create", "--name", "ha"]);
-    let ident = out.lines().last().unwrap().to_string();
-    let cred = common::created_credential(&ident);
+    let cred = common::created_credential(&out);
     let ids = [
         format!("{cred}@{}", servers[0].licensing),
         format!("{cred}@{}", servers[1].licensing),

@@ -495,25 +495,14 @@ async fn cluster_status_drain_and_remove() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let start = |name: &str| {
-        let data = dir.path().join(name).display().to_string();
-        let args = [
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-            "--database-url",
-            &db.url,
-            "--instance-id",
+        common::cluster_instance(
+            dir.path(),
+            &db,
             name,
-        ];
-        let env = [
-            ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
-            ("FLOATLM_ADMIN_TOKEN", "cluster-admin-token-0123456789"),
-            ("FLOATLM_CLUSTER_HEARTBEAT", "300ms"),
-        ];
-        ServerProc::spawn(&args, &env, dir.path()).unwrap_or_else(|e| panic!("{e}"))
+            "127.0.0.1:0",
+            &[],
+            &[("FLOATLM_CLUSTER_HEARTBEAT", "300ms")],
+        )
     };
     let a = start("lic-a");
     let mut b = start("lic-b");
@@ -522,7 +511,7 @@ async fn cluster_status_drain_and_remove() {
         let c = c.clone();
         async move {
             c.get(format!("http://{admin}/admin/v1/cluster"))
-                .bearer_auth("cluster-admin-token-0123456789")
+                .bearer_auth(common::CLUSTER_TOKEN)
                 .send()
                 .await
                 .unwrap()
@@ -562,7 +551,7 @@ async fn cluster_status_drain_and_remove() {
     // Drain b through a's admin API: b's healthz turns 503, a stays healthy.
     let r = c
         .post(format!("http://{}/admin/v1/cluster/lic-b/drain", a.admin))
-        .bearer_auth("cluster-admin-token-0123456789")
+        .bearer_auth(common::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap();
@@ -581,7 +570,7 @@ async fn cluster_status_drain_and_remove() {
     // A live instance cannot be removed; a dead one can.
     let r = c
         .delete(format!("http://{}/admin/v1/cluster/lic-b", a.admin))
-        .bearer_auth("cluster-admin-token-0123456789")
+        .bearer_auth(common::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap();
@@ -595,7 +584,7 @@ async fn cluster_status_drain_and_remove() {
     .await;
     let r = c
         .delete(format!("http://{}/admin/v1/cluster/lic-b", a.admin))
-        .bearer_auth("cluster-admin-token-0123456789")
+        .bearer_auth(common::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap();
@@ -607,7 +596,7 @@ async fn cluster_status_drain_and_remove() {
             "--url",
             &format!("http://{}", a.admin),
             "--token",
-            "cluster-admin-token-0123456789",
+            common::CLUSTER_TOKEN,
             "cluster",
             "status",
         ])

@@ -465,3 +465,49 @@ pub fn created_credential(out: &str) -> String {
         .0
         .to_string()
 }
+
+/// The admin token of every instance started by [`cluster_instance`].
+pub const CLUSTER_TOKEN: &str = "cluster-admin-token-0123456789";
+
+/// A `floatlm serve` on the shared MariaDB database `db`: instance id `id`,
+/// data in `dir/id`, master key 1, admin token [`CLUSTER_TOKEN`], no drain
+/// delay; `extra_args` and `extra_env` come on top.
+pub fn cluster_instance(
+    dir: &Path,
+    db: &TestDb,
+    id: &str,
+    listen: &str,
+    extra_args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> ServerProc {
+    let data = dir.join(id).display().to_string();
+    let mut args = vec![
+        "--listen",
+        listen,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--database-url",
+        &db.url,
+        "--instance-id",
+        id,
+        "--drain-delay",
+        "0s",
+    ];
+    args.extend_from_slice(extra_args);
+    let mut env = vec![
+        ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
+        ("FLOATLM_ADMIN_TOKEN", CLUSTER_TOKEN),
+    ];
+    env.extend_from_slice(extra_env);
+    ServerProc::spawn(&args, &env, dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `floatlm admin --url … --token CLUSTER_TOKEN ARGS` against `p`; returns stdout.
+pub fn admin_cli(p: &ServerProc, args: &[&str]) -> String {
+    let url = format!("http://{}", p.admin);
+    let mut all = vec!["admin", "--url", url.as_str(), "--token", CLUSTER_TOKEN];
+    all.extend_from_slice(args);
+    floatlm_ok(&all)
+}
