@@ -308,6 +308,11 @@ struct Raw {
 async fn raw_session(addr: &str, identity: &str) -> Raw {
     let (id, secret) = identity.split_once('@').unwrap().0.split_once(':').unwrap();
     let (hs, hello) = ClientHandshake::start(id, secret.as_bytes(), None).unwrap();
+    complete_handshake(addr, hs, hello).await
+}
+
+/// Sends a ClientHello and finishes the handshake with the server's answer.
+async fn complete_handshake(addr: &str, hs: ClientHandshake, hello: Vec<u8>) -> Raw {
     let http = reqwest::Client::new();
     let reply = http
         .post(format!("http://{addr}{PATH_HANDSHAKE}"))
@@ -528,20 +533,7 @@ async fn the_server_accepts_the_test_vector_handshake() {
         v.client_hello,
         "the client side of the vectors"
     );
-    let r = reqwest::Client::new()
-        .post(format!("http://{lic}{PATH_HANDSHAKE}"))
-        .body(hello)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let (keys, payload) = hs.finish(&r.bytes().await.unwrap()).unwrap();
-    let raw = Raw {
-        http: reqwest::Client::new(),
-        addr: lic.clone(),
-        session: payload.session,
-        keys,
-    };
+    let raw = complete_handshake(&lic, hs, hello).await;
     let (status, body) = raw
         .post(
             raw.seal(
