@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -16,12 +16,15 @@ use thiserror::Error;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::crypto::keyring::{parse_key_list, Keyring, MasterKey, SealContext, SealError};
+use crate::crypto::tickets::{self, OpenedTicket, TicketError, TicketKeys};
 use crate::crypto::{random_hex, sha256_hex, Secret};
 use crate::domain::identity::{
     new_identity_id, new_identity_secret, valid_identity_id, IdentityString,
 };
 use crate::domain::license::{self, LicenseError, VendorKey};
 use crate::domain::seats::{FeatureUsage, Grant, GrantRequest, LeaseRef, Renewal, Role, SeatError};
+use floatlm_protocol::handshake::ResumeGrant;
+
 use crate::storage::{
     mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, IdentityRow,
     LicenseRecord, Storage, StorageError, TokenRow,
@@ -94,6 +97,12 @@ pub struct App {
     /// Derives stand-in secrets for unknown identity ids, so they fail the
     /// handshake exactly like a wrong secret.
     dummy_key: zeroize::Zeroizing<[u8; 32]>,
+    /// Cluster-wide keys that seal resumption tickets (from the database).
+    tickets: TicketKeys,
+    /// Serialises reloads of the ticket keys; holds when the last one ran.
+    ticket_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
+    /// The database clock minus this instance's clock, milliseconds.
+    clock_offset_ms: AtomicI64,
 }
 
 /// Opens the configured storage backend.
@@ -159,6 +168,10 @@ fn canary_ctx(key_id: &str) -> SealContext<'_> {
 
 fn license_ctx(id: &str) -> SealContext<'_> {
     SealContext::new("licenses", "sealed", id)
+}
+
+fn ticket_key_ctx(id: &str) -> SealContext<'_> {
+    SealContext::new("ticket_keys", "sealed", id)
 }
 
 fn identity_ctx(id: &str) -> SealContext<'_> {
@@ -347,8 +360,15 @@ impl App {
                     .try_into()
                     .expect("32 bytes"),
             ),
+            tickets: TicketKeys::default(),
+            ticket_reload: tokio::sync::Mutex::new(None),
+            clock_offset_ms: AtomicI64::new(0),
             config,
         });
+        app.sync_clock().await?;
+        app.refresh_ticket_keys()
+            .await
+            .map_err(|e| StartError::Io(format!("resumption ticket keys: {e}")))?;
         app.bootstrap_token().await?;
         let report = app
             .verify_integrity()
@@ -874,6 +894,153 @@ impl App {
         })
     }
 
+    // ------------------------------------------------------ clock and tickets
+
+    /// The database clock, estimated from this instance's clock and the
+    /// offset measured at start and on every cluster heartbeat. Deadlines
+    /// that need no round trip of their own (ticket expiry) use it.
+    pub fn db_now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.clock_offset_ms.load(Ordering::Relaxed))
+    }
+
+    async fn sync_clock(&self) -> Result<(), StorageError> {
+        let before = Utc::now();
+        let db = self.storage.now().await?;
+        let after = Utc::now();
+        let mid = before + (after - before) / 2;
+        self.clock_offset_ms
+            .store((db - mid).num_milliseconds(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The ticket keys this instance holds (ids: Unix second each period starts).
+    pub fn ticket_key_ids(&self) -> Vec<i64> {
+        self.tickets.ids()
+    }
+
+    fn ticket_rotation_s(&self) -> i64 {
+        self.config.ticket_rotation.as_secs().max(1) as i64
+    }
+
+    /// Makes sure the current period's ticket key exists (the first instance
+    /// to need it creates it) and that this instance knows it.
+    pub async fn refresh_ticket_keys(&self) -> Result<(), AppError> {
+        let current = tickets::period_start(self.db_now(), self.ticket_rotation_s());
+        if self.tickets.contains(current) {
+            return Ok(());
+        }
+        let key = zeroize::Zeroizing::new(crate::crypto::random_bytes(32));
+        let sealed = self
+            .keyring
+            .seal(ticket_key_ctx(&current.to_string()), key.as_ref());
+        if self.storage.insert_ticket_key(current, &sealed).await? {
+            tracing::info!(
+                key = current,
+                "created the resumption ticket key of this period"
+            );
+        }
+        let _guard = self.ticket_reload.lock().await;
+        self.reload_ticket_keys().await
+    }
+
+    /// Loads every ticket key that can still open a live ticket and deletes
+    /// older ones: a key seals during its period, and its tickets live at
+    /// most `ticket_lifetime` after that.
+    async fn reload_ticket_keys(&self) -> Result<(), AppError> {
+        let oldest_useful = self.db_now().timestamp()
+            - self.ticket_rotation_s()
+            - self.config.ticket_lifetime.as_secs() as i64;
+        let mut keys = BTreeMap::new();
+        for (id, sealed) in self.storage.ticket_keys().await? {
+            if id < oldest_useful {
+                continue;
+            }
+            let opened = self.keyring.open(ticket_key_ctx(&id.to_string()), &sealed);
+            match opened.map(|k| <[u8; 32]>::try_from(k.as_slice())) {
+                Ok(Ok(k)) => {
+                    keys.insert(id, zeroize::Zeroizing::new(k));
+                }
+                Ok(Err(_)) => tracing::error!(key = id, "ticket key has the wrong length; ignored"),
+                Err(e) => {
+                    tracing::error!(key = id, error = %e, "ticket key does not open; ignored")
+                }
+            }
+        }
+        self.tickets.replace(keys);
+        match self.storage.purge_ticket_keys(oldest_useful).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "deleted expired resumption ticket keys"),
+            Err(e) => tracing::warn!(error = %e, "could not delete old ticket keys"),
+        }
+        Ok(())
+    }
+
+    /// A resumption ticket for a freshly authenticated identity; None when
+    /// no ticket key is loaded (the client then simply handshakes again).
+    pub fn issue_ticket(&self, identity: &IdentityRow) -> Option<ResumeGrant> {
+        let now = self.db_now();
+        let lifetime = chrono::Duration::from_std(self.config.ticket_lifetime).ok()?;
+        let expires = identity
+            .expires_at
+            .map_or(now + lifetime, |e| e.min(now + lifetime));
+        let (ticket, secret) = self.tickets.issue(now, expires, &identity.id)?;
+        Some(ResumeGrant {
+            ticket: hex::encode(ticket),
+            secret: hex::encode(secret.as_ref()),
+            valid_for_s: (expires - now).num_seconds().max(0) as u64,
+        })
+    }
+
+    /// Opens a ticket; a key newer than any this instance knows (another
+    /// instance started a new period) is looked up once, at most every 250 ms.
+    async fn open_ticket(&self, ticket: &[u8]) -> Result<OpenedTicket, TicketError> {
+        match self.tickets.open(ticket) {
+            Err(TicketError::UnknownKey(id))
+                if self.tickets.ids().last().is_none_or(|&n| id > n)
+                    && id <= self.db_now().timestamp() + 60 =>
+            {
+                let mut last = self.ticket_reload.lock().await;
+                if !self.tickets.contains(id)
+                    && last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250))
+                {
+                    *last = Some(std::time::Instant::now());
+                    if let Err(e) = self.reload_ticket_keys().await {
+                        tracing::warn!(error = %e, "could not reload ticket keys");
+                    }
+                }
+                self.tickets.open(ticket)
+            }
+            other => other,
+        }
+    }
+
+    /// Opens a resumption ticket and checks it may still be used: not
+    /// expired, and its identity neither revoked nor expired (database
+    /// clock). The error is for the log; the client only learns "refused".
+    pub async fn check_ticket(&self, ticket: &[u8]) -> Result<(IdentityRow, OpenedTicket), String> {
+        let t = self.open_ticket(ticket).await.map_err(|e| e.to_string())?;
+        let now = self.db_now();
+        if t.expires_at <= now {
+            return Err(format!(
+                "ticket of identity {} expired at {}",
+                t.identity_id, t.expires_at
+            ));
+        }
+        let row = self
+            .storage
+            .identity(&t.identity_id)
+            .await
+            .map_err(|e| format!("identity lookup failed: {e}"))?
+            .ok_or_else(|| format!("identity {} no longer exists", t.identity_id))?;
+        if let Some(at) = row.revoked_at {
+            return Err(format!("identity {} was revoked at {at}", row.id));
+        }
+        if let Some(at) = row.expires_at.filter(|e| *e <= now) {
+            return Err(format!("identity {} expired at {at}", row.id));
+        }
+        Ok((row, t))
+    }
+
     /// Keeps this instance's row in the cluster view fresh and honours an
     /// operator's drain request, until `stop`.
     pub async fn cluster_heartbeat(
@@ -907,6 +1074,12 @@ impl App {
                 Err(e) => {
                     tracing::warn!(error = %e, "could not refresh this instance in the cluster view")
                 }
+            }
+            if let Err(e) = self.sync_clock().await {
+                tracing::warn!(error = %e, "could not read the database clock");
+            }
+            if let Err(e) = self.refresh_ticket_keys().await {
+                tracing::warn!(error = %e, "could not refresh the resumption ticket keys");
             }
         }
     }

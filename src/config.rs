@@ -76,6 +76,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("server", "cluster_heartbeat"),
     ("server", "max_sessions"),
     ("server", "session_idle"),
+    ("server", "ticket_lifetime"),
+    ("server", "ticket_rotation"),
     ("server", "trusted_proxies"),
     ("auth", "auth_script"),
     ("auth", "auth_timeout"),
@@ -134,6 +136,10 @@ pub struct Config {
     pub max_sessions: usize,
     /// A session unused this long is forgotten (the client handshakes again).
     pub session_idle: Duration,
+    /// How long a resumption ticket lets a client continue on any instance.
+    pub ticket_lifetime: Duration,
+    /// How often the cluster-wide ticket key changes.
+    pub ticket_rotation: Duration,
     /// Peers whose X-Forwarded-For is believed (reverse proxies).
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The operator's auth script, run on every login.
@@ -249,7 +255,10 @@ impl Layers {
                 invalid(
                     key,
                     &v.1,
-                    format!("'{}' is not a duration (examples: 30s, 2m, 1h, 500ms)", v.0),
+                    format!(
+                        "'{}' is not a duration (examples: 30s, 2m, 1h, 7d, 500ms)",
+                        v.0
+                    ),
                 )
             })?;
             let s = d.as_secs_f64();
@@ -501,6 +510,18 @@ impl Layers {
             1.0,
             86400.0,
         )?;
+        let ticket_lifetime = secs(
+            "ticket_lifetime",
+            &take("ticket_lifetime", Some("24h")).unwrap(),
+            1.0,
+            7.0 * 86400.0,
+        )?;
+        let ticket_rotation = secs(
+            "ticket_rotation",
+            &take("ticket_rotation", Some("6h")).unwrap(),
+            1.0,
+            7.0 * 86400.0,
+        )?;
         let mut trusted_proxies = Vec::new();
         if let Some((v, s)) = take("trusted_proxies", None) {
             for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -587,6 +608,8 @@ impl Layers {
             cluster_heartbeat,
             max_sessions,
             session_idle,
+            ticket_lifetime,
+            ticket_rotation,
             trusted_proxies,
             auth_script,
             auth_timeout,
@@ -622,6 +645,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         (n, 60.0)
     } else if let Some(n) = s.strip_suffix('h') {
         (n, 3600.0)
+    } else if let Some(n) = s.strip_suffix('d') {
+        (n, 86400.0)
     } else {
         (s, 1.0)
     };
@@ -800,6 +825,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("-1s"), None);
         assert_eq!(
             redact_url("mysql://u:p@h:1/d"),

@@ -4,6 +4,7 @@
 use floatlm_protocol::envelope::ReplayWindow;
 use floatlm_protocol::keys::SessionKeys;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,18 @@ pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Mutex<Session>>>>,
     max: usize,
     idle: Duration,
+    handshakes: AtomicU64,
+    resumes: AtomicU64,
+    resumes_refused: AtomicU64,
+}
+
+/// Sessions opened since start, by how (for `admin status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SessionCounts {
+    pub active: usize,
+    pub handshakes: u64,
+    pub resumes: u64,
+    pub resumes_refused: u64,
 }
 
 impl Sessions {
@@ -41,6 +54,30 @@ impl Sessions {
             map: Mutex::new(HashMap::new()),
             max,
             idle,
+            handshakes: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            resumes_refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn count_handshake(&self) {
+        self.handshakes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_resume(&self) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_resume_refused(&self) {
+        self.resumes_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counts(&self) -> SessionCounts {
+        SessionCounts {
+            active: self.len(),
+            handshakes: self.handshakes.load(Ordering::Relaxed),
+            resumes: self.resumes.load(Ordering::Relaxed),
+            resumes_refused: self.resumes_refused.load(Ordering::Relaxed),
         }
     }
 
@@ -98,6 +135,11 @@ impl Sessions {
                 .unwrap_or(false)
         });
         before - map.len()
+    }
+
+    /// Forgets every session (clients resume or handshake again).
+    pub fn clear(&self) {
+        self.map.lock().expect("lock").clear();
     }
 
     pub fn len(&self) -> usize {

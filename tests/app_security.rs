@@ -234,7 +234,8 @@ async fn rotate_key_reseals_under_the_newest_key(kind: Kind) {
     let both = format!("{MASTER_KEY_1},{MASTER_KEY_2}");
     let app2 = start_with(&t, &both).await.unwrap();
     let r = app2.rotate_key().await.unwrap();
-    assert_eq!((r.sealing_key.as_str(), r.resealed), ("k2", 2));
+    // The license, the identity secret and the resumption ticket key.
+    assert_eq!((r.sealing_key.as_str(), r.resealed), ("k2", 3));
     assert_eq!(
         app2.rotate_key().await.unwrap().resealed,
         0,
@@ -252,6 +253,10 @@ async fn rotate_key_reseals_under_the_newest_key(kind: Kind) {
         ident.secret.expose()
     );
     assert!(app3.verify_integrity().await.unwrap().refused.is_empty());
+    assert!(
+        !app3.ticket_key_ids().is_empty(),
+        "the ticket key opens under k2"
+    );
     app3.grant(&req("cad", "after-rotation")).await.unwrap();
     assert!(start_with(&t, MASTER_KEY_1).await.is_err());
 }

@@ -175,6 +175,10 @@ async fn survive_sigkill_behind(policy: &str) {
         clients.push(c);
     }
     let leases: Vec<String> = seats.iter().map(|s| s.lease()).collect();
+    let logins: Vec<u64> = clients
+        .iter()
+        .map(|c| c.session_stats().handshakes)
+        .collect();
     // Kill the instance that granted the most leases.
     let mut by_instance: HashMap<String, usize> = HashMap::new();
     for c in &clients {
@@ -205,7 +209,16 @@ async fn survive_sigkill_behind(policy: &str) {
     )
     .await;
     let after: Vec<String> = seats.iter().map(|s| s.lease()).collect();
-    assert_eq!(after, leases, "same leases, no second login");
+    assert_eq!(after, leases, "same leases");
+    // No client logged in again: the victim's clients resumed with tickets.
+    let stats: Vec<_> = clients.iter().map(|c| c.session_stats()).collect();
+    let now_logins: Vec<u64> = stats.iter().map(|s| s.handshakes).collect();
+    assert_eq!(now_logins, logins, "no second login: {stats:?}");
+    let resumed = stats.iter().filter(|s| s.resumes > 0).count();
+    assert!(
+        resumed >= on_victim,
+        "{resumed} clients resumed, {on_victim} were on the killed instance"
+    );
     let live: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM slots WHERE state IN (0, 1) AND expires_at > NOW(6)",
     )

@@ -569,6 +569,7 @@ async fn failover_keeps_the_same_lease() {
     let client = Client::connect(&ids, opts("")).await.unwrap();
     let seat = client.checkout("cad").await.unwrap();
     let lease = seat.lease();
+    let logins = client.session_stats().handshakes;
     // Kill whichever instance won the race for this client.
     let victim = client
         .server_status()
@@ -595,7 +596,13 @@ async fn failover_keeps_the_same_lease() {
         "{:?}",
         client.server_status()
     );
-    assert_eq!(seat.lease(), lease, "same lease, no second login");
+    assert_eq!(seat.lease(), lease, "same lease");
+    let stats = client.session_stats();
+    assert_eq!(stats.handshakes, logins, "no second login: {stats:?}");
+    assert!(
+        stats.resumes >= 1,
+        "the ticket resumed the session: {stats:?}"
+    );
     let leases: serde_json::Value =
         serde_json::from_str(&admin(&servers[survivor], &["--json", "lease", "list"])).unwrap();
     let live = leases["leases"].as_array().unwrap();

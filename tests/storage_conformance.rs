@@ -466,7 +466,45 @@ async fn instances_register_drain_and_remove(kind: Kind) {
     assert_eq!(st.instances().await.unwrap().len(), 1);
 }
 
+async fn ticket_keys_insert_once_list_and_purge(kind: Kind) {
+    let t = TestStore::new(kind).await;
+    let s = &t.storage;
+    assert!(s.ticket_keys().await.unwrap().is_empty());
+    assert!(s.insert_ticket_key(3600, b"first").await.unwrap());
+    assert!(
+        !s.insert_ticket_key(3600, b"second").await.unwrap(),
+        "the first instance to create a period's key wins"
+    );
+    assert!(s.insert_ticket_key(7200, b"next").await.unwrap());
+    assert_eq!(
+        s.ticket_keys().await.unwrap(),
+        vec![(3600, b"first".to_vec()), (7200, b"next".to_vec())]
+    );
+    let rows = s.sealed_rows().await.unwrap();
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.kind == floatlm::storage::SealedKind::TicketKey)
+            .count(),
+        2
+    );
+    assert!(s
+        .reseal(
+            floatlm::storage::SealedKind::TicketKey,
+            "3600",
+            b"first",
+            b"again"
+        )
+        .await
+        .unwrap());
+    assert_eq!(s.purge_ticket_keys(7200).await.unwrap(), 1);
+    assert_eq!(
+        s.ticket_keys().await.unwrap(),
+        vec![(7200, b"next".to_vec())]
+    );
+}
+
 both_backends!(
+    ticket_keys_insert_once_list_and_purge,
     instances_register_drain_and_remove,
     grants_up_to_n_then_refuses,
     request_ids_make_grants_idempotent,

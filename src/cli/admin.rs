@@ -17,6 +17,9 @@ pub struct AdminArgs {
     /// Bearer token [default: the contents of DATA_DIR/admin.token].
     #[arg(long, env = "FLOATLM_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the bearer token (the server's admin_token_file works).
+    #[arg(long, env = "FLOATLM_ADMIN_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Where to look for admin.token when no token is given.
     #[arg(long, env = "FLOATLM_DATA_DIR", default_value = "./floatlm-data")]
     pub data_dir: PathBuf,
@@ -210,9 +213,12 @@ fn s(v: &Value) -> String {
 }
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
-    let token = match args.token.clone() {
-        Some(t) => t,
-        None => {
+    let token = match (args.token.clone(), &args.token_file) {
+        (Some(t), _) => t,
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .map(|t| t.trim().to_string())
+            .with_context(|| format!("cannot read the admin token file {}", p.display()))?,
+        (None, None) => {
             let p = args.data_dir.join("admin.token");
             std::fs::read_to_string(&p)
                 .map(|t| t.trim().to_string())

@@ -19,6 +19,16 @@ pub struct PingArgs {
     pub timeout: f64,
 }
 
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// Server HOST:PORT (licensing listener).
+    #[arg(short = 's', long = "server", default_value = "127.0.0.1:8990")]
+    pub server: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value = "3")]
+    pub timeout: f64,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// Identity string ID:SECRET@HOST:PORT, or HOST:PORT with --identity; repeat for several servers.
@@ -92,6 +102,44 @@ pub fn identity_strings(args: &ServerArgs) -> anyhow::Result<Vec<String>> {
         bail!("no server given: pass -s ID:SECRET@HOST:PORT, or set FLOATLM_IDENTITY");
     }
     Ok(out)
+}
+
+/// `GET /sentinel/ldk/v1/healthz`: exit 0 when the instance can serve (for
+/// container health checks), 1 with the reason when not.
+pub async fn health(args: HealthArgs) -> ExitCode {
+    let url = format!(
+        "http://{}/sentinel/ldk/v1/healthz",
+        args.server
+            .rsplit_once('@')
+            .map_or(args.server.as_str(), |(_, a)| a)
+    );
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0)))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("floatlm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = match http.get(&url).send().await {
+        Ok(r) => (r.status(), r.text().await.unwrap_or_default()),
+        Err(e) => {
+            eprintln!("floatlm: {url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match answer {
+        (status, body) if status.is_success() => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        (status, body) => {
+            eprintln!("floatlm: {url}: HTTP {status} {body}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub async fn ping(args: PingArgs) -> ExitCode {

@@ -40,6 +40,8 @@ pub enum Command {
     Admin(admin::AdminArgs),
     /// Check that a server answers (no identity needed).
     Ping(client::PingArgs),
+    /// Exit 0 when a server's healthz says it can serve (container health checks).
+    Health(client::HealthArgs),
     /// Show total, used and free seats.
     Query(client::QueryArgs),
     /// Hold a seat while a command runs (or for --hold SECS).
@@ -196,6 +198,7 @@ pub fn main() -> ExitCode {
             Command::Vendor { command } => report(vendor::run(command)),
             Command::Admin(args) => report(admin::run(args).await),
             Command::Ping(args) => client::ping(args).await,
+            Command::Health(args) => client::health(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Checkout(args) => client::checkout(args).await,
         }

@@ -6,6 +6,7 @@
 
 pub mod keyring;
 pub mod secret;
+pub mod tickets;
 
 pub use keyring::{Keyring, MasterKey, SealContext, SealError};
 pub use secret::Secret;

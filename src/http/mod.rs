@@ -86,6 +86,7 @@ pub fn licensing_router(app: &Arc<App>) -> Router {
             .route(HEALTHZ_PATH, get(healthz))
             .route(floatlm_protocol::PATH_PING, get(protocol::ping))
             .route(floatlm_protocol::PATH_HANDSHAKE, post(protocol::handshake))
+            .route(floatlm_protocol::PATH_RESUME, post(protocol::resume))
             .route(floatlm_protocol::PATH_REQUEST, post(protocol::request)),
         app,
     )

@@ -1,4 +1,4 @@
-//! The licensing protocol over HTTP: ping, handshake, sealed requests.
+//! The licensing protocol over HTTP: ping, handshake, resume, sealed requests.
 //!
 //! docs/protocol.md is the contract. Envelope-level failures (unknown
 //! session, replay, a byte changed) answer with plain JSON errors, because
@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{self, ServerHelloPayload};
+use floatlm_protocol::keys::SessionKeys;
 use floatlm_protocol::messages::{
     reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply,
 };
@@ -24,6 +25,7 @@ use crate::app::App;
 use crate::auth_hook::AuthInput;
 use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use crate::sessions::Session;
+use crate::storage::IdentityRow;
 
 fn octets(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
@@ -55,9 +57,8 @@ pub async fn ping(State(app): State<Arc<App>>) -> Response {
     .into_response()
 }
 
-/// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out.
-pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
-    let hello = handshake::parse_client_hello(&body).map_err(protocol_error)?;
+/// Refuses new sessions while draining or full (before any key work).
+fn admit(app: &App) -> Result<(), ApiError> {
     if app.is_draining() {
         // New sessions go elsewhere (proxies retry a 503 on the next instance,
         // the client library fails over); existing sessions are still served.
@@ -77,6 +78,40 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
             ),
         ));
     }
+    Ok(())
+}
+
+fn hello_payload(app: &App, session: &str, identity: Option<&IdentityRow>) -> ServerHelloPayload {
+    ServerHelloPayload {
+        session: session.to_string(),
+        instance: app.instance_id().to_string(),
+        lease_ttl_ms: app.config.lease_ttl.as_millis() as u64,
+        refused: None,
+        resume: identity.and_then(|r| app.issue_ticket(r)),
+    }
+}
+
+fn keep_session(
+    app: &App,
+    id: String,
+    identity: String,
+    keys: SessionKeys,
+) -> Result<(), ApiError> {
+    if app.sessions.insert(id, Session::new(identity, keys)) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "session table is full",
+        ))
+    }
+}
+
+/// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out.
+pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let hello = handshake::parse_client_hello(&body).map_err(protocol_error)?;
+    admit(&app)?;
     // Unknown ids take the same path with a stand-in secret: same work, same error.
     let (row, secret) = match app.identity_secret(hello.identity_id).await? {
         Some((row, secret)) => (Some(row), secret),
@@ -102,25 +137,48 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
         }
     });
     let session_id = crate::crypto::random_hex(16);
-    let payload = ServerHelloPayload {
-        session: session_id.clone(),
-        instance: app.instance_id().to_string(),
-        lease_ttl_ms: app.config.lease_ttl.as_millis() as u64,
-        refused: refused.clone(),
-    };
+    let mut payload = hello_payload(
+        &app,
+        &session_id,
+        row.as_ref().filter(|_| refused.is_none()),
+    );
+    payload.refused = refused.clone();
     let (keys, reply) = handshake::respond(&hello, secret.expose().as_bytes(), &payload, None)
         .map_err(protocol_error)?;
     let Some(row) = row else {
         // Unreachable in practice: a stand-in secret never matches a client's.
         return Err(protocol_error(ProtocolError::AuthFailed));
     };
-    if refused.is_none() && !app.sessions.insert(session_id, Session::new(row.id, keys)) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            "session table is full",
-        ));
+    if refused.is_none() {
+        keep_session(&app, session_id, row.id, keys)?;
+        app.sessions.count_handshake();
     }
+    Ok(octets(reply))
+}
+
+/// `POST /sentinel/ldk/v1/resume`: ResumeHello in, ServerHello out. Any
+/// instance continues a session from the ticket another one issued.
+pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let hello = handshake::parse_resume_hello(&body).map_err(protocol_error)?;
+    admit(&app)?;
+    let (row, ticket) = match app.check_ticket(hello.ticket).await {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::info!(reason = %why, "resumption ticket refused");
+            app.sessions.count_resume_refused();
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "ticket_refused",
+                "resumption ticket refused (expired, revoked or unknown): handshake with the identity secret",
+            ));
+        }
+    };
+    let session_id = crate::crypto::random_hex(16);
+    let payload = hello_payload(&app, &session_id, Some(&row));
+    let (keys, reply) = handshake::respond_resume(&hello, ticket.secret.as_ref(), &payload, None)
+        .map_err(protocol_error)?;
+    keep_session(&app, session_id, row.id, keys)?;
+    app.sessions.count_resume();
     Ok(octets(reply))
 }
 

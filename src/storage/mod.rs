@@ -177,6 +177,7 @@ pub struct InstanceRow {
 pub enum SealedKind {
     License,
     IdentitySecret,
+    TicketKey,
 }
 
 impl SealedKind {
@@ -184,6 +185,7 @@ impl SealedKind {
         match self {
             SealedKind::License => "licenses",
             SealedKind::IdentitySecret => "identities",
+            SealedKind::TicketKey => "ticket_keys",
         }
     }
 }
@@ -266,6 +268,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn request_drain(&self, id: &str) -> Result<bool>;
     /// Forgets an instance that has been silent at least `silent_for`.
     async fn remove_instance(&self, id: &str, silent_for: Duration) -> Result<bool>;
+
+    // --- resumption ticket keys
+    /// Every ticket key: (id, sealed key), by id.
+    async fn ticket_keys(&self) -> Result<Vec<(i64, Vec<u8>)>>;
+    /// Inserts unless key `id` exists; true when inserted.
+    async fn insert_ticket_key(&self, id: i64, sealed: &[u8]) -> Result<bool>;
+    /// Deletes the keys with an id below `below`; returns how many.
+    async fn purge_ticket_keys(&self, below: i64) -> Result<u64>;
 
     // --- key rotation
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;

@@ -997,6 +997,31 @@ impl Storage for MySqlStorage {
         Ok(r.rows_affected() == 1)
     }
 
+    async fn ticket_keys(&self) -> Result<Vec<(i64, Vec<u8>)>> {
+        Ok(
+            sqlx::query_as("SELECT id, sealed FROM ticket_keys ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn insert_ticket_key(&self, id: i64, sealed: &[u8]) -> Result<bool> {
+        let r = sqlx::query("INSERT IGNORE INTO ticket_keys (id, sealed) VALUES (?, ?)")
+            .bind(id)
+            .bind(sealed)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn purge_ticket_keys(&self, below: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM ticket_keys WHERE id < ?")
+            .bind(below)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>> {
         let mut out = Vec::new();
         let lic: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT license_id, sealed FROM licenses")
@@ -1015,6 +1040,14 @@ impl Storage for MySqlStorage {
             row_id,
             sealed,
         }));
+        let keys: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, sealed FROM ticket_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        out.extend(keys.into_iter().map(|(id, sealed)| SealedRow {
+            kind: SealedKind::TicketKey,
+            row_id: id.to_string(),
+            sealed,
+        }));
         Ok(out)
     }
 
@@ -1025,6 +1058,9 @@ impl Storage for MySqlStorage {
             }
             SealedKind::IdentitySecret => {
                 "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?"
+            }
+            SealedKind::TicketKey => {
+                "UPDATE ticket_keys SET sealed = ? WHERE id = CAST(? AS SIGNED) AND sealed = ?"
             }
         };
         let r = sqlx::query(sql)

@@ -1,10 +1,12 @@
 //! Connection management: racing handshakes, sealed calls, failover, status.
 
 use floatlm_protocol::envelope::{self, Binding, Direction};
-use floatlm_protocol::handshake::ClientHandshake;
+use floatlm_protocol::handshake::{ClientHandshake, ResumeGrant};
 use floatlm_protocol::keys::SessionKeys;
 use floatlm_protocol::messages::{AuthInfo, ErrorCode, FeatureInfo, Request, Response};
-use floatlm_protocol::{HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_PING, PATH_REQUEST};
+use floatlm_protocol::{
+    HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_PING, PATH_REQUEST, PATH_RESUME,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -112,6 +114,32 @@ pub struct PingInfo {
     pub round_trip: Duration,
 }
 
+/// Sessions this client opened, by how.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Full handshakes with the identity secret (logins).
+    pub handshakes: u64,
+    /// Sessions continued from a resumption ticket.
+    pub resumes: u64,
+    /// Tickets a server refused (expired, revoked); a handshake followed.
+    pub resumes_refused: u64,
+}
+
+/// The last resumption ticket a server handed out, and its secret.
+struct Ticket {
+    bytes: Vec<u8>,
+    secret: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl Ticket {
+    fn from_grant(g: &ResumeGrant) -> Option<Ticket> {
+        Some(Ticket {
+            bytes: hex::decode(&g.ticket).ok()?,
+            secret: zeroize::Zeroizing::new(hex::decode(&g.secret).ok()?),
+        })
+    }
+}
+
 struct ServerEntry {
     spec: ServerSpec,
     state: Mutex<(ServerState, Option<Instant>, Option<String>)>,
@@ -132,6 +160,11 @@ pub(crate) struct Inner {
     instance_id: String,
     active: tokio::sync::Mutex<Option<Arc<Channel>>>,
     requests: AtomicU64,
+    stats: Mutex<SessionStats>,
+    /// The newest resumption ticket per identity id. Instances of one
+    /// cluster share the identity and the ticket keys, so a ticket from one
+    /// server resumes on another; a foreign server refuses it (one round trip).
+    tickets: Mutex<std::collections::HashMap<String, Arc<Ticket>>>,
 }
 
 /// A connection to a set of license servers. Cheap to clone.
@@ -144,6 +177,9 @@ pub struct Client {
 enum Attempt {
     /// Server down or overloaded: mark it failed, use another.
     Failover(String),
+    /// 502/503/504: whatever answered (a proxy, a draining instance) may
+    /// route a second try elsewhere; resume on the same address once.
+    Gateway(String),
     /// Our session is gone on that server: handshake again.
     Rehandshake,
     /// A final answer for the application.
@@ -210,6 +246,8 @@ impl Client {
                 instance_id: random_id(),
                 active: tokio::sync::Mutex::new(None),
                 requests: AtomicU64::new(0),
+                stats: Mutex::new(SessionStats::default()),
+                tickets: Mutex::new(std::collections::HashMap::new()),
             }),
         };
         client.channel().await?;
@@ -304,6 +342,11 @@ impl Client {
             .collect()
     }
 
+    /// How many sessions this client opened by handshake and by resumption.
+    pub fn session_stats(&self) -> SessionStats {
+        *self.inner.stats.lock().expect("lock")
+    }
+
     /// The client's own id, sent as X-LDK-Instance.
     pub fn instance_id(&self) -> &str {
         &self.inner.instance_id
@@ -333,21 +376,32 @@ impl Client {
         st.1 = Some(Instant::now());
     }
 
-    /// Servers worth a handshake now: not failing, or due for a retry.
+    /// Servers worth a handshake now: not failing, or due for a retry. When
+    /// every server is failing and none is due, all within `max_retries` are
+    /// tried anyway: waiting out `retry_interval` would only lose the seats.
     fn eligible(&self) -> Vec<usize> {
         let o = &self.inner.options;
-        (0..self.inner.servers.len())
-            .filter(|&i| {
-                let st = self.inner.servers[i].state.lock().expect("lock");
-                match (&st.0, st.1) {
-                    (ServerState::Failing { retries, .. }, Some(at)) => {
-                        at.elapsed() >= o.retry_interval
-                            && o.max_retries.is_none_or(|m| *retries < m)
+        let mut due = Vec::new();
+        let mut budget_left = Vec::new();
+        for i in 0..self.inner.servers.len() {
+            let st = self.inner.servers[i].state.lock().expect("lock");
+            match (&st.0, st.1) {
+                (ServerState::Failing { retries, .. }, Some(at)) => {
+                    if o.max_retries.is_none_or(|m| *retries < m) {
+                        budget_left.push(i);
+                        if at.elapsed() >= o.retry_interval {
+                            due.push(i);
+                        }
                     }
-                    _ => true,
                 }
-            })
-            .collect()
+                _ => due.push(i),
+            }
+        }
+        if due.is_empty() {
+            budget_left
+        } else {
+            due
+        }
     }
 
     /// The current channel, or a new one from the first server to answer.
@@ -363,7 +417,7 @@ impl Client {
         let mut set = tokio::task::JoinSet::new();
         for i in candidates {
             let this = self.clone();
-            set.spawn(async move { (i, this.handshake(i).await) });
+            set.spawn(async move { (i, this.open_channel(i).await) });
         }
         let mut fatal = None;
         while let Some(joined) = set.join_next().await {
@@ -379,7 +433,7 @@ impl Client {
                     self.mark_failed(i, &e.to_string());
                     fatal.get_or_insert(e);
                 }
-                Err(Attempt::Failover(msg)) => self.mark_failed(i, &msg),
+                Err(Attempt::Failover(msg) | Attempt::Gateway(msg)) => self.mark_failed(i, &msg),
                 Err(Attempt::Rehandshake) => self.mark_failed(i, "handshake refused"),
             }
         }
@@ -397,14 +451,66 @@ impl Client {
             .join("; ")
     }
 
+    /// A session on server `i`: resumed from its last ticket when there is
+    /// one (no login), else a full handshake.
+    async fn open_channel(&self, i: usize) -> Result<Channel, Attempt> {
+        let id = &self.inner.servers[i].spec.identity_id;
+        let ticket = self.inner.tickets.lock().expect("lock").get(id).cloned();
+        if let Some(t) = ticket {
+            match self.resume(i, &t).await {
+                Err(Attempt::Rehandshake) => {
+                    self.inner.stats.lock().expect("lock").resumes_refused += 1;
+                    let mut tickets = self.inner.tickets.lock().expect("lock");
+                    if tickets.get(id).is_some_and(|cur| Arc::ptr_eq(cur, &t)) {
+                        tickets.remove(id);
+                    }
+                }
+                other => return other,
+            }
+        }
+        self.handshake(i).await
+    }
+
     async fn handshake(&self, i: usize) -> Result<Channel, Attempt> {
         let spec = &self.inner.servers[i].spec;
         let (hs, hello) = ClientHandshake::start(&spec.identity_id, spec.secret.as_bytes(), None)
             .map_err(|e| Attempt::Fatal(ClientError::BadIdentity(e.to_string())))?;
+        let auth_failed = || {
+            Attempt::Fatal(ClientError::AuthFailed {
+                server: spec.address.clone(),
+            })
+        };
+        let ch = self
+            .exchange(i, PATH_HANDSHAKE, hs, hello, auth_failed)
+            .await?;
+        self.inner.stats.lock().expect("lock").handshakes += 1;
+        Ok(ch)
+    }
+
+    async fn resume(&self, i: usize, ticket: &Ticket) -> Result<Channel, Attempt> {
+        let (hs, hello) = ClientHandshake::resume(&ticket.bytes, &ticket.secret, None)
+            .map_err(|_| Attempt::Rehandshake)?;
+        let ch = self
+            .exchange(i, PATH_RESUME, hs, hello, || Attempt::Rehandshake)
+            .await?;
+        self.inner.stats.lock().expect("lock").resumes += 1;
+        Ok(ch)
+    }
+
+    /// One handshake or resume round trip; `on_401` says what a refusal means.
+    async fn exchange(
+        &self,
+        i: usize,
+        path: &str,
+        hs: ClientHandshake,
+        hello: Vec<u8>,
+        on_401: impl Fn() -> Attempt,
+    ) -> Result<Channel, Attempt> {
+        let spec = &self.inner.servers[i].spec;
         let resp = self
             .inner
             .http
-            .post(format!("http://{}{PATH_HANDSHAKE}", spec.address))
+            .post(format!("http://{}{path}", spec.address))
             .header(HEADER_INSTANCE, &self.inner.instance_id)
             .body(hello)
             .send()
@@ -416,28 +522,33 @@ impl Client {
             .await
             .map_err(|e| Attempt::Failover(describe(&e)))?;
         if status.as_u16() == 401 {
-            return Err(Attempt::Fatal(ClientError::AuthFailed {
-                server: spec.address.clone(),
-            }));
+            return Err(on_401());
         }
         if !status.is_success() {
-            return Err(Attempt::Failover(http_error(status, &body)));
+            return Err(failover(status, &body));
         }
         let (keys, payload) = hs.finish(&body).map_err(|_| {
             Attempt::Fatal(ClientError::AuthFailed {
                 server: spec.address.clone(),
             })
         })?;
-        if let Some(reason) = payload.refused {
+        if let Some(reason) = payload.refused.clone() {
             return Err(Attempt::Fatal(ClientError::IdentityRefused {
                 server: spec.address.clone(),
                 reason,
             }));
         }
+        if let Some(t) = payload.resume.as_ref().and_then(Ticket::from_grant) {
+            self.inner
+                .tickets
+                .lock()
+                .expect("lock")
+                .insert(spec.identity_id.clone(), Arc::new(t));
+        }
         self.mark_ok(i, Some(&payload.instance));
         Ok(Channel {
             server: i,
-            session: payload.session,
+            session: payload.session.clone(),
             keys,
             seq: AtomicU64::new(0),
         })
@@ -478,7 +589,7 @@ impl Client {
             return Err(Attempt::Rehandshake);
         }
         if status.is_server_error() {
-            return Err(Attempt::Failover(http_error(status, &bytes)));
+            return Err(failover(status, &bytes));
         }
         if !status.is_success() {
             return Err(Attempt::Fatal(ClientError::Server {
@@ -519,7 +630,8 @@ impl Client {
     /// resent unchanged (same request id), so the server acts on it once.
     pub(crate) async fn call(&self, req: &Request) -> Result<Response, ClientError> {
         let mut last = String::new();
-        for _ in 0..(2 * self.inner.servers.len() + 1) {
+        let mut retried_gateway = false;
+        for _ in 0..(2 * self.inner.servers.len() + 2) {
             let ch = self.channel().await?;
             match self.send(&ch, req).await {
                 Ok(r) => {
@@ -528,10 +640,23 @@ impl Client {
                 }
                 Err(Attempt::Fatal(e)) => return Err(e),
                 Err(Attempt::Rehandshake) => {
-                    last = "session expired on the server".into();
+                    last = "session unknown on the server (expired, or another instance answered)"
+                        .into();
                     self.drop_channel(&ch).await;
                 }
-                Err(Attempt::Failover(msg)) => {
+                Err(Attempt::Gateway(msg)) if !retried_gateway => {
+                    // A proxy in front may pick a live instance this time:
+                    // resume there before calling the address failed.
+                    retried_gateway = true;
+                    last = msg;
+                    self.drop_channel(&ch).await;
+                    match self.open_channel(ch.server).await {
+                        Ok(new) => self.set_channel(new).await,
+                        Err(Attempt::Fatal(e)) => return Err(e),
+                        Err(_) => self.mark_failed(ch.server, &last),
+                    }
+                }
+                Err(Attempt::Failover(msg) | Attempt::Gateway(msg)) => {
                     self.mark_failed(ch.server, &msg);
                     last = msg;
                     self.drop_channel(&ch).await;
@@ -541,6 +666,13 @@ impl Client {
         Err(ClientError::Unreachable(format!(
             "gave up after repeated failures; last: {last}"
         )))
+    }
+
+    async fn set_channel(&self, ch: Channel) {
+        let mut active = self.inner.active.lock().await;
+        if active.is_none() {
+            *active = Some(Arc::new(ch));
+        }
     }
 
     async fn drop_channel(&self, ch: &Arc<Channel>) {
@@ -565,6 +697,16 @@ fn describe(e: &reqwest::Error) -> String {
         "connection refused or unreachable".into()
     } else {
         e.to_string()
+    }
+}
+
+/// A non-success answer: 502/503/504 may be a proxy's, worth one more try.
+fn failover(status: reqwest::StatusCode, body: &[u8]) -> Attempt {
+    let msg = http_error(status, body);
+    if matches!(status.as_u16(), 502..=504) {
+        Attempt::Gateway(msg)
+    } else {
+        Attempt::Failover(msg)
     }
 }
 

@@ -18,15 +18,20 @@
 //!   fraction of its TTL; when its server fails, the same lease is renewed
 //!   through another server, with no second login. The application asks the
 //!   handle for its state and the client for each server's status.
+//! * Each server hands out a resumption ticket with every session. When a
+//!   session is lost (an instance died behind a proxy, 401 session_unknown,
+//!   502/503/504), the client resumes it with the ticket on whichever
+//!   instance answers: no login, same leases, same request ids.
 //! * A failed server is retried every [`Options::retry_interval`] (default
-//!   60 s), up to [`Options::max_retries`] times (default: unlimited).
+//!   60 s), up to [`Options::max_retries`] times (default: unlimited); when
+//!   every server is failing, all are tried rather than waiting.
 
 mod client;
 mod error;
 mod handle;
 mod identity;
 
-pub use client::{Client, Options, PingInfo, ServerState, ServerStatus};
+pub use client::{Client, Options, PingInfo, ServerState, ServerStatus, SessionStats};
 pub use error::{ClientError, NoLicenseReason};
 pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
 pub use handle::{HandleState, SeatHandle};

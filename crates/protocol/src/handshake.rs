@@ -4,7 +4,18 @@
 //! ClientHello = version:u8 | id_len:u8 | identity id (ASCII) | Noise message 1 (-> psk, e)
 //! ServerHello = version:u8 | Noise message 2 (<- e, ee; payload = ServerHelloPayload JSON)
 //! prologue    = "floatlm/1 " | identity id
+//!
+//! ResumeHello = version:u8 | ticket_len:u16 BE | ticket | Noise message 1 (-> psk, e)
+//! prologue    = "floatlm/1 resume " | ticket
+//! psk         = derive_resume_psk(resumption secret)
 //! ```
+//!
+//! Resumption is the same one round trip with another PSK: the ticket (sealed
+//! by the cluster, opaque to the client) names the identity and carries the
+//! resumption secret the server handed out with the previous ServerHello. Any
+//! instance that can open the ticket can continue; fresh ephemerals on both
+//! sides make every resumed session's keys new, so nothing recorded from an
+//! earlier session can be replayed into it.
 //!
 //! Message 1 is encrypted under a key mixed from the PSK, so the server learns
 //! the client knows it; message 2 depends on the PSK and both ephemerals, so
@@ -13,11 +24,15 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::keys::{derive_psk, SessionKeys};
+use crate::keys::{derive_psk, derive_resume_psk, SessionKeys};
 use crate::{ProtocolError, NOISE_PATTERN, VERSION};
 
-/// Largest ClientHello or ServerHello accepted.
+/// Largest ClientHello, ResumeHello or ServerHello accepted.
 pub const MAX_HELLO: usize = 4096;
+/// Largest resumption ticket.
+pub const MAX_TICKET: usize = 1024;
+/// Length of a resumption secret, bytes.
+pub const RESUMPTION_SECRET_LEN: usize = 32;
 const MAX_NOISE: usize = 65535;
 
 /// What the server tells the client inside the encrypted second message.
@@ -33,6 +48,36 @@ pub struct ServerHelloPayload {
     /// may not be used (revoked, expired): only the legitimate client reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// How to resume this session on any instance of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeGrant>,
+}
+
+/// A resumption ticket and its secret, handed out inside ServerHello.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeGrant {
+    /// The ticket, hex; sent back verbatim in a ResumeHello.
+    pub ticket: String,
+    /// The resumption secret, hex (32 bytes); the PSK of the resumption.
+    pub secret: String,
+    /// Seconds the ticket stays valid (by the server's database clock).
+    pub valid_for_s: u64,
+}
+
+impl std::fmt::Debug for ResumeGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumeGrant")
+            .field("ticket_len", &(self.ticket.len() / 2))
+            .field("secret", &"[redacted]")
+            .field("valid_for_s", &self.valid_for_s)
+            .finish()
+    }
+}
+
+impl Drop for ResumeGrant {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
 }
 
 fn params() -> snow::params::NoiseParams {
@@ -45,18 +90,20 @@ fn prologue(identity_id: &str) -> Vec<u8> {
     p
 }
 
-/// A Noise state for one side, keyed by the identity's PSK.
+fn resume_prologue(ticket: &[u8]) -> Vec<u8> {
+    let mut p = b"floatlm/1 resume ".to_vec();
+    p.extend_from_slice(ticket);
+    p
+}
+
+/// A Noise state for one side, keyed by `psk` and bound to `prologue`.
 fn noise_state(
-    identity_id: &str,
-    secret: &[u8],
+    psk: &[u8; 32],
+    prologue: &[u8],
     ephemeral: Option<&[u8; 32]>,
     initiator: bool,
 ) -> Result<snow::HandshakeState, ProtocolError> {
-    let psk = Zeroizing::new(derive_psk(secret, identity_id));
-    let prologue = prologue(identity_id);
-    let mut b = snow::Builder::new(params())
-        .psk(0, psk.as_ref())
-        .prologue(&prologue);
+    let mut b = snow::Builder::new(params()).psk(0, psk).prologue(prologue);
     if let Some(e) = ephemeral {
         b = b.fixed_ephemeral_key_for_testing_only(e);
     }
@@ -66,6 +113,39 @@ fn noise_state(
         b.build_responder()
     };
     built.map_err(|_| ProtocolError::Malformed("noise setup"))
+}
+
+fn identity_state(
+    identity_id: &str,
+    secret: &[u8],
+    ephemeral: Option<&[u8; 32]>,
+    initiator: bool,
+) -> Result<snow::HandshakeState, ProtocolError> {
+    let psk = Zeroizing::new(derive_psk(secret, identity_id));
+    noise_state(&psk, &prologue(identity_id), ephemeral, initiator)
+}
+
+fn resume_state(
+    ticket: &[u8],
+    secret: &[u8],
+    ephemeral: Option<&[u8; 32]>,
+    initiator: bool,
+) -> Result<snow::HandshakeState, ProtocolError> {
+    let psk = Zeroizing::new(derive_resume_psk(secret));
+    noise_state(&psk, &resume_prologue(ticket), ephemeral, initiator)
+}
+
+/// Writes Noise message 1 after `header`.
+fn first_message(
+    state: &mut snow::HandshakeState,
+    mut header: Vec<u8>,
+) -> Result<Vec<u8>, ProtocolError> {
+    let mut msg = vec![0u8; 256];
+    let n = state
+        .write_message(&[], &mut msg)
+        .map_err(|_| ProtocolError::Malformed("noise write"))?;
+    header.extend_from_slice(&msg[..n]);
+    Ok(header)
 }
 
 fn valid_id(id: &[u8]) -> bool {
@@ -98,16 +178,35 @@ impl ClientHandshake {
         if !valid_id(identity_id.as_bytes()) {
             return Err(ProtocolError::Malformed("identity id"));
         }
-        let mut state = noise_state(identity_id, secret, ephemeral, true)?;
-        let mut msg = vec![0u8; 256];
-        let n = state
-            .write_message(&[], &mut msg)
-            .map_err(|_| ProtocolError::Malformed("noise write"))?;
-        let mut out = Vec::with_capacity(2 + identity_id.len() + n);
-        out.push(VERSION);
-        out.push(identity_id.len() as u8);
-        out.extend_from_slice(identity_id.as_bytes());
-        out.extend_from_slice(&msg[..n]);
+        let mut state = identity_state(identity_id, secret, ephemeral, true)?;
+        let mut header = Vec::with_capacity(2 + identity_id.len() + 48);
+        header.push(VERSION);
+        header.push(identity_id.len() as u8);
+        header.extend_from_slice(identity_id.as_bytes());
+        let out = first_message(&mut state, header)?;
+        Ok((ClientHandshake { state }, out))
+    }
+
+    /// Starts a resumption with a ticket and its secret from an earlier
+    /// ServerHello; returns the state and the ResumeHello bytes. The answer
+    /// is an ordinary ServerHello, read with [`ClientHandshake::finish`].
+    pub fn resume(
+        ticket: &[u8],
+        secret: &[u8],
+        ephemeral: Option<&[u8; 32]>,
+    ) -> Result<(Self, Vec<u8>), ProtocolError> {
+        if ticket.is_empty() || ticket.len() > MAX_TICKET {
+            return Err(ProtocolError::Malformed("ticket length"));
+        }
+        if secret.len() != RESUMPTION_SECRET_LEN {
+            return Err(ProtocolError::Malformed("resumption secret length"));
+        }
+        let mut state = resume_state(ticket, secret, ephemeral, true)?;
+        let mut header = Vec::with_capacity(3 + ticket.len() + 48);
+        header.push(VERSION);
+        header.extend_from_slice(&(ticket.len() as u16).to_be_bytes());
+        header.extend_from_slice(ticket);
+        let out = first_message(&mut state, header)?;
         Ok((ClientHandshake { state }, out))
     }
 
@@ -125,7 +224,8 @@ impl ClientHandshake {
         if v != VERSION {
             return Err(ProtocolError::UnsupportedVersion(v));
         }
-        let mut buf = vec![0u8; MAX_NOISE];
+        // The payload may carry a resumption secret: wiped after parsing.
+        let mut buf = Zeroizing::new(vec![0u8; MAX_NOISE]);
         let n = self
             .state
             .read_message(noise, &mut buf)
@@ -183,6 +283,64 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError
     })
 }
 
+/// The parts of a ResumeHello readable before any key is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeHello<'a> {
+    /// The ticket as the client sent it (opened by the server).
+    pub ticket: &'a [u8],
+    noise: &'a [u8],
+}
+
+/// Parses the clear framing of a ResumeHello.
+pub fn parse_resume_hello(bytes: &[u8]) -> Result<ResumeHello<'_>, ProtocolError> {
+    if bytes.len() > MAX_HELLO {
+        return Err(ProtocolError::TooLarge);
+    }
+    let (&v, rest) = bytes
+        .split_first()
+        .ok_or(ProtocolError::Malformed("empty"))?;
+    if v != VERSION {
+        return Err(ProtocolError::UnsupportedVersion(v));
+    }
+    if rest.len() < 2 {
+        return Err(ProtocolError::Malformed("truncated"));
+    }
+    let (len, rest) = rest.split_at(2);
+    let len = u16::from_be_bytes([len[0], len[1]]) as usize;
+    if len == 0 || len > MAX_TICKET {
+        return Err(ProtocolError::Malformed("ticket length"));
+    }
+    if rest.len() < len + 32 {
+        return Err(ProtocolError::Malformed("truncated"));
+    }
+    let (ticket, noise) = rest.split_at(len);
+    Ok(ResumeHello { ticket, noise })
+}
+
+/// Reads message 1 and writes the ServerHello carrying `payload`.
+fn answer(
+    mut state: snow::HandshakeState,
+    noise: &[u8],
+    payload: &ServerHelloPayload,
+) -> Result<(SessionKeys, Vec<u8>), ProtocolError> {
+    let mut buf = vec![0u8; MAX_NOISE];
+    state
+        .read_message(noise, &mut buf)
+        .map_err(|_| ProtocolError::AuthFailed)?;
+    let body = Zeroizing::new(
+        serde_json::to_vec(payload).map_err(|_| ProtocolError::Malformed("payload"))?,
+    );
+    let mut msg = vec![0u8; body.len() + 128];
+    let n = state
+        .write_message(&body, &mut msg)
+        .map_err(|_| ProtocolError::TooLarge)?;
+    let keys = split(&mut state)?;
+    let mut out = Vec::with_capacity(1 + n);
+    out.push(VERSION);
+    out.extend_from_slice(&msg[..n]);
+    Ok((keys, out))
+}
+
 /// Server side of the handshake, given the identity's secret.
 ///
 /// For an unknown identity the caller passes a dummy secret: the work done and
@@ -193,19 +351,17 @@ pub fn respond(
     payload: &ServerHelloPayload,
     ephemeral: Option<&[u8; 32]>,
 ) -> Result<(SessionKeys, Vec<u8>), ProtocolError> {
-    let mut state = noise_state(hello.identity_id, secret, ephemeral, false)?;
-    let mut buf = vec![0u8; MAX_NOISE];
-    state
-        .read_message(hello.noise, &mut buf)
-        .map_err(|_| ProtocolError::AuthFailed)?;
-    let body = serde_json::to_vec(payload).map_err(|_| ProtocolError::Malformed("payload"))?;
-    let mut msg = vec![0u8; body.len() + 128];
-    let n = state
-        .write_message(&body, &mut msg)
-        .map_err(|_| ProtocolError::TooLarge)?;
-    let keys = split(&mut state)?;
-    let mut out = Vec::with_capacity(1 + n);
-    out.push(VERSION);
-    out.extend_from_slice(&msg[..n]);
-    Ok((keys, out))
+    let state = identity_state(hello.identity_id, secret, ephemeral, false)?;
+    answer(state, hello.noise, payload)
+}
+
+/// Server side of a resumption, given the secret found in the opened ticket.
+pub fn respond_resume(
+    hello: &ResumeHello<'_>,
+    secret: &[u8],
+    payload: &ServerHelloPayload,
+    ephemeral: Option<&[u8; 32]>,
+) -> Result<(SessionKeys, Vec<u8>), ProtocolError> {
+    let state = resume_state(hello.ticket, secret, ephemeral, false)?;
+    answer(state, hello.noise, payload)
 }

@@ -6,6 +6,7 @@
 //! h        = Noise handshake hash
 //! c2s      = HKDF-SHA256(salt = h, ikm = k1, info = "floatlm c2s v1")                   (32 bytes)
 //! s2c      = HKDF-SHA256(salt = h, ikm = k2, info = "floatlm s2c v1")                   (32 bytes)
+//! rpsk     = HKDF-SHA256(salt = "floatlm-resume-v1", ikm = resumption secret, info = "psk") (32 bytes)
 //! ```
 
 use hkdf::Hkdf;
@@ -18,6 +19,15 @@ pub fn derive_psk(secret: &[u8], identity_id: &str) -> [u8; 32] {
     let hk = Hkdf::<Sha256>::new(Some(b"floatlm-psk-v1"), secret);
     let mut out = [0u8; 32];
     hk.expand(identity_id.as_bytes(), &mut out)
+        .expect("32 bytes is a valid HKDF length");
+    out
+}
+
+/// The pre-shared key of a resumption.
+pub fn derive_resume_psk(resumption_secret: &[u8]) -> [u8; 32] {
+    let hk = Hkdf::<Sha256>::new(Some(b"floatlm-resume-v1"), resumption_secret);
+    let mut out = [0u8; 32];
+    hk.expand(b"psk", &mut out)
         .expect("32 bytes is a valid HKDF length");
     out
 }

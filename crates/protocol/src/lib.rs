@@ -1,7 +1,8 @@
 //! The floatlm wire protocol, shared by server and client. Pure: no I/O.
 //!
 //! * [`handshake`]: Noise_NNpsk0_25519_AESGCM_SHA256 with a per-identity PSK,
-//!   framed with the protocol version and the identity id.
+//!   framed with the protocol version and the identity id; and resumption,
+//!   the same exchange keyed by a ticket's resumption secret.
 //! * [`keys`]: the key schedule (PSK derivation, per-direction session keys).
 //! * [`envelope`]: one AES-256-GCM envelope per request and per response, with
 //!   an explicit sequence number and AAD binding method, path and headers;
@@ -24,6 +25,7 @@ pub const NOISE_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 /// HTTP paths (all under the licensing listener).
 pub const PATH_HANDSHAKE: &str = "/sentinel/ldk/v1/handshake";
 pub const PATH_REQUEST: &str = "/sentinel/ldk/v1/request";
+pub const PATH_RESUME: &str = "/sentinel/ldk/v1/resume";
 pub const PATH_PING: &str = "/sentinel/ldk/v1/ping";
 /// Request header: the client's own random id (proxies hash it for stickiness).
 pub const HEADER_INSTANCE: &str = "x-ldk-instance";

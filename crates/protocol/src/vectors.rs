@@ -6,12 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{self, Binding, Direction};
 use crate::handshake::{self, ClientHandshake, ServerHelloPayload};
-use crate::keys::derive_psk;
+use crate::keys::{derive_psk, derive_resume_psk};
 
 pub const IDENTITY_ID: &str = "00112233aabbccdd";
 pub const SECRET: &str = "floatlm-test-vector-secret-0123456789";
 pub const CLIENT_EPHEMERAL: [u8; 32] = [0x11; 32];
 pub const SERVER_EPHEMERAL: [u8; 32] = [0x22; 32];
+/// A stand-in ticket: the client treats tickets as opaque bytes.
+pub const RESUME_TICKET: &[u8] = b"floatlm-test-vector-ticket";
+pub const RESUME_SECRET: [u8; 32] = [0x33; 32];
 pub const REQUEST_JSON: &str = r#"{"op":"info","features":["demo"]}"#;
 pub const RESPONSE_JSON: &str =
     r#"{"result":"info","features":[{"name":"demo","total":5,"used":1,"free":4}]}"#;
@@ -22,6 +25,20 @@ pub fn server_payload() -> ServerHelloPayload {
         instance: "i-vector".into(),
         lease_ttl_ms: 60_000,
         refused: None,
+        resume: None,
+    }
+}
+
+/// The payload answering the vector resumption: a fresh ticket for next time.
+pub fn resume_payload() -> ServerHelloPayload {
+    ServerHelloPayload {
+        session: "fedcba9876543210fedcba9876543210".into(),
+        resume: Some(handshake::ResumeGrant {
+            ticket: hex::encode(b"floatlm-test-vector-ticket-2"),
+            secret: hex::encode([0x44; 32]),
+            valid_for_s: 86_400,
+        }),
+        ..server_payload()
     }
 }
 
@@ -51,6 +68,13 @@ pub struct Vectors {
     pub request_envelope: String,
     pub response_plaintext: String,
     pub response_envelope: String,
+    pub resume_ticket: String,
+    pub resume_secret: String,
+    pub resume_psk: String,
+    pub resume_hello: String,
+    pub resume_server_hello: String,
+    pub resume_c2s_key: String,
+    pub resume_s2c_key: String,
 }
 
 /// Computes the vectors from the fixed inputs.
@@ -69,6 +93,19 @@ pub fn compute() -> Vectors {
     assert_eq!(keys, server_keys);
     assert_eq!(payload, server_payload());
     let b = binding();
+    let (client, resume_hello) =
+        ClientHandshake::resume(RESUME_TICKET, &RESUME_SECRET, Some(&CLIENT_EPHEMERAL)).unwrap();
+    let parsed = handshake::parse_resume_hello(&resume_hello).unwrap();
+    let (server_resumed, resume_server_hello) = handshake::respond_resume(
+        &parsed,
+        &RESUME_SECRET,
+        &resume_payload(),
+        Some(&SERVER_EPHEMERAL),
+    )
+    .unwrap();
+    let (resumed, payload) = client.finish(&resume_server_hello).unwrap();
+    assert_eq!(resumed, server_resumed);
+    assert_eq!(payload, resume_payload());
     Vectors {
         identity_id: IDENTITY_ID.into(),
         secret: SECRET.into(),
@@ -96,6 +133,13 @@ pub fn compute() -> Vectors {
             &b,
             RESPONSE_JSON.as_bytes(),
         )),
+        resume_ticket: hex::encode(RESUME_TICKET),
+        resume_secret: hex::encode(RESUME_SECRET),
+        resume_psk: hex::encode(derive_resume_psk(&RESUME_SECRET)),
+        resume_hello: hex::encode(&resume_hello),
+        resume_server_hello: hex::encode(&resume_server_hello),
+        resume_c2s_key: hex::encode(resumed.c2s),
+        resume_s2c_key: hex::encode(resumed.s2c),
     }
 }
 

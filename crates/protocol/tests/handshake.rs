@@ -1,8 +1,12 @@
 //! Handshake and vectors: the protocol crate's side of the contract.
 
 use floatlm_protocol::envelope::{self, Direction};
-use floatlm_protocol::handshake::{parse_client_hello, respond, ClientHandshake};
-use floatlm_protocol::vectors::{self, server_payload, IDENTITY_ID, SECRET};
+use floatlm_protocol::handshake::{
+    parse_client_hello, parse_resume_hello, respond, respond_resume, ClientHandshake,
+};
+use floatlm_protocol::vectors::{
+    self, resume_payload, server_payload, IDENTITY_ID, RESUME_SECRET, RESUME_TICKET, SECRET,
+};
 use floatlm_protocol::ProtocolError;
 
 #[test]
@@ -125,7 +129,83 @@ fn versions_and_sizes_are_checked() {
     assert!(ClientHandshake::start("bad id!", b"x", None).is_err());
 }
 
+#[test]
+fn resumption_round_trip_gives_fresh_keys_each_time() {
+    let run = || {
+        let (c, hello) = ClientHandshake::resume(RESUME_TICKET, &RESUME_SECRET, None).unwrap();
+        let parsed = parse_resume_hello(&hello).unwrap();
+        assert_eq!(parsed.ticket, RESUME_TICKET);
+        let (server, reply) =
+            respond_resume(&parsed, &RESUME_SECRET, &resume_payload(), None).unwrap();
+        let (client, payload) = c.finish(&reply).unwrap();
+        assert_eq!(client, server);
+        assert_eq!(payload, resume_payload());
+        client
+    };
+    assert_ne!(run(), run(), "ephemerals make every resumption's keys new");
+}
+
+#[test]
+fn resumption_needs_the_secret_and_the_same_ticket() {
+    let (_, hello) = ClientHandshake::resume(RESUME_TICKET, &[0x55; 32], None).unwrap();
+    let parsed = parse_resume_hello(&hello).unwrap();
+    assert_eq!(
+        respond_resume(&parsed, &RESUME_SECRET, &resume_payload(), None).unwrap_err(),
+        ProtocolError::AuthFailed
+    );
+    // A ticket swapped under a recorded hello: the prologue no longer matches.
+    let (_, hello) = ClientHandshake::resume(RESUME_TICKET, &RESUME_SECRET, None).unwrap();
+    let mut swapped = hello.clone();
+    let at = 3 + RESUME_TICKET.len() - 1;
+    swapped[at] ^= 0x01;
+    let parsed = parse_resume_hello(&swapped).unwrap();
+    assert_eq!(
+        respond_resume(&parsed, &RESUME_SECRET, &resume_payload(), None).unwrap_err(),
+        ProtocolError::AuthFailed
+    );
+    for i in 0..hello.len() {
+        let mut h = hello.clone();
+        h[i] ^= 0x01;
+        let ok = parse_resume_hello(&h)
+            .and_then(|p| respond_resume(&p, &RESUME_SECRET, &resume_payload(), None));
+        assert!(ok.is_err(), "resume hello byte {i}");
+    }
+}
+
+#[test]
+fn resume_hello_framing_is_checked() {
+    assert!(ClientHandshake::resume(&[], &RESUME_SECRET, None).is_err());
+    assert!(ClientHandshake::resume(&[1; 1025], &RESUME_SECRET, None).is_err());
+    assert!(ClientHandshake::resume(RESUME_TICKET, &[1; 31], None).is_err());
+    let (_, mut hello) = ClientHandshake::resume(RESUME_TICKET, &RESUME_SECRET, None).unwrap();
+    assert!(parse_resume_hello(&hello[..hello.len() - 1]).is_ok());
+    assert!(parse_resume_hello(&hello[..3 + RESUME_TICKET.len() + 31]).is_err());
+    hello[1] = 0xff;
+    assert_eq!(
+        parse_resume_hello(&hello).unwrap_err(),
+        ProtocolError::Malformed("ticket length")
+    );
+    assert!(parse_resume_hello(&[1, 0]).is_err());
+    assert!(parse_resume_hello(&[1, 0, 0]).is_err());
+}
+
+#[test]
+fn the_resumption_secret_never_shows_in_debug_output() {
+    let p = resume_payload();
+    let shown = format!("{p:?}");
+    let secret = p.resume.as_ref().unwrap().secret.clone();
+    assert!(!shown.contains(&secret), "{shown}");
+    assert!(shown.contains("redacted"));
+}
+
 proptest::proptest! {
+    #[test]
+    fn resume_hello_parser_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+        if let Ok(p) = parse_resume_hello(&data) {
+            let _ = respond_resume(&p, &RESUME_SECRET, &resume_payload(), None);
+        }
+    }
+
     #[test]
     fn client_hello_parser_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
         if let Ok(p) = parse_client_hello(&data) {
