@@ -3,8 +3,9 @@
 #
 # 1. Makes sure MariaDB is reachable on 127.0.0.1:3306: starts it if it is
 #    installed and stopped, installs it with apt-get if it is absent (as root);
-#    installs nginx-light and faketime if absent (the tests start their own nginx
-#    and run one instance under libfaketime).
+#    installs nginx-light, faketime and docker-compose if absent (the tests
+#    start their own nginx, run one instance under libfaketime and validate
+#    docker-compose.yml; no Docker daemon is used).
 # 2. Runs cargo fmt --check, cargo clippy -D warnings, and every test on both
 #    backends (SQLite and MariaDB).
 #
@@ -54,6 +55,8 @@ ensure_nginx() {
   [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
   # The clock-skew test runs an instance under libfaketime.
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
+  # tests/containers.rs validates docker-compose.yml with Compose.
+  { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing+=(docker-compose)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]} for the active-active tests"
