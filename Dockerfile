@@ -11,9 +11,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates/protocol/Cargo.toml crates/protocol/Cargo.toml
 COPY crates/client/Cargo.toml crates/client/Cargo.toml
-RUN mkdir -p src crates/protocol/src crates/client/src crates/protocol/examples \
+COPY crates/bench/Cargo.toml crates/bench/Cargo.toml
+RUN mkdir -p src crates/protocol/src crates/client/src crates/bench/src crates/protocol/examples \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && touch crates/protocol/src/lib.rs crates/client/src/lib.rs \
+ && echo 'fn main() {}' > crates/bench/src/main.rs \
  && echo 'fn main() {}' > crates/protocol/examples/gen_vectors.rs \
  && cargo fetch --locked
 COPY . .

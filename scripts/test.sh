@@ -13,66 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '==> %s\n' "$*"; }
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
-
-ensure_mariadb() {
-  if [ -n "${FLOATLM_TEST_MYSQL_URL:-}" ]; then
-    say "using FLOATLM_TEST_MYSQL_URL for MariaDB tests"
-    return
-  fi
-  if ! port_open; then
-    if [ ! -x /usr/sbin/mariadbd ] && [ ! -x /usr/sbin/mysqld ]; then
-      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "MariaDB is not installed: installing mariadb-server"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server >/dev/null
-      else
-        echo "MariaDB is not installed. Install it (apt-get install -y mariadb-server) or set FLOATLM_TEST_MYSQL_URL." >&2
-        exit 1
-      fi
-    fi
-    say "starting MariaDB"
-    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
-    daemon=/usr/sbin/mariadbd; [ -x "$daemon" ] || daemon=/usr/sbin/mysqld
-    start-stop-daemon --start --oknodo --background --exec "$daemon" -- --user=mysql 2>/dev/null \
-      || service mariadb start >/dev/null 2>&1 || true
-    for _ in $(seq 1 60); do port_open && break; sleep 0.5; done
-    port_open || { echo "MariaDB did not come up on 127.0.0.1:3306; see its error log (/var/log/mysql/)." >&2; exit 1; }
-  fi
-  # Tests connect as root with no password over TCP. A fresh Debian install only
-  # lets root in through the socket: then create a dedicated test user instead.
-  if command -v mariadb >/dev/null && ! mariadb -uroot -h127.0.0.1 -e 'SELECT 1' >/dev/null 2>&1; then
-    say "root cannot log in over TCP; creating user floatlm_test for the tests"
-    mariadb -uroot -e "CREATE USER IF NOT EXISTS 'floatlm_test'@'127.0.0.1' IDENTIFIED BY 'floatlm_test';
-      GRANT ALL PRIVILEGES ON *.* TO 'floatlm_test'@'127.0.0.1';"
-    export FLOATLM_TEST_MYSQL_URL='mysql://floatlm_test:floatlm_test@127.0.0.1:3306'
-  fi
-}
-
-# The active-active tests run a real NGINX in front of several instances.
-ensure_nginx() {
-  local missing=()
-  [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
-  # The clock-skew test runs an instance under libfaketime.
-  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
-  # tests/containers.rs validates docker-compose.yml with Compose.
-  { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing+=(docker-compose)
-  [ ${#missing[@]} -eq 0 ] && return
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing ${missing[*]} for the active-active tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "missing: ${missing[*]}. Install them (apt-get install -y ${missing[*]})." >&2
-    exit 1
-  fi
-}
+# shellcheck source=scripts/ensure.sh
+source scripts/ensure.sh
 
 ensure_mariadb
 ensure_nginx
 say "cargo fmt --check"
 cargo fmt --all --check
-say "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+say "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   say "cargo nextest run (SQLite and MariaDB)"
   cargo nextest run --workspace --no-fail-fast

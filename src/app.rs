@@ -31,6 +31,10 @@ use crate::storage::{
 };
 
 const CANARY_PLAINTEXT: &[u8] = b"floatlm key canary v1";
+/// Clients' seat counts may be this old (admin views are always fresh).
+const USAGE_CACHE: Duration = Duration::from_secs(1);
+/// A healthz answer may rest on a database probe this old.
+const HEALTH_CACHE: Duration = Duration::from_millis(500);
 /// Request ids are kept this long for idempotent retries.
 const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -103,6 +107,12 @@ pub struct App {
     ticket_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The database clock minus this instance's clock, milliseconds.
     clock_offset_ms: AtomicI64,
+    /// Group commit of heartbeats.
+    renewals: crate::batch::RenewBatcher,
+    /// Seat counts for clients' `info` requests (counting scans every slot).
+    usage_cache: crate::cache::Cached<Vec<FeatureView>>,
+    /// The database probe behind healthz, so probes cost no round trip each.
+    health_cache: crate::cache::Cached<Result<(), String>>,
 }
 
 /// Opens the configured storage backend.
@@ -345,7 +355,7 @@ impl App {
         check_canary(storage.as_ref(), &keyring).await?;
         let app = Arc::new(App {
             vendor_keys: RwLock::new(config.vendor_keys.clone()),
-            storage,
+            storage: storage.clone(),
             keyring,
             draining: AtomicBool::new(false),
             key_problem: RwLock::new(None),
@@ -363,6 +373,9 @@ impl App {
             tickets: TicketKeys::default(),
             ticket_reload: tokio::sync::Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
+            renewals: crate::batch::RenewBatcher::start(storage.clone(), config.lease_ttl),
+            usage_cache: crate::cache::Cached::new(USAGE_CACHE),
+            health_cache: crate::cache::Cached::new(HEALTH_CACHE),
             config,
         });
         app.sync_clock().await?;
@@ -439,10 +452,21 @@ impl App {
         if let Some(why) = self.key_problem.read().expect("lock").clone() {
             return Err(why);
         }
-        match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
-            Err(_) => Err("database did not answer within 2 s".into()),
+        let probe = self
+            .health_cache
+            .get(|| async {
+                Ok::<_, std::convert::Infallible>(
+                    match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+                        Err(_) => Err("database did not answer within 2 s".into()),
+                    },
+                )
+            })
+            .await;
+        match probe {
+            Ok(r) => r,
+            Err(never) => match never {},
         }
     }
 
@@ -482,6 +506,7 @@ impl App {
         let outcome = self.storage.apply_license(&record).await?;
         tracing::info!(license = %v.def.license_id, serial = v.def.serial, ?outcome, "license applied");
         self.verify_integrity().await?;
+        self.usage_cache.clear().await;
         Ok((outcome, v))
     }
 
@@ -593,6 +618,12 @@ impl App {
         })
     }
 
+    /// Seat counts for clients, at most [`USAGE_CACHE`] old: one instance
+    /// counts once per second however many clients ask.
+    pub async fn features_cached(&self) -> Result<Vec<FeatureView>, AppError> {
+        self.usage_cache.get(|| self.features()).await
+    }
+
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
         let rows = self.storage.feature_rows().await?;
         let refused = self.refused.read().expect("lock").clone();
@@ -611,18 +642,25 @@ impl App {
         if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
             return Err(SeatError::Refused(req.feature.clone(), why.clone()));
         }
-        self.storage.grant(req).await
+        let g = self.storage.grant(req).await?;
+        // This instance's own clients see their change at once; others'
+        // changes show within USAGE_CACHE.
+        self.usage_cache.clear().await;
+        Ok(g)
     }
 
+    /// Renews `leases` of `holder`, batched with concurrent heartbeats.
     pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
-        Ok(self
-            .storage
-            .renew(holder, leases, self.config.lease_ttl)
-            .await?)
+        self.renewals
+            .renew(holder, leases)
+            .await
+            .map_err(AppError::Unavailable)
     }
 
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
-        Ok(self.storage.release(holder, lease).await?.is_some())
+        let released = self.storage.release(holder, lease).await?.is_some();
+        self.usage_cache.clear().await;
+        Ok(released)
     }
 
     pub async fn force_release(&self, lease: LeaseRef) -> Result<(), AppError> {

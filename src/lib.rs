@@ -1,5 +1,7 @@
 pub mod app;
 pub mod auth_hook;
+pub mod batch;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -304,7 +304,7 @@ fn unavailable(e: impl std::fmt::Display) -> Reply {
 
 async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Request) -> Reply {
     match req {
-        Request::Info { features } => match app.features().await {
+        Request::Info { features } => match app.features_cached().await {
             Ok(all) => Reply::Info {
                 features: all
                     .into_iter()

@@ -197,6 +197,56 @@ pub struct SealedRow {
     pub sealed: Vec<u8>,
 }
 
+/// One holder's leases in a batched renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewItem {
+    pub holder: String,
+    pub leases: Vec<LeaseRef>,
+}
+
+/// A lease and its holder, as a renewal matches them.
+pub(crate) type HeldLease<'a> = (i64, i64, i64, &'a str);
+
+/// Every distinct (lease, holder) of a batch, sorted (so concurrent batches
+/// lock rows in the same order).
+pub(crate) fn batch_leases(items: &[RenewItem]) -> Vec<HeldLease<'_>> {
+    let mut all: Vec<HeldLease<'_>> = items
+        .iter()
+        .flat_map(|i| {
+            i.leases
+                .iter()
+                .map(move |l| (l.feature_id, l.slot_no, l.lease_gen, i.holder.as_str()))
+        })
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The per-item answers of a batch, given which (lease, holder) were renewed.
+pub(crate) fn batch_results(
+    items: &[RenewItem],
+    renewed: &std::collections::HashSet<HeldLease<'_>>,
+    expires: DateTime<Utc>,
+) -> Vec<Vec<Renewal>> {
+    items
+        .iter()
+        .map(|i| {
+            i.leases
+                .iter()
+                .map(|l| {
+                    if renewed.contains(&(l.feature_id, l.slot_no, l.lease_gen, i.holder.as_str()))
+                    {
+                        Renewal::Renewed(expires)
+                    } else {
+                        Renewal::Lost
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The storage contract. Every method is one transaction (or none).
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -226,9 +276,23 @@ pub trait Storage: Send + Sync + 'static {
 
     // --- seats
     async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError>;
+    /// Renews the leases of several holders in one transaction (group
+    /// commit of concurrent heartbeats); one result list per item, in order.
+    async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>>;
     /// Renews several leases of one holder in one transaction.
-    async fn renew(&self, holder: &str, leases: &[LeaseRef], ttl: Duration)
-        -> Result<Vec<Renewal>>;
+    async fn renew(
+        &self,
+        holder: &str,
+        leases: &[LeaseRef],
+        ttl: Duration,
+    ) -> Result<Vec<Renewal>> {
+        let item = RenewItem {
+            holder: holder.to_string(),
+            leases: leases.to_vec(),
+        };
+        let mut out = self.renew_batch(&[item], ttl).await?;
+        Ok(out.pop().unwrap_or_default())
+    }
     /// Releases a lease held by `holder`; the database time it ended, or
     /// None when it was not live (already released, expired, re-granted).
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;

@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use super::*;
 
+/// Leases per renewal statement (4 placeholders each, far below the limit).
+const RENEW_CHUNK: usize = 1000;
+
 pub struct MySqlStorage {
     pool: MySqlPool,
 }
@@ -151,11 +154,14 @@ impl MySqlStorage {
         .map_err(StorageError::from)?;
         for &fid in &valid {
             // Bounded: each pass either grants, or retires one retiring slot.
+            // The free slot comes from the pick index (never used first, then
+            // the longest free): one index entry read, however many seats are
+            // held. Ordering by slot number would step over every live lease.
             for _ in 0..(MAX_SEATS_PASSES) {
                 let cand: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, lease_gen FROM slots
                      WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
-                     ORDER BY slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
+                     ORDER BY expires_at, slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
                 )
                 .bind(fid)
                 .fetch_optional(&mut *tx)
@@ -691,38 +697,73 @@ impl Storage for MySqlStorage {
         }
     }
 
-    async fn renew(
-        &self,
-        holder: &str,
-        leases: &[LeaseRef],
-        ttl: Duration,
-    ) -> Result<Vec<Renewal>> {
+    async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>> {
+        let all = batch_leases(items);
+        if all.is_empty() {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
+        }
         with_retry(|| async {
             let mut tx = self.pool.begin().await?;
             let now = db_now(&mut tx).await?;
             let expires = add(now, ttl);
-            let mut out = Vec::with_capacity(leases.len());
-            for l in leases {
-                let r = sqlx::query(
-                    "UPDATE slots SET expires_at = ?
-                     WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ? AND state IN (0, 1) AND expires_at > ?",
-                )
-                .bind(expires)
-                .bind(l.feature_id)
-                .bind(l.slot_no)
-                .bind(l.lease_gen)
-                .bind(holder)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                out.push(if r.rows_affected() == 1 {
-                    Renewal::Renewed(utc(expires))
-                } else {
-                    Renewal::Lost
-                });
+            let mut renewed = std::collections::HashSet::new();
+            // One UPDATE per chunk for the whole batch; only when some lease
+            // did not match is a SELECT needed to learn which.
+            for chunk in all.chunks(RENEW_CHUNK) {
+                // The primary key, whatever the statistics say: the pick index
+                // would scan every live lease of the feature.
+                let mut q =
+                    QueryBuilder::<MySql>::new("UPDATE slots FORCE INDEX (PRIMARY) SET expires_at = ");
+                q.push_bind(expires)
+                    .push(" WHERE state IN (0, 1) AND expires_at > ")
+                    .push_bind(now)
+                    .push(" AND (");
+                // OR of primary-key equalities: MariaDB turns a row-value IN
+                // list of one tuple into a full index scan, this it never does.
+                for (i, (f, s, g, h)) in chunk.iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { " OR (" })
+                        .push("feature_id = ")
+                        .push_bind(*f)
+                        .push(" AND slot_no = ")
+                        .push_bind(*s)
+                        .push(" AND lease_gen = ")
+                        .push_bind(*g)
+                        .push(" AND holder = ")
+                        .push_bind(*h)
+                        .push(")");
+                }
+                q.push(")");
+                let r = q.build().execute(&mut *tx).await?;
+                if r.rows_affected() as usize == chunk.len() {
+                    renewed.extend(chunk.iter().copied());
+                    continue;
+                }
+                let mut q = QueryBuilder::<MySql>::new(
+                    "SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen, holder FROM slots FORCE INDEX (PRIMARY) WHERE expires_at = ",
+                );
+                q.push_bind(expires).push(" AND (");
+                for (i, (f, s, _, _)) in chunk.iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { " OR (" })
+                        .push("feature_id = ")
+                        .push_bind(*f)
+                        .push(" AND slot_no = ")
+                        .push_bind(*s)
+                        .push(")");
+                }
+                q.push(")");
+                let rows: Vec<(i64, i64, i64, Option<String>)> =
+                    q.build_query_as().fetch_all(&mut *tx).await?;
+                for (f, s, g, h) in rows {
+                    if let Some(hit) = chunk
+                        .iter()
+                        .find(|c| (c.0, c.1, c.2) == (f, s, g) && Some(c.3) == h.as_deref())
+                    {
+                        renewed.insert(*hit);
+                    }
+                }
             }
             tx.commit().await?;
-            Ok(out)
+            Ok(batch_results(items, &renewed, utc(expires)))
         })
         .await
     }

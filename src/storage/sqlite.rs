@@ -150,7 +150,7 @@ impl SqliteStorage {
                 let cand: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, lease_gen FROM slots
                      WHERE feature_id = ?1 AND state = 0 AND (expires_at IS NULL OR expires_at <= ?2)
-                     ORDER BY slot_no LIMIT 1",
+                     ORDER BY expires_at, slot_no LIMIT 1",
                 )
                 .bind(fid)
                 .bind(now)
@@ -597,39 +597,34 @@ impl Storage for SqliteStorage {
         with_retry(|| self.grant_once(req)).await
     }
 
-    async fn renew(
-        &self,
-        holder: &str,
-        leases: &[LeaseRef],
-        ttl: Duration,
-    ) -> Result<Vec<Renewal>> {
+    async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>> {
+        let all = batch_leases(items);
         with_retry(|| async {
             let mut tx = self.begin().await?;
             let now = db_now(&mut tx).await?;
             let expires = now.saturating_add(micros(ttl));
-            let mut out = Vec::with_capacity(leases.len());
-            for l in leases {
+            let mut renewed = std::collections::HashSet::new();
+            // One local write transaction for the batch; statements are cheap here.
+            for l in &all {
                 let r = sqlx::query(
                     "UPDATE slots SET expires_at = ?1
                      WHERE feature_id = ?2 AND slot_no = ?3 AND lease_gen = ?4 AND holder = ?5 AND state IN (0, 1)
                        AND expires_at > ?6",
                 )
                 .bind(expires)
-                .bind(l.feature_id)
-                .bind(l.slot_no)
-                .bind(l.lease_gen)
-                .bind(holder)
+                .bind(l.0)
+                .bind(l.1)
+                .bind(l.2)
+                .bind(l.3)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                out.push(if r.rows_affected() == 1 {
-                    Renewal::Renewed(utc(expires))
-                } else {
-                    Renewal::Lost
-                });
+                if r.rows_affected() == 1 {
+                    renewed.insert(*l);
+                }
             }
             tx.commit().await?;
-            Ok(out)
+            Ok(batch_results(items, &renewed, utc(expires)))
         })
         .await
     }

@@ -1,0 +1,636 @@
+//! The scenarios, and the orchestrated run that measures them next to the
+//! baselines.
+
+use anyhow::{bail, Context};
+use floatlm_client::{Client, Options};
+use floatlm_protocol::messages::Request;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::baseline::{self, TempDb};
+use crate::load::{closed_loop, paced, Stats};
+use crate::procs::{self, Instance, InstanceSpec};
+use crate::vclient::{self, client_id, Identity, VSession};
+use crate::Args;
+
+/// Features of the benchmark license.
+const CYCLE: &str = "cycle";
+const HELD: &str = "held";
+
+/// Server-side cost of one scenario, from /proc.
+#[derive(Debug, Clone, Default)]
+pub struct ServerUsage {
+    pub instances: usize,
+    /// CPU time of all instances over the scenario's wall time, in cores.
+    pub cpu_cores: f64,
+    pub rss_max_mb: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub scenario: &'static str,
+    pub target: String,
+    pub clients: usize,
+    pub stats: Stats,
+    pub server: Option<ServerUsage>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LiveLeases {
+    pub leases: usize,
+    pub interval_s: f64,
+    pub setup_s: f64,
+    pub rss_per_instance_mb: Vec<f64>,
+    pub sessions_per_instance: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub command: String,
+    pub quick: bool,
+    pub machine: Vec<(String, String)>,
+    pub rows: Vec<Measured>,
+    pub live: Option<LiveLeases>,
+}
+
+impl Results {
+    pub fn find(&self, scenario: &str, target_prefix: &str) -> Option<&Measured> {
+        self.rows
+            .iter()
+            .find(|m| m.scenario == scenario && m.target.starts_with(target_prefix))
+    }
+}
+
+fn http_client(clients: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(clients.max(16) * 2)
+        .timeout(Duration::from_secs(15))
+        .build()?)
+}
+
+/// Runs `f` and measures the given processes around it.
+async fn measured<Fut>(
+    scenario: &'static str,
+    target: &str,
+    clients: usize,
+    pids: &[u32],
+    f: Fut,
+) -> Measured
+where
+    Fut: std::future::Future<Output = Stats>,
+{
+    let before: Vec<(u64, f64)> = pids.iter().map(|p| procs::proc_usage(*p)).collect();
+    let t0 = Instant::now();
+    let stats = f.await;
+    let wall = t0.elapsed().as_secs_f64();
+    let after: Vec<(u64, f64)> = pids.iter().map(|p| procs::proc_usage(*p)).collect();
+    let server = (!pids.is_empty()).then(|| ServerUsage {
+        instances: pids.len(),
+        cpu_cores: before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| a.1 - b.1)
+            .sum::<f64>()
+            / wall.max(1e-9),
+        rss_max_mb: after.iter().map(|a| a.0).max().unwrap_or(0) as f64 / 1048576.0,
+    });
+    let m = Measured {
+        scenario,
+        target: target.to_string(),
+        clients,
+        stats,
+        server,
+    };
+    crate::report::print_row(&m);
+    m
+}
+
+/// Opens `n` sessions on `address`, each checking out one seat of `feature`
+/// when given; `workers` at a time.
+async fn open_sessions(
+    http: &reqwest::Client,
+    ident: &Identity,
+    n: usize,
+    feature: Option<&'static str>,
+    workers: usize,
+) -> anyhow::Result<Vec<Arc<VSession>>> {
+    let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let (h, id, o) = (http.clone(), ident.clone(), out.clone());
+    let stats = closed_loop(workers, Duration::from_secs(3600), n as u64, move |_, _| {
+        let (http, ident, out) = (h.clone(), id.clone(), o.clone());
+        async move {
+            let cid = client_id();
+            let s = vclient::handshake(&http, &ident, cid.clone()).await?;
+            if let Some(f) = feature {
+                s.login(&http, &ident.address, f, format!("{cid}:1"))
+                    .await?;
+            }
+            out.lock().expect("lock").push(Arc::new(s));
+            Ok(())
+        }
+    })
+    .await;
+    if stats.errors > 0 {
+        bail!(
+            "setup: {} of {n} sessions failed; first error: {}",
+            stats.errors,
+            stats.first_error.unwrap_or_default()
+        );
+    }
+    let v = std::mem::take(&mut *out.lock().expect("lock"));
+    Ok(v)
+}
+
+/// handshake, query, checkout_release and heartbeat against one address.
+async fn standard_scenarios(
+    args: &Args,
+    http: &reqwest::Client,
+    ident: &Identity,
+    target: &str,
+    pids: &[u32],
+    cycle_feature: &'static str,
+    held_feature: &'static str,
+) -> anyhow::Result<Vec<Measured>> {
+    let (clients, secs) = (args.clients(), args.seconds());
+    let mut rows = Vec::new();
+
+    let (h, id) = (http.clone(), ident.clone());
+    if args.wants("handshake") {
+        rows.push(
+            measured("handshake", target, clients, pids, async move {
+                closed_loop(clients, secs, u64::MAX, move |_, _| {
+                    let (http, ident) = (h.clone(), id.clone());
+                    async move {
+                        vclient::handshake(&http, &ident, client_id())
+                            .await
+                            .map(|_| ())
+                    }
+                })
+                .await
+            })
+            .await,
+        );
+    }
+
+    if args.wants("query") {
+        let sessions = Arc::new(open_sessions(http, ident, clients, None, clients).await?);
+        let (h, addr, ss) = (http.clone(), ident.address.clone(), sessions.clone());
+        rows.push(
+            measured("query", target, clients, pids, async move {
+                closed_loop(clients, secs, u64::MAX, move |w, _| {
+                    let (http, addr, ss) = (h.clone(), addr.clone(), ss.clone());
+                    async move {
+                        let req = Request::Info {
+                            features: vec![cycle_feature.to_string()],
+                        };
+                        ss[w].call(&http, &addr, &req).await.map(|_| ())
+                    }
+                })
+                .await
+            })
+            .await,
+        );
+    }
+
+    // The client library itself: checkout (a login with a request id) and release.
+    if args.wants("checkout_release") {
+        let mut libs = Vec::new();
+        for _ in 0..clients {
+            libs.push(
+                Client::connect(&[ident.to_identity_string()], Options::default())
+                    .await
+                    .with_context(|| {
+                        format!("client library cannot connect to {}", ident.address)
+                    })?,
+            );
+        }
+        let libs = Arc::new(libs);
+        rows.push(
+            measured("checkout_release", target, clients, pids, async move {
+                closed_loop(clients, secs, u64::MAX, move |w, _| {
+                    let libs = libs.clone();
+                    async move {
+                        let seat = libs[w]
+                            .checkout(cycle_feature)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        if seat.release().await {
+                            Ok(())
+                        } else {
+                            Err("release answered not released".into())
+                        }
+                    }
+                })
+                .await
+            })
+            .await,
+        );
+    }
+
+    if args.wants("heartbeat") {
+        let held =
+            Arc::new(open_sessions(http, ident, args.leases(), Some(held_feature), clients).await?);
+        let (h, addr) = (http.clone(), ident.address.clone());
+        rows.push(
+            measured("heartbeat", target, clients, pids, async move {
+                closed_loop(clients, secs, u64::MAX, move |_, n| {
+                    let (http, addr, held) = (h.clone(), addr.clone(), held.clone());
+                    async move { held[n as usize % held.len()].heartbeat(&http, &addr).await }
+                })
+                .await
+            })
+            .await,
+        );
+    }
+    Ok(rows)
+}
+
+/// Loads a server someone else started (no baselines, no server figures).
+pub async fn external(args: &Args, identity: &str) -> anyhow::Result<Results> {
+    let ident = Identity::parse(identity)?;
+    crate::ensure_loopback(&ident.address)?;
+    let http = http_client(args.clients())?;
+    let feature: &'static str = Box::leak(args.feature.clone().into_boxed_str());
+    let rows = standard_scenarios(
+        args,
+        &http,
+        &ident,
+        &format!("external {}", ident.address),
+        &[],
+        feature,
+        feature,
+    )
+    .await?;
+    Ok(Results {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: args.quick,
+        machine: machine(None).await,
+        rows,
+        live: None,
+    })
+}
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn run(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(bin).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} {}: {}",
+            bin.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn admin(
+    http: &reqwest::Client,
+    inst: &Instance,
+    token: &str,
+    path: &str,
+    body: reqwest::Body,
+    json: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let mut rb = http
+        .post(format!("http://{}{path}", inst.admin))
+        .bearer_auth(token)
+        .body(body);
+    if json {
+        rb = rb.header("content-type", "application/json");
+    }
+    let r = rb.send().await?;
+    let status = r.status();
+    let v: serde_json::Value = r.json().await?;
+    if !status.is_success() {
+        bail!("admin {path}: HTTP {status}: {v}");
+    }
+    Ok(v)
+}
+
+/// The whole run: baselines, one instance, three instances behind NGINX.
+pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
+    if !args.floatlm.exists() {
+        bail!(
+            "{} does not exist: build it with cargo build --release (scripts/bench.sh does)",
+            args.floatlm.display()
+        );
+    }
+    let (clients, secs) = (args.clients(), args.seconds());
+    let dir = args.keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("floatlm-bench-{:08x}", rand::random::<u32>()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    let http = http_client(clients)?;
+    let shipped_nginx = repo_file("nginx/floatlm-hash.conf");
+    let mut rows = Vec::new();
+
+    println!(
+        "baselines ({clients} clients, {:.0} s each)",
+        secs.as_secs_f64()
+    );
+    if args.wants("db_transaction") {
+        let db_raw = baseline::db_transactions(&args.mysql, clients, secs).await?;
+        rows.push(Measured {
+            scenario: "db_transaction",
+            target: "baseline: MariaDB, sqlx".into(),
+            clients,
+            stats: db_raw,
+            server: None,
+        });
+        crate::report::print_row(rows.last().expect("pushed"));
+    }
+    if args.wants("nginx_proxy") {
+        let nginx_raw = baseline::nginx_proxy(&shipped_nginx, &dir, &http, clients, secs).await?;
+        rows.push(Measured {
+            scenario: "nginx_proxy",
+            target: "baseline: NGINX, trivial upstream".into(),
+            clients,
+            stats: nginx_raw,
+            server: None,
+        });
+        crate::report::print_row(rows.last().expect("pushed"));
+    }
+
+    // A vendor key, a license with two features, a fresh database.
+    let bin = args.floatlm.as_path();
+    let vendor = dir.join("vendor");
+    run(
+        bin,
+        &["vendor", "keygen", "--out", &vendor.display().to_string()],
+    )?;
+    let def = dir.join("bench.toml");
+    std::fs::write(
+        &def,
+        format!(
+            "license_id = \"BENCH\"\nserial = 1\ncustomer = \"bench\"\n\
+             [[feature]]\nname = \"{CYCLE}\"\nseats = 10000\n\
+             [[feature]]\nname = \"{HELD}\"\nseats = 100000\n"
+        ),
+    )?;
+    let lic = dir.join("bench.lic");
+    run(
+        bin,
+        &[
+            "vendor",
+            "sign",
+            "--key",
+            &vendor.join("vendor.key").display().to_string(),
+            "--out",
+            &lic.display().to_string(),
+            &def.display().to_string(),
+        ],
+    )?;
+    let db = TempDb::create(&args.mysql, "floatlm_bench").await?;
+    let master_key = format!("k1:{}", base64_encode(&rand::random::<[u8; 32]>()));
+    let token = format!("bench-admin-{:016x}", rand::random::<u64>());
+    let vendor_pub = vendor.join("vendor.pub");
+    let spec = InstanceSpec {
+        bin,
+        dir: &dir,
+        database_url: &db.url,
+        master_key: &master_key,
+        admin_token: &token,
+        vendor_pub: &vendor_pub,
+        // Long enough that leases survive the set-up of the largest scenario.
+        lease_ttl: "600s",
+        log_level: &args.server_log_level,
+    };
+    let result = async {
+        let first = procs::start_instance(&spec, "bench-1")?;
+        admin(
+            &http,
+            &first,
+            &token,
+            "/admin/v1/licenses",
+            std::fs::read_to_string(&lic)?.into(),
+            false,
+        )
+        .await?;
+        let v = admin(
+            &http,
+            &first,
+            &token,
+            "/admin/v1/identities",
+            r#"{"name":"bench"}"#.into(),
+            true,
+        )
+        .await?;
+        let ident = Identity::parse(v["identity_string"].as_str().unwrap_or_default())?;
+
+        println!("one instance, direct");
+        let direct = ident.at(&first.licensing);
+        rows.extend(
+            standard_scenarios(
+                args,
+                &http,
+                &direct,
+                "1 instance, direct",
+                &[first.child.id()],
+                CYCLE,
+                HELD,
+            )
+            .await?,
+        );
+        // Fresh instances for the cluster, so memory figures start clean.
+        drop(first);
+        let cluster: Vec<Instance> = ["bench-1", "bench-2", "bench-3"]
+            .iter()
+            .map(|id| procs::start_instance(&spec, id))
+            .collect::<anyhow::Result<_>>()?;
+        let pids: Vec<u32> = cluster.iter().map(|i| i.child.id()).collect();
+        let upstreams: Vec<String> = cluster.iter().map(|i| i.licensing.clone()).collect();
+        let nginx = procs::start_nginx(&shipped_nginx, &upstreams, &dir)?;
+        let proxied = ident.at(&nginx.address);
+
+        // Live leases first, on fresh instances: N sessions, one lease each,
+        // each heartbeating once per interval.
+        let n = if args.wants("live_leases") {
+            args.live_leases()
+        } else {
+            0
+        };
+        println!("three instances behind NGINX: {n} live leases");
+        let t0 = Instant::now();
+        let live_sessions =
+            Arc::new(open_sessions(&http, &proxied, n, Some(HELD), clients.max(64)).await?);
+        let setup_s = t0.elapsed().as_secs_f64();
+        let mut live = LiveLeases {
+            leases: n,
+            interval_s: args.interval,
+            setup_s,
+            ..LiveLeases::default()
+        };
+        for inst in &cluster {
+            live.rss_per_instance_mb
+                .push(procs::proc_usage(inst.child.id()).0 as f64 / 1048576.0);
+            let st: serde_json::Value = http
+                .get(format!("http://{}/admin/v1/status", inst.admin))
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            live.sessions_per_instance
+                .push(st["sessions"]["active"].as_u64().unwrap_or(0));
+        }
+        let rate = n as f64 / args.interval.max(0.1);
+        let run_for = if args.quick {
+            secs * 2
+        } else {
+            Duration::from_secs_f64(args.interval * 2.0)
+        };
+        let (h, addr, ls) = (http.clone(), proxied.address.clone(), live_sessions.clone());
+        if n > 0 {
+            rows.push(
+                measured(
+                    "live_leases",
+                    &format!("3 instances, NGINX, {n} leases / {:.0} s", args.interval),
+                    clients,
+                    &pids,
+                    async move {
+                        paced(rate, run_for, 4096, move |i| {
+                            let (http, addr, ls) = (h.clone(), addr.clone(), ls.clone());
+                            async move { ls[i as usize % ls.len()].heartbeat(&http, &addr).await }
+                        })
+                        .await
+                    },
+                )
+                .await,
+            );
+        }
+        live.rss_per_instance_mb = cluster
+            .iter()
+            .map(|i| procs::proc_usage(i.child.id()).0 as f64 / 1048576.0)
+            .collect();
+        drop(live_sessions);
+
+        println!("three instances behind NGINX");
+        rows.extend(
+            standard_scenarios(
+                args,
+                &http,
+                &proxied,
+                "3 instances, NGINX",
+                &pids,
+                CYCLE,
+                HELD,
+            )
+            .await?,
+        );
+        drop(nginx);
+        drop(cluster);
+        anyhow::Ok((n > 0).then_some(live))
+    }
+    .await;
+    db.drop_now().await;
+    let live = result?;
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(Results {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: args.quick,
+        machine: machine(Some(&args.mysql)).await,
+        rows,
+        live,
+    })
+}
+
+/// Standard base64 (RFC 4648) of `bytes`, for the master key.
+fn base64_encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What the figures were measured on.
+async fn machine(mysql: Option<&str>) -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or("unknown".into(), |kb| {
+            format!("{:.0} GiB", kb as f64 / 1048576.0)
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut m = vec![
+        ("CPU".to_string(), format!("{cpu} ({cores} cores)")),
+        ("memory".to_string(), mem),
+        ("kernel".to_string(), kernel),
+    ];
+    if let Some(url) = mysql {
+        let v = async {
+            let pool = sqlx::MySqlPool::connect(url).await.ok()?;
+            let v: String = sqlx::query_scalar("SELECT VERSION()")
+                .fetch_one(&pool)
+                .await
+                .ok()?;
+            pool.close().await;
+            Some(v)
+        }
+        .await;
+        m.push(("database".into(), v.unwrap_or_else(|| "unknown".into())));
+    }
+    if let Ok(nginx) = procs::nginx_binary() {
+        let v = std::process::Command::new(nginx)
+            .arg("-v")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+            .unwrap_or_default();
+        m.push(("proxy".into(), v.replace("nginx version: ", "")));
+    }
+    m.push((
+        "floatlm".into(),
+        format!("{} (release build)", env!("CARGO_PKG_VERSION")),
+    ));
+    m.push((
+        "load generator".into(),
+        "floatlm-bench on the same machine (it competes with the servers for the same cores)"
+            .into(),
+    ));
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(super::base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64_encode(b"fooba"), "Zm9vYmE=");
+        assert_eq!(super::base64_encode(b"foob"), "Zm9vYg==");
+    }
+}
