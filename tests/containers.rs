@@ -8,6 +8,16 @@ use common::{ServerProc, BIN};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Asserts a command succeeded, showing its output when not.
+fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -43,11 +53,7 @@ fn compose_validates_the_compose_file() {
         .env("FLOATLM_VENDOR_KEYS", "")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "compose config failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out, "compose config");
 }
 
 #[test]
@@ -138,11 +144,7 @@ fn the_secrets_script_makes_a_config_that_passes_config_check_and_keeps_existing
             .env("FLOATLM_DB_HOST", "127.0.0.1")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_ok(&out, "deploy/init-secrets.sh");
     };
     run();
     let read = |f: &str| std::fs::read_to_string(secrets.join(f)).unwrap();
@@ -162,11 +164,7 @@ fn the_secrets_script_makes_a_config_that_passes_config_check_and_keeps_existing
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out, "floatlm config check");
     assert!(
         !stdout.contains(key.trim().split(':').nth(1).unwrap()),
         "key redacted"
@@ -208,11 +206,7 @@ fn the_compose_nginx_config_passes_nginx_t() {
         .arg(format!("pid {}/nginx.pid;", dir.path().display()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out, "nginx -t");
 }
 
 #[test]

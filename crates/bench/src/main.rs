@@ -34,7 +34,8 @@ pub struct Args {
     /// Concurrent clients per scenario [default: 32 quick, 64 full].
     #[arg(long)]
     pub clients: Option<usize>,
-    /// Sessions holding one lease each for the heartbeat scenario [default: 1000 quick, 5000 full].
+    /// Sessions holding one lease each for the heartbeat scenario, at most
+    /// 10000 [default: 1000 quick, 5000 full].
     #[arg(long)]
     pub leases: Option<usize>,
     /// Live leases of the paced scenario on the three-instance cluster,
@@ -100,7 +101,7 @@ impl Args {
     pub fn leases(&self) -> usize {
         self.leases
             .unwrap_or(if self.quick { 1000 } else { 5000 })
-            .clamp(1, 100_000)
+            .clamp(1, 10_000)
     }
     pub fn live_leases(&self) -> usize {
         self.live_leases

@@ -2,6 +2,7 @@
 //! baselines.
 
 use anyhow::{bail, Context};
+use base64::Engine;
 use floatlm_client::{Client, Options};
 use floatlm_protocol::messages::Request;
 use std::path::{Path, PathBuf};
@@ -14,9 +15,11 @@ use crate::procs::{self, Instance, InstanceSpec};
 use crate::vclient::{self, client_id, Identity, VSession};
 use crate::Args;
 
-/// Features of the benchmark license.
+/// Features of the benchmark license: checkout cycles, the heartbeat
+/// scenario's leases (both phases), and the paced live-lease scenario.
 const CYCLE: &str = "cycle";
 const HELD: &str = "held";
+const LIVE: &str = "live";
 
 /// Server-side cost of one scenario, from /proc.
 #[derive(Debug, Clone, Default)]
@@ -371,7 +374,8 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         format!(
             "license_id = \"BENCH\"\nserial = 1\ncustomer = \"bench\"\n\
              [[feature]]\nname = \"{CYCLE}\"\nseats = 10000\n\
-             [[feature]]\nname = \"{HELD}\"\nseats = 100000\n"
+             [[feature]]\nname = \"{HELD}\"\nseats = 20000\n\
+             [[feature]]\nname = \"{LIVE}\"\nseats = 100000\n"
         ),
     )?;
     let lic = dir.join("bench.lic");
@@ -388,7 +392,10 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         ],
     )?;
     let db = TempDb::create(&args.mysql, "floatlm_bench").await?;
-    let master_key = format!("k1:{}", base64_encode(&rand::random::<[u8; 32]>()));
+    let master_key = format!(
+        "k1:{}",
+        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+    );
     let token = format!("bench-admin-{:016x}", rand::random::<u64>());
     let vendor_pub = vendor.join("vendor.pub");
     let spec = InstanceSpec {
@@ -459,7 +466,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         println!("three instances behind NGINX: {n} live leases");
         let t0 = Instant::now();
         let live_sessions =
-            Arc::new(open_sessions(&http, &proxied, n, Some(HELD), clients.max(64)).await?);
+            Arc::new(open_sessions(&http, &proxied, n, Some(LIVE), clients.max(64)).await?);
         let setup_s = t0.elapsed().as_secs_f64();
         let mut live = LiveLeases {
             leases: n,
@@ -543,25 +550,6 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
     })
 }
 
-/// Standard base64 (RFC 4648) of `bytes`, for the master key.
-fn base64_encode(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in bytes.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// What the figures were measured on.
 async fn machine(mysql: Option<&str>) -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -623,14 +611,4 @@ async fn machine(mysql: Option<&str>) -> Vec<(String, String)> {
             .into(),
     ));
     m
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(super::base64_encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(super::base64_encode(b"fooba"), "Zm9vYmE=");
-        assert_eq!(super::base64_encode(b"foob"), "Zm9vYg==");
-    }
 }

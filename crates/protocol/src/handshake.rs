@@ -215,15 +215,7 @@ impl ClientHandshake {
         mut self,
         server_hello: &[u8],
     ) -> Result<(SessionKeys, ServerHelloPayload), ProtocolError> {
-        if server_hello.len() > MAX_HELLO {
-            return Err(ProtocolError::TooLarge);
-        }
-        let (&v, noise) = server_hello
-            .split_first()
-            .ok_or(ProtocolError::Malformed("empty"))?;
-        if v != VERSION {
-            return Err(ProtocolError::UnsupportedVersion(v));
-        }
+        let noise = versioned(server_hello)?;
         // The payload may carry a resumption secret: wiped after parsing.
         let mut buf = Zeroizing::new(vec![0u8; MAX_NOISE]);
         let n = self
@@ -247,15 +239,8 @@ fn split(state: &mut snow::HandshakeState) -> Result<SessionKeys, ProtocolError>
     Ok(SessionKeys::derive(&k1, &k2, &h))
 }
 
-/// The parts of a ClientHello readable before any key is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientHello<'a> {
-    pub identity_id: &'a str,
-    noise: &'a [u8],
-}
-
-/// Parses the clear framing of a ClientHello.
-pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError> {
+/// Checks the size bound and the version byte of a hello; the rest.
+fn versioned(bytes: &[u8]) -> Result<&[u8], ProtocolError> {
     if bytes.len() > MAX_HELLO {
         return Err(ProtocolError::TooLarge);
     }
@@ -265,6 +250,19 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError
     if v != VERSION {
         return Err(ProtocolError::UnsupportedVersion(v));
     }
+    Ok(rest)
+}
+
+/// The parts of a ClientHello readable before any key is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello<'a> {
+    pub identity_id: &'a str,
+    noise: &'a [u8],
+}
+
+/// Parses the clear framing of a ClientHello.
+pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError> {
+    let rest = versioned(bytes)?;
     let (&len, rest) = rest
         .split_first()
         .ok_or(ProtocolError::Malformed("truncated"))?;
@@ -293,15 +291,7 @@ pub struct ResumeHello<'a> {
 
 /// Parses the clear framing of a ResumeHello.
 pub fn parse_resume_hello(bytes: &[u8]) -> Result<ResumeHello<'_>, ProtocolError> {
-    if bytes.len() > MAX_HELLO {
-        return Err(ProtocolError::TooLarge);
-    }
-    let (&v, rest) = bytes
-        .split_first()
-        .ok_or(ProtocolError::Malformed("empty"))?;
-    if v != VERSION {
-        return Err(ProtocolError::UnsupportedVersion(v));
-    }
+    let rest = versioned(bytes)?;
     if rest.len() < 2 {
         return Err(ProtocolError::Malformed("truncated"));
     }
