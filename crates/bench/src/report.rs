@@ -291,7 +291,7 @@ const NOTES: &str = r#"## Where the time goes
 
 - **Heartbeats are group-committed.** Concurrent heartbeats queue in each
   instance and a few workers renew everything queued in one transaction
-  (one `UPDATE … WHERE (feature_id, slot_no, lease_gen, holder) IN (…)`), so
+  (one `UPDATE … WHERE (primary key and lease_gen and holder) OR …`), so
   under load a heartbeat does not cost a database round trip of its own and
   its throughput is bounded by CPU (envelope crypto, HTTP), not by the
   database. Under light load a heartbeat runs alone at once: batching adds no
