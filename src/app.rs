@@ -506,7 +506,7 @@ impl App {
         let outcome = self.storage.apply_license(&record).await?;
         tracing::info!(license = %v.def.license_id, serial = v.def.serial, ?outcome, "license applied");
         self.verify_integrity().await?;
-        self.usage_cache.clear().await;
+        self.usage_cache.clear();
         Ok((outcome, v))
     }
 
@@ -645,7 +645,7 @@ impl App {
         let g = self.storage.grant(req).await?;
         // This instance's own clients see their change at once; others'
         // changes show within USAGE_CACHE.
-        self.usage_cache.clear().await;
+        self.usage_cache.clear();
         Ok(g)
     }
 
@@ -659,7 +659,7 @@ impl App {
 
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
         let released = self.storage.release(holder, lease).await?.is_some();
-        self.usage_cache.clear().await;
+        self.usage_cache.clear();
         Ok(released)
     }
 

@@ -2,17 +2,21 @@
 //! others wait for that fetch instead of repeating it).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Cached<T> {
     ttl: Duration,
-    slot: tokio::sync::Mutex<Option<(Instant, T)>>,
+    /// Bumped by [`Cached::clear`]; a value fetched under an older epoch is stale.
+    epoch: AtomicU64,
+    slot: tokio::sync::Mutex<Option<(Instant, u64, T)>>,
 }
 
 impl<T: Clone> Cached<T> {
     pub fn new(ttl: Duration) -> Self {
         Cached {
             ttl,
+            epoch: AtomicU64::new(0),
             slot: tokio::sync::Mutex::new(None),
         }
     }
@@ -25,19 +29,21 @@ impl<T: Clone> Cached<T> {
         Fut: Future<Output = Result<T, E>>,
     {
         let mut slot = self.slot.lock().await;
-        if let Some((at, v)) = slot.as_ref() {
-            if at.elapsed() < self.ttl {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some((at, e, v)) = slot.as_ref() {
+            if *e == epoch && at.elapsed() < self.ttl {
                 return Ok(v.clone());
             }
         }
         let v = fetch().await?;
-        *slot = Some((Instant::now(), v.clone()));
+        *slot = Some((Instant::now(), epoch, v.clone()));
         Ok(v)
     }
 
-    /// Forgets the value (after a change that must show at once).
-    pub async fn clear(&self) {
-        *self.slot.lock().await = None;
+    /// Marks the value stale (after a change that must show at once). Never
+    /// waits, not even for a fetch in flight: that one is stale on arrival.
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -74,7 +80,7 @@ mod tests {
             c.get(|| async { Err::<u32, _>("not called") }).await,
             Ok(99)
         );
-        c.clear().await;
+        c.clear();
         assert_eq!(c.get(|| async { Err::<u32, _>("down") }).await, Err("down"));
     }
 }
