@@ -180,7 +180,7 @@ enum Attempt {
     /// 502/503/504: whatever answered (a proxy, a draining instance) may
     /// route a second try elsewhere; resume on the same address once.
     Gateway(String),
-    /// Our session is gone on that server: handshake again.
+    /// Our session is gone on that server: resume (or handshake) again.
     Rehandshake,
     /// A final answer for the application.
     Fatal(ClientError),
