@@ -110,7 +110,7 @@ pub struct App {
     /// Group commit of heartbeats.
     renewals: crate::batch::RenewBatcher,
     /// Seat counts for clients' `info` requests (counting scans every slot).
-    usage_cache: crate::cache::Cached<Vec<FeatureView>>,
+    usage_cache: crate::cache::Cached<Arc<Vec<FeatureView>>>,
     /// The database probe behind healthz, so probes cost no round trip each.
     health_cache: crate::cache::Cached<Result<(), String>>,
 }
@@ -620,8 +620,10 @@ impl App {
 
     /// Seat counts for clients, at most [`USAGE_CACHE`] old: one instance
     /// counts once per second however many clients ask.
-    pub async fn features_cached(&self) -> Result<Vec<FeatureView>, AppError> {
-        self.usage_cache.get(|| self.features()).await
+    pub async fn features_cached(&self) -> Result<Arc<Vec<FeatureView>>, AppError> {
+        self.usage_cache
+            .get(|| async { self.features().await.map(Arc::new) })
+            .await
     }
 
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
@@ -1034,7 +1036,7 @@ impl App {
     async fn open_ticket(&self, ticket: &[u8]) -> Result<OpenedTicket, TicketError> {
         match self.tickets.open(ticket) {
             Err(TicketError::UnknownKey(id))
-                if self.tickets.ids().last().is_none_or(|&n| id > n)
+                if self.tickets.newest().is_none_or(|n| id > n)
                     && id <= self.db_now().timestamp() + 60 =>
             {
                 let mut last = self.ticket_reload.lock().await;

@@ -84,18 +84,19 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
 
 async fn worker(storage: Arc<dyn Storage>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, ttl: Duration) {
     while let Some(jobs) = next_batch(&rx).await {
-        let items: Vec<RenewItem> = jobs.iter().map(|j| j.item.clone()).collect();
+        let (items, replies): (Vec<RenewItem>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
         match storage.renew_batch(&items, ttl).await {
             Ok(results) => {
-                for (job, r) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(r));
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, heartbeats = items.len(), "batched renewal failed");
-                for job in jobs {
-                    let _ = job.reply.send(Err(msg.clone()));
+                for reply in replies {
+                    let _ = reply.send(Err(msg.clone()));
                 }
             }
         }

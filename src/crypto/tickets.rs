@@ -100,6 +100,11 @@ impl TicketKeys {
         self.keys.read().expect("lock").keys().copied().collect()
     }
 
+    /// The newest key id held, if any.
+    pub fn newest(&self) -> Option<i64> {
+        self.keys.read().expect("lock").keys().next_back().copied()
+    }
+
     pub fn contains(&self, id: i64) -> bool {
         self.keys.read().expect("lock").contains_key(&id)
     }

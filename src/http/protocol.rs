@@ -307,10 +307,10 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
         Request::Info { features } => match app.features_cached().await {
             Ok(all) => Reply::Info {
                 features: all
-                    .into_iter()
+                    .iter()
                     .filter(|f| features.is_empty() || features.contains(&f.usage.name))
                     .map(|f| FeatureInfo {
-                        name: f.usage.name,
+                        name: f.usage.name.clone(),
                         total: f.usage.total,
                         used: f.usage.used,
                         free: if f.refused.is_some() { 0 } else { f.usage.free },

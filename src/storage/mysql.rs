@@ -753,12 +753,11 @@ impl Storage for MySqlStorage {
                 q.push(")");
                 let rows: Vec<(i64, i64, i64, Option<String>)> =
                     q.build_query_as().fetch_all(&mut *tx).await?;
+                // `chunk` is sorted (batch_leases): look each row up.
                 for (f, s, g, h) in rows {
-                    if let Some(hit) = chunk
-                        .iter()
-                        .find(|c| (c.0, c.1, c.2) == (f, s, g) && Some(c.3) == h.as_deref())
-                    {
-                        renewed.insert(*hit);
+                    let Some(h) = h else { continue };
+                    if let Ok(i) = chunk.binary_search_by(|c| (c.0, c.1, c.2, c.3).cmp(&(f, s, g, &h))) {
+                        renewed.insert(chunk[i]);
                     }
                 }
             }
