@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -109,6 +109,16 @@ pub struct App {
     clock_offset_ms: AtomicI64,
     /// Group commit of heartbeats.
     renewals: crate::batch::RenewBatcher,
+    /// Expiries this instance recorded, so most heartbeats need no write.
+    held: crate::held::HeldLeases,
+    /// The cluster's force-release count when `held` was last checked.
+    revocations_seen: AtomicI64,
+    /// When that check last succeeded, milliseconds since `started`.
+    revocations_checked_ms: AtomicI64,
+    started: std::time::Instant,
+    /// Leases renewed from memory / by a database write.
+    renewed_from_memory: AtomicU64,
+    renewed_by_write: AtomicU64,
     /// Seat counts for clients' `info` requests (counting scans every slot).
     usage_cache: crate::cache::Cached<Arc<Vec<FeatureView>>>,
     /// The database probe behind healthz, so probes cost no round trip each.
@@ -373,7 +383,13 @@ impl App {
             tickets: TicketKeys::default(),
             ticket_reload: tokio::sync::Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
-            renewals: crate::batch::RenewBatcher::start(storage.clone(), config.lease_ttl),
+            renewals: crate::batch::RenewBatcher::start(storage.clone(), config.lease_hold),
+            held: crate::held::HeldLeases::default(),
+            revocations_seen: AtomicI64::new(storage.revocations().await?),
+            revocations_checked_ms: AtomicI64::new(0),
+            started: std::time::Instant::now(),
+            renewed_from_memory: AtomicU64::new(0),
+            renewed_by_write: AtomicU64::new(0),
             usage_cache: crate::cache::Cached::new(USAGE_CACHE),
             health_cache: crate::cache::Cached::new(HEALTH_CACHE),
             config,
@@ -644,29 +660,119 @@ impl App {
         if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
             return Err(SeatError::Refused(req.feature.clone(), why.clone()));
         }
+        let epoch = self.held.epoch();
         let g = self.storage.grant(req).await?;
+        self.held.record(epoch, &req.holder, g.lease, g.expires_at);
         // This instance's own clients see their change at once; others'
         // changes show within USAGE_CACHE.
         self.usage_cache.clear();
         Ok(g)
     }
 
-    /// Renews `leases` of `holder`, batched with concurrent heartbeats.
+    /// How long a client may use a lease the database holds until
+    /// `expires_at`: `lease_ttl`, or less when less is left.
+    pub fn promise(&self, expires_at: DateTime<Utc>) -> Duration {
+        let left = (expires_at - self.db_now()).to_std().unwrap_or_default();
+        left.saturating_sub(crate::held::CLOCK_MARGIN)
+            .min(self.config.lease_ttl)
+    }
+
+    /// Renews `leases` of `holder`. A lease whose recorded expiry still
+    /// covers another `lease_ttl` is answered from memory; the rest are
+    /// written, batched with concurrent heartbeats.
     pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
-        self.renewals
-            .renew(holder, leases)
+        let now = self.db_now();
+        let ttl = self.config.lease_ttl;
+        let memory = self.memory_is_current();
+        let mut out: Vec<Option<Renewal>> = leases
+            .iter()
+            .map(|l| {
+                memory
+                    .then(|| self.held.covered(holder, l, now, ttl))
+                    .flatten()
+                    .map(Renewal::Renewed)
+            })
+            .collect();
+        let stale: Vec<LeaseRef> = leases
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .map(|(l, _)| *l)
+            .collect();
+        self.renewed_from_memory
+            .fetch_add((leases.len() - stale.len()) as u64, Ordering::Relaxed);
+        if stale.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        self.renewed_by_write
+            .fetch_add(stale.len() as u64, Ordering::Relaxed);
+        let epoch = self.held.epoch();
+        let written = self
+            .renewals
+            .renew(holder, &stale)
             .await
-            .map_err(AppError::Unavailable)
+            .map_err(AppError::Unavailable)?;
+        let mut written = stale.iter().zip(written);
+        for o in out.iter_mut().filter(|o| o.is_none()) {
+            let Some((lease, r)) = written.next() else {
+                break;
+            };
+            match r {
+                Renewal::Renewed(e) => self.held.record(epoch, holder, *lease, e),
+                Renewal::Lost => self.held.forget(holder, lease),
+            }
+            *o = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or(Renewal::Lost))
+            .collect())
+    }
+
+    /// Leases renewed from memory and by a database write since start.
+    pub fn heartbeat_counts(&self) -> serde_json::Value {
+        serde_json::json!({
+            "renewed_from_memory": self.renewed_from_memory.load(Ordering::Relaxed),
+            "renewed_by_write": self.renewed_by_write.load(Ordering::Relaxed),
+        })
     }
 
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
+        self.held.forget(holder, &lease);
         let released = self.storage.release(holder, lease).await?.is_some();
         self.usage_cache.clear();
         Ok(released)
     }
 
+    /// Forgets every remembered expiry when an operator force-released a
+    /// lease anywhere in the cluster since the last look, and the ones that
+    /// have passed.
+    pub async fn check_revocations(&self) -> Result<(), StorageError> {
+        let n = self.storage.revocations().await?;
+        if self.revocations_seen.swap(n, Ordering::AcqRel) != n {
+            self.held.clear();
+        }
+        self.held.sweep(self.db_now());
+        self.revocations_checked_ms
+            .store(self.started.elapsed().as_millis() as i64, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether heartbeats may be answered from memory: only while the last
+    /// look at the force-release count is at most two cluster heartbeats
+    /// old, which bounds how long a force release elsewhere goes unseen.
+    fn memory_is_current(&self) -> bool {
+        let age = self.started.elapsed().as_millis() as i64
+            - self.revocations_checked_ms.load(Ordering::Acquire);
+        age <= 2 * self.config.cluster_heartbeat.as_millis() as i64
+    }
+
     pub async fn force_release(&self, lease: LeaseRef) -> Result<(), AppError> {
-        if self.storage.force_release(lease).await?.is_some() {
+        let released = self.storage.force_release(lease).await?.is_some();
+        // Every remembered expiry: the count moved, and this instance must not
+        // answer the evicted holder from memory before its next look.
+        self.held.clear();
+        if released {
             tracing::info!(%lease, "lease force-released by an operator");
             Ok(())
         } else {
@@ -1120,6 +1226,9 @@ impl App {
             }
             if let Err(e) = self.refresh_ticket_keys().await {
                 tracing::warn!(error = %e, "could not refresh the resumption ticket keys");
+            }
+            if let Err(e) = self.check_revocations().await {
+                tracing::warn!(error = %e, "could not read the force-release count; heartbeats are written until it can be read");
             }
         }
     }

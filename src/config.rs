@@ -83,6 +83,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("auth", "auth_timeout"),
     ("auth", "auth_max_concurrent"),
     ("leases", "lease_ttl"),
+    ("leases", "lease_hold"),
     ("leases", "integrity_interval"),
     ("logging", "log_format"),
     ("logging", "log_level"),
@@ -128,6 +129,10 @@ pub struct Config {
     pub vendor_keys: Vec<VendorKey>,
     pub admin_token: Option<Secret>,
     pub lease_ttl: Duration,
+    /// How long the database keeps a seat after its last recorded renewal
+    /// (at least `lease_ttl`). A heartbeat is answered without a database
+    /// write while more than `lease_ttl` of it remains.
+    pub lease_hold: Duration,
     pub integrity_interval: Duration,
     /// How often this instance refreshes its row in the cluster view; it
     /// counts as down after three missed refreshes.
@@ -479,6 +484,24 @@ impl Layers {
             5.0,
             86400.0,
         )?;
+        let lease_hold = match take("lease_hold", None) {
+            None => lease_ttl * 2,
+            Some(v) => {
+                let d = secs("lease_hold", &v, 5.0, 10.0 * 86400.0)?;
+                if d < lease_ttl || d > lease_ttl * 10 {
+                    return Err(invalid(
+                        "lease_hold",
+                        &v.1,
+                        format!(
+                            "{}s must be between lease_ttl ({}s) and 10 × lease_ttl",
+                            d.as_secs_f64(),
+                            lease_ttl.as_secs_f64()
+                        ),
+                    ));
+                }
+                d
+            }
+        };
         let integrity_interval = secs(
             "integrity_interval",
             &take("integrity_interval", Some("30s")).unwrap(),
@@ -604,6 +627,7 @@ impl Layers {
             vendor_keys,
             admin_token,
             lease_ttl,
+            lease_hold,
             integrity_interval,
             cluster_heartbeat,
             max_sessions,
@@ -713,6 +737,7 @@ impl Config {
                 },
             ),
             ("lease_ttl", format!("{}s", self.lease_ttl.as_secs_f64())),
+            ("lease_hold", format!("{}s", self.lease_hold.as_secs_f64())),
             (
                 "integrity_interval",
                 format!("{}s", self.integrity_interval.as_secs_f64()),
@@ -762,6 +787,21 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8991");
         assert!(matches!(c.database, DatabaseConfig::Sqlite(_)));
         assert_eq!(c.lease_ttl, Duration::from_secs(60));
+        assert_eq!(c.lease_hold, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn lease_hold_follows_and_bounds_lease_ttl() {
+        let mut l = Layers::default();
+        l.env(env_of(&[("FLOATLM_LEASE_TTL", "30s")]));
+        assert_eq!(l.build().unwrap().lease_hold, Duration::from_secs(60));
+        l.env(env_of(&[("FLOATLM_LEASE_HOLD", "30s")]));
+        assert_eq!(l.build().unwrap().lease_hold, Duration::from_secs(30));
+        for bad in ["29s", "301s"] {
+            l.env(env_of(&[("FLOATLM_LEASE_HOLD", bad)]));
+            let e = l.build().unwrap_err().to_string();
+            assert!(e.contains("lease_hold") && e.contains("lease_ttl"), "{e}");
+        }
     }
 
     #[test]

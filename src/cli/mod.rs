@@ -99,6 +99,10 @@ pub struct ServerFlags {
     /// Lease time-to-live [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub lease_ttl: Option<String>,
+    /// How long the database keeps a seat after its last recorded renewal
+    /// [default: 2 × lease-ttl].
+    #[arg(long, value_name = "DURATION")]
+    pub lease_hold: Option<String>,
     /// How long to keep serving after SIGTERM while healthz says 503 [default: 5s].
     #[arg(long, value_name = "DURATION")]
     pub drain_delay: Option<String>,
@@ -154,6 +158,7 @@ impl ServerFlags {
         layers.flag("admin_token_file", self.admin_token_file.as_ref());
         layers.flag_named("auth_script", "--auth", self.auth_script.as_ref());
         layers.flag("lease_ttl", self.lease_ttl.as_ref());
+        layers.flag("lease_hold", self.lease_hold.as_ref());
         layers.flag("drain_delay", self.drain_delay.as_ref());
         layers.flag("log_format", self.log_format.as_ref());
         layers.flag("log_level", self.log_level.as_ref());

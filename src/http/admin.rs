@@ -106,6 +106,8 @@ async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {
         "draining": app.is_draining(),
         "key_ids": app.key_ids(),
         "lease_ttl_s": app.config.lease_ttl.as_secs_f64(),
+        "lease_hold_s": app.config.lease_hold.as_secs_f64(),
+        "heartbeats": app.heartbeat_counts(),
         "sessions": app.sessions.counts(),
         "ticket_keys": app.ticket_key_ids(),
         "role": caller.0,

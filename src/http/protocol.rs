@@ -352,14 +352,14 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                     .chars()
                     .take(255)
                     .collect(),
-                ttl: app.config.lease_ttl,
+                ttl: app.config.lease_hold,
                 instance_id: app.instance_id().to_string(),
             };
             match app.grant(&req).await {
                 Ok(g) => Reply::Granted {
                     lease: g.lease.to_string(),
                     feature: g.feature,
-                    ttl_ms: (g.expires_at - g.granted_at).num_milliseconds().max(0) as u64,
+                    ttl_ms: app.promise(g.expires_at).as_millis() as u64,
                     lease_gen: g.lease.lease_gen,
                     replayed: g.replayed,
                 },
@@ -380,18 +380,20 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                 Ok(r) => r,
                 Err(e) => return unavailable(e),
             };
-            let ttl = app.config.lease_ttl.as_millis() as u64;
             let mut it = renewed.into_iter();
             Reply::Heartbeat {
                 leases: leases
                     .into_iter()
                     .zip(parsed)
                     .map(|(lease, p)| {
-                        let alive = p.is_some() && matches!(it.next(), Some(Renewal::Renewed(_)));
+                        let until = match p.and_then(|_| it.next()) {
+                            Some(Renewal::Renewed(e)) => Some(e),
+                            _ => None,
+                        };
                         LeaseStatus {
                             lease,
-                            alive,
-                            ttl_ms: if alive { ttl } else { 0 },
+                            alive: until.is_some(),
+                            ttl_ms: until.map_or(0, |e| app.promise(e).as_millis() as u64),
                         }
                     })
                     .collect(),

@@ -298,6 +298,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     /// Operator release, regardless of holder.
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
+    /// How many force releases the cluster has done, ever. Instances watch
+    /// it to forget the expiries they remember.
+    async fn revocations(&self) -> Result<i64>;
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;
     /// Forgets request ids older than `age`; returns how many.
     async fn purge_requests(&self, age: Duration) -> Result<u64>;

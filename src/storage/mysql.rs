@@ -42,6 +42,14 @@ async fn db_now(tx: &mut Tx<'_>) -> Result<NaiveDateTime> {
         .await?)
 }
 
+/// Counts an operator's force release (see [`Storage::revocations`]).
+async fn bump_revocations(tx: &mut Tx<'_>) -> Result<()> {
+    sqlx::query("UPDATE lease_revocations SET count = count + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl MySqlStorage {
     /// Connects; `url` is `mysql://user:pass@host:port/database`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
@@ -343,8 +351,12 @@ impl MySqlStorage {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let released = r.rows_affected() == 1;
+        if released && holder.is_none() {
+            bump_revocations(&mut tx).await?;
+        }
         tx.commit().await?;
-        Ok((r.rows_affected() == 1).then(|| utc(now)))
+        Ok(released.then(|| utc(now)))
     }
 
     async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
@@ -773,6 +785,14 @@ impl Storage for MySqlStorage {
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         with_retry(|| self.release_where(lease, None)).await
+    }
+
+    async fn revocations(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count FROM lease_revocations WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn leases(&self) -> Result<Vec<LeaseInfo>> {

@@ -38,6 +38,14 @@ async fn db_now(tx: &mut Tx<'_>) -> Result<i64> {
     Ok(sqlx::query_scalar(NOW_SQL).fetch_one(&mut **tx).await?)
 }
 
+/// Counts an operator's force release (see [`Storage::revocations`]).
+async fn bump_revocations(tx: &mut Tx<'_>) -> Result<()> {
+    sqlx::query("UPDATE lease_revocations SET count = count + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl SqliteStorage {
     /// Opens (creating if missing) the database file at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -411,8 +419,12 @@ impl SqliteStorage {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            let released = r.rows_affected() == 1;
+            if released && holder.is_none() {
+                bump_revocations(&mut tx).await?;
+            }
             tx.commit().await?;
-            Ok((r.rows_affected() == 1).then(|| utc(now)))
+            Ok(released.then(|| utc(now)))
         })
         .await
     }
@@ -635,6 +647,14 @@ impl Storage for SqliteStorage {
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         self.release_where(lease, None).await
+    }
+
+    async fn revocations(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count FROM lease_revocations WHERE id = 1")
+                .fetch_one(&self.reader)
+                .await?,
+        )
     }
 
     async fn leases(&self) -> Result<Vec<LeaseInfo>> {
