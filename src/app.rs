@@ -107,8 +107,8 @@ pub struct App {
     ticket_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The database clock minus this instance's clock, milliseconds.
     clock_offset_ms: AtomicI64,
-    /// Group commit of heartbeats.
-    renewals: crate::batch::RenewBatcher,
+    /// Group commit of grants, heartbeats and releases.
+    batches: crate::batch::SeatBatchers,
     /// Expiries this instance recorded, so most heartbeats need no write.
     held: crate::held::HeldLeases,
     /// The cluster's force-release count when `held` was last checked.
@@ -383,7 +383,7 @@ impl App {
             tickets: TicketKeys::default(),
             ticket_reload: tokio::sync::Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
-            renewals: crate::batch::RenewBatcher::start(storage.clone(), config.lease_hold),
+            batches: crate::batch::SeatBatchers::start(storage.clone(), config.lease_hold),
             held: crate::held::HeldLeases::default(),
             revocations_seen: AtomicI64::new(storage.revocations().await?),
             revocations_checked_ms: AtomicI64::new(0),
@@ -661,7 +661,7 @@ impl App {
             return Err(SeatError::Refused(req.feature.clone(), why.clone()));
         }
         let epoch = self.held.epoch();
-        let g = self.storage.grant(req).await?;
+        let g = self.batches.grant(req.clone()).await?;
         self.held.record(epoch, &req.holder, g.lease, g.expires_at);
         // This instance's own clients see their change at once; others'
         // changes show within USAGE_CACHE.
@@ -708,7 +708,7 @@ impl App {
             .fetch_add(stale.len() as u64, Ordering::Relaxed);
         let epoch = self.held.epoch();
         let written = self
-            .renewals
+            .batches
             .renew(holder, &stale)
             .await
             .map_err(AppError::Unavailable)?;
@@ -739,7 +739,12 @@ impl App {
 
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
         self.held.forget(holder, &lease);
-        let released = self.storage.release(holder, lease).await?.is_some();
+        let released = self
+            .batches
+            .release(holder, lease)
+            .await
+            .map_err(AppError::Unavailable)?
+            .is_some();
         self.usage_cache.clear();
         Ok(released)
     }

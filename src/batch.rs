@@ -1,79 +1,90 @@
-//! Group commit for heartbeats: concurrent renewals share one transaction.
+//! Group commit: concurrent seat changes share one transaction.
 //!
-//! Heartbeats queue here. A few workers each take everything queued (up to
-//! [`MAX_BATCH_LEASES`]) and renew it in one transaction. Under light load a
-//! heartbeat is renewed at once, alone; under heavy load batches grow while
-//! one is in flight, so a heartbeat does not cost a database round trip of
-//! its own and the transactions per second stay where the database is fast.
+//! Grants, heartbeat renewals and releases each queue in a [`Batcher`]. A
+//! few workers each take everything queued (up to a limit) and hand it to
+//! the storage as one batch, which applies it in one transaction. Under
+//! light load a request goes alone and at once; under heavy load batches
+//! grow while one is in flight, so the transactions per second stay where
+//! the database is fast and a request does not cost a transaction of its own.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use crate::domain::seats::{LeaseRef, Renewal};
-use crate::storage::{RenewItem, Storage};
+use chrono::{DateTime, Utc};
 
-/// Batches in flight at once (each holds one database connection).
+use crate::domain::seats::{Grant, GrantRequest, LeaseRef, Renewal, SeatError};
+use crate::storage::{RenewItem, Storage, StorageError};
+
+/// Batches in flight at once per kind (each holds one database connection).
 const WORKERS: usize = 4;
 /// Leases renewed by one transaction at most.
 pub const MAX_BATCH_LEASES: usize = 4000;
-/// Heartbeats waiting at most; past it, senders wait (back-pressure).
+/// Grants or releases in one transaction at most.
+pub const MAX_BATCH_SEATS: usize = 256;
+/// Requests waiting at most; past it, senders wait (back-pressure).
 const QUEUE: usize = 65_536;
 
-type Reply = Result<Vec<Renewal>, String>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Run<I, O> = Arc<dyn Fn(Vec<I>) -> BoxFuture<Vec<O>> + Send + Sync>;
+type Job<I, O> = (I, oneshot::Sender<O>);
+type Queue<I, O> = Arc<Mutex<mpsc::Receiver<Job<I, O>>>>;
 
-struct Job {
-    item: RenewItem,
-    reply: oneshot::Sender<Reply>,
+/// A queue whose workers apply what is queued in batches.
+pub struct Batcher<I, O> {
+    queue: mpsc::Sender<Job<I, O>>,
 }
 
-/// The queue in front of [`Storage::renew_batch`].
-pub struct RenewBatcher {
-    queue: mpsc::Sender<Job>,
-}
-
-impl RenewBatcher {
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the workers on the current Tokio runtime; they stop when the
-    /// batcher is dropped.
-    pub fn start(storage: Arc<dyn Storage>, ttl: Duration) -> Self {
+    /// batcher is dropped. `run` answers a batch with one output per item,
+    /// in order; `weight` counts an item against `max_weight`.
+    fn start(max_weight: usize, weight: fn(&I) -> usize, run: Run<I, O>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let rx = Arc::new(Mutex::new(rx));
+        let rx: Queue<I, O> = Arc::new(Mutex::new(rx));
         for _ in 0..WORKERS {
-            tokio::spawn(worker(storage.clone(), rx.clone(), ttl));
+            let (rx, run) = (rx.clone(), run.clone());
+            tokio::spawn(async move {
+                while let Some(jobs) = next_batch(&rx, max_weight, weight).await {
+                    let (items, replies): (Vec<I>, Vec<_>) = jobs.into_iter().unzip();
+                    for (reply, out) in replies.into_iter().zip(run(items).await) {
+                        let _ = reply.send(out);
+                    }
+                }
+            });
         }
-        RenewBatcher { queue }
+        Batcher { queue }
     }
 
-    /// Renews `leases` of `holder`, in whatever batch is next.
-    pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Reply {
+    /// Queues `item` and waits for its batch's answer.
+    async fn submit(&self, item: I) -> Result<O, String> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            item: RenewItem {
-                holder: holder.to_string(),
-                leases: leases.to_vec(),
-            },
-            reply,
-        };
         self.queue
-            .send(job)
+            .send((item, reply))
             .await
-            .map_err(|_| "the renewal queue is closed (shutting down)".to_string())?;
+            .map_err(|_| "the queue is closed (shutting down)".to_string())?;
         answer
             .await
-            .map_err(|_| "the renewal was dropped (shutting down)".to_string())?
+            .map_err(|_| "the request was dropped (shutting down)".to_string())
     }
 }
 
 /// Takes the first queued job (waiting for it), then whatever else is queued.
-async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+async fn next_batch<I, O>(
+    rx: &Mutex<mpsc::Receiver<Job<I, O>>>,
+    max_weight: usize,
+    weight: fn(&I) -> usize,
+) -> Option<Vec<Job<I, O>>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
-    let mut leases = first.item.leases.len();
+    let mut total = weight(&first.0);
     let mut jobs = vec![first];
-    while leases < MAX_BATCH_LEASES {
+    while total < max_weight {
         match rx.try_recv() {
             Ok(job) => {
-                leases += job.item.leases.len();
+                total += weight(&job.0);
                 jobs.push(job);
             }
             Err(_) => break,
@@ -82,23 +93,91 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
     Some(jobs)
 }
 
-async fn worker(storage: Arc<dyn Storage>, rx: Arc<Mutex<mpsc::Receiver<Job>>>, ttl: Duration) {
-    while let Some(jobs) = next_batch(&rx).await {
-        let (items, replies): (Vec<RenewItem>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.item, j.reply)).unzip();
-        match storage.renew_batch(&items, ttl).await {
-            Ok(results) => {
-                for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(r));
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                tracing::warn!(error = %msg, heartbeats = items.len(), "batched renewal failed");
-                for reply in replies {
-                    let _ = reply.send(Err(msg.clone()));
-                }
-            }
+/// The same error for every item of a failed batch.
+fn each<T>(n: usize, e: &StorageError, what: &str) -> Vec<Result<T, String>> {
+    let msg = e.to_string();
+    tracing::warn!(error = %msg, requests = n, "batched {what} failed");
+    (0..n).map(|_| Err(msg.clone())).collect()
+}
+
+/// Group commit of grants, renewals and releases in front of a [`Storage`].
+pub struct SeatBatchers {
+    grants: Batcher<GrantRequest, Result<Grant, SeatError>>,
+    renewals: Batcher<RenewItem, Result<Vec<Renewal>, String>>,
+    releases: Batcher<(String, LeaseRef), Result<Option<DateTime<Utc>>, String>>,
+}
+
+impl SeatBatchers {
+    /// Starts the workers; renewals extend leases by `ttl`.
+    pub fn start(storage: Arc<dyn Storage>, ttl: Duration) -> Self {
+        let st = storage.clone();
+        let grants = Batcher::start(
+            MAX_BATCH_SEATS,
+            |_| 1,
+            Arc::new(move |reqs: Vec<GrantRequest>| {
+                let st = st.clone();
+                Box::pin(async move { st.grant_batch(&reqs).await })
+            }),
+        );
+        let st = storage.clone();
+        let renewals = Batcher::start(
+            MAX_BATCH_LEASES,
+            |item: &RenewItem| item.leases.len(),
+            Arc::new(move |items: Vec<RenewItem>| {
+                let st = st.clone();
+                Box::pin(async move {
+                    match st.renew_batch(&items, ttl).await {
+                        Ok(r) => r.into_iter().map(Ok).collect(),
+                        Err(e) => each(items.len(), &e, "renewal"),
+                    }
+                })
+            }),
+        );
+        let st = storage;
+        let releases = Batcher::start(
+            MAX_BATCH_SEATS,
+            |_| 1,
+            Arc::new(move |items: Vec<(String, LeaseRef)>| {
+                let st = st.clone();
+                Box::pin(async move {
+                    match st.release_batch(&items).await {
+                        Ok(r) => r.into_iter().map(Ok).collect(),
+                        Err(e) => each(items.len(), &e, "release"),
+                    }
+                })
+            }),
+        );
+        SeatBatchers {
+            grants,
+            renewals,
+            releases,
         }
+    }
+
+    /// Grants one seat, in whatever batch is next.
+    pub async fn grant(&self, req: GrantRequest) -> Result<Grant, SeatError> {
+        self.grants
+            .submit(req)
+            .await
+            .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
+    }
+
+    /// Renews `leases` of `holder`, in whatever batch is next.
+    pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, String> {
+        let item = RenewItem {
+            holder: holder.to_string(),
+            leases: leases.to_vec(),
+        };
+        self.renewals.submit(item).await?
+    }
+
+    /// Releases `holder`'s `lease`, in whatever batch is next; the database
+    /// time it ended, or None when it was not live.
+    pub async fn release(
+        &self,
+        holder: &str,
+        lease: LeaseRef,
+    ) -> Result<Option<DateTime<Utc>>, String> {
+        self.releases.submit((holder.to_string(), lease)).await?
     }
 }

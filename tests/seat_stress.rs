@@ -75,10 +75,17 @@ async fn seat_stress(kind: Kind) {
     let seed: u64 = rand::random();
     eprintln!("seat stress on {kind:?}: seed {seed}");
     let started = Instant::now();
+    // Half the tasks go through group commit (as the server's requests do),
+    // so batched and single transactions race each other.
+    let batches = Arc::new(floatlm::batch::SeatBatchers::start(
+        st.clone(),
+        Duration::from_millis(300),
+    ));
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let st = st.clone();
         let ops = ops.clone();
+        let batches = (t % 2 == 1).then(|| batches.clone());
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(
                 seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -108,7 +115,11 @@ async fn seat_stress(kind: Kind) {
                             ttl,
                             instance_id: "stress".into(),
                         };
-                        match st.grant(&req).await {
+                        let res = match &batches {
+                            Some(b) => b.grant(req.clone()).await,
+                            None => st.grant(&req).await,
+                        };
+                        match res {
                             Ok(g) => {
                                 granted += 1;
                                 ops.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +164,11 @@ async fn seat_stress(kind: Kind) {
                             }
                         } else if x < 0.99 {
                             ops.fetch_add(1, Ordering::Relaxed);
-                            if let Some(at) = st.release(&holder, life.lease).await.unwrap() {
+                            let ended = match &batches {
+                                Some(b) => b.release(&holder, life.lease).await.unwrap(),
+                                None => st.release(&holder, life.lease).await.unwrap(),
+                            };
+                            if let Some(at) = ended {
                                 life.end = at;
                             }
                             lives.push(life);

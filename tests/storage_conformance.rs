@@ -303,6 +303,133 @@ async fn shrinking_never_revokes_and_converges(kind: Kind) {
     assert_eq!(usage(st, "cad").await, (5, 1, 4));
 }
 
+/// Group commit of grants and releases answers each request as a grant or
+/// release alone would, whatever else shares its batch.
+async fn batch_grant_and_release(kind: Kind) {
+    let (s, v) = store_with(kind, "cad", 3).await;
+    let ring = test_keyring();
+    let st = s.storage.as_ref();
+    st.apply_license(&record(&def("L2", 1, "cam", 1), &v, &ring))
+        .await
+        .unwrap();
+    let batch = [
+        req("cad", "h1", "b1", TTL),
+        req("cad", "h1", "b2", TTL),
+        req("cam", "h2", "c1", TTL),
+        req("cad", "h2", "b3", TTL),
+        req("cad", "h1", "b4", TTL),
+        req("nope", "h1", "x1", TTL),
+        req("cam", "h2", "c2", TTL),
+    ];
+    let out = st.grant_batch(&batch).await;
+    assert_eq!(out.len(), batch.len());
+    let lease = |i: usize| out[i].as_ref().unwrap().lease;
+    let mut slots: Vec<_> = [0, 1, 3].iter().map(|&i| lease(i)).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), 3, "three different cad slots: {out:?}");
+    assert!(
+        matches!(&out[4], Err(SeatError::NoSeat { total: 3, .. })),
+        "{:?}",
+        out[4]
+    );
+    assert_eq!(out[2].as_ref().unwrap().feature, "cam");
+    assert!(
+        matches!(&out[6], Err(SeatError::NoSeat { total: 1, .. })),
+        "{:?}",
+        out[6]
+    );
+    assert!(
+        matches!(&out[5], Err(SeatError::UnknownFeature(_))),
+        "{:?}",
+        out[5]
+    );
+    assert_eq!(usage(st, "cad").await, (3, 3, 0));
+    assert_eq!(usage(st, "cam").await, (1, 1, 0));
+    let listed = st.leases().await.unwrap();
+    for (i, holder) in [(0, "h1"), (1, "h1"), (3, "h2"), (2, "h2")] {
+        let l = listed.iter().find(|l| l.lease == lease(i)).unwrap();
+        assert_eq!(l.holder, holder);
+        assert_eq!(l.expires_at, out[i].as_ref().unwrap().expires_at);
+    }
+    // Batch-granted leases renew; a refused request id was given back.
+    let r = st.renew("h2", &[lease(3), lease(2)], TTL).await.unwrap();
+    assert!(r.iter().all(|r| matches!(r, Renewal::Renewed(_))), "{r:?}");
+
+    // A retried request id replays inside a batch; the rest still batch.
+    let again = st
+        .grant_batch(&[req("cad", "h1", "b1", TTL), req("cad", "h1", "b4", TTL)])
+        .await;
+    let first = again[0].as_ref().unwrap();
+    assert!(first.replayed && first.lease == lease(0), "{first:?}");
+    assert!(
+        matches!(&again[1], Err(SeatError::NoSeat { .. })),
+        "{:?}",
+        again[1]
+    );
+
+    // Releases: all live in one go; then one already released among them.
+    let rel = st
+        .release_batch(&[("h1".into(), lease(0)), ("h2".into(), lease(3))])
+        .await
+        .unwrap();
+    assert!(rel.iter().all(|r| r.is_some()), "{rel:?}");
+    assert_eq!(usage(st, "cad").await, (3, 1, 2));
+    let rel = st
+        .release_batch(&[("h1".into(), lease(0)), ("h1".into(), lease(1))])
+        .await
+        .unwrap();
+    assert_eq!((rel[0].is_some(), rel[1].is_some()), (false, true));
+    // Someone else's lease is not released by a batch either.
+    let rel = st
+        .release_batch(&[("h1".into(), lease(2)), ("h1".into(), lease(2))])
+        .await
+        .unwrap();
+    assert_eq!(rel, vec![None, None]);
+    assert_eq!(usage(st, "cam").await, (1, 1, 0));
+
+    // The same request twice in one batch: one seat, the same lease twice.
+    let twice = st
+        .grant_batch(&[req("cad", "h3", "t1", TTL), req("cad", "h3", "t1", TTL)])
+        .await;
+    let (a, b) = (twice[0].as_ref().unwrap(), twice[1].as_ref().unwrap());
+    assert_eq!(a.lease, b.lease);
+    assert!(b.replayed);
+    assert_eq!(usage(st, "cad").await, (3, 1, 2));
+}
+
+/// After a shrink below the seats held, batched grants give no seat until
+/// the live count is below the new number (the retiring swap, one at a time).
+async fn batch_grants_respect_a_shrink(kind: Kind) {
+    let (s, v) = store_with(kind, "cad", 3).await;
+    let ring = test_keyring();
+    let st = s.storage.as_ref();
+    let reqs: Vec<_> = (0..3)
+        .map(|i| req("cad", "h", &format!("g{i}"), TTL))
+        .collect();
+    let held: Vec<_> = st
+        .grant_batch(&reqs)
+        .await
+        .into_iter()
+        .map(|g| g.unwrap().lease)
+        .collect();
+    st.apply_license(&record(&def("L1", 2, "cad", 1), &v, &ring))
+        .await
+        .unwrap();
+    for (n, l) in held.iter().enumerate() {
+        assert!(st.release("h", *l).await.unwrap().is_some());
+        let batch: Vec<_> = (0..2)
+            .map(|i| req("cad", "h", &format!("n{n}-{i}"), TTL))
+            .collect();
+        let out = st.grant_batch(&batch).await;
+        let granted = out.iter().filter(|r| r.is_ok()).count();
+        // Live after the release: 2, 1, 0; one seat licensed.
+        let expect = if n == 2 { 1 } else { 0 };
+        assert_eq!(granted, expect, "after release {n}: {out:?}");
+    }
+    assert_eq!(usage(st, "cad").await, (1, 1, 0));
+}
+
 async fn leases_list_and_force_release(kind: Kind) {
     let (s, _) = store_with(kind, "cad", 2).await;
     let st = s.storage.as_ref();
@@ -514,6 +641,8 @@ both_backends!(
     apply_is_versioned,
     shrinking_never_revokes_and_converges,
     leases_list_and_force_release,
+    batch_grant_and_release,
+    batch_grants_respect_a_shrink,
     identities_tokens_canaries_and_reseal,
     migrations_are_idempotent,
 );

@@ -276,6 +276,15 @@ pub trait Storage: Send + Sync + 'static {
 
     // --- seats
     async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError>;
+    /// Grants several requests (group commit of concurrent logins); one
+    /// answer per request, in order, each as [`Storage::grant`] would give.
+    async fn grant_batch(&self, reqs: &[GrantRequest]) -> Vec<Result<Grant, SeatError>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.grant(req).await);
+        }
+        out
+    }
     /// Renews the leases of several holders in one transaction (group
     /// commit of concurrent heartbeats); one result list per item, in order.
     async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>>;
@@ -296,6 +305,18 @@ pub trait Storage: Send + Sync + 'static {
     /// Releases a lease held by `holder`; the database time it ended, or
     /// None when it was not live (already released, expired, re-granted).
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
+    /// Releases several (holder, lease) pairs in one transaction where the
+    /// backend can; one answer per pair, in order.
+    async fn release_batch(
+        &self,
+        items: &[(String, LeaseRef)],
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (holder, lease) in items {
+            out.push(self.release(holder, *lease).await?);
+        }
+        Ok(out)
+    }
     /// Operator release, regardless of holder.
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     /// How many force releases the cluster has done, ever. Instances watch

@@ -284,6 +284,270 @@ impl MySqlStorage {
         })
     }
 
+    /// One transaction for many grants: claim every request id, then per
+    /// feature lock up to k free slots with one `SKIP LOCKED` read and take
+    /// them with one UPDATE whose WHERE still names each slot's `lease_gen`.
+    /// `None` marks a request to grant alone afterwards (a request id that is
+    /// already claimed, a feature with retiring slots); `Ok(None)` for the
+    /// whole batch means "grant every request alone".
+    async fn grant_batch_once(
+        &self,
+        reqs: &[GrantRequest],
+    ) -> Result<Option<Vec<Option<Result<Grant, SeatError>>>>> {
+        let mut tx = self.pool.begin().await?;
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at) ",
+        );
+        // Sorted, so concurrent batches wait on each other's claims in order.
+        let mut claims: Vec<&GrantRequest> = reqs.iter().collect();
+        claims.sort_unstable_by_key(|r| (r.holder.as_str(), r.request_id.as_str()));
+        q.push_values(claims, |mut b, r| {
+            b.push_bind(&r.holder)
+                .push_bind(r.request_id.as_str())
+                .push("0, -1, 0, NOW(6), NOW(6)");
+        });
+        match q.build().execute(&mut *tx).await {
+            Ok(_) => {}
+            // Some request id is known (a retry): its request must replay.
+            Err(e) if is_duplicate_key(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let mut names: Vec<&str> = reqs.iter().map(|r| r.feature.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut q = QueryBuilder::<MySql>::new(
+            "SELECT id, name, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED)
+             FROM features WHERE seats > 0 AND name IN (",
+        );
+        let mut sep = q.separated(", ");
+        for n in &names {
+            sep.push_bind(*n);
+        }
+        q.push(") ORDER BY id");
+        let features: Vec<(i64, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+
+        let mut out: Vec<Option<Result<Grant, SeatError>>> =
+            (0..reqs.len()).map(|_| None).collect();
+        let mut granted: Vec<(usize, Grant)> = Vec::new();
+        for name in names {
+            let mut waiting: Vec<usize> = (0..reqs.len())
+                .filter(|&i| reqs[i].feature == name)
+                .collect();
+            let rows: Vec<&(i64, String, i64)> = features.iter().filter(|f| f.1 == name).collect();
+            if rows.is_empty() {
+                for &i in &waiting {
+                    out[i] = Some(Err(SeatError::UnknownFeature(name.to_string())));
+                }
+                continue;
+            }
+            let valid: Vec<i64> = rows.iter().filter(|f| f.2 == 1).map(|f| f.0).collect();
+            if valid.is_empty() {
+                for &i in &waiting {
+                    out[i] = Some(Err(SeatError::Expired(name.to_string())));
+                }
+                continue;
+            }
+            let mut alone = false;
+            for &fid in &valid {
+                if waiting.is_empty() {
+                    break;
+                }
+                // The pick index, as for one grant: never used first, then
+                // the longest free; one index entry read per slot taken.
+                let cands: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT slot_no, lease_gen FROM slots
+                     WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
+                     ORDER BY expires_at, slot_no LIMIT ? FOR UPDATE SKIP LOCKED",
+                )
+                .bind(fid)
+                .bind(waiting.len() as i64)
+                .fetch_all(&mut *tx)
+                .await?;
+                if cands.is_empty() {
+                    continue;
+                }
+                // A held slot is retiring (the license shrank): the swap of
+                // free and retiring slots is done one grant at a time. Those
+                // slots' locks are ours, so a shrink still to come waits for
+                // this commit and counts these grants.
+                let retiring: Option<i64> = sqlx::query_scalar(
+                    "SELECT slot_no FROM slots WHERE feature_id = ? AND state = 1 LIMIT 1",
+                )
+                .bind(fid)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if retiring.is_some() {
+                    alone = true;
+                    break;
+                }
+                // Read the clock only now that the slots are locked (as for one grant).
+                let now = db_now(&mut tx).await?;
+                let takers: Vec<usize> = waiting.drain(..cands.len()).collect();
+                let pairs: Vec<(&(i64, i64), &GrantRequest)> =
+                    cands.iter().zip(takers.iter().map(|&i| &reqs[i])).collect();
+                let mut q = QueryBuilder::<MySql>::new(
+                    "UPDATE slots FORCE INDEX (PRIMARY) SET lease_gen = lease_gen + 1, granted_at = ",
+                );
+                q.push_bind(now);
+                for (col, value) in [
+                    ("holder", 0),
+                    ("client_info", 1),
+                    ("request_id", 2),
+                    ("granted_by", 3),
+                    ("expires_at", 4),
+                ] {
+                    q.push(format!(", {col} = CASE slot_no"));
+                    for ((slot, _), r) in &pairs {
+                        q.push(" WHEN ").push_bind(*slot).push(" THEN ");
+                        match value {
+                            0 => q.push_bind(r.holder.as_str()),
+                            1 => q.push_bind(r.client_info.as_str()),
+                            2 => q.push_bind(r.request_id.as_str()),
+                            3 => q.push_bind(r.instance_id.as_str()),
+                            _ => q.push_bind(add(now, r.ttl)),
+                        };
+                    }
+                    q.push(" END");
+                }
+                q.push(" WHERE feature_id = ")
+                    .push_bind(fid)
+                    .push(" AND state = 0 AND (expires_at IS NULL OR expires_at <= ")
+                    .push_bind(now)
+                    .push(") AND (");
+                for (i, ((slot, gen), _)) in pairs.iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { " OR (" })
+                        .push("slot_no = ")
+                        .push_bind(*slot)
+                        .push(" AND lease_gen = ")
+                        .push_bind(*gen)
+                        .push(")");
+                }
+                q.push(")");
+                let r = q.build().execute(&mut *tx).await?;
+                if r.rows_affected() as usize != pairs.len() {
+                    // Cannot happen with the rows locked; never guess.
+                    tracing::warn!(
+                        fid,
+                        "a batched grant matched fewer slots than it locked; granting alone"
+                    );
+                    return Ok(None);
+                }
+                for (&i, (slot, gen)) in takers.iter().zip(&cands) {
+                    let r = &reqs[i];
+                    granted.push((
+                        i,
+                        Grant {
+                            lease: LeaseRef {
+                                feature_id: fid,
+                                slot_no: *slot,
+                                lease_gen: gen + 1,
+                            },
+                            feature: r.feature.clone(),
+                            granted_at: utc(now),
+                            expires_at: utc(add(now, r.ttl)),
+                            replayed: false,
+                        },
+                    ));
+                }
+            }
+            if alone || waiting.is_empty() {
+                continue;
+            }
+            let mut q = QueryBuilder::<MySql>::new(
+                "SELECT COUNT(*) FROM slots WHERE state = 0 AND feature_id IN (",
+            );
+            let mut sep = q.separated(", ");
+            for fid in &valid {
+                sep.push_bind(*fid);
+            }
+            q.push(")");
+            let total: i64 = q.build_query_scalar().fetch_one(&mut *tx).await?;
+            for i in waiting.drain(..) {
+                out[i] = Some(Err(SeatError::NoSeat {
+                    feature: name.to_string(),
+                    total,
+                }));
+            }
+        }
+        if !granted.is_empty() {
+            let mut q = QueryBuilder::<MySql>::new(
+                "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at) ",
+            );
+            q.push_values(&granted, |mut b, (i, g)| {
+                b.push_bind(&reqs[*i].holder)
+                    .push_bind(reqs[*i].request_id.as_str())
+                    .push_bind(g.lease.feature_id)
+                    .push_bind(g.lease.slot_no)
+                    .push_bind(g.lease.lease_gen)
+                    .push_bind(naive(g.granted_at))
+                    .push_bind(naive(g.expires_at));
+            });
+            q.push(
+                " ON DUPLICATE KEY UPDATE feature_id = VALUES(feature_id), slot_no = VALUES(slot_no),
+                  lease_gen = VALUES(lease_gen), created_at = VALUES(created_at), expires_at = VALUES(expires_at)",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        // Requests without a grant give their request id back (those to be
+        // granted alone claim it again).
+        let unclaimed: Vec<usize> = (0..reqs.len())
+            .filter(|&i| !granted.iter().any(|(g, _)| *g == i))
+            .collect();
+        if !unclaimed.is_empty() {
+            let mut q = QueryBuilder::<MySql>::new("DELETE FROM grant_requests WHERE ");
+            for (n, &i) in unclaimed.iter().enumerate() {
+                q.push(if n == 0 { "(" } else { " OR (" })
+                    .push("holder = ")
+                    .push_bind(&reqs[i].holder)
+                    .push(" AND request_id = ")
+                    .push_bind(reqs[i].request_id.as_str())
+                    .push(")");
+            }
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        for (i, g) in granted {
+            out[i] = Some(Ok(g));
+        }
+        Ok(Some(out))
+    }
+
+    /// One UPDATE releases every pair when each is still live; otherwise
+    /// `None`, and the pairs are released one at a time to learn which.
+    async fn release_batch_once(
+        &self,
+        items: &[(&str, LeaseRef)],
+    ) -> Result<Option<NaiveDateTime>> {
+        let mut tx = self.pool.begin().await?;
+        let now = db_now(&mut tx).await?;
+        let mut q = QueryBuilder::<MySql>::new(
+            "UPDATE slots FORCE INDEX (PRIMARY) SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
+                    holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
+             WHERE state IN (0, 1) AND expires_at > ",
+        );
+        q.push_bind(now).push(" AND (");
+        for (i, (holder, l)) in items.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { " OR (" })
+                .push("feature_id = ")
+                .push_bind(l.feature_id)
+                .push(" AND slot_no = ")
+                .push_bind(l.slot_no)
+                .push(" AND lease_gen = ")
+                .push_bind(l.lease_gen)
+                .push(" AND holder = ")
+                .push_bind(*holder)
+                .push(")");
+        }
+        q.push(")");
+        let r = q.build().execute(&mut *tx).await?;
+        if r.rows_affected() as usize != items.len() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(now))
+    }
+
     async fn resize(
         &self,
         tx: &mut Tx<'_>,
@@ -779,8 +1043,63 @@ impl Storage for MySqlStorage {
         .await
     }
 
+    async fn grant_batch(&self, reqs: &[GrantRequest]) -> Vec<Result<Grant, SeatError>> {
+        let distinct = {
+            let mut ids: Vec<(&str, &str)> = reqs
+                .iter()
+                .map(|r| (r.holder.as_str(), r.request_id.as_str()))
+                .collect();
+            ids.sort_unstable();
+            ids.windows(2).all(|w| w[0] != w[1])
+        };
+        let batched = if reqs.len() > 1 && distinct {
+            match with_retry(|| self.grant_batch_once(reqs)).await {
+                Ok(Some(out)) => out,
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    tracing::warn!(error = %e, grants = reqs.len(), "batched grant failed; granting alone");
+                    Vec::new()
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        // Anything the batch did not answer is granted alone (replaying a
+        // retried request id, or swapping retiring slots).
+        let mut batched = batched.into_iter();
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(match batched.next().flatten() {
+                Some(r) => r,
+                None => self.grant(req).await,
+            });
+        }
+        out
+    }
+
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         with_retry(|| self.release_where(lease, Some(holder))).await
+    }
+
+    async fn release_batch(
+        &self,
+        items: &[(String, LeaseRef)],
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+        let mut pairs: Vec<(&str, LeaseRef)> =
+            items.iter().map(|(h, l)| (h.as_str(), *l)).collect();
+        // Sorted, so concurrent batches lock rows in the same order.
+        pairs.sort_unstable_by_key(|(h, l)| (*l, *h));
+        pairs.dedup();
+        if pairs.len() == items.len() && items.len() > 1 {
+            if let Some(now) = with_retry(|| self.release_batch_once(&pairs)).await? {
+                return Ok(items.iter().map(|_| Some(utc(now))).collect());
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (holder, lease) in items {
+            out.push(self.release(holder, *lease).await?);
+        }
+        Ok(out)
     }
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
