@@ -100,11 +100,14 @@ fn each<T>(n: usize, e: &StorageError, what: &str) -> Vec<Result<T, String>> {
     (0..n).map(|_| Err(msg.clone())).collect()
 }
 
+/// When a release ended its lease (database clock); None when it was not live.
+type Released = Result<Option<DateTime<Utc>>, String>;
+
 /// Group commit of grants, renewals and releases in front of a [`Storage`].
 pub struct SeatBatchers {
     grants: Batcher<GrantRequest, Result<Grant, SeatError>>,
     renewals: Batcher<RenewItem, Result<Vec<Renewal>, String>>,
-    releases: Batcher<(String, LeaseRef), Result<Option<DateTime<Utc>>, String>>,
+    releases: Batcher<(String, LeaseRef), Released>,
 }
 
 impl SeatBatchers {
@@ -173,11 +176,7 @@ impl SeatBatchers {
 
     /// Releases `holder`'s `lease`, in whatever batch is next; the database
     /// time it ended, or None when it was not live.
-    pub async fn release(
-        &self,
-        holder: &str,
-        lease: LeaseRef,
-    ) -> Result<Option<DateTime<Utc>>, String> {
+    pub async fn release(&self, holder: &str, lease: LeaseRef) -> Released {
         self.releases.submit((holder.to_string(), lease)).await?
     }
 }
