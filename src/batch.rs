@@ -18,8 +18,13 @@ use chrono::{DateTime, Utc};
 use crate::domain::seats::{Grant, GrantRequest, LeaseRef, Renewal, SeatError};
 use crate::storage::{RenewItem, Storage, StorageError};
 
-/// Batches in flight at once per kind (each holds one database connection).
-const WORKERS: usize = 4;
+/// Grant (and release) batches in flight at once per instance. One: while it
+/// runs the next batch fills, and fewer, larger transactions are what the
+/// database does fastest (measured: 1 beat 2, 4 and 8 workers by 20-150%
+/// with three instances; docs/benchmarks.md).
+const SEAT_WORKERS: usize = 1;
+/// Renewal batches in flight at once (most heartbeats need no write).
+const RENEW_WORKERS: usize = 2;
 /// Leases renewed by one transaction at most.
 pub const MAX_BATCH_LEASES: usize = 4000;
 /// Grants or releases in one transaction at most.
@@ -38,13 +43,13 @@ pub struct Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Starts the workers on the current Tokio runtime; they stop when the
-    /// batcher is dropped. `run` answers a batch with one output per item,
+    /// Starts `workers` workers on the current Tokio runtime; they stop when
+    /// the batcher is dropped. `run` answers a batch with one output per item,
     /// in order; `weight` counts an item against `max_weight`.
-    fn start(max_weight: usize, weight: fn(&I) -> usize, run: Run<I, O>) -> Self {
+    fn start(workers: usize, max_weight: usize, weight: fn(&I) -> usize, run: Run<I, O>) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
         let rx: Queue<I, O> = Arc::new(Mutex::new(rx));
-        for _ in 0..WORKERS {
+        for _ in 0..workers {
             let (rx, run) = (rx.clone(), run.clone());
             tokio::spawn(async move {
                 while let Some(jobs) = next_batch(&rx, max_weight, weight).await {
@@ -115,6 +120,7 @@ impl SeatBatchers {
     pub fn start(storage: Arc<dyn Storage>, ttl: Duration) -> Self {
         let st = storage.clone();
         let grants = Batcher::start(
+            SEAT_WORKERS,
             MAX_BATCH_SEATS,
             |_| 1,
             Arc::new(move |reqs: Vec<GrantRequest>| {
@@ -124,6 +130,7 @@ impl SeatBatchers {
         );
         let st = storage.clone();
         let renewals = Batcher::start(
+            RENEW_WORKERS,
             MAX_BATCH_LEASES,
             |item: &RenewItem| item.leases.len(),
             Arc::new(move |items: Vec<RenewItem>| {
@@ -138,6 +145,7 @@ impl SeatBatchers {
         );
         let st = storage;
         let releases = Batcher::start(
+            SEAT_WORKERS,
             MAX_BATCH_SEATS,
             |_| 1,
             Arc::new(move |items: Vec<(String, LeaseRef)>| {

@@ -370,18 +370,18 @@ impl MySqlStorage {
                 // free and retiring slots is done one grant at a time. Those
                 // slots' locks are ours, so a shrink still to come waits for
                 // this commit and counts these grants.
-                let retiring: Option<i64> = sqlx::query_scalar(
-                    "SELECT slot_no FROM slots WHERE feature_id = ? AND state = 1 LIMIT 1",
+                // The clock is read in the same statement, now that the slots
+                // are locked (as for one grant).
+                let (now, retiring): (NaiveDateTime, i64) = sqlx::query_as(
+                    "SELECT NOW(6), EXISTS (SELECT 1 FROM slots WHERE feature_id = ? AND state = 1)",
                 )
                 .bind(fid)
-                .fetch_optional(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
-                if retiring.is_some() {
+                if retiring != 0 {
                     alone = true;
                     break;
                 }
-                // Read the clock only now that the slots are locked (as for one grant).
-                let now = db_now(&mut tx).await?;
                 let takers: Vec<usize> = waiting.drain(..cands.len()).collect();
                 let pairs: Vec<(&(i64, i64), &GrantRequest)> =
                     cands.iter().zip(takers.iter().map(|&i| &reqs[i])).collect();
