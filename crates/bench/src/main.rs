@@ -64,7 +64,7 @@ pub struct Args {
     /// Load an already running server instead (its address must be loopback).
     #[arg(long, env = "FLOATLM_BENCH_IDENTITY", hide_env_values = true)]
     pub identity: Option<String>,
-    /// Run only these scenarios (repeatable): handshake, query,
+    /// Run only these scenarios (repeatable): handshake, query, checkout,
     /// checkout_release, heartbeat, live_leases, and the baselines
     /// db_transaction, nginx_proxy [default: all].
     #[arg(long)]

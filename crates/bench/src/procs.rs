@@ -30,6 +30,7 @@ pub struct InstanceSpec<'a> {
     pub admin_token: &'a str,
     pub vendor_pub: &'a Path,
     pub lease_ttl: &'a str,
+    pub lease_hold: &'a str,
     pub log_level: &'a str,
 }
 
@@ -40,6 +41,7 @@ pub fn start_instance(spec: &InstanceSpec<'_>, id: &str) -> anyhow::Result<Insta
         .arg("serve")
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--instance-id", id, "--lease-ttl", spec.lease_ttl])
+        .args(["--lease-hold", spec.lease_hold])
         .arg("--data-dir")
         .arg(&data)
         .arg("--vendor-key")

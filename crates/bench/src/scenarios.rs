@@ -20,6 +20,17 @@ use crate::Args;
 const CYCLE: &str = "cycle";
 const HELD: &str = "held";
 const LIVE: &str = "live";
+/// Checkouts that are never released in the run: each phase takes at most
+/// BURST_CAP of its BURST_SEATS seats.
+const BURST: &str = "burst";
+const BURST_CAP: u64 = 50_000;
+const BURST_SEATS: u64 = 2 * BURST_CAP;
+const BENCH_FEATURES: Features = Features {
+    cycle: CYCLE,
+    held: HELD,
+    burst: BURST,
+    burst_cap: BURST_CAP,
+};
 
 /// Server-side cost of one scenario, from /proc.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +57,8 @@ pub struct LiveLeases {
     pub setup_s: f64,
     pub rss_per_instance_mb: Vec<f64>,
     pub sessions_per_instance: Vec<u64>,
+    /// Lease renewals of the live-lease run: (from memory, written).
+    pub renewals: (u64, u64),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -145,16 +158,33 @@ async fn open_sessions(
     Ok(v)
 }
 
-/// handshake, query, checkout_release and heartbeat against one address.
+/// The features the standard scenarios use.
+#[derive(Clone, Copy)]
+struct Features {
+    /// Checked out and released again (checkout_release).
+    cycle: &'static str,
+    /// Held by the heartbeat scenario's sessions.
+    held: &'static str,
+    /// Checked out and kept (checkout), at most `burst_cap` times.
+    burst: &'static str,
+    burst_cap: u64,
+}
+
+/// handshake, query, checkout, checkout_release and heartbeat against one address.
 async fn standard_scenarios(
     args: &Args,
     http: &reqwest::Client,
     ident: &Identity,
     target: &str,
     pids: &[u32],
-    cycle_feature: &'static str,
-    held_feature: &'static str,
+    features: &Features,
 ) -> anyhow::Result<Vec<Measured>> {
+    let Features {
+        cycle: cycle_feature,
+        held: held_feature,
+        burst: burst_feature,
+        burst_cap,
+    } = *features;
     let (clients, secs) = (args.clients(), args.seconds());
     let mut rows = Vec::new();
 
@@ -188,6 +218,28 @@ async fn standard_scenarios(
                             features: vec![cycle_feature.to_string()],
                         };
                         ss[w].call(&http, &addr, &req).await.map(|_| ())
+                    }
+                })
+                .await
+            })
+            .await,
+        );
+    }
+
+    // Checkouts alone (one seat operation each, like one baseline
+    // transaction): every login takes a new seat, none is released here.
+    if args.wants("checkout") {
+        let sessions = Arc::new(open_sessions(http, ident, clients, None, clients).await?);
+        let (h, addr, ss) = (http.clone(), ident.address.clone(), sessions.clone());
+        let tag: u32 = rand::random();
+        rows.push(
+            measured("checkout", target, clients, pids, async move {
+                closed_loop(clients, secs, burst_cap, move |w, n| {
+                    let (http, addr, ss) = (h.clone(), addr.clone(), ss.clone());
+                    async move {
+                        ss[w]
+                            .login(&http, &addr, burst_feature, format!("b{tag:08x}-{w}-{n}"))
+                            .await
                     }
                 })
                 .await
@@ -261,8 +313,12 @@ pub async fn external(args: &Args, identity: &str) -> anyhow::Result<Results> {
         &ident,
         &format!("external {}", ident.address),
         &[],
-        feature,
-        feature,
+        &Features {
+            cycle: feature,
+            held: feature,
+            burst: feature,
+            burst_cap: args.leases() as u64,
+        },
     )
     .await?;
     Ok(Results {
@@ -315,6 +371,29 @@ async fn admin(
         bail!("admin {path}: HTTP {status}: {v}");
     }
     Ok(v)
+}
+
+/// Lease renewals the instances answered from memory and by a write, summed.
+async fn renewals(
+    http: &reqwest::Client,
+    cluster: &[Instance],
+    token: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let mut sum = (0, 0);
+    for inst in cluster {
+        let st: serde_json::Value = http
+            .get(format!("http://{}/admin/v1/status", inst.admin))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        sum.0 += st["heartbeats"]["renewed_from_memory"]
+            .as_u64()
+            .unwrap_or(0);
+        sum.1 += st["heartbeats"]["renewed_by_write"].as_u64().unwrap_or(0);
+    }
+    Ok(sum)
 }
 
 /// The whole run: baselines, one instance, three instances behind NGINX.
@@ -375,7 +454,8 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
             "license_id = \"BENCH\"\nserial = 1\ncustomer = \"bench\"\n\
              [[feature]]\nname = \"{CYCLE}\"\nseats = 10000\n\
              [[feature]]\nname = \"{HELD}\"\nseats = 20000\n\
-             [[feature]]\nname = \"{LIVE}\"\nseats = 100000\n"
+             [[feature]]\nname = \"{LIVE}\"\nseats = 100000\n\
+             [[feature]]\nname = \"{BURST}\"\nseats = {BURST_SEATS}\n"
         ),
     )?;
     let lic = dir.join("bench.lic");
@@ -407,6 +487,11 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         vendor_pub: &vendor_pub,
         // Long enough that leases survive the set-up of the largest scenario.
         lease_ttl: "600s",
+        // Barely above the TTL: a lease is answered from memory for 29 s
+        // after each write, so with heartbeats every 30 s every live-lease
+        // heartbeat is written (the worst case; the defaults write one in
+        // three). Back-to-back heartbeats still mostly come from memory.
+        lease_hold: "630s",
         log_level: &args.server_log_level,
     };
     let result = async {
@@ -440,8 +525,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
                 &direct,
                 "1 instance, direct",
                 &[first.child.id()],
-                CYCLE,
-                HELD,
+                &BENCH_FEATURES,
             )
             .await?,
         );
@@ -487,6 +571,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
             live.sessions_per_instance
                 .push(st["sessions"]["active"].as_u64().unwrap_or(0));
         }
+        let before = renewals(&http, &cluster, &token).await?;
         let rate = n as f64 / args.interval.max(0.1);
         let run_for = if args.quick {
             secs * 2
@@ -512,6 +597,8 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
                 .await,
             );
         }
+        let after = renewals(&http, &cluster, &token).await?;
+        live.renewals = (after.0 - before.0, after.1 - before.1);
         live.rss_per_instance_mb = cluster
             .iter()
             .map(|i| procs::proc_usage(i.child.id()).0 as f64 / 1048576.0)
@@ -526,8 +613,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
                 &proxied,
                 "3 instances, NGINX",
                 &pids,
-                CYCLE,
-                HELD,
+                &BENCH_FEATURES,
             )
             .await?,
         );
