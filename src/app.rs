@@ -108,9 +108,11 @@ pub struct App {
     /// The database clock minus this instance's clock, milliseconds.
     clock_offset_ms: AtomicI64,
     /// Group commit of grants, heartbeats and releases.
-    batches: crate::batch::SeatBatchers,
+    batches: Arc<crate::batch::SeatBatchers>,
     /// Expiries this instance recorded, so most heartbeats need no write.
-    held: crate::held::HeldLeases,
+    held: Arc<crate::held::HeldLeases>,
+    /// Leases being extended in the background right now.
+    refreshing: Arc<AtomicU64>,
     /// The cluster's force-release count when `held` was last checked.
     revocations_seen: AtomicI64,
     /// When that check last succeeded, milliseconds since `started`.
@@ -124,6 +126,9 @@ pub struct App {
     /// The database probe behind healthz, so probes cost no round trip each.
     health_cache: crate::cache::Cached<Result<(), String>>,
 }
+
+/// Leases extended in the background at most at once per instance.
+const MAX_REFRESHING: u64 = 50_000;
 
 /// Opens the configured storage backend.
 pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
@@ -383,8 +388,12 @@ impl App {
             tickets: TicketKeys::default(),
             ticket_reload: tokio::sync::Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
-            batches: crate::batch::SeatBatchers::start(storage.clone(), config.lease_hold),
-            held: crate::held::HeldLeases::default(),
+            batches: Arc::new(crate::batch::SeatBatchers::start(
+                storage.clone(),
+                config.lease_hold,
+            )),
+            held: Arc::default(),
+            refreshing: Arc::new(AtomicU64::new(0)),
             revocations_seen: AtomicI64::new(storage.revocations().await?),
             revocations_checked_ms: AtomicI64::new(0),
             started: std::time::Instant::now(),
@@ -678,34 +687,50 @@ impl App {
     }
 
     /// Renews `leases` of `holder`. A lease whose recorded expiry still
-    /// covers another `lease_ttl` is answered from memory; the rest are
-    /// written, batched with concurrent heartbeats.
+    /// covers another `lease_ttl` is answered from memory. One with at least
+    /// half a TTL left is answered at once with what is left, and extended
+    /// in the background. The rest are written first, batched with
+    /// concurrent heartbeats.
     pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
+        use crate::held::Known;
         let now = self.db_now();
         let ttl = self.config.lease_ttl;
         let memory = self.memory_is_current();
-        let mut out: Vec<Option<Renewal>> = leases
-            .iter()
-            .map(|l| {
-                memory
-                    .then(|| self.held.covered(holder, l, now, ttl))
-                    .flatten()
-                    .map(Renewal::Renewed)
-            })
-            .collect();
-        let stale: Vec<LeaseRef> = leases
-            .iter()
-            .zip(&out)
-            .filter(|(_, o)| o.is_none())
-            .map(|(l, _)| *l)
-            .collect();
+        let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
+        let (mut stale, mut refresh) = (Vec::new(), Vec::new());
+        for l in leases {
+            let known = if memory {
+                self.held.check(holder, l, now, ttl)
+            } else {
+                Known::Unknown
+            };
+            out.push(match known {
+                Known::Covered(e) => Some(Renewal::Renewed(e)),
+                Known::Due {
+                    expires,
+                    refresh: r,
+                } => {
+                    if r {
+                        refresh.push(*l);
+                    }
+                    Some(Renewal::Renewed(expires))
+                }
+                Known::Unknown => {
+                    stale.push(*l);
+                    None
+                }
+            });
+        }
         self.renewed_from_memory
             .fetch_add((leases.len() - stale.len()) as u64, Ordering::Relaxed);
+        self.renewed_by_write
+            .fetch_add((stale.len() + refresh.len()) as u64, Ordering::Relaxed);
+        if !refresh.is_empty() {
+            self.refresh_in_background(holder, refresh);
+        }
         if stale.is_empty() {
             return Ok(out.into_iter().flatten().collect());
         }
-        self.renewed_by_write
-            .fetch_add(stale.len() as u64, Ordering::Relaxed);
         let epoch = self.held.epoch();
         let written = self
             .batches
@@ -727,6 +752,45 @@ impl App {
             .into_iter()
             .map(|o| o.unwrap_or(Renewal::Lost))
             .collect())
+    }
+
+    /// Extends `leases` without making their heartbeat wait; at most
+    /// [`MAX_REFRESHING`] at a time (past it, the next heartbeat tries again).
+    fn refresh_in_background(&self, holder: &str, leases: Vec<LeaseRef>) {
+        let n = leases.len() as u64;
+        if self.refreshing.fetch_add(n, Ordering::AcqRel) + n > MAX_REFRESHING {
+            self.refreshing.fetch_sub(n, Ordering::AcqRel);
+            for l in &leases {
+                self.held.refresh_failed(l);
+            }
+            return;
+        }
+        let (batches, held, refreshing) = (
+            self.batches.clone(),
+            self.held.clone(),
+            self.refreshing.clone(),
+        );
+        let holder = holder.to_string();
+        let epoch = held.epoch();
+        tokio::spawn(async move {
+            match batches.renew(&holder, &leases).await {
+                Ok(results) => {
+                    for (l, r) in leases.iter().zip(results) {
+                        match r {
+                            Renewal::Renewed(e) => held.record(epoch, &holder, *l, e),
+                            Renewal::Lost => held.forget(&holder, l),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, leases = leases.len(), "background lease renewal failed; the next heartbeat retries");
+                    for l in &leases {
+                        held.refresh_failed(l);
+                    }
+                }
+            }
+            refreshing.fetch_sub(n, Ordering::AcqRel);
+        });
     }
 
     /// Leases renewed from memory and by a database write since start.

@@ -23,8 +23,9 @@ use crate::storage::{RenewItem, Storage, StorageError};
 /// database does fastest (measured: 1 beat 2, 4 and 8 workers by 20-150%
 /// with three instances; docs/benchmarks.md).
 const SEAT_WORKERS: usize = 1;
-/// Renewal batches in flight at once (most heartbeats need no write).
-const RENEW_WORKERS: usize = 2;
+/// Renewal batches in flight at once (most heartbeats need no write, but a
+/// burst of them can: after a failover every lease is new to its instance).
+const RENEW_WORKERS: usize = 4;
 /// Leases renewed by one transaction at most.
 pub const MAX_BATCH_LEASES: usize = 4000;
 /// Grants or releases in one transaction at most.

@@ -34,6 +34,24 @@ struct Entry {
     holder: Box<str>,
     /// Recorded expiry, Unix microseconds by the database clock.
     expires_us: i64,
+    /// A write that extends it is queued (one at a time per lease).
+    refreshing: bool,
+}
+
+/// What memory says about one heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// The recorded expiry covers a full TTL promise: nothing to write.
+    Covered(DateTime<Utc>),
+    /// Still valid for at least half a TTL: answer with what is left now,
+    /// and extend it in the background. `refresh` is false when a write for
+    /// it is already queued.
+    Due {
+        expires: DateTime<Utc>,
+        refresh: bool,
+    },
+    /// Not known here, someone else's, or too close to expiry: write first.
+    Unknown,
 }
 
 pub struct HeldLeases {
@@ -69,21 +87,37 @@ impl HeldLeases {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// The remembered expiry of `holder`'s `lease`, if it still covers a
-    /// promise of `ttl` made at `now` (database clock).
-    pub fn covered(
+    /// Classifies a heartbeat of `holder` for `lease` at `now` (database
+    /// clock) against a promise of `ttl`; a `Due` answer with `refresh`
+    /// marks the lease as being refreshed until [`HeldLeases::record`] or
+    /// [`HeldLeases::forget`].
+    pub fn check(
         &self,
         holder: &str,
         lease: &LeaseRef,
         now: DateTime<Utc>,
         ttl: Duration,
-    ) -> Option<DateTime<Utc>> {
-        let need = micros(now) + (ttl + CLOCK_MARGIN).as_micros() as i64;
-        let map = self.shard(lease).lock().expect("lock");
-        let e = map.get(lease)?;
-        (&*e.holder == holder && e.expires_us >= need)
-            .then(|| DateTime::from_timestamp_micros(e.expires_us))
-            .flatten()
+    ) -> Known {
+        let now_us = micros(now);
+        let margin = CLOCK_MARGIN.as_micros() as i64;
+        let full = now_us + ttl.as_micros() as i64 + margin;
+        let half = now_us + ttl.as_micros() as i64 / 2 + margin;
+        let mut map = self.shard(lease).lock().expect("lock");
+        let Some(e) = map.get_mut(lease).filter(|e| &*e.holder == holder) else {
+            return Known::Unknown;
+        };
+        let Some(expires) = DateTime::from_timestamp_micros(e.expires_us) else {
+            return Known::Unknown;
+        };
+        if e.expires_us >= full {
+            Known::Covered(expires)
+        } else if e.expires_us >= half {
+            let refresh = !e.refreshing;
+            e.refreshing = true;
+            Known::Due { expires, refresh }
+        } else {
+            Known::Unknown
+        }
     }
 
     /// Remembers the expiry the database now holds for `lease`, unless
@@ -100,8 +134,16 @@ impl HeldLeases {
             Entry {
                 holder: holder.into(),
                 expires_us: micros(expires),
+                refreshing: false,
             },
         );
+    }
+
+    /// A background refresh of `lease` failed: let the next heartbeat try.
+    pub fn refresh_failed(&self, lease: &LeaseRef) {
+        if let Some(e) = self.shard(lease).lock().expect("lock").get_mut(lease) {
+            e.refreshing = false;
+        }
     }
 
     /// Forgets `holder`'s `lease` (another holder naming it changes nothing).
@@ -143,6 +185,19 @@ mod tests {
         DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap()
     }
 
+    fn covered(
+        h: &HeldLeases,
+        holder: &str,
+        lease: &LeaseRef,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> Option<DateTime<Utc>> {
+        match h.check(holder, lease, now, ttl) {
+            Known::Covered(e) => Some(e),
+            _ => None,
+        }
+    }
+
     fn lease(slot_no: i64) -> LeaseRef {
         LeaseRef {
             feature_id: 1,
@@ -158,16 +213,16 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let e = now + chrono::Duration::seconds(120);
         h.record(h.epoch(), "alice", lease(1), e);
-        assert_eq!(h.covered("alice", &lease(1), now, ttl), Some(e));
-        assert_eq!(h.covered("bob", &lease(1), now, ttl), None);
-        assert_eq!(h.covered("alice", &lease(2), now, ttl), None);
+        assert_eq!(covered(&h, "alice", &lease(1), now, ttl), Some(e));
+        assert_eq!(covered(&h, "bob", &lease(1), now, ttl), None);
+        assert_eq!(covered(&h, "alice", &lease(2), now, ttl), None);
         // 60 s left is not enough for a 60 s promise plus the clock margin.
         let later = now + chrono::Duration::seconds(60);
-        assert_eq!(h.covered("alice", &lease(1), later, ttl), None);
+        assert_eq!(covered(&h, "alice", &lease(1), later, ttl), None);
         h.forget("bob", &lease(1));
-        assert_eq!(h.covered("alice", &lease(1), now, ttl), Some(e));
+        assert_eq!(covered(&h, "alice", &lease(1), now, ttl), Some(e));
         h.forget("alice", &lease(1));
-        assert_eq!(h.covered("alice", &lease(1), now, ttl), None);
+        assert_eq!(covered(&h, "alice", &lease(1), now, ttl), None);
     }
 
     #[test]
@@ -178,9 +233,50 @@ mod tests {
         let epoch = h.epoch();
         h.clear();
         h.record(epoch, "alice", lease(1), e);
-        assert_eq!(h.covered("alice", &lease(1), now, Duration::ZERO), None);
+        assert_eq!(covered(&h, "alice", &lease(1), now, Duration::ZERO), None);
         h.record(h.epoch(), "alice", lease(1), e);
-        assert_eq!(h.covered("alice", &lease(1), now, Duration::ZERO), Some(e));
+        assert_eq!(
+            covered(&h, "alice", &lease(1), now, Duration::ZERO),
+            Some(e)
+        );
+    }
+
+    #[test]
+    fn a_due_lease_is_answered_and_refreshed_once() {
+        let h = HeldLeases::default();
+        let now = now();
+        let ttl = Duration::from_secs(60);
+        let e = now + chrono::Duration::seconds(45);
+        h.record(h.epoch(), "alice", lease(1), e);
+        assert_eq!(
+            h.check("alice", &lease(1), now, ttl),
+            Known::Due {
+                expires: e,
+                refresh: true
+            }
+        );
+        assert_eq!(
+            h.check("alice", &lease(1), now, ttl),
+            Known::Due {
+                expires: e,
+                refresh: false
+            }
+        );
+        h.refresh_failed(&lease(1));
+        assert_eq!(
+            h.check("alice", &lease(1), now, ttl),
+            Known::Due {
+                expires: e,
+                refresh: true
+            }
+        );
+        assert_eq!(h.check("bob", &lease(1), now, ttl), Known::Unknown);
+        // Less than half a TTL (plus the margin) left: write first.
+        let late = now + chrono::Duration::seconds(15);
+        assert_eq!(h.check("alice", &lease(1), late, ttl), Known::Unknown);
+        let e2 = now + chrono::Duration::seconds(120);
+        h.record(h.epoch(), "alice", lease(1), e2);
+        assert_eq!(h.check("alice", &lease(1), now, ttl), Known::Covered(e2));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{def, layers, Kind, TestApp, TestDb, MASTER_KEY_1};
+use common::{def, layers, wait_for, Kind, TestApp, TestDb, MASTER_KEY_1};
 use floatlm::app::App;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
@@ -53,7 +53,7 @@ async fn memory_answers_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
     let app = &t.app;
     assert_eq!(app.config.lease_ttl, Duration::from_secs(60));
     assert_eq!(app.config.lease_hold, Duration::from_secs(120));
-    apply(&t, 3).await;
+    apply(&t, 4).await;
 
     // Granted for lease_hold: heartbeats cost no write.
     let g = app.grant(&req("alice", "a1", 120)).await.unwrap();
@@ -101,10 +101,45 @@ async fn memory_answers_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
     assert!(matches!(r[1], Renewal::Renewed(e) if e > c.expires_at));
     assert_eq!(counts(app), (4, 3));
 
+    // 45 s recorded: more than half the TTL, so the heartbeat is answered at
+    // once with what is left (a shorter promise) and the lease is extended
+    // in the background; the next heartbeat finds the new expiry.
+    let due = app.grant(&req("carol", "d1", 45)).await.unwrap();
+    assert_eq!(
+        renew_one(app, "carol", due.lease).await,
+        Renewal::Renewed(due.expires_at)
+    );
+    assert!(app.promise(due.expires_at) < Duration::from_secs(45));
+    assert!(app.promise(due.expires_at) > Duration::from_secs(30));
+    assert_eq!(counts(app), (5, 4));
+    let extended = wait_for(
+        "the background renewal",
+        Duration::from_secs(10),
+        || async {
+            recorded_expiry(app, due.lease)
+                .await
+                .filter(|e| *e > due.expires_at)
+        },
+    )
+    .await;
+    let again = wait_for(
+        "the remembered new expiry",
+        Duration::from_secs(10),
+        || async {
+            match renew_one(app, "carol", due.lease).await {
+                Renewal::Renewed(e) if e == extended => Some(e),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(again - due.expires_at > chrono::Duration::seconds(60));
+
     // Released here: forgotten, so the next heartbeat asks the database.
     assert!(app.release("alice", g.lease).await.unwrap());
+    let before = counts(app);
     assert_eq!(renew_one(app, "alice", g.lease).await, Renewal::Lost);
-    assert_eq!(counts(app), (4, 4));
+    assert_eq!(counts(app), (before.0, before.1 + 1));
 
     // Force-released on this instance: the holder learns at once.
     app.force_release(short.lease).await.unwrap();
