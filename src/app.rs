@@ -773,7 +773,7 @@ impl App {
         let holder = holder.to_string();
         let epoch = held.epoch();
         tokio::spawn(async move {
-            match batches.renew(&holder, &leases).await {
+            match batches.refresh(&holder, &leases).await {
                 Ok(results) => {
                     for (l, r) in leases.iter().zip(results) {
                         match r {

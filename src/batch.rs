@@ -26,6 +26,10 @@ const SEAT_WORKERS: usize = 1;
 /// Renewal batches in flight at once (most heartbeats need no write, but a
 /// burst of them can: after a failover every lease is new to its instance).
 const RENEW_WORKERS: usize = 4;
+/// Background extensions (nobody waits for them): one modest batch at a
+/// time, so they never crowd the database that waiting requests need.
+const REFRESH_WORKERS: usize = 1;
+const MAX_REFRESH_LEASES: usize = 200;
 /// Leases renewed by one transaction at most.
 pub const MAX_BATCH_LEASES: usize = 4000;
 /// Grants or releases in one transaction at most.
@@ -106,6 +110,29 @@ fn each<T>(n: usize, e: &StorageError, what: &str) -> Vec<Result<T, String>> {
     (0..n).map(|_| Err(msg.clone())).collect()
 }
 
+/// A queue of renewals in front of [`Storage::renew_batch`].
+fn renewal_batcher(
+    storage: Arc<dyn Storage>,
+    ttl: Duration,
+    workers: usize,
+    max_leases: usize,
+) -> Batcher<RenewItem, Result<Vec<Renewal>, String>> {
+    Batcher::start(
+        workers,
+        max_leases,
+        |item: &RenewItem| item.leases.len(),
+        Arc::new(move |items: Vec<RenewItem>| {
+            let st = storage.clone();
+            Box::pin(async move {
+                match st.renew_batch(&items, ttl).await {
+                    Ok(r) => r.into_iter().map(Ok).collect(),
+                    Err(e) => each(items.len(), &e, "renewal"),
+                }
+            })
+        }),
+    )
+}
+
 /// When a release ended its lease (database clock); None when it was not live.
 type Released = Result<Option<DateTime<Utc>>, String>;
 
@@ -113,6 +140,7 @@ type Released = Result<Option<DateTime<Utc>>, String>;
 pub struct SeatBatchers {
     grants: Batcher<GrantRequest, Result<Grant, SeatError>>,
     renewals: Batcher<RenewItem, Result<Vec<Renewal>, String>>,
+    refreshes: Batcher<RenewItem, Result<Vec<Renewal>, String>>,
     releases: Batcher<(String, LeaseRef), Released>,
 }
 
@@ -129,21 +157,8 @@ impl SeatBatchers {
                 Box::pin(async move { st.grant_batch(&reqs).await })
             }),
         );
-        let st = storage.clone();
-        let renewals = Batcher::start(
-            RENEW_WORKERS,
-            MAX_BATCH_LEASES,
-            |item: &RenewItem| item.leases.len(),
-            Arc::new(move |items: Vec<RenewItem>| {
-                let st = st.clone();
-                Box::pin(async move {
-                    match st.renew_batch(&items, ttl).await {
-                        Ok(r) => r.into_iter().map(Ok).collect(),
-                        Err(e) => each(items.len(), &e, "renewal"),
-                    }
-                })
-            }),
-        );
+        let renewals = renewal_batcher(storage.clone(), ttl, RENEW_WORKERS, MAX_BATCH_LEASES);
+        let refreshes = renewal_batcher(storage.clone(), ttl, REFRESH_WORKERS, MAX_REFRESH_LEASES);
         let st = storage;
         let releases = Batcher::start(
             SEAT_WORKERS,
@@ -162,6 +177,7 @@ impl SeatBatchers {
         SeatBatchers {
             grants,
             renewals,
+            refreshes,
             releases,
         }
     }
@@ -181,6 +197,16 @@ impl SeatBatchers {
             leases: leases.to_vec(),
         };
         self.renewals.submit(item).await?
+    }
+
+    /// Extends `leases` of `holder` where no request waits for it: in the
+    /// background queue, one small batch at a time.
+    pub async fn refresh(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, String> {
+        let item = RenewItem {
+            holder: holder.to_string(),
+            leases: leases.to_vec(),
+        };
+        self.refreshes.submit(item).await?
     }
 
     /// Releases `holder`'s `lease`, in whatever batch is next; the database

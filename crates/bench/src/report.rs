@@ -308,13 +308,15 @@ fn analysis(r: &Results) -> String {
 /// Where the time goes: the parts of the analysis that do not change per run.
 const NOTES: &str = r#"## Where the time goes
 
-- **Most heartbeats need no database write.** The database keeps a lease
-  `lease_hold` (twice `lease_ttl`); an instance answers a heartbeat from the
-  expiry it recorded while more than `lease_ttl` of it is left, so a client
-  heartbeating every third of its TTL costs one write per TTL. In the
-  `heartbeat` scenario leases are renewed back to back, so nearly every
-  heartbeat is answered from memory; the `live_leases` scenario has the
-  real mix (heartbeats at a fixed interval). Writes that are needed are
+- **Heartbeats do not wait for the database.** The database keeps a lease
+  `lease_hold` (twice `lease_ttl` by default); an instance answers a
+  heartbeat from the expiry it recorded while more than `lease_ttl` of it is
+  left. With less left (but at least half a TTL) it answers at once with what
+  is left and extends the lease in the background. So a client heartbeating
+  every third of its TTL costs one write per TTL, and none of its heartbeats
+  waits for it. In the `heartbeat` scenario leases are renewed back to back,
+  so nearly every heartbeat is answered from memory; the `live_leases`
+  scenario has the real mix (heartbeats at a fixed interval). The writes are
   group-committed: one `UPDATE … WHERE (primary key and lease_gen and holder)
   OR …` per batch.
 - **Grants and releases are group-committed.** Concurrent logins queue in
