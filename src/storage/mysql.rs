@@ -42,6 +42,27 @@ async fn db_now(tx: &mut Tx<'_>) -> Result<NaiveDateTime> {
         .await?)
 }
 
+/// Appends `(feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ?)
+/// OR …`, one per lease: primary-key equalities, because MariaDB turns a
+/// row-value IN list of one tuple into a full index scan, which this never is.
+fn push_held_leases<'a>(
+    q: &mut QueryBuilder<'a, MySql>,
+    leases: impl Iterator<Item = HeldLease<'a>>,
+) {
+    for (i, (f, s, g, h)) in leases.enumerate() {
+        q.push(if i == 0 { "(" } else { " OR (" })
+            .push("feature_id = ")
+            .push_bind(f)
+            .push(" AND slot_no = ")
+            .push_bind(s)
+            .push(" AND lease_gen = ")
+            .push_bind(g)
+            .push(" AND holder = ")
+            .push_bind(h)
+            .push(")");
+    }
+}
+
 /// Counts an operator's force release (see [`Storage::revocations`]).
 async fn bump_revocations(tx: &mut Tx<'_>) -> Result<()> {
     sqlx::query("UPDATE lease_revocations SET count = count + 1 WHERE id = 1")
@@ -526,18 +547,12 @@ impl MySqlStorage {
              WHERE state IN (0, 1) AND expires_at > ",
         );
         q.push_bind(now).push(" AND (");
-        for (i, (holder, l)) in items.iter().enumerate() {
-            q.push(if i == 0 { "(" } else { " OR (" })
-                .push("feature_id = ")
-                .push_bind(l.feature_id)
-                .push(" AND slot_no = ")
-                .push_bind(l.slot_no)
-                .push(" AND lease_gen = ")
-                .push_bind(l.lease_gen)
-                .push(" AND holder = ")
-                .push_bind(*holder)
-                .push(")");
-        }
+        push_held_leases(
+            &mut q,
+            items
+                .iter()
+                .map(|(h, l)| (l.feature_id, l.slot_no, l.lease_gen, *h)),
+        );
         q.push(")");
         let r = q.build().execute(&mut *tx).await?;
         if r.rows_affected() as usize != items.len() {
@@ -994,20 +1009,7 @@ impl Storage for MySqlStorage {
                     .push(" WHERE state IN (0, 1) AND expires_at > ")
                     .push_bind(now)
                     .push(" AND (");
-                // OR of primary-key equalities: MariaDB turns a row-value IN
-                // list of one tuple into a full index scan, this it never does.
-                for (i, (f, s, g, h)) in chunk.iter().enumerate() {
-                    q.push(if i == 0 { "(" } else { " OR (" })
-                        .push("feature_id = ")
-                        .push_bind(*f)
-                        .push(" AND slot_no = ")
-                        .push_bind(*s)
-                        .push(" AND lease_gen = ")
-                        .push_bind(*g)
-                        .push(" AND holder = ")
-                        .push_bind(*h)
-                        .push(")");
-                }
+                push_held_leases(&mut q, chunk.iter().copied());
                 q.push(")");
                 let r = q.build().execute(&mut *tx).await?;
                 if r.rows_affected() as usize == chunk.len() {
