@@ -511,9 +511,11 @@ impl MySqlStorage {
         }
         // Requests without a grant give their request id back (those to be
         // granted alone claim it again).
-        let unclaimed: Vec<usize> = (0..reqs.len())
-            .filter(|&i| !granted.iter().any(|(g, _)| *g == i))
-            .collect();
+        let mut has_grant = vec![false; reqs.len()];
+        for (i, _) in &granted {
+            has_grant[*i] = true;
+        }
+        let unclaimed: Vec<usize> = (0..reqs.len()).filter(|&i| !has_grant[i]).collect();
         if !unclaimed.is_empty() {
             let mut q = QueryBuilder::<MySql>::new("DELETE FROM grant_requests WHERE ");
             for (n, &i) in unclaimed.iter().enumerate() {
