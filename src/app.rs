@@ -22,7 +22,10 @@ use crate::domain::identity::{
     new_identity_id, new_identity_secret, valid_identity_id, IdentityString,
 };
 use crate::domain::license::{self, LicenseError, VendorKey};
-use crate::domain::seats::{FeatureUsage, Grant, GrantRequest, LeaseRef, Renewal, Role, SeatError};
+use crate::domain::seats::{
+    Check, FeatureUsage, Grant, GrantRequest, LeaseRef, LiveLease, Renewal, Role, SeatError,
+    CLOCK_MARGIN,
+};
 use floatlm_protocol::handshake::ResumeGrant;
 
 use crate::storage::{
@@ -107,28 +110,35 @@ pub struct App {
     ticket_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
     /// The database clock minus this instance's clock, milliseconds.
     clock_offset_ms: AtomicI64,
-    /// Group commit of grants, heartbeats and releases.
+    /// Group commit of grants, heartbeat checks, extensions and releases.
     batches: Arc<crate::batch::SeatBatchers>,
-    /// Expiries this instance recorded, so most heartbeats need no write.
-    held: Arc<crate::held::HeldLeases>,
-    /// Leases being extended in the background right now.
-    refreshing: Arc<AtomicU64>,
-    /// The cluster's force-release count when `held` was last checked.
-    revocations_seen: AtomicI64,
-    /// When that check last succeeded, milliseconds since `started`.
-    revocations_checked_ms: AtomicI64,
-    started: std::time::Instant,
-    /// Leases renewed from memory / by a database write.
-    renewed_from_memory: AtomicU64,
-    renewed_by_write: AtomicU64,
+    /// How heartbeats were answered, per lease (for `admin status`).
+    heartbeat_stats: HeartbeatStats,
     /// Seat counts for clients' `info` requests (counting scans every slot).
     usage_cache: crate::cache::Cached<Arc<Vec<FeatureView>>>,
     /// The database probe behind healthz, so probes cost no round trip each.
     health_cache: crate::cache::Cached<Result<(), String>>,
 }
 
-/// Leases extended in the background at most at once per instance.
-const MAX_REFRESHING: u64 = 50_000;
+/// Heartbeat answers per lease since start, by how they were reached.
+#[derive(Default)]
+struct HeartbeatStats {
+    /// Answered from the check read alone (no write).
+    read_only: AtomicU64,
+    /// Of those, extended in the background afterwards.
+    refreshed: AtomicU64,
+    /// Extended before the answer (the lease was nearly out).
+    written: AtomicU64,
+    /// Answered lost.
+    lost: AtomicU64,
+}
+
+/// What a client hears when the database does not answer: the license server
+/// is up, its database is not. The detail goes to the log.
+fn database_unavailable(detail: impl std::fmt::Display) -> AppError {
+    tracing::warn!(error = %detail, "the database failed a seat operation");
+    AppError::Unavailable("the license server's database is unavailable; try again shortly".into())
+}
 
 /// Opens the configured storage backend.
 pub async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, StartError> {
@@ -391,14 +401,9 @@ impl App {
             batches: Arc::new(crate::batch::SeatBatchers::start(
                 storage.clone(),
                 config.lease_hold,
+                config.lease_ttl,
             )),
-            held: Arc::default(),
-            refreshing: Arc::new(AtomicU64::new(0)),
-            revocations_seen: AtomicI64::new(storage.revocations().await?),
-            revocations_checked_ms: AtomicI64::new(0),
-            started: std::time::Instant::now(),
-            renewed_from_memory: AtomicU64::new(0),
-            renewed_by_write: AtomicU64::new(0),
+            heartbeat_stats: HeartbeatStats::default(),
             usage_cache: crate::cache::Cached::new(USAGE_CACHE),
             health_cache: crate::cache::Cached::new(HEALTH_CACHE),
             config,
@@ -665,190 +670,175 @@ impl App {
 
     // ------------------------------------------------------------------ seats
 
+    /// Grants one seat of `req.feature` (group-committed with concurrent
+    /// logins). The grant's `promise` rests on the transaction that took the
+    /// slot (or, for a resent request id, on a fresh read of its row).
     pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
         if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
             return Err(SeatError::Refused(req.feature.clone(), why.clone()));
         }
-        let epoch = self.held.epoch();
         let g = self.batches.grant(req.clone()).await?;
-        self.held.record(epoch, &req.holder, g.lease, g.expires_at);
         // This instance's own clients see their change at once; others'
         // changes show within USAGE_CACHE.
         self.usage_cache.clear();
         Ok(g)
     }
 
-    /// How long a client may use a lease the database holds until
-    /// `expires_at`: `lease_ttl`, or less when less is left.
-    pub fn promise(&self, expires_at: DateTime<Utc>) -> Duration {
-        let left = (expires_at - self.db_now()).to_std().unwrap_or_default();
-        left.saturating_sub(crate::held::CLOCK_MARGIN)
-            .min(self.config.lease_ttl)
-    }
-
-    /// Renews `leases` of `holder`. A lease whose recorded expiry still
-    /// covers another `lease_ttl` is answered from memory. One with at least
-    /// half a TTL left is answered at once with what is left, and extended
-    /// in the background. The rest are written first, batched with
-    /// concurrent heartbeats.
+    /// Renews `leases` of `holder`. Every answer rests on a read of the
+    /// lease's row made for this heartbeat (one statement for all concurrent
+    /// heartbeats, no lock, no write), so a release through any instance, a
+    /// force release or a restore is seen by the next heartbeat; this
+    /// instance's memory is never the evidence.
+    ///
+    /// A lease whose recorded expiry still covers a full `lease_ttl` is
+    /// answered from the read alone. One with at least half a TTL left is
+    /// answered with what is left and extended in the background. The rest
+    /// are extended first (a conditional write, batched) and answered from
+    /// that write. Leases of a feature whose license window closed or that
+    /// the integrity check refuses are answered lost.
     pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
-        use crate::held::Known;
-        let now = self.db_now();
         let ttl = self.config.lease_ttl;
-        let memory = self.memory_is_current();
-        let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
-        let (mut stale, mut refresh) = (Vec::new(), Vec::new());
-        for l in leases {
-            let known = if memory {
-                self.held.check(holder, l, now, ttl)
-            } else {
-                Known::Unknown
-            };
-            out.push(match known {
-                Known::Covered(e) => Some(Renewal::Renewed(e)),
-                Known::Due {
-                    expires,
-                    refresh: r,
-                } => {
-                    if r {
-                        refresh.push(*l);
-                    }
-                    Some(Renewal::Renewed(expires))
-                }
-                Known::Unknown => {
-                    stale.push(*l);
-                    None
-                }
-            });
-        }
-        self.renewed_from_memory
-            .fetch_add((leases.len() - stale.len()) as u64, Ordering::Relaxed);
-        self.renewed_by_write
-            .fetch_add((stale.len() + refresh.len()) as u64, Ordering::Relaxed);
-        if !refresh.is_empty() {
-            self.refresh_in_background(holder, refresh);
-        }
-        if stale.is_empty() {
-            return Ok(out.into_iter().flatten().collect());
-        }
-        let epoch = self.held.epoch();
-        let written = self
+        let checks = self
             .batches
-            .renew(holder, &stale)
+            .check(holder, leases)
             .await
-            .map_err(AppError::Unavailable)?;
-        let mut written = stale.iter().zip(written);
-        for o in out.iter_mut().filter(|o| o.is_none()) {
-            let Some((lease, r)) = written.next() else {
-                break;
+            .map_err(database_unavailable)?;
+        let refused = self.refused.read().expect("lock").clone();
+        let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
+        let (mut urgent, mut due) = (Vec::new(), Vec::new());
+        for (lease, check) in leases.iter().zip(checks) {
+            let live = match check {
+                Check::Live(live)
+                    if !live.window_closed() && !refused.contains_key(&live.feature) =>
+                {
+                    live
+                }
+                Check::WentBack => {
+                    tracing::warn!(%lease, "a heartbeat names a lease newer than its slot: the database was restored or lost transactions (run `floatlm admin quarantine` after a restore), or the client made the lease id up");
+                    out.push(Some(Renewal::Lost));
+                    continue;
+                }
+                _ => {
+                    out.push(Some(Renewal::Lost));
+                    continue;
+                }
             };
-            match r {
-                Renewal::Renewed(e) => self.held.record(epoch, holder, *lease, e),
-                Renewal::Lost => self.held.forget(holder, lease),
+            let left = live.left();
+            if left >= ttl / 2 {
+                if left < ttl || live.cap < ttl {
+                    due.push(*lease);
+                }
+                out.push(Some(Renewal::Renewed(live.promise(ttl))));
+            } else {
+                urgent.push((*lease, live));
+                out.push(None);
             }
-            *o = Some(r);
         }
-        Ok(out
+        let stats = &self.heartbeat_stats;
+        let answered_live = out
+            .iter()
+            .filter(|o| matches!(o, Some(Renewal::Renewed(_))))
+            .count();
+        stats
+            .read_only
+            .fetch_add(answered_live as u64, Ordering::Relaxed);
+        if !due.is_empty() {
+            let queued = self.batches.refresh(holder, &due);
+            stats.refreshed.fetch_add(queued as u64, Ordering::Relaxed);
+        }
+        if !urgent.is_empty() {
+            let targets: Vec<LeaseRef> = urgent.iter().map(|(l, _)| *l).collect();
+            let written = self
+                .batches
+                .extend(holder, &targets)
+                .await
+                .map_err(database_unavailable)?;
+            stats
+                .written
+                .fetch_add(urgent.len() as u64, Ordering::Relaxed);
+            let mut answers = urgent.into_iter().zip(written).map(|((_, read), at)| {
+                at.map_or(Renewal::Lost, |now| {
+                    // The write matched: the lease was live at `now` and is
+                    // held at least `lease_hold` past it, with a cap of at
+                    // least `lease_ttl`.
+                    let hold = chrono::Duration::from_std(self.config.lease_hold)
+                        .unwrap_or(chrono::Duration::MAX);
+                    let extended = LiveLease {
+                        now,
+                        expires_at: now + hold,
+                        cap: read.cap.max(ttl),
+                        ..read
+                    };
+                    Renewal::Renewed(extended.promise(ttl))
+                })
+            });
+            for o in out.iter_mut().filter(|o| o.is_none()) {
+                *o = answers.next();
+            }
+        }
+        let out: Vec<Renewal> = out
             .into_iter()
             .map(|o| o.unwrap_or(Renewal::Lost))
-            .collect())
+            .collect();
+        let lost = out.iter().filter(|r| **r == Renewal::Lost).count();
+        stats.lost.fetch_add(lost as u64, Ordering::Relaxed);
+        Ok(out)
     }
 
-    /// Extends `leases` without making their heartbeat wait; at most
-    /// [`MAX_REFRESHING`] at a time (past it, the next heartbeat tries again).
-    fn refresh_in_background(&self, holder: &str, leases: Vec<LeaseRef>) {
-        let n = leases.len() as u64;
-        if self.refreshing.fetch_add(n, Ordering::AcqRel) + n > MAX_REFRESHING {
-            self.refreshing.fetch_sub(n, Ordering::AcqRel);
-            for l in &leases {
-                self.held.refresh_failed(l);
-            }
-            return;
-        }
-        let (batches, held, refreshing) = (
-            self.batches.clone(),
-            self.held.clone(),
-            self.refreshing.clone(),
-        );
-        let holder = holder.to_string();
-        let epoch = held.epoch();
-        tokio::spawn(async move {
-            match batches.refresh(&holder, &leases).await {
-                Ok(results) => {
-                    for (l, r) in leases.iter().zip(results) {
-                        match r {
-                            Renewal::Renewed(e) => held.record(epoch, &holder, *l, e),
-                            Renewal::Lost => held.forget(&holder, l),
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, leases = leases.len(), "background lease renewal failed; the next heartbeat retries");
-                    for l in &leases {
-                        held.refresh_failed(l);
-                    }
-                }
-            }
-            refreshing.fetch_sub(n, Ordering::AcqRel);
-        });
-    }
-
-    /// Leases renewed from memory and by a database write since start.
+    /// How heartbeats were answered since start, per lease.
     pub fn heartbeat_counts(&self) -> serde_json::Value {
+        let s = &self.heartbeat_stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
-            "renewed_from_memory": self.renewed_from_memory.load(Ordering::Relaxed),
-            "renewed_by_write": self.renewed_by_write.load(Ordering::Relaxed),
+            "answered_from_read": n(&s.read_only),
+            "extended_in_background": n(&s.refreshed),
+            "extended_before_answer": n(&s.written),
+            "lost": n(&s.lost),
         })
     }
 
+    /// Releases `holder`'s `lease`; false when it was not live any more.
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
-        self.held.forget(holder, &lease);
         let released = self
             .batches
             .release(holder, lease)
             .await
-            .map_err(AppError::Unavailable)?
+            .map_err(database_unavailable)?
             .is_some();
         self.usage_cache.clear();
         Ok(released)
     }
 
-    /// Forgets every remembered expiry when an operator force-released a
-    /// lease anywhere in the cluster since the last look, and the ones that
-    /// have passed.
-    pub async fn check_revocations(&self) -> Result<(), StorageError> {
-        let n = self.storage.revocations().await?;
-        if self.revocations_seen.swap(n, Ordering::AcqRel) != n {
-            self.held.clear();
-        }
-        self.held.sweep(self.db_now());
-        self.revocations_checked_ms
-            .store(self.started.elapsed().as_millis() as i64, Ordering::Release);
-        Ok(())
-    }
-
-    /// Whether heartbeats may be answered from memory: only while the last
-    /// look at the force-release count is at most two cluster heartbeats
-    /// old, which bounds how long a force release elsewhere goes unseen.
-    fn memory_is_current(&self) -> bool {
-        let age = self.started.elapsed().as_millis() as i64
-            - self.revocations_checked_ms.load(Ordering::Acquire);
-        age <= 2 * self.config.cluster_heartbeat.as_millis() as i64
-    }
-
-    pub async fn force_release(&self, lease: LeaseRef) -> Result<(), AppError> {
-        let released = self.storage.force_release(lease).await?.is_some();
-        // Every remembered expiry: the count moved, and this instance must not
-        // answer the evicted holder from memory before its next look.
-        self.held.clear();
-        if released {
-            tracing::info!(%lease, "lease force-released by an operator");
-            Ok(())
-        } else {
-            Err(AppError::NotFound(format!(
+    /// An operator's release of any lease: its holder is told it lost the
+    /// seat on its next heartbeat; the seat is free again once every promise
+    /// already given for it has run out. Returns when (database clock).
+    pub async fn force_release(&self, lease: LeaseRef) -> Result<DateTime<Utc>, AppError> {
+        let free_at = self.storage.force_release(lease).await?;
+        self.usage_cache.clear();
+        match free_at {
+            Some(at) => {
+                tracing::info!(%lease, free_at = %at, "lease force-released by an operator");
+                Ok(at)
+            }
+            None => Err(AppError::NotFound(format!(
                 "lease {lease} is not live (already released, expired or re-granted)"
-            )))
+            ))),
         }
+    }
+
+    /// Holds every seat for at least `hold` (default: this instance's
+    /// `lease_hold` plus the clock margin) so that no seat is granted while a
+    /// promise given before the database went back in time may still run.
+    pub async fn quarantine(&self, hold: Option<Duration>) -> Result<u64, AppError> {
+        let hold = hold.unwrap_or(self.config.lease_hold.max(self.config.lease_ttl) + CLOCK_MARGIN);
+        let n = self.storage.quarantine(hold).await?;
+        self.usage_cache.clear();
+        tracing::warn!(
+            slots = n,
+            hold_s = hold.as_secs_f64(),
+            "every seat is held by nobody for a while (quarantine after a restore)"
+        );
+        Ok(n)
     }
 
     // -------------------------------------------------------------- identities
@@ -1295,9 +1285,6 @@ impl App {
             }
             if let Err(e) = self.refresh_ticket_keys().await {
                 tracing::warn!(error = %e, "could not refresh the resumption ticket keys");
-            }
-            if let Err(e) = self.check_revocations().await {
-                tracing::warn!(error = %e, "could not read the force-release count; heartbeats are written until it can be read");
             }
         }
     }

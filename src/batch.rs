@@ -1,12 +1,15 @@
-//! Group commit: concurrent seat changes share one transaction.
+//! Group commit: concurrent seat changes share one transaction, concurrent
+//! heartbeat checks share one read.
 //!
-//! Grants, heartbeat renewals and releases each queue in a [`Batcher`]. A
+//! Grants, checks, extensions and releases each queue in a [`Batcher`]. A
 //! few workers each take everything queued (up to a limit) and hand it to
-//! the storage as one batch, which applies it in one transaction. Under
-//! light load a request goes alone and at once; under heavy load batches
-//! grow while one is in flight, so the transactions per second stay where
-//! the database is fast and a request does not cost a transaction of its own.
+//! the storage as one batch, which applies it in one transaction (or reads
+//! it in one statement). Under light load a request goes alone and at once;
+//! under heavy load batches grow while one is in flight, so the statements
+//! per second stay where the database is fast and a request does not cost a
+//! round trip of its own.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::seats::{Grant, GrantRequest, LeaseRef, Renewal, SeatError};
+use crate::domain::seats::{Check, Grant, GrantRequest, LeaseRef, SeatError};
 use crate::storage::{RenewItem, Storage, StorageError};
 
 /// Grant (and release) batches in flight at once per instance. One: while it
@@ -23,19 +26,24 @@ use crate::storage::{RenewItem, Storage, StorageError};
 /// database does fastest (measured: 1 beat 2, 4 and 8 workers by 20-150%
 /// with three instances; docs/benchmarks.md).
 const SEAT_WORKERS: usize = 1;
-/// Renewal batches in flight at once (most heartbeats need no write, but a
-/// burst of them can: after a failover every lease is new to its instance).
-const RENEW_WORKERS: usize = 4;
+/// Check reads in flight at once: every heartbeat waits for one, and they
+/// take no locks, so several may run side by side.
+const CHECK_WORKERS: usize = 4;
+/// Extensions a heartbeat waits for (its lease is nearly out).
+const EXTEND_WORKERS: usize = 2;
 /// Background extensions (nobody waits for them): one modest batch at a
 /// time, so they never crowd the database that waiting requests need.
 const REFRESH_WORKERS: usize = 1;
 const MAX_REFRESH_LEASES: usize = 200;
-/// Leases renewed by one transaction at most.
+/// Leases checked or extended by one batch at most.
 pub const MAX_BATCH_LEASES: usize = 4000;
 /// Grants or releases in one transaction at most.
 pub const MAX_BATCH_SEATS: usize = 256;
 /// Requests waiting at most; past it, senders wait (back-pressure).
 const QUEUE: usize = 65_536;
+/// Leases extended in the background at most at once per instance; past it,
+/// the next heartbeat of a lease tries again.
+const MAX_REFRESHING: usize = 50_000;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Run<I, O> = Arc<dyn Fn(Vec<I>) -> BoxFuture<Vec<O>> + Send + Sync>;
@@ -110,23 +118,31 @@ fn each<T>(n: usize, e: &StorageError, what: &str) -> Vec<Result<T, String>> {
     (0..n).map(|_| Err(msg.clone())).collect()
 }
 
-/// A queue of renewals in front of [`Storage::renew_batch`].
-fn renewal_batcher(
+fn lease_count(item: &RenewItem) -> usize {
+    item.leases.len()
+}
+
+/// When each lease was extended (database clock); None when it was gone.
+type Extended = Result<Vec<Option<DateTime<Utc>>>, String>;
+
+/// A queue of extensions in front of [`Storage::extend_batch`].
+fn extension_batcher(
     storage: Arc<dyn Storage>,
-    ttl: Duration,
+    hold: Duration,
+    promise: Duration,
     workers: usize,
     max_leases: usize,
-) -> Batcher<RenewItem, Result<Vec<Renewal>, String>> {
+) -> Batcher<RenewItem, Extended> {
     Batcher::start(
         workers,
         max_leases,
-        |item: &RenewItem| item.leases.len(),
+        lease_count,
         Arc::new(move |items: Vec<RenewItem>| {
             let st = storage.clone();
             Box::pin(async move {
-                match st.renew_batch(&items, ttl).await {
+                match st.extend_batch(&items, hold, promise).await {
                     Ok(r) => r.into_iter().map(Ok).collect(),
-                    Err(e) => each(items.len(), &e, "renewal"),
+                    Err(e) => each(items.len(), &e, "lease extension"),
                 }
             })
         }),
@@ -136,17 +152,22 @@ fn renewal_batcher(
 /// When a release ended its lease (database clock); None when it was not live.
 type Released = Result<Option<DateTime<Utc>>, String>;
 
-/// Group commit of grants, renewals and releases in front of a [`Storage`].
+/// Group commit of grants, checks, extensions and releases in front of a
+/// [`Storage`].
 pub struct SeatBatchers {
     grants: Batcher<GrantRequest, Result<Grant, SeatError>>,
-    renewals: Batcher<RenewItem, Result<Vec<Renewal>, String>>,
-    refreshes: Batcher<RenewItem, Result<Vec<Renewal>, String>>,
+    checks: Batcher<RenewItem, Result<Vec<Check>, String>>,
+    extensions: Batcher<RenewItem, Extended>,
+    refreshes: Batcher<RenewItem, Extended>,
     releases: Batcher<(String, LeaseRef), Released>,
+    /// Leases with a background extension queued, so a lease is queued once.
+    refreshing: Arc<std::sync::Mutex<HashSet<LeaseRef>>>,
 }
 
 impl SeatBatchers {
-    /// Starts the workers; renewals extend leases by `ttl`.
-    pub fn start(storage: Arc<dyn Storage>, ttl: Duration) -> Self {
+    /// Starts the workers; extensions hold leases for `hold` and raise their
+    /// promise cap to `promise` (this instance's `lease_hold` and `lease_ttl`).
+    pub fn start(storage: Arc<dyn Storage>, hold: Duration, promise: Duration) -> Self {
         let st = storage.clone();
         let grants = Batcher::start(
             SEAT_WORKERS,
@@ -157,8 +178,35 @@ impl SeatBatchers {
                 Box::pin(async move { st.grant_batch(&reqs).await })
             }),
         );
-        let renewals = renewal_batcher(storage.clone(), ttl, RENEW_WORKERS, MAX_BATCH_LEASES);
-        let refreshes = renewal_batcher(storage.clone(), ttl, REFRESH_WORKERS, MAX_REFRESH_LEASES);
+        let st = storage.clone();
+        let checks = Batcher::start(
+            CHECK_WORKERS,
+            MAX_BATCH_LEASES,
+            lease_count,
+            Arc::new(move |items: Vec<RenewItem>| {
+                let st = st.clone();
+                Box::pin(async move {
+                    match st.check_batch(&items).await {
+                        Ok(r) => r.into_iter().map(Ok).collect(),
+                        Err(e) => each(items.len(), &e, "lease check"),
+                    }
+                })
+            }),
+        );
+        let extensions = extension_batcher(
+            storage.clone(),
+            hold,
+            promise,
+            EXTEND_WORKERS,
+            MAX_BATCH_LEASES,
+        );
+        let refreshes = extension_batcher(
+            storage.clone(),
+            hold,
+            promise,
+            REFRESH_WORKERS,
+            MAX_REFRESH_LEASES,
+        );
         let st = storage;
         let releases = Batcher::start(
             SEAT_WORKERS,
@@ -176,9 +224,11 @@ impl SeatBatchers {
         );
         SeatBatchers {
             grants,
-            renewals,
+            checks,
+            extensions,
             refreshes,
             releases,
+            refreshing: Arc::default(),
         }
     }
 
@@ -190,28 +240,59 @@ impl SeatBatchers {
             .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
     }
 
-    /// Renews `leases` of `holder`, in whatever batch is next.
-    pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, String> {
-        let item = RenewItem {
-            holder: holder.to_string(),
-            leases: leases.to_vec(),
-        };
-        self.renewals.submit(item).await?
+    /// Reads the rows of `leases` of `holder`, in whatever read is next.
+    pub async fn check(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Check>, String> {
+        self.checks.submit(item(holder, leases)).await?
+    }
+
+    /// Extends `leases` of `holder` now, in whatever batch is next.
+    pub async fn extend(&self, holder: &str, leases: &[LeaseRef]) -> Extended {
+        self.extensions.submit(item(holder, leases)).await?
     }
 
     /// Extends `leases` of `holder` where no request waits for it: in the
-    /// background queue, one small batch at a time.
-    pub async fn refresh(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, String> {
-        let item = RenewItem {
-            holder: holder.to_string(),
-            leases: leases.to_vec(),
+    /// background queue, one small batch at a time. A lease already queued
+    /// is not queued again; past [`MAX_REFRESHING`] nothing is queued (the
+    /// next heartbeat tries again). Returns how many were queued.
+    pub fn refresh(self: &Arc<Self>, holder: &str, leases: &[LeaseRef]) -> usize {
+        let fresh: Vec<LeaseRef> = {
+            let mut set = self.refreshing.lock().expect("lock");
+            if set.len() + leases.len() > MAX_REFRESHING {
+                return 0;
+            }
+            leases.iter().copied().filter(|l| set.insert(*l)).collect()
         };
-        self.refreshes.submit(item).await?
+        if fresh.is_empty() {
+            return 0;
+        }
+        let n = fresh.len();
+        let this = self.clone();
+        let holder = holder.to_string();
+        tokio::spawn(async move {
+            match this.refreshes.submit(item(&holder, &fresh)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(error = %e, leases = fresh.len(), "background lease extension failed; the next heartbeat retries")
+                }
+            }
+            let mut set = this.refreshing.lock().expect("lock");
+            for l in &fresh {
+                set.remove(l);
+            }
+        });
+        n
     }
 
     /// Releases `holder`'s `lease`, in whatever batch is next; the database
     /// time it ended, or None when it was not live.
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Released {
         self.releases.submit((holder.to_string(), lease)).await?
+    }
+}
+
+fn item(holder: &str, leases: &[LeaseRef]) -> RenewItem {
+    RenewItem {
+        holder: holder.to_string(),
+        leases: leases.to_vec(),
     }
 }

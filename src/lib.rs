@@ -6,7 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-pub mod held;
 pub mod http;
 pub mod sessions;
 pub mod storage;

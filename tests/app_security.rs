@@ -17,7 +17,8 @@ fn req(feature: &str, rid: &str) -> GrantRequest {
         request_id: RequestId::new(rid).unwrap(),
         holder: "h".into(),
         client_info: String::new(),
-        ttl: Duration::from_secs(30),
+        hold: Duration::from_secs(30),
+        promise: Duration::from_secs(30),
         instance_id: "i".into(),
     }
 }

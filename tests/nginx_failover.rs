@@ -475,15 +475,18 @@ async fn a_request_retried_after_the_upstream_died_mid_request_grants_once() {
         "the answer to the login was dropped once"
     );
     let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
-    let live: Vec<(i64, i64, i64)> =
-        sqlx::query_as("SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen FROM slots WHERE state IN (0, 1) AND expires_at > NOW(6)")
+    let live: Vec<(i64, i64, i64, i64)> =
+        sqlx::query_as("SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen, lease_nonce FROM slots WHERE state IN (0, 1) AND expires_at > NOW(6)")
             .fetch_all(&pool)
             .await
             .unwrap();
     assert_eq!(live.len(), 1, "one login, one seat: {live:?}");
     assert_eq!(
         seat.lease(),
-        format!("{}.{}.{}", live[0].0, live[0].1, live[0].2)
+        format!(
+            "{}.{}.{}.{:016x}",
+            live[0].0, live[0].1, live[0].2, live[0].3
+        )
     );
     let requests: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM grant_requests")
         .fetch_one(&pool)

@@ -9,7 +9,7 @@ mod common;
 use chrono::{DateTime, Utc};
 use common::{def, record, test_keyring, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
-use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
+use floatlm::domain::seats::{GrantRequest, LeaseRef, RequestId, SeatError};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -80,6 +80,7 @@ async fn seat_stress(kind: Kind) {
     let batches = Arc::new(floatlm::batch::SeatBatchers::start(
         st.clone(),
         Duration::from_millis(300),
+        Duration::from_millis(300),
     ));
     let mut tasks = Vec::new();
     for t in 0..TASKS {
@@ -112,7 +113,8 @@ async fn seat_stress(kind: Kind) {
                             request_id: RequestId::new(format!("{holder}:{seq}")).unwrap(),
                             holder: holder.clone(),
                             client_info: String::new(),
-                            ttl,
+                            hold: ttl,
+                            promise: ttl,
                             instance_id: "stress".into(),
                         };
                         let res = match &batches {
@@ -124,12 +126,16 @@ async fn seat_stress(kind: Kind) {
                                 granted += 1;
                                 ops.fetch_add(1, Ordering::Relaxed);
                                 if rng.gen_bool(0.1) {
-                                    // A retry of the same request: same answer, no second seat.
-                                    let again = st.grant(&req).await.unwrap();
-                                    assert!(
-                                        again.replayed && again.lease == g.lease,
-                                        "{again:?} vs {g:?}"
-                                    );
+                                    // A retry of the same request: same lease, no second
+                                    // seat; or, if it already ran out, "lease ended".
+                                    match st.grant(&req).await {
+                                        Ok(again) => assert!(
+                                            again.replayed && again.lease == g.lease,
+                                            "{again:?} vs {g:?}"
+                                        ),
+                                        Err(SeatError::LeaseEnded(l)) => assert_eq!(l, g.lease),
+                                        Err(e) => panic!("retry failed: {e}"),
+                                    }
                                     replays += 1;
                                 }
                                 held = Some(Life {
@@ -151,16 +157,15 @@ async fn seat_stress(kind: Kind) {
                         let x: f64 = rng.gen();
                         if x < 0.5 {
                             ops.fetch_add(1, Ordering::Relaxed);
-                            match st
-                                .renew(&holder, &[life.lease], Duration::from_millis(300))
-                                .await
-                                .unwrap()[0]
-                            {
-                                Renewal::Renewed(until) => {
-                                    life.end = until;
+                            let hold = Duration::from_millis(300);
+                            match st.extend(&holder, &[life.lease], hold, hold).await.unwrap()[0] {
+                                // GREATEST: the expiry never goes down.
+                                Some(at) => {
+                                    life.end =
+                                        life.end.max(at + chrono::Duration::milliseconds(300));
                                     held = Some(life);
                                 }
-                                Renewal::Lost => lives.push(life),
+                                None => lives.push(life),
                             }
                         } else if x < 0.99 {
                             ops.fetch_add(1, Ordering::Relaxed);

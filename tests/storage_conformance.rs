@@ -2,10 +2,11 @@
 
 mod common;
 
+use chrono::{DateTime, Utc};
 use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
-use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
-use floatlm::storage::{usage_by_name, ApplyOutcome, SealedKind, Storage, StorageError};
+use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
+use floatlm::storage::{usage_by_name, ApplyOutcome, RenewItem, SealedKind, Storage, StorageError};
 use std::time::Duration;
 
 fn req(feature: &str, holder: &str, rid: &str, ttl: Duration) -> GrantRequest {
@@ -14,9 +15,30 @@ fn req(feature: &str, holder: &str, rid: &str, ttl: Duration) -> GrantRequest {
         request_id: RequestId::new(rid).unwrap(),
         holder: holder.into(),
         client_info: "test".into(),
-        ttl,
+        hold: ttl,
+        promise: ttl,
         instance_id: "i-test".into(),
     }
+}
+
+/// Extends `leases` of `holder` to at least now + `hold`: the database time of
+/// each write, None for a lease that is gone.
+async fn renew(
+    st: &dyn Storage,
+    holder: &str,
+    leases: &[LeaseRef],
+    hold: Duration,
+) -> Vec<Option<DateTime<Utc>>> {
+    st.extend(holder, leases, hold, hold).await.unwrap()
+}
+
+/// What one check read says about each of `leases` of `holder`.
+async fn check(st: &dyn Storage, holder: &str, leases: &[LeaseRef]) -> Vec<Check> {
+    let item = RenewItem {
+        holder: holder.into(),
+        leases: leases.to_vec(),
+    };
+    st.check_batch(&[item]).await.unwrap().pop().unwrap()
 }
 
 const TTL: Duration = Duration::from_secs(60);
@@ -67,10 +89,8 @@ async fn grants_up_to_n_then_refuses(kind: Kind) {
         "lease_gen is a fencing token and must rise"
     );
     // The old lease of that slot is fenced off.
-    assert_eq!(
-        st.renew("h1", &[leases[1]], TTL).await.unwrap(),
-        vec![Renewal::Lost]
-    );
+    assert_eq!(renew(st, "h1", &[leases[1]], TTL).await, vec![None]);
+    assert_eq!(check(st, "h1", &[leases[1]]).await, vec![Check::Lost]);
     assert!(st.release("h1", leases[1]).await.unwrap().is_none());
 }
 
@@ -126,19 +146,25 @@ async fn renew_extends_and_expiry_frees(kind: Kind) {
     let st = s.storage.as_ref();
     let short = Duration::from_millis(300);
     let g = st.grant(&req("cad", "h1", "a", short)).await.unwrap();
-    let r = st
-        .renew("h1", &[g.lease], Duration::from_secs(2))
-        .await
-        .unwrap();
-    let Renewal::Renewed(until) = r[0] else {
+    let r = renew(st, "h1", &[g.lease], Duration::from_secs(2)).await;
+    let Some(at) = r[0] else {
         panic!("renew failed")
     };
+    let until = at + chrono::Duration::seconds(2);
     assert!(until > g.expires_at);
+    let Check::Live(live) = &check(st, "h1", &[g.lease]).await[0] else {
+        panic!("the renewed lease reads as live")
+    };
+    assert!(live.expires_at >= until);
+    // A renewal never shortens what is recorded (another instance's longer hold).
+    assert!(renew(st, "h1", &[g.lease], Duration::from_millis(100)).await[0].is_some());
+    let Check::Live(after) = &check(st, "h1", &[g.lease]).await[0] else {
+        panic!("still live")
+    };
+    assert_eq!(after.expires_at, live.expires_at);
     // Wrong holder cannot renew or release.
-    assert_eq!(
-        st.renew("h2", &[g.lease], TTL).await.unwrap(),
-        vec![Renewal::Lost]
-    );
+    assert_eq!(renew(st, "h2", &[g.lease], TTL).await, vec![None]);
+    assert_eq!(check(st, "h2", &[g.lease]).await, vec![Check::Lost]);
     assert!(st.release("h2", g.lease).await.unwrap().is_none());
     assert!(matches!(
         st.grant(&req("cad", "h2", "b", TTL)).await,
@@ -162,10 +188,7 @@ async fn renew_extends_and_expiry_frees(kind: Kind) {
         g2.granted_at >= until,
         "a slot is re-granted only after its lease expired"
     );
-    assert_eq!(
-        st.renew("h1", &[g.lease], TTL).await.unwrap(),
-        vec![Renewal::Lost]
-    );
+    assert_eq!(renew(st, "h1", &[g.lease], TTL).await, vec![None]);
 }
 
 async fn batch_renew_reports_each_lease(kind: Kind) {
@@ -178,10 +201,27 @@ async fn batch_renew_reports_each_lease(kind: Kind) {
         feature_id: 999,
         slot_no: 0,
         lease_gen: 1,
+        nonce: 7,
     };
-    let r = st.renew("h1", &[a, b, bogus], TTL).await.unwrap();
-    assert!(matches!(r[0], Renewal::Renewed(_)));
-    assert_eq!(&r[1..], &[Renewal::Lost, Renewal::Lost]);
+    // The same lease with another nonce (a lease id repeated after the
+    // database went back in time) is not this lease.
+    let twin = LeaseRef {
+        nonce: a.nonce ^ 1,
+        ..a
+    };
+    let newer = LeaseRef {
+        lease_gen: a.lease_gen + 5,
+        ..a
+    };
+    let r = renew(st, "h1", &[a, b, bogus, twin, newer], TTL).await;
+    assert!(r[0].is_some());
+    assert_eq!(&r[1..], &[None, None, None, None]);
+    let c = check(st, "h1", &[a, b, bogus, twin, newer]).await;
+    assert!(matches!(&c[0], Check::Live(l) if l.feature == "cad" && l.cap == TTL));
+    assert_eq!(
+        &c[1..],
+        &[Check::Lost, Check::Lost, Check::Lost, Check::WentBack]
+    );
 }
 
 async fn unknown_expired_and_future_features(kind: Kind) {
@@ -271,10 +311,7 @@ async fn shrinking_never_revokes_and_converges(kind: Kind) {
     assert_eq!(usage(st, "cad").await, (1, 3, 0));
     for l in &held {
         assert!(
-            matches!(
-                st.renew("h", &[*l], TTL).await.unwrap()[0],
-                Renewal::Renewed(_)
-            ),
+            renew(st, "h", &[*l], TTL).await[0].is_some(),
             "no live lease is revoked"
         );
     }
@@ -353,8 +390,8 @@ async fn batch_grant_and_release(kind: Kind) {
         assert_eq!(l.expires_at, out[i].as_ref().unwrap().expires_at);
     }
     // Batch-granted leases renew; a refused request id was given back.
-    let r = st.renew("h2", &[lease(3), lease(2)], TTL).await.unwrap();
-    assert!(r.iter().all(|r| matches!(r, Renewal::Renewed(_))), "{r:?}");
+    let r = renew(st, "h2", &[lease(3), lease(2)], TTL).await;
+    assert!(r.iter().all(|r| r.is_some()), "{r:?}");
 
     // A retried request id replays inside a batch; the rest still batch.
     let again = st
@@ -439,9 +476,32 @@ async fn leases_list_and_force_release(kind: Kind) {
     assert_eq!(l[0].lease, g.lease);
     assert_eq!(l[0].holder, "holder-1");
     assert_eq!(l[0].granted_by, "i-test");
-    assert!(st.force_release(g.lease).await.unwrap().is_some());
-    assert!(st.leases().await.unwrap().is_empty());
+    // The lease ends at once; the seat stays taken until every promise
+    // already given (at most the lease's cap, TTL) has run out.
+    let free_at = st.force_release(g.lease).await.unwrap().expect("was live");
+    let now = st.now().await.unwrap();
+    assert!(
+        free_at > now + chrono::Duration::seconds(55),
+        "{free_at} vs {now}"
+    );
+    assert!(
+        free_at <= now + chrono::Duration::seconds(62),
+        "{free_at} vs {now}"
+    );
+    assert_eq!(check(st, "holder-1", &[g.lease]).await, vec![Check::Lost]);
+    assert!(renew(st, "holder-1", &[g.lease], TTL).await[0].is_none());
+    assert!(st.release("holder-1", g.lease).await.unwrap().is_none());
+    let l = st.leases().await.unwrap();
+    assert_eq!(l.len(), 1);
+    assert!(l[0].revoked && l[0].holder.is_empty());
+    assert_eq!(usage(st, "cad").await, (2, 1, 1));
     assert!(st.force_release(g.lease).await.unwrap().is_none());
+    // The other seat is still granted; the revoked one is not.
+    st.grant(&req("cad", "holder-2", "b", TTL)).await.unwrap();
+    assert!(matches!(
+        st.grant(&req("cad", "holder-3", "c", TTL)).await,
+        Err(SeatError::NoSeat { .. })
+    ));
 }
 
 async fn identities_tokens_canaries_and_reseal(kind: Kind) {

@@ -65,6 +65,15 @@ pub enum AdminCommand {
     RotateKey,
     /// Run the integrity check now.
     Verify,
+    /// After restoring the database from a backup made outside floatlm (or a
+    /// failover that lost transactions): hold every seat until the promises
+    /// given before the restore have run out, so none is granted twice.
+    Quarantine {
+        /// How long (e.g. 90s); default: the instance's lease_hold plus 1 s.
+        /// Give the largest lease_ttl of any instance if they differ.
+        #[arg(long, value_name = "DURATION")]
+        hold: Option<String>,
+    },
     /// This instance's status.
     Status,
 }
@@ -312,6 +321,22 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::RotateKey => api.call(M::POST, "/admin/v1/rotate-key", None).await?,
         AdminCommand::Verify => api.call(M::POST, "/admin/v1/verify", None).await?,
+        AdminCommand::Quarantine { hold } => {
+            let hold_s = hold
+                .as_deref()
+                .map(|h| {
+                    crate::config::parse_duration(h)
+                        .map(|d| d.as_secs_f64())
+                        .ok_or_else(|| anyhow::anyhow!("--hold {h}: not a duration (e.g. 90s, 2m)"))
+                })
+                .transpose()?;
+            api.call(
+                M::POST,
+                "/admin/v1/quarantine",
+                Some(Body::Json(json!({ "hold_s": hold_s }))),
+            )
+            .await?
+        }
         AdminCommand::Status => api.call(M::GET, "/admin/v1/status", None).await?,
     };
     if args.json {
@@ -398,10 +423,15 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                 "EXPIRES".into(),
             ]];
             for l in v["leases"].as_array().unwrap_or(&empty) {
+                let holder = if l["revoked"].as_bool() == Some(true) {
+                    "(nobody: revoked or quarantined)".to_string()
+                } else {
+                    s(&l["holder"])
+                };
                 rows.push(vec![
                     s(&l["lease"]),
                     s(&l["feature"]),
-                    s(&l["holder"]),
+                    holder,
                     s(&l["client_info"]),
                     s(&l["granted_by"]),
                     s(&l["expires_at"]),
@@ -495,6 +525,22 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                 ]);
             }
             table(&rows);
+        }
+        AdminCommand::Lease {
+            command: LeaseCmd::Release { .. },
+        } => {
+            println!(
+                "lease {} released: its holder loses it at its next heartbeat; the seat is free again at {} \
+                 (once every promise already given for it has run out)",
+                s(&v["released"]),
+                s(&v["seat_free_at"])
+            );
+        }
+        AdminCommand::Quarantine { .. } => {
+            println!(
+                "{} seat(s) held by nobody until the promises given before have run out",
+                s(&v["slots_held"])
+            );
         }
         AdminCommand::Verify => {
             let refused = v["refused"].as_object().cloned().unwrap_or_default();

@@ -1,7 +1,12 @@
-//! Seat leases: the types every backend shares.
+//! Seat leases: the types every backend shares, and the rule that bounds
+//! every promise.
 //!
-//! The invariant itself lives in the storage backends' SQL (conditional,
-//! single-row updates on slot rows); this module names the pieces.
+//! The invariant is stated on promises (docs/seats.md): an answer telling a
+//! client it holds a lease promises it from the request's send time for the
+//! `ttl_ms` answered, and at no instant may more than N leases of a feature
+//! carry an unexpired promise. The storage backends keep the slot rows
+//! (conditional, single-row updates); [`promise`] turns what a transaction or
+//! a check read of a row saw into the longest promise that row backs.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -54,18 +59,34 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// Names one grant of one slot: `feature_id.slot_no.lease_gen`.
+/// Names one grant of one slot: `feature_id.slot_no.lease_gen.nonce`.
 /// `lease_gen` is the fencing token: it rises on every grant of the slot.
+/// `nonce` is drawn at random by every grant, so a lease id is never handed
+/// out twice even when the database goes back in time (a restore, a failover
+/// that lost transactions) and `lease_gen` repeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LeaseRef {
     pub feature_id: i64,
     pub slot_no: i64,
     pub lease_gen: i64,
+    /// 0 only for leases granted before nonces existed (three-part ids).
+    pub nonce: i64,
+}
+
+impl LeaseRef {
+    /// A fresh nonce: 63 random bits (a BIGINT column), never 0.
+    pub fn new_nonce() -> i64 {
+        (rand::random::<u64>() >> 1).max(1) as i64
+    }
 }
 
 impl fmt::Display for LeaseRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.feature_id, self.slot_no, self.lease_gen)
+        write!(f, "{}.{}.{}", self.feature_id, self.slot_no, self.lease_gen)?;
+        if self.nonce != 0 {
+            write!(f, ".{:016x}", self.nonce)?;
+        }
+        Ok(())
     }
 }
 
@@ -74,8 +95,8 @@ impl FromStr for LeaseRef {
     fn from_str(s: &str) -> Result<Self, String> {
         let err = || {
             format!(
-                "lease id '{}' is not of the form FEATURE.SLOT.GEN",
-                s.chars().take(40).collect::<String>()
+                "lease id '{}' is not of the form FEATURE.SLOT.GEN.NONCE",
+                s.chars().take(60).collect::<String>()
             )
         };
         let mut it = s.split('.');
@@ -85,15 +106,26 @@ impl FromStr for LeaseRef {
                 .filter(|v| *v >= 0)
                 .ok_or_else(err)
         };
-        let r = LeaseRef {
-            feature_id: next()?,
-            slot_no: next()?,
-            lease_gen: next()?,
+        let (feature_id, slot_no, lease_gen) = (next()?, next()?, next()?);
+        // Three parts: a lease granted before nonces existed.
+        let nonce = match it.next() {
+            None => 0,
+            Some(n) if n.len() == 16 => u64::from_str_radix(n, 16)
+                .ok()
+                .and_then(|v| i64::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(err)?,
+            Some(_) => return Err(err()),
         };
         if it.next().is_some() {
             return Err(err());
         }
-        Ok(r)
+        Ok(LeaseRef {
+            feature_id,
+            slot_no,
+            lease_gen,
+            nonce,
+        })
     }
 }
 
@@ -119,13 +151,16 @@ pub struct GrantRequest {
     pub holder: String,
     /// Free text about the client (host, user), shown to operators.
     pub client_info: String,
-    pub ttl: Duration,
+    /// How long the database keeps the lease (`lease_hold`).
+    pub hold: Duration,
+    /// The longest promise the answering instance gives (`lease_ttl`).
+    pub promise: Duration,
     /// Instance that granted it, for the operators' view.
     pub instance_id: String,
 }
 
 /// A granted lease, with times read from the database clock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub lease: LeaseRef,
     pub feature: String,
@@ -133,12 +168,83 @@ pub struct Grant {
     pub expires_at: DateTime<Utc>,
     /// True when this answer repeats an earlier grant with the same request id.
     pub replayed: bool,
+    /// What the answer may promise, from the row this transaction checked.
+    pub promise: Duration,
+}
+
+/// Allowance for database clock steps between the moment a row is checked
+/// and the moment another transaction compares its expiry with the clock
+/// (a failover to a host whose clock is ahead). Every promise ends this much
+/// before the expiry the database holds; docs/seats.md gives the bound.
+pub const CLOCK_MARGIN: Duration = Duration::from_secs(1);
+
+/// A live lease as one read of its row saw it: enough to bound a promise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveLease {
+    /// The database clock of the read.
+    pub now: DateTime<Utc>,
+    /// The slot is held until then (it only ever rises, except by release).
+    pub expires_at: DateTime<Utc>,
+    /// The longest promise any instance may give for this lease (the row's
+    /// `promise_ms`; a force release waits this long past its revocation).
+    pub cap: Duration,
+    pub feature: String,
+    /// The end of the feature's license window, if it has one.
+    pub window_end: Option<DateTime<Utc>>,
+}
+
+impl LiveLease {
+    /// The longest promise this read backs for an instance whose `lease_ttl`
+    /// is `ttl`: never past the recorded expiry nor the license window (less
+    /// the clock margin), never longer than the row's cap.
+    ///
+    /// The answer promises from the request's send time, which is before
+    /// `now` (the request was read after it was sent), so the promise ends
+    /// before `expires_at − CLOCK_MARGIN` by the database clock. A grant of
+    /// this slot to anyone else needs `expires_at <= now` there, or a release.
+    pub fn promise(&self, ttl: Duration) -> Duration {
+        let until = self
+            .window_end
+            .map_or(self.expires_at, |w| w.min(self.expires_at));
+        (until - self.now)
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(CLOCK_MARGIN)
+            .min(ttl)
+            .min(self.cap)
+    }
+
+    /// How long the recorded expiry is ahead of this read, less the clock
+    /// margin: what a promise could have if nothing else capped it.
+    pub fn left(&self) -> Duration {
+        (self.expires_at - self.now)
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(CLOCK_MARGIN)
+    }
+
+    /// Whether the feature's license window has closed (by this read's clock).
+    pub fn window_closed(&self) -> bool {
+        self.window_end.is_some_and(|w| w <= self.now)
+    }
+}
+
+/// What one read of a lease's slot row says about the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    Live(LiveLease),
+    /// Released, expired, re-granted, revoked, or not this holder's.
+    Lost,
+    /// The slot's `lease_gen` is below the lease's: the database went back
+    /// in time (restored from a backup, or a failover lost transactions).
+    WentBack,
 }
 
 /// The outcome of renewing one lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
-    Renewed(DateTime<Utc>),
+    /// Promise the client this long from its request's send time.
+    Renewed(Duration),
     /// Released, expired, re-granted to someone else, or not this holder's.
     Lost,
 }
@@ -157,6 +263,10 @@ pub enum SeatError {
     Refused(String, String),
     #[error("request id '{0}' was already used for a different request")]
     RequestIdReused(String),
+    /// A resent login whose lease is no longer held: the answer repeats only
+    /// what is still true.
+    #[error("lease {0} of this request has ended (released, expired or taken over): log in again with a new request id")]
+    LeaseEnded(LeaseRef),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
 }
@@ -182,10 +292,14 @@ pub struct LeaseInfo {
     pub holder: String,
     pub client_info: String,
     pub granted_by: String,
-    pub granted_at: DateTime<Utc>,
+    /// None for a seat held by nobody (see [`crate::storage::Storage::quarantine`]).
+    pub granted_at: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
     /// The slot is being retired after the license shrank; it will not be re-granted.
     pub retiring: bool,
+    /// An operator force-released it: no holder is served any more, and the
+    /// seat is free at `expires_at`, once every promise already given ended.
+    pub revoked: bool,
 }
 
 /// Roles of admin tokens, weakest first.
@@ -234,11 +348,50 @@ mod tests {
             feature_id: 3,
             slot_no: 4,
             lease_gen: 99,
+            nonce: LeaseRef::new_nonce(),
         };
+        assert_eq!(r.to_string().split('.').count(), 4);
         assert_eq!(r.to_string().parse::<LeaseRef>().unwrap(), r);
-        for bad in ["", "1.2", "1.2.3.4", "a.b.c", "-1.2.3"] {
+        // Leases granted before nonces existed keep their three-part ids.
+        let old: LeaseRef = "1.2.3".parse().unwrap();
+        assert_eq!((old.lease_gen, old.nonce), (3, 0));
+        assert_eq!(old.to_string(), "1.2.3");
+        for bad in [
+            "",
+            "1.2",
+            "1.2.3.4",
+            "1.2.3.0000000000000000",
+            "1.2.3.ffffffffffffffff",
+            "1.2.3.000000000000000g",
+            "1.2.3.0000000000000001.5",
+            "a.b.c",
+            "-1.2.3",
+        ] {
             assert!(bad.parse::<LeaseRef>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_promise_never_reaches_the_expiry_the_window_or_the_cap() {
+        let now = Utc::now();
+        let live = |expires_s: i64, window_s: Option<i64>, cap_s: u64| LiveLease {
+            now,
+            expires_at: now + chrono::Duration::seconds(expires_s),
+            cap: Duration::from_secs(cap_s),
+            feature: "f".into(),
+            window_end: window_s.map(|w| now + chrono::Duration::seconds(w)),
+        };
+        let ttl = Duration::from_secs(60);
+        assert_eq!(live(120, None, 60).promise(ttl), ttl);
+        assert_eq!(live(30, None, 60).promise(ttl), Duration::from_secs(29));
+        assert_eq!(
+            live(120, Some(11), 60).promise(ttl),
+            Duration::from_secs(10)
+        );
+        assert_eq!(live(120, None, 5).promise(ttl), Duration::from_secs(5));
+        assert_eq!(live(-5, None, 60).promise(ttl), Duration::ZERO);
+        assert!(live(120, Some(0), 60).window_closed());
+        assert!(!live(120, Some(1), 60).window_closed());
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
         .route("/admin/v1/features", get(features))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{lease}", delete(release_lease))
+        .route("/admin/v1/quarantine", post(quarantine))
         .route(
             "/admin/v1/identities",
             get(identities).post(create_identity),
@@ -150,8 +151,38 @@ async fn release_lease(
 ) -> Res {
     caller.need(Role::Operator)?;
     let lease: LeaseRef = lease.parse().map_err(ApiError::bad_request)?;
-    app.force_release(lease).await?;
-    Ok(Json(json!({ "released": lease })))
+    let free_at = app.force_release(lease).await?;
+    Ok(Json(json!({ "released": lease, "seat_free_at": free_at })))
+}
+
+#[derive(serde::Deserialize)]
+struct QuarantineBody {
+    /// Seconds; default: this instance's lease_hold plus the clock margin.
+    #[serde(default)]
+    hold_s: Option<f64>,
+}
+
+/// After the database was restored from a backup (or lost transactions in
+/// a failover): hold every seat until promises given before have run out.
+async fn quarantine(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Json(body): Json<QuarantineBody>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    let hold = match body.hold_s {
+        None => None,
+        Some(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => {
+            Some(std::time::Duration::from_secs_f64(s))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "hold_s must be a number of seconds between 0 and 86400",
+            ))
+        }
+    };
+    let slots = app.quarantine(hold).await?;
+    Ok(Json(json!({ "slots_held": slots })))
 }
 
 async fn identities(State(app): State<Arc<App>>, caller: Caller) -> Res {

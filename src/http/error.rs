@@ -76,6 +76,7 @@ impl From<SeatError> for ApiError {
             SeatError::RequestIdReused(_) => {
                 Self::new(StatusCode::CONFLICT, "request_id_reused", msg)
             }
+            SeatError::LeaseEnded(_) => Self::new(StatusCode::GONE, "lease_ended", msg),
             SeatError::Storage(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg)
             }

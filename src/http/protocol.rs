@@ -286,11 +286,19 @@ fn seat_error(e: SeatError) -> Reply {
             reason: None,
             message,
         },
-        SeatError::Storage(_) => Reply::Error {
-            code: ErrorCode::Unavailable,
+        SeatError::LeaseEnded(_) => Reply::Error {
+            code: ErrorCode::LeaseEnded,
             reason: None,
             message,
         },
+        SeatError::Storage(e) => {
+            tracing::warn!(error = %e, "the database failed a login");
+            Reply::Error {
+                code: ErrorCode::Unavailable,
+                reason: None,
+                message: "the license server's database is unavailable; try again shortly".into(),
+            }
+        }
     }
 }
 
@@ -352,14 +360,15 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                     .chars()
                     .take(255)
                     .collect(),
-                ttl: app.config.lease_hold,
+                hold: app.config.lease_hold,
+                promise: app.config.lease_ttl,
                 instance_id: app.instance_id().to_string(),
             };
             match app.grant(&req).await {
                 Ok(g) => Reply::Granted {
                     lease: g.lease.to_string(),
                     feature: g.feature,
-                    ttl_ms: app.promise(g.expires_at).as_millis() as u64,
+                    ttl_ms: g.promise.as_millis() as u64,
                     lease_gen: g.lease.lease_gen,
                     replayed: g.replayed,
                 },
@@ -386,14 +395,14 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                     .into_iter()
                     .zip(parsed)
                     .map(|(lease, p)| {
-                        let until = match p.and_then(|_| it.next()) {
-                            Some(Renewal::Renewed(e)) => Some(e),
+                        let promise = match p.and_then(|_| it.next()) {
+                            Some(Renewal::Renewed(d)) if !d.is_zero() => Some(d),
                             _ => None,
                         };
                         LeaseStatus {
                             lease,
-                            alive: until.is_some(),
-                            ttl_ms: until.map_or(0, |e| app.promise(e).as_millis() as u64),
+                            alive: promise.is_some(),
+                            ttl_ms: promise.map_or(0, |d| d.as_millis() as u64),
                         }
                     })
                     .collect(),

@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::domain::license::FeatureDef;
 use crate::domain::seats::{
-    FeatureUsage, Grant, GrantRequest, LeaseInfo, LeaseRef, Renewal, Role, SeatError,
+    Check, FeatureUsage, Grant, GrantRequest, LeaseInfo, LeaseRef, Role, SeatError,
 };
 
 /// Slot states as stored.
@@ -204,8 +204,9 @@ pub struct RenewItem {
     pub leases: Vec<LeaseRef>,
 }
 
-/// A lease and its holder, as a renewal matches them.
-pub(crate) type HeldLease<'a> = (i64, i64, i64, &'a str);
+/// A lease and its holder, as a check or an extension matches them:
+/// (feature_id, slot_no, lease_gen, nonce, holder).
+pub(crate) type HeldLease<'a> = (i64, i64, i64, i64, &'a str);
 
 /// Every distinct (lease, holder) of a batch, sorted (so concurrent batches
 /// lock rows in the same order).
@@ -213,9 +214,15 @@ pub(crate) fn batch_leases(items: &[RenewItem]) -> Vec<HeldLease<'_>> {
     let mut all: Vec<HeldLease<'_>> = items
         .iter()
         .flat_map(|i| {
-            i.leases
-                .iter()
-                .map(move |l| (l.feature_id, l.slot_no, l.lease_gen, i.holder.as_str()))
+            i.leases.iter().map(move |l| {
+                (
+                    l.feature_id,
+                    l.slot_no,
+                    l.lease_gen,
+                    l.nonce,
+                    i.holder.as_str(),
+                )
+            })
         })
         .collect();
     all.sort_unstable();
@@ -223,28 +230,67 @@ pub(crate) fn batch_leases(items: &[RenewItem]) -> Vec<HeldLease<'_>> {
     all
 }
 
-/// The per-item answers of a batch, given which (lease, holder) were renewed.
-pub(crate) fn batch_results(
+/// The per-item answers of a batch: `found` answers each (lease, holder).
+pub(crate) fn batch_results<T: Clone>(
     items: &[RenewItem],
-    renewed: &std::collections::HashSet<HeldLease<'_>>,
-    expires: DateTime<Utc>,
-) -> Vec<Vec<Renewal>> {
+    found: impl Fn(&HeldLease<'_>) -> T,
+) -> Vec<Vec<T>> {
     items
         .iter()
         .map(|i| {
             i.leases
                 .iter()
                 .map(|l| {
-                    if renewed.contains(&(l.feature_id, l.slot_no, l.lease_gen, i.holder.as_str()))
-                    {
-                        Renewal::Renewed(expires)
-                    } else {
-                        Renewal::Lost
-                    }
+                    found(&(
+                        l.feature_id,
+                        l.slot_no,
+                        l.lease_gen,
+                        l.nonce,
+                        i.holder.as_str(),
+                    ))
                 })
                 .collect()
         })
         .collect()
+}
+
+/// A slot row as a check read it, judged against the lease a client named.
+#[derive(Debug, Clone)]
+pub(crate) struct SlotRead {
+    pub lease_gen: i64,
+    pub nonce: i64,
+    pub holder: Option<String>,
+    pub state: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub promise_ms: i64,
+    pub feature: String,
+    pub not_before: Option<DateTime<Utc>>,
+    pub window_end: Option<DateTime<Utc>>,
+}
+
+impl SlotRead {
+    /// What this row, read at `now`, says about `lease` of `holder`.
+    pub fn judge(&self, lease: &HeldLease<'_>, now: DateTime<Utc>) -> Check {
+        let (_, _, gen, nonce, holder) = *lease;
+        if self.lease_gen < gen {
+            return Check::WentBack;
+        }
+        let live = self.lease_gen == gen
+            && self.nonce == nonce
+            && self.holder.as_deref() == Some(holder)
+            && matches!(self.state, SLOT_ACTIVE | SLOT_RETIRING)
+            && self.not_before.is_none_or(|t| t <= now);
+        match self.expires_at.filter(|e| live && *e > now) {
+            Some(expires_at) => Check::Live(crate::domain::seats::LiveLease {
+                now,
+                expires_at,
+                cap: Duration::from_millis(self.promise_ms.max(0) as u64),
+                feature: self.feature.clone(),
+                window_end: self.window_end,
+            }),
+            None => Check::Lost,
+        }
+    }
 }
 
 /// The storage contract. Every method is one transaction (or none).
@@ -285,21 +331,34 @@ pub trait Storage: Send + Sync + 'static {
         }
         out
     }
-    /// Renews the leases of several holders in one transaction (group
-    /// commit of concurrent heartbeats); one result list per item, in order.
-    async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>>;
-    /// Renews several leases of one holder in one transaction.
-    async fn renew(
+    /// Reads the slot rows of several holders' leases in one statement (no
+    /// lock, no write) and judges each against the database clock of that
+    /// read: the check every heartbeat answer rests on.
+    async fn check_batch(&self, items: &[RenewItem]) -> Result<Vec<Vec<Check>>>;
+    /// Extends the leases of several holders in one transaction (group
+    /// commit): `expires_at` becomes at least `now + hold` (it never goes
+    /// down) and the promise cap at least `promise`, each row only while it
+    /// still holds that lease. One answer per lease, in order: the database
+    /// time of the write when extended, None when the lease is gone.
+    async fn extend_batch(
+        &self,
+        items: &[RenewItem],
+        hold: Duration,
+        promise: Duration,
+    ) -> Result<Vec<Vec<Option<DateTime<Utc>>>>>;
+    /// [`Storage::extend_batch`] for one holder.
+    async fn extend(
         &self,
         holder: &str,
         leases: &[LeaseRef],
-        ttl: Duration,
-    ) -> Result<Vec<Renewal>> {
+        hold: Duration,
+        promise: Duration,
+    ) -> Result<Vec<Option<DateTime<Utc>>>> {
         let item = RenewItem {
             holder: holder.to_string(),
             leases: leases.to_vec(),
         };
-        let mut out = self.renew_batch(&[item], ttl).await?;
+        let mut out = self.extend_batch(&[item], hold, promise).await?;
         Ok(out.pop().unwrap_or_default())
     }
     /// Releases a lease held by `holder`; the database time it ended, or
@@ -317,11 +376,21 @@ pub trait Storage: Send + Sync + 'static {
         }
         Ok(out)
     }
-    /// Operator release, regardless of holder.
+    /// Operator release, regardless of holder. The lease ends at once (its
+    /// holder is told it lost the seat on its next heartbeat), but the seat
+    /// stays taken until every promise already given for it has run out:
+    /// a first transaction revokes the lease, a second one, started after
+    /// the first committed, bounds the expiry to its own clock plus the
+    /// lease's promise cap and [`CLOCK_MARGIN`]. Returns when the seat is
+    /// free again (database clock), or None when the lease was not live.
+    ///
+    /// [`CLOCK_MARGIN`]: crate::domain::seats::CLOCK_MARGIN
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
-    /// How many force releases the cluster has done, ever. Instances watch
-    /// it to forget the expiries they remember.
-    async fn revocations(&self) -> Result<i64>;
+    /// Holds every seat of every feature for at least `hold` from now: free
+    /// slots get a lease nobody holds, held ones keep theirs. Run after the
+    /// database went back in time, so the promises given before are over
+    /// before anyone is granted their seats again. Returns the slots touched.
+    async fn quarantine(&self, hold: Duration) -> Result<u64>;
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;
     /// Forgets request ids older than `age`; returns how many.
     async fn purge_requests(&self, age: Duration) -> Result<u64>;
@@ -459,7 +528,8 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
             }
             matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517"))
         }
-        sqlx::Error::PoolTimedOut => true,
+        // The pool already waited its whole acquire timeout: the database is
+        // unreachable or overloaded, and the client should hear so now.
         _ => false,
     }
 }
@@ -517,6 +587,41 @@ impl RetryClass for SeatError {
     fn retryable(&self) -> bool {
         matches!(self, SeatError::Storage(e) if e.retryable())
     }
+}
+
+/// A lease just granted for `req` at `now` (database clock): held for
+/// `req.hold`, promised as [`LiveLease::promise`] allows.
+///
+/// [`LiveLease::promise`]: crate::domain::seats::LiveLease::promise
+pub(crate) fn new_grant(
+    req: &GrantRequest,
+    lease: LeaseRef,
+    now: DateTime<Utc>,
+    window_end: Option<DateTime<Utc>>,
+) -> Grant {
+    let expires_at = now + chrono::Duration::microseconds(micros(req.hold));
+    let live = crate::domain::seats::LiveLease {
+        now,
+        expires_at,
+        cap: req.promise,
+        feature: req.feature.clone(),
+        window_end,
+    };
+    Grant {
+        lease,
+        feature: req.feature.clone(),
+        granted_at: now,
+        expires_at,
+        replayed: false,
+        promise: live.promise(req.promise),
+    }
+}
+
+/// Milliseconds in a duration, as stored in `promise_ms` (an INT).
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis())
+        .unwrap_or(i64::MAX)
+        .min(i32::MAX as i64)
 }
 
 /// Microseconds in a duration, as stored.

@@ -10,10 +10,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, MySql, QueryBuilder, Transaction};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use super::*;
+use crate::domain::seats::CLOCK_MARGIN;
 
 /// Leases per renewal statement (4 placeholders each, far below the limit).
 const RENEW_CHUNK: usize = 1000;
@@ -42,14 +44,15 @@ async fn db_now(tx: &mut Tx<'_>) -> Result<NaiveDateTime> {
         .await?)
 }
 
-/// Appends `(feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ?)
-/// OR …`, one per lease: primary-key equalities, because MariaDB turns a
-/// row-value IN list of one tuple into a full index scan, which this never is.
+/// Appends `(feature_id = ? AND slot_no = ? AND lease_gen = ? AND
+/// lease_nonce = ? AND holder = ?) OR …`, one per lease: primary-key
+/// equalities, because MariaDB turns a row-value IN list of one tuple into a
+/// full index scan, which this never is.
 fn push_held_leases<'a>(
     q: &mut QueryBuilder<'a, MySql>,
     leases: impl Iterator<Item = HeldLease<'a>>,
 ) {
-    for (i, (f, s, g, h)) in leases.enumerate() {
+    for (i, (f, s, g, n, h)) in leases.enumerate() {
         q.push(if i == 0 { "(" } else { " OR (" })
             .push("feature_id = ")
             .push_bind(f)
@@ -57,18 +60,74 @@ fn push_held_leases<'a>(
             .push_bind(s)
             .push(" AND lease_gen = ")
             .push_bind(g)
+            .push(" AND lease_nonce = ")
+            .push_bind(n)
             .push(" AND holder = ")
             .push_bind(h)
             .push(")");
     }
 }
 
-/// Counts an operator's force release (see [`Storage::revocations`]).
-async fn bump_revocations(tx: &mut Tx<'_>) -> Result<()> {
-    sqlx::query("UPDATE lease_revocations SET count = count + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+type SlotRow = (
+    NaiveDateTime,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    Option<NaiveDateTime>,
+    i64,
+    String,
+    Option<NaiveDateTime>,
+    Option<NaiveDateTime>,
+);
+
+/// Reads the slot rows that `leases` name, by primary key, in one statement
+/// without locks, with the database clock of that statement. A lease's row
+/// is judged by [`SlotRead::judge`].
+async fn read_slots<'c, E>(
+    conn: E,
+    leases: &[HeldLease<'_>],
+) -> Result<(DateTime<Utc>, HashMap<(i64, i64), SlotRead>)>
+where
+    E: Executor<'c, Database = MySql>,
+{
+    let mut q = QueryBuilder::<MySql>::new(
+        "SELECT NOW(6), s.feature_id, CAST(s.slot_no AS SIGNED), s.lease_gen, s.lease_nonce, s.holder,
+                CAST(s.state AS SIGNED), s.expires_at, CAST(s.promise_ms AS SIGNED), f.name, f.not_before, f.expires_at
+         FROM slots s FORCE INDEX (PRIMARY) JOIN features f ON f.id = s.feature_id WHERE ",
+    );
+    for (i, (f, s, ..)) in leases.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { " OR (" })
+            .push("s.feature_id = ")
+            .push_bind(*f)
+            .push(" AND s.slot_no = ")
+            .push_bind(*s)
+            .push(")");
+    }
+    let rows: Vec<SlotRow> = q.build_query_as().fetch_all(conn).await?;
+    let now = rows.first().map_or_else(Utc::now, |r| utc(r.0));
+    let map = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.1, r.2),
+                SlotRead {
+                    lease_gen: r.3,
+                    nonce: r.4,
+                    holder: r.5,
+                    state: r.6,
+                    expires_at: r.7.map(utc),
+                    promise_ms: r.8,
+                    feature: r.9,
+                    not_before: r.10.map(utc),
+                    window_end: r.11.map(utc),
+                },
+            )
+        })
+        .collect();
+    Ok((now, map))
 }
 
 impl MySqlStorage {
@@ -81,7 +140,10 @@ impl MySqlStorage {
             .timezone(Some("+00:00".to_string()));
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            // Shorter than a client's request timeout (5 s): while the
+            // database is away, a request hears "database unavailable" from
+            // this instance instead of timing out.
+            .acquire_timeout(Duration::from_secs(3))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -99,13 +161,17 @@ impl MySqlStorage {
         &self.pool
     }
 
+    /// Answers a request id seen before with its grant, but only while
+    /// that lease is still held: a resent login whose lease ended (released,
+    /// expired, force-released, re-granted) gets [`SeatError::LeaseEnded`],
+    /// never "granted".
     async fn replay(
         &self,
         tx: &mut Tx<'_>,
         req: &GrantRequest,
     ) -> Result<Option<Grant>, SeatError> {
-        let row: Option<(i64, i64, i64, NaiveDateTime, NaiveDateTime, String)> = sqlx::query_as(
-            "SELECT g.feature_id, g.slot_no, g.lease_gen, g.created_at, g.expires_at, f.name
+        let row: Option<(i64, i64, i64, i64, NaiveDateTime, String)> = sqlx::query_as(
+            "SELECT g.feature_id, g.slot_no, g.lease_gen, g.lease_nonce, g.created_at, f.name
              FROM grant_requests g JOIN features f ON f.id = g.feature_id
              WHERE g.holder = ? AND g.request_id = ?",
         )
@@ -114,37 +180,34 @@ impl MySqlStorage {
         .fetch_optional(&mut **tx)
         .await
         .map_err(StorageError::from)?;
-        let Some((feature_id, slot_no, lease_gen, granted, mut expires, name)) = row else {
+        let Some((feature_id, slot_no, lease_gen, nonce, granted, name)) = row else {
             return Ok(None);
         };
         if name != req.feature {
             return Err(SeatError::RequestIdReused(req.request_id.to_string()));
         }
-        // A renewed lease answers with its current expiry.
-        let current: Option<Option<NaiveDateTime>> = sqlx::query_scalar(
-            "SELECT expires_at FROM slots WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ?",
-        )
-        .bind(feature_id)
-        .bind(slot_no)
-        .bind(lease_gen)
-        .bind(&req.holder)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(StorageError::from)?;
-        if let Some(Some(e)) = current {
-            expires = e;
+        let lease = LeaseRef {
+            feature_id,
+            slot_no,
+            lease_gen,
+            nonce,
+        };
+        let key = (feature_id, slot_no, lease_gen, nonce, req.holder.as_str());
+        let (now, read) = read_slots(&mut **tx, std::slice::from_ref(&key)).await?;
+        let check = read
+            .get(&(feature_id, slot_no))
+            .map_or(Check::Lost, |r| r.judge(&key, now));
+        match check {
+            Check::Live(live) if !live.window_closed() => Ok(Some(Grant {
+                lease,
+                feature: name,
+                granted_at: utc(granted),
+                expires_at: live.expires_at,
+                replayed: true,
+                promise: live.promise(req.promise),
+            })),
+            _ => Err(SeatError::LeaseEnded(lease)),
         }
-        Ok(Some(Grant {
-            lease: LeaseRef {
-                feature_id,
-                slot_no,
-                lease_gen,
-            },
-            feature: name,
-            granted_at: utc(granted),
-            expires_at: utc(expires),
-            replayed: true,
-        }))
     }
 
     async fn grant_once(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
@@ -153,8 +216,9 @@ impl MySqlStorage {
             tx.commit().await.map_err(StorageError::from)?;
             return Ok(g);
         }
-        let features: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED)
+        let features: Vec<(i64, i64, Option<NaiveDateTime>)> = sqlx::query_as(
+            "SELECT id, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED),
+                    expires_at
              FROM features WHERE name = ? AND seats > 0 ORDER BY id",
         )
         .bind(&req.feature)
@@ -164,7 +228,11 @@ impl MySqlStorage {
         if features.is_empty() {
             return Err(SeatError::UnknownFeature(req.feature.clone()));
         }
-        let valid: Vec<i64> = features.iter().filter(|f| f.1 == 1).map(|f| f.0).collect();
+        let valid: Vec<(i64, Option<NaiveDateTime>)> = features
+            .iter()
+            .filter(|f| f.1 == 1)
+            .map(|f| (f.0, f.2))
+            .collect();
         if valid.is_empty() {
             return Err(SeatError::Expired(req.feature.clone()));
         }
@@ -181,7 +249,7 @@ impl MySqlStorage {
         .execute(&mut *tx)
         .await
         .map_err(StorageError::from)?;
-        for &fid in &valid {
+        for &(fid, window_end) in &valid {
             // Bounded: each pass either grants, or retires one retiring slot.
             // The free slot comes from the pick index (never used first, then
             // the longest free): one index entry read, however many seats are
@@ -202,7 +270,7 @@ impl MySqlStorage {
                 // Read the clock only now that the slot is locked: a release we
                 // reclaim committed before this, so the new lease starts after it.
                 let now = db_now(&mut tx).await?;
-                let expires = add(now, req.ttl);
+                let expires = add(now, req.hold);
                 let retiring: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED) FROM slots
                      WHERE feature_id = ? AND state = 1 ORDER BY slot_no LIMIT 1 FOR UPDATE",
@@ -228,12 +296,15 @@ impl MySqlStorage {
                     }
                     continue;
                 }
+                let nonce = LeaseRef::new_nonce();
                 let res = sqlx::query(
-                    "UPDATE slots SET lease_gen = lease_gen + 1, holder = ?, client_info = ?, request_id = ?,
-                            granted_by = ?, granted_at = ?, expires_at = ?
+                    "UPDATE slots SET lease_gen = lease_gen + 1, lease_nonce = ?, promise_ms = ?, holder = ?,
+                            client_info = ?, request_id = ?, granted_by = ?, granted_at = ?, expires_at = ?
                      WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND state = 0
                        AND (expires_at IS NULL OR expires_at <= ?)",
                 )
+                .bind(nonce)
+                .bind(millis(req.promise))
                 .bind(&req.holder)
                 .bind(&req.client_info)
                 .bind(req.request_id.as_str())
@@ -254,12 +325,14 @@ impl MySqlStorage {
                 // and the UPDATE checked lease_gen, so the new value is known.
                 let lease_gen = gen_before + 1;
                 sqlx::query(
-                    "UPDATE grant_requests SET feature_id = ?, slot_no = ?, lease_gen = ?, created_at = ?, expires_at = ?
+                    "UPDATE grant_requests SET feature_id = ?, slot_no = ?, lease_gen = ?, lease_nonce = ?,
+                            created_at = ?, expires_at = ?
                      WHERE holder = ? AND request_id = ?",
                 )
                 .bind(fid)
                 .bind(slot)
                 .bind(lease_gen)
+                .bind(nonce)
                 .bind(now)
                 .bind(expires)
                 .bind(&req.holder)
@@ -268,21 +341,21 @@ impl MySqlStorage {
                 .await
                 .map_err(StorageError::from)?;
                 tx.commit().await.map_err(StorageError::from)?;
-                return Ok(Grant {
-                    lease: LeaseRef {
+                return Ok(new_grant(
+                    req,
+                    LeaseRef {
                         feature_id: fid,
                         slot_no: slot,
                         lease_gen,
+                        nonce,
                     },
-                    feature: req.feature.clone(),
-                    granted_at: utc(now),
-                    expires_at: utc(expires),
-                    replayed: false,
-                });
+                    utc(now),
+                    window_end.map(utc),
+                ));
             }
         }
         let mut total = 0i64;
-        for &fid in &valid {
+        for &(fid, _) in &valid {
             let n: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
                     .bind(fid)
@@ -337,7 +410,8 @@ impl MySqlStorage {
         names.sort_unstable();
         names.dedup();
         let mut q = QueryBuilder::<MySql>::new(
-            "SELECT id, name, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED)
+            "SELECT id, name, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED),
+                    expires_at
              FROM features WHERE seats > 0 AND name IN (",
         );
         let mut sep = q.separated(", ");
@@ -345,7 +419,8 @@ impl MySqlStorage {
             sep.push_bind(*n);
         }
         q.push(") ORDER BY id");
-        let features: Vec<(i64, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        let features: Vec<(i64, String, i64, Option<NaiveDateTime>)> =
+            q.build_query_as().fetch_all(&mut *tx).await?;
 
         let mut out: Vec<Option<Result<Grant, SeatError>>> =
             (0..reqs.len()).map(|_| None).collect();
@@ -354,14 +429,19 @@ impl MySqlStorage {
             let mut waiting: Vec<usize> = (0..reqs.len())
                 .filter(|&i| reqs[i].feature == name)
                 .collect();
-            let rows: Vec<&(i64, String, i64)> = features.iter().filter(|f| f.1 == name).collect();
+            let rows: Vec<&(i64, String, i64, Option<NaiveDateTime>)> =
+                features.iter().filter(|f| f.1 == name).collect();
             if rows.is_empty() {
                 for &i in &waiting {
                     out[i] = Some(Err(SeatError::UnknownFeature(name.to_string())));
                 }
                 continue;
             }
-            let valid: Vec<i64> = rows.iter().filter(|f| f.2 == 1).map(|f| f.0).collect();
+            let valid: Vec<(i64, Option<NaiveDateTime>)> = rows
+                .iter()
+                .filter(|f| f.2 == 1)
+                .map(|f| (f.0, f.3))
+                .collect();
             if valid.is_empty() {
                 for &i in &waiting {
                     out[i] = Some(Err(SeatError::Expired(name.to_string())));
@@ -369,7 +449,7 @@ impl MySqlStorage {
                 continue;
             }
             let mut alone = false;
-            for &fid in &valid {
+            for &(fid, window_end) in &valid {
                 if waiting.is_empty() {
                     break;
                 }
@@ -404,8 +484,14 @@ impl MySqlStorage {
                     break;
                 }
                 let takers: Vec<usize> = waiting.drain(..cands.len()).collect();
-                let pairs: Vec<(&(i64, i64), &GrantRequest)> =
-                    cands.iter().zip(takers.iter().map(|&i| &reqs[i])).collect();
+                let nonces: Vec<i64> = takers.iter().map(|_| LeaseRef::new_nonce()).collect();
+                // ((slot, lease_gen before), request), nonce
+                type Taker<'r> = ((&'r (i64, i64), &'r GrantRequest), i64);
+                let pairs: Vec<Taker<'_>> = cands
+                    .iter()
+                    .zip(takers.iter().map(|&i| &reqs[i]))
+                    .zip(nonces.iter().copied())
+                    .collect();
                 let mut q = QueryBuilder::<MySql>::new(
                     "UPDATE slots FORCE INDEX (PRIMARY) SET lease_gen = lease_gen + 1, granted_at = ",
                 );
@@ -416,16 +502,20 @@ impl MySqlStorage {
                     ("request_id", 2),
                     ("granted_by", 3),
                     ("expires_at", 4),
+                    ("lease_nonce", 5),
+                    ("promise_ms", 6),
                 ] {
                     q.push(format!(", {col} = CASE slot_no"));
-                    for ((slot, _), r) in &pairs {
+                    for (((slot, _), r), nonce) in &pairs {
                         q.push(" WHEN ").push_bind(*slot).push(" THEN ");
                         match value {
                             0 => q.push_bind(r.holder.as_str()),
                             1 => q.push_bind(r.client_info.as_str()),
                             2 => q.push_bind(r.request_id.as_str()),
                             3 => q.push_bind(r.instance_id.as_str()),
-                            _ => q.push_bind(add(now, r.ttl)),
+                            4 => q.push_bind(add(now, r.hold)),
+                            5 => q.push_bind(*nonce),
+                            _ => q.push_bind(millis(r.promise)),
                         };
                     }
                     q.push(" END");
@@ -435,7 +525,7 @@ impl MySqlStorage {
                     .push(" AND state = 0 AND (expires_at IS NULL OR expires_at <= ")
                     .push_bind(now)
                     .push(") AND (");
-                for (i, ((slot, gen), _)) in pairs.iter().enumerate() {
+                for (i, (((slot, gen), _), _)) in pairs.iter().enumerate() {
                     q.push(if i == 0 { "(" } else { " OR (" })
                         .push("slot_no = ")
                         .push_bind(*slot)
@@ -453,22 +543,14 @@ impl MySqlStorage {
                     );
                     return Ok(None);
                 }
-                for (&i, (slot, gen)) in takers.iter().zip(&cands) {
-                    let r = &reqs[i];
-                    granted.push((
-                        i,
-                        Grant {
-                            lease: LeaseRef {
-                                feature_id: fid,
-                                slot_no: *slot,
-                                lease_gen: gen + 1,
-                            },
-                            feature: r.feature.clone(),
-                            granted_at: utc(now),
-                            expires_at: utc(add(now, r.ttl)),
-                            replayed: false,
-                        },
-                    ));
+                for ((&i, (slot, gen)), nonce) in takers.iter().zip(&cands).zip(nonces) {
+                    let lease = LeaseRef {
+                        feature_id: fid,
+                        slot_no: *slot,
+                        lease_gen: gen + 1,
+                        nonce,
+                    };
+                    granted.push((i, new_grant(&reqs[i], lease, utc(now), window_end.map(utc))));
                 }
             }
             if alone || waiting.is_empty() {
@@ -478,7 +560,7 @@ impl MySqlStorage {
                 "SELECT COUNT(*) FROM slots WHERE state = 0 AND feature_id IN (",
             );
             let mut sep = q.separated(", ");
-            for fid in &valid {
+            for (fid, _) in &valid {
                 sep.push_bind(*fid);
             }
             q.push(")");
@@ -492,7 +574,7 @@ impl MySqlStorage {
         }
         if !granted.is_empty() {
             let mut q = QueryBuilder::<MySql>::new(
-                "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at) ",
+                "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, lease_nonce, created_at, expires_at) ",
             );
             q.push_values(&granted, |mut b, (i, g)| {
                 b.push_bind(&reqs[*i].holder)
@@ -500,12 +582,14 @@ impl MySqlStorage {
                     .push_bind(g.lease.feature_id)
                     .push_bind(g.lease.slot_no)
                     .push_bind(g.lease.lease_gen)
+                    .push_bind(g.lease.nonce)
                     .push_bind(naive(g.granted_at))
                     .push_bind(naive(g.expires_at));
             });
             q.push(
                 " ON DUPLICATE KEY UPDATE feature_id = VALUES(feature_id), slot_no = VALUES(slot_no),
-                  lease_gen = VALUES(lease_gen), created_at = VALUES(created_at), expires_at = VALUES(expires_at)",
+                  lease_gen = VALUES(lease_gen), lease_nonce = VALUES(lease_nonce), created_at = VALUES(created_at),
+                  expires_at = VALUES(expires_at)",
             );
             q.build().execute(&mut *tx).await?;
         }
@@ -553,7 +637,7 @@ impl MySqlStorage {
             &mut q,
             items
                 .iter()
-                .map(|(h, l)| (l.feature_id, l.slot_no, l.lease_gen, *h)),
+                .map(|(h, l)| (l.feature_id, l.slot_no, l.lease_gen, l.nonce, *h)),
         );
         q.push(")");
         let r = q.build().execute(&mut *tx).await?;
@@ -611,33 +695,70 @@ impl MySqlStorage {
         Ok(())
     }
 
-    async fn release_where(
-        &self,
-        lease: LeaseRef,
-        holder: Option<&str>,
-    ) -> Result<Option<DateTime<Utc>>> {
+    async fn release_once(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         let mut tx = self.pool.begin().await?;
         let now = db_now(&mut tx).await?;
         let r = sqlx::query(
             "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
                     holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
-             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND (? IS NULL OR holder = ?)
+             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ? AND holder = ?
                AND state IN (0, 1) AND expires_at > ?",
         )
         .bind(lease.feature_id)
         .bind(lease.slot_no)
         .bind(lease.lease_gen)
-        .bind(holder)
+        .bind(lease.nonce)
         .bind(holder)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let released = r.rows_affected() == 1;
-        if released && holder.is_none() {
-            bump_revocations(&mut tx).await?;
-        }
         tx.commit().await?;
-        Ok(released.then(|| utc(now)))
+        Ok((r.rows_affected() == 1).then(|| utc(now)))
+    }
+
+    /// First step of a force release: the lease ends (no holder), but the
+    /// slot keeps its expiry, so nobody is granted it yet.
+    async fn revoke_once(&self, lease: LeaseRef) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
+             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ?
+               AND holder IS NOT NULL AND state IN (0, 1) AND expires_at > NOW(6)",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Second step, in a statement that starts after the first committed:
+    /// every promise given from a read before that commit ends by this
+    /// statement's clock plus the lease's cap (and the clock margin).
+    async fn bound_revoked(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query(
+            "UPDATE slots SET expires_at = LEAST(expires_at, NOW(6) + INTERVAL (promise_ms * 1000 + ?) MICROSECOND)
+             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ?
+               AND holder IS NULL AND expires_at > NOW(6)",
+        )
+        .bind(micros(CLOCK_MARGIN))
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .execute(&self.pool)
+        .await?;
+        let free_at: Option<Option<NaiveDateTime>> = sqlx::query_scalar(
+            "SELECT expires_at FROM slots WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ?",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(free_at.flatten().map(utc))
     }
 
     async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
@@ -990,7 +1111,29 @@ impl Storage for MySqlStorage {
         }
     }
 
-    async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>> {
+    async fn check_batch(&self, items: &[RenewItem]) -> Result<Vec<Vec<Check>>> {
+        let all = batch_leases(items);
+        let mut found: HashMap<HeldLease<'_>, Check> = HashMap::with_capacity(all.len());
+        for chunk in all.chunks(RENEW_CHUNK) {
+            let (now, rows) = with_retry(|| read_slots(&self.pool, chunk)).await?;
+            for l in chunk {
+                let check = rows
+                    .get(&(l.0, l.1))
+                    .map_or(Check::Lost, |r| r.judge(l, now));
+                found.insert(*l, check);
+            }
+        }
+        Ok(batch_results(items, |l| {
+            found.get(l).cloned().unwrap_or(Check::Lost)
+        }))
+    }
+
+    async fn extend_batch(
+        &self,
+        items: &[RenewItem],
+        hold: Duration,
+        promise: Duration,
+    ) -> Result<Vec<Vec<Option<DateTime<Utc>>>>> {
         let all = batch_leases(items);
         if all.is_empty() {
             return Ok(items.iter().map(|_| Vec::new()).collect());
@@ -998,51 +1141,53 @@ impl Storage for MySqlStorage {
         with_retry(|| async {
             let mut tx = self.pool.begin().await?;
             let now = db_now(&mut tx).await?;
-            let expires = add(now, ttl);
-            let mut renewed = std::collections::HashSet::new();
+            let expires = add(now, hold);
+            let mut extended = std::collections::HashSet::new();
             // One UPDATE per chunk for the whole batch; only when some lease
             // did not match is a SELECT needed to learn which.
             for chunk in all.chunks(RENEW_CHUNK) {
                 // The primary key, whatever the statistics say: the pick index
-                // would scan every live lease of the feature.
-                let mut q =
-                    QueryBuilder::<MySql>::new("UPDATE slots FORCE INDEX (PRIMARY) SET expires_at = ");
+                // would scan every live lease of the feature. GREATEST: an
+                // instance with a shorter lease_hold never shortens what one
+                // with a longer hold recorded (and promised from).
+                let mut q = QueryBuilder::<MySql>::new(
+                    "UPDATE slots FORCE INDEX (PRIMARY) SET expires_at = GREATEST(expires_at, ",
+                );
                 q.push_bind(expires)
-                    .push(" WHERE state IN (0, 1) AND expires_at > ")
+                    .push("), promise_ms = GREATEST(promise_ms, ")
+                    .push_bind(millis(promise))
+                    .push(") WHERE state IN (0, 1) AND expires_at > ")
                     .push_bind(now)
                     .push(" AND (");
                 push_held_leases(&mut q, chunk.iter().copied());
                 q.push(")");
                 let r = q.build().execute(&mut *tx).await?;
                 if r.rows_affected() as usize == chunk.len() {
-                    renewed.extend(chunk.iter().copied());
+                    extended.extend(chunk.iter().copied());
                     continue;
                 }
+                // The rows that still hold their lease now carry an expiry of
+                // at least `expires`; the others do not (released: NULL;
+                // expired: before now; re-granted: another gen or nonce).
                 let mut q = QueryBuilder::<MySql>::new(
-                    "SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen, holder FROM slots FORCE INDEX (PRIMARY) WHERE expires_at = ",
+                    "SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen, lease_nonce, holder
+                     FROM slots FORCE INDEX (PRIMARY) WHERE state IN (0, 1) AND expires_at >= ",
                 );
                 q.push_bind(expires).push(" AND (");
-                for (i, (f, s, _, _)) in chunk.iter().enumerate() {
-                    q.push(if i == 0 { "(" } else { " OR (" })
-                        .push("feature_id = ")
-                        .push_bind(*f)
-                        .push(" AND slot_no = ")
-                        .push_bind(*s)
-                        .push(")");
-                }
+                push_held_leases(&mut q, chunk.iter().copied());
                 q.push(")");
-                let rows: Vec<(i64, i64, i64, Option<String>)> =
+                let rows: Vec<(i64, i64, i64, i64, Option<String>)> =
                     q.build_query_as().fetch_all(&mut *tx).await?;
-                // `chunk` is sorted (batch_leases): look each row up.
-                for (f, s, g, h) in rows {
+                for (f, s, g, n, h) in rows {
                     let Some(h) = h else { continue };
-                    if let Ok(i) = chunk.binary_search_by(|c| (c.0, c.1, c.2, c.3).cmp(&(f, s, g, &h))) {
-                        renewed.insert(chunk[i]);
+                    if let Some(l) = chunk.iter().find(|c| **c == (f, s, g, n, h.as_str())) {
+                        extended.insert(*l);
                     }
                 }
             }
             tx.commit().await?;
-            Ok(batch_results(items, &renewed, utc(expires)))
+            let at = utc(now);
+            Ok(batch_results(items, |l| extended.contains(l).then_some(at)))
         })
         .await
     }
@@ -1082,7 +1227,7 @@ impl Storage for MySqlStorage {
     }
 
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        with_retry(|| self.release_where(lease, Some(holder))).await
+        with_retry(|| self.release_once(holder, lease)).await
     }
 
     async fn release_batch(
@@ -1107,15 +1252,26 @@ impl Storage for MySqlStorage {
     }
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        with_retry(|| self.release_where(lease, None)).await
+        if !with_retry(|| self.revoke_once(lease)).await? {
+            return Ok(None);
+        }
+        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
+        Ok(Some(free_at.unwrap_or_else(Utc::now)))
     }
 
-    async fn revocations(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT count FROM lease_revocations WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await?,
+    async fn quarantine(&self, hold: Duration) -> Result<u64> {
+        // MySQL assigns left to right: the holder columns read the old expiry.
+        let r = sqlx::query(
+            "UPDATE slots SET holder = IF(expires_at > NOW(6), holder, NULL),
+                    client_info = IF(expires_at > NOW(6), client_info, NULL),
+                    request_id = IF(expires_at > NOW(6), request_id, NULL),
+                    expires_at = GREATEST(COALESCE(expires_at, NOW(6)), NOW(6) + INTERVAL ? MICROSECOND)
+             WHERE state IN (0, 1)",
         )
+        .bind(micros(hold))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
     }
 
     async fn leases(&self) -> Result<Vec<LeaseInfo>> {
@@ -1123,18 +1279,19 @@ impl Storage for MySqlStorage {
             i64,
             i64,
             i64,
+            i64,
             String,
             String,
             Option<String>,
             Option<String>,
             Option<String>,
-            NaiveDateTime,
+            Option<NaiveDateTime>,
             NaiveDateTime,
             i64,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT s.feature_id, CAST(s.slot_no AS SIGNED), s.lease_gen, f.name, f.license_id, s.holder, s.client_info,
-                    s.granted_by, s.granted_at, s.expires_at, CAST(s.state AS SIGNED)
+            "SELECT s.feature_id, CAST(s.slot_no AS SIGNED), s.lease_gen, s.lease_nonce, f.name, f.license_id, s.holder,
+                    s.client_info, s.granted_by, s.granted_at, s.expires_at, CAST(s.state AS SIGNED)
              FROM slots s JOIN features f ON f.id = s.feature_id
              WHERE s.state IN (0, 1) AND s.expires_at > NOW(6)
              ORDER BY f.name, s.feature_id, s.slot_no",
@@ -1148,15 +1305,17 @@ impl Storage for MySqlStorage {
                     feature_id: r.0,
                     slot_no: r.1,
                     lease_gen: r.2,
+                    nonce: r.3,
                 },
-                feature: r.3,
-                license_id: r.4,
-                holder: r.5.unwrap_or_default(),
-                client_info: r.6.unwrap_or_default(),
-                granted_by: r.7.unwrap_or_default(),
-                granted_at: utc(r.8),
-                expires_at: utc(r.9),
-                retiring: r.10 == SLOT_RETIRING,
+                feature: r.4,
+                license_id: r.5,
+                revoked: r.6.is_none(),
+                holder: r.6.unwrap_or_default(),
+                client_info: r.7.unwrap_or_default(),
+                granted_by: r.8.unwrap_or_default(),
+                granted_at: r.9.map(utc),
+                expires_at: utc(r.10),
+                retiring: r.11 == SLOT_RETIRING,
             })
             .collect())
     }
@@ -1340,7 +1499,7 @@ impl Storage for MySqlStorage {
                     CAST(i.drain_requested AS SIGNED),
                     CAST(TIMESTAMPDIFF(MICROSECOND, i.last_seen, NOW(6)) / 1000000 AS DOUBLE),
                     CAST((SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
-                          AND s.expires_at > NOW(6)) AS SIGNED)
+                          AND s.holder IS NOT NULL AND s.expires_at > NOW(6)) AS SIGNED)
              FROM instances i ORDER BY i.id",
         )
         .fetch_all(&self.pool)

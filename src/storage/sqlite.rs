@@ -11,11 +11,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use super::mysql::check_serial;
 use super::*;
+use crate::domain::seats::CLOCK_MARGIN;
 
 pub struct SqliteStorage {
     writer: SqlitePool,
@@ -23,6 +25,9 @@ pub struct SqliteStorage {
 }
 
 type Tx<'a> = Transaction<'a, Sqlite>;
+
+/// Leases per check statement (two placeholders each).
+const CHECK_CHUNK: usize = 1000;
 
 const NOW_SQL: &str = "SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
 
@@ -38,12 +43,63 @@ async fn db_now(tx: &mut Tx<'_>) -> Result<i64> {
     Ok(sqlx::query_scalar(NOW_SQL).fetch_one(&mut **tx).await?)
 }
 
-/// Counts an operator's force release (see [`Storage::revocations`]).
-async fn bump_revocations(tx: &mut Tx<'_>) -> Result<()> {
-    sqlx::query("UPDATE lease_revocations SET count = count + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+type SlotRow = (
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    Option<i64>,
+    i64,
+    String,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Reads the slot rows that `leases` name, by primary key, in one statement,
+/// with the database clock read just before by the same connection (SQLite
+/// may read its clock anew for every row of a statement). A lease's row is
+/// judged by [`SlotRead::judge`].
+async fn read_slots(
+    conn: &mut sqlx::SqliteConnection,
+    leases: &[HeldLease<'_>],
+) -> Result<(DateTime<Utc>, HashMap<(i64, i64), SlotRead>)> {
+    let now: i64 = sqlx::query_scalar(NOW_SQL).fetch_one(&mut *conn).await?;
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "SELECT s.feature_id, s.slot_no, s.lease_gen, s.lease_nonce, s.holder, s.state, s.expires_at,
+                s.promise_ms, f.name, f.not_before, f.expires_at
+         FROM slots s JOIN features f ON f.id = s.feature_id WHERE ",
+    );
+    for (i, (f, s, ..)) in leases.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { " OR (" })
+            .push("s.feature_id = ")
+            .push_bind(*f)
+            .push(" AND s.slot_no = ")
+            .push_bind(*s)
+            .push(")");
+    }
+    let rows: Vec<SlotRow> = q.build_query_as().fetch_all(&mut *conn).await?;
+    let map = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.0, r.1),
+                SlotRead {
+                    lease_gen: r.2,
+                    nonce: r.3,
+                    holder: r.4,
+                    state: r.5,
+                    expires_at: r.6.map(utc),
+                    promise_ms: r.7,
+                    feature: r.8,
+                    not_before: r.9.map(utc),
+                    window_end: r.10.map(utc),
+                },
+            )
+        })
+        .collect();
+    Ok((utc(now), map))
 }
 
 impl SqliteStorage {
@@ -82,13 +138,15 @@ impl SqliteStorage {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Answers a request id seen before with its grant, but only while
+    /// that lease is still held (see the MySQL backend).
     async fn replay(
         &self,
         tx: &mut Tx<'_>,
         req: &GrantRequest,
     ) -> Result<Option<Grant>, SeatError> {
         let row: Option<(i64, i64, i64, i64, i64, String)> = sqlx::query_as(
-            "SELECT g.feature_id, g.slot_no, g.lease_gen, g.created_at, g.expires_at, f.name
+            "SELECT g.feature_id, g.slot_no, g.lease_gen, g.lease_nonce, g.created_at, f.name
              FROM grant_requests g JOIN features f ON f.id = g.feature_id
              WHERE g.holder = ? AND g.request_id = ?",
         )
@@ -97,36 +155,34 @@ impl SqliteStorage {
         .fetch_optional(&mut **tx)
         .await
         .map_err(StorageError::from)?;
-        let Some((feature_id, slot_no, lease_gen, granted, mut expires, name)) = row else {
+        let Some((feature_id, slot_no, lease_gen, nonce, granted, name)) = row else {
             return Ok(None);
         };
         if name != req.feature {
             return Err(SeatError::RequestIdReused(req.request_id.to_string()));
         }
-        let current: Option<Option<i64>> = sqlx::query_scalar(
-            "SELECT expires_at FROM slots WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND holder = ?",
-        )
-        .bind(feature_id)
-        .bind(slot_no)
-        .bind(lease_gen)
-        .bind(&req.holder)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(StorageError::from)?;
-        if let Some(Some(e)) = current {
-            expires = e;
+        let lease = LeaseRef {
+            feature_id,
+            slot_no,
+            lease_gen,
+            nonce,
+        };
+        let key = (feature_id, slot_no, lease_gen, nonce, req.holder.as_str());
+        let (now, read) = read_slots(tx, std::slice::from_ref(&key)).await?;
+        let check = read
+            .get(&(feature_id, slot_no))
+            .map_or(Check::Lost, |r| r.judge(&key, now));
+        match check {
+            Check::Live(live) if !live.window_closed() => Ok(Some(Grant {
+                lease,
+                feature: name,
+                granted_at: utc(granted),
+                expires_at: live.expires_at,
+                replayed: true,
+                promise: live.promise(req.promise),
+            })),
+            _ => Err(SeatError::LeaseEnded(lease)),
         }
-        Ok(Some(Grant {
-            lease: LeaseRef {
-                feature_id,
-                slot_no,
-                lease_gen,
-            },
-            feature: name,
-            granted_at: utc(granted),
-            expires_at: utc(expires),
-            replayed: true,
-        }))
     }
 
     async fn grant_once(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
@@ -136,8 +192,8 @@ impl SqliteStorage {
             return Ok(g);
         }
         let now = db_now(&mut tx).await?;
-        let features: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, (not_before IS NULL OR not_before <= ?1) AND (expires_at IS NULL OR expires_at > ?1)
+        let features: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, (not_before IS NULL OR not_before <= ?1) AND (expires_at IS NULL OR expires_at > ?1), expires_at
              FROM features WHERE name = ?2 AND seats > 0 ORDER BY id",
         )
         .bind(now)
@@ -148,12 +204,16 @@ impl SqliteStorage {
         if features.is_empty() {
             return Err(SeatError::UnknownFeature(req.feature.clone()));
         }
-        let valid: Vec<i64> = features.iter().filter(|f| f.1 == 1).map(|f| f.0).collect();
+        let valid: Vec<(i64, Option<i64>)> = features
+            .iter()
+            .filter(|f| f.1 == 1)
+            .map(|f| (f.0, f.2))
+            .collect();
         if valid.is_empty() {
             return Err(SeatError::Expired(req.feature.clone()));
         }
-        let expires = now.saturating_add(micros(req.ttl));
-        for &fid in &valid {
+        let expires = now.saturating_add(micros(req.hold));
+        for &(fid, window_end) in &valid {
             for _ in 0..MAX_SEATS_PASSES {
                 let cand: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, lease_gen FROM slots
@@ -193,9 +253,10 @@ impl SqliteStorage {
                     }
                     continue;
                 }
+                let nonce = LeaseRef::new_nonce();
                 let res = sqlx::query(
                     "UPDATE slots SET lease_gen = lease_gen + 1, holder = ?1, client_info = ?2, request_id = ?3,
-                            granted_by = ?4, granted_at = ?5, expires_at = ?6
+                            granted_by = ?4, granted_at = ?5, expires_at = ?6, lease_nonce = ?10, promise_ms = ?11
                      WHERE feature_id = ?7 AND slot_no = ?8 AND lease_gen = ?9 AND state = 0
                        AND (expires_at IS NULL OR expires_at <= ?5)",
                 )
@@ -208,6 +269,8 @@ impl SqliteStorage {
                 .bind(fid)
                 .bind(slot)
                 .bind(gen_before)
+                .bind(nonce)
+                .bind(millis(req.promise))
                 .execute(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
@@ -218,35 +281,36 @@ impl SqliteStorage {
                 // and the UPDATE checked lease_gen, so the new value is known.
                 let lease_gen = gen_before + 1;
                 sqlx::query(
-                    "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, created_at, expires_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO grant_requests (holder, request_id, feature_id, slot_no, lease_gen, lease_nonce, created_at, expires_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&req.holder)
                 .bind(req.request_id.as_str())
                 .bind(fid)
                 .bind(slot)
                 .bind(lease_gen)
+                .bind(nonce)
                 .bind(now)
                 .bind(expires)
                 .execute(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
                 tx.commit().await.map_err(StorageError::from)?;
-                return Ok(Grant {
-                    lease: LeaseRef {
+                return Ok(new_grant(
+                    req,
+                    LeaseRef {
                         feature_id: fid,
                         slot_no: slot,
                         lease_gen,
+                        nonce,
                     },
-                    feature: req.feature.clone(),
-                    granted_at: utc(now),
-                    expires_at: utc(expires),
-                    replayed: false,
-                });
+                    utc(now),
+                    window_end.map(utc),
+                ));
             }
         }
         let mut total = 0i64;
-        for &fid in &valid {
+        for &(fid, _) in &valid {
             let n: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM slots WHERE feature_id = ? AND state = 0")
                     .bind(fid)
@@ -398,35 +462,67 @@ impl SqliteStorage {
         Ok(outcome)
     }
 
-    async fn release_where(
-        &self,
-        lease: LeaseRef,
-        holder: Option<&str>,
-    ) -> Result<Option<DateTime<Utc>>> {
-        with_retry(|| async {
-            let mut tx = self.begin().await?;
-            let now = db_now(&mut tx).await?;
-            let r = sqlx::query(
-                "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
-                        holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
-                 WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND (?4 IS NULL OR holder = ?4)
-                   AND state IN (0, 1) AND expires_at > ?5",
-            )
-            .bind(lease.feature_id)
-            .bind(lease.slot_no)
-            .bind(lease.lease_gen)
-            .bind(holder)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let released = r.rows_affected() == 1;
-            if released && holder.is_none() {
-                bump_revocations(&mut tx).await?;
-            }
-            tx.commit().await?;
-            Ok(released.then(|| utc(now)))
-        })
-        .await
+    async fn release_once(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        let mut tx = self.begin().await?;
+        let now = db_now(&mut tx).await?;
+        let r = sqlx::query(
+            "UPDATE slots SET state = CASE WHEN state = 1 THEN 2 ELSE state END,
+                    holder = NULL, client_info = NULL, request_id = NULL, expires_at = NULL
+             WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND lease_nonce = ?4 AND holder = ?5
+               AND state IN (0, 1) AND expires_at > ?6",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .bind(holder)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((r.rows_affected() == 1).then(|| utc(now)))
+    }
+
+    /// First step of a force release (see the MySQL backend): the lease ends,
+    /// the slot keeps its expiry.
+    async fn revoke_once(&self, lease: LeaseRef) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
+             WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND lease_nonce = ?4
+               AND holder IS NOT NULL AND state IN (0, 1)
+               AND expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Second step, after the first committed: a read that saw the lease
+    /// before the revocation promised at most the cap past that commit.
+    async fn bound_revoked(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        let free_at: Option<Option<i64>> = sqlx::query_scalar(
+            "UPDATE slots SET expires_at = MIN(expires_at, ?5 + promise_ms * 1000 + ?6)
+             WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND lease_nonce = ?4
+               AND holder IS NULL AND expires_at > ?5
+             RETURNING expires_at",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .bind(
+            sqlx::query_scalar::<_, i64>(NOW_SQL)
+                .fetch_one(&self.writer)
+                .await?,
+        )
+        .bind(micros(CLOCK_MARGIN))
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(free_at.flatten().map(utc))
     }
 }
 
@@ -609,52 +705,102 @@ impl Storage for SqliteStorage {
         with_retry(|| self.grant_once(req)).await
     }
 
-    async fn renew_batch(&self, items: &[RenewItem], ttl: Duration) -> Result<Vec<Vec<Renewal>>> {
+    async fn check_batch(&self, items: &[RenewItem]) -> Result<Vec<Vec<Check>>> {
+        let all = batch_leases(items);
+        let mut found: HashMap<HeldLease<'_>, Check> = HashMap::with_capacity(all.len());
+        for chunk in all.chunks(CHECK_CHUNK) {
+            let (now, rows) = with_retry(|| async {
+                // One read transaction: the clock and the rows of one snapshot.
+                let mut tx = self.reader.begin().await?;
+                let read = read_slots(&mut tx, chunk).await?;
+                tx.commit().await?;
+                Ok::<_, StorageError>(read)
+            })
+            .await?;
+            for l in chunk {
+                let check = rows
+                    .get(&(l.0, l.1))
+                    .map_or(Check::Lost, |r| r.judge(l, now));
+                found.insert(*l, check);
+            }
+        }
+        Ok(batch_results(items, |l| {
+            found.get(l).cloned().unwrap_or(Check::Lost)
+        }))
+    }
+
+    async fn extend_batch(
+        &self,
+        items: &[RenewItem],
+        hold: Duration,
+        promise: Duration,
+    ) -> Result<Vec<Vec<Option<DateTime<Utc>>>>> {
         let all = batch_leases(items);
         with_retry(|| async {
             let mut tx = self.begin().await?;
             let now = db_now(&mut tx).await?;
-            let expires = now.saturating_add(micros(ttl));
-            let mut renewed = std::collections::HashSet::new();
-            // One local write transaction for the batch; statements are cheap here.
+            let expires = now.saturating_add(micros(hold));
+            let mut extended = std::collections::HashSet::new();
+            // One local write transaction for the batch; statements are cheap
+            // here. MAX: a shorter lease_hold never shortens a longer one.
             for l in &all {
                 let r = sqlx::query(
-                    "UPDATE slots SET expires_at = ?1
-                     WHERE feature_id = ?2 AND slot_no = ?3 AND lease_gen = ?4 AND holder = ?5 AND state IN (0, 1)
-                       AND expires_at > ?6",
+                    "UPDATE slots SET expires_at = MAX(expires_at, ?1), promise_ms = MAX(promise_ms, ?2)
+                     WHERE feature_id = ?3 AND slot_no = ?4 AND lease_gen = ?5 AND lease_nonce = ?6 AND holder = ?7
+                       AND state IN (0, 1) AND expires_at > ?8",
                 )
                 .bind(expires)
+                .bind(millis(promise))
                 .bind(l.0)
                 .bind(l.1)
                 .bind(l.2)
                 .bind(l.3)
+                .bind(l.4)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
                 if r.rows_affected() == 1 {
-                    renewed.insert(*l);
+                    extended.insert(*l);
                 }
             }
             tx.commit().await?;
-            Ok(batch_results(items, &renewed, utc(expires)))
+            let at = utc(now);
+            Ok(batch_results(items, |l| extended.contains(l).then_some(at)))
         })
         .await
     }
 
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        self.release_where(lease, Some(holder)).await
+        with_retry(|| self.release_once(holder, lease)).await
     }
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        self.release_where(lease, None).await
+        if !with_retry(|| self.revoke_once(lease)).await? {
+            return Ok(None);
+        }
+        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
+        Ok(Some(free_at.unwrap_or_else(Utc::now)))
     }
 
-    async fn revocations(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT count FROM lease_revocations WHERE id = 1")
-                .fetch_one(&self.reader)
+    async fn quarantine(&self, hold: Duration) -> Result<u64> {
+        // SQLite evaluates every assignment against the old row.
+        let r = sqlx::query(
+            "UPDATE slots SET
+                holder = CASE WHEN expires_at > ?1 THEN holder END,
+                client_info = CASE WHEN expires_at > ?1 THEN client_info END,
+                request_id = CASE WHEN expires_at > ?1 THEN request_id END,
+                expires_at = MAX(COALESCE(expires_at, 0), ?1 + ?2)
+             WHERE state IN (0, 1)",
+        )
+        .bind(
+            sqlx::query_scalar::<_, i64>(NOW_SQL)
+                .fetch_one(&self.writer)
                 .await?,
         )
+        .bind(micros(hold))
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected())
     }
 
     async fn leases(&self) -> Result<Vec<LeaseInfo>> {
@@ -662,17 +808,18 @@ impl Storage for SqliteStorage {
             i64,
             i64,
             i64,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
             i64,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
             i64,
             i64,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT s.feature_id, s.slot_no, s.lease_gen, f.name, f.license_id, s.holder, s.client_info,
+            "SELECT s.feature_id, s.slot_no, s.lease_gen, s.lease_nonce, f.name, f.license_id, s.holder, s.client_info,
                     s.granted_by, s.granted_at, s.expires_at, s.state
              FROM slots s JOIN features f ON f.id = s.feature_id
              WHERE s.state IN (0, 1) AND s.expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)
@@ -687,15 +834,17 @@ impl Storage for SqliteStorage {
                     feature_id: r.0,
                     slot_no: r.1,
                     lease_gen: r.2,
+                    nonce: r.3,
                 },
-                feature: r.3,
-                license_id: r.4,
-                holder: r.5.unwrap_or_default(),
-                client_info: r.6.unwrap_or_default(),
-                granted_by: r.7.unwrap_or_default(),
-                granted_at: utc(r.8),
-                expires_at: utc(r.9),
-                retiring: r.10 == SLOT_RETIRING,
+                feature: r.4,
+                license_id: r.5,
+                revoked: r.6.is_none(),
+                holder: r.6.unwrap_or_default(),
+                client_info: r.7.unwrap_or_default(),
+                granted_by: r.8.unwrap_or_default(),
+                granted_at: r.9.map(utc),
+                expires_at: utc(r.10),
+                retiring: r.11 == SLOT_RETIRING,
             })
             .collect())
     }
@@ -849,7 +998,8 @@ impl Storage for SqliteStorage {
             "WITH clock(now) AS (SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER))
              SELECT i.id, i.address, i.admin_address, i.version, i.started_at, i.last_seen, i.drain_requested,
                     (clock.now - i.last_seen) / 1000000.0,
-                    (SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1) AND s.expires_at > clock.now)
+                    (SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
+                       AND s.holder IS NOT NULL AND s.expires_at > clock.now)
              FROM instances i CROSS JOIN clock ORDER BY i.id",
         )
         .fetch_all(&self.reader)

@@ -293,6 +293,20 @@ impl Client {
 
     /// Checks out one seat of `feature`; the handle keeps it alive.
     pub async fn checkout(&self, feature: &str) -> Result<SeatHandle, ClientError> {
+        // A resent login (failover, a lost answer) whose lease ended in the
+        // meantime (an operator released it, it expired while we were away)
+        // is answered "lease ended", never "granted": log in afresh, once.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.login(feature).await {
+                Err(ClientError::LeaseEnded(_)) if attempts < 2 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn login(&self, feature: &str) -> Result<SeatHandle, ClientError> {
         let n = self.inner.requests.fetch_add(1, Ordering::Relaxed);
         let req = Request::Login {
             feature: feature.to_string(),
@@ -618,6 +632,11 @@ impl Client {
                 reason: NoLicenseReason::from_code(reason.as_deref()),
                 message,
             })),
+            Response::Error {
+                code: ErrorCode::LeaseEnded,
+                message,
+                ..
+            } => Err(Attempt::Fatal(ClientError::LeaseEnded(message))),
             Response::Error { message, .. } => Err(Attempt::Fatal(ClientError::Server {
                 server: spec.address.clone(),
                 message,

@@ -57,4 +57,8 @@ pub enum ClientError {
     BadIdentity(String),
     #[error("{server} answered: {message}")]
     Server { server: String, message: String },
+    /// A resent login's lease has ended (released, expired, taken over);
+    /// [`crate::Client::checkout`] handles it by logging in afresh.
+    #[error("{0}")]
+    LeaseEnded(String),
 }

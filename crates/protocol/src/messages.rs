@@ -54,7 +54,8 @@ pub struct FeatureInfo {
 pub struct LeaseStatus {
     pub lease: String,
     pub alive: bool,
-    /// Remaining lifetime granted by this renewal, milliseconds (0 when lost).
+    /// The promise: the client may use the seat until its own send time of
+    /// this heartbeat plus this many milliseconds (0 when lost).
     pub ttl_ms: u64,
 }
 
@@ -67,7 +68,8 @@ pub enum Response {
     Granted {
         lease: String,
         feature: String,
-        /// Lifetime of the lease from the moment the server granted it, ms.
+        /// The promise: the client may use the seat until its own send time
+        /// of this request plus this many milliseconds.
         ttl_ms: u64,
         lease_gen: i64,
         replayed: bool,
@@ -96,6 +98,10 @@ pub enum ErrorCode {
     NoLicense,
     BadRequest,
     Unavailable,
+    /// A resent login (same request id) whose lease has ended: released,
+    /// expired, force-released or granted to someone else. Log in again with
+    /// a new request id.
+    LeaseEnded,
 }
 
 /// Why "no license", machine-readable.
