@@ -266,3 +266,24 @@ async fn on_loss_ignore_lets_cmd_run_and_only_warns() {
     assert_eq!(status.code(), Some(CMD_EXIT), "{}", c.stderr());
     assert!(!alive(cmd));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_server_before_the_promise_ends_stops_cmd() {
+    let mut d = DemoServer::start(&["--lease-ttl", "5s"]);
+    let mut c = Checkout::start(&d, &[], false);
+    let cmd = c.cmd_ready().await;
+    d.proc.signal(libc::SIGKILL);
+    d.proc.wait_exit(Duration::from_secs(10)).unwrap();
+
+    // The promise is at most 5 s long; the release then finds no server.
+    let status = c.exit(Duration::from_secs(30)).await;
+    let err = c.stderr();
+    assert_eq!(status.code(), Some(EXIT_SEAT_LOST), "{err}");
+    assert_eq!(c.read("signal").as_deref(), Some("TERM"), "{err}");
+    assert!(!alive(cmd), "CMD is gone");
+    assert!(
+        err.contains("lost the seat of 'demo'")
+            && err.contains("no server confirmed the lease"),
+        "{err}"
+    );
+}
