@@ -282,8 +282,7 @@ async fn no_server_before_the_promise_ends_stops_cmd() {
     assert_eq!(c.read("signal").as_deref(), Some("TERM"), "{err}");
     assert!(!alive(cmd), "CMD is gone");
     assert!(
-        err.contains("lost the seat of 'demo'")
-            && err.contains("no server confirmed the lease"),
+        err.contains("lost the seat of 'demo'") && err.contains("no server confirmed the lease"),
         "{err}"
     );
 }

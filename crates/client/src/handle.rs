@@ -79,6 +79,8 @@ struct Shared {
     valid_until: Instant,
     /// Called once on loss, then dropped; dropped unused on release.
     on_loss: Vec<LossCallback>,
+    /// Why the seat was lost, once it was.
+    loss: Option<LossReason>,
 }
 
 /// What the handle and its heartbeat task share.
@@ -105,16 +107,19 @@ impl Core {
             s.state = HandleState::Lost {
                 reason: reason.to_string(),
             };
+            s.loss = Some(reason.clone());
             // The promise is void from now on, even if it had time left.
             s.valid_until = s.valid_until.min(Instant::now());
             std::mem::take(&mut s.on_loss)
         };
-        let message = reason.to_string();
-        self.lost.send_replace(Some(reason));
         // Outside the lock: a callback may well look at the handle.
+        let message = reason.to_string();
         for f in callbacks {
             f(&message);
         }
+        // Waiters wake after the callbacks returned, so that an application
+        // using both sees them in one order.
+        self.lost.send_replace(Some(reason));
         true
     }
 
@@ -165,6 +170,7 @@ impl SeatHandle {
                 state: HandleState::Held,
                 valid_until: deadline(sent, ttl),
                 on_loss: Vec::new(),
+                loss: None,
             }),
             lost: watch::Sender::new(None),
         });
@@ -218,7 +224,7 @@ impl SeatHandle {
     /// Why the seat was lost, or None while it is held (or was released).
     pub fn loss(&self) -> Option<LossReason> {
         self.core.expire_if_due();
-        self.core.lost.borrow().clone()
+        self.core.lock().loss.clone()
     }
 
     /// Resolves when the seat is lost: a server said the lease is gone, or
@@ -226,8 +232,9 @@ impl SeatHandle {
     /// heartbeat task fires it at that instant itself, so an application
     /// waiting here learns of the loss when it happens, not when it next
     /// looks at the state. Resolves at once if the seat is already lost;
-    /// never while the seat is held. Cancel-safe: dropping the future only
-    /// stops waiting.
+    /// never while the seat is held; after the [`SeatHandle::on_loss`]
+    /// callbacks returned. Cancel-safe: dropping the future only stops
+    /// waiting.
     pub async fn lost(&self) -> LossReason {
         let mut rx = self.core.lost.subscribe();
         let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
@@ -390,6 +397,7 @@ mod tests {
                 state: HandleState::Held,
                 valid_until: Instant::now() + valid_for,
                 on_loss: Vec::new(),
+                loss: None,
             }),
             lost: watch::Sender::new(None),
         })
