@@ -2,12 +2,16 @@
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use floatlm_client::{Client, ClientError, HandleState, Options};
+use floatlm_client::{Client, ClientError, Options, SeatHandle};
 use std::process::ExitCode;
 use std::time::Duration;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Exit code when the server refuses a seat.
-const EXIT_NO_LICENSE: u8 = 3;
+pub const EXIT_NO_LICENSE: u8 = 3;
+/// Exit code when the seat was lost: CMD was stopped for it (`--on-loss
+/// term|kill`), or a `--hold` ended early.
+pub const EXIT_SEAT_LOST: u8 = 4;
 
 #[derive(Args, Debug)]
 pub struct PingArgs {
@@ -59,9 +63,38 @@ pub struct CheckoutArgs {
     /// Hold the seat this many seconds instead of running a command.
     #[arg(long, value_name = "SECS", conflicts_with = "command")]
     pub hold: Option<f64>,
+    /// What to do with CMD when the seat is lost while it runs.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ACTION",
+        default_value_t = OnLoss::Term,
+        conflicts_with = "hold"
+    )]
+    pub on_loss: OnLoss,
+    /// Seconds CMD has to exit after the SIGTERM of --on-loss term before it
+    /// gets SIGKILL.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "10",
+        conflicts_with = "hold"
+    )]
+    pub kill_after: f64,
     /// The command to run while holding the seat (after --).
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+/// What `floatlm checkout` does with CMD when its seat is lost.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnLoss {
+    /// SIGTERM, then SIGKILL after --kill-after seconds.
+    Term,
+    /// SIGKILL at once.
+    Kill,
+    /// Warn and let CMD run on without a seat.
+    Ignore,
 }
 
 /// The identity strings to use; a usage error is printed and becomes exit 2.
@@ -173,7 +206,7 @@ pub async fn ping(args: PingArgs) -> ExitCode {
 }
 
 fn fail(e: &ClientError) -> ExitCode {
-    eprintln!("floatlm: {e}");
+    say(e);
     match e {
         ClientError::NoLicense { .. } => ExitCode::from(EXIT_NO_LICENSE),
         _ => ExitCode::FAILURE,
@@ -218,74 +251,307 @@ pub async fn query(args: QueryArgs) -> ExitCode {
     }
 }
 
+/// How long checkout waits for the server to confirm a release before it
+/// exits anyway (the seat then frees itself when its lease runs out).
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Shown by `floatlm checkout --help`; README.md says the same.
+pub const CHECKOUT_HELP: &str = "\
+Signals:
+  SIGTERM, SIGINT and SIGHUP sent to `floatlm checkout` are passed on to CMD.
+  Checkout then waits for CMD to exit, releases the seat (waiting up to 5 s
+  for the server's answer) and exits with CMD's status. When checkout runs in
+  the foreground of a terminal, the terminal's own SIGINT (Ctrl-C) and SIGHUP
+  already reach CMD, which shares its process group, so those are not sent a
+  second time. With --hold, the three signals release the seat and end the
+  hold. Checkout does not exit while CMD runs; should checkout itself be
+  killed (SIGKILL, out of memory), Linux sends CMD SIGTERM.
+
+Seat loss:
+  If the seat is lost while CMD runs (an operator released it, or no server
+  confirmed it before the lease's promise ended), checkout says so on stderr
+  and acts per --on-loss: `term` sends CMD SIGTERM and, if it has not exited
+  after --kill-after seconds, SIGKILL; `kill` sends SIGKILL; `ignore` only
+  warns and lets CMD run on without a seat.
+
+Exit status:
+  CMD's own            CMD exited (128+N when signal N ended it)
+  1                    no server reachable, CMD could not be started, other errors
+  2                    usage error
+  3                    no license (all seats taken, denied, unknown feature, ...)
+  4                    the seat was lost and CMD was stopped (or --hold ended)
+  128+N                signal N ended --hold, or came before CMD started";
+
+/// Writes `floatlm: MSG` to stderr. Never panics: a closed stderr must not
+/// take checkout down while CMD runs (which would leave CMD without a seat).
+fn say(msg: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "floatlm: {msg}");
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGKILL => "SIGKILL",
+        _ => "a signal",
+    }
+}
+
+/// 128+N for signal N, as shells report a command a signal ended.
+fn signal_exit(sig: i32) -> ExitCode {
+    ExitCode::from((128 + sig).clamp(0, 255) as u8)
+}
+
+/// The signals checkout forwards to CMD and that end a `--hold`. Installed
+/// before anything else, so that a signal at any moment (even while the
+/// server is still answering the login) leads to a release, not a seat
+/// left held until its lease runs out.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next signal received. Cancel-safe, like `Signal::recv`.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            Some(()) = self.term.recv() => libc::SIGTERM,
+            Some(()) = self.int.recv() => libc::SIGINT,
+            Some(()) = self.hup.recv() => libc::SIGHUP,
+            else => std::future::pending().await,
+        }
+    }
+}
+
+/// Whether this process is in the foreground process group of its
+/// controlling terminal. CMD shares checkout's process group, so the
+/// terminal's SIGINT and SIGHUP reach it directly; passing them on too would
+/// deliver them twice (a second Ctrl-C means "quit now" to many programs).
+fn in_terminal_foreground() -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(tty) = std::fs::File::open("/dev/tty") else {
+        return false; // no controlling terminal
+    };
+    // SAFETY: plain system calls; `tty` stays open across them.
+    let (fg, own) = unsafe { (libc::tcgetpgrp(tty.as_raw_fd()), libc::getpgrp()) };
+    fg > 0 && fg == own
+}
+
 pub async fn checkout(args: CheckoutArgs) -> ExitCode {
     let ids = match identities(&args.server) {
         Ok(i) => i,
         Err(code) => return code,
     };
     if args.hold.is_none() && args.command.is_empty() {
-        eprintln!("floatlm: give a command after -- (floatlm checkout -s … FEATURE -- CMD ARGS…) or --hold SECS");
+        say("give a command after -- (floatlm checkout -s … FEATURE -- CMD ARGS…) or --hold SECS");
         return ExitCode::from(2);
     }
-    let client = match Client::connect(&ids, Options::from_env()).await {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let seat = match client.checkout(&args.feature).await {
+    if !(args.kill_after >= 0.0 && args.kill_after <= 86400.0) {
+        say("--kill-after takes seconds between 0 and 86400");
+        return ExitCode::from(2);
+    }
+    let mut signals = match Signals::install() {
         Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    eprintln!(
-        "floatlm: holding a seat of '{}' (lease {})",
-        args.feature,
-        seat.lease()
-    );
-    let code = match run_while_held(&args, &seat).await {
-        Ok(code) => code,
         Err(e) => {
-            eprintln!("floatlm: {e:#}");
-            ExitCode::FAILURE
+            say(format_args!("cannot handle signals: {e}"));
+            return ExitCode::FAILURE;
         }
     };
-    if !seat.release().await {
-        eprintln!("floatlm: note: the server had already dropped the lease");
-    }
+    let client = tokio::select! {
+        c = Client::connect(&ids, Options::from_env()) => match c {
+            Ok(c) => c,
+            Err(e) => return fail(&e),
+        },
+        sig = signals.recv() => {
+            say(format_args!("got {}; stopping before a seat was checked out", signal_name(sig)));
+            return signal_exit(sig);
+        }
+    };
+    let login = client.checkout(&args.feature);
+    tokio::pin!(login);
+    let seat = tokio::select! {
+        s = &mut login => match s {
+            Ok(s) => s,
+            Err(e) => return fail(&e),
+        },
+        sig = signals.recv() => {
+            // The server may be granting the seat right now: take the
+            // answer (bounded) so the seat can be given back at once.
+            say(format_args!("got {}; giving back the seat if the server grants it, then exiting", signal_name(sig)));
+            if let Ok(Ok(seat)) = tokio::time::timeout(RELEASE_WAIT, login).await {
+                release(seat, false).await;
+            }
+            return signal_exit(sig);
+        }
+    };
+    say(format_args!(
+        "holding a seat of '{}' (lease {})",
+        args.feature,
+        seat.lease()
+    ));
+    let ended = match args.hold {
+        Some(secs) => hold(secs, &seat, &mut signals).await,
+        None => run_command(&args, &seat, &mut signals).await,
+    };
+    let (code, lost) = match ended {
+        Ok(Ended { code, lost }) => (code, lost),
+        Err(e) => {
+            say(format_args!("{e:#}"));
+            (ExitCode::FAILURE, seat.loss().is_some())
+        }
+    };
+    release(seat, lost).await;
     code
 }
 
-async fn run_while_held(
+/// How a hold or a command ended: the exit code, and whether the seat was
+/// lost meanwhile (then no note that the server had dropped it).
+struct Ended {
+    code: ExitCode,
+    lost: bool,
+}
+
+/// Gives the seat back and waits (bounded) for the server's answer.
+async fn release(seat: SeatHandle, lost: bool) {
+    match tokio::time::timeout(RELEASE_WAIT, seat.release()).await {
+        Ok(true) => {}
+        Ok(false) if !lost => say("note: the server had already dropped the lease"),
+        Ok(false) => {}
+        Err(_) => say(format_args!(
+            "no server confirmed the release within {} s; the seat frees itself when its lease runs out",
+            RELEASE_WAIT.as_secs()
+        )),
+    }
+}
+
+async fn hold(secs: f64, seat: &SeatHandle, signals: &mut Signals) -> anyhow::Result<Ended> {
+    let period = Duration::from_secs_f64(secs.clamp(0.0, 365.0 * 86400.0));
+    tokio::select! {
+        _ = tokio::time::sleep(period) => Ok(Ended { code: ExitCode::SUCCESS, lost: false }),
+        sig = signals.recv() => {
+            say(format_args!("got {}; releasing the seat", signal_name(sig)));
+            Ok(Ended { code: signal_exit(sig), lost: false })
+        }
+        reason = seat.lost() => {
+            say(format_args!(
+                "lost the seat of '{}': {reason}; ending the hold (exit code {EXIT_SEAT_LOST})",
+                seat.feature()
+            ));
+            Ok(Ended { code: ExitCode::from(EXIT_SEAT_LOST), lost: true })
+        }
+    }
+}
+
+/// Sends `sig` to CMD while it has not been reaped (its pid is still its own).
+fn send(child: &tokio::process::Child, sig: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        unsafe {
+            libc::kill(pid as libc::pid_t, sig);
+        }
+    }
+}
+
+/// Runs CMD until it exits, passing signals on and acting on seat loss.
+async fn run_command(
     args: &CheckoutArgs,
-    seat: &floatlm_client::SeatHandle,
-) -> anyhow::Result<ExitCode> {
-    let lost = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if let HandleState::Lost { reason } = seat.state() {
-                return reason;
+    seat: &SeatHandle,
+    signals: &mut Signals,
+) -> anyhow::Result<Ended> {
+    let name = &args.command[0];
+    let mut cmd = tokio::process::Command::new(name);
+    // kill_on_drop: an early return or a panic here still stops CMD.
+    cmd.args(&args.command[1..]).kill_on_drop(true);
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe system calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If checkout dies without a chance to stop CMD (SIGKILL, the
+                // OOM killer), CMD gets SIGTERM instead of running on without a
+                // seat. The death signal follows the thread that forks: this
+                // runs on the main thread (checkout is the future of
+                // `block_on` in cli::main), which lives as long as the process.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() != parent {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().with_context(|| format!("cannot run {name}"))?;
+    let lost = seat.lost();
+    tokio::pin!(lost);
+    let mut stopped_for_loss = false;
+    let mut loss_seen = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let grace = Duration::from_secs_f64(args.kill_after);
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status.with_context(|| format!("waiting for {name}"))?,
+            sig = signals.recv() => {
+                if sig != libc::SIGTERM && in_terminal_foreground() {
+                    say(format_args!("got {} from the terminal, which sent it to {name} too; waiting for {name} to exit", signal_name(sig)));
+                } else {
+                    say(format_args!("got {}; passing it to {name} and waiting for it to exit", signal_name(sig)));
+                    send(&child, sig);
+                }
+            }
+            reason = &mut lost, if !loss_seen => {
+                loss_seen = true;
+                let what = format!("lost the seat of '{}' while {name} runs: {reason}", seat.feature());
+                match args.on_loss {
+                    OnLoss::Ignore => say(format_args!(
+                        "{what}; --on-loss ignore: letting {name} run on WITHOUT a seat"
+                    )),
+                    OnLoss::Term => {
+                        say(format_args!(
+                            "{what}; stopping {name}: SIGTERM now, SIGKILL if it has not exited in {} s; then exiting with code {EXIT_SEAT_LOST}",
+                            args.kill_after
+                        ));
+                        send(&child, libc::SIGTERM);
+                        kill_at = Some(tokio::time::Instant::now() + grace);
+                        stopped_for_loss = true;
+                    }
+                    OnLoss::Kill => {
+                        say(format_args!("{what}; stopping {name} with SIGKILL; then exiting with code {EXIT_SEAT_LOST}"));
+                        let _ = child.start_kill();
+                        stopped_for_loss = true;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)), if kill_at.is_some() => {
+                say(format_args!("{name} did not exit within {} s of SIGTERM; sending SIGKILL", args.kill_after));
+                let _ = child.start_kill();
+                kill_at = None;
             }
         }
     };
-    if let Some(secs) = args.hold {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs_f64(secs.clamp(0.0, 365.0 * 86400.0))) => return Ok(ExitCode::SUCCESS),
-            reason = lost => bail!("seat lost: {reason}"),
-        }
+    if stopped_for_loss {
+        return Ok(Ended {
+            code: ExitCode::from(EXIT_SEAT_LOST),
+            lost: true,
+        });
     }
-    let mut child = tokio::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot run {}", args.command[0]))?;
-    tokio::select! {
-        status = child.wait() => {
-            let status = status?;
-            use std::os::unix::process::ExitStatusExt;
-            let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
-        }
-        reason = lost => {
-            let _ = child.kill().await;
-            bail!("seat lost, command stopped: {reason}")
-        }
-    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(Ended {
+        code: ExitCode::from(code.clamp(0, 255) as u8),
+        lost: loss_seen,
+    })
 }

@@ -45,6 +45,7 @@ pub enum Command {
     /// Show total, used and free seats.
     Query(client::QueryArgs),
     /// Hold a seat while a command runs (or for --hold SECS).
+    #[command(after_help = client::CHECKOUT_HELP)]
     Checkout(client::CheckoutArgs),
 }
 
@@ -169,9 +170,11 @@ impl ServerFlags {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
+    if !matches!(cli.command, Command::Serve(_) | Command::Checkout(_)) {
         // Short-lived commands die quietly when their output pipe closes
-        // (`floatlm admin features | head`); the server keeps ignoring SIGPIPE.
+        // (`floatlm admin features | head`); the server keeps ignoring SIGPIPE,
+        // and so does checkout: dying of a closed stderr would leave CMD
+        // running without a seat (CMD itself starts with SIGPIPE at its default).
         // SAFETY: called before any other thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

@@ -511,3 +511,107 @@ pub fn admin_cli(p: &ServerProc, args: &[&str]) -> String {
     all.extend_from_slice(args);
     floatlm_ok(&all)
 }
+
+/// A `floatlm serve --demo` process on SQLite, port 0 (feature `demo`, 5
+/// seats), with its demo identity string and admin token.
+pub struct DemoServer {
+    pub proc: ServerProc,
+    pub identity: String,
+    pub admin_token: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl DemoServer {
+    /// Starts it with `extra` flags (e.g. `--lease-ttl 5s`).
+    pub fn start(extra: &[&str]) -> DemoServer {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data").display().to_string();
+        let mut args = vec![
+            "--demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--drain-delay",
+            "0s",
+        ];
+        args.extend_from_slice(extra);
+        let proc = ServerProc::spawn(&args, &[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.path().join("data").join(f))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        DemoServer {
+            identity: read("demo-identity.txt"),
+            admin_token: read("admin.token"),
+            proc,
+            dir,
+        }
+    }
+
+    /// Seats of `demo` in use, from the admin API (`GET /admin/v1/features`).
+    pub async fn used(&self) -> i64 {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{}/admin/v1/features", self.proc.admin))
+            .bearer_auth(&self.admin_token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "demo")
+            .unwrap_or_else(|| panic!("no feature demo in {v}"))["used"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Force-releases `lease` as an operator (`DELETE /admin/v1/leases/{lease}`).
+    pub async fn force_release(&self, lease: &str) {
+        let r = reqwest::Client::new()
+            .delete(format!(
+                "http://{}/admin/v1/leases/{lease}",
+                self.proc.admin
+            ))
+            .bearer_auth(&self.admin_token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "force release of {lease}: HTTP {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
+    }
+
+    /// The lease ids the server holds for `demo` (`GET /admin/v1/leases`).
+    pub async fn leases(&self) -> Vec<String> {
+        let v: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{}/admin/v1/leases", self.proc.admin))
+            .bearer_auth(&self.admin_token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["lease"].as_str().map(str::to_string))
+            .collect()
+    }
+}

@@ -1,8 +1,17 @@
 //! Virtual seat handles: the lease lives on whatever server answers.
+//!
+//! A handle is a promise to the application: the seat is its own until
+//! [`SeatHandle::valid_until`]. Every answered heartbeat moves that instant
+//! forward; when no server answers before it, or a server says the lease is
+//! gone, the promise is broken and the handle says so at once
+//! ([`SeatHandle::lost`], [`SeatHandle::on_loss`]), so the application can
+//! stop using the feature before the seat is given to someone else.
 
 use floatlm_protocol::messages::{Request, Response};
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 use crate::client::Client;
 
@@ -24,11 +33,113 @@ pub enum HandleState {
     Released,
 }
 
+/// Why a handle lost its seat. Either way the application must stop using
+/// the feature: the seat may already be someone else's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// A server answered that the lease is no longer this client's: an
+    /// operator force-released it, or it ran out on the server.
+    Revoked,
+    /// No server confirmed the lease before the promise ran out. The
+    /// servers may be down or unreachable from here; the handle cannot tell
+    /// whether the seat still exists, so it stops promising it.
+    Unconfirmed {
+        /// The last heartbeat's error, when one failed (a heartbeat may also
+        /// still have been waiting for its answer).
+        last_error: Option<String>,
+    },
+}
+
+impl fmt::Display for LossReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LossReason::Revoked => f.write_str(
+                "the server no longer knows this lease (released by an operator, or expired on the server)",
+            ),
+            LossReason::Unconfirmed { last_error: None } => {
+                f.write_str("no server confirmed the lease before its promise ran out")
+            }
+            LossReason::Unconfirmed {
+                last_error: Some(e),
+            } => write!(
+                f,
+                "no server confirmed the lease before its promise ran out (last error: {e})"
+            ),
+        }
+    }
+}
+
+type LossCallback = Box<dyn Fn(&str) + Send + Sync + 'static>;
+
 struct Shared {
     lease: String,
     state: HandleState,
     /// The application must stop using the seat by then (client clock).
     valid_until: Instant,
+    /// Called once on loss, then dropped; dropped unused on release.
+    on_loss: Vec<LossCallback>,
+    /// Why the seat was lost, once it was.
+    loss: Option<LossReason>,
+}
+
+/// What the handle and its heartbeat task share.
+struct Core {
+    shared: Mutex<Shared>,
+    /// `Some` once lost. A watch channel rather than a one-shot: any number
+    /// of [`SeatHandle::lost`] futures may wait, before or after the loss.
+    lost: watch::Sender<Option<LossReason>>,
+}
+
+impl Core {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().expect("lock")
+    }
+
+    /// Records the loss and tells everyone waiting, once. False when the
+    /// handle was already lost or released.
+    fn lose(&self, reason: LossReason) -> bool {
+        let callbacks = {
+            let mut s = self.lock();
+            if matches!(s.state, HandleState::Lost { .. } | HandleState::Released) {
+                return false;
+            }
+            s.state = HandleState::Lost {
+                reason: reason.to_string(),
+            };
+            s.loss = Some(reason.clone());
+            // The promise is void from now on, even if it had time left.
+            s.valid_until = s.valid_until.min(Instant::now());
+            std::mem::take(&mut s.on_loss)
+        };
+        // Outside the lock: a callback may well look at the handle.
+        let message = reason.to_string();
+        for f in callbacks {
+            f(&message);
+        }
+        // Waiters wake after the callbacks returned, so that an application
+        // using both sees them in one order.
+        self.lost.send_replace(Some(reason));
+        true
+    }
+
+    /// Fires the loss if the promise ran out and the heartbeat task has not
+    /// noticed yet (its timer may lag a busy runtime), so that `state()`
+    /// and `lost()` never disagree.
+    fn expire_if_due(&self) {
+        let due = {
+            let s = self.lock();
+            match &s.state {
+                _ if Instant::now() < s.valid_until => None,
+                HandleState::Held => Some(None),
+                HandleState::Reconnecting { last_error } => Some(Some(last_error.clone())),
+                _ => None,
+            }
+        };
+        if let Some(last_error) = due {
+            self.lose(LossReason::Unconfirmed { last_error });
+        }
+    }
 }
 
 /// One checked-out seat. Dropping it releases the seat (best effort);
@@ -36,7 +147,7 @@ struct Shared {
 pub struct SeatHandle {
     client: Client,
     feature: String,
-    shared: Arc<Mutex<Shared>>,
+    core: Arc<Core>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,16 +164,21 @@ impl SeatHandle {
         sent: Instant,
         ttl: Duration,
     ) -> SeatHandle {
-        let shared = Arc::new(Mutex::new(Shared {
-            lease,
-            state: HandleState::Held,
-            valid_until: deadline(sent, ttl),
-        }));
-        let task = tokio::spawn(heartbeat(client.clone(), shared.clone(), ttl));
+        let core = Arc::new(Core {
+            shared: Mutex::new(Shared {
+                lease,
+                state: HandleState::Held,
+                valid_until: deadline(sent, ttl),
+                on_loss: Vec::new(),
+                loss: None,
+            }),
+            lost: watch::Sender::new(None),
+        });
+        let task = tokio::spawn(heartbeat(client.clone(), core.clone(), ttl));
         SeatHandle {
             client,
             feature,
-            shared,
+            core,
             task,
         }
     }
@@ -71,19 +187,14 @@ impl SeatHandle {
         &self.feature
     }
 
-    /// The server's lease id, `FEATURE.SLOT.GEN`.
+    /// The server's lease id. Treat it as opaque: its shape is the server's.
     pub fn lease(&self) -> String {
-        self.shared.lock().expect("lock").lease.clone()
+        self.core.lock().lease.clone()
     }
 
     pub fn state(&self) -> HandleState {
-        let s = self.shared.lock().expect("lock");
-        if s.state != HandleState::Released && Instant::now() >= s.valid_until {
-            return HandleState::Lost {
-                reason: "no heartbeat reached any server before the lease ran out".into(),
-            };
-        }
-        s.state.clone()
+        self.core.expire_if_due();
+        self.core.lock().state.clone()
     }
 
     /// Whether the application may use the feature right now.
@@ -94,16 +205,82 @@ impl SeatHandle {
         )
     }
 
+    /// Until when (client monotonic clock) the application may use the seat.
+    ///
+    /// It is the send time of the last login or heartbeat a server answered,
+    /// plus the lifetime that answer granted, minus a safety margin (a tenth
+    /// of it, at most 2 s) for clock drift and latency: the server keeps the
+    /// seat at least that long, so using it until then never overlaps
+    /// another holder. Each answered heartbeat moves it forward. An
+    /// application that must not over-use a seat (one doing work in
+    /// batches, say) can check that a batch ends before it instead of
+    /// polling [`SeatHandle::state`]. Once the seat is lost it is no later
+    /// than the moment of the loss.
+    pub fn valid_until(&self) -> Instant {
+        self.core.expire_if_due();
+        self.core.lock().valid_until
+    }
+
+    /// Why the seat was lost, or None while it is held (or was released).
+    pub fn loss(&self) -> Option<LossReason> {
+        self.core.expire_if_due();
+        self.core.lock().loss.clone()
+    }
+
+    /// Resolves when the seat is lost: a server said the lease is gone, or
+    /// no server confirmed it before [`SeatHandle::valid_until`]. The
+    /// heartbeat task fires it at that instant itself, so an application
+    /// waiting here learns of the loss when it happens, not when it next
+    /// looks at the state. Resolves at once if the seat is already lost;
+    /// never while the seat is held; after the [`SeatHandle::on_loss`]
+    /// callbacks returned. Cancel-safe: dropping the future only stops
+    /// waiting.
+    pub async fn lost(&self) -> LossReason {
+        let mut rx = self.core.lost.subscribe();
+        let reason = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        match reason {
+            Ok(Some(reason)) => reason,
+            // The sender lives as long as `self`: cannot happen.
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Calls `f` with a description of the reason when the seat is lost, for
+    /// applications that do not wait on futures (a GUI that disables a
+    /// feature, say). `f` is called at most once: from the heartbeat task
+    /// (a runtime worker thread), so it must return quickly and not block;
+    /// at once, on this thread, if the seat is already lost; never once
+    /// the handle is released or dropped.
+    pub fn on_loss(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        self.core.expire_if_due();
+        let mut s = self.core.lock();
+        match &s.state {
+            HandleState::Lost { reason } => {
+                let reason = reason.clone();
+                drop(s);
+                f(&reason);
+            }
+            HandleState::Released => {}
+            _ => s.on_loss.push(Box::new(f)),
+        }
+    }
+
+    /// Marks the handle released; the lease to log out, unless it already was.
+    fn mark_released(&self) -> Option<String> {
+        self.task.abort();
+        let mut s = self.core.lock();
+        if s.state == HandleState::Released {
+            return None;
+        }
+        s.state = HandleState::Released;
+        s.on_loss.clear();
+        Some(s.lease.clone())
+    }
+
     /// Releases the seat and waits for the server; true when it was released.
     pub async fn release(self) -> bool {
-        self.task.abort();
-        let lease = {
-            let mut s = self.shared.lock().expect("lock");
-            if s.state == HandleState::Released {
-                return false;
-            }
-            s.state = HandleState::Released;
-            s.lease.clone()
+        let Some(lease) = self.mark_released() else {
+            return false;
         };
         matches!(
             self.client.call(&Request::Logout { lease }).await,
@@ -114,14 +291,8 @@ impl SeatHandle {
 
 impl Drop for SeatHandle {
     fn drop(&mut self) {
-        self.task.abort();
-        let lease = {
-            let mut s = self.shared.lock().expect("lock");
-            if s.state == HandleState::Released {
-                return;
-            }
-            s.state = HandleState::Released;
-            s.lease.clone()
+        let Some(lease) = self.mark_released() else {
+            return;
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let client = self.client.clone();
@@ -132,46 +303,162 @@ impl Drop for SeatHandle {
     }
 }
 
-async fn heartbeat(client: Client, shared: Arc<Mutex<Shared>>, ttl: Duration) {
-    let every = ttl.mul_f64(client.inner.options.heartbeat_fraction.clamp(0.05, 0.9));
+/// Renews the lease at a fraction of its lifetime until it is lost or the
+/// handle goes away. Every wait is raced against the promise's end, so the
+/// loss fires on time even while a heartbeat is still waiting for a server.
+async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
+    let fraction = client.inner.options.heartbeat_fraction.clamp(0.05, 0.9);
+    let mut every = ttl.mul_f64(fraction);
     let mut wait = every;
+    let mut last_error: Option<String> = None;
     loop {
-        tokio::time::sleep(wait).await;
-        let lease = shared.lock().expect("lock").lease.clone();
-        let sent = Instant::now();
-        let result = client
-            .call(&Request::Heartbeat {
-                leases: vec![lease],
-            })
-            .await;
-        let mut s = shared.lock().expect("lock");
-        match result {
-            Ok(Response::Heartbeat { leases }) if leases.first().is_some_and(|l| l.alive) => {
-                s.valid_until = deadline(sent, Duration::from_millis(leases[0].ttl_ms));
-                s.state = HandleState::Held;
-                wait = every;
-            }
-            Ok(_) => {
-                s.state = HandleState::Lost {
-                    reason:
-                        "the server no longer knows this lease (expired or released by an operator)"
-                            .into(),
-                };
+        let until = core.lock().valid_until;
+        let beat = async {
+            tokio::time::sleep(wait).await;
+            let lease = core.lock().lease.clone();
+            let sent = Instant::now();
+            let result = client
+                .call(&Request::Heartbeat {
+                    leases: vec![lease],
+                })
+                .await;
+            (sent, result)
+        };
+        let (sent, result) = tokio::select! {
+            // An answer that arrives with the deadline still counts.
+            biased;
+            r = beat => r,
+            _ = tokio::time::sleep_until(until.into()) => {
+                core.lose(LossReason::Unconfirmed { last_error });
                 return;
             }
-            Err(e) => {
-                if Instant::now() >= s.valid_until {
-                    s.state = HandleState::Lost {
-                        reason: format!("no server reachable before the lease ran out: {e}"),
-                    };
+        };
+        match result {
+            Ok(Response::Heartbeat { leases }) => match leases.first() {
+                Some(l) if l.alive => {
+                    let granted = Duration::from_millis(l.ttl_ms);
+                    let mut s = core.lock();
+                    // Lost meanwhile (the deadline passed while the answer
+                    // was on its way, and `state()` noticed): a broken
+                    // promise stays broken, the application was told.
+                    if !matches!(
+                        s.state,
+                        HandleState::Held | HandleState::Reconnecting { .. }
+                    ) {
+                        return;
+                    }
+                    s.valid_until = deadline(sent, granted);
+                    s.state = HandleState::Held;
+                    // A server may promise less than the first TTL (what is
+                    // left of a recorded expiry): renew in proportion to it.
+                    every = granted.mul_f64(fraction).max(Duration::from_millis(50));
+                    wait = every;
+                    last_error = None;
+                }
+                _ => {
+                    core.lose(LossReason::Revoked);
                     return;
                 }
-                tracing::warn!(error = %e, "heartbeat failed; retrying");
-                s.state = HandleState::Reconnecting {
-                    last_error: e.to_string(),
+            },
+            other => {
+                let e = match other {
+                    Err(e) => e.to_string(),
+                    Ok(r) => format!("unexpected answer to a heartbeat: {r:?}"),
                 };
+                tracing::warn!(error = %e, "heartbeat failed; retrying");
+                {
+                    let mut s = core.lock();
+                    if !matches!(
+                        s.state,
+                        HandleState::Held | HandleState::Reconnecting { .. }
+                    ) {
+                        return;
+                    }
+                    s.state = HandleState::Reconnecting {
+                        last_error: e.clone(),
+                    };
+                }
+                last_error = Some(e);
                 wait = (every / 4).max(Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn core(valid_for: Duration) -> Arc<Core> {
+        Arc::new(Core {
+            shared: Mutex::new(Shared {
+                lease: "f.0.1".into(),
+                state: HandleState::Held,
+                valid_until: Instant::now() + valid_for,
+                on_loss: Vec::new(),
+                loss: None,
+            }),
+            lost: watch::Sender::new(None),
+        })
+    }
+
+    #[test]
+    fn the_margin_is_a_tenth_of_the_ttl_at_most_two_seconds() {
+        let t = Instant::now();
+        assert_eq!(
+            deadline(t, Duration::from_secs(5)),
+            t + Duration::from_millis(4500)
+        );
+        assert_eq!(
+            deadline(t, Duration::from_secs(60)),
+            t + Duration::from_secs(58)
+        );
+    }
+
+    #[test]
+    fn a_loss_fires_once_voids_the_promise_and_calls_back_outside_the_lock() {
+        let c = core(Duration::from_secs(60));
+        let calls = Arc::new(AtomicU32::new(0));
+        {
+            let (calls, c2) = (calls.clone(), c.clone());
+            let f: LossCallback = Box::new(move |reason| {
+                // Taking the lock here would deadlock if called under it.
+                assert!(matches!(c2.lock().state, HandleState::Lost { .. }));
+                assert!(reason.contains("operator"), "{reason}");
+                calls.fetch_add(1, Ordering::SeqCst);
+            });
+            c.lock().on_loss.push(f);
+        }
+        let mut rx = c.lost.subscribe();
+        assert!(c.lose(LossReason::Revoked));
+        assert!(!c.lose(LossReason::Unconfirmed { last_error: None }));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(*rx.borrow_and_update(), Some(LossReason::Revoked));
+        assert!(c.lock().valid_until <= Instant::now());
+    }
+
+    #[test]
+    fn a_promise_that_ran_out_is_a_loss_even_before_the_task_notices() {
+        let c = core(Duration::ZERO);
+        c.lock().state = HandleState::Reconnecting {
+            last_error: "connection refused".into(),
+        };
+        c.expire_if_due();
+        assert_eq!(
+            *c.lost.borrow(),
+            Some(LossReason::Unconfirmed {
+                last_error: Some("connection refused".into())
+            })
+        );
+    }
+
+    #[test]
+    fn a_released_handle_is_never_lost() {
+        let c = core(Duration::ZERO);
+        c.lock().state = HandleState::Released;
+        c.expire_if_due();
+        assert!(!c.lose(LossReason::Revoked));
+        assert_eq!(*c.lost.borrow(), None);
     }
 }

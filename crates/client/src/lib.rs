@@ -18,6 +18,11 @@
 //!   fraction of its TTL; when its server fails, the same lease is renewed
 //!   through another server, with no second login. The application asks the
 //!   handle for its state and the client for each server's status.
+//! * A handle promises the seat until [`SeatHandle::valid_until`]; when the
+//!   promise breaks (an operator released the lease, or no server answered
+//!   in time) [`SeatHandle::lost`] resolves and [`SeatHandle::on_loss`]
+//!   callbacks run at that moment, so the application stops using the
+//!   feature before the seat can be granted to someone else.
 //! * Each server hands out a resumption ticket with every session. When a
 //!   session is lost (an instance died behind a proxy, 401 session_unknown,
 //!   502/503/504), the client resumes it with the ticket on whichever
@@ -34,5 +39,5 @@ mod identity;
 pub use client::{Client, Options, PingInfo, ServerState, ServerStatus, SessionStats};
 pub use error::{ClientError, NoLicenseReason};
 pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
-pub use handle::{HandleState, SeatHandle};
+pub use handle::{HandleState, LossReason, SeatHandle};
 pub use identity::ServerSpec;
