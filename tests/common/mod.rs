@@ -2,6 +2,8 @@
 //! SQLite files, signed licenses, and real `floatlm` processes on port 0.
 #![allow(dead_code)]
 
+pub mod own_mariadb;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -469,12 +471,37 @@ pub fn created_credential(out: &str) -> String {
 /// The admin token of every instance started by [`cluster_instance`].
 pub const CLUSTER_TOKEN: &str = "cluster-admin-token-0123456789";
 
-/// A `floatlm serve` on the shared MariaDB database `db`: instance id `id`,
-/// data in `dir/id`, master key 1, admin token [`CLUSTER_TOKEN`], no drain
-/// delay; `extra_args` and `extra_env` come on top.
+/// Names a MySQL/MariaDB database for [`cluster_instance`]: a [`TestDb`] on
+/// the shared server, or any URL (a database of an
+/// [`own_mariadb::OwnMariaDb`], say).
+pub trait DatabaseUrl {
+    fn database_url(&self) -> &str;
+}
+
+impl DatabaseUrl for TestDb {
+    fn database_url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl DatabaseUrl for str {
+    fn database_url(&self) -> &str {
+        self
+    }
+}
+
+impl DatabaseUrl for String {
+    fn database_url(&self) -> &str {
+        self
+    }
+}
+
+/// A `floatlm serve` on the MariaDB database `db` (shared by the instances
+/// of a test): instance id `id`, data in `dir/id`, master key 1, admin token
+/// [`CLUSTER_TOKEN`], no drain delay; `extra_args` and `extra_env` come on top.
 pub fn cluster_instance(
     dir: &Path,
-    db: &TestDb,
+    db: &(impl DatabaseUrl + ?Sized),
     id: &str,
     listen: &str,
     extra_args: &[&str],
@@ -489,7 +516,7 @@ pub fn cluster_instance(
         "--data-dir",
         &data,
         "--database-url",
-        &db.url,
+        db.database_url(),
         "--instance-id",
         id,
         "--drain-delay",
