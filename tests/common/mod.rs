@@ -2,6 +2,8 @@
 //! SQLite files, signed licenses, and real `floatlm` processes on port 0.
 #![allow(dead_code)]
 
+pub mod promise;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
