@@ -1,10 +1,25 @@
-//! The promise checker of `tests/common/promise.rs`, tested on synthetic logs.
+//! The promise, checked on what clients were told: three instances with
+//! different lease TTLs and holds on one MariaDB database, recording
+//! raw-protocol clients doing seeded random things (including the unkind
+//! ones: resent logins, heartbeats after logout, a heartbeat racing its own
+//! logout, operator force releases), then the checker of
+//! `tests/common/promise.rs` over everything they were answered. The
+//! checker's own tests on synthetic logs are here too.
+//!
+//! `FLOATLM_PROMISE_SEED=N` repeats a run's choices (the answers, and so
+//! what a client does next, still depend on timing).
 
 mod common;
 
-use common::promise::{Answer, Op, Recorder};
+use common::promise::{
+    force_release, live_leases, Answer, InstanceSpec, Op, PromiseCluster, RecClient, Recorder,
+    Target,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 // ------------------------------------------------- the checker's own tests
 
@@ -378,5 +393,188 @@ mod checker {
         );
         let max = r.check(&seats(&[("cad", 1), ("sim", 1)])).unwrap();
         assert_eq!((max["cad"], max["sim"]), (1, 1));
+    }
+}
+
+// ------------------------------------------------------ the randomized run
+
+/// How long clients act, and how many operations each does at most.
+const RUN: Duration = Duration::from_secs(20);
+const MAX_OPS: usize = 90;
+const CLIENTS: usize = 8;
+
+/// A lease a client was granted: (lease, request id of the login).
+#[derive(Clone)]
+struct Held {
+    lease: String,
+    request_id: String,
+    /// The instance it was given up through (logout), if it was.
+    via: Option<usize>,
+}
+
+fn request_id(r: &common::promise::Record) -> String {
+    match &r.op {
+        Op::Login { request_id, .. } | Op::LoginResend { request_id, .. } => request_id.clone(),
+        _ => String::new(),
+    }
+}
+
+/// One client's random walk; stops at `until` or after [`MAX_OPS`].
+async fn walk(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: Instant) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut held: Vec<Held> = Vec::new();
+    let mut gone: Vec<Held> = Vec::new();
+    let n = targets.len();
+    for _ in 0..MAX_OPS {
+        if Instant::now() >= until {
+            break;
+        }
+        let i = rng.gen_range(0..n);
+        let at = &targets[i];
+        let other = (i + rng.gen_range(1..n)) % n;
+        let roll = rng.gen_range(0..100);
+        if (held.is_empty() && roll < 70) || (roll < 20 && held.len() < 2) {
+            // Log in with a new request id.
+            let feature = if rng.gen_bool(0.3) { "sim" } else { "cad" };
+            let r = c.login(at, feature).await;
+            if let Some(lease) = r.granted() {
+                held.push(Held {
+                    lease: lease.into(),
+                    request_id: request_id(&r),
+                    via: None,
+                });
+            }
+        } else if roll < 55 && !held.is_empty() {
+            // Heartbeat every lease held, through any instance.
+            let leases: Vec<String> = held.iter().map(|h| h.lease.clone()).collect();
+            let r = c.heartbeat(at, &leases).await;
+            lose_dead(&r, &mut held, &mut gone);
+        } else if roll < 65 && !held.is_empty() {
+            let mut h = held.swap_remove(rng.gen_range(0..held.len()));
+            c.logout(at, &h.lease).await;
+            h.via = Some(i);
+            gone.push(h);
+        } else if roll < 72 && !held.is_empty() {
+            // A heartbeat and a logout of the same lease at the same moment.
+            let mut h = held.swap_remove(rng.gen_range(0..held.len()));
+            let lo = if rng.gen_bool(0.5) { i } else { other };
+            c.heartbeat_and_logout(at, &targets[lo], &h.lease).await;
+            h.via = Some(lo);
+            gone.push(h);
+        } else if roll < 84 && !gone.is_empty() {
+            // Resend the login of a lease given up, maybe on a new session.
+            let h = gone[rng.gen_range(0..gone.len())].clone();
+            if rng.gen_bool(0.5) {
+                c.forget_session(at).await;
+            }
+            let r = c.resend_login(at, &h.request_id).await;
+            if let Some(lease) = r.granted() {
+                // The client believes what it is told.
+                if !held.iter().any(|x| x.lease == lease) {
+                    gone.retain(|x| x.lease != lease);
+                    held.push(Held {
+                        lease: lease.into(),
+                        request_id: h.request_id,
+                        via: None,
+                    });
+                }
+            }
+        } else if roll < 95 && !gone.is_empty() {
+            // A heartbeat after logout, through another instance than the logout's.
+            let h = &gone[rng.gen_range(0..gone.len())];
+            let j = match h.via {
+                Some(v) => (v + rng.gen_range(1..n)) % n,
+                None => i,
+            };
+            c.heartbeat(&targets[j], std::slice::from_ref(&h.lease))
+                .await;
+        } else if !held.is_empty() {
+            let leases: Vec<String> = held.iter().map(|h| h.lease.clone()).collect();
+            let r = c.heartbeat(&targets[other], &leases).await;
+            lose_dead(&r, &mut held, &mut gone);
+        }
+        // Pacing is the point here: bounded, and short enough for every
+        // held lease to be renewed well inside its TTL.
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(30..600))).await;
+    }
+}
+
+/// Moves the leases a heartbeat found dead from `held` to `gone`.
+fn lose_dead(r: &common::promise::Record, held: &mut Vec<Held>, gone: &mut Vec<Held>) {
+    let (dead, alive): (Vec<Held>, Vec<Held>) = held
+        .drain(..)
+        .partition(|h| r.alive(&h.lease) == Some(false));
+    *held = alive;
+    gone.extend(dead);
+}
+
+/// Now and then an operator force-releases a live lease.
+async fn operator(rec: Arc<Recorder>, targets: Arc<Vec<Target>>, seed: u64, until: Instant) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(3000..6000))).await;
+        if Instant::now() >= until {
+            return;
+        }
+        let at = &targets[rng.gen_range(0..targets.len())];
+        let live = live_leases(at).await;
+        if live.is_empty() {
+            continue;
+        }
+        let lease = &live[rng.gen_range(0..live.len())];
+        force_release(&rec, at, lease).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_clients_never_hold_more_promises_than_seats() {
+    let seed: u64 = std::env::var("FLOATLM_PROMISE_SEED")
+        .ok()
+        .map(|s| s.parse().expect("FLOATLM_PROMISE_SEED is a u64"))
+        .unwrap_or_else(rand::random);
+    eprintln!("promise run: seed {seed} (FLOATLM_PROMISE_SEED={seed} repeats its choices)");
+    let cluster = PromiseCluster::start(
+        &[
+            InstanceSpec::new("p1", "5s", "10s"),
+            InstanceSpec::new("p2", "6s", "6s"),
+            InstanceSpec::new("p3", "5s", "15s"),
+        ],
+        &[("cad", 2), ("sim", 1)],
+        2,
+    )
+    .await;
+    let rec = Recorder::new();
+    let targets = Arc::new(cluster.targets.clone());
+    let until = Instant::now() + RUN;
+    let mut tasks = Vec::new();
+    for k in 0..CLIENTS {
+        let c = cluster.client(&rec, &format!("c{k}"), k % 2);
+        tasks.push(tokio::spawn(walk(
+            c,
+            targets.clone(),
+            seed.wrapping_add(k as u64),
+            until,
+        )));
+    }
+    tasks.push(tokio::spawn(operator(
+        rec.clone(),
+        targets.clone(),
+        seed ^ 0x5eed,
+        until,
+    )));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = rec.records();
+    let grants = records.iter().filter(|r| r.granted().is_some()).count();
+    eprintln!("promise run: {}; {grants} grants", rec.summary());
+    assert!(
+        grants >= 10,
+        "too few grants ({grants}) for the run to mean anything; seed {seed}: {}",
+        rec.summary()
+    );
+    match rec.check(&cluster.seats) {
+        Ok(peak) => eprintln!("promise run: held; peak leases per feature {peak:?}"),
+        Err(e) => panic!("seed {seed} (rerun with FLOATLM_PROMISE_SEED={seed}):\n{e}"),
     }
 }
