@@ -7,6 +7,17 @@
 //! `s` until `s + ttl_ms`. At no instant may more than N leases of a feature
 //! (N = its licensed seats) carry an unexpired promise.
 //!
+//! A promise is carried from the moment it is *told*: the checker's interval
+//! is `[r, s + ttl_ms)`, `r` the instant the answer arrived. The send time
+//! fixes the end (the client's own deadline); it cannot fix the start,
+//! because no server can keep a login that was sent while every seat was
+//! promised from being granted a moment later, once a logout has freed one:
+//! the login's send time lies before the logout's, its grant after it. With
+//! send-time starts the checker reported exactly that (6 ms of "overlap"
+//! between a logout sent at +1.814 s and a login sent at +1.808 s, answered
+//! at +1.868 s) on a run with no bug in it. Every rule below still counts
+//! from send times.
+//!
 //! This module owns three things:
 //!
 //! * [`Recorder`]: a thread-safe log of every request: client, instance,
@@ -45,7 +56,7 @@
 //! `granted` answer that named it; a heartbeat `alive` for a lease never seen
 //! granted, or a lease granted under two features, is itself a failure.
 //!
-//! Intervals are half-open `[s, s + ttl)`: at equal instants the sweep
+//! Intervals are half-open `[r, s + ttl)`: at equal instants the sweep
 //! handles ends before starts.
 #![allow(dead_code)]
 
@@ -313,12 +324,13 @@ impl Record {
     }
 }
 
-/// `+1.234s` after `t0` (or `-0.5s` before it).
+/// `+1.2345s` after `t0` (or `-0.5000s` before it): to a tenth of a
+/// millisecond, so that short intervals do not print as empty.
 pub fn rel(t0: Instant, t: Instant) -> String {
     if t >= t0 {
-        format!("+{:.3}s", (t - t0).as_secs_f64())
+        format!("+{:.4}s", (t - t0).as_secs_f64())
     } else {
-        format!("-{:.3}s", (t0 - t).as_secs_f64())
+        format!("-{:.4}s", (t0 - t).as_secs_f64())
     }
 }
 
@@ -451,7 +463,9 @@ impl Recorder {
 pub struct Promise {
     pub lease: String,
     pub feature: String,
+    /// When the answer arrived (the promise was told).
     pub start: Instant,
+    /// Send time + ttl_ms, or the send time of the logout that cut it.
     pub end: Instant,
     /// Index into the checked records of the request that made it.
     pub made_by: usize,
@@ -562,12 +576,15 @@ pub fn check(
                 ));
                 continue;
             };
-            let start = r.sent;
-            let mut end = start + Duration::from_millis(ttl_ms);
+            // Told at `start` (an answer with a promise was received); the
+            // logout rules go by the send time.
+            let sent = r.sent;
+            let start = r.received.expect("a promise was received");
+            let mut end = sent + Duration::from_millis(ttl_ms);
             let mut cut_by = None;
             let mut void = None;
             for l in logouts.get(lease).map_or(&[][..], |v| v) {
-                if start < l.sent {
+                if sent < l.sent {
                     if end > l.sent {
                         end = l.sent;
                         cut_by = Some(l.index);
@@ -575,7 +592,7 @@ pub fn check(
                 } else {
                     match l.answered {
                         None => void = Some(Verdict::GivenUp(l.index)),
-                        Some(r_l) if start < r_l => void = Some(Verdict::DuringLogout(l.index)),
+                        Some(r_l) if sent < r_l => void = Some(Verdict::DuringLogout(l.index)),
                         Some(_) => {}
                     }
                 }
@@ -729,13 +746,18 @@ pub fn check(
                 "  history of {lease} ({} requests name it):",
                 history.len()
             );
-            const SHOW: usize = 40;
-            let skip = history.len().saturating_sub(SHOW);
-            if skip > 0 {
-                let _ = writeln!(out, "    … {skip} earlier requests left out");
+            // Long histories: the 30 requests up to the violation and 10 after.
+            let at = t0 + v.at;
+            let upto = history.partition_point(|i| records[*i].sent <= at);
+            let (from, to) = (upto.saturating_sub(30), (upto + 10).min(history.len()));
+            if from > 0 {
+                let _ = writeln!(out, "    … {from} earlier requests left out");
             }
-            for i in history.into_iter().skip(skip) {
+            for &i in &history[from..to] {
                 let _ = writeln!(out, "    {}{}", records[i].line(t0), describe(i, lease));
+            }
+            if to < history.len() {
+                let _ = writeln!(out, "    … {} later requests left out", history.len() - to);
             }
         }
     }
