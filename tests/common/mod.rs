@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod own_mariadb;
+pub mod promise;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
