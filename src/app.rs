@@ -66,6 +66,7 @@ pub enum AppError {
 impl From<StorageError> for AppError {
     fn from(e: StorageError) -> Self {
         match e {
+            e if e.is_outage() => database_unavailable(e),
             StorageError::Conflict(m) => AppError::Conflict(m),
             StorageError::NotFound(m) => AppError::NotFound(m),
             other => AppError::Internal(other.to_string()),
@@ -112,6 +113,8 @@ pub struct App {
     clock_offset_ms: AtomicI64,
     /// Group commit of grants, heartbeat checks, extensions and releases.
     batches: Arc<crate::batch::SeatBatchers>,
+    /// Whether the database answers: requests fail fast while it does not.
+    gate: Arc<crate::dbgate::DbGate>,
     /// How heartbeats were answered, per lease (for `admin status`).
     heartbeat_stats: HeartbeatStats,
     /// Seat counts for clients' `info` requests (counting scans every slot).
@@ -136,8 +139,8 @@ struct HeartbeatStats {
 /// What a client hears when the database does not answer: the license server
 /// is up, its database is not. The detail goes to the log.
 fn database_unavailable(detail: impl std::fmt::Display) -> AppError {
-    tracing::warn!(error = %detail, "the database failed a seat operation");
-    AppError::Unavailable("the license server's database is unavailable; try again shortly".into())
+    tracing::warn!(error = %detail, "a request failed: the database is unavailable");
+    AppError::Unavailable(crate::dbgate::UNAVAILABLE.into())
 }
 
 /// Opens the configured storage backend.
@@ -378,6 +381,7 @@ impl App {
         let storage = open_storage(&config).await?;
         storage.migrate().await?;
         check_canary(storage.as_ref(), &keyring).await?;
+        let gate = Arc::new(crate::dbgate::DbGate::default());
         let app = Arc::new(App {
             vendor_keys: RwLock::new(config.vendor_keys.clone()),
             storage: storage.clone(),
@@ -400,9 +404,11 @@ impl App {
             clock_offset_ms: AtomicI64::new(0),
             batches: Arc::new(crate::batch::SeatBatchers::start(
                 storage.clone(),
+                gate.clone(),
                 config.lease_hold,
                 config.lease_ttl,
             )),
+            gate,
             heartbeat_stats: HeartbeatStats::default(),
             usage_cache: crate::cache::Cached::new(USAGE_CACHE),
             health_cache: crate::cache::Cached::new(HEALTH_CACHE),
@@ -482,14 +488,22 @@ impl App {
         if let Some(why) = self.key_problem.read().expect("lock").clone() {
             return Err(why);
         }
+        if let Err(why) = self.gate.admit() {
+            return Err(format!("database unreachable: {why}"));
+        }
         let probe = self
             .health_cache
             .get(|| async {
                 Ok::<_, std::convert::Infallible>(
                     match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(format!("database unreachable: {e}")),
-                        Err(_) => Err("database did not answer within 2 s".into()),
+                        Ok(r) => {
+                            self.gate.observe(&r);
+                            r.map_err(|e| format!("database unreachable: {e}"))
+                        }
+                        Err(_) => {
+                            self.gate.failed("the database did not answer within 2 s");
+                            Err("database did not answer within 2 s".into())
+                        }
                     },
                 )
             })
@@ -498,6 +512,22 @@ impl App {
             Ok(r) => r,
             Err(never) => match never {},
         }
+    }
+
+    /// Runs a database operation a client waits for, unless the database
+    /// failed moments ago (then fails at once), and records what it found.
+    async fn gated<T, F, Fut>(&self, op: F) -> Result<T, StorageError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StorageError>>,
+    {
+        self.gate
+            .run(async {
+                let r = op().await;
+                self.gate.observe(&r);
+                r
+            })
+            .await
     }
 
     // ---------------------------------------------------------------- licenses
@@ -657,7 +687,7 @@ impl App {
     }
 
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
-        let rows = self.storage.feature_rows().await?;
+        let rows = self.gated(|| self.storage.feature_rows()).await?;
         let refused = self.refused.read().expect("lock").clone();
         Ok(usage_by_name(&rows)
             .into_iter()
@@ -934,7 +964,7 @@ impl App {
         if !valid_identity_id(id) {
             return Ok(None);
         }
-        let Some(row) = self.storage.identity(id).await? else {
+        let Some(row) = self.gated(|| self.storage.identity(id)).await? else {
             return Ok(None);
         };
         let secret = self
@@ -1222,26 +1252,33 @@ impl App {
     /// Opens a resumption ticket and checks it may still be used: not
     /// expired, and its identity neither revoked nor expired (database
     /// clock). The error is for the log; the client only learns "refused".
-    pub async fn check_ticket(&self, ticket: &[u8]) -> Result<(IdentityRow, OpenedTicket), String> {
-        let t = self.open_ticket(ticket).await.map_err(|e| e.to_string())?;
+    /// The error is `Unauthorized` (for the log; the client only learns
+    /// "refused") or `Unavailable` when the database could not be asked.
+    pub async fn check_ticket(
+        &self,
+        ticket: &[u8],
+    ) -> Result<(IdentityRow, OpenedTicket), AppError> {
+        let refused = AppError::Unauthorized;
+        let t = self
+            .open_ticket(ticket)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
         let now = self.db_now();
         if t.expires_at <= now {
-            return Err(format!(
+            return Err(refused(format!(
                 "ticket of identity {} expired at {}",
                 t.identity_id, t.expires_at
-            ));
+            )));
         }
         let row = self
-            .storage
-            .identity(&t.identity_id)
-            .await
-            .map_err(|e| format!("identity lookup failed: {e}"))?
-            .ok_or_else(|| format!("identity {} no longer exists", t.identity_id))?;
+            .gated(|| self.storage.identity(&t.identity_id))
+            .await?
+            .ok_or_else(|| refused(format!("identity {} no longer exists", t.identity_id)))?;
         if let Some(at) = row.revoked_at {
-            return Err(format!("identity {} was revoked at {at}", row.id));
+            return Err(refused(format!("identity {} was revoked at {at}", row.id)));
         }
         if let Some(at) = row.expires_at.filter(|e| *e <= now) {
-            return Err(format!("identity {} expired at {at}", row.id));
+            return Err(refused(format!("identity {} expired at {at}", row.id)));
         }
         Ok((row, t))
     }
@@ -1262,11 +1299,13 @@ impl App {
                 _ = stop.changed() => return,
             }
             let version = env!("CARGO_PKG_VERSION");
-            match self
+            // Not gated: this is the probe that notices the database's return.
+            let beat = self
                 .storage
                 .instance_heartbeat(self.instance_id(), &licensing, &admin, version, fresh)
-                .await
-            {
+                .await;
+            self.gate.observe(&beat);
+            match beat {
                 Ok(drain) => {
                     fresh = false;
                     if drain && !self.is_draining() {
@@ -1337,6 +1376,28 @@ impl App {
                 self.down_after().as_secs_f64()
             ))),
             None => Err(AppError::NotFound(format!("instance {id} is not in the cluster view"))),
+        }
+    }
+
+    /// Probes the database twice a second on a connection of its own, so the
+    /// gate closes within about half a second of an outage (requests then
+    /// fail fast) and opens as soon as the database answers again (healthz
+    /// follows), until `stop`.
+    pub async fn watch_database(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(crate::dbgate::PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match tokio::time::timeout(crate::dbgate::PROBE_TIMEOUT, self.storage.probe()).await {
+                Ok(r) => self.gate.observe(&r),
+                Err(_) => self.gate.failed(&format!(
+                    "the database did not answer a probe within {:?}",
+                    crate::dbgate::PROBE_TIMEOUT
+                )),
+            }
         }
     }
 

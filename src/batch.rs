@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use chrono::{DateTime, Utc};
 
+use crate::dbgate::DbGate;
 use crate::domain::seats::{Check, Grant, GrantRequest, LeaseRef, SeatError};
 use crate::storage::{RenewItem, Storage, StorageError};
 
@@ -128,6 +129,7 @@ type Extended = Result<Vec<Option<DateTime<Utc>>>, String>;
 /// A queue of extensions in front of [`Storage::extend_batch`].
 fn extension_batcher(
     storage: Arc<dyn Storage>,
+    gate: Arc<DbGate>,
     hold: Duration,
     promise: Duration,
     workers: usize,
@@ -138,9 +140,11 @@ fn extension_batcher(
         max_leases,
         lease_count,
         Arc::new(move |items: Vec<RenewItem>| {
-            let st = storage.clone();
+            let (st, gate) = (storage.clone(), gate.clone());
             Box::pin(async move {
-                match st.extend_batch(&items, hold, promise).await {
+                let r = st.extend_batch(&items, hold, promise).await;
+                gate.observe(&r);
+                match r {
                     Ok(r) => r.into_iter().map(Ok).collect(),
                     Err(e) => each(items.len(), &e, "lease extension"),
                 }
@@ -162,31 +166,51 @@ pub struct SeatBatchers {
     releases: Batcher<(String, LeaseRef), Released>,
     /// Leases with a background extension queued, so a lease is queued once.
     refreshing: Arc<std::sync::Mutex<HashSet<LeaseRef>>>,
+    /// Whether the database answers; requests fail fast while it does not.
+    gate: Arc<DbGate>,
 }
 
 impl SeatBatchers {
     /// Starts the workers; extensions hold leases for `hold` and raise their
     /// promise cap to `promise` (this instance's `lease_hold` and `lease_ttl`).
-    pub fn start(storage: Arc<dyn Storage>, hold: Duration, promise: Duration) -> Self {
-        let st = storage.clone();
+    pub fn start(
+        storage: Arc<dyn Storage>,
+        gate: Arc<DbGate>,
+        hold: Duration,
+        promise: Duration,
+    ) -> Self {
+        let (st, g) = (storage.clone(), gate.clone());
         let grants = Batcher::start(
             SEAT_WORKERS,
             MAX_BATCH_SEATS,
             |_| 1,
             Arc::new(move |reqs: Vec<GrantRequest>| {
-                let st = st.clone();
-                Box::pin(async move { st.grant_batch(&reqs).await })
+                let (st, gate) = (st.clone(), g.clone());
+                Box::pin(async move {
+                    let out = st.grant_batch(&reqs).await;
+                    // Any answer from the database says it is there.
+                    match out.iter().find_map(|r| match r {
+                        Err(SeatError::Storage(e)) if e.is_outage() => Some(e),
+                        _ => None,
+                    }) {
+                        Some(e) if out.iter().all(|r| r.is_err()) => gate.failed(&e.to_string()),
+                        _ => gate.opened(),
+                    }
+                    out
+                })
             }),
         );
-        let st = storage.clone();
+        let (st, g) = (storage.clone(), gate.clone());
         let checks = Batcher::start(
             CHECK_WORKERS,
             MAX_BATCH_LEASES,
             lease_count,
             Arc::new(move |items: Vec<RenewItem>| {
-                let st = st.clone();
+                let (st, gate) = (st.clone(), g.clone());
                 Box::pin(async move {
-                    match st.check_batch(&items).await {
+                    let r = st.check_batch(&items).await;
+                    gate.observe(&r);
+                    match r {
                         Ok(r) => r.into_iter().map(Ok).collect(),
                         Err(e) => each(items.len(), &e, "lease check"),
                     }
@@ -195,6 +219,7 @@ impl SeatBatchers {
         );
         let extensions = extension_batcher(
             storage.clone(),
+            gate.clone(),
             hold,
             promise,
             EXTEND_WORKERS,
@@ -202,20 +227,23 @@ impl SeatBatchers {
         );
         let refreshes = extension_batcher(
             storage.clone(),
+            gate.clone(),
             hold,
             promise,
             REFRESH_WORKERS,
             MAX_REFRESH_LEASES,
         );
-        let st = storage;
+        let (st, g) = (storage, gate.clone());
         let releases = Batcher::start(
             SEAT_WORKERS,
             MAX_BATCH_SEATS,
             |_| 1,
             Arc::new(move |items: Vec<(String, LeaseRef)>| {
-                let st = st.clone();
+                let (st, gate) = (st.clone(), g.clone());
                 Box::pin(async move {
-                    match st.release_batch(&items).await {
+                    let r = st.release_batch(&items).await;
+                    gate.observe(&r);
+                    match r {
                         Ok(r) => r.into_iter().map(Ok).collect(),
                         Err(e) => each(items.len(), &e, "release"),
                     }
@@ -229,25 +257,32 @@ impl SeatBatchers {
             refreshes,
             releases,
             refreshing: Arc::default(),
+            gate,
         }
     }
 
     /// Grants one seat, in whatever batch is next.
     pub async fn grant(&self, req: GrantRequest) -> Result<Grant, SeatError> {
-        self.grants
-            .submit(req)
+        self.gate
+            .run(async {
+                self.grants
+                    .submit(req)
+                    .await
+                    .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
+            })
             .await
-            .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
     }
 
     /// Reads the rows of `leases` of `holder`, in whatever read is next.
     pub async fn check(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Check>, String> {
-        self.checks.submit(item(holder, leases)).await?
+        self.gated(async { self.checks.submit(item(holder, leases)).await? })
+            .await
     }
 
     /// Extends `leases` of `holder` now, in whatever batch is next.
     pub async fn extend(&self, holder: &str, leases: &[LeaseRef]) -> Extended {
-        self.extensions.submit(item(holder, leases)).await?
+        self.gated(async { self.extensions.submit(item(holder, leases)).await? })
+            .await
     }
 
     /// Extends `leases` of `holder` where no request waits for it: in the
@@ -286,7 +321,19 @@ impl SeatBatchers {
     /// Releases `holder`'s `lease`, in whatever batch is next; the database
     /// time it ended, or None when it was not live.
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Released {
-        self.releases.submit((holder.to_string(), lease)).await?
+        self.gated(async { self.releases.submit((holder.to_string(), lease)).await? })
+            .await
+    }
+
+    /// [`DbGate::run`] for the batches that answer with a message.
+    async fn gated<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        self.gate
+            .run(async { op.await.map_err(StorageError::Conflict) })
+            .await
+            .map_err(|e: StorageError| e.to_string())
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod dbgate;
 pub mod domain;
 pub mod http;
 pub mod sessions;

@@ -79,6 +79,7 @@ async fn seat_stress(kind: Kind) {
     // so batched and single transactions race each other.
     let batches = Arc::new(floatlm::batch::SeatBatchers::start(
         st.clone(),
+        Arc::default(),
         Duration::from_millis(300),
         Duration::from_millis(300),
     ));

@@ -120,6 +120,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let maintenance = tokio::spawn(app.clone().maintenance(stop_rx.clone()));
+    let db_watch = tokio::spawn(app.clone().watch_database(stop_rx.clone()));
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let advertised = if app.config.sources.contains_key("public_address") {
         app.config.public_address.clone()
@@ -147,5 +148,6 @@ pub async fn serve(
     let (a, b) = tokio::join!(lic, adm);
     let _ = maintenance.await;
     let _ = heartbeat.await;
+    let _ = db_watch.await;
     a.and(b)
 }

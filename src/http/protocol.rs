@@ -163,7 +163,7 @@ pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
     admit(&app)?;
     let (row, ticket) = match app.check_ticket(hello.ticket).await {
         Ok(t) => t,
-        Err(why) => {
+        Err(crate::app::AppError::Unauthorized(why)) => {
             tracing::info!(reason = %why, "resumption ticket refused");
             app.sessions.count_resume_refused();
             return Err(ApiError::new(
@@ -172,6 +172,8 @@ pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
                 "resumption ticket refused (expired, revoked or unknown): handshake with the identity secret",
             ));
         }
+        // The database could not be asked: nothing was refused.
+        Err(other) => return Err(other.into()),
     };
     let session_id = crate::crypto::random_hex(16);
     let payload = hello_payload(&app, &session_id, Some(&row));

@@ -45,6 +45,34 @@ pub enum StorageError {
     NotFound(String),
     #[error("cannot open the database: {0}")]
     Connect(String),
+    /// Not tried: the database failed moments ago (see [`crate::dbgate`]).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StorageError {
+    /// Whether this says the database cannot be reached (rather than that it
+    /// refused one statement): connection refused, reset or timed out, no
+    /// pooled connection in time, a Galera node outside the primary
+    /// component.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StorageError::Unavailable(_) | StorageError::Connect(_) => true,
+            StorageError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db
+                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    // 1047: WSREP has not yet prepared node for application use.
+                    .is_some_and(|my| my.number() == 1047),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -301,8 +329,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Runs the migrations of this backend; safe to call from several
     /// instances at the same moment.
     async fn migrate(&self) -> Result<()>;
-    /// Cheap liveness probe.
+    /// Cheap liveness probe through the pool.
     async fn ping(&self) -> Result<()>;
+    /// Whether the database can be reached right now, on a connection of its
+    /// own (not waiting for the pool): what the instance's database watch
+    /// runs twice a second.
+    async fn probe(&self) -> Result<()>;
     /// The database clock.
     async fn now(&self) -> Result<DateTime<Utc>>;
 

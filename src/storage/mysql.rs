@@ -22,6 +22,10 @@ const RENEW_CHUNK: usize = 1000;
 
 pub struct MySqlStorage {
     pool: MySqlPool,
+    opts: MySqlConnectOptions,
+    /// A connection of its own for [`Storage::probe`], outside the pool, so
+    /// the probe never waits behind requests for a pooled connection.
+    probe: tokio::sync::Mutex<Option<sqlx::MySqlConnection>>,
 }
 
 type Tx<'a> = Transaction<'a, MySql>;
@@ -140,10 +144,10 @@ impl MySqlStorage {
             .timezone(Some("+00:00".to_string()));
         let pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
-            // Shorter than a client's request timeout (5 s): while the
-            // database is away, a request hears "database unavailable" from
-            // this instance instead of timing out.
-            .acquire_timeout(Duration::from_secs(3))
+            // Well under a client's request timeout (5 s): a request caught
+            // by a database outage (before the probe closes the gate) hears
+            // "database unavailable" from this instance instead of timing out.
+            .acquire_timeout(Duration::from_secs(2))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -151,10 +155,14 @@ impl MySqlStorage {
                     Ok(())
                 })
             })
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| StorageError::Connect(describe_connect_error(&e)))?;
-        Ok(MySqlStorage { pool })
+        Ok(MySqlStorage {
+            pool,
+            opts,
+            probe: tokio::sync::Mutex::new(None),
+        })
     }
 
     pub fn pool(&self) -> &MySqlPool {
@@ -979,6 +987,21 @@ impl Storage for MySqlStorage {
 
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<()> {
+        use sqlx::Connection;
+        let mut conn = self.probe.lock().await;
+        if let Some(c) = conn.as_mut() {
+            if c.ping().await.is_ok() {
+                return Ok(());
+            }
+        }
+        *conn = None;
+        let mut c = sqlx::MySqlConnection::connect_with(&self.opts).await?;
+        c.ping().await?;
+        *conn = Some(c);
         Ok(())
     }
 

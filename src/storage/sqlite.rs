@@ -596,6 +596,10 @@ impl Storage for SqliteStorage {
         Ok(())
     }
 
+    async fn probe(&self) -> Result<()> {
+        self.ping().await
+    }
+
     async fn now(&self) -> Result<DateTime<Utc>> {
         let t: i64 = sqlx::query_scalar(NOW_SQL).fetch_one(&self.reader).await?;
         Ok(utc(t))

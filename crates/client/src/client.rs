@@ -182,6 +182,9 @@ enum Attempt {
     Gateway(String),
     /// Our session is gone on that server: resume (or handshake) again.
     Rehandshake,
+    /// The server answered, but its database is away: try another server,
+    /// and if none does better, say so (not "unreachable").
+    Unavailable(String),
     /// A final answer for the application.
     Fatal(ClientError),
 }
@@ -434,6 +437,7 @@ impl Client {
             set.spawn(async move { (i, this.open_channel(i).await) });
         }
         let mut fatal = None;
+        let mut unavailable = None;
         while let Some(joined) = set.join_next().await {
             let Ok((i, result)) = joined else { continue };
             match result {
@@ -448,10 +452,17 @@ impl Client {
                     fatal.get_or_insert(e);
                 }
                 Err(Attempt::Failover(msg) | Attempt::Gateway(msg)) => self.mark_failed(i, &msg),
+                Err(Attempt::Unavailable(msg)) => {
+                    self.mark_failed(i, &msg);
+                    unavailable
+                        .get_or_insert(format!("{}: {msg}", self.inner.servers[i].spec.address));
+                }
                 Err(Attempt::Rehandshake) => self.mark_failed(i, "handshake refused"),
             }
         }
-        Err(fatal.unwrap_or_else(|| ClientError::Unreachable(self.failure_summary())))
+        Err(fatal
+            .or(unavailable.map(ClientError::Unavailable))
+            .unwrap_or_else(|| ClientError::Unreachable(self.failure_summary())))
     }
 
     fn failure_summary(&self) -> String {
@@ -623,7 +634,7 @@ impl Client {
                 code: ErrorCode::Unavailable,
                 message,
                 ..
-            } => Err(Attempt::Failover(message)),
+            } => Err(Attempt::Unavailable(message)),
             Response::Error {
                 code: ErrorCode::NoLicense,
                 reason,
@@ -649,6 +660,7 @@ impl Client {
     /// resent unchanged (same request id), so the server acts on it once.
     pub(crate) async fn call(&self, req: &Request) -> Result<Response, ClientError> {
         let mut last = String::new();
+        let mut unavailable = None;
         let mut retried_gateway = false;
         for _ in 0..(2 * self.inner.servers.len() + 2) {
             let ch = self.channel().await?;
@@ -675,6 +687,15 @@ impl Client {
                         Err(_) => self.mark_failed(ch.server, &last),
                     }
                 }
+                Err(Attempt::Unavailable(msg)) => {
+                    self.mark_failed(ch.server, &msg);
+                    unavailable = Some(format!(
+                        "{}: {msg}",
+                        self.inner.servers[ch.server].spec.address
+                    ));
+                    last = msg;
+                    self.drop_channel(&ch).await;
+                }
                 Err(Attempt::Failover(msg) | Attempt::Gateway(msg)) => {
                     self.mark_failed(ch.server, &msg);
                     last = msg;
@@ -682,9 +703,12 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Unreachable(format!(
-            "gave up after repeated failures; last: {last}"
-        )))
+        Err(match unavailable {
+            Some(m) => ClientError::Unavailable(m),
+            None => {
+                ClientError::Unreachable(format!("gave up after repeated failures; last: {last}"))
+            }
+        })
     }
 
     async fn set_channel(&self, ch: Channel) {
@@ -722,7 +746,16 @@ fn describe(e: &reqwest::Error) -> String {
 /// A non-success answer: 502/503/504 may be a proxy's, worth one more try.
 fn failover(status: reqwest::StatusCode, body: &[u8]) -> Attempt {
     let msg = http_error(status, body);
-    if matches!(status.as_u16(), 502..=504) {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string));
+    if code.as_deref() == Some("unavailable") {
+        // A floatlm instance itself (not a proxy) says its database is away.
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string));
+        Attempt::Unavailable(message.unwrap_or(msg))
+    } else if matches!(status.as_u16(), 502..=504) {
         Attempt::Gateway(msg)
     } else {
         Attempt::Failover(msg)

@@ -53,6 +53,10 @@ pub enum ClientError {
     IdentityRefused { server: String, reason: String },
     #[error("no license server reachable: {0}")]
     Unreachable(String),
+    /// A license server answered, but its database is unavailable (and no
+    /// other server did better).
+    #[error("license server unavailable: {0}")]
+    Unavailable(String),
     #[error("invalid identity string: {0}")]
     BadIdentity(String),
     #[error("{server} answered: {message}")]
