@@ -260,27 +260,25 @@ async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), Start
 }
 
 /// Read-only canary check for a running instance: some canary of a key we
-/// hold must open, and none of ours may fail.
-async fn verify_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), String> {
-    let canaries = storage.canaries().await.map_err(|e| e.to_string())?;
+/// hold must open, and none of ours may fail. `Ok(Some(why))` is a key
+/// problem; an error is a database that could not be read (the database
+/// gate and healthz say that, not the key check).
+async fn verify_canary(storage: &dyn Storage, ring: &Keyring) -> Result<Option<String>, StorageError> {
+    let canaries = storage.canaries().await?;
     let mut matched = false;
     for (key_id, blob) in &canaries {
         if ring.key(key_id).is_some() {
             match ring.open(canary_ctx(key_id), blob) {
                 Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
                 _ => {
-                    return Err(format!(
+                    return Ok(Some(format!(
                         "the canary of master key '{key_id}' no longer opens"
-                    ))
+                    )))
                 }
             }
         }
     }
-    if matched {
-        Ok(())
-    } else {
-        Err("no canary of this instance's master keys is left in the database".into())
-    }
+    Ok((!matched).then(|| "no canary of this instance's master keys is left in the database".into()))
 }
 
 /// An admin token as handed out once: `flt_<id>_<secret>`.
@@ -321,6 +319,8 @@ pub struct IdentityView {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// "ok", or why the identity cannot log in (its sealed secret is damaged).
+    pub status: String,
 }
 
 impl From<&IdentityRow> for IdentityView {
@@ -331,6 +331,7 @@ impl From<&IdentityRow> for IdentityView {
             created_at: r.created_at,
             expires_at: r.expires_at,
             revoked_at: r.revoked_at,
+            status: "ok".into(),
         }
     }
 }
@@ -952,8 +953,31 @@ impl App {
             .identities()
             .await?
             .iter()
-            .map(IdentityView::from)
+            .map(|row| {
+                let mut v = IdentityView::from(row);
+                if let Err(why) = self.open_identity_secret(row) {
+                    v.status = why;
+                }
+                v
+            })
             .collect())
+    }
+
+    /// Opens an identity row's sealed secret; the error says what to do.
+    fn open_identity_secret(&self, row: &IdentityRow) -> Result<Secret, String> {
+        let damaged = |what: &str| {
+            format!(
+                "damaged: its sealed secret {what} (the row was edited, or copied from another row); \
+                 revoke it and create a new identity"
+            )
+        };
+        let secret = self
+            .keyring
+            .open(identity_ctx(&row.id), &row.sealed)
+            .map_err(|e| damaged(&format!("does not open ({e})")))?;
+        String::from_utf8(secret.to_vec())
+            .map(Secret::new)
+            .map_err(|_| damaged("is not text"))
     }
 
     /// The identity's secret, opened (used by the protocol handshake).
@@ -967,13 +991,16 @@ impl App {
         let Some(row) = self.gated(|| self.storage.identity(id)).await? else {
             return Ok(None);
         };
-        let secret = self
-            .keyring
-            .open(identity_ctx(id), &row.sealed)
-            .map_err(|e| AppError::Internal(format!("identity {id}: {e}")))?;
-        let secret = String::from_utf8(secret.to_vec())
-            .map_err(|_| AppError::Internal(format!("identity {id}: secret is not text")))?;
-        Ok(Some((row, Secret::new(secret))))
+        match self.open_identity_secret(&row) {
+            Ok(secret) => Ok(Some((row, secret))),
+            Err(why) => {
+                // The client learns only "authentication failed", as for an
+                // unknown identity; the operator reads why here and in
+                // `identity list`.
+                tracing::error!(identity = %id, problem = %why, "an identity cannot log in");
+                Ok(None)
+            }
+        }
     }
 
     /// A stand-in secret for an identity id that does not exist: same shape
@@ -1410,14 +1437,17 @@ impl App {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            let key = match verify_canary(self.storage.as_ref(), &self.keyring).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::error!(error = %e, "key canary check failed");
-                    Some(format!("key canary: {e}"))
+            match verify_canary(self.storage.as_ref(), &self.keyring).await {
+                Ok(problem) => {
+                    if let Some(e) = &problem {
+                        tracing::error!(error = %e, "key canary check failed");
+                    }
+                    *self.key_problem.write().expect("lock") = problem.map(|e| format!("key canary: {e}"));
                 }
-            };
-            *self.key_problem.write().expect("lock") = key;
+                // The database is away: that is the gate's to report, and the
+                // key is judged again once it answers.
+                Err(e) => tracing::warn!(error = %e, "key canary check could not read the database"),
+            }
             match self.verify_integrity().await {
                 Ok(r) => {
                     for (feature, why) in &r.refused {

@@ -261,8 +261,8 @@ impl Layers {
                     key,
                     &v.1,
                     format!(
-                        "'{}' is not a duration (examples: 30s, 2m, 1h, 7d, 500ms)",
-                        v.0
+                        "'{}' is not a duration in the allowed range {min}s..={max}s (examples: 30s, 2m, 1h, 7d, 500ms)",
+                        v.0.chars().take(40).collect::<String>()
                     ),
                 )
             })?;
@@ -606,11 +606,14 @@ impl Layers {
             }
         };
         let ll = take("log_level", Some("info")).unwrap();
-        if tracing_subscriber::EnvFilter::try_new(&ll.0).is_err() {
+        if !valid_log_filter(&ll.0) {
             return Err(invalid(
                 "log_level",
                 &ll.1,
-                "use error, warn, info, debug, trace or a tracing filter",
+                format!(
+                    "'{}' is not a log level: use off, error, warn, info, debug or trace, or TARGET=LEVEL directives (floatlm=debug,sqlx=warn)",
+                    ll.0.chars().take(40).collect::<String>()
+                ),
             ));
         }
         Ok(Config {
@@ -678,7 +681,22 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     if !v.is_finite() || v < 0.0 {
         return None;
     }
-    Some(Duration::from_secs_f64(v * mult))
+    // Too large for a Duration (1e20 s) is not a duration either.
+    Duration::try_from_secs_f64(v * mult).ok()
+}
+
+/// Whether `s` is a log filter a person meant: levels (`info`), or
+/// `target=level` directives, comma separated. A bare word that is no level
+/// (`verbose`) would silently select a target of that name, i.e. log nothing.
+fn valid_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !s.trim().is_empty()
+        && s.split(',').all(|d| match d.split_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(d),
+        })
+        && tracing_subscriber::EnvFilter::try_new(s).is_ok()
 }
 
 impl Config {
@@ -867,6 +885,19 @@ mod tests {
         assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
         assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+        assert_eq!(parse_duration("1e20"), None);
+        assert_eq!(parse_duration("inf"), None);
+    }
+
+    #[test]
+    fn log_levels_are_levels() {
+        for ok in ["info", "DEBUG", "floatlm=debug,sqlx=warn", "warn,floatlm=trace", "off"] {
+            assert!(valid_log_filter(ok), "{ok}");
+        }
+        for bad in ["verbose", "", "floatlm=loud", "=info", "info,,", "loud,info"] {
+            assert!(!valid_log_filter(bad), "{bad}");
+        }
         assert_eq!(
             redact_url("mysql://u:p@h:1/d"),
             "mysql://u:[redacted]@h:1/d"

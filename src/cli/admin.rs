@@ -63,7 +63,7 @@ pub enum AdminCommand {
     },
     /// Re-seal every secret and license under the newest master key.
     RotateKey,
-    /// Run the integrity check now.
+    /// Run the integrity check now; exits 1 when it refuses a feature.
     Verify,
     /// After restoring the database from a backup made outside floatlm (or a
     /// failover that lost transactions): hold every seat until the promises
@@ -221,7 +221,9 @@ fn s(v: &Value) -> String {
     }
 }
 
-pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+/// Runs one admin command; the exit code is 1 when the command worked but
+/// found a problem (`verify` refusing a feature).
+pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
     let token = match (args.token.clone(), &args.token_file) {
         (Some(t), _) => t,
         (None, Some(p)) => std::fs::read_to_string(p)
@@ -339,12 +341,18 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         }
         AdminCommand::Status => api.call(M::GET, "/admin/v1/status", None).await?,
     };
+    let problem = matches!(args.command, AdminCommand::Verify)
+        && v["refused"].as_object().is_some_and(|r| !r.is_empty());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+    } else {
+        print_human(&args.command, &v);
     }
-    print_human(&args.command, &v);
-    Ok(())
+    if problem {
+        eprintln!("floatlm: the integrity check refuses some features (see above): re-apply their license files to repair the seat rows");
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 fn print_human(cmd: &AdminCommand, v: &Value) {
@@ -457,6 +465,7 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                 "CREATED".into(),
                 "EXPIRES".into(),
                 "REVOKED".into(),
+                "STATUS".into(),
             ]];
             for i in v["identities"].as_array().unwrap_or(&empty) {
                 rows.push(vec![
@@ -465,6 +474,7 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                     s(&i["created_at"]),
                     s(&i["expires_at"]),
                     s(&i["revoked_at"]),
+                    s(&i["status"]),
                 ]);
             }
             table(&rows);

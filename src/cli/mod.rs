@@ -204,7 +204,10 @@ pub fn main() -> ExitCode {
                 }
             },
             Command::Vendor { command } => report(vendor::run(command)),
-            Command::Admin(args) => report(admin::run(args).await),
+            Command::Admin(args) => match admin::run(args).await {
+                Ok(code) => code,
+                Err(e) => report(Err(e)),
+            },
             Command::Ping(args) => client::ping(args).await,
             Command::Health(args) => client::health(args).await,
             Command::Query(args) => client::query(args).await,

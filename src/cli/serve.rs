@@ -49,6 +49,9 @@ async fn demo_setup(app: &App) -> anyhow::Result<()> {
         k
     };
     app.trust_vendor_key(key.public());
+    // The start-up integrity check ran before the demo key was trusted: run
+    // it again now, or the demo license stays refused until the next one.
+    app.verify_integrity().await?;
     let ident_path = app.config.data_dir.join("demo-identity.txt");
     if ident_path.exists() {
         println!(
