@@ -30,7 +30,7 @@ use floatlm_protocol::handshake::ResumeGrant;
 
 use crate::storage::{
     mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, IdentityRow,
-    LicenseRecord, Storage, StorageError, TokenRow,
+    LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
 };
 
 const CANARY_PLAINTEXT: &[u8] = b"floatlm key canary v1";
@@ -216,6 +216,86 @@ fn identity_ctx(id: &str) -> SealContext<'_> {
     SealContext::new("identities", "sealed", id)
 }
 
+/// Why the canary of a key this instance holds does not open.
+enum CanaryFault {
+    /// Rows sealed under that key id open with our key: the canary row
+    /// itself was damaged.
+    Damaged,
+    /// Nothing that matters is sealed under that key id (a trial start with
+    /// another key of the same id wrote the canary): ours may take its place.
+    Unused,
+    /// Rows are sealed under that key id and none opens with ours.
+    WrongKey { sealed: usize },
+}
+
+/// Asks the licenses and identity secrets sealed under `key_id` whether this
+/// instance's key of that id is the database's.
+async fn judge_canary(
+    storage: &dyn Storage,
+    ring: &Keyring,
+    key_id: &str,
+) -> Result<CanaryFault, StorageError> {
+    let rows = storage.sealed_rows().await?;
+    let under: Vec<&crate::storage::SealedRow> = rows
+        .iter()
+        .filter(|r| r.kind != SealedKind::TicketKey)
+        .filter(|r| Keyring::blob_key_id(&r.sealed).ok() == Some(key_id))
+        .collect();
+    if under.is_empty() {
+        return Ok(CanaryFault::Unused);
+    }
+    let opens = under.iter().any(|r| {
+        ring.open(
+            SealContext::new(r.kind.table(), "sealed", &r.row_id),
+            &r.sealed,
+        )
+        .is_ok()
+    });
+    Ok(if opens {
+        CanaryFault::Damaged
+    } else {
+        CanaryFault::WrongKey {
+            sealed: under.len(),
+        }
+    })
+}
+
+/// Writes a fresh canary for `key_id` in place of `old`; ticket keys sealed
+/// under a key of that id that does not open are replaced too (their
+/// tickets could not be opened anyway: clients simply handshake again).
+async fn repair_canary(
+    storage: &dyn Storage,
+    ring: &Keyring,
+    key_id: &str,
+    old: &[u8],
+) -> Result<(), StorageError> {
+    storage
+        .replace_canary(
+            key_id,
+            old,
+            &ring.seal(canary_ctx(key_id), CANARY_PLAINTEXT),
+        )
+        .await?;
+    for row in storage.sealed_rows().await? {
+        let ctx = SealContext::new(row.kind.table(), "sealed", &row.row_id);
+        if row.kind == SealedKind::TicketKey
+            && Keyring::blob_key_id(&row.sealed).ok() == Some(key_id)
+            && ring.open(ctx, &row.sealed).is_err()
+        {
+            let fresh = zeroize::Zeroizing::new(crate::crypto::random_bytes(32));
+            storage
+                .reseal(
+                    row.kind,
+                    &row.row_id,
+                    &row.sealed,
+                    &ring.seal(ctx, fresh.as_ref()),
+                )
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Proves the configured keys are the ones this database is sealed with.
 async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), StartError> {
     let canaries = storage.canaries().await?;
@@ -224,12 +304,32 @@ async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), Start
         let Some(_) = ring.key(key_id) else { continue };
         match ring.open(canary_ctx(key_id), blob) {
             Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
-            _ => {
-                return Err(StartError::Key(format!(
-                    "master key '{key_id}' is not the key this database was sealed with (same id, different bytes); \
-                     start with the database's key"
-                )))
-            }
+            _ => match judge_canary(storage, ring, key_id).await? {
+                CanaryFault::Damaged => {
+                    tracing::warn!(key = %key_id, "the key canary row was damaged (the key opens the rows sealed under it): writing a fresh one");
+                    repair_canary(storage, ring, key_id, blob).await?;
+                    matched = true;
+                }
+                CanaryFault::Unused => {
+                    if let Some(other) = live_instance_with_other_key(storage, ring, key_id).await? {
+                        return Err(StartError::Key(format!(
+                            "master key '{key_id}' differs from the key '{key_id}' of the running instance {other}; \
+                             every instance needs the same keys"
+                        )));
+                    }
+                    tracing::warn!(key = %key_id, "the canary of master key '{key_id}' was written with another key of that id, \
+                        and nothing is sealed under it: taking its place");
+                    repair_canary(storage, ring, key_id, blob).await?;
+                    matched = true;
+                }
+                CanaryFault::WrongKey { sealed } => {
+                    return Err(StartError::Key(format!(
+                        "master key '{key_id}' is not the key this database was sealed with (same id, different bytes: \
+                         none of the {sealed} license(s) and identity secret(s) sealed under '{key_id}' opens with it); \
+                         start with the database's key"
+                    )))
+                }
+            },
         }
     }
     if !canaries.is_empty() && !matched {
@@ -259,26 +359,59 @@ async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), Start
     Ok(())
 }
 
+/// A live instance (seen within 3 cluster heartbeats' worth of 10 s) that
+/// holds a key of id `key_id` other than ours.
+async fn live_instance_with_other_key(
+    storage: &dyn Storage,
+    ring: &Keyring,
+    key_id: &str,
+) -> Result<Option<String>, StorageError> {
+    let ours: Vec<String> = ring.fingerprints().split(',').map(str::to_string).collect();
+    let prefix = format!("{key_id}:");
+    Ok(storage
+        .instances()
+        .await?
+        .into_iter()
+        .filter(|i| i.silent_for_s < 10.0)
+        .find(|i| {
+            i.key_ids
+                .split(',')
+                .any(|k| k.starts_with(&prefix) && !ours.iter().any(|o| o == k))
+        })
+        .map(|i| i.id))
+}
+
 /// Read-only canary check for a running instance: some canary of a key we
 /// hold must open, and none of ours may fail. `Ok(Some(why))` is a key
 /// problem; an error is a database that could not be read (the database
 /// gate and healthz say that, not the key check).
-async fn verify_canary(storage: &dyn Storage, ring: &Keyring) -> Result<Option<String>, StorageError> {
+async fn verify_canary(
+    storage: &dyn Storage,
+    ring: &Keyring,
+) -> Result<Option<String>, StorageError> {
     let canaries = storage.canaries().await?;
     let mut matched = false;
     for (key_id, blob) in &canaries {
         if ring.key(key_id).is_some() {
             match ring.open(canary_ctx(key_id), blob) {
                 Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
-                _ => {
-                    return Ok(Some(format!(
-                        "the canary of master key '{key_id}' no longer opens"
-                    )))
-                }
+                _ => match judge_canary(storage, ring, key_id).await? {
+                    CanaryFault::Damaged => {
+                        tracing::warn!(key = %key_id, "the key canary row was damaged (the key opens the rows sealed under it): writing a fresh one");
+                        repair_canary(storage, ring, key_id, blob).await?;
+                        matched = true;
+                    }
+                    CanaryFault::Unused | CanaryFault::WrongKey { .. } => {
+                        return Ok(Some(format!(
+                            "the canary of master key '{key_id}' no longer opens with this instance's key '{key_id}'"
+                        )))
+                    }
+                },
             }
         }
     }
-    Ok((!matched).then(|| "no canary of this instance's master keys is left in the database".into()))
+    Ok((!matched)
+        .then(|| "no canary of this instance's master keys is left in the database".into()))
 }
 
 /// An admin token as handed out once: `flt_<id>_<secret>`.
@@ -553,7 +686,30 @@ impl App {
         {
             return Err(LicenseError::Expired(v.def.license_id.clone()).into());
         }
+        // The same serial stored, but its row does not open or verify: if it
+        // is not a different file of that serial, this apply repairs it.
+        let repair = match self
+            .storage
+            .licenses()
+            .await?
+            .into_iter()
+            .find(|l| l.license_id == v.def.license_id)
+        {
+            Some(st) if st.serial == v.def.serial as i64 => {
+                self.open_license(&st.license_id, &st.sealed, &st.digest)
+                    .is_err()
+                    && self
+                        .keyring
+                        .open(license_ctx(&st.license_id), &st.sealed)
+                        .map_or(true, |text| text.as_slice() == v.raw.as_bytes())
+            }
+            _ => false,
+        };
+        if repair {
+            tracing::warn!(license = %v.def.license_id, "the stored row of this license was damaged: re-applying repairs it");
+        }
         let record = LicenseRecord {
+            repair,
             license_id: v.def.license_id.clone(),
             serial: v.def.serial as i64,
             customer: v.def.customer.clone(),
@@ -1110,6 +1266,29 @@ impl App {
     /// Re-seals every blob under the newest key, then keeps only its canary.
     pub async fn rotate_key(&self) -> Result<RotateReport, AppError> {
         let sealing = self.keyring.sealing_key().id().to_string();
+        // Every live instance must hold the new key, or it could open
+        // nothing once the blobs are re-sealed.
+        let ours = self
+            .keyring
+            .fingerprints()
+            .split(',')
+            .find(|k| k.starts_with(&format!("{sealing}:")))
+            .map(str::to_string)
+            .unwrap_or_default();
+        let lacking: Vec<String> = self
+            .cluster()
+            .await?
+            .into_iter()
+            .filter(|m| m.state != "down" && !m.row.holds_key(&ours))
+            .map(|m| m.row.id)
+            .collect();
+        if !lacking.is_empty() {
+            return Err(AppError::Conflict(format!(
+                "instance(s) {} do not hold master key '{sealing}' (or hold another key of that id): \
+                 add the key on every instance and restart them, then rotate",
+                lacking.join(", ")
+            )));
+        }
         check_canary(self.storage.as_ref(), &self.keyring)
             .await
             .map_err(|e| AppError::Conflict(e.to_string()))?;
@@ -1329,7 +1508,14 @@ impl App {
             // Not gated: this is the probe that notices the database's return.
             let beat = self
                 .storage
-                .instance_heartbeat(self.instance_id(), &licensing, &admin, version, fresh)
+                .instance_heartbeat(
+                    self.instance_id(),
+                    &licensing,
+                    &admin,
+                    version,
+                    &self.keyring.fingerprints(),
+                    fresh,
+                )
                 .await;
             self.gate.observe(&beat);
             match beat {
@@ -1442,11 +1628,14 @@ impl App {
                     if let Some(e) = &problem {
                         tracing::error!(error = %e, "key canary check failed");
                     }
-                    *self.key_problem.write().expect("lock") = problem.map(|e| format!("key canary: {e}"));
+                    *self.key_problem.write().expect("lock") =
+                        problem.map(|e| format!("key canary: {e}"));
                 }
                 // The database is away: that is the gate's to report, and the
                 // key is judged again once it answers.
-                Err(e) => tracing::warn!(error = %e, "key canary check could not read the database"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key canary check could not read the database")
+                }
             }
             match self.verify_integrity().await {
                 Ok(r) => {

@@ -892,10 +892,23 @@ mod tests {
 
     #[test]
     fn log_levels_are_levels() {
-        for ok in ["info", "DEBUG", "floatlm=debug,sqlx=warn", "warn,floatlm=trace", "off"] {
+        for ok in [
+            "info",
+            "DEBUG",
+            "floatlm=debug,sqlx=warn",
+            "warn,floatlm=trace",
+            "off",
+        ] {
             assert!(valid_log_filter(ok), "{ok}");
         }
-        for bad in ["verbose", "", "floatlm=loud", "=info", "info,,", "loud,info"] {
+        for bad in [
+            "verbose",
+            "",
+            "floatlm=loud",
+            "=info",
+            "info,,",
+            "loud,info",
+        ] {
             assert!(!valid_log_filter(bad), "{bad}");
         }
         assert_eq!(

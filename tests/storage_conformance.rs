@@ -616,11 +616,11 @@ async fn instances_register_drain_and_remove(kind: Kind) {
     let s = TestStore::new(kind).await;
     let st = s.storage.as_ref();
     assert!(!st
-        .instance_heartbeat("i-a", "127.0.0.1:1", "127.0.0.1:2", "0.1.0", true)
+        .instance_heartbeat("i-a", "127.0.0.1:1", "127.0.0.1:2", "0.1.0", "k1:00", true)
         .await
         .unwrap());
     assert!(!st
-        .instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", true)
+        .instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", "k1:00", true)
         .await
         .unwrap());
     let all = st.instances().await.unwrap();
@@ -632,13 +632,13 @@ async fn instances_register_drain_and_remove(kind: Kind) {
     assert!(st.request_drain("i-b").await.unwrap());
     assert!(!st.request_drain("i-zz").await.unwrap());
     assert!(
-        st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", false)
+        st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", "k1:00", false)
             .await
             .unwrap(),
         "drain is reported"
     );
     assert!(
-        !st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", true)
+        !st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", "k1:00", true)
             .await
             .unwrap(),
         "a restart clears it"

@@ -205,6 +205,27 @@ impl Keyring {
         self.keys.iter().map(|k| k.id.clone()).collect()
     }
 
+    /// `id:fingerprint` of every key, comma separated: the fingerprint is
+    /// the first 8 bytes (hex) of an HMAC of a fixed label under the key, so
+    /// instances can tell whether they hold the same key without revealing it.
+    pub fn fingerprints(&self) -> String {
+        use hmac::Mac;
+        self.keys
+            .iter()
+            .map(|k| {
+                let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(k.key.as_ref())
+                    .expect("any key length");
+                mac.update(b"floatlm key fingerprint v1");
+                format!(
+                    "{}:{}",
+                    k.id,
+                    hex::encode(&mac.finalize().into_bytes()[..8])
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Seals `plaintext` under the sealing key for the row named by `ctx`.
     pub fn seal(&self, ctx: SealContext<'_>, plaintext: &[u8]) -> Vec<u8> {
         seal_with(self.sealing_key(), ctx, plaintext)

@@ -95,14 +95,21 @@ pub struct LicenseRecord {
     /// The license file, sealed for (licenses, sealed, license_id).
     pub sealed: Vec<u8>,
     pub features: Vec<FeatureDef>,
+    /// The stored row of this serial is damaged (its blob does not open, or
+    /// its digest was edited) and this is the same file: rewrite it.
+    pub repair: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum ApplyOutcome {
     Created,
-    Replaced { previous_serial: i64 },
+    Replaced {
+        previous_serial: i64,
+    },
     Unchanged,
+    /// The same file again, over a stored row that was damaged.
+    Repaired,
 }
 
 /// A stored license row.
@@ -198,6 +205,15 @@ pub struct InstanceRow {
     pub silent_for_s: f64,
     /// Live leases this instance granted.
     pub leases: i64,
+    /// The master keys it holds, `id:fingerprint,…` (see `Keyring::fingerprints`).
+    pub key_ids: String,
+}
+
+impl InstanceRow {
+    /// Whether this instance holds the key `id:fingerprint`.
+    pub fn holds_key(&self, fingerprint: &str) -> bool {
+        self.key_ids.split(',').any(|k| k == fingerprint)
+    }
 }
 
 /// Which sealed column a blob lives in (for key rotation).
@@ -344,6 +360,10 @@ pub trait Storage: Send + Sync + 'static {
     async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool>;
     /// Removes the canaries of every key but `keep`.
     async fn retain_canary(&self, keep: &str) -> Result<()>;
+    /// Replaces the canary of `key_id` if it still equals `old` (a damaged
+    /// canary, or one a trial start wrote with another key of that id);
+    /// true when replaced.
+    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
 
     // --- licenses
     /// Stores the license and creates or resizes its features' slots in one
@@ -442,14 +462,16 @@ pub trait Storage: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str) -> Result<bool>;
 
     // --- cluster view
-    /// Records this instance (or refreshes it); returns whether an operator
-    /// asked it to drain. `fresh` (first call after start) clears an old request.
+    /// Records this instance (or refreshes it) with the keys it holds
+    /// (`key_ids`, fingerprints); returns whether an operator asked it to
+    /// drain. `fresh` (first call after start) clears an old request.
     async fn instance_heartbeat(
         &self,
         id: &str,
         address: &str,
         admin_address: &str,
         version: &str,
+        key_ids: &str,
         fresh: bool,
     ) -> Result<bool>;
     async fn instances(&self) -> Result<Vec<InstanceRow>>;

@@ -780,9 +780,13 @@ impl MySqlStorage {
         let outcome = match existing {
             // Same file: nothing to store, but the slots are reconciled below, which
             // repairs seat rows edited outside floatlm.
-            Some((_, digest)) if digest == lic.digest => ApplyOutcome::Unchanged,
+            Some((_, digest)) if digest == lic.digest && !lic.repair => ApplyOutcome::Unchanged,
             Some((serial, _)) => {
-                check_serial(&lic.license_id, serial, lic.serial)?;
+                // A repair rewrites the row of the same serial (its sealed
+                // blob or digest was damaged); anything else must be newer.
+                if !lic.repair {
+                    check_serial(&lic.license_id, serial, lic.serial)?;
+                }
                 sqlx::query(
                     "UPDATE licenses SET serial = ?, customer = ?, vendor_key_id = ?, digest = ?, sealed = ?, applied_at = ?
                      WHERE license_id = ?",
@@ -796,8 +800,12 @@ impl MySqlStorage {
                 .bind(&lic.license_id)
                 .execute(&mut *tx)
                 .await?;
-                ApplyOutcome::Replaced {
-                    previous_serial: serial,
+                if lic.repair {
+                    ApplyOutcome::Repaired
+                } else {
+                    ApplyOutcome::Replaced {
+                        previous_serial: serial,
+                    }
                 }
             }
             None => {
@@ -1035,6 +1043,16 @@ impl Storage for MySqlStorage {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let r = sqlx::query("UPDATE keyring_canary SET sealed = ? WHERE key_id = ? AND sealed = ?")
+            .bind(new)
+            .bind(key_id)
+            .bind(old)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
@@ -1480,19 +1498,21 @@ impl Storage for MySqlStorage {
         address: &str,
         admin_address: &str,
         version: &str,
+        key_ids: &str,
         fresh: bool,
     ) -> Result<bool> {
         sqlx::query(
-            "INSERT INTO instances (id, address, admin_address, version, started_at, last_seen)
-             VALUES (?, ?, ?, ?, NOW(6), NOW(6))
+            "INSERT INTO instances (id, address, admin_address, version, key_ids, started_at, last_seen)
+             VALUES (?, ?, ?, ?, ?, NOW(6), NOW(6))
              ON DUPLICATE KEY UPDATE address = VALUES(address), admin_address = VALUES(admin_address),
-                                     version = VALUES(version), last_seen = NOW(6),
+                                     version = VALUES(version), key_ids = VALUES(key_ids), last_seen = NOW(6),
                                      drain_requested = IF(?, 0, drain_requested)",
         )
         .bind(id)
         .bind(address)
         .bind(admin_address)
         .bind(version)
+        .bind(key_ids)
         .bind(fresh)
         .execute(&self.pool)
         .await?;
@@ -1516,13 +1536,15 @@ impl Storage for MySqlStorage {
             i64,
             f64,
             i64,
+            String,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT i.id, i.address, i.admin_address, i.version, i.started_at, i.last_seen,
                     CAST(i.drain_requested AS SIGNED),
                     CAST(TIMESTAMPDIFF(MICROSECOND, i.last_seen, NOW(6)) / 1000000 AS DOUBLE),
                     CAST((SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
-                          AND s.holder IS NOT NULL AND s.expires_at > NOW(6)) AS SIGNED)
+                          AND s.holder IS NOT NULL AND s.expires_at > NOW(6)) AS SIGNED),
+                    i.key_ids
              FROM instances i ORDER BY i.id",
         )
         .fetch_all(&self.pool)
@@ -1539,6 +1561,7 @@ impl Storage for MySqlStorage {
                 drain_requested: r.6 == 1,
                 silent_for_s: r.7,
                 leases: r.8,
+                key_ids: r.9,
             })
             .collect())
     }

@@ -377,9 +377,13 @@ impl SqliteStorage {
         let outcome = match existing {
             // Same file: nothing to store, but the slots are reconciled below, which
             // repairs seat rows edited outside floatlm.
-            Some((_, digest)) if digest == lic.digest => ApplyOutcome::Unchanged,
+            Some((_, digest)) if digest == lic.digest && !lic.repair => ApplyOutcome::Unchanged,
             Some((serial, _)) => {
-                check_serial(&lic.license_id, serial, lic.serial)?;
+                // A repair rewrites the row of the same serial (its sealed
+                // blob or digest was damaged); anything else must be newer.
+                if !lic.repair {
+                    check_serial(&lic.license_id, serial, lic.serial)?;
+                }
                 sqlx::query(
                     "UPDATE licenses SET serial = ?, customer = ?, vendor_key_id = ?, digest = ?, sealed = ?, applied_at = ?
                      WHERE license_id = ?",
@@ -393,8 +397,12 @@ impl SqliteStorage {
                 .bind(&lic.license_id)
                 .execute(&mut *tx)
                 .await?;
-                ApplyOutcome::Replaced {
-                    previous_serial: serial,
+                if lic.repair {
+                    ApplyOutcome::Repaired
+                } else {
+                    ApplyOutcome::Replaced {
+                        previous_serial: serial,
+                    }
                 }
             }
             None => {
@@ -631,6 +639,16 @@ impl Storage for SqliteStorage {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let r = sqlx::query("UPDATE keyring_canary SET sealed = ? WHERE key_id = ? AND sealed = ?")
+            .bind(new)
+            .bind(key_id)
+            .bind(old)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
@@ -973,13 +991,15 @@ impl Storage for SqliteStorage {
         address: &str,
         admin_address: &str,
         version: &str,
+        key_ids: &str,
         fresh: bool,
     ) -> Result<bool> {
         sqlx::query(
-            "INSERT INTO instances (id, address, admin_address, version, started_at, last_seen)
-             VALUES (?1, ?2, ?3, ?4, CAST(unixepoch('subsec') * 1000000 AS INTEGER), CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+            "INSERT INTO instances (id, address, admin_address, version, key_ids, started_at, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?6, CAST(unixepoch('subsec') * 1000000 AS INTEGER), CAST(unixepoch('subsec') * 1000000 AS INTEGER))
              ON CONFLICT (id) DO UPDATE SET address = excluded.address, admin_address = excluded.admin_address,
-                                            version = excluded.version, last_seen = excluded.last_seen,
+                                            version = excluded.version, key_ids = excluded.key_ids,
+                                            last_seen = excluded.last_seen,
                                             drain_requested = CASE WHEN ?5 THEN 0 ELSE drain_requested END",
         )
         .bind(id)
@@ -987,6 +1007,7 @@ impl Storage for SqliteStorage {
         .bind(admin_address)
         .bind(version)
         .bind(fresh)
+        .bind(key_ids)
         .execute(&self.writer)
         .await?;
         let drain: i64 = sqlx::query_scalar("SELECT drain_requested FROM instances WHERE id = ?")
@@ -997,13 +1018,25 @@ impl Storage for SqliteStorage {
     }
 
     async fn instances(&self) -> Result<Vec<InstanceRow>> {
-        type Row = (String, String, String, String, i64, i64, i64, f64, i64);
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            i64,
+            f64,
+            i64,
+            String,
+        );
         let rows: Vec<Row> = sqlx::query_as(
             "WITH clock(now) AS (SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER))
              SELECT i.id, i.address, i.admin_address, i.version, i.started_at, i.last_seen, i.drain_requested,
                     (clock.now - i.last_seen) / 1000000.0,
                     (SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
-                       AND s.holder IS NOT NULL AND s.expires_at > clock.now)
+                       AND s.holder IS NOT NULL AND s.expires_at > clock.now),
+                    i.key_ids
              FROM instances i CROSS JOIN clock ORDER BY i.id",
         )
         .fetch_all(&self.reader)
@@ -1020,6 +1053,7 @@ impl Storage for SqliteStorage {
                 drain_requested: r.6 == 1,
                 silent_for_s: r.7,
                 leases: r.8,
+                key_ids: r.9,
             })
             .collect())
     }

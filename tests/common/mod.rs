@@ -149,6 +149,7 @@ pub fn record(def: &LicenseDef, vendor: &VendorSigningKey, ring: &Keyring) -> Li
             text.as_bytes(),
         ),
         features: def.features.clone(),
+        repair: false,
     }
 }
 

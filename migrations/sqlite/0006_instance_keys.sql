@@ -1,0 +1,2 @@
+-- See migrations/mysql/0006_instance_keys.sql.
+ALTER TABLE instances ADD COLUMN key_ids TEXT NOT NULL DEFAULT '';
