@@ -2,7 +2,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use floatlm_client::{Client, ClientError, Options, SeatHandle};
+use floatlm_client::{Client, ClientError, Options, Released, SeatHandle};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -424,10 +424,16 @@ struct Ended {
 
 /// Gives the seat back and waits (bounded) for the server's answer.
 async fn release(seat: SeatHandle, lost: bool) {
-    match tokio::time::timeout(RELEASE_WAIT, seat.release()).await {
-        Ok(true) => {}
-        Ok(false) if !lost => say("note: the server had already dropped the lease"),
-        Ok(false) => {}
+    match tokio::time::timeout(RELEASE_WAIT, seat.give_back()).await {
+        Ok(Ok(Released::Released)) => {}
+        Ok(Ok(Released::AlreadyEnded)) if !lost => say(
+            "note: the lease had already ended on the server (it expired, or an operator released it) \
+             before checkout gave it back",
+        ),
+        Ok(Ok(Released::AlreadyEnded)) => {}
+        Ok(Err(e)) => say(format_args!(
+            "could not give the seat back ({e}); it frees itself when its lease runs out"
+        )),
         Err(_) => say(format_args!(
             "no server confirmed the release within {} s; the seat frees itself when its lease runs out",
             RELEASE_WAIT.as_secs()

@@ -279,13 +279,26 @@ impl SeatHandle {
 
     /// Releases the seat and waits for the server; true when it was released.
     pub async fn release(self) -> bool {
+        matches!(self.give_back().await, Ok(Released::Released))
+    }
+
+    /// Releases the seat and says what the server did: released it, or found
+    /// it already ended (expired, or released by an operator); an error when
+    /// no server answered (the seat then frees itself when its lease runs out).
+    pub async fn give_back(self) -> Result<Released, crate::ClientError> {
         let Some(lease) = self.mark_released() else {
-            return false;
+            return Ok(Released::AlreadyEnded);
         };
-        matches!(
-            self.client.call(&Request::Logout { lease }).await,
-            Ok(Response::Released { released: true, .. })
-        )
+        match self.client.call(&Request::Logout { lease }).await? {
+            Response::Released { released: true, .. } => Ok(Released::Released),
+            Response::Released {
+                released: false, ..
+            } => Ok(Released::AlreadyEnded),
+            other => Err(crate::ClientError::Server {
+                server: "server".into(),
+                message: format!("unexpected answer to a logout: {other:?}"),
+            }),
+        }
     }
 }
 
@@ -301,6 +314,16 @@ impl Drop for SeatHandle {
             });
         }
     }
+}
+
+/// What [`SeatHandle::give_back`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The server released the lease: the seat is free now.
+    Released,
+    /// The lease had already ended (expired, released by an operator, or
+    /// this handle was released before).
+    AlreadyEnded,
 }
 
 /// Renews the lease at a fraction of its lifetime until it is lost or the

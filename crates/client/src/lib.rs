@@ -39,5 +39,5 @@ mod identity;
 pub use client::{Client, Options, PingInfo, ServerState, ServerStatus, SessionStats};
 pub use error::{ClientError, NoLicenseReason};
 pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
-pub use handle::{HandleState, LossReason, SeatHandle};
+pub use handle::{HandleState, LossReason, Released, SeatHandle};
 pub use identity::ServerSpec;
