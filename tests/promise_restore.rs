@@ -18,6 +18,15 @@
 //! * Without it, D is granted the seat at once while C's promise runs: the
 //!   checker must report the overlap. That test passes when the checker
 //!   fails; it shows what the procedure protects against.
+//! * With instances of different lease TTLs, the default hold of the
+//!   instance the operator picked can end before a promise another instance
+//!   gave; `--hold` with the largest lease_ttl covers it.
+//! * A lease its holder gave up *after* the backup comes back with the
+//!   restore, and the quarantine keeps it ("held ones at least as long as
+//!   before"): a resent login or a heartbeat after the logout is answered as
+//!   if it never ended, while the seat's later holder still holds a promise.
+//!   docs/seats.md says neither is ever answered so; that test fails (a gap
+//!   in the procedure, not in the test).
 
 mod common;
 
@@ -244,6 +253,66 @@ async fn quarantine_ends(pool: &sqlx::MySqlPool) -> Instant {
     before + (after - before) / 2 + Duration::from_micros(left as u64)
 }
 
+/// D's logins, through each instance in turn, every [`RETRY`], from now
+/// until it is granted (or [`GRANT_WITHIN`] after `until`, the end of the
+/// quarantine): refused with no_license while the quarantine runs, granted
+/// after it. Notes every broken expectation in `f`; returns the grant.
+async fn log_in_after_quarantine(
+    d: &RecClient,
+    targets: &[Target],
+    until: Instant,
+    f: &mut Findings,
+    t0: Instant,
+) -> Option<Record> {
+    // Every attempt before the one granted was refused: `k` counts them.
+    for k in 0.. {
+        if Instant::now() > until + GRANT_WITHIN {
+            break;
+        }
+        let r = d.login(&targets[k % targets.len()], FEATURE).await;
+        if r.granted().is_some() {
+            f.expect(
+                k > 0,
+                "D's first login came before the quarantine ended and must have been refused",
+            );
+            f.expect(
+                r.sent + EDGE >= until,
+                format!(
+                    "D was granted the seat while the quarantine ran (until {}): {}",
+                    common::promise::rel(t0, until),
+                    r.line(t0)
+                ),
+            );
+            eprintln!("D refused {k} times during the quarantine, then granted");
+            return Some(r);
+        }
+        let no_seat = matches!(
+            r.answer,
+            common::promise::Answer::Sealed(Response::Error {
+                code: ErrorCode::NoLicense,
+                ..
+            })
+        );
+        f.expect(
+            no_seat,
+            format!(
+                "during the quarantine D must be refused with no_license: {}",
+                r.line(t0)
+            ),
+        );
+        tokio::time::sleep(RETRY).await;
+    }
+    f.expect(
+        false,
+        format!(
+            "D was never granted the free seat: the quarantine ended at {}, D tried until {}",
+            common::promise::rel(t0, until),
+            common::promise::rel(t0, until + GRANT_WITHIN)
+        ),
+    );
+    None
+}
+
 /// C's heartbeats of `lease`, every [`BEAT`], through each instance in turn,
 /// whatever the answers say (a client that does not listen), until the
 /// returned sender is dropped or sends.
@@ -319,69 +388,13 @@ async fn after_a_restore_the_quarantine_holds_the_seat_until_old_promises_ran_ou
         );
 
         // D asks through each instance in turn until it is granted.
-        let mut refusals = 0;
-        let mut d_grant = None;
-        for k in 0.. {
-            if Instant::now() > until + GRANT_WITHIN {
-                break;
-            }
-            let r = d.login(&cl.targets[k % cl.targets.len()], FEATURE).await;
-            if r.granted().is_some() {
-                d_grant = Some(r);
-                break;
-            }
-            let no_seat = matches!(
-                r.answer,
-                common::promise::Answer::Sealed(Response::Error {
-                    code: ErrorCode::NoLicense,
-                    ..
-                })
-            );
-            f.expect(
-                no_seat,
-                format!(
-                    "during the quarantine D must be refused with no_license: {}",
-                    r.line(t0)
-                ),
-            );
-            refusals += 1;
-            tokio::time::sleep(RETRY).await;
-        }
-        f.expect(
-            refusals > 0,
-            "D's first login came before the quarantine ended and must have been refused",
-        );
-        let Some(g) = d_grant else {
-            f.expect(
-                false,
-                format!(
-                    "D was never granted the free seat: the quarantine ended at {}, D tried until {}",
-                    common::promise::rel(t0, until),
-                    common::promise::rel(t0, until + GRANT_WITHIN)
-                ),
-            );
+        let Some(g) = log_in_after_quarantine(&d, &cl.targets, until, &mut f, t0).await else {
             drop(stop_c);
             c_task.await.unwrap();
             f.finish(&rec, &cl.seats);
             return;
         };
         let d_lease = g.granted().unwrap().to_string();
-        f.expect(
-            g.sent + EDGE >= until,
-            format!(
-                "D was granted the seat while the quarantine ran (until {}): {}",
-                common::promise::rel(t0, until),
-                g.line(t0)
-            ),
-        );
-        f.expect(
-            g.sent <= until + GRANT_WITHIN,
-            format!(
-                "D was granted only long after the quarantine ended at {}: {}",
-                common::promise::rel(t0, until),
-                g.line(t0)
-            ),
-        );
         f.expect(
             d_lease != c_lease,
             format!("D was given C's old lease id {c_lease}"),
@@ -440,13 +453,90 @@ async fn after_a_restore_the_quarantine_holds_the_seat_until_old_promises_ran_ou
             );
         }
         eprintln!(
-            "D refused {refusals} times, granted {d_lease} at {}; C's lease {c_lease} promised until {}; {} of C's heartbeats answered after the restore, all dead",
+            "D granted {d_lease} at {}; C's lease {c_lease} promised until {}; {} of C's heartbeats answered after the restore",
             common::promise::rel(t0, g.received.unwrap()),
             promised_until(&rec, &c_lease).map_or("-".into(), |t| common::promise::rel(t0, t)),
             after.len()
         );
         if std::env::var_os("FLOATLM_PROMISE_LOG").is_some() {
             eprintln!("{}", cl.logs());
+        }
+        f.finish(&rec, &cl.seats);
+    })
+    .await
+}
+
+/// Instances with different lease TTLs: C's promise comes from the one with
+/// the long TTL (15 s), the operator runs the quarantine against the one
+/// with the short hold (10 s). Its default hold (that instance's lease_hold
+/// plus 1 s) ends before C's promise does; `--hold` with the largest
+/// lease_ttl, as `floatlm admin quarantine --help` and docs/seats.md say,
+/// covers it, and nobody is granted the seat before it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mixed_lease_ttls_the_quarantine_needs_the_largest_ttl_as_its_hold() {
+    bounded(async {
+        let cl = PromiseCluster::start(
+            &[
+                InstanceSpec::new("short", "5s", "10s"),
+                InstanceSpec::new("long", "15s", "30s"),
+            ],
+            &[(FEATURE, 1)],
+            2,
+        )
+        .await;
+        let rec = Recorder::new();
+        let t0 = rec.t0();
+        let sql = MariaDbCli::for_test_server();
+        let pool = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+        let (short, long) = (&cl.targets[0], &cl.targets[1]);
+        let (c, d) = (cl.client(&rec, "C", 0), cl.client(&rec, "D", 1));
+        let mut f = Findings::new();
+
+        let backup = cl.dir.path().join("backup.sql");
+        sql.dump(&cl.db.name, &backup).await;
+        let c_lease = granted(&c.login(long, FEATURE).await, &rec);
+        let h = c.heartbeat(long, std::slice::from_ref(&c_lease)).await;
+        assert_eq!(h.alive(&c_lease), Some(true), "setup: {}", h.line(t0));
+        let c_until = promised_until(&rec, &c_lease).unwrap();
+        sql.restore(&cl.db.name, &backup).await;
+
+        // The default hold of the short instance: 11 s, shorter than C's
+        // 15 s promise. (Nobody logs in here: this only measures it.)
+        admin(short, &["quarantine"]).await;
+        let by_default = quarantine_ends(&pool).await;
+        f.expect(
+            by_default < c_until,
+            format!(
+                "expected the short instance's default hold (until {}) to end before C's promise from the long one (until {})",
+                common::promise::rel(t0, by_default),
+                common::promise::rel(t0, c_until)
+            ),
+        );
+        // The documented remedy: the largest lease_ttl of any instance.
+        admin(short, &["quarantine", "--hold", "15s"]).await;
+        let until = quarantine_ends(&pool).await;
+        eprintln!(
+            "C promised until {}; default hold until {}; --hold 15s until {}",
+            common::promise::rel(t0, c_until),
+            common::promise::rel(t0, by_default),
+            common::promise::rel(t0, until)
+        );
+        f.expect(
+            until >= c_until,
+            format!(
+                "--hold 15s should hold the seat (until {}) past C's promise (until {})",
+                common::promise::rel(t0, until),
+                common::promise::rel(t0, c_until)
+            ),
+        );
+        if let Some(g) = log_in_after_quarantine(&d, &cl.targets, until, &mut f, t0).await {
+            let d_lease = g.granted().unwrap().to_string();
+            let h = c.heartbeat(short, std::slice::from_ref(&c_lease)).await;
+            f.expect(
+                h.alive(&c_lease) == Some(false),
+                format!("C's lease ended with the restore: {}", h.line(t0)),
+            );
+            d.logout(long, &d_lease).await;
         }
         f.finish(&rec, &cl.seats);
     })
@@ -519,6 +609,63 @@ async fn without_the_quarantine_a_restore_promises_one_seat_twice() {
             }
         }
         d.logout(b, d_lease).await;
+    })
+    .await
+}
+
+/// A lease that ended after the backup comes back with the restore: the
+/// restored row names it, live, and the quarantine keeps the holders of
+/// live rows ("held ones at least as long as before"). C logs in (request
+/// id C-R) before the backup and logs out after it; D is granted the seat
+/// and heartbeats. After the restore and the quarantine, C resends C-R and
+/// heartbeats its old lease: docs/seats.md promises that a login resent
+/// after its lease ended is never granted and that a heartbeat sent after a
+/// logout was answered is never alive, while D's last promise still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_given_up_after_the_backup_does_not_come_back_with_the_restore() {
+    bounded(async {
+        let cl = PromiseCluster::start(&INSTANCES, &[(FEATURE, 1)], 2).await;
+        let rec = Recorder::new();
+        let t0 = rec.t0();
+        let sql = MariaDbCli::for_test_server();
+        let (a, b) = (&cl.targets[0], &cl.targets[1]);
+        let (c, d) = (cl.client(&rec, "C", 0), cl.client(&rec, "D", 1));
+        let mut f = Findings::new();
+
+        let c_lease = granted(&c.login_with(a, FEATURE, "C-R").await, &rec);
+        // The backup: C holds the seat.
+        let backup = cl.dir.path().join("backup.sql");
+        sql.dump(&cl.db.name, &backup).await;
+        let out = c.logout(a, &c_lease).await;
+        assert_eq!(out.released(), Some(true), "setup: {}", out.line(t0));
+        let d_lease = granted(&d.login(b, FEATURE).await, &rec);
+        let h = d.heartbeat(b, std::slice::from_ref(&d_lease)).await;
+        assert_eq!(h.alive(&d_lease), Some(true), "setup: {}", h.line(t0));
+
+        sql.restore(&cl.db.name, &backup).await;
+        let said = admin(b, &["quarantine"]).await;
+        eprintln!("`floatlm admin quarantine`: {}", said.trim());
+
+        let r = c.resend_login(a, "C-R").await;
+        f.expect(
+            r.granted().is_none(),
+            format!(
+                "C-R's lease was released before the restore; its resend must not be granted: {}",
+                r.line(t0)
+            ),
+        );
+        let h = c.heartbeat(b, std::slice::from_ref(&c_lease)).await;
+        f.expect(
+            h.alive(&c_lease) != Some(true),
+            format!(
+                "C logged out of {c_lease} before the restore; a heartbeat sent after that logout was answered must not be alive: {}",
+                h.line(t0)
+            ),
+        );
+        if std::env::var_os("FLOATLM_PROMISE_LOG").is_some() {
+            eprintln!("{}", cl.logs());
+        }
+        f.finish(&rec, &cl.seats);
     })
     .await
 }
