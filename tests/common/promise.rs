@@ -1209,6 +1209,17 @@ impl PromiseCluster {
         features: &[(&str, u32)],
         identities: usize,
     ) -> PromiseCluster {
+        Self::start_with_env(instances, &|_| Vec::new(), features, identities).await
+    }
+
+    /// [`start`](Self::start) with more environment for some instances:
+    /// `env(spec)` is added to that instance's (libfaketime, say).
+    pub async fn start_with_env(
+        instances: &[InstanceSpec],
+        env: &(dyn Fn(&InstanceSpec) -> Vec<(String, String)> + Sync),
+        features: &[(&str, u32)],
+        identities: usize,
+    ) -> PromiseCluster {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -1236,17 +1247,20 @@ impl PromiseCluster {
                 .iter()
                 .map(|spec| {
                     let (db, pubkey) = (&db, &pubkey);
+                    let more = env(spec);
                     s.spawn(move || {
+                        let mut all = vec![
+                            ("FLOATLM_LEASE_TTL", spec.lease_ttl),
+                            ("FLOATLM_LEASE_HOLD", spec.lease_hold),
+                        ];
+                        all.extend(more.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                         cluster_instance(
                             d,
                             db,
                             spec.id,
                             "127.0.0.1:0",
                             &["--vendor-key", pubkey],
-                            &[
-                                ("FLOATLM_LEASE_TTL", spec.lease_ttl),
-                                ("FLOATLM_LEASE_HOLD", spec.lease_hold),
-                            ],
+                            &all,
                         )
                     })
                 })
