@@ -30,7 +30,7 @@ use floatlm_protocol::handshake::ResumeGrant;
 
 use crate::storage::{
     mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, IdentityRow,
-    LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
+    InstanceBeat, LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
 };
 
 const CANARY_PLAINTEXT: &[u8] = b"floatlm key canary v1";
@@ -1013,19 +1013,39 @@ impl App {
         }
     }
 
-    /// Holds every seat for at least `hold` (default: this instance's
-    /// `lease_hold` plus the clock margin) so that no seat is granted while a
-    /// promise given before the database went back in time may still run.
-    pub async fn quarantine(&self, hold: Option<Duration>) -> Result<u64, AppError> {
-        let hold = hold.unwrap_or(self.config.lease_hold.max(self.config.lease_ttl) + CLOCK_MARGIN);
+    /// After the database went back in time: ends every lease and holds
+    /// every seat for `hold`, so no seat is granted while a promise given
+    /// before may still run. The default hold is the longest `lease_ttl` any
+    /// instance recorded (and this one's), plus the clock margin and a second
+    /// of slack. Returns the slots held and until when (database clock).
+    pub async fn quarantine(
+        &self,
+        hold: Option<Duration>,
+    ) -> Result<(u64, DateTime<Utc>), AppError> {
+        let hold = match hold {
+            Some(h) => h,
+            None => {
+                let longest = self
+                    .storage
+                    .instances()
+                    .await?
+                    .iter()
+                    .map(|i| Duration::from_millis(i.lease_ttl_ms.max(0) as u64))
+                    .fold(self.config.lease_ttl, Duration::max);
+                longest + CLOCK_MARGIN + Duration::from_secs(1)
+            }
+        };
         let n = self.storage.quarantine(hold).await?;
+        let until =
+            self.storage.now().await? + chrono::Duration::from_std(hold).unwrap_or_default();
         self.usage_cache.clear();
         tracing::warn!(
             slots = n,
             hold_s = hold.as_secs_f64(),
-            "every seat is held by nobody for a while (quarantine after a restore)"
+            %until,
+            "quarantine: every lease ended, every seat held by nobody until the promises given before have run out"
         );
-        Ok(n)
+        Ok((n, until))
     }
 
     // -------------------------------------------------------------- identities
@@ -1508,14 +1528,15 @@ impl App {
             // Not gated: this is the probe that notices the database's return.
             let beat = self
                 .storage
-                .instance_heartbeat(
-                    self.instance_id(),
-                    &licensing,
-                    &admin,
+                .instance_heartbeat(&InstanceBeat {
+                    id: self.instance_id(),
+                    address: &licensing,
+                    admin_address: &admin,
                     version,
-                    &self.keyring.fingerprints(),
+                    key_ids: &self.keyring.fingerprints(),
+                    lease_ttl_ms: self.config.lease_ttl.as_millis() as i64,
                     fresh,
-                )
+                })
                 .await;
             self.gate.observe(&beat);
             match beat {

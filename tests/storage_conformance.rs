@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
-use floatlm::storage::{usage_by_name, ApplyOutcome, RenewItem, SealedKind, Storage, StorageError};
+use floatlm::storage::{
+    usage_by_name, ApplyOutcome, InstanceBeat, RenewItem, SealedKind, Storage, StorageError,
+};
 use std::time::Duration;
 
 fn req(feature: &str, holder: &str, rid: &str, ttl: Duration) -> GrantRequest {
@@ -30,6 +32,19 @@ async fn renew(
     hold: Duration,
 ) -> Vec<Option<DateTime<Utc>>> {
     st.extend(holder, leases, hold, hold).await.unwrap()
+}
+
+/// A cluster heartbeat of instance `id` (version 0.1.0, key k1, TTL 60 s).
+fn beat<'a>(id: &'a str, address: &'a str, admin: &'a str, fresh: bool) -> InstanceBeat<'a> {
+    InstanceBeat {
+        id,
+        address,
+        admin_address: admin,
+        version: "0.1.0",
+        key_ids: "k1:00",
+        lease_ttl_ms: 60_000,
+        fresh,
+    }
 }
 
 /// What one check read says about each of `leases` of `holder`.
@@ -616,11 +631,11 @@ async fn instances_register_drain_and_remove(kind: Kind) {
     let s = TestStore::new(kind).await;
     let st = s.storage.as_ref();
     assert!(!st
-        .instance_heartbeat("i-a", "127.0.0.1:1", "127.0.0.1:2", "0.1.0", "k1:00", true)
+        .instance_heartbeat(&beat("i-a", "127.0.0.1:1", "127.0.0.1:2", true))
         .await
         .unwrap());
     assert!(!st
-        .instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", "k1:00", true)
+        .instance_heartbeat(&beat("i-b", "127.0.0.1:3", "127.0.0.1:4", true))
         .await
         .unwrap());
     let all = st.instances().await.unwrap();
@@ -632,13 +647,13 @@ async fn instances_register_drain_and_remove(kind: Kind) {
     assert!(st.request_drain("i-b").await.unwrap());
     assert!(!st.request_drain("i-zz").await.unwrap());
     assert!(
-        st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", "k1:00", false)
+        st.instance_heartbeat(&beat("i-b", "127.0.0.1:3", "127.0.0.1:4", false))
             .await
             .unwrap(),
         "drain is reported"
     );
     assert!(
-        !st.instance_heartbeat("i-b", "127.0.0.1:3", "127.0.0.1:4", "0.1.0", "k1:00", true)
+        !st.instance_heartbeat(&beat("i-b", "127.0.0.1:3", "127.0.0.1:4", true))
             .await
             .unwrap(),
         "a restart clears it"

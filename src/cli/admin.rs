@@ -69,8 +69,8 @@ pub enum AdminCommand {
     /// failover that lost transactions): hold every seat until the promises
     /// given before the restore have run out, so none is granted twice.
     Quarantine {
-        /// How long (e.g. 90s); default: the instance's lease_hold plus 1 s.
-        /// Give the largest lease_ttl of any instance if they differ.
+        /// How long (e.g. 90s); default: the longest lease_ttl any instance
+        /// recorded, plus 2 s.
         #[arg(long, value_name = "DURATION")]
         hold: Option<String>,
     },
@@ -548,8 +548,10 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
         }
         AdminCommand::Quarantine { .. } => {
             println!(
-                "{} seat(s) held by nobody until the promises given before have run out",
-                s(&v["slots_held"])
+                "quarantine: every lease ended and all {} seat(s) held by nobody until {}; \
+                 clients log in again and get seats from then on",
+                s(&v["slots_held"]),
+                s(&v["seats_free_at"])
             );
         }
         AdminCommand::Verify => {

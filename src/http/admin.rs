@@ -157,7 +157,7 @@ async fn release_lease(
 
 #[derive(serde::Deserialize)]
 struct QuarantineBody {
-    /// Seconds; default: this instance's lease_hold plus the clock margin.
+    /// Seconds; default: the longest lease_ttl any instance recorded, plus 2 s.
     #[serde(default)]
     hold_s: Option<f64>,
 }
@@ -181,8 +181,8 @@ async fn quarantine(
             ))
         }
     };
-    let slots = app.quarantine(hold).await?;
-    Ok(Json(json!({ "slots_held": slots })))
+    let (slots, until) = app.quarantine(hold).await?;
+    Ok(Json(json!({ "slots_held": slots, "seats_free_at": until })))
 }
 
 async fn identities(State(app): State<Arc<App>>, caller: Caller) -> Res {

@@ -207,6 +207,22 @@ pub struct InstanceRow {
     pub leases: i64,
     /// The master keys it holds, `id:fingerprint,…` (see `Keyring::fingerprints`).
     pub key_ids: String,
+    /// Its `lease_ttl`, milliseconds: the longest promise it gives.
+    pub lease_ttl_ms: i64,
+}
+
+/// What an instance records about itself on every cluster heartbeat.
+#[derive(Debug, Clone)]
+pub struct InstanceBeat<'a> {
+    pub id: &'a str,
+    pub address: &'a str,
+    pub admin_address: &'a str,
+    pub version: &'a str,
+    /// `id:fingerprint,…` of the master keys it holds.
+    pub key_ids: &'a str,
+    pub lease_ttl_ms: i64,
+    /// First beat after start: clears an old drain request.
+    pub fresh: bool,
 }
 
 impl InstanceRow {
@@ -438,10 +454,12 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// [`CLOCK_MARGIN`]: crate::domain::seats::CLOCK_MARGIN
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
-    /// Holds every seat of every feature for at least `hold` from now: free
-    /// slots get a lease nobody holds, held ones keep theirs. Run after the
-    /// database went back in time, so the promises given before are over
-    /// before anyone is granted their seats again. Returns the slots touched.
+    /// Ends every lease and holds every seat for at least `hold` from now (by
+    /// nobody). Run after the database went back in time: no lease in the
+    /// restored state can be trusted (its holder may have given it up since,
+    /// and the seat gone to someone else), and the promises given before the
+    /// restore must be over before anyone is granted a seat again. Every
+    /// client logs in again. Returns the slots touched.
     async fn quarantine(&self, hold: Duration) -> Result<u64>;
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;
     /// Forgets request ids older than `age`; returns how many.
@@ -462,18 +480,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn revoke_token(&self, id: &str) -> Result<bool>;
 
     // --- cluster view
-    /// Records this instance (or refreshes it) with the keys it holds
-    /// (`key_ids`, fingerprints); returns whether an operator asked it to
-    /// drain. `fresh` (first call after start) clears an old request.
-    async fn instance_heartbeat(
-        &self,
-        id: &str,
-        address: &str,
-        admin_address: &str,
-        version: &str,
-        key_ids: &str,
-        fresh: bool,
-    ) -> Result<bool>;
+    /// Records this instance (or refreshes it); returns whether an operator
+    /// asked it to drain.
+    async fn instance_heartbeat(&self, beat: &InstanceBeat<'_>) -> Result<bool>;
     async fn instances(&self) -> Result<Vec<InstanceRow>>;
     /// Asks an instance to drain; false when it is not recorded.
     async fn request_drain(&self, id: &str) -> Result<bool>;

@@ -1301,11 +1301,8 @@ impl Storage for MySqlStorage {
     }
 
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
-        // MySQL assigns left to right: the holder columns read the old expiry.
         let r = sqlx::query(
-            "UPDATE slots SET holder = IF(expires_at > NOW(6), holder, NULL),
-                    client_info = IF(expires_at > NOW(6), client_info, NULL),
-                    request_id = IF(expires_at > NOW(6), request_id, NULL),
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL,
                     expires_at = GREATEST(COALESCE(expires_at, NOW(6)), NOW(6) + INTERVAL ? MICROSECOND)
              WHERE state IN (0, 1)",
         )
@@ -1492,34 +1489,28 @@ impl Storage for MySqlStorage {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn instance_heartbeat(
-        &self,
-        id: &str,
-        address: &str,
-        admin_address: &str,
-        version: &str,
-        key_ids: &str,
-        fresh: bool,
-    ) -> Result<bool> {
+    async fn instance_heartbeat(&self, beat: &InstanceBeat<'_>) -> Result<bool> {
         sqlx::query(
-            "INSERT INTO instances (id, address, admin_address, version, key_ids, started_at, last_seen)
-             VALUES (?, ?, ?, ?, ?, NOW(6), NOW(6))
+            "INSERT INTO instances (id, address, admin_address, version, key_ids, lease_ttl_ms, started_at, last_seen)
+             VALUES (?, ?, ?, ?, ?, ?, NOW(6), NOW(6))
              ON DUPLICATE KEY UPDATE address = VALUES(address), admin_address = VALUES(admin_address),
-                                     version = VALUES(version), key_ids = VALUES(key_ids), last_seen = NOW(6),
+                                     version = VALUES(version), key_ids = VALUES(key_ids),
+                                     lease_ttl_ms = VALUES(lease_ttl_ms), last_seen = NOW(6),
                                      drain_requested = IF(?, 0, drain_requested)",
         )
-        .bind(id)
-        .bind(address)
-        .bind(admin_address)
-        .bind(version)
-        .bind(key_ids)
-        .bind(fresh)
+        .bind(beat.id)
+        .bind(beat.address)
+        .bind(beat.admin_address)
+        .bind(beat.version)
+        .bind(beat.key_ids)
+        .bind(beat.lease_ttl_ms)
+        .bind(beat.fresh)
         .execute(&self.pool)
         .await?;
         let drain: i64 = sqlx::query_scalar(
             "SELECT CAST(drain_requested AS SIGNED) FROM instances WHERE id = ?",
         )
-        .bind(id)
+        .bind(beat.id)
         .fetch_one(&self.pool)
         .await?;
         Ok(drain == 1)
@@ -1537,6 +1528,7 @@ impl Storage for MySqlStorage {
             f64,
             i64,
             String,
+            i64,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT i.id, i.address, i.admin_address, i.version, i.started_at, i.last_seen,
@@ -1544,7 +1536,7 @@ impl Storage for MySqlStorage {
                     CAST(TIMESTAMPDIFF(MICROSECOND, i.last_seen, NOW(6)) / 1000000 AS DOUBLE),
                     CAST((SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
                           AND s.holder IS NOT NULL AND s.expires_at > NOW(6)) AS SIGNED),
-                    i.key_ids
+                    i.key_ids, i.lease_ttl_ms
              FROM instances i ORDER BY i.id",
         )
         .fetch_all(&self.pool)
@@ -1562,6 +1554,7 @@ impl Storage for MySqlStorage {
                 silent_for_s: r.7,
                 leases: r.8,
                 key_ids: r.9,
+                lease_ttl_ms: r.10,
             })
             .collect())
     }

@@ -805,12 +805,8 @@ impl Storage for SqliteStorage {
     }
 
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
-        // SQLite evaluates every assignment against the old row.
         let r = sqlx::query(
-            "UPDATE slots SET
-                holder = CASE WHEN expires_at > ?1 THEN holder END,
-                client_info = CASE WHEN expires_at > ?1 THEN client_info END,
-                request_id = CASE WHEN expires_at > ?1 THEN request_id END,
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL,
                 expires_at = MAX(COALESCE(expires_at, 0), ?1 + ?2)
              WHERE state IN (0, 1)",
         )
@@ -985,33 +981,26 @@ impl Storage for SqliteStorage {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn instance_heartbeat(
-        &self,
-        id: &str,
-        address: &str,
-        admin_address: &str,
-        version: &str,
-        key_ids: &str,
-        fresh: bool,
-    ) -> Result<bool> {
+    async fn instance_heartbeat(&self, beat: &InstanceBeat<'_>) -> Result<bool> {
         sqlx::query(
-            "INSERT INTO instances (id, address, admin_address, version, key_ids, started_at, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?6, CAST(unixepoch('subsec') * 1000000 AS INTEGER), CAST(unixepoch('subsec') * 1000000 AS INTEGER))
+            "INSERT INTO instances (id, address, admin_address, version, key_ids, lease_ttl_ms, started_at, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?6, ?7, CAST(unixepoch('subsec') * 1000000 AS INTEGER), CAST(unixepoch('subsec') * 1000000 AS INTEGER))
              ON CONFLICT (id) DO UPDATE SET address = excluded.address, admin_address = excluded.admin_address,
                                             version = excluded.version, key_ids = excluded.key_ids,
-                                            last_seen = excluded.last_seen,
+                                            lease_ttl_ms = excluded.lease_ttl_ms, last_seen = excluded.last_seen,
                                             drain_requested = CASE WHEN ?5 THEN 0 ELSE drain_requested END",
         )
-        .bind(id)
-        .bind(address)
-        .bind(admin_address)
-        .bind(version)
-        .bind(fresh)
-        .bind(key_ids)
+        .bind(beat.id)
+        .bind(beat.address)
+        .bind(beat.admin_address)
+        .bind(beat.version)
+        .bind(beat.fresh)
+        .bind(beat.key_ids)
+        .bind(beat.lease_ttl_ms)
         .execute(&self.writer)
         .await?;
         let drain: i64 = sqlx::query_scalar("SELECT drain_requested FROM instances WHERE id = ?")
-            .bind(id)
+            .bind(beat.id)
             .fetch_one(&self.writer)
             .await?;
         Ok(drain == 1)
@@ -1029,6 +1018,7 @@ impl Storage for SqliteStorage {
             f64,
             i64,
             String,
+            i64,
         );
         let rows: Vec<Row> = sqlx::query_as(
             "WITH clock(now) AS (SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER))
@@ -1036,7 +1026,7 @@ impl Storage for SqliteStorage {
                     (clock.now - i.last_seen) / 1000000.0,
                     (SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
                        AND s.holder IS NOT NULL AND s.expires_at > clock.now),
-                    i.key_ids
+                    i.key_ids, i.lease_ttl_ms
              FROM instances i CROSS JOIN clock ORDER BY i.id",
         )
         .fetch_all(&self.reader)
@@ -1054,6 +1044,7 @@ impl Storage for SqliteStorage {
                 silent_for_s: r.7,
                 leases: r.8,
                 key_ids: r.9,
+                lease_ttl_ms: r.10,
             })
             .collect())
     }
