@@ -113,3 +113,129 @@ async fn a_frozen_instance_keeps_a_seat_from_every_other_instance() {
     let _ = tokio::time::timeout(Duration::from_secs(10), busy).await;
     f.finish(&rec, &cl.seats);
 }
+
+/// Whether slot (1, `slot`) is locked by another transaction.
+async fn row_locked(db: &sqlx::MySqlPool, slot: i64) -> bool {
+    let mut tx = db.begin().await.unwrap();
+    let n: Vec<(i64,)> = sqlx::query_as(
+        "SELECT CAST(slot_no AS SIGNED) FROM slots WHERE feature_id = 1 AND slot_no = ? FOR UPDATE SKIP LOCKED",
+    )
+    .bind(slot)
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    n.is_empty()
+}
+
+/// x is frozen inside a background extension of K's lease k (it holds k's
+/// row lock). K's heartbeats of k through y queue k's extension on y; each
+/// waits for the row lock (innodb_lock_wait_timeout, 50 s, then retried up
+/// to 8 times), and y has one background-extension worker, two
+/// urgent-extension workers and one release worker. So M — whose lease m
+/// has nothing to do with x or k — gets no answer from y to its heartbeats
+/// or its logout: M loses a healthy seat because another instance froze.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instance_stalls_other_clients_heartbeats_on_a_healthy_instance() {
+    let cl = PromiseCluster::start(
+        &[
+            InstanceSpec::new("x", "5s", "5s"),
+            InstanceSpec::new("y", "5s", "5s"),
+        ],
+        &[("cad", 2)],
+        2,
+    )
+    .await;
+    let rec = Recorder::new();
+    let t0 = rec.t0();
+    let (x, y) = (cl.targets[0].clone(), cl.targets[1].clone());
+    let db = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+    let k = Arc::new(cl.client(&rec, "K", 0));
+    let m = Arc::new(cl.client(&rec, "M", 1));
+    let mut f = Findings::new();
+
+    let kl = k.login(&x, "cad").await.granted().expect("setup: K's grant").to_string();
+    let k_slot: i64 = kl.split('.').nth(1).unwrap().parse().unwrap();
+    let ml = m.login(&y, "cad").await.granted().expect("setup: M's grant").to_string();
+
+    // K heartbeats through x back to back: x extends k in the background
+    // (lease_hold = lease_ttl, so every heartbeat queues one).
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (k, x, kl, stop) = (k.clone(), x.clone(), kl.clone(), stop.clone());
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                k.heartbeat(&x, std::slice::from_ref(&kl)).await;
+            }
+        })
+    };
+    // M heartbeats through y meanwhile, as its library does (every third of
+    // the TTL), until the freeze is caught.
+    let x_proc = &cl.servers[0];
+    let mut caught = false;
+    let mut last_m = Instant::now();
+    for attempt in 0..300 {
+        if last_m.elapsed() > Duration::from_millis(1500) {
+            m.heartbeat(&y, std::slice::from_ref(&ml)).await;
+            last_m = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(3 + (attempt * 7) % 30)).await;
+        x_proc.signal(libc::SIGSTOP);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if row_locked(&db, k_slot).await {
+            eprintln!("x frozen holding k's row lock after {} attempt(s)", attempt + 1);
+            caught = true;
+            break;
+        }
+        x_proc.signal(libc::SIGCONT);
+    }
+    assert!(caught, "setup: never caught x inside an extension of k");
+    let m_hb = m.heartbeat(&y, std::slice::from_ref(&ml)).await;
+    eprintln!("M right after the freeze: {}", m_hb.line(t0));
+
+    // K keeps heartbeating k through y (its client fails over to y).
+    let k_task = {
+        let (k, y, kl) = (k.clone(), y.clone(), kl.clone());
+        tokio::spawn(async move {
+            let mut hs = Vec::new();
+            for _ in 0..8 {
+                let (k, y, kl) = (k.clone(), y.clone(), kl.clone());
+                hs.push(tokio::spawn(async move {
+                    k.heartbeat(&y, std::slice::from_ref(&kl)).await
+                }));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            for h in hs {
+                let _ = h.await;
+            }
+        })
+    };
+    // M heartbeats every 1.5 s for 9 s; every answer must say alive.
+    let mut m_answers = Vec::new();
+    let mut m_ok = true;
+    let until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let h = m.heartbeat(&y, std::slice::from_ref(&ml)).await;
+        m_ok &= h.alive(&ml) == Some(true);
+        m_answers.push(h.line(t0));
+    }
+    let out = m.logout(&y, &ml).await;
+    f.expect(
+        m_ok,
+        format!(
+            "M's lease {ml} is healthy and y is healthy; x froze holding another lease's row. M's heartbeats through y:\n    {}",
+            m_answers.join("\n    ")
+        ),
+    );
+    f.expect(
+        out.released().is_some(),
+        format!("M's logout through y must be answered: {}", out.line(t0)),
+    );
+    x_proc.signal(libc::SIGCONT);
+    stop.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(10), busy).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), k_task).await;
+    f.finish(&rec, &cl.seats);
+}
