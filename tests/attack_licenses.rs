@@ -177,6 +177,7 @@ async fn feature_names_differing_in_case_share_seats_on_mariadb() {
         "license_id = \"UPPER\"\nserial = 1\ncustomer = \"test\"\n[[feature]]\nname = \"CAD\"\nseats = 1\n",
     );
     cl.seats.insert("CAD".into(), 1);
+    cl.seats.insert("cad ".into(), 1);
     let (a, b) = (cl.client(&rec, "A", 0), cl.client(&rec, "B", 1));
     let mut f = Findings::new();
     let ga = a.login(&x, "cad").await;
@@ -214,4 +215,70 @@ async fn a_license_with_case_distinct_features_cannot_be_applied_on_mariadb() {
         failed.is_empty(),
         "a valid license must apply on both backends: {outcomes:#?}"
     );
+}
+
+/// Two slots are inserted by hand (the integrity check's own example of
+/// tampering); `admin verify` refuses `cad`, and logins for `cad` are
+/// refused. Logins for `CAD` or `cad ` are not: the refusal is looked up by
+/// the exact name the client sent, the slot is found by MariaDB's
+/// case-insensitive, trailing-space-insensitive comparison. Three clients
+/// are granted the tampered 1-seat feature at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrity_refusal_is_bypassed_by_the_spelling_of_the_feature() {
+    let mut cl = PromiseCluster::start(&[InstanceSpec::new("x", "5s", "10s")], &[("cad", 1)], 3)
+        .await;
+    let rec = Recorder::new();
+    let t0 = rec.t0();
+    let x = cl.targets[0].clone();
+    let db = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+    sqlx::query("INSERT INTO slots (feature_id, slot_no) VALUES (1, 1), (1, 2)")
+        .execute(&db)
+        .await
+        .unwrap();
+    let v = common::floatlm_ok(&[
+        "admin",
+        "--url",
+        &format!("http://{}", cl.servers[0].admin),
+        "--token",
+        common::CLUSTER_TOKEN,
+        "verify",
+    ]);
+    eprintln!("verify: {}", v.trim());
+    let mut f = Findings::new();
+    let a = cl.client(&rec, "A", 0);
+    let refused = a.login(&x, "cad").await;
+    assert!(
+        refused.granted().is_none(),
+        "setup: cad must be refused after tampering: {}",
+        refused.line(t0)
+    );
+    // The same licensed feature, spelled as a client may spell it.
+    cl.seats.insert("CAD".into(), 1);
+    cl.seats.insert("cad ".into(), 1);
+    let mut grants = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let c = cl.client(&rec, &format!("C{i}"), i);
+        let r = c.login(&x, "CAD").await;
+        if let Some(l) = r.granted() {
+            grants.push(r.line(t0));
+            clients.push((c, l.to_string()));
+        }
+    }
+    // A trailing space works as well (PAD SPACE collation).
+    if let Some((c, l)) = clients.first() {
+        c.logout(&x, l).await;
+        let r = c.login(&x, "cad ").await;
+        if r.granted().is_some() {
+            grants.push(r.line(t0));
+        }
+    }
+    f.expect(
+        grants.is_empty(),
+        format!(
+            "cad is refused by the integrity check (a slot was inserted by hand); no spelling of it may be granted:\n    {}",
+            grants.join("\n    ")
+        ),
+    );
+    f.finish(&rec, &cl.seats);
 }
