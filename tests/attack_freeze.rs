@@ -70,19 +70,30 @@ async fn a_frozen_instance_keeps_a_seat_from_every_other_instance() {
         x_proc.signal(libc::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(300)).await;
         if slot_locked(&db).await {
-            eprintln!("x frozen holding the slot's lock after {} attempt(s)", attempt + 1);
+            eprintln!(
+                "x frozen holding the slot's lock after {} attempt(s)",
+                attempt + 1
+            );
             caught = true;
             break;
         }
         x_proc.signal(libc::SIGCONT);
     }
     assert!(caught, "setup: never caught x inside a seat transaction");
-    let row: (Option<String>, Option<chrono::NaiveDateTime>, chrono::NaiveDateTime) =
-        sqlx::query_as("SELECT holder, expires_at, NOW(6) FROM slots WHERE feature_id = 1 AND slot_no = 0")
-            .fetch_one(&db)
-            .await
-            .unwrap();
-    eprintln!("committed row while x is frozen: holder {:?}, expires_at {:?}, now {}", row.0, row.1, row.2);
+    let row: (
+        Option<String>,
+        Option<chrono::NaiveDateTime>,
+        chrono::NaiveDateTime,
+    ) = sqlx::query_as(
+        "SELECT holder, expires_at, NOW(6) FROM slots WHERE feature_id = 1 AND slot_no = 0",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    eprintln!(
+        "committed row while x is frozen: holder {:?}, expires_at {:?}, now {}",
+        row.0, row.1, row.2
+    );
 
     // Wait past the committed expiry (lease_hold 5 s), plus the margin.
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -154,9 +165,19 @@ async fn a_frozen_instance_stalls_other_clients_heartbeats_on_a_healthy_instance
     let m = Arc::new(cl.client(&rec, "M", 1));
     let mut f = Findings::new();
 
-    let kl = k.login(&x, "cad").await.granted().expect("setup: K's grant").to_string();
+    let kl = k
+        .login(&x, "cad")
+        .await
+        .granted()
+        .expect("setup: K's grant")
+        .to_string();
     let k_slot: i64 = kl.split('.').nth(1).unwrap().parse().unwrap();
-    let ml = m.login(&y, "cad").await.granted().expect("setup: M's grant").to_string();
+    let ml = m
+        .login(&y, "cad")
+        .await
+        .granted()
+        .expect("setup: M's grant")
+        .to_string();
 
     // K heartbeats through x back to back: x extends k in the background
     // (lease_hold = lease_ttl, so every heartbeat queues one).
@@ -184,7 +205,10 @@ async fn a_frozen_instance_stalls_other_clients_heartbeats_on_a_healthy_instance
         x_proc.signal(libc::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(200)).await;
         if row_locked(&db, k_slot).await {
-            eprintln!("x frozen holding k's row lock after {} attempt(s)", attempt + 1);
+            eprintln!(
+                "x frozen holding k's row lock after {} attempt(s)",
+                attempt + 1
+            );
             caught = true;
             break;
         }

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_keeps_checking_out_seats_on_its_open_session() {
-    let cl = PromiseCluster::start(&[InstanceSpec::new("x", "5s", "10s")], &[("cad", 3)], 1)
-        .await;
+    let cl = PromiseCluster::start(&[InstanceSpec::new("x", "5s", "10s")], &[("cad", 3)], 1).await;
     let rec = Recorder::new();
     let t0 = rec.t0();
     let x = cl.targets[0].clone();
@@ -27,7 +26,10 @@ async fn a_revoked_identity_keeps_checking_out_seats_on_its_open_session() {
     // A new handshake is refused, as documented.
     let fresh = cl.client(&rec, "A2", 0);
     let refused = fresh.login(&x, "cad").await;
-    eprintln!("a new session of the revoked identity: {}", refused.line(t0));
+    eprintln!(
+        "a new session of the revoked identity: {}",
+        refused.line(t0)
+    );
     assert!(
         after.granted().is_none(),
         "identity {id} was revoked; a login on its old session must not be granted: {}",

@@ -64,8 +64,7 @@ async fn restore(p: &sqlx::MySqlPool) {
 /// answered `granted`/`alive` while D's promise still runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_released_in_lost_transactions_is_served_again_after_quarantine() {
-    let cl = PromiseCluster::start(&[InstanceSpec::new("x", "10s", "20s")], &[("cad", 1)], 2)
-        .await;
+    let cl = PromiseCluster::start(&[InstanceSpec::new("x", "10s", "20s")], &[("cad", 1)], 2).await;
     let rec = Recorder::new();
     let t0 = rec.t0();
     let x = &cl.targets[0];
@@ -107,8 +106,7 @@ async fn a_lease_released_in_lost_transactions_is_served_again_after_quarantine(
 /// still runs. A, C and D are all well-behaved clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_logout_after_a_restore_undoes_the_quarantine() {
-    let cl = PromiseCluster::start(&[InstanceSpec::new("x", "10s", "20s")], &[("cad", 1)], 3)
-        .await;
+    let cl = PromiseCluster::start(&[InstanceSpec::new("x", "10s", "20s")], &[("cad", 1)], 3).await;
     let rec = Recorder::new();
     let t0 = rec.t0();
     let x = &cl.targets[0];

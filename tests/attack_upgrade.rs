@@ -27,7 +27,13 @@ use std::time::{Duration, Instant};
 const OLD_BIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/debug/floatlm-old");
 
 /// `floatlm-old serve …` with the arguments `cluster_instance` gives.
-fn old_instance(dir: &std::path::Path, db: &TestDb, id: &str, pubkey: &str, env: &[(&str, &str)]) -> ServerProc {
+fn old_instance(
+    dir: &std::path::Path,
+    db: &TestDb,
+    id: &str,
+    pubkey: &str,
+    env: &[(&str, &str)],
+) -> ServerProc {
     assert!(
         std::path::Path::new(OLD_BIN).exists(),
         "{OLD_BIN} is missing: run scripts/attack-build-old.sh first (about a minute)"
@@ -73,7 +79,12 @@ fn old_instance(dir: &std::path::Path, db: &TestDb, id: &str, pubkey: &str, env:
     });
     let line = rx
         .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| panic!("old instance did not start: {}", std::fs::read_to_string(&stderr_log).unwrap_or_default()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "old instance did not start: {}",
+                std::fs::read_to_string(&stderr_log).unwrap_or_default()
+            )
+        });
     let field = |k: &str| {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(k))
@@ -99,11 +110,25 @@ async fn an_old_instance_in_a_rolling_upgrade_shortens_what_a_new_one_promised()
     let def = d.join("l.toml");
     std::fs::write(&def, "license_id = \"UP\"\nserial = 1\ncustomer = \"t\"\n[[feature]]\nname = \"cad\"\nseats = 1\n").unwrap();
     let lic = d.join("l.lic").display().to_string();
-    floatlm_ok(&["vendor", "sign", "--key", &format!("{vdir}/vendor.key"), &def.display().to_string(), "-o", &lic]);
+    floatlm_ok(&[
+        "vendor",
+        "sign",
+        "--key",
+        &format!("{vdir}/vendor.key"),
+        &def.display().to_string(),
+        "-o",
+        &lic,
+    ]);
     let pubkey = format!("{vdir}/vendor.pub");
 
     // The old instance runs first; the upgraded one joins (and migrates).
-    let old = old_instance(d, &db, "old", &pubkey, &[("FLOATLM_LEASE_TTL", "5s"), ("FLOATLM_LEASE_HOLD", "5s")]);
+    let old = old_instance(
+        d,
+        &db,
+        "old",
+        &pubkey,
+        &[("FLOATLM_LEASE_TTL", "5s"), ("FLOATLM_LEASE_HOLD", "5s")],
+    );
     let new = cluster_instance(
         d,
         &db,
@@ -124,7 +149,10 @@ async fn an_old_instance_in_a_rolling_upgrade_shortens_what_a_new_one_promised()
     let mut f = Findings::new();
 
     let g = c.login(&o, "cad").await;
-    let lease = g.granted().unwrap_or_else(|| panic!("setup: {}", g.line(t0))).to_string();
+    let lease = g
+        .granted()
+        .unwrap_or_else(|| panic!("setup: {}", g.line(t0)))
+        .to_string();
     let h1 = c.heartbeat(&n, std::slice::from_ref(&lease)).await;
     eprintln!("{}", h1.line(t0));
     let h2 = c.heartbeat(&o, std::slice::from_ref(&lease)).await;
@@ -147,7 +175,10 @@ async fn an_old_instance_in_a_rolling_upgrade_shortens_what_a_new_one_promised()
         let hb = dd.heartbeat(&o, std::slice::from_ref(&dl)).await;
         f.expect(
             hb.alive(&dl) == Some(true),
-            format!("D's lease {dl} is live; the old instance must not answer it dead: {}", hb.line(t0)),
+            format!(
+                "D's lease {dl} is live; the old instance must not answer it dead: {}",
+                hb.line(t0)
+            ),
         );
     }
     let seats: BTreeMap<String, usize> = [("cad".to_string(), 1)].into();

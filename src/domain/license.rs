@@ -103,8 +103,16 @@ impl LicenseDef {
                     f.name
                 ));
             }
-            if self.features[..i].iter().any(|o| o.name == f.name) {
-                return bad(format!("feature '{}' is listed twice", f.name));
+            // Names differing only in case would be one feature to a MySQL
+            // unique key and two to everything else: refused everywhere.
+            if self.features[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(&f.name))
+            {
+                return bad(format!(
+                    "feature '{}' is listed twice (names differing only in upper/lower case count as the same)",
+                    f.name
+                ));
             }
             if f.seats == 0 || f.seats > MAX_SEATS {
                 return bad(format!(

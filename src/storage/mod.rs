@@ -680,6 +680,42 @@ pub(crate) fn new_grant(
     }
 }
 
+/// Refuses a license whose new window for `feature` would close (end, or
+/// start in the future) before the promises already given for its live
+/// leases can have run out: those promises were capped by the old window,
+/// and the feature's seats would count as none while they still run.
+/// `longest_ms` is the largest `promise_ms` of the row's live slots (None
+/// when none is live); `old_open` whether the old window is open at `now`.
+pub(crate) fn check_window_change(
+    license_id: &str,
+    feature: &str,
+    now: DateTime<Utc>,
+    old_open: bool,
+    new: (Option<DateTime<Utc>>, Option<DateTime<Utc>>),
+    longest_ms: Option<i64>,
+) -> Result<()> {
+    let Some(ms) = longest_ms.filter(|_| old_open) else {
+        return Ok(());
+    };
+    let promised_until = now
+        + chrono::Duration::milliseconds(ms.clamp(0, i64::from(i32::MAX)))
+        + chrono::Duration::from_std(crate::domain::seats::CLOCK_MARGIN).unwrap_or_default();
+    let (not_before, expires) = new;
+    let closes = match (not_before, expires) {
+        (Some(nb), _) if nb > now => Some(now),
+        (_, Some(e)) if e < promised_until => Some(e),
+        _ => None,
+    };
+    match closes {
+        None => Ok(()),
+        Some(at) => Err(StorageError::Conflict(format!(
+            "license {license_id} would close the window of feature '{feature}' at {at}, before the promises \
+             already given for its live seats can have run out (at {promised_until}); apply it after that, \
+             or once those seats are released"
+        ))),
+    }
+}
+
 /// Milliseconds in a duration, as stored in `promise_ms` (an INT).
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis())

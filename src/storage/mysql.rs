@@ -227,7 +227,7 @@ impl MySqlStorage {
         let features: Vec<(i64, i64, Option<NaiveDateTime>)> = sqlx::query_as(
             "SELECT id, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED),
                     expires_at
-             FROM features WHERE name = ? AND seats > 0 ORDER BY id",
+             FROM features WHERE BINARY name = ? AND seats > 0 ORDER BY id",
         )
         .bind(&req.feature)
         .fetch_all(&mut *tx)
@@ -257,7 +257,15 @@ impl MySqlStorage {
         .execute(&mut *tx)
         .await
         .map_err(StorageError::from)?;
-        for &(fid, window_end) in &valid {
+        // Seats still owed by a shrink (of any license of this feature) come
+        // first: with nothing to spare, no slot is even looked at.
+        let spare = seats_to_spare(&mut tx, &req.feature).await?;
+        let candidates: &[(i64, _)] = if spare.is_some_and(|n| n <= 0) {
+            &[]
+        } else {
+            &valid
+        };
+        for &(fid, window_end) in candidates {
             // Bounded: each pass either grants, or retires one retiring slot.
             // The free slot comes from the pick index (never used first, then
             // the longest free): one index entry read, however many seats are
@@ -420,7 +428,7 @@ impl MySqlStorage {
         let mut q = QueryBuilder::<MySql>::new(
             "SELECT id, name, CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED),
                     expires_at
-             FROM features WHERE seats > 0 AND name IN (",
+             FROM features WHERE seats > 0 AND BINARY name IN (",
         );
         let mut sep = q.separated(", ");
         for n in &names {
@@ -475,16 +483,19 @@ impl MySqlStorage {
                 if cands.is_empty() {
                     continue;
                 }
-                // A held slot is retiring (the license shrank): the swap of
-                // free and retiring slots is done one grant at a time. Those
-                // slots' locks are ours, so a shrink still to come waits for
-                // this commit and counts these grants.
+                // A slot of the feature is retiring (a license shrank): such
+                // grants are made one at a time, which counts what is owed.
+                // The locked slots are ours, so a shrink still to come waits
+                // for this commit and counts these grants.
                 // The clock is read in the same statement, now that the slots
                 // are locked (as for one grant).
+                // Any license of the feature counts: a shrink of one is paid
+                // for before another's free seats are handed out.
                 let (now, retiring): (NaiveDateTime, i64) = sqlx::query_as(
-                    "SELECT NOW(6), EXISTS (SELECT 1 FROM slots WHERE feature_id = ? AND state = 1)",
+                    "SELECT NOW(6), EXISTS (SELECT 1 FROM slots s JOIN features f ON f.id = s.feature_id
+                                            WHERE BINARY f.name = ? AND s.state = 1)",
                 )
-                .bind(fid)
+                .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
                 if retiring != 0 {
@@ -825,17 +836,36 @@ impl MySqlStorage {
                 ApplyOutcome::Created
             }
         };
-        let old: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, name FROM features WHERE license_id = ? ORDER BY id FOR UPDATE",
+        let old: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT id, name, CAST((not_before IS NULL OR not_before <= ?) AND (expires_at IS NULL OR expires_at > ?) AS SIGNED)
+             FROM features WHERE license_id = ? ORDER BY id FOR UPDATE",
         )
+        .bind(now)
+        .bind(now)
         .bind(&lic.license_id)
         .fetch_all(&mut *tx)
         .await?;
         for f in &lic.features {
             let nb = f.not_before.map(naive);
             let ex = f.expires.map(naive);
-            let id = match old.iter().find(|(_, n)| *n == f.name) {
-                Some((id, _)) => {
+            let id = match old.iter().find(|(_, n, _)| *n == f.name) {
+                Some((id, _, open)) => {
+                    let longest: Option<i64> = sqlx::query_scalar(
+                        "SELECT CAST(MAX(promise_ms) AS SIGNED) FROM slots
+                         WHERE feature_id = ? AND state IN (0, 1) AND expires_at > ?",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    check_window_change(
+                        &lic.license_id,
+                        &f.name,
+                        utc(now),
+                        *open == 1,
+                        (f.not_before, f.expires),
+                        longest,
+                    )?;
                     sqlx::query("UPDATE features SET seats = ?, version = ?, not_before = ?, expires_at = ? WHERE id = ?")
                         .bind(f.seats as i64)
                         .bind(&f.version)
@@ -861,7 +891,7 @@ impl MySqlStorage {
             };
             self.resize(&mut tx, id, f.seats as i64, now).await?;
         }
-        for (id, name) in &old {
+        for (id, name, _) in &old {
             if !lic.features.iter().any(|f| &f.name == name) {
                 sqlx::query("UPDATE features SET seats = 0 WHERE id = ?")
                     .bind(id)
@@ -873,6 +903,46 @@ impl MySqlStorage {
         tx.commit().await?;
         Ok(outcome)
     }
+}
+
+/// How many seats of `feature` a grant may take, counted over every license
+/// of the feature, when a shrink still owes some: free active slots of the
+/// licenses whose window is open, less the leases still held on retiring
+/// slots (of any license of the feature, also one that no longer lists it,
+/// while its window is open: their promises may still run). None when no
+/// slot of the feature is retiring (nothing owed; the common case, one
+/// cheap index read).
+///
+/// The retiring rows are locked, so concurrent grants of the feature take
+/// turns while a debt exists and each counts what the previous one took.
+/// A grant that finds a retiring slot of its own row still swaps the two
+/// (`grant_once`), which keeps each row's active count at its license's
+/// seats; the count here keeps the sum across rows honest.
+async fn seats_to_spare(tx: &mut Tx<'_>, feature: &str) -> Result<Option<i64>, SeatError> {
+    let owed: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT s.feature_id, CAST(s.slot_no AS SIGNED) FROM slots s JOIN features f ON f.id = s.feature_id
+         WHERE BINARY f.name = ? AND s.state = 1 AND s.expires_at > NOW(6)
+           AND (f.expires_at IS NULL OR f.expires_at > NOW(6))
+         ORDER BY s.feature_id, s.slot_no FOR UPDATE",
+    )
+    .bind(feature)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(StorageError::from)?;
+    if owed.is_empty() {
+        return Ok(None);
+    }
+    let free: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM slots s JOIN features f ON f.id = s.feature_id
+         WHERE BINARY f.name = ? AND f.seats > 0
+           AND (f.not_before IS NULL OR f.not_before <= NOW(6)) AND (f.expires_at IS NULL OR f.expires_at > NOW(6))
+           AND s.state = 0 AND (s.expires_at IS NULL OR s.expires_at <= NOW(6))",
+    )
+    .bind(feature)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(StorageError::from)?;
+    Ok(Some(free - owed.len() as i64))
 }
 
 /// Retires a slot in state `from` that nobody holds (free or expired).

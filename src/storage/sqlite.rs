@@ -213,7 +213,30 @@ impl SqliteStorage {
             return Err(SeatError::Expired(req.feature.clone()));
         }
         let expires = now.saturating_add(micros(req.hold));
-        for &(fid, window_end) in &valid {
+        // Seats still owed by a shrink of any license of this feature come
+        // first (see the MySQL backend's `seats_to_spare`); the single
+        // writer makes the count exact.
+        let spare: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM slots s JOIN features f ON f.id = s.feature_id
+                     WHERE f.name = ?1 AND f.seats > 0
+                       AND (f.not_before IS NULL OR f.not_before <= ?2) AND (f.expires_at IS NULL OR f.expires_at > ?2)
+                       AND s.state = 0 AND (s.expires_at IS NULL OR s.expires_at <= ?2))
+                  - COUNT(*)
+             FROM slots s JOIN features f ON f.id = s.feature_id
+             WHERE f.name = ?1 AND s.state = 1 AND s.expires_at > ?2 AND (f.expires_at IS NULL OR f.expires_at > ?2)
+             HAVING COUNT(*) > 0",
+        )
+        .bind(&req.feature)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StorageError::from)?;
+        let candidates: &[(i64, _)] = if spare.is_some_and(|n| n <= 0) {
+            &[]
+        } else {
+            &valid
+        };
+        for &(fid, window_end) in candidates {
             for _ in 0..MAX_SEATS_PASSES {
                 let cand: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, lease_gen FROM slots
@@ -422,16 +445,35 @@ impl SqliteStorage {
                 ApplyOutcome::Created
             }
         };
-        let old: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, name FROM features WHERE license_id = ? ORDER BY id")
-                .bind(&lic.license_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let old: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT id, name, (not_before IS NULL OR not_before <= ?1) AND (expires_at IS NULL OR expires_at > ?1)
+             FROM features WHERE license_id = ?2 ORDER BY id",
+        )
+        .bind(now)
+        .bind(&lic.license_id)
+        .fetch_all(&mut *tx)
+        .await?;
         for f in &lic.features {
             let nb = f.not_before.map(us);
             let ex = f.expires.map(us);
-            let id = match old.iter().find(|(_, n)| *n == f.name) {
-                Some((id, _)) => {
+            let id = match old.iter().find(|(_, n, _)| *n == f.name) {
+                Some((id, _, open)) => {
+                    let longest: Option<i64> = sqlx::query_scalar(
+                        "SELECT MAX(promise_ms) FROM slots
+                         WHERE feature_id = ?1 AND state IN (0, 1) AND expires_at > ?2",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    check_window_change(
+                        &lic.license_id,
+                        &f.name,
+                        utc(now),
+                        *open == 1,
+                        (f.not_before, f.expires),
+                        longest,
+                    )?;
                     sqlx::query("UPDATE features SET seats = ?, version = ?, not_before = ?, expires_at = ? WHERE id = ?")
                         .bind(f.seats as i64)
                         .bind(&f.version)
@@ -457,7 +499,7 @@ impl SqliteStorage {
             };
             self.resize(&mut tx, id, f.seats as i64, now).await?;
         }
-        for (id, name) in &old {
+        for (id, name, _) in &old {
             if !lic.features.iter().any(|f| &f.name == name) {
                 sqlx::query("UPDATE features SET seats = 0 WHERE id = ?")
                     .bind(id)
