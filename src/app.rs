@@ -296,6 +296,30 @@ async fn repair_canary(
     Ok(())
 }
 
+/// Refuses to start (and to migrate) while an instance of 0.1 still serves
+/// this database: 0.1 answers heartbeats from memory and shortens the
+/// expiry later versions promise from, so the two must not run side by
+/// side. docs/operations.md ("Upgrading") says how to move from 0.1.
+async fn refuse_older_instances(storage: &dyn Storage, config: &Config) -> Result<(), StartError> {
+    let within = config.cluster_heartbeat * 3;
+    let old: Vec<String> = storage
+        .live_versions(within)
+        .await?
+        .into_iter()
+        .filter(|(id, v)| v.starts_with("0.1.") && *id != config.instance_id)
+        .map(|(id, v)| format!("{id} ({v})"))
+        .collect();
+    if old.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Io(format!(
+        "instance(s) {} of floatlm 0.1 still serve this database; 0.1 and {} must not run side by side \
+         (0.1 shortens leases that this version has promised): stop every 0.1 instance, then start this one",
+        old.join(", "),
+        env!("CARGO_PKG_VERSION")
+    )))
+}
+
 /// Proves the configured keys are the ones this database is sealed with.
 async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), StartError> {
     let canaries = storage.canaries().await?;
@@ -513,6 +537,7 @@ impl App {
         let keys = load_or_generate_key(&config)?;
         let keyring = Keyring::new(keys).map_err(|e| StartError::Key(e.to_string()))?;
         let storage = open_storage(&config).await?;
+        refuse_older_instances(storage.as_ref(), &config).await?;
         storage.migrate().await?;
         check_canary(storage.as_ref(), &keyring).await?;
         let gate = Arc::new(crate::dbgate::DbGate::default());

@@ -146,6 +146,24 @@ fn extension_batcher(
                 gate.observe(&r);
                 match r {
                     Ok(r) => r.into_iter().map(Ok).collect(),
+                    // One lease's row may be locked by a stalled instance:
+                    // extend each heartbeat's leases on their own, so only
+                    // that heartbeat fails.
+                    Err(e) if items.len() > 1 && !e.is_outage() => {
+                        tracing::debug!(error = %e, "batched lease extension failed; extending each heartbeat's leases alone");
+                        let mut out = Vec::with_capacity(items.len());
+                        for item in &items {
+                            let r = st
+                                .extend_batch(std::slice::from_ref(item), hold, promise)
+                                .await;
+                            gate.observe(&r);
+                            out.push(match r {
+                                Ok(mut v) => Ok(v.pop().unwrap_or_default()),
+                                Err(e) => Err(e.to_string()),
+                            });
+                        }
+                        out
+                    }
                     Err(e) => each(items.len(), &e, "lease extension"),
                 }
             })
@@ -241,12 +259,18 @@ impl SeatBatchers {
             Arc::new(move |items: Vec<(String, LeaseRef)>| {
                 let (st, gate) = (st.clone(), g.clone());
                 Box::pin(async move {
-                    let r = st.release_batch(&items).await;
-                    gate.observe(&r);
-                    match r {
-                        Ok(r) => r.into_iter().map(Ok).collect(),
-                        Err(e) => each(items.len(), &e, "release"),
+                    let out = st.release_batch(&items).await;
+                    for r in &out {
+                        gate.observe(r);
                     }
+                    out.into_iter()
+                        .map(|r| {
+                            r.map_err(|e| {
+                                tracing::warn!(error = %e, "release failed");
+                                e.to_string()
+                            })
+                        })
+                        .collect()
                 })
             }),
         );
@@ -262,27 +286,40 @@ impl SeatBatchers {
     }
 
     /// Grants one seat, in whatever batch is next.
+    ///
+    /// Writes (grants, extensions, releases) fail fast while the database is
+    /// known to be away, but once queued they are waited for: an answer of
+    /// "unavailable" must mean nothing happened, never a release or grant
+    /// that commits later.
     pub async fn grant(&self, req: GrantRequest) -> Result<Grant, SeatError> {
         self.gate
-            .run(async {
-                self.grants
-                    .submit(req)
-                    .await
-                    .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
-            })
+            .admit()
+            .map_err(|e| SeatError::Storage(StorageError::Unavailable(e)))?;
+        self.grants
+            .submit(req)
             .await
+            .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
     }
 
     /// Reads the rows of `leases` of `holder`, in whatever read is next.
+    /// A read: stops waiting as soon as the database is known to be away.
     pub async fn check(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Check>, String> {
-        self.gated(async { self.checks.submit(item(holder, leases)).await? })
+        self.gate
+            .run(async {
+                self.checks
+                    .submit(item(holder, leases))
+                    .await
+                    .and_then(|r| r)
+                    .map_err(StorageError::Conflict)
+            })
             .await
+            .map_err(|e: StorageError| e.to_string())
     }
 
     /// Extends `leases` of `holder` now, in whatever batch is next.
     pub async fn extend(&self, holder: &str, leases: &[LeaseRef]) -> Extended {
-        self.gated(async { self.extensions.submit(item(holder, leases)).await? })
-            .await
+        self.gate.admit()?;
+        self.extensions.submit(item(holder, leases)).await?
     }
 
     /// Extends `leases` of `holder` where no request waits for it: in the
@@ -321,19 +358,8 @@ impl SeatBatchers {
     /// Releases `holder`'s `lease`, in whatever batch is next; the database
     /// time it ended, or None when it was not live.
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Released {
-        self.gated(async { self.releases.submit((holder.to_string(), lease)).await? })
-            .await
-    }
-
-    /// [`DbGate::run`] for the batches that answer with a message.
-    async fn gated<T>(
-        &self,
-        op: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
-        self.gate
-            .run(async { op.await.map_err(StorageError::Conflict) })
-            .await
-            .map_err(|e: StorageError| e.to_string())
+        self.gate.admit()?;
+        self.releases.submit((holder.to_string(), lease)).await?
     }
 }
 

@@ -61,12 +61,11 @@ impl DbGate {
         }
     }
 
-    /// Runs `op`, unless the gate is closed (then fails at once) or closes
-    /// while `op` waits (then stops waiting: a request caught by the start of
-    /// an outage hears so within about half a second, not after the pool's
-    /// acquire timeout); records what it found. What `op` was doing is
-    /// dropped: a commit whose outcome is unknown is what request ids and
-    /// the lost-answer path exist for.
+    /// Runs the read `op`, unless the gate is closed (then fails at once) or
+    /// closes while `op` waits (then stops waiting: a request caught by the
+    /// start of an outage hears so within about half a second, not after the
+    /// pool's acquire timeout). Only for reads: a write dropped here could
+    /// still commit after its caller was told "unavailable".
     pub async fn run<T, E, Fut>(&self, op: Fut) -> Result<T, E>
     where
         Fut: std::future::Future<Output = Result<T, E>>,

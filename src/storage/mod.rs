@@ -434,15 +434,17 @@ pub trait Storage: Send + Sync + 'static {
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     /// Releases several (holder, lease) pairs in one transaction where the
     /// backend can; one answer per pair, in order.
+    /// Each pair has its own answer: a release that failed does not make
+    /// the others (which may have committed) look failed.
     async fn release_batch(
         &self,
         items: &[(String, LeaseRef)],
-    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+    ) -> Vec<Result<Option<DateTime<Utc>>>> {
         let mut out = Vec::with_capacity(items.len());
         for (holder, lease) in items {
-            out.push(self.release(holder, *lease).await?);
+            out.push(self.release(holder, *lease).await);
         }
-        Ok(out)
+        out
     }
     /// Operator release, regardless of holder. The lease ends at once (its
     /// holder is told it lost the seat on its next heartbeat), but the seat
@@ -484,6 +486,10 @@ pub trait Storage: Send + Sync + 'static {
     /// asked it to drain.
     async fn instance_heartbeat(&self, beat: &InstanceBeat<'_>) -> Result<bool>;
     async fn instances(&self) -> Result<Vec<InstanceRow>>;
+    /// (id, version) of every instance seen within `within`, read with only
+    /// the columns every schema version has (an instance checks this before
+    /// it migrates); empty when there is no instance table yet.
+    async fn live_versions(&self, within: Duration) -> Result<Vec<(String, String)>>;
     /// Asks an instance to drain; false when it is not recorded.
     async fn request_drain(&self, id: &str) -> Result<bool>;
     /// Forgets an instance that has been silent at least `silent_for`.
@@ -597,6 +603,19 @@ pub fn is_retryable(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether an error says a table does not exist yet (MySQL 1146, SQLite
+/// "no such table"): a database older than the migration that adds it.
+pub(crate) fn is_missing_table(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|my| my.number() == 1146)
+                || db.message().contains("no such table")
+        }
+        _ => false,
+    }
+}
+
 /// Whether an error is a unique-key violation (MySQL 1062, SQLite 2067/1555).
 pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
     match err {
@@ -612,6 +631,14 @@ async fn retry_pause(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
+/// Whether a database error is a lock-wait timeout (MySQL 1205): another
+/// transaction held the row for `innodb_lock_wait_timeout`, likely a
+/// stalled instance. Retried once, not eight times.
+fn is_lock_wait_timeout(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|my| my.number() == 1205))
+}
+
 /// Runs `op` again while it fails with a retryable error.
 pub(crate) async fn with_retry<T, E, F, Fut>(mut op: F) -> std::result::Result<T, E>
 where
@@ -622,6 +649,7 @@ where
     let mut attempt = 1;
     loop {
         match op().await {
+            Err(e) if e.lock_wait() && attempt >= 2 => return Err(e),
             Err(e) if attempt < MAX_TX_ATTEMPTS && e.retryable() => {
                 tracing::debug!(
                     attempt,
@@ -638,17 +666,25 @@ where
 /// Errors that can say whether a retry may help.
 pub(crate) trait RetryClass {
     fn retryable(&self) -> bool;
+    /// A lock-wait timeout: retried once only.
+    fn lock_wait(&self) -> bool;
 }
 
 impl RetryClass for StorageError {
     fn retryable(&self) -> bool {
         matches!(self, StorageError::Database(e) if is_retryable(e))
     }
+    fn lock_wait(&self) -> bool {
+        matches!(self, StorageError::Database(e) if is_lock_wait_timeout(e))
+    }
 }
 
 impl RetryClass for SeatError {
     fn retryable(&self) -> bool {
         matches!(self, SeatError::Storage(e) if e.retryable())
+    }
+    fn lock_wait(&self) -> bool {
+        matches!(self, SeatError::Storage(e) if e.lock_wait())
     }
 }
 

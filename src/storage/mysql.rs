@@ -150,8 +150,19 @@ impl MySqlStorage {
             .acquire_timeout(Duration::from_secs(2))
             .after_connect(|conn, _| {
                 Box::pin(async move {
+                    // A row lock held by a stalled instance (SIGSTOP, a VM
+                    // paused) must not stall everyone else: waiters give up
+                    // after 2 s (and the statement is retried once), and the
+                    // stalled transaction itself is rolled back once it has
+                    // been idle for 5 s (MariaDB 10.3+), which frees its
+                    // seat. Our transactions last milliseconds.
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         .await?;
+                    conn.execute("SET SESSION innodb_lock_wait_timeout = 2")
+                        .await?;
+                    if let Err(e) = conn.execute("SET SESSION idle_transaction_timeout = 5").await {
+                        tracing::debug!(error = %e, "this server has no idle_transaction_timeout (MySQL): a stalled instance keeps its row locks until wait_timeout");
+                    }
                     Ok(())
                 })
             })
@@ -1344,22 +1355,24 @@ impl Storage for MySqlStorage {
     async fn release_batch(
         &self,
         items: &[(String, LeaseRef)],
-    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+    ) -> Vec<Result<Option<DateTime<Utc>>>> {
         let mut pairs: Vec<(&str, LeaseRef)> =
             items.iter().map(|(h, l)| (h.as_str(), *l)).collect();
         // Sorted, so concurrent batches lock rows in the same order.
         pairs.sort_unstable_by_key(|(h, l)| (*l, *h));
         pairs.dedup();
         if pairs.len() == items.len() && items.len() > 1 {
-            if let Some(now) = with_retry(|| self.release_batch_once(&pairs)).await? {
-                return Ok(items.iter().map(|_| Some(utc(now))).collect());
+            // A batch that fails (a row locked by a stalled instance, one
+            // lease already gone) changed nothing: each runs alone below.
+            if let Ok(Some(now)) = with_retry(|| self.release_batch_once(&pairs)).await {
+                return items.iter().map(|_| Ok(Some(utc(now)))).collect();
             }
         }
         let mut out = Vec::with_capacity(items.len());
         for (holder, lease) in items {
-            out.push(self.release(holder, *lease).await?);
+            out.push(self.release(holder, *lease).await);
         }
-        Ok(out)
+        out
     }
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
@@ -1627,6 +1640,19 @@ impl Storage for MySqlStorage {
                 lease_ttl_ms: r.10,
             })
             .collect())
+    }
+
+    async fn live_versions(&self, within: Duration) -> Result<Vec<(String, String)>> {
+        let r = sqlx::query_as(
+            "SELECT id, version FROM instances WHERE last_seen > NOW(6) - INTERVAL ? MICROSECOND ORDER BY id",
+        )
+        .bind(micros(within))
+        .fetch_all(&self.pool)
+        .await;
+        match r {
+            Err(e) if is_missing_table(&e) => Ok(Vec::new()),
+            other => Ok(other?),
+        }
     }
 
     async fn request_drain(&self, id: &str) -> Result<bool> {

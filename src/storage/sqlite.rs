@@ -1091,6 +1091,20 @@ impl Storage for SqliteStorage {
             .collect())
     }
 
+    async fn live_versions(&self, within: Duration) -> Result<Vec<(String, String)>> {
+        let r = sqlx::query_as(
+            "SELECT id, version FROM instances
+             WHERE last_seen > CAST(unixepoch('subsec') * 1000000 AS INTEGER) - ? ORDER BY id",
+        )
+        .bind(micros(within))
+        .fetch_all(&self.reader)
+        .await;
+        match r {
+            Err(e) if is_missing_table(&e) => Ok(Vec::new()),
+            other => Ok(other?),
+        }
+    }
+
     async fn request_drain(&self, id: &str) -> Result<bool> {
         let r = sqlx::query("UPDATE instances SET drain_requested = 1 WHERE id = ?")
             .bind(id)
