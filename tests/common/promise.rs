@@ -1209,6 +1209,17 @@ impl PromiseCluster {
         features: &[(&str, u32)],
         identities: usize,
     ) -> PromiseCluster {
+        Self::start_with(instances, features, identities, &[]).await
+    }
+
+    /// [`PromiseCluster::start`] with more environment for every instance
+    /// (`FLOATLM_CLUSTER_HEARTBEAT`, say).
+    pub async fn start_with(
+        instances: &[InstanceSpec],
+        features: &[(&str, u32)],
+        identities: usize,
+        env: &[(&str, &str)],
+    ) -> PromiseCluster {
         let db = TestDb::new().await;
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -1237,16 +1248,18 @@ impl PromiseCluster {
                 .map(|spec| {
                     let (db, pubkey) = (&db, &pubkey);
                     s.spawn(move || {
+                        let mut all = vec![
+                            ("FLOATLM_LEASE_TTL", spec.lease_ttl),
+                            ("FLOATLM_LEASE_HOLD", spec.lease_hold),
+                        ];
+                        all.extend_from_slice(env);
                         cluster_instance(
                             d,
                             db,
                             spec.id,
                             "127.0.0.1:0",
                             &["--vendor-key", pubkey],
-                            &[
-                                ("FLOATLM_LEASE_TTL", spec.lease_ttl),
-                                ("FLOATLM_LEASE_HOLD", spec.lease_hold),
-                            ],
+                            &all,
                         )
                     })
                 })
