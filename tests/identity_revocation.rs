@@ -21,12 +21,11 @@ const INSTANCES: [InstanceSpec; 3] = [
     InstanceSpec::new("c", "5s", "15s"),
 ];
 const FEATURE: &str = "cad";
-const SEATS: u32 = 3;
 
-async fn cluster(identities: usize) -> PromiseCluster {
+async fn cluster(identities: usize, seats: u32) -> PromiseCluster {
     PromiseCluster::start_with(
         &INSTANCES,
-        &[(FEATURE, SEATS)],
+        &[(FEATURE, seats)],
         identities,
         &[("FLOATLM_CLUSTER_HEARTBEAT", "1s")],
     )
@@ -148,18 +147,15 @@ async fn session_counts(at: &Target) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_stops_on_every_instance_within_one_cluster_heartbeat() {
-    let cluster = cluster(2).await;
+    // Four seats: the victim holds three, one is free for a login in the
+    // moment before an instance learns of the revocation.
+    let cluster = cluster(2, 4).await;
     let rec = common::promise::Recorder::new();
     let t = &cluster.targets;
     let victim = cluster.client(&rec, "victim", 0);
     let other = cluster.client(&rec, "other", 1);
     let mut f = Findings::new();
     let leases = one_lease_each(&victim, t, &mut f).await;
-    let r = other.login(&t[1], FEATURE).await;
-    f.expect(
-        r.granted().is_none(),
-        format!("every seat is the victim's: {}", r.answer),
-    );
 
     let victim_id = cluster.credentials[0]
         .split(':')
@@ -171,6 +167,14 @@ async fn a_revoked_identity_stops_on_every_instance_within_one_cluster_heartbeat
     f.expect(
         out.contains("3 lease(s) ended"),
         format!("the revocation ends the identity's three leases: {out}"),
+    );
+    // At once, on an instance that has probably not caught up yet: a grant
+    // there is ended when it does (force release), one after is refused.
+    let late = victim.login(&t[2], FEATURE).await;
+    eprintln!("a login right after the revocation, on c: {}", late.answer);
+    f.expect(
+        late.granted().is_some() || sealed_error(&late) == Some(ErrorCode::IdentityRevoked),
+        format!("granted before c knew, or refused: {}", late.answer),
     );
 
     // Every instance refuses the open session, sealed: the revoking one at
@@ -241,9 +245,11 @@ async fn a_revoked_identity_stops_on_every_instance_within_one_cluster_heartbeat
     // Its seats come back once the promises given for them have run out (at
     // most the largest TTL + 1 s after the revocation), never before: the
     // checker sees every login the other identity tries meanwhile.
-    let filled = fill_seats(&other, t, SEATS as usize, Duration::from_secs(30)).await;
+    let filled = fill_seats(&other, t, 4, Duration::from_secs(30)).await;
     match filled {
         Some(at) => {
+            // A lease c granted before it knew is force-released when it
+            // learns: sooner than its own lease_hold (15 s) would end it.
             let after = at - revoked;
             eprintln!("the other identity holds every seat {after:?} after the revocation");
             f.expect(
@@ -258,7 +264,7 @@ async fn a_revoked_identity_stops_on_every_instance_within_one_cluster_heartbeat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_identity_stops_on_every_instance_at_its_expiry() {
-    let cluster = cluster(1).await;
+    let cluster = cluster(1, 3).await;
     let rec = common::promise::Recorder::new();
     let t = &cluster.targets;
     let other = cluster.client(&rec, "other", 0);
@@ -337,7 +343,7 @@ async fn an_expired_identity_stops_on_every_instance_at_its_expiry() {
 
     // Nothing is force-released: the seats come back when the unrenewed
     // leases run out (within the largest lease_hold of their last renewal).
-    let filled = fill_seats(&other, t, SEATS as usize, Duration::from_secs(40)).await;
+    let filled = fill_seats(&other, t, 3, Duration::from_secs(40)).await;
     match filled {
         Some(at) => {
             let after = at.saturating_duration_since(latest);
