@@ -357,3 +357,50 @@ async fn an_expired_identity_stops_on_every_instance_at_its_expiry() {
     }
     f.finish(&rec, &cluster.seats);
 }
+
+/// The client library treats `identity_revoked` as final: a held seat is
+/// reported lost at its next heartbeat (no failover, no waiting for the
+/// promise to run out), and the next call says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_reports_a_revoked_identity_s_seat_lost_at_once() {
+    use floatlm_client::{Client, ClientError, LossReason, Options};
+    let dir = tempfile::tempdir().unwrap();
+    let vendor = floatlm::domain::license::VendorSigningKey::generate();
+    let mut l = common::layers(dir.path(), None, common::MASTER_KEY_1, &vendor);
+    l.flag("lease_ttl", Some("5s"));
+    let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
+    let lic = vendor.sign(&common::def("L", 1, FEATURE, 2)).unwrap();
+    app.apply_license(&lic).await.unwrap();
+    let (_, ident) = app.create_identity("ws", None).await.unwrap();
+    let (addr, _, _stop) = common::serve_in_process(app.clone()).await;
+    let client = Client::connect(
+        &[format!("{}:{}@{addr}", ident.id, ident.secret.expose())],
+        Options::default(),
+    )
+    .await
+    .unwrap();
+    let seat = client.checkout(FEATURE).await.unwrap();
+    let report = app.revoke_identity(&ident.id).await.unwrap();
+    assert_eq!(report.leases_ended, 1, "{report:?}");
+    let revoked = Instant::now();
+    let loss = tokio::time::timeout(Duration::from_secs(10), seat.lost())
+        .await
+        .expect("the seat is reported lost");
+    match &loss {
+        LossReason::IdentityRefused { reason } => assert!(reason.contains("revoked"), "{reason}"),
+        other => panic!("expected an identity refusal, got {other:?}"),
+    }
+    // At its next heartbeat (a third of the 5 s TTL), well before the
+    // promise (4.5 s) would have run out.
+    assert!(
+        revoked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        revoked.elapsed()
+    );
+    match client.query(&[]).await {
+        Err(ClientError::IdentityRefused { reason, .. }) => {
+            assert!(reason.contains("revoked"), "{reason}")
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+}
