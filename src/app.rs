@@ -26,6 +26,10 @@ use crate::domain::seats::{
     Check, FeatureUsage, Grant, GrantRequest, LeaseRef, LiveLease, Renewal, Role, SeatError,
     CLOCK_MARGIN,
 };
+use crate::identities::{
+    IdentityCache, IdentityInfo, IdentityRefusal, Lookup, Refusals as RevokedIdentities,
+};
+use crate::sessions::{Found, Promotion};
 use floatlm_protocol::handshake::ResumeGrant;
 
 use crate::storage::{
@@ -105,6 +109,13 @@ pub struct App {
     /// Derives stand-in secrets for unknown identity ids, so they fail the
     /// handshake exactly like a wrong secret.
     dummy_key: zeroize::Zeroizing<[u8; 32]>,
+    /// Identities as handshakes and resumptions need them (secrets opened),
+    /// known and unknown ids alike; cleared when identities change.
+    identity_cache: IdentityCache,
+    /// Identities this instance has seen revoked: their sessions stop.
+    revoked: RevokedIdentities,
+    /// The cluster-wide identity revision this instance has caught up with.
+    identity_revision: AtomicI64,
     /// Cluster-wide keys that seal resumption tickets (from the database).
     tickets: TicketKeys,
     /// Serialises reloads of the ticket keys; holds when the last one ran.
@@ -517,6 +528,35 @@ pub struct ClusterMember {
     pub state: &'static str,
 }
 
+/// What revoking an identity did on the instance that revoked it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokeReport {
+    pub revoked: String,
+    /// Its sessions on this instance (others end theirs within one cluster
+    /// heartbeat).
+    pub sessions_ended: usize,
+    /// Its leases, ended like an operator's force release.
+    pub leases_ended: usize,
+    /// When the last of those seats is free again (database clock).
+    pub seats_free_at: Option<DateTime<Utc>>,
+}
+
+struct LeasesEnded {
+    leases: usize,
+    free_at: Option<DateTime<Utc>>,
+}
+
+/// What a request on an open session may do (see [`App::admit_request`]).
+pub enum Admission {
+    /// Serve it; `ticket` is the session's resumption ticket when this is
+    /// its first request.
+    Serve { ticket: Option<ResumeGrant> },
+    /// Answer the identity's refusal, sealed; the session is gone.
+    Refuse(IdentityRefusal),
+    /// The live table is full: 503, like a handshake would get.
+    Full,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RotateReport {
     pub sealing_key: String,
@@ -558,6 +598,12 @@ impl App {
                     .try_into()
                     .expect("32 bytes"),
             ),
+            identity_cache: IdentityCache::new(
+                crate::identities::CACHE_CAPACITY,
+                crate::identities::CACHE_TTL,
+            ),
+            revoked: RevokedIdentities::default(),
+            identity_revision: AtomicI64::new(storage.identity_revision().await?),
             tickets: TicketKeys::default(),
             ticket_reload: tokio::sync::Mutex::new(None),
             clock_offset_ms: AtomicI64::new(0),
@@ -1107,6 +1153,9 @@ impl App {
             revoked_at: None,
         };
         self.storage.insert_identity(&row).await?;
+        // An unknown id is cached too; other instances clear theirs when
+        // their cluster heartbeat sees the identity revision move.
+        self.identity_cache.clear();
         let stored = self
             .storage
             .identity(&id)
@@ -1152,6 +1201,7 @@ impl App {
             revoked_at: None,
         };
         self.storage.insert_identity(&row).await?;
+        self.identity_cache.clear();
         Ok(IdentityView::from(&row))
     }
 
@@ -1188,7 +1238,8 @@ impl App {
             .map_err(|_| damaged("is not text"))
     }
 
-    /// The identity's secret, opened (used by the protocol handshake).
+    /// An identity's row and its secret, opened, straight from the database
+    /// (no cache); None when it does not exist or its secret is damaged.
     pub async fn identity_secret(
         &self,
         id: &str,
@@ -1199,16 +1250,57 @@ impl App {
         let Some(row) = self.gated(|| self.storage.identity(id)).await? else {
             return Ok(None);
         };
-        match self.open_identity_secret(&row) {
-            Ok(secret) => Ok(Some((row, secret))),
-            Err(why) => {
+        Ok(self.open_identity_secret(&row).ok().map(|s| (row, s)))
+    }
+
+    /// What a handshake or a resumption needs of identity `id`: its secret
+    /// opened, its expiry and revocation; for an id that does not exist (or
+    /// whose sealed secret is damaged) a stand-in secret and no identity.
+    /// Served from the identity cache, filled from the database on a miss:
+    /// known and unknown ids alike, so they cost the same.
+    pub async fn identity_lookup(&self, id: &str) -> Result<Arc<Lookup>, AppError> {
+        if !valid_identity_id(id) {
+            // Cannot exist, and says so in its shape alone: nothing to look up.
+            return Ok(Arc::new(Lookup {
+                secret: self.dummy_secret(id),
+                identity: None,
+            }));
+        }
+        if let Some(hit) = self.identity_cache.get(id) {
+            return Ok(hit);
+        }
+        let generation = self.identity_cache.generation();
+        let row = self.gated(|| self.storage.identity(id)).await?;
+        let opened = row.map(|row| {
+            let secret = self.open_identity_secret(&row);
+            (row, secret)
+        });
+        let lookup = Arc::new(match opened {
+            Some((row, Ok(secret))) => Lookup {
+                secret,
+                identity: Some(IdentityInfo {
+                    id: row.id,
+                    expires_at: row.expires_at,
+                    revoked_at: row.revoked_at,
+                }),
+            },
+            Some((_, Err(why))) => {
                 // The client learns only "authentication failed", as for an
                 // unknown identity; the operator reads why here and in
                 // `identity list`.
                 tracing::error!(identity = %id, problem = %why, "an identity cannot log in");
-                Ok(None)
+                Lookup {
+                    secret: self.dummy_secret(id),
+                    identity: None,
+                }
             }
-        }
+            None => Lookup {
+                secret: self.dummy_secret(id),
+                identity: None,
+            },
+        });
+        self.identity_cache.insert(id, lookup.clone(), generation);
+        Ok(lookup)
     }
 
     /// A stand-in secret for an identity id that does not exist: same shape
@@ -1224,14 +1316,170 @@ impl App {
         )
     }
 
-    pub async fn revoke_identity(&self, id: &str) -> Result<(), AppError> {
-        if self.storage.revoke_identity(id).await? {
-            tracing::info!(identity = %id, "identity revoked");
-            Ok(())
-        } else {
-            Err(AppError::NotFound(format!(
+    /// Revokes an identity: from now on it gets no session on any instance,
+    /// its open sessions on this instance end at once (each answers its
+    /// next request `identity_revoked`, sealed) and on every other instance
+    /// within one cluster heartbeat, and its leases end like an operator's
+    /// force release ([`App::force_release`]).
+    pub async fn revoke_identity(&self, id: &str) -> Result<RevokeReport, AppError> {
+        if !self.storage.revoke_identity(id).await? {
+            return Err(AppError::NotFound(format!(
                 "identity {id} does not exist or is already revoked"
-            )))
+            )));
+        }
+        tracing::info!(identity = %id, "identity revoked");
+        let at = self
+            .storage
+            .identity(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.revoked_at)
+            .unwrap_or_else(|| self.db_now());
+        // Memory first, then the leases: a login on this instance that
+        // commits after the sweep read the slots sees the refusal (and ends
+        // its own lease); one that committed before is in the sweep.
+        let sessions_ended = self.note_revoked(id, at);
+        let ended = self.end_leases_of(id).await?;
+        Ok(RevokeReport {
+            revoked: id.to_string(),
+            sessions_ended,
+            leases_ended: ended.leases,
+            seats_free_at: ended.free_at,
+        })
+    }
+
+    /// This instance stops serving a revoked identity: refused from now on,
+    /// its sessions ended, the identity cache cleared. Returns the sessions
+    /// ended.
+    fn note_revoked(&self, id: &str, at: DateTime<Utc>) -> usize {
+        let why = IdentityRefusal::revoked(id, at);
+        self.revoked.insert(id, why.clone());
+        self.identity_cache.clear();
+        let n = self.sessions.end_identity(id, &why);
+        if n > 0 {
+            tracing::info!(identity = %id, sessions = n, "ended the sessions of a revoked identity");
+        }
+        n
+    }
+
+    /// Ends every live lease of `holder` as an operator's force release
+    /// does: the holder hears it lost them on its next heartbeat; each seat
+    /// is free again once the promises already given for it have run out.
+    async fn end_leases_of(&self, holder: &str) -> Result<LeasesEnded, AppError> {
+        let mut ended = LeasesEnded {
+            leases: 0,
+            free_at: None,
+        };
+        let leases = self.storage.leases_of(holder).await?;
+        for lease in leases {
+            if let Some(at) = self.storage.force_release(lease).await? {
+                tracing::info!(%lease, identity = %holder, free_at = %at, "lease of a revoked identity ended");
+                ended.leases += 1;
+                ended.free_at = ended.free_at.max(Some(at));
+            }
+        }
+        if ended.leases > 0 {
+            self.usage_cache.clear();
+        }
+        Ok(ended)
+    }
+
+    /// Catches up with changes to identities made on any instance: reads
+    /// the identity revision (one primary-key read) and, when it moved,
+    /// clears the identity cache, stops serving the identities revoked since
+    /// and ends their leases (leases granted by this instance in the moments
+    /// before it knew are among them). Runs on every cluster heartbeat.
+    pub async fn follow_identity_changes(&self) -> Result<(), AppError> {
+        let seen = self.identity_revision.load(Ordering::Acquire);
+        let now = self.storage.identity_revision().await?;
+        if now == seen {
+            return Ok(());
+        }
+        // Cleared before anything is read again, so no read older than the
+        // revision just seen is cached afterwards.
+        self.identity_cache.clear();
+        let revoked = self.storage.identity_revocations(seen).await?;
+        for r in &revoked {
+            if self.revoked.get(&r.identity_id).is_none() {
+                tracing::info!(identity = %r.identity_id, "identity revoked on another instance");
+            }
+            self.note_revoked(&r.identity_id, r.revoked_at);
+        }
+        for r in &revoked {
+            self.end_leases_of(&r.identity_id).await?;
+        }
+        // Only now: if ending leases failed, the next heartbeat tries again.
+        let caught_up = revoked.iter().map(|r| r.revision).fold(now, i64::max);
+        self.identity_revision.store(caught_up, Ordering::Release);
+        Ok(())
+    }
+
+    /// Why the identity of `session` may not be served now, if it may not:
+    /// revoked (as this instance knows) or past its expiry (database clock,
+    /// estimated without a round trip).
+    pub fn identity_refusal(&self, session: &crate::sessions::Session) -> Option<IdentityRefusal> {
+        if let Some(why) = self.revoked.get(&session.identity_id) {
+            return Some(why);
+        }
+        session
+            .identity_expires
+            .filter(|e| *e <= self.db_now())
+            .map(|e| IdentityRefusal::expired(&session.identity_id, e))
+    }
+
+    /// How long `session`'s identity may still be served (until its
+    /// expiry, database clock); None when it does not expire. Promises are
+    /// capped by it: an identity holds no seat past its expiry.
+    pub fn identity_time_left(&self, session: &crate::sessions::Session) -> Option<Duration> {
+        session
+            .identity_expires
+            .map(|e| (e - self.db_now()).to_std().unwrap_or(Duration::ZERO))
+    }
+
+    /// Decides what a request on `session_id` may do once its envelope
+    /// opened: a refused identity ends the session; a pending session
+    /// becomes live and earns its resumption ticket.
+    pub fn admit_request(&self, session_id: &str, found: &Found) -> Admission {
+        let session = found.session();
+        let why = match found {
+            Found::Ended(_, why) => Some(why.clone()),
+            _ => self
+                .identity_refusal(session)
+                .inspect(|_| self.sessions.count_refused()),
+        };
+        if let Some(why) = why {
+            self.sessions.end(session_id);
+            return Admission::Refuse(why);
+        }
+        let Found::Pending(_) = found else {
+            return Admission::Serve { ticket: None };
+        };
+        match self.sessions.promote(session_id, session) {
+            Promotion::Promoted => {
+                let ticket = self.issue_ticket(&session.identity_id, session.identity_expires);
+                if ticket.is_some() {
+                    self.sessions.count_ticket();
+                }
+                Admission::Serve { ticket }
+            }
+            Promotion::AlreadyLive => Admission::Serve { ticket: None },
+            Promotion::Ended(why) => {
+                self.sessions.end(session_id);
+                Admission::Refuse(why)
+            }
+            Promotion::Full => Admission::Full,
+        }
+    }
+
+    /// Ends a lease granted to an identity that was refused while the grant
+    /// ran (its client is never told of it), like an operator would.
+    pub async fn end_refused_grant(&self, lease: LeaseRef) {
+        match self.storage.force_release(lease).await {
+            Ok(_) => self.usage_cache.clear(),
+            Err(e) => {
+                tracing::warn!(%lease, error = %e, "could not end the lease of a refused identity; it runs out by itself")
+            }
         }
     }
 
@@ -1468,15 +1716,18 @@ impl App {
         Ok(())
     }
 
-    /// A resumption ticket for a freshly authenticated identity; None when
-    /// no ticket key is loaded (the client then simply handshakes again).
-    pub fn issue_ticket(&self, identity: &IdentityRow) -> Option<ResumeGrant> {
+    /// A resumption ticket for a session just confirmed by its first
+    /// request; None when no ticket key is loaded (the client then simply
+    /// handshakes again).
+    pub fn issue_ticket(
+        &self,
+        identity_id: &str,
+        identity_expires: Option<DateTime<Utc>>,
+    ) -> Option<ResumeGrant> {
         let now = self.db_now();
         let lifetime = chrono::Duration::from_std(self.config.ticket_lifetime).ok()?;
-        let expires = identity
-            .expires_at
-            .map_or(now + lifetime, |e| e.min(now + lifetime));
-        let (ticket, secret) = self.tickets.issue(now, expires, &identity.id)?;
+        let expires = identity_expires.map_or(now + lifetime, |e| e.min(now + lifetime));
+        let (ticket, secret) = self.tickets.issue(now, expires, identity_id)?;
         Some(ResumeGrant {
             ticket: hex::encode(ticket),
             secret: hex::encode(secret.as_ref()),
@@ -1515,7 +1766,7 @@ impl App {
     pub async fn check_ticket(
         &self,
         ticket: &[u8],
-    ) -> Result<(IdentityRow, OpenedTicket), AppError> {
+    ) -> Result<(IdentityInfo, OpenedTicket), AppError> {
         let refused = AppError::Unauthorized;
         let t = self
             .open_ticket(ticket)
@@ -1528,17 +1779,26 @@ impl App {
                 t.identity_id, t.expires_at
             )));
         }
+        // The row itself, not the identity cache: a resumption is rare (a
+        // failover, a forgotten session), and so a revocation anywhere is
+        // refused here at once.
         let row = self
             .gated(|| self.storage.identity(&t.identity_id))
             .await?
             .ok_or_else(|| refused(format!("identity {} no longer exists", t.identity_id)))?;
-        if let Some(at) = row.revoked_at {
-            return Err(refused(format!("identity {} was revoked at {at}", row.id)));
+        let identity = IdentityInfo {
+            id: row.id,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+        };
+        if let Some(why) = self
+            .revoked
+            .get(&identity.id)
+            .or_else(|| identity.refusal(now))
+        {
+            return Err(refused(why.message));
         }
-        if let Some(at) = row.expires_at.filter(|e| *e <= now) {
-            return Err(refused(format!("identity {} expired at {at}", row.id)));
-        }
-        Ok((row, t))
+        Ok((identity, t))
     }
 
     /// Keeps this instance's row in the cluster view fresh and honours an
@@ -1555,6 +1815,11 @@ impl App {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
+            }
+            // First, so a revocation elsewhere reaches this instance within
+            // one cluster heartbeat (plus this read).
+            if let Err(e) = self.follow_identity_changes().await {
+                tracing::warn!(error = %e, "could not catch up with changes to identities");
             }
             let version = env!("CARGO_PKG_VERSION");
             // Not gated: this is the probe that notices the database's return.
@@ -1698,10 +1963,14 @@ impl App {
                 }
                 Err(e) => tracing::warn!(error = %e, "integrity check could not run"),
             }
-            let swept = self.sessions.sweep();
+            let swept = self.sessions.sweep(self.db_now());
             if swept > 0 {
                 tracing::debug!(swept, "forgot idle protocol sessions");
             }
+            // Past this, every session of a revoked identity was refused at
+            // a request or forgotten as idle.
+            self.revoked
+                .prune(self.config.session_idle + Duration::from_secs(300));
             if let Err(e) = self.storage.purge_requests(REQUEST_ID_RETENTION).await {
                 tracing::warn!(error = %e, "could not purge old request ids");
             }

@@ -8,5 +8,6 @@ pub mod crypto;
 pub mod dbgate;
 pub mod domain;
 pub mod http;
+pub mod identities;
 pub mod sessions;
 pub mod storage;

@@ -642,6 +642,11 @@ async fn the_session_table_is_bounded() {
     let ident = format!("{}:{}@{lic}", ident.id, ident.secret.expose());
     let _a = Client::connect(&[&ident], opts("")).await.unwrap();
     let _b = Client::connect(&[&ident], opts("")).await.unwrap();
+    // A session counts once its first request confirmed it.
+    assert_eq!(app.sessions.counts().active, 0);
+    _a.query(&[]).await.unwrap();
+    _b.query(&[]).await.unwrap();
+    assert_eq!(app.sessions.counts().active, 2);
     let (_, hello) = ClientHandshake::start(
         ident.split(':').next().unwrap(),
         b"whatever-secret-here",
@@ -668,4 +673,140 @@ async fn the_session_table_is_bounded() {
         Err(ClientError::Unreachable(m)) => assert!(m.contains("maximum"), "{m}"),
         other => panic!("expected 503 to surface, got {:?}", other.err()),
     }
+}
+
+/// Issue 13: a recorded ClientHello or ResumeHello replayed 1,000 times
+/// opens no session that counts against `max_sessions` and earns no
+/// resumption ticket; real clients still get every session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_hellos_cost_no_session_and_no_ticket() {
+    use floatlm_protocol::messages::SealedResponse;
+    use floatlm_protocol::PATH_RESUME;
+    const REPLAYS: usize = 1000;
+    const MAX: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let vendor = floatlm::domain::license::VendorSigningKey::generate();
+    let mut l = common::layers(dir.path(), None, MASTER_KEY_1, &vendor);
+    l.flag("max_sessions", Some(&MAX.to_string()));
+    let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
+    let (_, ident) = app.create_identity("x", None).await.unwrap();
+    let (lic, _, _stop) = common::serve_in_process(app.clone()).await;
+    let (id, secret) = (ident.id.clone(), ident.secret.expose().to_string());
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, body: Vec<u8>| {
+        let (http, url) = (http.clone(), format!("http://{lic}{path}"));
+        async move {
+            let r = http.post(url).body(body).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        }
+    };
+    // Sends `hello` REPLAYS times, 16 at a time; every answer must be 200.
+    let replay = |path: &'static str, hello: Vec<u8>| async move {
+        let mut answers = Vec::new();
+        while answers.len() < REPLAYS {
+            let n = (REPLAYS - answers.len()).min(16);
+            let batch = (0..n).map(|_| post(path, hello.clone()));
+            for (status, body) in futures_join(batch).await {
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                answers.push(body);
+            }
+        }
+        answers
+    };
+
+    // A real session first: confirmed, its first answer carries a ticket.
+    let eph = [7u8; 32];
+    let (hs, hello) = ClientHandshake::start(&id, secret.as_bytes(), Some(&eph)).unwrap();
+    let (status, body) = post(PATH_HANDSHAKE, hello.clone()).await;
+    assert_eq!(status, 200);
+    let (keys, payload) = hs.finish(&body).unwrap();
+    assert!(payload.resume.is_none(), "no ticket in a ServerHello");
+    let real = Raw {
+        http: http.clone(),
+        addr: lic.clone(),
+        session: payload.session.clone(),
+        keys,
+    };
+    let (status, body) = real
+        .post(real.seal(0, &Request::Info { features: vec![] }), "raw")
+        .await;
+    assert_eq!(status, 200);
+    let first: SealedResponse = serde_json::from_slice(
+        &envelope::open(
+            &real.keys.s2c,
+            Direction::ServerToClient,
+            &Binding {
+                method: "POST",
+                path: PATH_REQUEST,
+                instance: "raw",
+                session: &real.session,
+            },
+            &body,
+        )
+        .unwrap()
+        .1,
+    )
+    .unwrap();
+    let grant = first.resume.expect("the first answer carries the ticket");
+    let c = app.sessions.counts();
+    assert_eq!((c.active, c.tickets_issued), (1, 1), "{c:?}");
+
+    // The recorded ClientHello, 1,000 times: each is answered (the server
+    // cannot tell), none counts, none earns a ticket.
+    let answers = replay(PATH_HANDSHAKE, hello).await;
+    let c = app.sessions.counts();
+    assert_eq!((c.active, c.tickets_issued), (1, 1), "{c:?}");
+    assert_eq!(c.hellos, 1 + REPLAYS as u64, "{c:?}");
+    assert!(c.pending <= floatlm::sessions::MAX_PENDING, "{c:?}");
+    // Even the recording client (who alone can read them) finds no ticket.
+    for body in answers.iter().take(5) {
+        let (hs, _) = ClientHandshake::start(&id, secret.as_bytes(), Some(&eph)).unwrap();
+        assert!(hs.finish(body).unwrap().1.resume.is_none());
+    }
+
+    // The same for a recorded ResumeHello.
+    let ticket = hex::decode(&grant.ticket).unwrap();
+    let rsecret = hex::decode(&grant.secret).unwrap();
+    let (_, resume_hello) = ClientHandshake::resume(&ticket, &rsecret, Some(&eph)).unwrap();
+    let answers = replay(PATH_RESUME, resume_hello).await;
+    for body in answers.iter().take(5) {
+        let (hs, _) = ClientHandshake::resume(&ticket, &rsecret, Some(&eph)).unwrap();
+        assert!(hs.finish(body).unwrap().1.resume.is_none());
+    }
+    let c = app.sessions.counts();
+    assert_eq!((c.active, c.tickets_issued, c.resumes), (1, 1, 0), "{c:?}");
+    assert_eq!(c.hellos, 1 + 2 * REPLAYS as u64, "{c:?}");
+
+    // max_sessions real clients still get their sessions (the first one
+    // holds one already), and each its ticket.
+    let mut clients = Vec::new();
+    for _ in 1..MAX {
+        let cl = Client::connect(&[format!("{id}:{secret}@{lic}")], opts(""))
+            .await
+            .unwrap();
+        cl.query(&[]).await.unwrap();
+        clients.push(cl);
+    }
+    let c = app.sessions.counts();
+    assert_eq!((c.active, c.tickets_issued), (MAX, MAX as u64), "{c:?}");
+    // Full now: one more is refused.
+    match Client::connect(&[format!("{id}:{secret}@{lic}")], opts("")).await {
+        Err(ClientError::Unreachable(m)) => assert!(m.contains("maximum"), "{m}"),
+        other => panic!("expected too_many_sessions, got {:?}", other.err()),
+    }
+}
+
+/// Runs futures concurrently, answers in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }

@@ -10,7 +10,7 @@ use floatlm::domain::license::VendorSigningKey;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{ClientHandshake, ResumeGrant, ServerHelloPayload};
 use floatlm_protocol::keys::SessionKeys;
-use floatlm_protocol::messages::{Request, Response};
+use floatlm_protocol::messages::{Request, Response, SealedResponse};
 use floatlm_protocol::{HEADER_SESSION, PATH_HANDSHAKE, PATH_REQUEST, PATH_RESUME};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,14 +54,34 @@ fn error_code(body: &[u8]) -> String {
     v["error"].as_str().unwrap().to_string()
 }
 
+/// A handshake, confirmed by a first request (sequence number 0), whose
+/// sealed answer carries the session's ticket: returned in `resume` of the
+/// payload. The ServerHello itself carries none.
 async fn handshake(addr: &str, id: &str, secret: &str) -> (SessionKeys, ServerHelloPayload) {
     let (hs, hello) = ClientHandshake::start(id, secret.as_bytes(), None).unwrap();
     let (status, body) = post(addr, PATH_HANDSHAKE, hello).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    hs.finish(&body).unwrap()
+    confirm(addr, hs.finish(&body).unwrap()).await
 }
 
-/// Resumes with `grant` on `addr`: Ok(session) or Err((status, error code)).
+/// The first request of a new session: it goes live, and the answer
+/// carries its resumption ticket.
+async fn confirm(
+    addr: &str,
+    (keys, mut payload): (SessionKeys, ServerHelloPayload),
+) -> (SessionKeys, ServerHelloPayload) {
+    assert!(
+        payload.resume.is_none(),
+        "no ticket before the first request"
+    );
+    let first = info(addr, &keys, &payload.session, 0).await;
+    assert!(matches!(first.response, Response::Info { .. }));
+    payload.resume = first.resume;
+    (keys, payload)
+}
+
+/// Resumes with `grant` on `addr` and confirms the session as
+/// [`handshake`] does: Ok(session) or Err((status, error code)).
 async fn resume(
     addr: &str,
     grant: &ResumeGrant,
@@ -73,11 +93,11 @@ async fn resume(
     if status != 200 {
         return Err((status, error_code(&body)));
     }
-    Ok(hs.finish(&body).unwrap())
+    Ok(confirm(addr, hs.finish(&body).unwrap()).await)
 }
 
 /// One sealed `info` request on a session; the reply.
-async fn info(addr: &str, keys: &SessionKeys, session: &str) -> Response {
+async fn info(addr: &str, keys: &SessionKeys, session: &str, seq: u64) -> SealedResponse {
     let b = Binding {
         method: "POST",
         path: PATH_REQUEST,
@@ -85,7 +105,7 @@ async fn info(addr: &str, keys: &SessionKeys, session: &str) -> Response {
         session,
     };
     let req = serde_json::to_vec(&Request::Info { features: vec![] }).unwrap();
-    let body = envelope::seal(&keys.c2s, Direction::ClientToServer, 0, &b, &req);
+    let body = envelope::seal(&keys.c2s, Direction::ClientToServer, seq, &b, &req);
     let r = reqwest::Client::new()
         .post(format!("http://{addr}{PATH_REQUEST}"))
         .header(HEADER_SESSION, session)
@@ -121,8 +141,11 @@ async fn a_ticket_from_one_instance_resumes_on_another_until_revoked() {
     assert_eq!(resumed.instance, "b");
     assert_ne!(resumed.session, hello.session, "a new session id");
     assert!(matches!(
-        info(&b.addr, &keys, &resumed.session).await,
-        Response::Info { .. }
+        info(&b.addr, &keys, &resumed.session, 1).await,
+        SealedResponse {
+            response: Response::Info { .. },
+            resume: None,
+        }
     ));
     let counts = b.app.sessions.counts();
     assert_eq!((counts.handshakes, counts.resumes), (0, 1));
@@ -266,6 +289,9 @@ async fn the_client_resumes_instead_of_logging_in_again() {
     // A refused ticket (identity revoked) falls back to a handshake, which
     // then reports the revocation.
     a.app.revoke_identity(&created.id).await.unwrap();
+    // What b's next cluster heartbeat does (within one `cluster_heartbeat`):
+    // until then b's identity cache may still admit a handshake.
+    b.app.follow_identity_changes().await.unwrap();
     for n in [&a, &b] {
         n.app.sessions.clear();
     }

@@ -546,6 +546,24 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                 s(&v["seat_free_at"])
             );
         }
+        AdminCommand::Identity {
+            command: IdentityCmd::Revoke { .. },
+        } => {
+            let leases = v["leases_ended"].as_u64().unwrap_or(0);
+            println!(
+                "identity {} revoked: refused at once on this instance ({} session(s) ended), on every other \
+                 instance within one cluster heartbeat",
+                s(&v["revoked"]),
+                s(&v["sessions_ended"])
+            );
+            if leases > 0 {
+                println!(
+                    "{leases} lease(s) ended: their holders lose them at their next heartbeat; the last seat is \
+                     free again at {} (once every promise already given has run out)",
+                    s(&v["seats_free_at"])
+                );
+            }
+        }
         AdminCommand::Quarantine { .. } => {
             println!(
                 "quarantine: every lease ended and all {} seat(s) held by nobody until {}; \

@@ -217,8 +217,8 @@ async fn revoke_identity(
     Path(id): Path<String>,
 ) -> Res {
     caller.need(Role::Admin)?;
-    app.revoke_identity(&id).await?;
-    Ok(Json(json!({ "revoked": id })))
+    let report = app.revoke_identity(&id).await?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
 async fn tokens(State(app): State<Arc<App>>, caller: Caller) -> Res {

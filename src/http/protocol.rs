@@ -11,9 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{self, ServerHelloPayload};
-use floatlm_protocol::keys::SessionKeys;
 use floatlm_protocol::messages::{
-    reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply,
+    reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply, SealedResponse,
 };
 use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
 use serde_json::json;
@@ -21,11 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::App;
+use crate::app::{Admission, App};
 use crate::auth_hook::AuthInput;
 use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
-use crate::sessions::Session;
-use crate::storage::IdentityRow;
+use crate::identities::IdentityRefusal;
+use crate::sessions::{refusal_code, Opened, Session};
 
 fn octets(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
@@ -69,99 +68,80 @@ fn admit(app: &App) -> Result<(), ApiError> {
         ));
     }
     if !app.sessions.has_room() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            format!(
-                "this instance holds its maximum of {} sessions; try another instance or later",
-                app.config.max_sessions
-            ),
-        ));
+        return Err(too_many_sessions(app));
     }
     Ok(())
 }
 
-fn hello_payload(app: &App, session: &str, identity: Option<&IdentityRow>) -> ServerHelloPayload {
+fn too_many_sessions(app: &App) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_sessions",
+        format!(
+            "this instance holds its maximum of {} sessions; try another instance or later",
+            app.config.max_sessions
+        ),
+    )
+}
+
+/// A ServerHello's payload. It carries no resumption ticket: the session
+/// earns one with its first valid request (a replayed hello never does).
+fn hello_payload(app: &App, session: &str, refused: Option<String>) -> ServerHelloPayload {
     ServerHelloPayload {
         session: session.to_string(),
         instance: app.instance_id().to_string(),
         lease_ttl_ms: app.config.lease_ttl.as_millis() as u64,
-        refused: None,
-        resume: identity.and_then(|r| app.issue_ticket(r)),
+        refused,
+        resume: None,
     }
 }
 
-fn keep_session(
-    app: &App,
-    id: String,
-    identity: String,
-    keys: SessionKeys,
-) -> Result<(), ApiError> {
-    if app.sessions.insert(id, Session::new(identity, keys)) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            "session table is full",
-        ))
-    }
-}
-
-/// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out.
+/// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out. The
+/// session stays pending (not counted, no ticket) until its first request.
 pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let hello = handshake::parse_client_hello(&body).map_err(protocol_error)?;
     admit(&app)?;
-    // Unknown ids take the same path with a stand-in secret: same work, same error.
-    let (row, secret) = match app.identity_secret(hello.identity_id).await? {
-        Some((row, secret)) => (Some(row), secret),
-        None => (None, app.dummy_secret(hello.identity_id)),
-    };
-    // Expiry by the database clock, like everything else with a deadline;
-    // only asked when the identity has an expiry at all.
-    let now = match row.as_ref().and_then(|r| r.expires_at) {
-        Some(_) => app
-            .storage
-            .now()
-            .await
-            .map_err(crate::app::AppError::from)?,
-        None => chrono::Utc::now(),
-    };
-    let refused = row.as_ref().and_then(|r| {
-        if let Some(at) = r.revoked_at {
-            Some(format!("identity {} was revoked at {at}", r.id))
-        } else {
-            r.expires_at
-                .filter(|e| *e <= now)
-                .map(|e| format!("identity {} expired at {e}", r.id))
-        }
-    });
+    // Unknown ids take the same path with a stand-in secret: same work, same
+    // error. Both come from the identity cache (a database read on a miss),
+    // and expiry is judged by the database clock estimate, without a round
+    // trip, whether the identity has an expiry or not.
+    let lookup = app.identity_lookup(hello.identity_id).await?;
+    let now = app.db_now();
+    let refused = lookup.identity.as_ref().and_then(|i| i.refusal(now));
     let session_id = crate::crypto::random_hex(16);
-    let mut payload = hello_payload(
+    let payload = hello_payload(
         &app,
         &session_id,
-        row.as_ref().filter(|_| refused.is_none()),
+        refused.as_ref().map(|r| r.message.clone()),
     );
-    payload.refused = refused.clone();
-    let (keys, reply) = handshake::respond(&hello, secret.expose().as_bytes(), &payload, None)
-        .map_err(protocol_error)?;
-    let Some(row) = row else {
+    let (keys, reply) =
+        handshake::respond(&hello, lookup.secret.expose().as_bytes(), &payload, None)
+            .map_err(protocol_error)?;
+    let Some(identity) = &lookup.identity else {
         // Unreachable in practice: a stand-in secret never matches a client's.
         return Err(protocol_error(ProtocolError::AuthFailed));
     };
     if refused.is_none() {
-        keep_session(&app, session_id, row.id, keys)?;
-        app.sessions.count_handshake();
+        app.sessions.insert_pending(
+            session_id,
+            Session::new(
+                identity.id.clone(),
+                identity.expires_at,
+                Opened::Handshake,
+                keys,
+            ),
+        );
     }
     Ok(octets(reply))
 }
 
 /// `POST /sentinel/ldk/v1/resume`: ResumeHello in, ServerHello out. Any
-/// instance continues a session from the ticket another one issued.
+/// instance continues a session from the ticket another one issued; the new
+/// session is pending until its first request, like a handshake's.
 pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let hello = handshake::parse_resume_hello(&body).map_err(protocol_error)?;
     admit(&app)?;
-    let (row, ticket) = match app.check_ticket(hello.ticket).await {
+    let (identity, ticket) = match app.check_ticket(hello.ticket).await {
         Ok(t) => t,
         Err(crate::app::AppError::Unauthorized(why)) => {
             tracing::info!(reason = %why, "resumption ticket refused");
@@ -176,11 +156,13 @@ pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
         Err(other) => return Err(other.into()),
     };
     let session_id = crate::crypto::random_hex(16);
-    let payload = hello_payload(&app, &session_id, Some(&row));
+    let payload = hello_payload(&app, &session_id, None);
     let (keys, reply) = handshake::respond_resume(&hello, ticket.secret.as_ref(), &payload, None)
         .map_err(protocol_error)?;
-    keep_session(&app, session_id, row.id, keys)?;
-    app.sessions.count_resume();
+    app.sessions.insert_pending(
+        session_id,
+        Session::new(identity.id, identity.expires_at, Opened::Resume, keys),
+    );
     Ok(octets(reply))
 }
 
@@ -218,47 +200,63 @@ pub async fn request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let session = app.sessions.get(&session_id).ok_or_else(|| {
+    let found = app.sessions.get(&session_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "session_unknown",
             "session unknown or expired on this instance: handshake again",
         )
     })?;
+    let session = found.session().clone();
     let binding = Binding {
         method: "POST",
         path: PATH_REQUEST,
         instance: &instance,
         session: &session_id,
     };
-    let (seq, plaintext, identity, s2c) = {
-        let mut s = session.lock().expect("lock");
+    let (seq, plaintext, s2c) = {
+        let mut ch = session.channel.lock().expect("lock");
         let seq = envelope::peek_seq(&body).map_err(protocol_error)?;
-        s.window.check(seq).map_err(protocol_error)?;
-        let (seq, pt) = envelope::open(&s.keys.c2s, Direction::ClientToServer, &binding, &body)
+        ch.window.check(seq).map_err(protocol_error)?;
+        let (seq, pt) = envelope::open(&ch.keys.c2s, Direction::ClientToServer, &binding, &body)
             .map_err(protocol_error)?;
-        s.window.accept(seq).map_err(protocol_error)?;
-        s.touch();
-        (seq, pt, s.identity_id.clone(), s.keys.s2c)
+        ch.window.accept(seq).map_err(protocol_error)?;
+        (seq, pt, ch.keys.s2c)
     };
-    let reply = match serde_json::from_slice::<Request>(&plaintext) {
-        Ok(req) => {
-            handle(
-                &app,
-                &identity,
-                client_addr(&app.config.trusted_proxies, peer, &headers),
-                &instance,
-                req,
-            )
-            .await
+    session.touch();
+    // The envelope opened: from here on every answer is sealed.
+    let sealed = match app.admit_request(&session_id, &found) {
+        Admission::Full => return Err(too_many_sessions(&app)),
+        Admission::Refuse(why) => SealedResponse::from(refusal(&why)),
+        Admission::Serve { ticket } => {
+            let reply = match serde_json::from_slice::<Request>(&plaintext) {
+                Ok(req) => {
+                    handle(
+                        &app,
+                        &session,
+                        client_addr(&app.config.trusted_proxies, peer, &headers),
+                        &instance,
+                        req,
+                    )
+                    .await
+                }
+                Err(e) => Reply::Error {
+                    code: ErrorCode::BadRequest,
+                    reason: None,
+                    message: format!("request is not a valid operation: {e}"),
+                },
+            };
+            if matches!(&reply, Reply::Error { code, .. } if code.is_identity_refusal()) {
+                // Refused while the operation ran: the session ends too.
+                app.sessions.end(&session_id);
+            }
+            SealedResponse {
+                response: reply,
+                resume: ticket,
+            }
         }
-        Err(e) => Reply::Error {
-            code: ErrorCode::BadRequest,
-            reason: None,
-            message: format!("request is not a valid operation: {e}"),
-        },
     };
-    let json = serde_json::to_vec(&reply).expect("reply serialises");
+    let json = serde_json::to_vec(&sealed).expect("reply serialises");
     Ok(octets(envelope::seal(
         &s2c,
         Direction::ServerToClient,
@@ -266,6 +264,34 @@ pub async fn request(
         &binding,
         &json,
     )))
+}
+
+/// The sealed answer to a request of a refused identity.
+fn refusal(why: &IdentityRefusal) -> Reply {
+    Reply::Error {
+        code: refusal_code(why.kind),
+        reason: None,
+        message: format!(
+            "{}: this identity may not be used any more; its sessions and leases are ended",
+            why.message
+        ),
+    }
+}
+
+/// Caps a promise at what is left of the identity's own validity: no
+/// identity holds a seat past its expiry. None: it has expired meanwhile.
+fn capped(app: &App, session: &Session, ttl_ms: u64) -> Option<u64> {
+    match app.identity_time_left(session) {
+        None => Some(ttl_ms),
+        Some(left) if left.is_zero() => None,
+        Some(left) => Some(ttl_ms.min(left.as_millis().max(1) as u64)),
+    }
+}
+
+/// The refusal of `session`'s identity after an operation (it was revoked
+/// or expired while the operation ran), if it was refused.
+fn refused_meanwhile(app: &App, session: &Session) -> Option<Reply> {
+    app.identity_refusal(session).map(|why| refusal(&why))
 }
 
 fn no_license(reason: &str, message: String) -> Reply {
@@ -304,6 +330,13 @@ fn seat_error(e: SeatError) -> Reply {
     }
 }
 
+/// The refusal of an identity that expired just now (between the request's
+/// check and its answer).
+fn refusal_of_expired(session: &Session) -> Reply {
+    let at = session.identity_expires.unwrap_or_else(chrono::Utc::now);
+    refusal(&IdentityRefusal::expired(&session.identity_id, at))
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Reply {
     Reply::Error {
         code: ErrorCode::Unavailable,
@@ -312,7 +345,8 @@ fn unavailable(e: impl std::fmt::Display) -> Reply {
     }
 }
 
-async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Request) -> Reply {
+async fn handle(app: &App, session: &Session, addr: String, instance: &str, req: Request) -> Reply {
+    let identity = session.identity_id.as_str();
     match req {
         Request::Info { features } => match app.features_cached().await {
             Ok(all) => Reply::Info {
@@ -367,13 +401,26 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                 instance_id: app.instance_id().to_string(),
             };
             match app.grant(&req).await {
-                Ok(g) => Reply::Granted {
-                    lease: g.lease.to_string(),
-                    feature: g.feature,
-                    ttl_ms: g.promise.as_millis() as u64,
-                    lease_gen: g.lease.lease_gen,
-                    replayed: g.replayed,
-                },
+                Ok(g) => {
+                    let ttl_ms = capped(app, session, g.promise.as_millis() as u64);
+                    match (refused_meanwhile(app, session), ttl_ms) {
+                        (None, Some(ttl_ms)) => Reply::Granted {
+                            lease: g.lease.to_string(),
+                            feature: g.feature,
+                            ttl_ms,
+                            lease_gen: g.lease.lease_gen,
+                            replayed: g.replayed,
+                        },
+                        // Revoked or expired while the grant ran: the client
+                        // is never told of the lease; it ends like an
+                        // operator's force release (a resent login of it on
+                        // another instance may have promised it).
+                        (refusal, _) => {
+                            app.end_refused_grant(g.lease).await;
+                            refusal.unwrap_or_else(|| refusal_of_expired(session))
+                        }
+                    }
+                }
                 Err(e) => seat_error(e),
             }
         }
@@ -391,6 +438,9 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                 Ok(r) => r,
                 Err(e) => return unavailable(e),
             };
+            if let Some(refusal) = refused_meanwhile(app, session) {
+                return refusal;
+            }
             let mut it = renewed.into_iter();
             Reply::Heartbeat {
                 leases: leases
@@ -398,13 +448,15 @@ async fn handle(app: &App, identity: &str, addr: String, instance: &str, req: Re
                     .zip(parsed)
                     .map(|(lease, p)| {
                         let promise = match p.and_then(|_| it.next()) {
-                            Some(Renewal::Renewed(d)) if !d.is_zero() => Some(d),
+                            Some(Renewal::Renewed(d)) if !d.is_zero() => {
+                                capped(app, session, d.as_millis() as u64)
+                            }
                             _ => None,
                         };
                         LeaseStatus {
                             lease,
                             alive: promise.is_some(),
-                            ttl_ms: promise.map_or(0, |d| d.as_millis() as u64),
+                            ttl_ms: promise.unwrap_or(0),
                         }
                     })
                     .collect(),

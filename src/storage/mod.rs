@@ -180,6 +180,14 @@ pub struct IdentityRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// One logged revocation of an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub revision: i64,
+    pub identity_id: String,
+    pub revoked_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TokenRow {
     pub id: String,
@@ -467,11 +475,25 @@ pub trait Storage: Send + Sync + 'static {
     /// Forgets request ids older than `age`; returns how many.
     async fn purge_requests(&self, age: Duration) -> Result<u64>;
 
+    /// The live leases `holder` holds (to end them when it is revoked).
+    async fn leases_of(&self, holder: &str) -> Result<Vec<LeaseRef>>;
+
     // --- identities
+    /// Inserts an identity and bumps the identity revision in the same
+    /// transaction (instances cache "no such identity" too).
     async fn insert_identity(&self, row: &IdentityRow) -> Result<()>;
     async fn identity(&self, id: &str) -> Result<Option<IdentityRow>>;
     async fn identities(&self) -> Result<Vec<IdentityRow>>;
+    /// Revokes an identity; in the same transaction bumps the identity
+    /// revision and logs the revocation under the new revision. False when
+    /// it does not exist or was revoked already.
     async fn revoke_identity(&self, id: &str) -> Result<bool>;
+    /// The cluster-wide identity revision: it moves with every change to
+    /// identities, and a revision is committed only after every lower one.
+    async fn identity_revision(&self) -> Result<i64>;
+    /// Revocations logged under a revision above `after`, by revision:
+    /// (revision, identity id, revoked at).
+    async fn identity_revocations(&self, after: i64) -> Result<Vec<Revocation>>;
 
     // --- admin tokens
     async fn insert_token(&self, row: &TokenRow) -> Result<()>;

@@ -1451,17 +1451,44 @@ impl Storage for MySqlStorage {
         Ok(r.rows_affected())
     }
 
-    async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO identities (id, name, sealed, created_at, expires_at, revoked_at) VALUES (?, ?, ?, NOW(6), ?, NULL)",
+    async fn leases_of(&self, holder: &str) -> Result<Vec<LeaseRef>> {
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT feature_id, CAST(slot_no AS SIGNED), lease_gen, lease_nonce FROM slots
+             WHERE holder = ? AND state IN (0, 1) AND expires_at > NOW(6)",
         )
-        .bind(&row.id)
-        .bind(&row.name)
-        .bind(&row.sealed)
-        .bind(row.expires_at.map(naive))
-        .execute(&self.pool)
+        .bind(holder)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        Ok(rows
+            .into_iter()
+            .map(|(feature_id, slot_no, lease_gen, nonce)| LeaseRef {
+                feature_id,
+                slot_no,
+                lease_gen,
+                nonce,
+            })
+            .collect())
+    }
+
+    async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
+        with_retry(|| async move {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO identities (id, name, sealed, created_at, expires_at, revoked_at) VALUES (?, ?, ?, NOW(6), ?, NULL)",
+            )
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(&row.sealed)
+            .bind(row.expires_at.map(naive))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE identity_revision SET revision = revision + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(())
+        })
+        .await
     }
 
     async fn identity(&self, id: &str) -> Result<Option<IdentityRow>> {
@@ -1484,13 +1511,60 @@ impl Storage for MySqlStorage {
     }
 
     async fn revoke_identity(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE identities SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL",
+        with_retry(|| async move {
+            let mut tx = self.pool.begin().await?;
+            let r = sqlx::query(
+                "UPDATE identities SET revoked_at = NOW(6) WHERE id = ? AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok::<_, StorageError>(false);
+            }
+            // The counter row's lock is held to COMMIT: revisions commit in order.
+            sqlx::query("UPDATE identity_revision SET revision = revision + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO identity_revocations (revision, identity_id, revoked_at)
+                 SELECT r.revision, i.id, i.revoked_at FROM identity_revision r, identities i
+                 WHERE r.id = 1 AND i.id = ?",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn identity_revision(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT revision FROM identity_revision WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
         )
-        .bind(id)
-        .execute(&self.pool)
+    }
+
+    async fn identity_revocations(&self, after: i64) -> Result<Vec<Revocation>> {
+        let rows: Vec<(i64, String, NaiveDateTime)> = sqlx::query_as(
+            "SELECT revision, identity_id, revoked_at FROM identity_revocations
+             WHERE revision > ? ORDER BY revision",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(r.rows_affected() == 1)
+        Ok(rows
+            .into_iter()
+            .map(|(revision, identity_id, at)| Revocation {
+                revision,
+                identity_id,
+                revoked_at: utc(at),
+            })
+            .collect())
     }
 
     async fn insert_token(&self, row: &TokenRow) -> Result<()> {

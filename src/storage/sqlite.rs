@@ -919,18 +919,46 @@ impl Storage for SqliteStorage {
         Ok(r.rows_affected())
     }
 
-    async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO identities (id, name, sealed, created_at, expires_at, revoked_at)
-             VALUES (?, ?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER), ?, NULL)",
+    async fn leases_of(&self, holder: &str) -> Result<Vec<LeaseRef>> {
+        let rows: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT feature_id, slot_no, lease_gen, lease_nonce FROM slots
+             WHERE holder = ? AND state IN (0, 1)
+               AND expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
         )
-        .bind(&row.id)
-        .bind(&row.name)
-        .bind(&row.sealed)
-        .bind(row.expires_at.map(us))
-        .execute(&self.writer)
+        .bind(holder)
+        .fetch_all(&self.reader)
         .await?;
-        Ok(())
+        Ok(rows
+            .into_iter()
+            .map(|(feature_id, slot_no, lease_gen, nonce)| LeaseRef {
+                feature_id,
+                slot_no,
+                lease_gen,
+                nonce,
+            })
+            .collect())
+    }
+
+    async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
+        with_retry(|| async move {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO identities (id, name, sealed, created_at, expires_at, revoked_at)
+                 VALUES (?, ?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER), ?, NULL)",
+            )
+            .bind(&row.id)
+            .bind(&row.name)
+            .bind(&row.sealed)
+            .bind(row.expires_at.map(us))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE identity_revision SET revision = revision + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok::<_, StorageError>(())
+        })
+        .await
     }
 
     async fn identity(&self, id: &str) -> Result<Option<IdentityRow>> {
@@ -953,14 +981,61 @@ impl Storage for SqliteStorage {
     }
 
     async fn revoke_identity(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE identities SET revoked_at = CAST(unixepoch('subsec') * 1000000 AS INTEGER)
-             WHERE id = ? AND revoked_at IS NULL",
+        with_retry(|| async move {
+            let mut tx = self.begin().await?;
+            let now = db_now(&mut tx).await?;
+            let r = sqlx::query(
+                "UPDATE identities SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok::<_, StorageError>(false);
+            }
+            sqlx::query("UPDATE identity_revision SET revision = revision + 1 WHERE id = 1")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO identity_revocations (revision, identity_id, revoked_at)
+                 SELECT revision, ?, ? FROM identity_revision WHERE id = 1",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn identity_revision(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT revision FROM identity_revision WHERE id = 1")
+                .fetch_one(&self.reader)
+                .await?,
         )
-        .bind(id)
-        .execute(&self.writer)
+    }
+
+    async fn identity_revocations(&self, after: i64) -> Result<Vec<Revocation>> {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT revision, identity_id, revoked_at FROM identity_revocations
+             WHERE revision > ? ORDER BY revision",
+        )
+        .bind(after)
+        .fetch_all(&self.reader)
         .await?;
-        Ok(r.rows_affected() == 1)
+        Ok(rows
+            .into_iter()
+            .map(|(revision, identity_id, at)| Revocation {
+                revision,
+                identity_id,
+                revoked_at: utc(at),
+            })
+            .collect())
     }
 
     async fn insert_token(&self, row: &TokenRow) -> Result<()> {

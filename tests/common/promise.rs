@@ -1212,6 +1212,21 @@ impl PromiseCluster {
         Self::start_with_env(instances, &|_| Vec::new(), features, identities).await
     }
 
+    /// [`PromiseCluster::start`] with more environment for every instance
+    /// (`FLOATLM_CLUSTER_HEARTBEAT`, say).
+    pub async fn start_with(
+        instances: &[InstanceSpec],
+        features: &[(&str, u32)],
+        identities: usize,
+        env: &[(&str, &str)],
+    ) -> PromiseCluster {
+        let all: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::start_with_env(instances, &|_| all.clone(), features, identities).await
+    }
+
     /// [`start`](Self::start) with more environment for some instances:
     /// `env(spec)` is added to that instance's (libfaketime, say).
     pub async fn start_with_env(

@@ -3,7 +3,9 @@
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{ClientHandshake, ResumeGrant};
 use floatlm_protocol::keys::SessionKeys;
-use floatlm_protocol::messages::{AuthInfo, ErrorCode, FeatureInfo, Request, Response};
+use floatlm_protocol::messages::{
+    AuthInfo, ErrorCode, FeatureInfo, Request, Response, SealedResponse,
+};
 use floatlm_protocol::{
     HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_PING, PATH_REQUEST, PATH_RESUME,
 };
@@ -563,12 +565,9 @@ impl Client {
                 reason,
             }));
         }
-        if let Some(t) = payload.resume.as_ref().and_then(Ticket::from_grant) {
-            self.inner
-                .tickets
-                .lock()
-                .expect("lock")
-                .insert(spec.identity_id.clone(), Arc::new(t));
+        // Servers before tickets-after-confirmation sent the ticket here.
+        if let Some(g) = payload.resume.as_ref() {
+            self.keep_ticket(&spec.identity_id, g);
         }
         self.mark_ok(i, Some(&payload.instance));
         Ok(Channel {
@@ -577,6 +576,23 @@ impl Client {
             keys,
             seq: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps `grant` as the newest resumption ticket of `identity_id`.
+    fn keep_ticket(&self, identity_id: &str, grant: &ResumeGrant) {
+        if let Some(t) = Ticket::from_grant(grant) {
+            self.inner
+                .tickets
+                .lock()
+                .expect("lock")
+                .insert(identity_id.to_string(), Arc::new(t));
+        }
+    }
+
+    /// Forgets the resumption ticket of `identity_id` (its identity was
+    /// refused: resuming with it could only be refused too).
+    fn forget_ticket(&self, identity_id: &str) {
+        self.inner.tickets.lock().expect("lock").remove(identity_id);
     }
 
     async fn send(&self, ch: &Channel, req: &Request) -> Result<Response, Attempt> {
@@ -627,9 +643,22 @@ impl Client {
         if rseq != seq {
             return Err(Attempt::Failover("response answers another request".into()));
         }
-        let reply: Response = serde_json::from_slice(&pt)
+        let sealed: SealedResponse = serde_json::from_slice(&pt)
             .map_err(|e| Attempt::Failover(format!("response is not understood: {e}")))?;
-        match reply {
+        // The first response of a session carries its resumption ticket.
+        if let Some(g) = sealed.resume.as_ref() {
+            self.keep_ticket(&spec.identity_id, g);
+        }
+        match sealed.response {
+            // The identity was revoked or has expired: final. The server
+            // dropped the session; another server would say the same.
+            Response::Error { code, message, .. } if code.is_identity_refusal() => {
+                self.forget_ticket(&spec.identity_id);
+                Err(Attempt::Fatal(ClientError::IdentityRefused {
+                    server: spec.address.clone(),
+                    reason: message,
+                }))
+            }
             Response::Error {
                 code: ErrorCode::Unavailable,
                 message,
@@ -669,7 +698,14 @@ impl Client {
                     self.mark_ok(ch.server, None);
                     return Ok(r);
                 }
-                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Fatal(e)) => {
+                    if matches!(e, ClientError::IdentityRefused { .. }) {
+                        // The server ended the session: the next call
+                        // handshakes afresh (and hears the refusal again).
+                        self.drop_channel(&ch).await;
+                    }
+                    return Err(e);
+                }
                 Err(Attempt::Rehandshake) => {
                     last = "session unknown on the server (expired, or another instance answered)"
                         .into();

@@ -25,8 +25,9 @@ pub enum HandleState {
     Reconnecting {
         last_error: String,
     },
-    /// The lease is gone (expired, released by an operator, or unreachable
-    /// servers until its deadline): stop using the feature.
+    /// The lease is gone (expired, released by an operator, the identity
+    /// revoked or expired, or unreachable servers until its deadline): stop
+    /// using the feature.
     Lost {
         reason: String,
     },
@@ -41,6 +42,12 @@ pub enum LossReason {
     /// A server answered that the lease is no longer this client's: an
     /// operator force-released it, or it ran out on the server.
     Revoked,
+    /// The server refused the client's identity: an operator revoked it, or
+    /// it expired. Its leases are ended; no server will renew them.
+    IdentityRefused {
+        /// The server's words (who, and since when).
+        reason: String,
+    },
     /// No server confirmed the lease before the promise ran out. The
     /// servers may be down or unreachable from here; the handle cannot tell
     /// whether the seat still exists, so it stops promising it.
@@ -57,6 +64,9 @@ impl fmt::Display for LossReason {
             LossReason::Revoked => f.write_str(
                 "the server no longer knows this lease (released by an operator, or expired on the server)",
             ),
+            LossReason::IdentityRefused { reason } => {
+                write!(f, "the license server refused this client's identity: {reason}")
+            }
             LossReason::Unconfirmed { last_error: None } => {
                 f.write_str("no server confirmed the lease before its promise ran out")
             }
@@ -383,6 +393,11 @@ async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
                     return;
                 }
             },
+            // Revoked or expired: final, however long the promise had left.
+            Err(crate::ClientError::IdentityRefused { reason, .. }) => {
+                core.lose(LossReason::IdentityRefused { reason });
+                return;
+            }
             other => {
                 let e = match other {
                     Err(e) => e.to_string(),

@@ -12,7 +12,7 @@
 //!
 //! Resumption is the same one round trip with another PSK: the ticket (sealed
 //! by the cluster, opaque to the client) names the identity and carries the
-//! resumption secret the server handed out with the previous ServerHello. Any
+//! resumption secret the server handed out with the previous session. Any
 //! instance that can open the ticket can continue; fresh ephemerals on both
 //! sides make every resumed session's keys new, so nothing recorded from an
 //! earlier session can be replayed into it.
@@ -48,12 +48,17 @@ pub struct ServerHelloPayload {
     /// may not be used (revoked, expired): only the legitimate client reads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
-    /// How to resume this session on any instance of the cluster.
+    /// How to resume this session on any instance of the cluster. Servers
+    /// of this version leave it out: the ticket comes with the session's
+    /// first sealed response ([`crate::messages::SealedResponse`]), once the
+    /// session proved to be live. Earlier servers sent it here; clients
+    /// accept it in either place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeGrant>,
 }
 
-/// A resumption ticket and its secret, handed out inside ServerHello.
+/// A resumption ticket and its secret, handed out with the first sealed
+/// response of a session (by earlier servers: inside ServerHello).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeGrant {
     /// The ticket, hex; sent back verbatim in a ResumeHello.
