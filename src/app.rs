@@ -33,8 +33,8 @@ use crate::sessions::{Found, Promotion};
 use floatlm_protocol::handshake::ResumeGrant;
 
 use crate::storage::{
-    mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, IdentityRow,
-    InstanceBeat, LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
+    mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, Extension,
+    IdentityRow, InstanceBeat, LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
 };
 
 const CANARY_PLAINTEXT: &[u8] = b"floatlm key canary v1";
@@ -101,6 +101,13 @@ pub struct App {
     /// Why the key canary no longer opens, if it stopped (checked periodically).
     key_problem: RwLock<Option<String>>,
     refused: RwLock<Refusals>,
+    /// Of those, the features refused only because this instance does not
+    /// trust the vendor key that signed them (a vendor key being added during
+    /// a rolling change): nothing says their rows are wrong, so their
+    /// heartbeats are still answered; only grants wait for the key.
+    untrusted: RwLock<std::collections::BTreeSet<String>>,
+    /// When a heartbeat last named a lease newer than its slot (logged once a minute).
+    went_back_logged: std::sync::Mutex<Option<std::time::Instant>>,
     pub started_at: DateTime<Utc>,
     /// Protocol sessions of this instance.
     pub sessions: crate::sessions::Sessions,
@@ -517,6 +524,9 @@ pub struct TokenView {
 pub struct IntegrityReport {
     pub licenses_checked: usize,
     pub refused: Refusals,
+    /// Refused features signed by a vendor key this instance does not trust
+    /// (their leases are still renewed here).
+    pub untrusted: std::collections::BTreeSet<String>,
 }
 
 /// One instance in the cluster view.
@@ -588,6 +598,8 @@ impl App {
             draining: AtomicBool::new(false),
             key_problem: RwLock::new(None),
             refused: RwLock::new(Refusals::new()),
+            untrusted: RwLock::default(),
+            went_back_logged: std::sync::Mutex::new(None),
             started_at: Utc::now(),
             sessions: crate::sessions::Sessions::new(config.max_sessions, config.session_idle),
             auth_hook: config.auth_script.clone().map(|p| {
@@ -798,6 +810,22 @@ impl App {
         Ok((outcome, v))
     }
 
+    /// Whether a stored license opens and would verify but for a vendor key
+    /// this instance does not trust.
+    fn only_vendor_key_untrusted(&self, license_id: &str, sealed: &[u8]) -> bool {
+        let Ok(text) = self.keyring.open(license_ctx(license_id), sealed) else {
+            return false;
+        };
+        let Ok(text) = std::str::from_utf8(&text) else {
+            return false;
+        };
+        let keys = self.vendor_keys.read().expect("lock").clone();
+        matches!(
+            license::verify(text, &keys),
+            Err(LicenseError::UnknownKey(_))
+        )
+    }
+
     /// Opens and re-verifies a stored license.
     fn open_license(
         &self,
@@ -854,6 +882,7 @@ impl App {
             report = self.integrity_pass().await?;
         }
         *self.refused.write().expect("lock") = report.refused.clone();
+        *self.untrusted.write().expect("lock") = report.untrusted.clone();
         Ok(report)
     }
 
@@ -861,8 +890,14 @@ impl App {
         let licenses = self.storage.licenses().await?;
         let rows = self.storage.feature_rows().await?;
         let mut refused = Refusals::new();
+        let mut untrusted = std::collections::BTreeSet::new();
         for lic in &licenses {
             let opened = self.open_license(&lic.license_id, &lic.sealed, &lic.digest);
+            if opened.is_err() && self.only_vendor_key_untrusted(&lic.license_id, &lic.sealed) {
+                for row in rows.iter().filter(|r| r.license_id == lic.license_id) {
+                    untrusted.insert(row.name.clone());
+                }
+            }
             for row in rows.iter().filter(|r| r.license_id == lic.license_id) {
                 let problem = match &opened {
                     Err(e) => Some(e.clone()),
@@ -903,6 +938,7 @@ impl App {
         Ok(IntegrityReport {
             licenses_checked: licenses.len(),
             refused,
+            untrusted,
         })
     }
 
@@ -969,17 +1005,26 @@ impl App {
             .await
             .map_err(database_unavailable)?;
         let refused = self.refused.read().expect("lock").clone();
+        let untrusted = self.untrusted.read().expect("lock").clone();
         let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
         let (mut urgent, mut due) = (Vec::new(), Vec::new());
         for (lease, check) in leases.iter().zip(checks) {
             let live = match check {
                 Check::Live(live)
-                    if !live.window_closed() && !refused.contains_key(&live.feature) =>
+                    if !live.window_closed()
+                        && (!refused.contains_key(&live.feature)
+                            || untrusted.contains(&live.feature)) =>
                 {
                     live
                 }
                 Check::WentBack => {
-                    tracing::warn!(%lease, "a heartbeat names a lease newer than its slot: the database was restored or lost transactions (run `floatlm admin quarantine` after a restore), or the client made the lease id up");
+                    // Once per minute at most: a client that keeps
+                    // heartbeating a lease lost to a restore would flood it.
+                    let mut last = self.went_back_logged.lock().expect("lock");
+                    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        *last = Some(std::time::Instant::now());
+                        tracing::warn!(%lease, "a heartbeat names a lease newer than its slot: the database was restored or lost transactions (run `floatlm admin quarantine` after a restore), or the client made the lease id up");
+                    }
                     out.push(Some(Renewal::Lost));
                     continue;
                 }
@@ -1013,30 +1058,40 @@ impl App {
         }
         if !urgent.is_empty() {
             let targets: Vec<LeaseRef> = urgent.iter().map(|(l, _)| *l).collect();
-            let written = self
-                .batches
-                .extend(holder, &targets)
-                .await
-                .map_err(database_unavailable)?;
+            // A write that cannot be made now (the row is locked by a stalled
+            // instance, the database just failed) leaves the read as the
+            // evidence: it backs a shorter promise, which is still true.
+            let written = match self.batches.extend(holder, &targets).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, leases = targets.len(), "could not extend nearly expired leases; answering from their reads");
+                    vec![Extension::Busy; targets.len()]
+                }
+            };
             stats
                 .written
                 .fetch_add(urgent.len() as u64, Ordering::Relaxed);
-            let mut answers = urgent.into_iter().zip(written).map(|((_, read), at)| {
-                at.map_or(Renewal::Lost, |now| {
-                    // The write matched: the lease was live at `now` and is
-                    // held at least `lease_hold` past it, with a cap of at
-                    // least `lease_ttl`.
-                    let hold = chrono::Duration::from_std(self.config.lease_hold)
-                        .unwrap_or(chrono::Duration::MAX);
-                    let extended = LiveLease {
-                        now,
-                        expires_at: now + hold,
-                        cap: read.cap.max(ttl),
-                        ..read
-                    };
-                    Renewal::Renewed(extended.promise(ttl))
-                })
-            });
+            let hold =
+                chrono::Duration::from_std(self.config.lease_hold).unwrap_or(chrono::Duration::MAX);
+            let mut answers = urgent
+                .into_iter()
+                .zip(written)
+                .map(|((_, read), ext)| match ext {
+                    // The write matched: the lease was live at `now` and is held
+                    // at least `lease_hold` past it, with a cap of at least
+                    // `lease_ttl`.
+                    Extension::Extended(now) => Renewal::Renewed(
+                        LiveLease {
+                            now,
+                            expires_at: now + hold,
+                            cap: read.cap.max(ttl),
+                            ..read
+                        }
+                        .promise(ttl),
+                    ),
+                    Extension::Busy => Renewal::Renewed(read.promise(ttl)),
+                    Extension::Lost => Renewal::Lost,
+                });
             for o in out.iter_mut().filter(|o| o.is_none()) {
                 *o = answers.next();
             }

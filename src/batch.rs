@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 
 use crate::dbgate::DbGate;
 use crate::domain::seats::{Check, Grant, GrantRequest, LeaseRef, SeatError};
-use crate::storage::{RenewItem, Storage, StorageError};
+use crate::storage::{Extension, RenewItem, Storage, StorageError};
 
 /// Grant (and release) batches in flight at once per instance. One: while it
 /// runs the next batch fills, and fewer, larger transactions are what the
@@ -123,8 +123,8 @@ fn lease_count(item: &RenewItem) -> usize {
     item.leases.len()
 }
 
-/// When each lease was extended (database clock); None when it was gone.
-type Extended = Result<Vec<Option<DateTime<Utc>>>, String>;
+/// What an extension did to each lease.
+type Extended = Result<Vec<Extension>, String>;
 
 /// A queue of extensions in front of [`Storage::extend_batch`].
 fn extension_batcher(

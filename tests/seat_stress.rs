@@ -161,12 +161,12 @@ async fn seat_stress(kind: Kind) {
                             let hold = Duration::from_millis(300);
                             match st.extend(&holder, &[life.lease], hold, hold).await.unwrap()[0] {
                                 // GREATEST: the expiry never goes down.
-                                Some(at) => {
+                                floatlm::storage::Extension::Extended(at) => {
                                     life.end =
                                         life.end.max(at + chrono::Duration::milliseconds(300));
                                     held = Some(life);
                                 }
-                                None => lives.push(life),
+                                _ => lives.push(life),
                             }
                         } else if x < 0.99 {
                             ops.fetch_add(1, Ordering::Relaxed);

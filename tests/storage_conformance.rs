@@ -7,7 +7,8 @@ use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
 use floatlm::storage::{
-    usage_by_name, ApplyOutcome, InstanceBeat, RenewItem, SealedKind, Storage, StorageError,
+    usage_by_name, ApplyOutcome, Extension, InstanceBeat, RenewItem, SealedKind, Storage,
+    StorageError,
 };
 use std::time::Duration;
 
@@ -31,7 +32,16 @@ async fn renew(
     leases: &[LeaseRef],
     hold: Duration,
 ) -> Vec<Option<DateTime<Utc>>> {
-    st.extend(holder, leases, hold, hold).await.unwrap()
+    st.extend(holder, leases, hold, hold)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| match e {
+            Extension::Extended(at) => Some(at),
+            Extension::Lost => None,
+            Extension::Busy => panic!("no other transaction holds a row here"),
+        })
+        .collect()
 }
 
 /// A cluster heartbeat of instance `id` (version 0.1.0, key k1, TTL 60 s).

@@ -272,6 +272,18 @@ pub struct RenewItem {
     pub leases: Vec<LeaseRef>,
 }
 
+/// What an extension did to one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// Held at least `hold` past this database time, cap raised.
+    Extended(DateTime<Utc>),
+    /// The row no longer holds the lease (released, expired, re-granted).
+    Lost,
+    /// Another transaction holds the row's lock right now (a stalled
+    /// instance, a release in progress): not waited for, not extended.
+    Busy,
+}
+
 /// A lease and its holder, as a check or an extension matches them:
 /// (feature_id, slot_no, lease_gen, nonce, holder).
 pub(crate) type HeldLease<'a> = (i64, i64, i64, i64, &'a str);
@@ -414,14 +426,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Extends the leases of several holders in one transaction (group
     /// commit): `expires_at` becomes at least `now + hold` (it never goes
     /// down) and the promise cap at least `promise`, each row only while it
-    /// still holds that lease. One answer per lease, in order: the database
-    /// time of the write when extended, None when the lease is gone.
+    /// still holds that lease. One answer per lease, in order. A row locked
+    /// by another transaction is skipped (`Busy`), never waited for.
     async fn extend_batch(
         &self,
         items: &[RenewItem],
         hold: Duration,
         promise: Duration,
-    ) -> Result<Vec<Vec<Option<DateTime<Utc>>>>>;
+    ) -> Result<Vec<Vec<Extension>>>;
     /// [`Storage::extend_batch`] for one holder.
     async fn extend(
         &self,
@@ -429,7 +441,7 @@ pub trait Storage: Send + Sync + 'static {
         leases: &[LeaseRef],
         hold: Duration,
         promise: Duration,
-    ) -> Result<Vec<Option<DateTime<Utc>>>> {
+    ) -> Result<Vec<Extension>> {
         let item = RenewItem {
             holder: holder.to_string(),
             leases: leases.to_vec(),

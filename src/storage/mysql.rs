@@ -147,7 +147,7 @@ impl MySqlStorage {
             // Well under a client's request timeout (5 s): a request caught
             // by a database outage (before the probe closes the gate) hears
             // "database unavailable" from this instance instead of timing out.
-            .acquire_timeout(Duration::from_secs(2))
+            .acquire_timeout(Duration::from_secs(1))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // A row lock held by a stalled instance (SIGSTOP, a VM
@@ -1255,7 +1255,7 @@ impl Storage for MySqlStorage {
         items: &[RenewItem],
         hold: Duration,
         promise: Duration,
-    ) -> Result<Vec<Vec<Option<DateTime<Utc>>>>> {
+    ) -> Result<Vec<Vec<Extension>>> {
         let all = batch_leases(items);
         if all.is_empty() {
             return Ok(items.iter().map(|_| Vec::new()).collect());
@@ -1265,9 +1265,43 @@ impl Storage for MySqlStorage {
             let now = db_now(&mut tx).await?;
             let expires = add(now, hold);
             let mut extended = std::collections::HashSet::new();
-            // One UPDATE per chunk for the whole batch; only when some lease
+            let mut busy = std::collections::HashSet::new();
+            // Per chunk: lock what can be locked now (a row another
+            // transaction holds, say a stalled instance's, is skipped and
+            // reported busy: one frozen instance must not stall every
+            // heartbeat here); one UPDATE for the rest; only when some lease
             // did not match is a SELECT needed to learn which.
             for chunk in all.chunks(RENEW_CHUNK) {
+                let mut q = QueryBuilder::<MySql>::new(
+                    "SELECT feature_id, CAST(slot_no AS SIGNED) FROM slots FORCE INDEX (PRIMARY) WHERE ",
+                );
+                for (i, (f, s, ..)) in chunk.iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { " OR (" })
+                        .push("feature_id = ")
+                        .push_bind(*f)
+                        .push(" AND slot_no = ")
+                        .push_bind(*s)
+                        .push(")");
+                }
+                q.push(" FOR UPDATE SKIP LOCKED");
+                let locked: std::collections::HashSet<(i64, i64)> = q
+                    .build_query_as::<(i64, i64)>()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let (chunk, skipped): (Vec<HeldLease<'_>>, Vec<HeldLease<'_>>) = chunk
+                    .iter()
+                    .partition(|l| locked.contains(&(l.0, l.1)));
+                if !skipped.is_empty() {
+                    // Skipped because locked, or because there is no such
+                    // row (a made-up lease id): only the first is busy.
+                    let (_, rows) = read_slots(&mut *tx, &skipped).await?;
+                    busy.extend(skipped.into_iter().filter(|l| rows.contains_key(&(l.0, l.1))));
+                }
+                if chunk.is_empty() {
+                    continue;
+                }
                 // The primary key, whatever the statistics say: the pick index
                 // would scan every live lease of the feature. GREATEST: an
                 // instance with a shorter lease_hold never shortens what one
@@ -1309,7 +1343,15 @@ impl Storage for MySqlStorage {
             }
             tx.commit().await?;
             let at = utc(now);
-            Ok(batch_results(items, |l| extended.contains(l).then_some(at)))
+            Ok(batch_results(items, |l| {
+                if extended.contains(l) {
+                    Extension::Extended(at)
+                } else if busy.contains(l) {
+                    Extension::Busy
+                } else {
+                    Extension::Lost
+                }
+            }))
         })
         .await
     }

@@ -798,7 +798,7 @@ impl Storage for SqliteStorage {
         items: &[RenewItem],
         hold: Duration,
         promise: Duration,
-    ) -> Result<Vec<Vec<Option<DateTime<Utc>>>>> {
+    ) -> Result<Vec<Vec<Extension>>> {
         let all = batch_leases(items);
         with_retry(|| async {
             let mut tx = self.begin().await?;
@@ -829,7 +829,14 @@ impl Storage for SqliteStorage {
             }
             tx.commit().await?;
             let at = utc(now);
-            Ok(batch_results(items, |l| extended.contains(l).then_some(at)))
+            // The single writer holds every row: nothing is ever busy here.
+            Ok(batch_results(items, |l| {
+                if extended.contains(l) {
+                    Extension::Extended(at)
+                } else {
+                    Extension::Lost
+                }
+            }))
         })
         .await
     }
