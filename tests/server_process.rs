@@ -325,15 +325,12 @@ async fn admin_api_roles_errors_and_headers(kind: Kind) {
         "license_invalid",
     )
     .await;
-    let big = "a".repeat(2 * 1024 * 1024);
-    let r = c
-        .post(url("/admin/v1/licenses"))
-        .bearer_auth(&admin)
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 413);
+    // A body over the limit is refused from its declared length, before it
+    // is read; the server may close the connection while a client is still
+    // writing, so only the head is sent here (a client writing the whole
+    // 2 MiB can see a broken pipe instead of the 413).
+    let head = oversized_head(&p.admin, &admin, 2 * 1024 * 1024);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     let h = c
         .get(format!("http://{}/sentinel/ldk/v1/healthz", p.licensing))
         .send()
@@ -730,4 +727,23 @@ async fn an_instance_with_the_wrong_master_key_refuses_to_start() {
         err.contains("master key refused") && err.contains("sealed with master key(s) k1"),
         "{err}"
     );
+}
+
+/// Sends only the head of a POST declaring `len` body bytes and returns the
+/// status line the server answers with.
+fn oversized_head(addr: &str, token: &str, len: usize) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /admin/v1/licenses HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
