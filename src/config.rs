@@ -17,8 +17,9 @@ use crate::crypto::Secret;
 use crate::domain::license::VendorKey;
 
 /// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Source {
+    #[default]
     Default,
     File(PathBuf),
     Env(String),
@@ -56,38 +57,163 @@ pub enum ConfigError {
     Missing(String),
 }
 
-/// Every key: (INI section, key). Env is FLOATLM_<KEY>, flag is --<key with ->.
-pub const KEYS: &[(&str, &str)] = &[
-    ("server", "listen"),
-    ("server", "admin_listen"),
-    ("server", "public_address"),
-    ("server", "instance_id"),
-    ("server", "data_dir"),
-    ("server", "drain_delay"),
-    ("server", "max_body_bytes"),
-    ("database", "database_url"),
-    ("database", "database_url_file"),
-    ("database", "max_connections"),
-    ("security", "master_key"),
-    ("security", "master_key_file"),
-    ("security", "vendor_keys"),
-    ("security", "admin_token"),
-    ("security", "admin_token_file"),
-    ("server", "cluster_heartbeat"),
-    ("server", "max_sessions"),
-    ("server", "session_idle"),
-    ("server", "ticket_lifetime"),
-    ("server", "ticket_rotation"),
-    ("server", "trusted_proxies"),
-    ("auth", "auth_script"),
-    ("auth", "auth_timeout"),
-    ("auth", "auth_max_concurrent"),
-    ("leases", "lease_ttl"),
-    ("leases", "lease_hold"),
-    ("leases", "integrity_interval"),
-    ("logging", "log_format"),
-    ("logging", "log_level"),
+/// How a key's text is checked and turned into a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// `IP:PORT`.
+    Addr,
+    /// A duration (`30s`, `2m`, `500ms`) within an inclusive range of seconds.
+    Seconds(f64, f64),
+    /// A whole number within an inclusive range.
+    Whole(u64, u64),
+    /// Checked by its own code in [`Layers::build`] (text, paths, secrets,
+    /// lists).
+    Own,
+}
+
+/// One configuration key: where it lives in the INI file, its default and
+/// its rule. Every key is declared here once; the environment variable
+/// (`FLOATLM_<KEY>`), the flag (`--<key-with-dashes>`), validation and
+/// `config check` all follow from this table.
+#[derive(Debug)]
+pub struct Key {
+    pub section: &'static str,
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub rule: Rule,
+    /// For `*_file` keys: the key whose value the file holds.
+    pub file_of: Option<&'static str>,
+}
+
+const fn key(
+    section: &'static str,
+    name: &'static str,
+    default: Option<&'static str>,
+    rule: Rule,
+) -> Key {
+    Key {
+        section,
+        name,
+        default,
+        rule,
+        file_of: None,
+    }
+}
+
+const fn file_key(section: &'static str, name: &'static str, of: &'static str) -> Key {
+    Key {
+        section,
+        name,
+        default: None,
+        rule: Rule::Own,
+        file_of: Some(of),
+    }
+}
+
+/// Every key, in the order `config check` prints them.
+pub const KEYS: &[Key] = &[
+    key("server", "listen", Some("127.0.0.1:8990"), Rule::Addr),
+    key("server", "admin_listen", Some("127.0.0.1:8991"), Rule::Addr),
+    key("server", "public_address", None, Rule::Own),
+    key("server", "instance_id", None, Rule::Own),
+    key("server", "data_dir", Some("./floatlm-data"), Rule::Own),
+    key(
+        "server",
+        "drain_delay",
+        Some("5s"),
+        Rule::Seconds(0.0, 600.0),
+    ),
+    key(
+        "server",
+        "max_body_bytes",
+        Some("1048576"),
+        Rule::Whole(1024, 64 * 1024 * 1024),
+    ),
+    key(
+        "server",
+        "cluster_heartbeat",
+        Some("5s"),
+        Rule::Seconds(0.2, 300.0),
+    ),
+    key(
+        "server",
+        "max_sessions",
+        Some("100000"),
+        Rule::Whole(1, 10_000_000),
+    ),
+    key(
+        "server",
+        "session_idle",
+        Some("10m"),
+        Rule::Seconds(1.0, 86400.0),
+    ),
+    key(
+        "server",
+        "ticket_lifetime",
+        Some("24h"),
+        Rule::Seconds(1.0, 7.0 * 86400.0),
+    ),
+    key(
+        "server",
+        "ticket_rotation",
+        Some("6h"),
+        Rule::Seconds(1.0, 7.0 * 86400.0),
+    ),
+    key("server", "trusted_proxies", None, Rule::Own),
+    key("database", "database_url", None, Rule::Own),
+    file_key("database", "database_url_file", "database_url"),
+    key(
+        "database",
+        "max_connections",
+        Some("16"),
+        Rule::Whole(1, 1000),
+    ),
+    key("security", "master_key", None, Rule::Own),
+    file_key("security", "master_key_file", "master_key"),
+    key("security", "vendor_keys", None, Rule::Own),
+    key("security", "admin_token", None, Rule::Own),
+    file_key("security", "admin_token_file", "admin_token"),
+    key("auth", "auth_script", None, Rule::Own),
+    key(
+        "auth",
+        "auth_timeout",
+        Some("5s"),
+        Rule::Seconds(0.05, 300.0),
+    ),
+    key(
+        "auth",
+        "auth_max_concurrent",
+        Some("8"),
+        Rule::Whole(1, 1024),
+    ),
+    key(
+        "leases",
+        "lease_ttl",
+        Some("60s"),
+        Rule::Seconds(5.0, 86400.0),
+    ),
+    key(
+        "leases",
+        "lease_hold",
+        None,
+        Rule::Seconds(5.0, 10.0 * 86400.0),
+    ),
+    key(
+        "leases",
+        "integrity_interval",
+        Some("30s"),
+        Rule::Seconds(1.0, 3600.0),
+    ),
+    key("logging", "log_format", Some("text"), Rule::Own),
+    key("logging", "log_level", Some("info"), Rule::Own),
 ];
+
+/// The declaration of `name` (a key this file declares).
+fn spec(name: &str) -> &'static Key {
+    KEYS.iter()
+        .find(|k| k.name == name)
+        .unwrap_or_else(|| panic!("config key {name} is not declared in KEYS"))
+}
 
 pub fn env_name(key: &str) -> String {
     format!("FLOATLM_{}", key.to_ascii_uppercase())
@@ -155,6 +281,9 @@ pub struct Config {
     pub log_level: String,
     /// Where every effective value came from, for `config check`.
     pub sources: BTreeMap<&'static str, Source>,
+    /// How `config check` shows each key's effective value (secrets
+    /// redacted).
+    shown: BTreeMap<&'static str, String>,
 }
 
 /// Raw layered values before validation.
@@ -179,8 +308,8 @@ impl Layers {
             for (k, v) in props.iter() {
                 let key = KEYS
                     .iter()
-                    .find(|(s, name)| *name == k && (section.is_empty() || *s == section))
-                    .map(|(_, name)| *name)
+                    .find(|key| key.name == k && (section.is_empty() || key.section == section))
+                    .map(|key| key.name)
                     .ok_or_else(|| ConfigError::UnknownKey {
                         path: path.to_path_buf(),
                         section: section.to_string(),
@@ -194,10 +323,10 @@ impl Layers {
 
     /// Reads FLOATLM_* variables from `env`.
     pub fn env<'a>(&mut self, env: impl Fn(&str) -> Option<String> + 'a) {
-        for (_, key) in KEYS {
-            let name = env_name(key);
+        for key in KEYS {
+            let name = env_name(key.name);
             if let Some(v) = env(&name) {
-                self.set(key, v, Source::Env(name));
+                self.set(key.name, v, Source::Env(name));
             }
         }
     }
@@ -220,92 +349,14 @@ impl Layers {
 
     /// Validates everything into a [`Config`].
     pub fn build(&self) -> Result<Config, ConfigError> {
-        let sources = std::cell::RefCell::new(BTreeMap::new());
-        let take = |key: &'static str, default: Option<&str>| -> Option<(String, Source)> {
-            let v = match self.get(key) {
-                Some((v, s)) => Some((v.trim().to_string(), s.clone())),
-                None => default.map(|d| (d.to_string(), Source::Default)),
-            };
-            if let Some((_, s)) = &v {
-                sources.borrow_mut().insert(key, s.clone());
-            }
-            v
+        let mut r = Reader {
+            layers: self,
+            sources: BTreeMap::new(),
+            shown: BTreeMap::new(),
         };
-        fn invalid(key: &'static str, source: &Source, reason: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                from: source.clone(),
-                reason: reason.into(),
-            }
-        }
-        fn addr(key: &'static str, v: &(String, Source)) -> Result<SocketAddr, ConfigError> {
-            v.0.parse().map_err(|_| {
-                invalid(
-                    key,
-                    &v.1,
-                    format!(
-                        "'{}' is not IP:PORT (for example 127.0.0.1:8990 or 0.0.0.0:8990)",
-                        v.0
-                    ),
-                )
-            })
-        }
-        fn secs(
-            key: &'static str,
-            v: &(String, Source),
-            min: f64,
-            max: f64,
-        ) -> Result<Duration, ConfigError> {
-            let d = parse_duration(&v.0).ok_or_else(|| {
-                invalid(
-                    key,
-                    &v.1,
-                    format!(
-                        "'{}' is not a duration in the allowed range {min}s..={max}s (examples: 30s, 2m, 1h, 7d, 500ms)",
-                        v.0.chars().take(40).collect::<String>()
-                    ),
-                )
-            })?;
-            let s = d.as_secs_f64();
-            if s < min || s > max {
-                return Err(invalid(
-                    key,
-                    &v.1,
-                    format!("{s}s is outside the allowed range {min}s..={max}s"),
-                ));
-            }
-            Ok(d)
-        }
-        /// The value of `key`, or the contents of the file named by `key_file`.
-        fn secret_or_file(
-            direct: Option<(String, Source)>,
-            file: Option<(String, Source)>,
-            key: &'static str,
-            key_file: &'static str,
-        ) -> Result<Option<(Secret, Source)>, ConfigError> {
-            match (direct, file) {
-                (Some(_), Some((_, s))) => Err(invalid(
-                    key_file,
-                    &s,
-                    format!("set either {key} or {key_file}, not both"),
-                )),
-                (Some((v, s)), None) => Ok(Some((Secret::new(v), s))),
-                (None, Some((p, s))) => {
-                    let text = std::fs::read_to_string(&p)
-                        .map_err(|e| invalid(key_file, &s, format!("cannot read {p}: {e}")))?;
-                    Ok(Some((Secret::new(text.trim().to_string()), s)))
-                }
-                (None, None) => Ok(None),
-            }
-        }
-
-        let listen_v = take("listen", Some("127.0.0.1:8990")).unwrap();
-        let listen = addr("listen", &listen_v)?;
-        let admin_listen = addr(
-            "admin_listen",
-            &take("admin_listen", Some("127.0.0.1:8991")).unwrap(),
-        )?;
-        let public_address = match take("public_address", None) {
+        let listen = r.addr("listen")?;
+        let admin_listen = r.addr("admin_listen")?;
+        let public_address = match r.take("public_address") {
             Some((v, s)) => {
                 let ok = v.rsplit_once(':').is_some_and(|(h, p)| {
                     !h.is_empty() && p.parse::<u16>().is_ok() && !v.contains(['@', ' ', '/'])
@@ -321,7 +372,8 @@ impl Layers {
             }
             None => listen.to_string(),
         };
-        let instance_id = match take("instance_id", None) {
+        r.show("public_address", &public_address);
+        let instance_id = match r.take("instance_id") {
             Some((v, s)) => {
                 if !crate::domain::valid_name(&v) {
                     return Err(invalid(
@@ -334,89 +386,29 @@ impl Layers {
             }
             None => format!("i-{}", crate::crypto::random_hex(4)),
         };
-        let data_dir = PathBuf::from(take("data_dir", Some("./floatlm-data")).unwrap().0);
-        let drain_delay = secs(
-            "drain_delay",
-            &take("drain_delay", Some("5s")).unwrap(),
-            0.0,
-            600.0,
-        )?;
-        let body_v = take("max_body_bytes", Some("1048576")).unwrap();
-        let max_body_bytes: usize = body_v
-            .0
-            .parse()
-            .ok()
-            .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "max_body_bytes",
-                    &body_v.1,
-                    "a whole number of bytes between 1024 and 67108864",
-                )
-            })?;
+        r.show("instance_id", &instance_id);
+        let data_dir = PathBuf::from(r.take("data_dir").map(|v| v.0).unwrap_or_default());
+        r.show("data_dir", data_dir.display());
+        let drain_delay = r.seconds("drain_delay")?;
+        let max_body_bytes = r.whole("max_body_bytes")?;
 
-        let db = secret_or_file(
-            take("database_url", None),
-            take("database_url_file", None),
-            "database_url",
-            "database_url_file",
-        )?;
-        let database = match db {
+        let database = match r.secret_or_file("database_url")? {
             None => {
-                sources.borrow_mut().insert("database_url", Source::Default);
+                r.sources.insert("database_url", Source::Default);
                 DatabaseConfig::Sqlite(data_dir.join("floatlm.db"))
             }
-            Some((url, s)) => {
-                let u = url.expose();
-                if let Some(rest) = u
-                    .strip_prefix("sqlite://")
-                    .or_else(|| u.strip_prefix("sqlite:"))
-                {
-                    let path = rest.split('?').next().unwrap_or("");
-                    if path.is_empty() {
-                        return Err(invalid("database_url", &s, "sqlite: URL names no file (example: sqlite:///var/lib/floatlm/floatlm.db)"));
-                    }
-                    DatabaseConfig::Sqlite(PathBuf::from(path))
-                } else if u.starts_with("mysql://") || u.starts_with("mariadb://") {
-                    let u = u.replacen("mariadb://", "mysql://", 1);
-                    let after = u.trim_start_matches("mysql://");
-                    let db = after
-                        .rsplit_once('/')
-                        .map(|(_, d)| d.split('?').next().unwrap_or(""));
-                    if db.is_none_or(|d| d.is_empty()) {
-                        return Err(invalid("database_url", &s, "a MySQL URL must name the database: mysql://USER:PASS@HOST:3306/DATABASE"));
-                    }
-                    DatabaseConfig::Mysql(Secret::new(u))
-                } else {
-                    return Err(invalid(
-                        "database_url",
-                        &s,
-                        "use sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE",
-                    ));
-                }
-            }
+            Some((url, s)) => database(&url, &s)?,
         };
-        let mc_v = take("max_connections", Some("16")).unwrap();
-        let max_connections: u32 = mc_v
-            .0
-            .parse()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "max_connections",
-                    &mc_v.1,
-                    "a whole number between 1 and 1000",
-                )
-            })?;
+        r.show(
+            "database_url",
+            match &database {
+                DatabaseConfig::Sqlite(p) => format!("sqlite://{}", p.display()),
+                DatabaseConfig::Mysql(u) => redact_url(u.expose()),
+            },
+        );
+        let max_connections = r.whole("max_connections")?;
 
-        let mk = secret_or_file(
-            take("master_key", None),
-            take("master_key_file", None),
-            "master_key",
-            "master_key_file",
-        )?;
-        let master_keys = match mk {
+        let master_keys = match r.secret_or_file("master_key")? {
             None => {
                 if matches!(database, DatabaseConfig::Mysql(_)) {
                     return Err(ConfigError::Missing(
@@ -428,17 +420,26 @@ impl Layers {
                 None
             }
             Some((spec, s)) => {
-                let key = if s == Source::Default {
-                    "master_key"
-                } else {
-                    key_of(&s, "master_key", "master_key_file")
-                };
+                let key = key_of(&s, "master_key", "master_key_file");
                 Some(parse_key_list(spec.expose()).map_err(|e| invalid(key, &s, e.to_string()))?)
             }
         };
+        r.show(
+            "master_key",
+            match &master_keys {
+                Some(k) => format!(
+                    "[redacted] (key ids: {}; the last seals)",
+                    k.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!(
+                    "(not set: generated/loaded {})",
+                    data_dir.join("master.key").display()
+                ),
+            },
+        );
 
         let mut vendor_keys = Vec::new();
-        if let Some((v, s)) = take("vendor_keys", None) {
+        if let Some((v, s)) = r.take("vendor_keys") {
             for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                 let text = if Path::new(item).exists() || item.ends_with(".pub") {
                     std::fs::read_to_string(item).map_err(|e| {
@@ -458,40 +459,49 @@ impl Layers {
                 }
             }
         }
+        r.show(
+            "vendor_keys",
+            if vendor_keys.is_empty() {
+                "(none: no license can be applied)".to_string()
+            } else {
+                vendor_keys
+                    .iter()
+                    .map(|k| k.id())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
 
-        let admin_token = secret_or_file(
-            take("admin_token", None),
-            take("admin_token_file", None),
-            "admin_token",
-            "admin_token_file",
-        )?
-        .map(|(t, s)| {
-            if t.expose().len() < 16 {
-                Err(invalid(
-                    "admin_token",
+        let admin_token = match r.secret_or_file("admin_token")? {
+            Some((t, s)) if t.expose().len() < 16 => {
+                return Err(invalid(
+                    key_of(&s, "admin_token", "admin_token_file"),
                     &s,
                     "an admin token must be at least 16 characters",
                 ))
-            } else {
-                Ok(t)
             }
-        })
-        .transpose()?;
+            t => t.map(|(t, _)| t),
+        };
+        r.show(
+            "admin_token",
+            if admin_token.is_some() {
+                "[redacted]".to_string()
+            } else {
+                format!(
+                    "(not set: the first start generates {})",
+                    data_dir.join("admin.token").display()
+                )
+            },
+        );
 
-        let lease_ttl = secs(
-            "lease_ttl",
-            &take("lease_ttl", Some("60s")).unwrap(),
-            5.0,
-            86400.0,
-        )?;
-        let lease_hold = match take("lease_hold", None) {
+        let lease_ttl = r.seconds("lease_ttl")?;
+        let lease_hold = match r.seconds_if_set("lease_hold")? {
             None => lease_ttl * 2,
-            Some(v) => {
-                let d = secs("lease_hold", &v, 5.0, 10.0 * 86400.0)?;
+            Some((d, s)) => {
                 if d < lease_ttl || d > lease_ttl * 10 {
                     return Err(invalid(
                         "lease_hold",
-                        &v.1,
+                        &s,
                         format!(
                             "{}s must be between lease_ttl ({}s) and 10 × lease_ttl",
                             d.as_secs_f64(),
@@ -502,51 +512,15 @@ impl Layers {
                 d
             }
         };
-        let integrity_interval = secs(
-            "integrity_interval",
-            &take("integrity_interval", Some("30s")).unwrap(),
-            1.0,
-            3600.0,
-        )?;
-        let cluster_heartbeat = secs(
-            "cluster_heartbeat",
-            &take("cluster_heartbeat", Some("5s")).unwrap(),
-            0.2,
-            300.0,
-        )?;
-        let ms_v = take("max_sessions", Some("100000")).unwrap();
-        let max_sessions: usize = ms_v
-            .0
-            .parse()
-            .ok()
-            .filter(|n| (1..=10_000_000).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "max_sessions",
-                    &ms_v.1,
-                    "a whole number between 1 and 10000000",
-                )
-            })?;
-        let session_idle = secs(
-            "session_idle",
-            &take("session_idle", Some("10m")).unwrap(),
-            1.0,
-            86400.0,
-        )?;
-        let ticket_lifetime = secs(
-            "ticket_lifetime",
-            &take("ticket_lifetime", Some("24h")).unwrap(),
-            1.0,
-            7.0 * 86400.0,
-        )?;
-        let ticket_rotation = secs(
-            "ticket_rotation",
-            &take("ticket_rotation", Some("6h")).unwrap(),
-            1.0,
-            7.0 * 86400.0,
-        )?;
-        let mut trusted_proxies = Vec::new();
-        if let Some((v, s)) = take("trusted_proxies", None) {
+        r.show("lease_hold", format!("{}s", lease_hold.as_secs_f64()));
+        let integrity_interval = r.seconds("integrity_interval")?;
+        let cluster_heartbeat = r.seconds("cluster_heartbeat")?;
+        let max_sessions = r.whole("max_sessions")?;
+        let session_idle = r.seconds("session_idle")?;
+        let ticket_lifetime = r.seconds("ticket_lifetime")?;
+        let ticket_rotation = r.seconds("ticket_rotation")?;
+        let mut trusted_proxies: Vec<std::net::IpAddr> = Vec::new();
+        if let Some((v, s)) = r.take("trusted_proxies") {
             for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
                 trusted_proxies.push(item.parse().map_err(|_| {
                     invalid(
@@ -557,7 +531,19 @@ impl Layers {
                 })?);
             }
         }
-        let auth_script = match take("auth_script", None) {
+        r.show(
+            "trusted_proxies",
+            if trusted_proxies.is_empty() {
+                "(none: X-Forwarded-For is ignored)".to_string()
+            } else {
+                trusted_proxies
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        let auth_script = match r.take("auth_script") {
             Some((v, s)) => {
                 let p = PathBuf::from(&v);
                 let meta = std::fs::metadata(&p)
@@ -574,26 +560,16 @@ impl Layers {
             }
             None => None,
         };
-        let auth_timeout = secs(
-            "auth_timeout",
-            &take("auth_timeout", Some("5s")).unwrap(),
-            0.05,
-            300.0,
-        )?;
-        let amc_v = take("auth_max_concurrent", Some("8")).unwrap();
-        let auth_max_concurrent: usize = amc_v
-            .0
-            .parse()
-            .ok()
-            .filter(|n| (1..=1024).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "auth_max_concurrent",
-                    &amc_v.1,
-                    "a whole number between 1 and 1024",
-                )
-            })?;
-        let lf = take("log_format", Some("text")).unwrap();
+        r.show(
+            "auth_script",
+            auth_script.as_ref().map_or_else(
+                || "(none: every authenticated identity may log in)".to_string(),
+                |p| p.display().to_string(),
+            ),
+        );
+        let auth_timeout = r.seconds("auth_timeout")?;
+        let auth_max_concurrent = r.whole("auth_max_concurrent")?;
+        let lf = r.take("log_format").unwrap_or_default();
         let log_format = match lf.0.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -605,7 +581,8 @@ impl Layers {
                 ))
             }
         };
-        let ll = take("log_level", Some("info")).unwrap();
+        r.show("log_format", &lf.0);
+        let ll = r.take("log_level").unwrap_or_default();
         if !valid_log_filter(&ll.0) {
             return Err(invalid(
                 "log_level",
@@ -616,6 +593,7 @@ impl Layers {
                 ),
             ));
         }
+        r.show("log_level", &ll.0);
         Ok(Config {
             listen,
             admin_listen,
@@ -643,8 +621,182 @@ impl Layers {
             auth_max_concurrent,
             log_format,
             log_level: ll.0,
-            sources: sources.into_inner(),
+            sources: r.sources,
+            shown: r.shown,
         })
+    }
+}
+
+fn invalid(key: &'static str, source: &Source, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        from: source.clone(),
+        reason: reason.into(),
+    }
+}
+
+/// Which database a `database_url` names.
+fn database(url: &Secret, s: &Source) -> Result<DatabaseConfig, ConfigError> {
+    let u = url.expose();
+    if let Some(rest) = u
+        .strip_prefix("sqlite://")
+        .or_else(|| u.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or("");
+        if path.is_empty() {
+            return Err(invalid(
+                "database_url",
+                s,
+                "sqlite: URL names no file (example: sqlite:///var/lib/floatlm/floatlm.db)",
+            ));
+        }
+        Ok(DatabaseConfig::Sqlite(PathBuf::from(path)))
+    } else if u.starts_with("mysql://") || u.starts_with("mariadb://") {
+        let u = u.replacen("mariadb://", "mysql://", 1);
+        let after = u.trim_start_matches("mysql://");
+        let db = after
+            .rsplit_once('/')
+            .map(|(_, d)| d.split('?').next().unwrap_or(""));
+        if db.is_none_or(|d| d.is_empty()) {
+            return Err(invalid(
+                "database_url",
+                s,
+                "a MySQL URL must name the database: mysql://USER:PASS@HOST:3306/DATABASE",
+            ));
+        }
+        Ok(DatabaseConfig::Mysql(Secret::new(u)))
+    } else {
+        Err(invalid(
+            "database_url",
+            s,
+            "use sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE",
+        ))
+    }
+}
+
+/// Reads keys out of [`Layers`] by their declaration in [`KEYS`], and
+/// remembers where each value came from and how `config check` shows it.
+struct Reader<'a> {
+    layers: &'a Layers,
+    sources: BTreeMap<&'static str, Source>,
+    shown: BTreeMap<&'static str, String>,
+}
+
+impl Reader<'_> {
+    /// The value of `name`, else its declared default; records the source.
+    fn take(&mut self, name: &'static str) -> Option<(String, Source)> {
+        let v = match self.layers.get(name) {
+            Some((v, s)) => Some((v.trim().to_string(), s.clone())),
+            None => spec(name).default.map(|d| (d.to_string(), Source::Default)),
+        };
+        if let Some((_, s)) = &v {
+            self.sources.insert(name, s.clone());
+        }
+        v
+    }
+
+    fn show(&mut self, name: &'static str, value: impl fmt::Display) {
+        self.shown.insert(name, value.to_string());
+    }
+
+    fn addr(&mut self, name: &'static str) -> Result<SocketAddr, ConfigError> {
+        debug_assert_eq!(spec(name).rule, Rule::Addr);
+        let (v, s) = self.take(name).unwrap_or_default();
+        let a: SocketAddr = v.parse().map_err(|_| {
+            invalid(
+                name,
+                &s,
+                format!("'{v}' is not IP:PORT (for example 127.0.0.1:8990 or 0.0.0.0:8990)"),
+            )
+        })?;
+        self.show(name, a);
+        Ok(a)
+    }
+
+    /// A duration key that has a default.
+    fn seconds(&mut self, name: &'static str) -> Result<Duration, ConfigError> {
+        let d = self
+            .seconds_if_set(name)?
+            .map(|(d, _)| d)
+            .unwrap_or_default();
+        self.show(name, format!("{}s", d.as_secs_f64()));
+        Ok(d)
+    }
+
+    /// A duration key, if it is set (or has a default).
+    fn seconds_if_set(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<(Duration, Source)>, ConfigError> {
+        let Rule::Seconds(min, max) = spec(name).rule else {
+            unreachable!("{name} is not declared as a duration");
+        };
+        let Some((v, s)) = self.take(name) else {
+            return Ok(None);
+        };
+        let d = parse_duration(&v).ok_or_else(|| {
+            invalid(
+                name,
+                &s,
+                format!(
+                    "'{}' is not a duration in the allowed range {min}s..={max}s (examples: 30s, 2m, 1h, 7d, 500ms)",
+                    v.chars().take(40).collect::<String>()
+                ),
+            )
+        })?;
+        let secs = d.as_secs_f64();
+        if secs < min || secs > max {
+            return Err(invalid(
+                name,
+                &s,
+                format!("{secs}s is outside the allowed range {min}s..={max}s"),
+            ));
+        }
+        Ok(Some((d, s)))
+    }
+
+    /// A whole-number key (it has a default).
+    fn whole<T: TryFrom<u64>>(&mut self, name: &'static str) -> Result<T, ConfigError> {
+        let Rule::Whole(min, max) = spec(name).rule else {
+            unreachable!("{name} is not declared as a whole number");
+        };
+        let (v, s) = self.take(name).unwrap_or_default();
+        let n = v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| invalid(name, &s, format!("a whole number between {min} and {max}")))?;
+        self.show(name, &v);
+        Ok(n)
+    }
+
+    /// The value of secret key `name` or the contents of the file its
+    /// `*_file` key names (never both).
+    fn secret_or_file(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<(Secret, Source)>, ConfigError> {
+        let file_key = KEYS
+            .iter()
+            .find(|k| k.file_of == Some(name))
+            .map(|k| k.name)
+            .unwrap_or_else(|| unreachable!("{name} has no *_file key"));
+        match (self.take(name), self.take(file_key)) {
+            (Some(_), Some((_, s))) => Err(invalid(
+                file_key,
+                &s,
+                format!("set either {name} or {file_key}, not both"),
+            )),
+            (Some((v, s)), None) => Ok(Some((Secret::new(v), s))),
+            (None, Some((p, s))) => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| invalid(file_key, &s, format!("cannot read {p}: {e}")))?;
+                self.sources.insert(name, s.clone());
+                Ok(Some((Secret::new(text.trim().to_string()), s)))
+            }
+            (None, None) => Ok(None),
+        }
     }
 }
 
@@ -700,75 +852,18 @@ fn valid_log_filter(s: &str) -> bool {
 }
 
 impl Config {
-    /// The effective configuration as INI-like lines, secrets redacted.
+    /// The effective configuration as INI-like lines, one per key of
+    /// [`KEYS`] (a `*_file` key shows as the key it supplies), secrets
+    /// redacted.
     pub fn describe(&self) -> String {
-        let src = |k: &str| {
-            self.sources
-                .get(k)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "the built-in default".into())
-        };
-        let db = match &self.database {
-            DatabaseConfig::Sqlite(p) => format!("sqlite://{}", p.display()),
-            DatabaseConfig::Mysql(u) => redact_url(u.expose()),
-        };
-        let keys = match &self.master_keys {
-            Some(k) => format!(
-                "{} (key ids: {}; the last seals)",
-                "[redacted]",
-                k.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
-            ),
-            None => format!(
-                "(not set: generated/loaded {})",
-                self.data_dir.join("master.key").display()
-            ),
-        };
-        let vk: Vec<String> = self.vendor_keys.iter().map(|k| k.id()).collect();
-        let lines = [
-            ("listen", self.listen.to_string()),
-            ("admin_listen", self.admin_listen.to_string()),
-            ("public_address", self.public_address.clone()),
-            ("instance_id", self.instance_id.clone()),
-            ("data_dir", self.data_dir.display().to_string()),
-            (
-                "drain_delay",
-                format!("{}s", self.drain_delay.as_secs_f64()),
-            ),
-            ("max_body_bytes", self.max_body_bytes.to_string()),
-            ("database_url", db),
-            ("max_connections", self.max_connections.to_string()),
-            ("master_key", keys),
-            (
-                "vendor_keys",
-                if vk.is_empty() {
-                    "(none: no license can be applied)".into()
-                } else {
-                    vk.join(", ")
-                },
-            ),
-            (
-                "admin_token",
-                if self.admin_token.is_some() {
-                    "[redacted]".into()
-                } else {
-                    "(not set)".into()
-                },
-            ),
-            ("lease_ttl", format!("{}s", self.lease_ttl.as_secs_f64())),
-            ("lease_hold", format!("{}s", self.lease_hold.as_secs_f64())),
-            (
-                "integrity_interval",
-                format!("{}s", self.integrity_interval.as_secs_f64()),
-            ),
-            (
-                "log_format",
-                format!("{:?}", self.log_format).to_lowercase(),
-            ),
-            ("log_level", self.log_level.clone()),
-        ];
         let mut out = String::new();
-        for (k, v) in lines {
-            out.push_str(&format!("{k} = {v}    ; from {}\n", src(k)));
+        for k in KEYS.iter().filter(|k| k.file_of.is_none()) {
+            let value = self.shown.get(k.name).map_or("(not set)", String::as_str);
+            let from = self
+                .sources
+                .get(k.name)
+                .map_or_else(|| "the built-in default".to_string(), |s| s.to_string());
+            out.push_str(&format!("{} = {value}    ; from {from}\n", k.name));
         }
         out
     }
@@ -876,6 +971,58 @@ mod tests {
         let shown = format!("{c:?}{}", c.describe());
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains(&"A".repeat(43)), "{shown}");
+    }
+
+    #[test]
+    fn config_check_shows_every_key_and_the_sample_file_lists_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t".repeat(20)).unwrap();
+        let mut l = Layers::default();
+        l.flag(
+            "database_url",
+            Some("mysql://root:hunter2@127.0.0.1:3306/floatlm"),
+        );
+        l.flag("master_key", Some(format!("k1:{}", "A".repeat(43) + "=")));
+        l.env(env_of(&[(
+            "FLOATLM_ADMIN_TOKEN_FILE",
+            token.to_str().unwrap(),
+        )]));
+        for c in [Layers::default().build().unwrap(), l.build().unwrap()] {
+            let shown = c.describe();
+            for k in KEYS.iter().filter(|k| k.file_of.is_none()) {
+                let line = shown
+                    .lines()
+                    .find(|line| line.starts_with(&format!("{} = ", k.name)))
+                    .unwrap_or_else(|| panic!("config check omits {}:\n{shown}", k.name));
+                assert!(
+                    !line.contains("(not set)    ;") || k.name == "admin_token",
+                    "{line}"
+                );
+            }
+            assert!(!shown.contains("hunter2") && !shown.contains(&"t".repeat(20)));
+        }
+        let c = l.build().unwrap();
+        assert!(
+            c.describe().contains(
+                "admin_token = [redacted]    ; from environment variable FLOATLM_ADMIN_TOKEN_FILE"
+            ),
+            "{}",
+            c.describe()
+        );
+        // The sample file names every key (set or commented out), and
+        // nothing else.
+        let sample = include_str!("../config/floatlm.ini");
+        for k in KEYS {
+            let named = sample.lines().any(|line| {
+                let line = line.trim_start_matches(';').trim();
+                line.split('=').next().map(str::trim) == Some(k.name) && line.contains('=')
+            });
+            assert!(named, "config/floatlm.ini does not mention {}", k.name);
+        }
+        let p = dir.path().join("sample.ini");
+        std::fs::write(&p, sample).unwrap();
+        Layers::default().file(&p).unwrap();
     }
 
     #[test]

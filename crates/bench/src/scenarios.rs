@@ -487,9 +487,10 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         vendor_pub: &vendor_pub,
         // Long enough that leases survive the set-up of the largest scenario.
         lease_ttl: "600s",
-        // 90 s above the TTL: a lease is answered from memory for 89 s after
-        // each write, so with heartbeats every 30 s one in three is written,
-        // as with the defaults (60 s TTL, heartbeat every 20 s, 120 s hold).
+        // 90 s above the TTL: a lease is not extended for 89 s after each
+        // write (its heartbeats are answered from reads), so with heartbeats
+        // every 30 s one in three writes, as with the defaults (60 s TTL,
+        // heartbeat every 20 s, 120 s hold).
         lease_hold: "690s",
         log_level: &args.server_log_level,
     };
