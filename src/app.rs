@@ -116,6 +116,10 @@ pub struct App {
     /// Derives stand-in secrets for unknown identity ids, so they fail the
     /// handshake exactly like a wrong secret.
     dummy_key: zeroize::Zeroizing<[u8; 32]>,
+    /// A stand-in secret sealed at start, opened for an identity id the
+    /// database does not hold, so that it costs the unsealing a known id's
+    /// secret costs.
+    stand_in_sealed: Vec<u8>,
     /// Identities as handshakes and resumptions need them (secrets opened),
     /// known and unknown ids alike; cleared when identities change.
     identity_cache: IdentityCache,
@@ -233,6 +237,10 @@ fn ticket_key_ctx(id: &str) -> SealContext<'_> {
 fn identity_ctx(id: &str) -> SealContext<'_> {
     SealContext::new("identities", "sealed", id)
 }
+
+/// The row id the stand-in secret of unknown identities is sealed under
+/// (not an identity id: those are hex).
+const STAND_IN_IDENTITY: &str = "stand-in";
 
 /// Why the canary of a key this instance holds does not open.
 enum CanaryFault {
@@ -591,6 +599,10 @@ impl App {
         storage.migrate().await?;
         check_canary(storage.as_ref(), &keyring).await?;
         let gate = Arc::new(crate::dbgate::DbGate::default());
+        let stand_in_sealed = keyring.seal(
+            identity_ctx(STAND_IN_IDENTITY),
+            new_identity_secret().expose().as_bytes(),
+        );
         let app = Arc::new(App {
             vendor_keys: RwLock::new(config.vendor_keys.clone()),
             storage: storage.clone(),
@@ -610,6 +622,7 @@ impl App {
                     .try_into()
                     .expect("32 bytes"),
             ),
+            stand_in_sealed,
             identity_cache: IdentityCache::new(
                 crate::identities::CACHE_CAPACITY,
                 crate::identities::CACHE_TTL,
@@ -1278,6 +1291,10 @@ impl App {
 
     /// Opens an identity row's sealed secret; the error says what to do.
     fn open_identity_secret(&self, row: &IdentityRow) -> Result<Secret, String> {
+        self.open_sealed_secret(&row.id, &row.sealed)
+    }
+
+    fn open_sealed_secret(&self, id: &str, sealed: &[u8]) -> Result<Secret, String> {
         let damaged = |what: &str| {
             format!(
                 "damaged: its sealed secret {what} (the row was edited, or copied from another row); \
@@ -1286,7 +1303,7 @@ impl App {
         };
         let secret = self
             .keyring
-            .open(identity_ctx(&row.id), &row.sealed)
+            .open(identity_ctx(id), sealed)
             .map_err(|e| damaged(&format!("does not open ({e})")))?;
         String::from_utf8(secret.to_vec())
             .map(Secret::new)
@@ -1325,13 +1342,19 @@ impl App {
             return Ok(hit);
         }
         let generation = self.identity_cache.generation();
+        // The same work whether the row exists or not, so that a handshake
+        // that fails tells nothing by its time either: one database read,
+        // one unsealing (the row's secret, or the stand-in sealed at start)
+        // and one stand-in derivation. tests/handshake_work.rs compares the
+        // database statements of both.
         let row = self.gated(|| self.storage.identity(id)).await?;
-        let opened = row.map(|row| {
-            let secret = self.open_identity_secret(&row);
-            (row, secret)
-        });
-        let lookup = Arc::new(match opened {
-            Some((row, Ok(secret))) => Lookup {
+        let stand_in = self.dummy_secret(id);
+        let opened = match &row {
+            Some(row) => self.open_identity_secret(row),
+            None => self.open_sealed_secret(STAND_IN_IDENTITY, &self.stand_in_sealed),
+        };
+        let lookup = Arc::new(match (row, opened) {
+            (Some(row), Ok(secret)) => Lookup {
                 secret,
                 identity: Some(IdentityInfo {
                     id: row.id,
@@ -1339,18 +1362,18 @@ impl App {
                     revoked_at: row.revoked_at,
                 }),
             },
-            Some((_, Err(why))) => {
+            (Some(_), Err(why)) => {
                 // The client learns only "authentication failed", as for an
                 // unknown identity; the operator reads why here and in
                 // `identity list`.
                 tracing::error!(identity = %id, problem = %why, "an identity cannot log in");
                 Lookup {
-                    secret: self.dummy_secret(id),
+                    secret: stand_in,
                     identity: None,
                 }
             }
-            None => Lookup {
-                secret: self.dummy_secret(id),
+            (None, _) => Lookup {
+                secret: stand_in,
                 identity: None,
             },
         });

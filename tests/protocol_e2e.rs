@@ -512,19 +512,19 @@ async fn wrong_secret_and_unknown_id_are_indistinguishable(kind: Kind) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_accepts_the_test_vector_handshake() {
     let t = TestApp::new(Kind::Sqlite).await;
-    let v = vectors::shipped();
+    let v = vectors::shipped().handshake;
     t.app
         .import_identity(
             &v.identity_id,
             "vector",
-            &floatlm::crypto::Secret::new(v.secret.clone()),
+            &floatlm::crypto::Secret::new(v.secret_text.clone()),
         )
         .await
         .unwrap();
     let (lic, _admin, _stop) = common::serve_in_process(t.app.clone()).await;
     let (hs, hello) = ClientHandshake::start(
         &v.identity_id,
-        v.secret.as_bytes(),
+        v.secret_text.as_bytes(),
         Some(&vectors::CLIENT_EPHEMERAL),
     )
     .unwrap();
@@ -537,7 +537,7 @@ async fn the_server_accepts_the_test_vector_handshake() {
     let (status, body) = raw
         .post(
             raw.seal(
-                vectors::shipped().request_seq,
+                vectors::shipped().envelope("request").seq,
                 &serde_json::from_str(vectors::REQUEST_JSON).unwrap(),
             ),
             "raw",

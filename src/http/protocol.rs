@@ -204,7 +204,7 @@ pub async fn request(
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "session_unknown",
-            "session unknown or expired on this instance: handshake again",
+            "session unknown or expired on this instance: resume with your ticket if you hold one, otherwise handshake again",
         )
     })?;
     let session = found.session().clone();

@@ -30,13 +30,13 @@ fn identity_strings_parse_and_never_print_the_secret() {
 
 #[test]
 fn the_vector_identity_produces_the_vector_client_hello() {
-    let v = vectors::shipped();
+    let v = vectors::shipped().handshake;
     // The secret is used as the bytes of the text after the ':'.
-    let ident = format!("{}:{}@127.0.0.1:8990", v.identity_id, v.secret);
+    let ident = format!("{}:{}@127.0.0.1:8990", v.identity_id, v.secret_text);
     let spec: ServerSpec = ident.parse().unwrap();
     let (_, hello) = ClientHandshake::start(
         &spec.identity_id,
-        v.secret.as_bytes(),
+        v.secret_text.as_bytes(),
         Some(&vectors::CLIENT_EPHEMERAL),
     )
     .unwrap();

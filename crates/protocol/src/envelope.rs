@@ -36,7 +36,9 @@ pub struct Binding<'a> {
     pub session: &'a str,
 }
 
-fn aad(b: &Binding<'_>, dir: Direction, seq: u64) -> Vec<u8> {
+/// The additional authenticated data of envelope `seq` (shown in the test
+/// vectors; docs/protocol.md spells it out byte by byte).
+pub fn aad(b: &Binding<'_>, dir: Direction, seq: u64) -> Vec<u8> {
     let mut a = b"floatlm-envelope-v1".to_vec();
     a.push(VERSION);
     a.push(dir as u8);
@@ -48,7 +50,8 @@ fn aad(b: &Binding<'_>, dir: Direction, seq: u64) -> Vec<u8> {
     a
 }
 
-fn nonce(dir: Direction, seq: u64) -> [u8; 12] {
+/// The AES-GCM nonce of envelope `seq` in direction `dir`.
+pub fn nonce(dir: Direction, seq: u64) -> [u8; 12] {
     let mut n = [0u8; 12];
     n[..4].copy_from_slice(&(dir as u32).to_be_bytes());
     n[4..].copy_from_slice(&seq.to_be_bytes());

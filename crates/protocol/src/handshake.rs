@@ -1,11 +1,11 @@
 //! The handshake: one round trip of Noise_NNpsk0_25519_AESGCM_SHA256.
 //!
 //! ```text
-//! ClientHello = version:u8 | id_len:u8 | identity id (ASCII) | Noise message 1 (-> psk, e)
+//! ClientHello = version:u8 | id_len:u8 | identity id (ASCII) | Noise message 1 (-> psk, e; 48 bytes)
 //! ServerHello = version:u8 | Noise message 2 (<- e, ee; payload = ServerHelloPayload JSON)
 //! prologue    = "floatlm/1 " | identity id
 //!
-//! ResumeHello = version:u8 | ticket_len:u16 BE | ticket | Noise message 1 (-> psk, e)
+//! ResumeHello = version:u8 | ticket_len:u16 BE | ticket | Noise message 1 (-> psk, e; 48 bytes)
 //! prologue    = "floatlm/1 resume " | ticket
 //! psk         = derive_resume_psk(resumption secret)
 //! ```
@@ -33,6 +33,10 @@ pub const MAX_HELLO: usize = 4096;
 pub const MAX_TICKET: usize = 1024;
 /// Length of a resumption secret, bytes.
 pub const RESUMPTION_SECRET_LEN: usize = 32;
+/// Length of Noise message 1 (`psk, e` with an empty payload): the 32-byte
+/// ephemeral public key, then the 16-byte AES-GCM tag of the empty payload.
+/// Any other length is malformed, so a message 1 carrying a payload is too.
+pub const NOISE_MESSAGE_1_LEN: usize = 32 + 16;
 const MAX_NOISE: usize = 65535;
 
 /// What the server tells the client inside the encrypted second message.
@@ -217,9 +221,19 @@ impl ClientHandshake {
 
     /// Reads ServerHello; returns the session keys and the server's payload.
     pub fn finish(
-        mut self,
+        self,
         server_hello: &[u8],
     ) -> Result<(SessionKeys, ServerHelloPayload), ProtocolError> {
+        self.finish_transcript(server_hello)
+            .map(|(keys, payload, _)| (keys, payload))
+    }
+
+    /// [`ClientHandshake::finish`], also returning the intermediate values
+    /// the test vectors show (crate-private: they are key material).
+    pub(crate) fn finish_transcript(
+        mut self,
+        server_hello: &[u8],
+    ) -> Result<(SessionKeys, ServerHelloPayload, Transcript), ProtocolError> {
         let noise = versioned(server_hello)?;
         // The payload may carry a resumption secret: wiped after parsing.
         let mut buf = Zeroizing::new(vec![0u8; MAX_NOISE]);
@@ -229,19 +243,49 @@ impl ClientHandshake {
             .map_err(|_| ProtocolError::AuthFailed)?;
         let payload: ServerHelloPayload = serde_json::from_slice(&buf[..n])
             .map_err(|_| ProtocolError::Malformed("server hello payload"))?;
-        let keys = split(&mut self.state)?;
-        Ok((keys, payload))
+        let transcript = split(&mut self.state)?;
+        Ok((transcript.keys(), payload, transcript))
     }
 }
 
-fn split(state: &mut snow::HandshakeState) -> Result<SessionKeys, ProtocolError> {
+/// What Noise leaves after message 2: the handshake hash and the two raw
+/// keys of Split(), from which [`SessionKeys`] are derived.
+pub(crate) struct Transcript {
+    pub(crate) handshake_hash: Vec<u8>,
+    pub(crate) k1: Zeroizing<[u8; 32]>,
+    pub(crate) k2: Zeroizing<[u8; 32]>,
+}
+
+impl Transcript {
+    fn keys(&self) -> SessionKeys {
+        SessionKeys::derive(&self.k1, &self.k2, &self.handshake_hash)
+    }
+}
+
+fn split(state: &mut snow::HandshakeState) -> Result<Transcript, ProtocolError> {
     if !state.is_handshake_finished() {
         return Err(ProtocolError::Malformed("handshake not finished"));
     }
-    let h = state.get_handshake_hash().to_vec();
+    let handshake_hash = state.get_handshake_hash().to_vec();
     let (k1, k2) = state.dangerously_get_raw_split();
-    let (k1, k2) = (Zeroizing::new(k1), Zeroizing::new(k2));
-    Ok(SessionKeys::derive(&k1, &k2, &h))
+    Ok(Transcript {
+        handshake_hash,
+        k1: Zeroizing::new(k1),
+        k2: Zeroizing::new(k2),
+    })
+}
+
+/// Noise message 1 must be exactly [`NOISE_MESSAGE_1_LEN`] bytes.
+fn message_1(noise: &[u8]) -> Result<&[u8], ProtocolError> {
+    if noise.len() < NOISE_MESSAGE_1_LEN {
+        return Err(ProtocolError::Malformed("truncated"));
+    }
+    if noise.len() > NOISE_MESSAGE_1_LEN {
+        return Err(ProtocolError::Malformed(
+            "Noise message 1 carries a payload; it must be empty",
+        ));
+    }
+    Ok(noise)
 }
 
 /// Checks the size bound and the version byte of a hello; the rest.
@@ -272,7 +316,7 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError
         .split_first()
         .ok_or(ProtocolError::Malformed("truncated"))?;
     let len = len as usize;
-    if rest.len() < len + 32 {
+    if rest.len() < len {
         return Err(ProtocolError::Malformed("truncated"));
     }
     let (id, noise) = rest.split_at(len);
@@ -282,7 +326,7 @@ pub fn parse_client_hello(bytes: &[u8]) -> Result<ClientHello<'_>, ProtocolError
     Ok(ClientHello {
         identity_id: std::str::from_utf8(id)
             .map_err(|_| ProtocolError::Malformed("identity id"))?,
-        noise,
+        noise: message_1(noise)?,
     })
 }
 
@@ -305,11 +349,14 @@ pub fn parse_resume_hello(bytes: &[u8]) -> Result<ResumeHello<'_>, ProtocolError
     if len == 0 || len > MAX_TICKET {
         return Err(ProtocolError::Malformed("ticket length"));
     }
-    if rest.len() < len + 32 {
+    if rest.len() < len {
         return Err(ProtocolError::Malformed("truncated"));
     }
     let (ticket, noise) = rest.split_at(len);
-    Ok(ResumeHello { ticket, noise })
+    Ok(ResumeHello {
+        ticket,
+        noise: message_1(noise)?,
+    })
 }
 
 /// Reads message 1 and writes the ServerHello carrying `payload`.
@@ -319,9 +366,16 @@ fn answer(
     payload: &ServerHelloPayload,
 ) -> Result<(SessionKeys, Vec<u8>), ProtocolError> {
     let mut buf = vec![0u8; MAX_NOISE];
-    state
-        .read_message(noise, &mut buf)
+    let n = state
+        .read_message(message_1(noise)?, &mut buf)
         .map_err(|_| ProtocolError::AuthFailed)?;
+    if n != 0 {
+        // Unreachable after the length check; kept so no payload is ever
+        // accepted, whatever the framing above turns into.
+        return Err(ProtocolError::Malformed(
+            "Noise message 1 carries a payload; it must be empty",
+        ));
+    }
     let body = Zeroizing::new(
         serde_json::to_vec(payload).map_err(|_| ProtocolError::Malformed("payload"))?,
     );
@@ -329,7 +383,7 @@ fn answer(
     let n = state
         .write_message(&body, &mut msg)
         .map_err(|_| ProtocolError::TooLarge)?;
-    let keys = split(&mut state)?;
+    let keys = split(&mut state)?.keys();
     let mut out = Vec::with_capacity(1 + n);
     out.push(VERSION);
     out.extend_from_slice(&msg[..n]);

@@ -14,31 +14,172 @@ fn shipped_vectors_match() {
     assert_eq!(vectors::compute(), vectors::shipped(), "regenerate with: cargo run -p floatlm-protocol --example gen_vectors > tests/vectors/v1.json (and say why in docs/protocol.md)");
 }
 
+/// Every message and envelope of the vectors, rebuilt with this crate from
+/// the file's contents alone: inputs read from the JSON, nothing from the
+/// constants of `vectors`.
 #[test]
-fn vector_envelopes_open() {
-    let v = vectors::shipped();
-    let c2s: [u8; 32] = hex::decode(&v.c2s_key).unwrap().try_into().unwrap();
-    let s2c: [u8; 32] = hex::decode(&v.s2c_key).unwrap().try_into().unwrap();
-    let b = vectors::binding();
-    let (seq, pt) = envelope::open(
-        &c2s,
-        Direction::ClientToServer,
-        &b,
-        &hex::decode(&v.request_envelope).unwrap(),
+fn every_vector_is_reproduced_from_the_file_alone() {
+    use floatlm_protocol::handshake::ServerHelloPayload;
+    use floatlm_protocol::keys::{derive_psk, derive_resume_psk};
+    let v: vectors::Vectors = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/vectors/v1.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
-    assert_eq!((seq, pt), (v.request_seq, v.request_plaintext.into_bytes()));
-    let (seq, pt) = envelope::open(
-        &s2c,
-        Direction::ServerToClient,
-        &b,
-        &hex::decode(&v.response_envelope).unwrap(),
-    )
-    .unwrap();
+    let bytes = |h: &str| hex::decode(h).unwrap();
+    let key = |h: &str| -> [u8; 32] { bytes(h).try_into().unwrap() };
+
+    let h = &v.handshake;
     assert_eq!(
-        (seq, pt),
-        (v.request_seq, v.response_plaintext.into_bytes())
+        hex::encode(derive_psk(h.secret_text.as_bytes(), &h.identity_id)),
+        h.psk
     );
+    let (client, hello) = ClientHandshake::start(
+        &h.identity_id,
+        h.secret_text.as_bytes(),
+        Some(&key(&h.client_ephemeral_private)),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&hello), h.client_hello);
+    assert!(h.client_hello.ends_with(&h.noise_message_1));
+    assert!(h.noise_message_1.starts_with(&h.client_ephemeral_public));
+    let payload: ServerHelloPayload = serde_json::from_str(&h.server_hello_payload_text).unwrap();
+    let (server_keys, reply) = respond(
+        &parse_client_hello(&hello).unwrap(),
+        h.secret_text.as_bytes(),
+        &payload,
+        Some(&key(&h.server_ephemeral_private)),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&reply), h.server_hello);
+    assert_eq!(h.server_hello, format!("01{}", h.noise_message_2));
+    assert!(h.noise_message_2.starts_with(&h.server_ephemeral_public));
+    let (keys, read) = client.finish(&reply).unwrap();
+    assert_eq!((keys.clone(), read), (server_keys, payload));
+    assert_eq!(
+        (hex::encode(keys.c2s), hex::encode(keys.s2c)),
+        (h.c2s_key.clone(), h.s2c_key.clone())
+    );
+
+    let r = &v.resume;
+    let (ticket, secret) = (bytes(&r.ticket), bytes(&r.resumption_secret));
+    assert_eq!(hex::encode(derive_resume_psk(&secret)), r.psk);
+    let (client, hello) =
+        ClientHandshake::resume(&ticket, &secret, Some(&key(&r.client_ephemeral_private))).unwrap();
+    assert_eq!(hex::encode(&hello), r.resume_hello);
+    assert!(r.resume_hello.ends_with(&r.noise_message_1));
+    let payload: ServerHelloPayload = serde_json::from_str(&r.server_hello_payload_text).unwrap();
+    let (server_keys, reply) = respond_resume(
+        &parse_resume_hello(&hello).unwrap(),
+        &secret,
+        &payload,
+        Some(&key(&r.server_ephemeral_private)),
+    )
+    .unwrap();
+    assert_eq!(hex::encode(&reply), r.server_hello);
+    let (keys, read) = client.finish(&reply).unwrap();
+    assert_eq!((keys.clone(), read), (server_keys, payload));
+    assert_eq!(
+        (hex::encode(keys.c2s), hex::encode(keys.s2c)),
+        (r.c2s_key.clone(), r.s2c_key.clone())
+    );
+
+    let resumed_session = serde_json::from_str::<ServerHelloPayload>(&r.server_hello_payload_text)
+        .unwrap()
+        .session;
+    assert_eq!(v.envelopes.len(), 5);
+    for e in &v.envelopes {
+        let dir = match e.direction {
+            1 => Direction::ClientToServer,
+            2 => Direction::ServerToClient,
+            d => panic!("direction {d}"),
+        };
+        let b = envelope::Binding {
+            method: &e.method,
+            path: &e.path,
+            instance: &e.instance_text,
+            session: &e.session_text,
+        };
+        let k = key(&e.key);
+        assert_eq!(
+            hex::encode(envelope::nonce(dir, e.seq)),
+            e.nonce,
+            "{}",
+            e.name
+        );
+        assert_eq!(
+            hex::encode(envelope::aad(&b, dir, e.seq)),
+            e.aad,
+            "{}",
+            e.name
+        );
+        let sealed = envelope::seal(&k, dir, e.seq, &b, e.plaintext_text.as_bytes());
+        assert_eq!(hex::encode(&sealed), e.envelope, "{}", e.name);
+        assert_eq!(
+            envelope::open(&k, dir, &b, &sealed).unwrap(),
+            (e.seq, e.plaintext_text.clone().into_bytes()),
+            "{}",
+            e.name
+        );
+        // Keys belong to the session the binding names.
+        let (c2s, s2c) = if e.session_text == resumed_session {
+            (&r.c2s_key, &r.s2c_key)
+        } else {
+            (&h.c2s_key, &h.s2c_key)
+        };
+        assert_eq!(
+            &e.key,
+            if e.direction == 1 { c2s } else { s2c },
+            "{}",
+            e.name
+        );
+    }
+}
+
+#[test]
+fn message_1_must_be_48_bytes_with_an_empty_payload() {
+    use floatlm_protocol::handshake::NOISE_MESSAGE_1_LEN;
+    let (_, hello) = ClientHandshake::start(IDENTITY_ID, SECRET.as_bytes(), None).unwrap();
+    let at = 2 + IDENTITY_ID.len();
+    assert_eq!(hello.len() - at, NOISE_MESSAGE_1_LEN);
+    for len in [0, 1, 31, 32, 43, 47, 49, 53, 200] {
+        let mut h = hello[..at].to_vec();
+        h.extend(std::iter::repeat_n(7u8, len));
+        assert!(
+            matches!(parse_client_hello(&h), Err(ProtocolError::Malformed(_))),
+            "{len}-byte message 1"
+        );
+    }
+    // A well-made message 1 that carries a 5-byte payload: refused, not answered.
+    let psk = floatlm_protocol::keys::derive_psk(SECRET.as_bytes(), IDENTITY_ID);
+    let mut prologue = b"floatlm/1 ".to_vec();
+    prologue.extend_from_slice(IDENTITY_ID.as_bytes());
+    let mut noise = snow::Builder::new(floatlm_protocol::NOISE_PATTERN.parse().unwrap())
+        .psk(0, &psk)
+        .prologue(&prologue)
+        .build_initiator()
+        .unwrap();
+    let mut msg = vec![0u8; 128];
+    let n = noise.write_message(b"hello", &mut msg).unwrap();
+    assert_eq!(n, NOISE_MESSAGE_1_LEN + 5);
+    let mut h = hello[..at].to_vec();
+    h.extend_from_slice(&msg[..n]);
+    assert!(matches!(
+        parse_client_hello(&h),
+        Err(ProtocolError::Malformed(_))
+    ));
+    // The same for a ResumeHello.
+    let (_, hello) = ClientHandshake::resume(RESUME_TICKET, &RESUME_SECRET, None).unwrap();
+    assert!(parse_resume_hello(&hello).is_ok());
+    for cut in [1, 5, 16] {
+        assert!(parse_resume_hello(&hello[..hello.len() - cut]).is_err());
+    }
+    let mut long = hello.clone();
+    long.push(0);
+    assert!(parse_resume_hello(&long).is_err());
 }
 
 #[test]
@@ -178,7 +319,8 @@ fn resume_hello_framing_is_checked() {
     assert!(ClientHandshake::resume(&[1; 1025], &RESUME_SECRET, None).is_err());
     assert!(ClientHandshake::resume(RESUME_TICKET, &[1; 31], None).is_err());
     let (_, mut hello) = ClientHandshake::resume(RESUME_TICKET, &RESUME_SECRET, None).unwrap();
-    assert!(parse_resume_hello(&hello[..hello.len() - 1]).is_ok());
+    assert!(parse_resume_hello(&hello).is_ok());
+    assert!(parse_resume_hello(&hello[..hello.len() - 1]).is_err());
     assert!(parse_resume_hello(&hello[..3 + RESUME_TICKET.len() + 31]).is_err());
     hello[1] = 0xff;
     assert_eq!(
