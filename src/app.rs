@@ -1815,8 +1815,14 @@ impl App {
 
     /// Opens a ticket; a key newer than any this instance knows (another
     /// instance started a new period) is looked up once, at most every 250 ms.
-    async fn open_ticket(&self, ticket: &[u8]) -> Result<OpenedTicket, TicketError> {
-        match self.tickets.open(ticket) {
+    /// `Err(Err(_))`: the key could not be looked up (the database did not
+    /// answer), so nothing is known about the ticket.
+    async fn open_ticket(
+        &self,
+        ticket: &[u8],
+    ) -> Result<OpenedTicket, Result<TicketError, AppError>> {
+        let mut lookup_failed = None;
+        let opened = match self.tickets.open(ticket) {
             Err(TicketError::UnknownKey(id))
                 if self.tickets.newest().is_none_or(|n| id > n)
                     && id <= self.db_now().timestamp() + 60 =>
@@ -1828,11 +1834,16 @@ impl App {
                     *last = Some(std::time::Instant::now());
                     if let Err(e) = self.reload_ticket_keys().await {
                         tracing::warn!(error = %e, "could not reload ticket keys");
+                        lookup_failed = Some(e);
                     }
                 }
                 self.tickets.open(ticket)
             }
             other => other,
+        };
+        match (opened, lookup_failed) {
+            (Err(TicketError::UnknownKey(_)), Some(e)) => Err(Err(e)),
+            (opened, _) => opened.map_err(Ok),
         }
     }
 
@@ -1846,10 +1857,12 @@ impl App {
         ticket: &[u8],
     ) -> Result<(IdentityInfo, OpenedTicket), AppError> {
         let refused = AppError::Unauthorized;
-        let t = self
-            .open_ticket(ticket)
-            .await
-            .map_err(|e| refused(e.to_string()))?;
+        let t = match self.open_ticket(ticket).await {
+            Ok(t) => t,
+            Err(Ok(e)) => return Err(refused(e.to_string())),
+            // Its key could not be looked up: the ticket may be good.
+            Err(Err(e)) => return Err(e),
+        };
         let now = self.db_now();
         if t.expires_at <= now {
             return Err(refused(format!(

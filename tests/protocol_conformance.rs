@@ -183,7 +183,7 @@ const SCENARIOS: &[(&str, &str, Scenario)] = {
         (PATH_RESUME, "the ticket opened but the hello was not made with its secret", ResumeAuthFailed),
         (PATH_RESUME, "this instance is draining", ResumeDraining),
         (PATH_RESUME, "this instance holds `max_sessions` live sessions in use", ResumeFull),
-        (PATH_RESUME, "the database does not answer", ResumeDatabaseDown),
+        (PATH_RESUME, "the database does not answer (also when the ticket names a key newer than this instance has loaded: the ticket may be good)", ResumeDatabaseDown),
         (PATH_REQUEST, "a valid envelope of a live or pending session", RequestOk),
         (PATH_REQUEST, "a valid envelope while this instance is draining", RequestDraining),
         (PATH_REQUEST, "there is no `X-LDK-Session` header", RequestNoSessionHeader),
@@ -794,6 +794,14 @@ impl Ctx {
                 ]
             }
             ResumeDatabaseDown => {
+                // A ticket under a key id newer than any loaded (another
+                // instance's new period): it cannot be looked up, so it is
+                // not refused either.
+                let mut newer = hex::decode(&self.down_ticket.ticket).unwrap();
+                let now = chrono::Utc::now().timestamp() as u64;
+                newer[..8].copy_from_slice(&now.to_be_bytes());
+                let secret = hex::decode(&self.down_ticket.secret).unwrap();
+                let newer = ClientHandshake::resume(&newer, &secret, None).unwrap().1;
                 vec![
                     post(
                         &self.down.addr,
@@ -802,6 +810,7 @@ impl Ctx {
                         resume_hello(&self.down_ticket).1,
                     )
                     .await,
+                    post(&self.down.addr, PATH_RESUME, &[], newer).await,
                 ]
             }
             RequestOk => {
