@@ -705,7 +705,15 @@ impl App {
         if let Some(why) = self.key_problem.read().expect("lock").clone() {
             return Err(why);
         }
-        if let Err(why) = self.gate.admit() {
+        if self.gate.fault() == Some(crate::dbgate::Fault::WritesFail) {
+            // Reads still work, so the ping below would say nothing: the
+            // gate opens when a write commits (the watch probes with one).
+            return Err(format!(
+                "database writes fail: {}",
+                self.gate.down().unwrap_or_default()
+            ));
+        }
+        if let Err(why) = self.gate.admit_read() {
             return Err(format!("database unreachable: {why}"));
         }
         let probe = self
@@ -1890,7 +1898,7 @@ impl App {
                     fresh,
                 })
                 .await;
-            self.gate.observe(&beat);
+            self.gate.observe_write(&beat);
             match beat {
                 Ok(drain) => {
                     fresh = false;
@@ -1969,6 +1977,13 @@ impl App {
     /// gate closes within about half a second of an outage (requests then
     /// fail fast) and opens as soon as the database answers again (healthz
     /// follows), until `stop`.
+    ///
+    /// The probe writes too (stamps this instance's `last_seen`) on SQLite,
+    /// whose writes can fail while reads work (a full disk, a read-only
+    /// file), and on MySQL while writes are known to fail: a database that
+    /// cannot write closes the gate within about half a second and opens it
+    /// once a write commits again. On MySQL the reachability probe alone runs
+    /// otherwise, so a healthy cluster pays no write for it.
     pub async fn watch_database(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(crate::dbgate::PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1977,7 +1992,17 @@ impl App {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match tokio::time::timeout(crate::dbgate::PROBE_TIMEOUT, self.storage.probe()).await {
+            let write = self.backend() == Backend::Sqlite
+                || self.gate.fault() == Some(crate::dbgate::Fault::WritesFail);
+            let probe = async {
+                self.storage.probe().await?;
+                if write {
+                    self.storage.probe_write(self.instance_id()).await?;
+                }
+                Ok(())
+            };
+            match tokio::time::timeout(crate::dbgate::PROBE_TIMEOUT, probe).await {
+                Ok(r) if write => self.gate.observe_write(&r),
                 Ok(r) => self.gate.observe(&r),
                 Err(_) => self.gate.failed(&format!(
                     "the database did not answer a probe within {:?}",
