@@ -101,6 +101,8 @@ pub struct App {
     /// Why the key canary no longer opens, if it stopped (checked periodically).
     key_problem: RwLock<Option<String>>,
     refused: RwLock<Refusals>,
+    /// Features the integrity check found mismatched since start.
+    integrity_mismatches: AtomicU64,
     /// Of those, the features refused only because this instance does not
     /// trust the vendor key that signed them (a vendor key being added during
     /// a rolling change): nothing says their rows are wrong, so their
@@ -598,6 +600,7 @@ impl App {
             draining: AtomicBool::new(false),
             key_problem: RwLock::new(None),
             refused: RwLock::new(Refusals::new()),
+            integrity_mismatches: AtomicU64::new(0),
             untrusted: RwLock::default(),
             went_back_logged: std::sync::Mutex::new(None),
             started_at: Utc::now(),
@@ -636,13 +639,10 @@ impl App {
             .await
             .map_err(|e| StartError::Io(format!("resumption ticket keys: {e}")))?;
         app.bootstrap_token().await?;
-        let report = app
-            .verify_integrity()
+        // Logs (and counts) what it refuses.
+        app.verify_integrity()
             .await
             .map_err(|e| StartError::Io(e.to_string()))?;
-        for (feature, why) in &report.refused {
-            tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
-        }
         Ok(app)
     }
 
@@ -889,9 +889,53 @@ impl App {
             // only what survives a second look is refused.
             report = self.integrity_pass().await?;
         }
-        *self.refused.write().expect("lock") = report.refused.clone();
+        let before = std::mem::replace(
+            &mut *self.refused.write().expect("lock"),
+            report.refused.clone(),
+        );
         *self.untrusted.write().expect("lock") = report.untrusted.clone();
+        self.alert_mismatches(&before, &report);
         Ok(report)
+    }
+
+    /// Logs every refused feature, and counts those refused anew (or for a
+    /// new reason) in `integrity_mismatches` (admin status). A mismatch is
+    /// an error under the stable target `floatlm::integrity` with
+    /// `event = "integrity_mismatch"`, on every check while it lasts, so a
+    /// log alert fires whenever one exists; a feature refused only because
+    /// this instance does not trust its vendor key is no mismatch (a key
+    /// being added during a rolling change) and is logged as a warning.
+    fn alert_mismatches(&self, before: &Refusals, report: &IntegrityReport) {
+        for (feature, why) in &report.refused {
+            if report.untrusted.contains(feature) {
+                tracing::warn!(%feature, reason = %why, "feature refused for grants on this instance: its license is signed by a vendor key this instance does not trust");
+                continue;
+            }
+            let new = before.get(feature) != Some(why);
+            if new {
+                self.integrity_mismatches.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::error!(
+                target: "floatlm::integrity",
+                event = "integrity_mismatch",
+                %feature,
+                reason = %why,
+                new,
+                "integrity mismatch: the seat rows or the sealed license of this feature were changed outside floatlm; \
+                 it grants nothing and its heartbeats are answered lost until its license file is applied again"
+            );
+        }
+    }
+
+    /// Features the integrity check found mismatched since start (each
+    /// counted when first refused, or refused for a new reason).
+    pub fn integrity_mismatches(&self) -> u64 {
+        self.integrity_mismatches.load(Ordering::Relaxed)
+    }
+
+    /// The features refused now, with the reason.
+    pub fn refused_features(&self) -> Refusals {
+        self.refused.read().expect("lock").clone()
     }
 
     async fn integrity_pass(&self) -> Result<IntegrityReport, AppError> {
@@ -2035,13 +2079,9 @@ impl App {
                     tracing::warn!(error = %e, "key canary check could not read the database")
                 }
             }
-            match self.verify_integrity().await {
-                Ok(r) => {
-                    for (feature, why) in &r.refused {
-                        tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "integrity check could not run"),
+            // Logs (and counts) what it refuses.
+            if let Err(e) = self.verify_integrity().await {
+                tracing::warn!(error = %e, "integrity check could not run");
             }
             let swept = self.sessions.sweep(self.db_now());
             if swept > 0 {
