@@ -2038,16 +2038,18 @@ impl App {
             }
             let write = self.backend() == Backend::Sqlite
                 || self.gate.fault() == Some(crate::dbgate::Fault::WritesFail);
+            // Ok(true): a write committed; Ok(false): the database answered.
             let probe = async {
                 self.storage.probe().await?;
                 if write {
-                    self.storage.probe_write(self.instance_id()).await?;
+                    return self.storage.probe_write(self.instance_id()).await;
                 }
-                Ok(())
+                Ok(false)
             };
             match tokio::time::timeout(crate::dbgate::PROBE_TIMEOUT, probe).await {
-                Ok(r) if write => self.gate.observe_write(&r),
-                Ok(r) => self.gate.observe(&r),
+                Ok(Ok(true)) => self.gate.opened(),
+                Ok(Ok(false)) => self.gate.answered(),
+                Ok(Err(e)) => self.gate.observe_error(&e),
                 Err(_) => self.gate.failed(&format!(
                     "the database did not answer a probe within {:?}",
                     crate::dbgate::PROBE_TIMEOUT

@@ -9,7 +9,8 @@
 //!
 //! * healthz answers 503 within [`DETECT`] of the disk filling and for as
 //!   long as it is full (writes fail), and 200 again within [`RECOVER`] of
-//!   the space coming back, without a restart;
+//!   the space coming back, without a restart and with no login meanwhile
+//!   (the instance notices by itself);
 //! * a login while the disk is full is answered, fast, with a sealed
 //!   `unavailable` error saying the license server's database is
 //!   unavailable (not a timeout, not a raw SQLite error);
@@ -268,6 +269,18 @@ async fn run(d: &Path, disk: &Path) {
     // ---- Space returns.
     std::fs::remove_file(&filler).unwrap();
     let freed_at = Instant::now();
+    // healthz first, with no login meanwhile: the instance must notice by
+    // itself (its probe), not because a client's login was let through.
+    let deadline = freed_at + RECOVER * 2;
+    while Instant::now() < deadline
+        && !probes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.sent >= freed_at && p.status == Ok(200))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut granted = None;
     while granted.is_none() && freed_at.elapsed() < RECOVER * 3 {
         let r = newcomer.login(&at, FEATURE).await;
@@ -308,17 +321,6 @@ async fn run(d: &Path, disk: &Path) {
             now.is_some_and(|e| e > *was),
             format!("{lease} is extended after the space returns: expiry {was} then {now:?}"),
         );
-    }
-    // Wait for healthz to have seen the recovery before stopping it.
-    let deadline = Instant::now() + RECOVER * 2;
-    while Instant::now() < deadline
-        && !probes
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|p| p.sent >= freed_at && p.status == Ok(200))
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
     health.await.unwrap();

@@ -414,11 +414,13 @@ pub trait Storage: Send + Sync + 'static {
     async fn probe(&self) -> Result<()>;
     /// Whether a write commits right now: stamps `last_seen` of this
     /// instance's row in the cluster view (a real change, so the database
-    /// must write it; no row yet writes nothing and says Ok). Run by the
-    /// database watch beside [`Storage::probe`] always on SQLite, whose
-    /// writes can fail alone (a full disk, a read-only file), and on MySQL
-    /// while writes are known to fail, to see them work again.
-    async fn probe_write(&self, instance_id: &str) -> Result<()>;
+    /// must write it; no row yet writes nothing and says Ok). Ok(false):
+    /// not tried, the writer was busy (SQLite's one writer connection in a
+    /// long transaction), so nothing was learned. Run by the database watch
+    /// beside [`Storage::probe`] always on SQLite, whose writes can fail
+    /// alone (a full disk, a read-only file), and on MySQL while writes are
+    /// known to fail, to see them work again.
+    async fn probe_write(&self, instance_id: &str) -> Result<bool>;
     /// The database clock.
     async fn now(&self) -> Result<DateTime<Utc>>;
 

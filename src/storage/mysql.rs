@@ -1187,7 +1187,7 @@ impl Storage for MySqlStorage {
         Ok(())
     }
 
-    async fn probe_write(&self, instance_id: &str) -> Result<()> {
+    async fn probe_write(&self, instance_id: &str) -> Result<bool> {
         let mut conn = self.probe.lock().await;
         let Some(c) = conn.as_mut() else {
             return Err(StorageError::Unavailable(
@@ -1204,7 +1204,7 @@ impl Storage for MySqlStorage {
             *conn = None;
         }
         r?;
-        Ok(())
+        Ok(true)
     }
 
     async fn now(&self) -> Result<DateTime<Utc>> {

@@ -681,14 +681,29 @@ impl Storage for SqliteStorage {
         self.ping().await
     }
 
-    async fn probe_write(&self, instance_id: &str) -> Result<()> {
+    async fn probe_write(&self, instance_id: &str) -> Result<bool> {
+        // The one writer connection may be busy with a long transaction (a
+        // large license applied, keys rotated): that is no fault, and its
+        // outcome reaches the gate anyway, so the probe does not queue
+        // behind it. With no connection at all (the last one was replaced
+        // after a failed write) it opens one.
+        let mut conn = match self.writer.try_acquire() {
+            Some(c) => c,
+            None if self.writer.size() == 0 => self.writer.acquire().await?,
+            None => return Ok(false),
+        };
+        // try_acquire skips the pool's before_acquire check: do it here.
+        if !connection_is_clean(&conn, "writer") {
+            conn.close_on_drop();
+            return Ok(false);
+        }
         sqlx::query(
             "UPDATE instances SET last_seen = CAST(unixepoch('subsec') * 1000000 AS INTEGER) WHERE id = ?",
         )
         .bind(instance_id)
-        .execute(&self.writer)
+        .execute(&mut *conn)
         .await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn now(&self) -> Result<DateTime<Utc>> {
