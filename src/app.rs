@@ -101,6 +101,8 @@ pub struct App {
     /// Why the key canary no longer opens, if it stopped (checked periodically).
     key_problem: RwLock<Option<String>>,
     refused: RwLock<Refusals>,
+    /// Features the integrity check found mismatched since start.
+    integrity_mismatches: AtomicU64,
     /// Of those, the features refused only because this instance does not
     /// trust the vendor key that signed them (a vendor key being added during
     /// a rolling change): nothing says their rows are wrong, so their
@@ -610,6 +612,7 @@ impl App {
             draining: AtomicBool::new(false),
             key_problem: RwLock::new(None),
             refused: RwLock::new(Refusals::new()),
+            integrity_mismatches: AtomicU64::new(0),
             untrusted: RwLock::default(),
             went_back_logged: std::sync::Mutex::new(None),
             started_at: Utc::now(),
@@ -649,13 +652,10 @@ impl App {
             .await
             .map_err(|e| StartError::Io(format!("resumption ticket keys: {e}")))?;
         app.bootstrap_token().await?;
-        let report = app
-            .verify_integrity()
+        // Logs (and counts) what it refuses.
+        app.verify_integrity()
             .await
             .map_err(|e| StartError::Io(e.to_string()))?;
-        for (feature, why) in &report.refused {
-            tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
-        }
         Ok(app)
     }
 
@@ -718,7 +718,15 @@ impl App {
         if let Some(why) = self.key_problem.read().expect("lock").clone() {
             return Err(why);
         }
-        if let Err(why) = self.gate.admit() {
+        if self.gate.fault() == Some(crate::dbgate::Fault::WritesFail) {
+            // Reads still work, so the ping below would say nothing: the
+            // gate opens when a write commits (the watch probes with one).
+            return Err(format!(
+                "database writes fail: {}",
+                self.gate.down().unwrap_or_default()
+            ));
+        }
+        if let Err(why) = self.gate.admit_read() {
             return Err(format!("database unreachable: {why}"));
         }
         let probe = self
@@ -894,9 +902,53 @@ impl App {
             // only what survives a second look is refused.
             report = self.integrity_pass().await?;
         }
-        *self.refused.write().expect("lock") = report.refused.clone();
+        let before = std::mem::replace(
+            &mut *self.refused.write().expect("lock"),
+            report.refused.clone(),
+        );
         *self.untrusted.write().expect("lock") = report.untrusted.clone();
+        self.alert_mismatches(&before, &report);
         Ok(report)
+    }
+
+    /// Logs every refused feature, and counts those refused anew (or for a
+    /// new reason) in `integrity_mismatches` (admin status). A mismatch is
+    /// an error under the stable target `floatlm::integrity` with
+    /// `event = "integrity_mismatch"`, on every check while it lasts, so a
+    /// log alert fires whenever one exists; a feature refused only because
+    /// this instance does not trust its vendor key is no mismatch (a key
+    /// being added during a rolling change) and is logged as a warning.
+    fn alert_mismatches(&self, before: &Refusals, report: &IntegrityReport) {
+        for (feature, why) in &report.refused {
+            if report.untrusted.contains(feature) {
+                tracing::warn!(%feature, reason = %why, "feature refused for grants on this instance: its license is signed by a vendor key this instance does not trust");
+                continue;
+            }
+            let new = before.get(feature) != Some(why);
+            if new {
+                self.integrity_mismatches.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::error!(
+                target: "floatlm::integrity",
+                event = "integrity_mismatch",
+                %feature,
+                reason = %why,
+                new,
+                "integrity mismatch: the seat rows or the sealed license of this feature were changed outside floatlm; \
+                 it grants nothing and its heartbeats are answered lost until its license file is applied again"
+            );
+        }
+    }
+
+    /// Features the integrity check found mismatched since start (each
+    /// counted when first refused, or refused for a new reason).
+    pub fn integrity_mismatches(&self) -> u64 {
+        self.integrity_mismatches.load(Ordering::Relaxed)
+    }
+
+    /// The features refused now, with the reason.
+    pub fn refused_features(&self) -> Refusals {
+        self.refused.read().expect("lock").clone()
     }
 
     async fn integrity_pass(&self) -> Result<IntegrityReport, AppError> {
@@ -1926,7 +1978,7 @@ impl App {
                     fresh,
                 })
                 .await;
-            self.gate.observe(&beat);
+            self.gate.observe_write(&beat);
             match beat {
                 Ok(drain) => {
                     fresh = false;
@@ -2005,6 +2057,13 @@ impl App {
     /// gate closes within about half a second of an outage (requests then
     /// fail fast) and opens as soon as the database answers again (healthz
     /// follows), until `stop`.
+    ///
+    /// The probe writes too (stamps this instance's `last_seen`) on SQLite,
+    /// whose writes can fail while reads work (a full disk, a read-only
+    /// file), and on MySQL while writes are known to fail: a database that
+    /// cannot write closes the gate within about half a second and opens it
+    /// once a write commits again. On MySQL the reachability probe alone runs
+    /// otherwise, so a healthy cluster pays no write for it.
     pub async fn watch_database(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(crate::dbgate::PROBE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -2013,8 +2072,20 @@ impl App {
                 _ = tick.tick() => {}
                 _ = stop.changed() => return,
             }
-            match tokio::time::timeout(crate::dbgate::PROBE_TIMEOUT, self.storage.probe()).await {
-                Ok(r) => self.gate.observe(&r),
+            let write = self.backend() == Backend::Sqlite
+                || self.gate.fault() == Some(crate::dbgate::Fault::WritesFail);
+            // Ok(true): a write committed; Ok(false): the database answered.
+            let probe = async {
+                self.storage.probe().await?;
+                if write {
+                    return self.storage.probe_write(self.instance_id()).await;
+                }
+                Ok(false)
+            };
+            match tokio::time::timeout(crate::dbgate::PROBE_TIMEOUT, probe).await {
+                Ok(Ok(true)) => self.gate.opened(),
+                Ok(Ok(false)) => self.gate.answered(),
+                Ok(Err(e)) => self.gate.observe_error(&e),
                 Err(_) => self.gate.failed(&format!(
                     "the database did not answer a probe within {:?}",
                     crate::dbgate::PROBE_TIMEOUT
@@ -2046,13 +2117,9 @@ impl App {
                     tracing::warn!(error = %e, "key canary check could not read the database")
                 }
             }
-            match self.verify_integrity().await {
-                Ok(r) => {
-                    for (feature, why) in &r.refused {
-                        tracing::error!(%feature, reason = %why, "feature refused by the integrity check");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "integrity check could not run"),
+            // Logs (and counts) what it refuses.
+            if let Err(e) = self.verify_integrity().await {
+                tracing::warn!(error = %e, "integrity check could not run");
             }
             let swept = self.sessions.sweep(self.db_now());
             if swept > 0 {

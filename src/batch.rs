@@ -151,7 +151,7 @@ fn extension_batcher(
             let (st, gate) = (storage.clone(), gate.clone());
             Box::pin(async move {
                 let r = st.extend_batch(&items, hold, promise).await;
-                gate.observe(&r);
+                observe_extension(&gate, &r);
                 match r {
                     Ok(r) => r.into_iter().map(Ok).collect(),
                     // One lease's row may be locked by a stalled instance:
@@ -164,7 +164,7 @@ fn extension_batcher(
                             let r = st
                                 .extend_batch(std::slice::from_ref(item), hold, promise)
                                 .await;
-                            gate.observe(&r);
+                            observe_extension(&gate, &r);
                             out.push(match r {
                                 Ok(mut v) => Ok(v.pop().unwrap_or_default()),
                                 Err(e) => Err(e.to_string()),
@@ -177,6 +177,22 @@ fn extension_batcher(
             })
         }),
     )
+}
+
+/// Records what an extension found: one that extended a lease wrote.
+fn observe_extension(gate: &DbGate, r: &Result<Vec<Vec<Extension>>, StorageError>) {
+    match r {
+        Ok(exts)
+            if exts
+                .iter()
+                .flatten()
+                .any(|e| matches!(e, Extension::Extended(_))) =>
+        {
+            gate.opened()
+        }
+        Ok(_) => gate.answered(),
+        Err(e) => gate.observe_error(e),
+    }
 }
 
 /// When a release ended its lease (database clock); None when it was not live.
@@ -214,13 +230,18 @@ impl SeatBatchers {
                 let (st, gate) = (st.clone(), g.clone());
                 Box::pin(async move {
                     let out = st.grant_batch(&reqs).await;
-                    // Any answer from the database says it is there.
-                    match out.iter().find_map(|r| match r {
+                    // A grant that committed says the database writes; any
+                    // other answer from it (no seat, say) that it is there.
+                    let failure = out.iter().find_map(|r| match r {
                         Err(SeatError::Storage(e)) if e.is_outage() => Some(e),
                         _ => None,
-                    }) {
-                        Some(e) if out.iter().all(|r| r.is_err()) => gate.failed(&e.to_string()),
-                        _ => gate.opened(),
+                    });
+                    if out.iter().any(|r| r.as_ref().is_ok_and(|g| !g.replayed)) {
+                        gate.opened();
+                    } else if let Some(e) = failure {
+                        gate.observe_error(e);
+                    } else {
+                        gate.answered();
                     }
                     out
                 })
@@ -269,7 +290,12 @@ impl SeatBatchers {
                 Box::pin(async move {
                     let out = st.release_batch(&items).await;
                     for r in &out {
-                        gate.observe(r);
+                        match r {
+                            // It ended a lease: a write committed.
+                            Ok(Some(_)) => gate.opened(),
+                            Ok(None) => gate.answered(),
+                            Err(e) => gate.observe_error(e),
+                        }
                     }
                     out.into_iter()
                         .map(|r| {

@@ -10,6 +10,14 @@
 //! on a connection of its own every [`PROBE_EVERY`] (`App::watch_database`),
 //! so the gate closes about half a second into an outage and opens about half
 //! a second after the database is back, with or without client traffic.
+//!
+//! A database that answers but cannot write (SQLite on a full disk or a
+//! read-only file; MySQL out of space or read-only) closes the gate too, as
+//! [`Fault::WritesFail`]: grants, extensions and releases fail fast and
+//! healthz answers 503, while reads (heartbeats answered from a lease's row,
+//! `info`) still go through. Failed writes close it; only a write that
+//! commits opens it: the watch's write probe (every probe on SQLite, and on
+//! MySQL while writes fail) or any seat change let through as a probe.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,11 +34,29 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// What clients hear while the database is away.
 pub const UNAVAILABLE: &str = "the license server's database is unavailable; try again shortly";
 
+/// Why the gate is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The database cannot be reached: nothing goes through.
+    Unreachable,
+    /// The database answers but cannot write (disk full, read-only, I/O
+    /// errors): reads go through, seat changes do not. Only a write that
+    /// commits opens the gate again; a read that works says nothing.
+    WritesFail,
+}
+
+struct Closed {
+    since: Instant,
+    /// When the last operation was let through as a probe.
+    probe: Instant,
+    why: String,
+    fault: Fault,
+}
+
 pub struct DbGate {
-    /// Since when the database is away, when the last probe went through,
-    /// and why (for the log and healthz).
-    closed: Mutex<Option<(Instant, Instant, String)>>,
-    /// True while closed, for requests already waiting on the database.
+    closed: Mutex<Option<Closed>>,
+    /// True while closed as [`Fault::Unreachable`], for reads already
+    /// waiting on the database.
     signal: tokio::sync::watch::Sender<bool>,
 }
 
@@ -44,34 +70,45 @@ impl Default for DbGate {
 }
 
 impl DbGate {
-    /// Ok when an operation may go to the database now; the reason it is
-    /// away otherwise.
+    /// Ok when a write (or anything that needs the whole database) may go
+    /// to the database now; the reason it is away otherwise.
     pub fn admit(&self) -> Result<(), String> {
+        self.admit_if(|_| true)
+    }
+
+    /// Ok when a read may go to the database now: unless it cannot be
+    /// reached (a database that cannot write still reads).
+    pub fn admit_read(&self) -> Result<(), String> {
+        self.admit_if(|f| f == Fault::Unreachable)
+    }
+
+    fn admit_if(&self, blocks: impl Fn(Fault) -> bool) -> Result<(), String> {
         let mut closed = self.closed.lock().expect("lock");
         match closed.as_mut() {
-            None => Ok(()),
-            Some((_, probe, why)) => {
-                if probe.elapsed() >= PROBE_EVERY {
-                    *probe = Instant::now();
+            Some(c) if blocks(c.fault) => {
+                if c.probe.elapsed() >= PROBE_EVERY {
+                    c.probe = Instant::now();
                     Ok(())
                 } else {
-                    Err(why.clone())
+                    Err(c.why.clone())
                 }
             }
+            _ => Ok(()),
         }
     }
 
-    /// Runs the read `op`, unless the gate is closed (then fails at once) or
-    /// closes while `op` waits (then stops waiting: a request caught by the
-    /// start of an outage hears so within about half a second, not after the
-    /// pool's acquire timeout). Only for reads: a write dropped here could
-    /// still commit after its caller was told "unavailable".
+    /// Runs the read `op`, unless the database cannot be reached (then fails
+    /// at once) or that becomes known while `op` waits (then stops waiting: a
+    /// request caught by the start of an outage hears so within about half a
+    /// second, not after the pool's acquire timeout). Only for reads: a write
+    /// dropped here could still commit after its caller was told
+    /// "unavailable".
     pub async fn run<T, E, Fut>(&self, op: Fut) -> Result<T, E>
     where
         Fut: std::future::Future<Output = Result<T, E>>,
         E: From<StorageError>,
     {
-        self.admit()
+        self.admit_read()
             .map_err(|w| E::from(StorageError::Unavailable(w)))?;
         let mut signal = self.signal.subscribe();
         tokio::select! {
@@ -82,41 +119,97 @@ impl DbGate {
         }
     }
 
-    /// Records what an operation found: success opens the gate, an outage
-    /// closes it; other errors (a constraint, a conflict) say nothing about
-    /// reachability.
+    /// Records what a read found: success says the database can be reached
+    /// (it opens a gate closed as [`Fault::Unreachable`], not one closed
+    /// because writes fail); an outage closes it; other errors (a
+    /// constraint, a conflict) say nothing about the database.
     pub fn observe<T>(&self, result: &Result<T, StorageError>) {
         match result {
-            Ok(_) => self.opened(),
-            Err(e) if e.is_outage() => self.failed(&e.to_string()),
-            Err(_) => {}
+            Ok(_) => self.answered(),
+            Err(e) => self.observe_error(e),
         }
     }
 
-    /// The database answered.
+    /// Records what a write found: one that committed opens the gate.
+    pub fn observe_write<T>(&self, result: &Result<T, StorageError>) {
+        match result {
+            Ok(_) => self.opened(),
+            Err(e) => self.observe_error(e),
+        }
+    }
+
+    /// Records a failed operation: a write failure or an outage closes the
+    /// gate; other errors say nothing.
+    pub fn observe_error(&self, e: &StorageError) {
+        if e.is_write_failure() {
+            self.close(Fault::WritesFail, &e.to_string());
+        } else if e.is_outage() {
+            self.close(Fault::Unreachable, &e.to_string());
+        }
+    }
+
+    /// A write committed: the database is wholly back.
     pub fn opened(&self) {
+        self.open_if(|_| true);
+    }
+
+    /// A read was answered: the database can be reached.
+    pub fn answered(&self) {
+        self.open_if(|f| f == Fault::Unreachable);
+    }
+
+    fn open_if(&self, opens: impl Fn(Fault) -> bool) {
         let mut closed = self.closed.lock().expect("lock");
-        if let Some((since, _, _)) = closed.take() {
+        if closed.as_ref().is_some_and(|c| opens(c.fault)) {
+            let c = closed.take().expect("checked");
             self.signal.send_replace(false);
-            tracing::warn!(
-                after_s = since.elapsed().as_secs_f64(),
-                "the database answers again"
-            );
+            match c.fault {
+                Fault::Unreachable => tracing::warn!(
+                    after_s = c.since.elapsed().as_secs_f64(),
+                    "the database answers again"
+                ),
+                Fault::WritesFail => tracing::warn!(
+                    after_s = c.since.elapsed().as_secs_f64(),
+                    "the database writes again"
+                ),
+            }
         }
     }
 
     /// The database could not be reached.
     pub fn failed(&self, why: &str) {
+        self.close(Fault::Unreachable, why);
+    }
+
+    fn close(&self, fault: Fault, why: &str) {
         let mut closed = self.closed.lock().expect("lock");
         match closed.as_mut() {
-            Some((_, _, w)) => *w = why.to_string(),
+            Some(c) => {
+                if c.fault != fault {
+                    tracing::warn!(error = %why, ?fault, "the database fault changed");
+                }
+                c.why = why.to_string();
+                c.fault = fault;
+            }
             None => {
-                tracing::error!(error = %why, "the database cannot be reached: seat requests are answered 'unavailable' until it answers again");
+                match fault {
+                    Fault::Unreachable => {
+                        tracing::error!(error = %why, "the database cannot be reached: seat requests are answered 'unavailable' until it answers again")
+                    }
+                    Fault::WritesFail => {
+                        tracing::error!(error = %why, "the database cannot write (disk full, read-only or I/O errors): logins and logouts are answered 'unavailable' and healthz 503 until a write commits again; heartbeats are answered from reads")
+                    }
+                }
                 let now = Instant::now();
-                *closed = Some((now, now, why.to_string()));
-                self.signal.send_replace(true);
+                *closed = Some(Closed {
+                    since: now,
+                    probe: now,
+                    why: why.to_string(),
+                    fault,
+                });
             }
         }
+        self.signal.send_replace(fault == Fault::Unreachable);
     }
 
     /// Why the database is away, if it is.
@@ -125,7 +218,12 @@ impl DbGate {
             .lock()
             .expect("lock")
             .as_ref()
-            .map(|(_, _, w)| w.clone())
+            .map(|c| c.why.clone())
+    }
+
+    /// What is wrong with the database, if anything is known to be.
+    pub fn fault(&self) -> Option<Fault> {
+        self.closed.lock().expect("lock").as_ref().map(|c| c.fault)
     }
 }
 
@@ -148,5 +246,24 @@ mod tests {
         // A conflict is not an outage.
         g.observe::<()>(&Err(StorageError::Conflict("x".into())));
         assert!(g.admit().is_ok());
+    }
+
+    #[test]
+    fn writes_failing_close_writes_only_and_only_a_write_reopens() {
+        let g = DbGate::default();
+        g.close(Fault::WritesFail, "disk full");
+        assert_eq!(g.fault(), Some(Fault::WritesFail));
+        assert!(g.admit().is_err(), "writes fail fast");
+        assert!(g.admit_read().is_ok(), "reads go through");
+        assert!(!*g.signal.borrow(), "reads in flight are not stopped");
+        g.observe(&Ok(()));
+        assert_eq!(g.fault(), Some(Fault::WritesFail), "a read says nothing");
+        g.failed("gone");
+        assert!(g.admit_read().is_err(), "unreachable blocks reads too");
+        g.observe(&Ok(()));
+        assert!(g.down().is_none(), "a read opens an unreachable gate");
+        g.close(Fault::WritesFail, "disk full");
+        g.observe_write(&Ok(()));
+        assert!(g.down().is_none() && g.admit().is_ok(), "a write opens it");
     }
 }

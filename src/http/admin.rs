@@ -109,6 +109,8 @@ async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {
         "lease_ttl_s": app.config.lease_ttl.as_secs_f64(),
         "lease_hold_s": app.config.lease_hold.as_secs_f64(),
         "heartbeats": app.heartbeat_counts(),
+        "integrity_mismatches": app.integrity_mismatches(),
+        "integrity_refused": app.refused_features(),
         "sessions": app.sessions.counts(),
         "ticket_keys": app.ticket_key_ids(),
         "role": caller.0,

@@ -51,10 +51,11 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// Whether this says the database cannot be reached (rather than that it
-    /// refused one statement): connection refused, reset or timed out, no
-    /// pooled connection in time, a Galera node outside the primary
-    /// component.
+    /// Whether this says the database cannot serve (rather than that it
+    /// refused one statement): it cannot be reached (connection refused,
+    /// reset or timed out, no pooled connection in time, a Galera node
+    /// outside the primary component), or it is reached but cannot write
+    /// ([`StorageError::is_write_failure`]).
     pub fn is_outage(&self) -> bool {
         match self {
             StorageError::Unavailable(_) | StorageError::Connect(_) => true,
@@ -64,14 +65,38 @@ impl StorageError {
                 | sqlx::Error::PoolClosed
                 | sqlx::Error::Tls(_)
                 | sqlx::Error::WorkerCrashed => true,
-                sqlx::Error::Database(db) => db
-                    .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                    // 1047: WSREP has not yet prepared node for application use.
-                    .is_some_and(|my| my.number() == 1047),
+                sqlx::Error::Database(db) => {
+                    db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        // 1047: WSREP has not yet prepared node for application use.
+                        .is_some_and(|my| my.number() == 1047)
+                        || self.is_write_failure()
+                }
                 _ => false,
             },
             _ => false,
         }
+    }
+
+    /// Whether this says the database answers but cannot store anything:
+    /// its disk is full, its file cannot be written, it is read-only. Reads
+    /// still work, writes fail until an operator (or time) fixes the cause;
+    /// the database gate keeps seat changes away until a write commits again.
+    ///
+    /// SQLite (primary result codes): SQLITE_READONLY (8), SQLITE_IOERR (10),
+    /// SQLITE_FULL (13), SQLITE_CANTOPEN (14). MySQL / MariaDB: ER_DISK_FULL
+    /// (1021), ER_RECORD_FILE_FULL (1114), read_only / super_read_only (1290,
+    /// 1836), a read-only transaction (1792).
+    pub fn is_write_failure(&self) -> bool {
+        let StorageError::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            return matches!(my.number(), 1021 | 1114 | 1290 | 1792 | 1836);
+        }
+        db.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .and_then(|_| db.code())
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|extended| matches!(extended & 0xff, 8 | 10 | 13 | 14))
     }
 }
 
@@ -387,6 +412,15 @@ pub trait Storage: Send + Sync + 'static {
     /// own (not waiting for the pool): what the instance's database watch
     /// runs twice a second.
     async fn probe(&self) -> Result<()>;
+    /// Whether a write commits right now: stamps `last_seen` of this
+    /// instance's row in the cluster view (a real change, so the database
+    /// must write it; no row yet writes nothing and says Ok). Ok(false):
+    /// not tried, the writer was busy (SQLite's one writer connection in a
+    /// long transaction), so nothing was learned. Run by the database watch
+    /// beside [`Storage::probe`] always on SQLite, whose writes can fail
+    /// alone (a full disk, a read-only file), and on MySQL while writes are
+    /// known to fail, to see them work again.
+    async fn probe_write(&self, instance_id: &str) -> Result<bool>;
     /// The database clock.
     async fn now(&self) -> Result<DateTime<Utc>>;
 

@@ -1187,6 +1187,26 @@ impl Storage for MySqlStorage {
         Ok(())
     }
 
+    async fn probe_write(&self, instance_id: &str) -> Result<bool> {
+        let mut conn = self.probe.lock().await;
+        let Some(c) = conn.as_mut() else {
+            return Err(StorageError::Unavailable(
+                "no probe connection yet (the reachability probe opens it)".into(),
+            ));
+        };
+        let r = sqlx::query("UPDATE instances SET last_seen = NOW(6) WHERE id = ?")
+            .bind(instance_id)
+            .execute(&mut *c)
+            .await;
+        if r.as_ref()
+            .is_err_and(|e| !matches!(e, sqlx::Error::Database(_)))
+        {
+            *conn = None;
+        }
+        r?;
+        Ok(true)
+    }
+
     async fn now(&self) -> Result<DateTime<Utc>> {
         let t: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6)")
             .fetch_one(&self.pool)

@@ -102,6 +102,31 @@ async fn read_slots(
     Ok((utc(now), map))
 }
 
+/// Whether an idle connection may be handed out: no transaction left open
+/// on it. A statement or COMMIT that fails on a full disk or an I/O error
+/// may already have rolled the transaction back inside SQLite; the ROLLBACK
+/// that sqlx queues when the `Transaction` drops then fails ("no transaction
+/// is active") and sqlx keeps counting the transaction as open, so every
+/// later `BEGIN` on the one writer connection was refused ("attempted to
+/// call begin_with at non-zero transaction depth") until a restart. Such a
+/// connection is closed instead (closing rolls back whatever SQLite still
+/// had open) and the pool opens a fresh one in its place.
+///
+/// Runs as the pools' `before_acquire`: by then the pool has pinged the
+/// connection on release and again before acquiring it, and a ping runs
+/// after the queued ROLLBACK on the connection's worker, so the depth read
+/// here includes that ROLLBACK's outcome.
+fn connection_is_clean(conn: &sqlx::SqliteConnection, pool: &str) -> bool {
+    if sqlx::Connection::is_in_transaction(conn) {
+        tracing::warn!(
+            pool,
+            "a failed statement left an SQLite connection in a transaction: replacing the connection"
+        );
+        return false;
+    }
+    true
+}
+
 impl SqliteStorage {
     /// Opens (creating if missing) the database file at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -118,12 +143,18 @@ impl SqliteStorage {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(connection_is_clean(conn, "writer")) })
+            })
             .connect_with(opts.clone())
             .await
             .map_err(connect_err)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(connection_is_clean(conn, "reader")) })
+            })
             .connect_with(opts.read_only(true))
             .await
             .map_err(connect_err)?;
@@ -648,6 +679,31 @@ impl Storage for SqliteStorage {
 
     async fn probe(&self) -> Result<()> {
         self.ping().await
+    }
+
+    async fn probe_write(&self, instance_id: &str) -> Result<bool> {
+        // The one writer connection may be busy with a long transaction (a
+        // large license applied, keys rotated): that is no fault, and its
+        // outcome reaches the gate anyway, so the probe does not queue
+        // behind it. With no connection at all (the last one was replaced
+        // after a failed write) it opens one.
+        let mut conn = match self.writer.try_acquire() {
+            Some(c) => c,
+            None if self.writer.size() == 0 => self.writer.acquire().await?,
+            None => return Ok(false),
+        };
+        // try_acquire skips the pool's before_acquire check: do it here.
+        if !connection_is_clean(&conn, "writer") {
+            conn.close_on_drop();
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE instances SET last_seen = CAST(unixepoch('subsec') * 1000000 AS INTEGER) WHERE id = ?",
+        )
+        .bind(instance_id)
+        .execute(&mut *conn)
+        .await?;
+        Ok(true)
     }
 
     async fn now(&self) -> Result<DateTime<Utc>> {
