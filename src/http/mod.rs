@@ -75,7 +75,14 @@ fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
             )
             .into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        // Failed requests are logged where they fail (ApiError); a 503 from
+        // healthz during an outage is an answer, not an error to log on
+        // every probe of every load balancer.
+        .layer(
+            TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
         .with_state(app.clone())
 }
 
