@@ -5,124 +5,20 @@
 
 mod common;
 
+use common::nginx::{start_nginx, ServerParams};
 use common::{
     admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
 };
 use floatlm_client::{Client, HandleState, Options};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 50;
-
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers before it exits (SIGKILL to
-        // the master alone would leave them running).
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Runs the shipped config with our upstreams, port and paths swapped in.
-/// Without `keepalive`, NGINX sends one request per upstream connection.
-fn start_nginx(policy: &str, upstreams: &[String], dir: &Path, keepalive: bool) -> (Nginx, String) {
-    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
-        panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
-    });
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("nginx")
-            .join(policy),
-    )
-    .unwrap();
-    let port = free_port();
-    let mut out = String::new();
-    let mut upstream_done = false;
-    for line in shipped.lines() {
-        let t = line.trim_start();
-        if t.starts_with("server 127.0.0.1:") {
-            if !upstream_done {
-                for u in upstreams {
-                    out.push_str(&format!(
-                        "        server {u} max_fails=1 fail_timeout=2s;\n"
-                    ));
-                }
-                upstream_done = true;
-            }
-            continue;
-        }
-        if !keepalive
-            && (t.starts_with("keepalive ") || t.starts_with("proxy_set_header Connection"))
-        {
-            continue;
-        }
-        let line = match t {
-            l if l.starts_with("listen 8080;") => format!("        listen 127.0.0.1:{port};"),
-            l if l.starts_with("pid ") => format!("pid {}/nginx.pid;", dir.display()),
-            l if l.starts_with("error_log ") => {
-                format!("error_log {}/nginx-error.log warn;", dir.display())
-            }
-            l if l.starts_with("worker_processes") => "worker_processes 1;".to_string(),
-            l if l.starts_with("http {") => {
-                let d = dir.display();
-                format!("http {{\n    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;")
-            }
-            _ => line.to_string(),
-        };
-        out.push_str(&line);
-        out.push('\n');
-    }
-    let conf = dir.join(format!("{policy}.run.conf"));
-    std::fs::write(&conf, out).unwrap();
-    let child = Command::new(nginx)
-        .args([
-            "-p",
-            &dir.display().to_string(),
-            "-c",
-            &conf.display().to_string(),
-            "-g",
-            "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start; see {}/nginx-error.log",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Nginx(child), addr)
-}
+/// A killed instance is back in the pool 2 s after its last failure.
+const FAIL_FAST: ServerParams = ServerParams::These("max_fails=1 fail_timeout=2s");
 
 fn instance(dir: &Path, db: &TestDb, id: &str, listen: &str, pubkey: &str) -> ServerProc {
     cluster_instance(
@@ -147,7 +43,7 @@ async fn survive_sigkill_behind(policy: &str) {
         .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
         .collect();
     let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx(policy, &upstreams, d, true);
+    let (_nginx, proxy) = start_nginx(policy, &upstreams, d, true, FAIL_FAST);
     let admin_at = &servers[0];
     admin_cli(admin_at, &["apply", &lic]);
     let out = admin_cli(admin_at, &["identity", "create", "--name", "nginx"]);
@@ -292,7 +188,7 @@ async fn drain_under_load_fails_no_client_operation() {
         .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
         .collect();
     let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d, true);
+    let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d, true, FAIL_FAST);
     let admin_at = &servers[0];
     admin_cli(admin_at, &["apply", &lic]);
     let out = admin_cli(admin_at, &["identity", "create", "--name", "drain"]);
@@ -448,6 +344,7 @@ async fn a_request_retried_after_the_upstream_died_mid_request_grants_once() {
         &[cut_addr, b.licensing.clone()],
         d,
         false,
+        FAIL_FAST,
     );
     let admin_at = &a;
     admin_cli(admin_at, &["apply", &lic]);

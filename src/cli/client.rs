@@ -431,6 +431,9 @@ async fn release(seat: SeatHandle, lost: bool) {
              before checkout gave it back",
         ),
         Ok(Ok(Released::AlreadyEnded)) => {}
+        // The seat is free; an earlier copy of the logout, sent to a server
+        // that was slow to answer, most likely released it.
+        Ok(Ok(Released::Resent)) => {}
         Ok(Err(e)) => say(format_args!(
             "could not give the seat back ({e}); it frees itself when its lease runs out"
         )),

@@ -19,14 +19,24 @@ use crate::{ClientError, NoLicenseReason, ServerSpec};
 /// Tuning knobs; [`Options::from_env`] fills the auth fields.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Heartbeat at this fraction of the lease TTL (default 1/3).
+    /// Heartbeat at this fraction of the promise the last answer gave,
+    /// counted from that request's send time (default 1/3), and never later
+    /// than halfway to the promise's end.
     pub heartbeat_fraction: f64,
     /// A failed server is tried again after this long (default 60 s).
     pub retry_interval: Duration,
     /// How often a failed server is retried; None = forever.
     pub max_retries: Option<u32>,
-    /// Timeout of one HTTP request (default 5 s).
+    /// The longest wait for one server's answer to one request (default
+    /// 5 s). A heartbeat waits less: half the time its promise has left, at
+    /// least 1.5 s (so that a proxy in front gives up on a hung instance
+    /// first), never past the promise's end.
     pub request_timeout: Duration,
+    /// When the server asked has not answered within this long, the same
+    /// request goes to the next server too, and the first answer counts
+    /// (default 500 ms; at most the attempt timeout divided by the number
+    /// of servers, so every server is asked within one attempt timeout).
+    pub hedge_delay: Duration,
     /// Sent with every login, for the server's auth script.
     pub auth: AuthInfo,
 }
@@ -38,6 +48,7 @@ impl Default for Options {
             retry_interval: Duration::from_secs(60),
             max_retries: None,
             request_timeout: Duration::from_secs(5),
+            hedge_delay: Duration::from_millis(500),
             auth: AuthInfo::default(),
         }
     }
@@ -82,6 +93,51 @@ fn os_groups(user: &str) -> Vec<String> {
                 .then(|| name.to_string())
         })
         .collect()
+}
+
+/// The shortest wait for one answer, however close a deadline: a proxy in
+/// front must get to give up on a hung instance and retry the request on
+/// the next one (the shipped NGINX configs: `proxy_read_timeout 1s`) before
+/// the client gives up on the proxy, which the proxy would log as a client
+/// abort (499) without counting the instance as failed.
+pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(1500);
+/// Hedges never start closer together than this.
+const MIN_HEDGE: Duration = Duration::from_millis(50);
+
+/// How one round of a call spends its time, derived from how much it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// The longest wait for one server's answer (each HTTP exchange).
+    pub attempt: Duration,
+    /// Ask the next server too when none answered this long.
+    pub hedge: Duration,
+}
+
+impl Timing {
+    /// `left`: the time until the call's deadline (a heartbeat: until its
+    /// promise ends), None without one; `servers`: how many there are.
+    pub(crate) fn new(left: Option<Duration>, servers: usize, o: &Options) -> Timing {
+        let attempt = match left {
+            None => o.request_timeout,
+            Some(left) => (left / 2).max(MIN_ATTEMPT).min(o.request_timeout).min(left),
+        };
+        let hedge = o
+            .hedge_delay
+            .min(attempt / servers.max(1) as u32)
+            .max(MIN_HEDGE);
+        Timing { attempt, hedge }
+    }
+}
+
+/// A call's answer, and what a promise in it is counted from.
+pub(crate) struct Answered {
+    pub response: Response,
+    /// When the request that got this answer was sent: a promise in the
+    /// answer runs from here (docs/protocol.md, *A promise*).
+    pub sent: Instant,
+    /// How many times the request went out (hedges and resends included):
+    /// more than once, an earlier copy may have been acted on unheard.
+    pub sends: u32,
 }
 
 /// How one server is doing, as seen by this client.
@@ -175,6 +231,15 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// How a round of a call ended without an answer.
+struct RoundFailure {
+    /// What happened on the current server (the caller acts on it), or a
+    /// final answer from any.
+    primary: Attempt,
+    /// `ADDRESS: message` of a hedged server whose database is unavailable.
+    unavailable: Option<String>,
+}
+
 /// Why one attempt failed, and what to do about it.
 enum Attempt {
     /// Server down or overloaded: mark it failed, use another.
@@ -255,7 +320,7 @@ impl Client {
                 tickets: Mutex::new(std::collections::HashMap::new()),
             }),
         };
-        client.channel().await?;
+        client.channel(client.inner.options.request_timeout).await?;
         Ok(client)
     }
 
@@ -319,8 +384,10 @@ impl Client {
             request_id: format!("{}:{n}", self.inner.instance_id),
             auth: self.inner.options.auth.clone(),
         };
-        let sent = Instant::now();
-        match self.call(&req).await? {
+        let answered = self.call_until(&req, None).await?;
+        match answered.response {
+            // The promise runs from the send time of the copy that was
+            // answered (a hedge or a resend is sent later than the first).
             Response::Granted {
                 lease,
                 feature,
@@ -330,7 +397,7 @@ impl Client {
                 self.clone(),
                 feature,
                 lease,
-                sent,
+                answered.sent,
                 Duration::from_millis(ttl_ms),
             )),
             other => Err(unexpected(other)),
@@ -423,8 +490,9 @@ impl Client {
         }
     }
 
-    /// The current channel, or a new one from the first server to answer.
-    pub(crate) async fn channel(&self) -> Result<Arc<Channel>, ClientError> {
+    /// The current channel, or a new one from the first server to answer
+    /// (each given `timeout`).
+    pub(crate) async fn channel(&self, timeout: Duration) -> Result<Arc<Channel>, ClientError> {
         let mut active = self.inner.active.lock().await;
         if let Some(ch) = active.as_ref() {
             return Ok(ch.clone());
@@ -436,7 +504,7 @@ impl Client {
         let mut set = tokio::task::JoinSet::new();
         for i in candidates {
             let this = self.clone();
-            set.spawn(async move { (i, this.open_channel(i).await) });
+            set.spawn(async move { (i, this.open_channel(i, timeout).await) });
         }
         let mut fatal = None;
         let mut unavailable = None;
@@ -480,11 +548,11 @@ impl Client {
 
     /// A session on server `i`: resumed from its last ticket when there is
     /// one (no login), else a full handshake.
-    async fn open_channel(&self, i: usize) -> Result<Channel, Attempt> {
+    async fn open_channel(&self, i: usize, timeout: Duration) -> Result<Channel, Attempt> {
         let id = &self.inner.servers[i].spec.identity_id;
         let ticket = self.inner.tickets.lock().expect("lock").get(id).cloned();
         if let Some(t) = ticket {
-            match self.resume(i, &t).await {
+            match self.resume(i, &t, timeout).await {
                 Err(Attempt::Rehandshake) => {
                     self.inner.stats.lock().expect("lock").resumes_refused += 1;
                     let mut tickets = self.inner.tickets.lock().expect("lock");
@@ -495,10 +563,10 @@ impl Client {
                 other => return other,
             }
         }
-        self.handshake(i).await
+        self.handshake(i, timeout).await
     }
 
-    async fn handshake(&self, i: usize) -> Result<Channel, Attempt> {
+    async fn handshake(&self, i: usize, timeout: Duration) -> Result<Channel, Attempt> {
         let spec = &self.inner.servers[i].spec;
         let (hs, hello) = ClientHandshake::start(&spec.identity_id, spec.secret.as_bytes(), None)
             .map_err(|e| Attempt::Fatal(ClientError::BadIdentity(e.to_string())))?;
@@ -508,17 +576,22 @@ impl Client {
             })
         };
         let ch = self
-            .exchange(i, PATH_HANDSHAKE, hs, hello, auth_failed)
+            .exchange(i, PATH_HANDSHAKE, hs, hello, timeout, auth_failed)
             .await?;
         self.inner.stats.lock().expect("lock").handshakes += 1;
         Ok(ch)
     }
 
-    async fn resume(&self, i: usize, ticket: &Ticket) -> Result<Channel, Attempt> {
+    async fn resume(
+        &self,
+        i: usize,
+        ticket: &Ticket,
+        timeout: Duration,
+    ) -> Result<Channel, Attempt> {
         let (hs, hello) = ClientHandshake::resume(&ticket.bytes, &ticket.secret, None)
             .map_err(|_| Attempt::Rehandshake)?;
         let ch = self
-            .exchange(i, PATH_RESUME, hs, hello, || Attempt::Rehandshake)
+            .exchange(i, PATH_RESUME, hs, hello, timeout, || Attempt::Rehandshake)
             .await?;
         self.inner.stats.lock().expect("lock").resumes += 1;
         Ok(ch)
@@ -531,6 +604,7 @@ impl Client {
         path: &str,
         hs: ClientHandshake,
         hello: Vec<u8>,
+        timeout: Duration,
         on_401: impl Fn() -> Attempt,
     ) -> Result<Channel, Attempt> {
         let spec = &self.inner.servers[i].spec;
@@ -539,6 +613,7 @@ impl Client {
             .http
             .post(format!("http://{}{path}", spec.address))
             .header(HEADER_INSTANCE, &self.inner.instance_id)
+            .timeout(timeout)
             .body(hello)
             .send()
             .await
@@ -595,7 +670,13 @@ impl Client {
         self.inner.tickets.lock().expect("lock").remove(identity_id);
     }
 
-    async fn send(&self, ch: &Channel, req: &Request) -> Result<Response, Attempt> {
+    /// Sends `req` once on `ch`; the answer and when the request was sent.
+    async fn send(
+        &self,
+        ch: &Channel,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<(Response, Instant), Attempt> {
         let spec = &self.inner.servers[ch.server].spec;
         let seq = ch.seq.fetch_add(1, Ordering::Relaxed);
         let binding = Binding {
@@ -611,12 +692,14 @@ impl Client {
             &binding,
             &serde_json::to_vec(req).expect("request serialises"),
         );
+        let sent = Instant::now();
         let resp = self
             .inner
             .http
             .post(format!("http://{}{PATH_REQUEST}", spec.address))
             .header(HEADER_INSTANCE, &self.inner.instance_id)
             .header(HEADER_SESSION, &ch.session)
+            .timeout(timeout)
             .body(body)
             .send()
             .await
@@ -681,24 +764,72 @@ impl Client {
                 server: spec.address.clone(),
                 message,
             })),
-            ok => Ok(ok),
+            ok => Ok((ok, sent)),
         }
     }
 
-    /// Sends `req`, moving to another server when one fails; the request is
-    /// resent unchanged (same request id), so the server acts on it once.
+    /// Sends `req` and returns the answer (see [`Client::call_until`]).
     pub(crate) async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        self.call_until(req, None).await.map(|a| a.response)
+    }
+
+    /// Sends `req`, hedging on slow servers and moving away from failed
+    /// ones, until it is answered or `deadline` (a heartbeat's: when its
+    /// promise ends) has passed. Every copy is the same request (same
+    /// request id), so the servers act on it once (docs/protocol.md).
+    ///
+    /// Each round asks the current server; when it has not answered within
+    /// the hedge delay, or failed while another copy was in flight, the next
+    /// server is asked too, one more every hedge delay, and the first answer
+    /// counts ([`Timing`]). A failure of the current server before any hedge
+    /// started is handled as before hedging: resume (401), the same address
+    /// once more (502/503/504 from a proxy), or another server.
+    pub(crate) async fn call_until(
+        &self,
+        req: &Request,
+        deadline: Option<Instant>,
+    ) -> Result<Answered, ClientError> {
+        let n = self.inner.servers.len();
         let mut last = String::new();
-        let mut unavailable = None;
+        let mut unavailable: Option<String> = None;
         let mut retried_gateway = false;
-        for _ in 0..(2 * self.inner.servers.len() + 2) {
-            let ch = self.channel().await?;
-            match self.send(&ch, req).await {
-                Ok(r) => {
-                    self.mark_ok(ch.server, None);
-                    return Ok(r);
+        let mut sends = 0;
+        for _ in 0..(2 * n + 2) {
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => break,
+                },
+            };
+            let t = Timing::new(left, n, &self.inner.options);
+            let ch = match self.channel(t.attempt).await {
+                Ok(ch) => ch,
+                // A server that answered "database unavailable" says more
+                // than the timeouts of the rest.
+                Err(ClientError::Unreachable(m)) => {
+                    return Err(match unavailable {
+                        Some(u) => ClientError::Unavailable(u),
+                        None => ClientError::Unreachable(m),
+                    })
                 }
-                Err(Attempt::Fatal(e)) => {
+                Err(e) => return Err(e),
+            };
+            let failure = match self.round(&ch, req, t, &mut sends).await {
+                Ok((response, sent)) => {
+                    return Ok(Answered {
+                        response,
+                        sent,
+                        sends,
+                    })
+                }
+                Err(f) => f,
+            };
+            if let Some(u) = failure.unavailable {
+                unavailable = Some(u);
+            }
+            match failure.primary {
+                Attempt::Fatal(e) => {
                     if matches!(e, ClientError::IdentityRefused { .. }) {
                         // The server ended the session: the next call
                         // handshakes afresh (and hears the refusal again).
@@ -706,24 +837,24 @@ impl Client {
                     }
                     return Err(e);
                 }
-                Err(Attempt::Rehandshake) => {
+                Attempt::Rehandshake => {
                     last = "session unknown on the server (expired, or another instance answered)"
                         .into();
                     self.drop_channel(&ch).await;
                 }
-                Err(Attempt::Gateway(msg)) if !retried_gateway => {
+                Attempt::Gateway(msg) if !retried_gateway => {
                     // A proxy in front may pick a live instance this time:
                     // resume there before calling the address failed.
                     retried_gateway = true;
                     last = msg;
                     self.drop_channel(&ch).await;
-                    match self.open_channel(ch.server).await {
+                    match self.open_channel(ch.server, t.attempt).await {
                         Ok(new) => self.set_channel(new).await,
                         Err(Attempt::Fatal(e)) => return Err(e),
                         Err(_) => self.mark_failed(ch.server, &last),
                     }
                 }
-                Err(Attempt::Unavailable(msg)) => {
+                Attempt::Unavailable(msg) => {
                     self.mark_failed(ch.server, &msg);
                     unavailable = Some(format!(
                         "{}: {msg}",
@@ -732,7 +863,7 @@ impl Client {
                     last = msg;
                     self.drop_channel(&ch).await;
                 }
-                Err(Attempt::Failover(msg) | Attempt::Gateway(msg)) => {
+                Attempt::Failover(msg) | Attempt::Gateway(msg) => {
                     self.mark_failed(ch.server, &msg);
                     last = msg;
                     self.drop_channel(&ch).await;
@@ -741,10 +872,212 @@ impl Client {
         }
         Err(match unavailable {
             Some(m) => ClientError::Unavailable(m),
+            None if deadline.is_some_and(|d| Instant::now() >= d) => {
+                ClientError::Unreachable(format!("no server answered in time; last: {last}"))
+            }
             None => {
                 ClientError::Unreachable(format!("gave up after repeated failures; last: {last}"))
             }
         })
+    }
+
+    /// One round of [`Client::call_until`]: `req` on `primary`, hedged on
+    /// the other servers. Ok with the first answer (a hedge's channel
+    /// becomes the current one, and the primary's server is marked
+    /// failing); Err when every copy failed or a final answer came.
+    async fn round(
+        &self,
+        primary: &Arc<Channel>,
+        req: &Request,
+        t: Timing,
+        sends: &mut u32,
+    ) -> Result<(Response, Instant), RoundFailure> {
+        type Outcome = Result<(Response, Instant, Arc<Channel>), Attempt>;
+        let mut set: tokio::task::JoinSet<(usize, bool, Outcome)> = tokio::task::JoinSet::new();
+        {
+            let (this, ch, req) = (self.clone(), primary.clone(), req.clone());
+            set.spawn(async move {
+                let r = this.send(&ch, &req, t.attempt).await;
+                (ch.server, false, r.map(|(resp, sent)| (resp, sent, ch)))
+            });
+        }
+        *sends += 1;
+        let began = Instant::now();
+        let mut candidates =
+            std::collections::VecDeque::from(self.hedge_candidates(primary.server));
+        let mut hedged = false;
+        let mut next_hedge = began + t.hedge;
+        let mut primary_err: Option<Attempt> = None;
+        let mut unavailable = None;
+        loop {
+            let start_next = tokio::select! {
+                joined = set.join_next() => {
+                    let Some(joined) = joined else { break };
+                    let Ok((i, hedge, outcome)) = joined else { continue };
+                    match outcome {
+                        Ok((resp, sent, ch)) => {
+                            if hedge {
+                                self.adopt(primary, ch, primary_err.take(), began.elapsed()).await;
+                            }
+                            self.mark_ok(i, None);
+                            return Ok((resp, sent));
+                        }
+                        // A final answer (no license, lease ended, identity
+                        // refused): every server would say the same.
+                        Err(Attempt::Fatal(e)) => {
+                            return Err(RoundFailure { primary: Attempt::Fatal(e), unavailable });
+                        }
+                        Err(a) if !hedge => {
+                            if !hedged {
+                                // Failed before any hedge: the caller knows
+                                // what to do about this server.
+                                return Err(RoundFailure { primary: a, unavailable });
+                            }
+                            primary_err = Some(a);
+                        }
+                        Err(a) => self.hedge_failed(i, a, &mut unavailable),
+                    }
+                    // A copy failed: the next server at once, not after
+                    // the hedge delay.
+                    true
+                }
+                _ = tokio::time::sleep_until(next_hedge.into()), if !candidates.is_empty() => true,
+            };
+            if start_next {
+                let Some(j) = candidates.pop_front() else {
+                    if set.is_empty() {
+                        break;
+                    }
+                    continue;
+                };
+                let (this, req) = (self.clone(), req.clone());
+                set.spawn(async move { (j, true, this.hedge(j, &req, t).await) });
+                *sends += 1;
+                hedged = true;
+                next_hedge = Instant::now() + t.hedge;
+            }
+        }
+        Err(RoundFailure {
+            primary: primary_err.unwrap_or_else(|| Attempt::Failover("no answer".into())),
+            unavailable,
+        })
+    }
+
+    /// Servers to hedge on besides `primary`, best first: those in use or
+    /// due for a retry; when none is, every one within `max_retries` (a
+    /// server marked failing a moment ago may well be back, and the primary
+    /// is not answering).
+    fn hedge_candidates(&self, primary: usize) -> Vec<usize> {
+        let mut c: Vec<usize> = self
+            .eligible()
+            .into_iter()
+            .filter(|&i| i != primary)
+            .collect();
+        if c.is_empty() {
+            let o = &self.inner.options;
+            c = (0..self.inner.servers.len())
+                .filter(|&i| i != primary)
+                .filter(
+                    |&i| match &self.inner.servers[i].state.lock().expect("lock").0 {
+                        ServerState::Failing { retries, .. } => {
+                            o.max_retries.is_none_or(|m| *retries < m)
+                        }
+                        _ => true,
+                    },
+                )
+                .collect();
+        }
+        let rank = |i: &usize| match self.inner.servers[*i].state.lock().expect("lock").0 {
+            ServerState::Ok => 0,
+            ServerState::Unknown => 1,
+            ServerState::Failing { .. } => 2,
+        };
+        c.sort_by_key(rank);
+        c
+    }
+
+    /// A hedged copy of `req` on server `j`: on the current channel when
+    /// it is there, else on a session resumed from the ticket (or a
+    /// handshake).
+    async fn hedge(
+        &self,
+        j: usize,
+        req: &Request,
+        t: Timing,
+    ) -> Result<(Response, Instant, Arc<Channel>), Attempt> {
+        let current = self
+            .inner
+            .active
+            .try_lock()
+            .ok()
+            .and_then(|a| a.as_ref().filter(|c| c.server == j).cloned());
+        let reused = current.is_some();
+        let ch = match current {
+            Some(ch) => ch,
+            None => match self.open_channel(j, t.attempt).await {
+                Ok(ch) => Arc::new(ch),
+                // The identity itself is refused: final everywhere.
+                Err(Attempt::Fatal(e @ ClientError::IdentityRefused { .. })) => {
+                    return Err(Attempt::Fatal(e))
+                }
+                // Another server's login failing (a wrong secret for that
+                // address) is that server's failure, not the answer.
+                Err(Attempt::Fatal(e)) => return Err(Attempt::Failover(e.to_string())),
+                Err(a) => return Err(a),
+            },
+        };
+        match self.send(&ch, req, t.attempt).await {
+            Ok((resp, sent)) => Ok((resp, sent, ch)),
+            Err(Attempt::Rehandshake) if reused => {
+                self.drop_channel(&ch).await;
+                Err(Attempt::Rehandshake)
+            }
+            Err(a) => Err(a),
+        }
+    }
+
+    /// Records how a hedge on server `j` failed.
+    fn hedge_failed(&self, j: usize, a: Attempt, unavailable: &mut Option<String>) {
+        match a {
+            Attempt::Unavailable(msg) => {
+                self.mark_failed(j, &msg);
+                *unavailable = Some(format!("{}: {msg}", self.inner.servers[j].spec.address));
+            }
+            Attempt::Failover(msg) | Attempt::Gateway(msg) => self.mark_failed(j, &msg),
+            // A session refused right after it was opened (a proxy at that
+            // address moved it): says nothing about the server.
+            Attempt::Rehandshake | Attempt::Fatal(_) => {}
+        }
+    }
+
+    /// A hedge on `new`'s server answered while `old` had not (or had
+    /// failed with `old_err`): `new` becomes the current channel, and
+    /// `old`'s server is marked failing, so that the status shows it and
+    /// later requests do not wait for it again.
+    async fn adopt(
+        &self,
+        old: &Arc<Channel>,
+        new: Arc<Channel>,
+        old_err: Option<Attempt>,
+        waited: Duration,
+    ) {
+        let why = match old_err {
+            None => Some(format!(
+                "no answer within {} ms (hung or overloaded); {} answered instead",
+                waited.as_millis(),
+                self.inner.servers[new.server].spec.address
+            )),
+            Some(Attempt::Rehandshake) => None,
+            Some(Attempt::Failover(m) | Attempt::Gateway(m) | Attempt::Unavailable(m)) => Some(m),
+            Some(Attempt::Fatal(e)) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            self.mark_failed(old.server, &why);
+        }
+        let mut active = self.inner.active.lock().await;
+        if active.as_ref().is_none_or(|a| Arc::ptr_eq(a, old)) {
+            *active = Some(new);
+        }
     }
 
     async fn set_channel(&self, ch: Channel) {
@@ -785,7 +1118,7 @@ fn failover(status: reqwest::StatusCode, body: &[u8]) -> Attempt {
     let code = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string));
-    if code.as_deref() == Some("unavailable") {
+    if matches!(code.as_deref(), Some("unavailable" | "storage_unavailable")) {
         // A floatlm instance itself (not a proxy) says its database is away.
         let message = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
@@ -804,4 +1137,54 @@ fn http_error(status: reqwest::StatusCode, body: &[u8]) -> String {
         .and_then(|v| v["message"].as_str().map(str::to_string))
         .unwrap_or_default();
     format!("HTTP {status} {msg}").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn without_a_deadline_an_attempt_waits_the_request_timeout() {
+        let t = Timing::new(None, 2, &Options::default());
+        assert_eq!(
+            t,
+            Timing {
+                attempt: ms(5000),
+                hedge: ms(500)
+            }
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_waits_half_its_time_left_at_least_1500_ms_never_past_its_deadline() {
+        let o = Options::default();
+        // lease_ttl 10 s answered in full: 5.67 s left at the heartbeat.
+        assert_eq!(Timing::new(Some(ms(5666)), 2, &o).attempt, ms(2833));
+        // Half a TTL answered (5 s): 2.83 s left.
+        assert_eq!(Timing::new(Some(ms(2833)), 2, &o).attempt, ms(1500));
+        // lease_ttl 60 s: capped by request_timeout.
+        assert_eq!(Timing::new(Some(ms(38000)), 2, &o).attempt, ms(5000));
+        // Nearly out of time: what is left.
+        assert_eq!(Timing::new(Some(ms(900)), 2, &o).attempt, ms(900));
+    }
+
+    #[test]
+    fn every_server_is_asked_within_one_attempt_timeout() {
+        let o = Options::default();
+        for servers in 1..=8 {
+            for left in [ms(300), ms(1400), ms(2833), ms(40_000)] {
+                let t = Timing::new(Some(left), servers, &o);
+                assert!(t.hedge <= o.hedge_delay);
+                assert!(
+                    t.hedge * (servers as u32 - 1) <= t.attempt.max(MIN_HEDGE * 8),
+                    "{servers} servers, {left:?} left: {t:?}"
+                );
+            }
+        }
+        assert_eq!(Timing::new(Some(ms(1400)), 4, &o).hedge, ms(350));
+    }
 }

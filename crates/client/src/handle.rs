@@ -184,7 +184,7 @@ impl SeatHandle {
             }),
             lost: watch::Sender::new(None),
         });
-        let task = tokio::spawn(heartbeat(client.clone(), core.clone(), ttl));
+        let task = tokio::spawn(heartbeat(client.clone(), core.clone(), sent, ttl));
         SeatHandle {
             client,
             feature,
@@ -293,14 +293,23 @@ impl SeatHandle {
     }
 
     /// Releases the seat and says what the server did: released it, or found
-    /// it already ended (expired, or released by an operator); an error when
-    /// no server answered (the seat then frees itself when its lease runs out).
+    /// it already ended (expired, or released by an operator), or — when the
+    /// logout had to be sent more than once — found it ended, perhaps by an
+    /// earlier copy whose answer never came; an error when no server
+    /// answered (the seat then frees itself when its lease runs out).
     pub async fn give_back(self) -> Result<Released, crate::ClientError> {
         let Some(lease) = self.mark_released() else {
             return Ok(Released::AlreadyEnded);
         };
-        match self.client.call(&Request::Logout { lease }).await? {
+        let answered = self
+            .client
+            .call_until(&Request::Logout { lease }, None)
+            .await?;
+        match answered.response {
             Response::Released { released: true, .. } => Ok(Released::Released),
+            Response::Released {
+                released: false, ..
+            } if answered.sends > 1 => Ok(Released::Resent),
             Response::Released {
                 released: false, ..
             } => Ok(Released::AlreadyEnded),
@@ -334,30 +343,53 @@ pub enum Released {
     /// The lease had already ended (expired, released by an operator, or
     /// this handle was released before).
     AlreadyEnded,
+    /// The seat is free, but who freed it cannot be told: the logout went
+    /// out more than once (a server was slow or did not answer, so the
+    /// client asked another), and the copy that was answered found the
+    /// lease ended. An earlier copy, whose answer never came, may have
+    /// released it; or it had ended before.
+    Resent,
 }
 
-/// Renews the lease at a fraction of its lifetime until it is lost or the
-/// handle goes away. Every wait is raced against the promise's end, so the
-/// loss fires on time even while a heartbeat is still waiting for a server.
-async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
+/// The shortest heartbeat period, however short a promise.
+const MIN_PERIOD: Duration = Duration::from_millis(50);
+
+/// When to send the next heartbeat after an answer to a request sent at
+/// `sent` promised `granted`: at `fraction` of the promise, and never later
+/// than halfway to the end of what the handle may use (`valid_until`), so
+/// that at least half of it is left to ask every server in turn.
+fn next_beat(sent: Instant, granted: Duration, fraction: f64, valid_until: Instant) -> Instant {
+    let at = sent + granted.mul_f64(fraction).max(MIN_PERIOD);
+    let halfway = sent + valid_until.saturating_duration_since(sent) / 2;
+    at.min(halfway.max(sent + MIN_PERIOD))
+}
+
+/// Renews the lease at a fraction of its promise until it is lost or the
+/// handle goes away. Each heartbeat has until the promise ends: the client
+/// derives its per-server timeout and hedge delay from the time left
+/// ([`crate::client::Timing`]), so a hung server costs one hedge delay, not
+/// a timeout. Every wait is raced against the promise's end, so the loss
+/// fires on time even while a heartbeat is still waiting for a server.
+async fn heartbeat(client: Client, core: Arc<Core>, sent: Instant, ttl: Duration) {
     let fraction = client.inner.options.heartbeat_fraction.clamp(0.05, 0.9);
-    let mut every = ttl.mul_f64(fraction);
-    let mut wait = every;
+    let mut every = ttl.mul_f64(fraction).max(MIN_PERIOD);
+    let mut next = next_beat(sent, ttl, fraction, core.lock().valid_until);
     let mut last_error: Option<String> = None;
     loop {
         let until = core.lock().valid_until;
         let beat = async {
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(next.into()).await;
             let lease = core.lock().lease.clone();
-            let sent = Instant::now();
-            let result = client
-                .call(&Request::Heartbeat {
-                    leases: vec![lease],
-                })
-                .await;
-            (sent, result)
+            client
+                .call_until(
+                    &Request::Heartbeat {
+                        leases: vec![lease],
+                    },
+                    Some(until),
+                )
+                .await
         };
-        let (sent, result) = tokio::select! {
+        let result = tokio::select! {
             // An answer that arrives with the deadline still counts.
             biased;
             r = beat => r,
@@ -366,8 +398,9 @@ async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
                 return;
             }
         };
+        let result = result.map(|a| (a.sent, a.response));
         match result {
-            Ok(Response::Heartbeat { leases }) => match leases.first() {
+            Ok((sent, Response::Heartbeat { leases })) => match leases.first() {
                 Some(l) if l.alive => {
                     let granted = Duration::from_millis(l.ttl_ms);
                     let mut s = core.lock();
@@ -383,9 +416,10 @@ async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
                     s.valid_until = deadline(sent, granted);
                     s.state = HandleState::Held;
                     // A server may promise less than the first TTL (what is
-                    // left of a recorded expiry): renew in proportion to it.
-                    every = granted.mul_f64(fraction).max(Duration::from_millis(50));
-                    wait = every;
+                    // left of a recorded expiry): renew in proportion to it,
+                    // counted from when this heartbeat was sent.
+                    every = granted.mul_f64(fraction).max(MIN_PERIOD);
+                    next = next_beat(sent, granted, fraction, s.valid_until);
                     last_error = None;
                 }
                 _ => {
@@ -401,7 +435,7 @@ async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
             other => {
                 let e = match other {
                     Err(e) => e.to_string(),
-                    Ok(r) => format!("unexpected answer to a heartbeat: {r:?}"),
+                    Ok((_, r)) => format!("unexpected answer to a heartbeat: {r:?}"),
                 };
                 tracing::warn!(error = %e, "heartbeat failed; retrying");
                 {
@@ -417,7 +451,7 @@ async fn heartbeat(client: Client, core: Arc<Core>, ttl: Duration) {
                     };
                 }
                 last_error = Some(e);
-                wait = (every / 4).max(Duration::from_millis(100));
+                next = Instant::now() + (every / 4).max(Duration::from_millis(100));
             }
         }
     }
@@ -452,6 +486,34 @@ mod tests {
             deadline(t, Duration::from_secs(60)),
             t + Duration::from_secs(58)
         );
+    }
+
+    #[test]
+    fn a_heartbeat_goes_out_at_a_third_of_the_promise_from_its_send_time() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(10);
+        assert_eq!(
+            next_beat(t, ttl, 1.0 / 3.0, deadline(t, ttl)),
+            t + ttl.mul_f64(1.0 / 3.0)
+        );
+        // Half a TTL promised (a lease past half its recorded hold).
+        let half = Duration::from_secs(5);
+        assert_eq!(
+            next_beat(t, half, 1.0 / 3.0, deadline(t, half)),
+            t + half.mul_f64(1.0 / 3.0)
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_leaves_at_least_half_of_what_may_be_used() {
+        let t = Instant::now();
+        let ttl = Duration::from_secs(10);
+        // A fraction of 0.9 would beat at the very end of the promise.
+        assert_eq!(
+            next_beat(t, ttl, 0.9, deadline(t, ttl)),
+            t + Duration::from_millis(4500)
+        );
+        assert_eq!(next_beat(t, Duration::ZERO, 1.0 / 3.0, t), t + MIN_PERIOD);
     }
 
     #[test]

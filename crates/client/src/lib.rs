@@ -27,6 +27,13 @@
 //!   session is lost (an instance died behind a proxy, 401 session_unknown,
 //!   502/503/504), the client resumes it with the ticket on whichever
 //!   instance answers: no login, same leases, same request ids.
+//! * A server that does not answer (hung, overloaded) costs one hedge
+//!   delay, not a timeout: a request with no answer after
+//!   [`Options::hedge_delay`] (500 ms) also goes to the next server, and the
+//!   first answer counts. A heartbeat goes out at a third of the promise it
+//!   renews and waits for one server at most half of what is left (at
+//!   least 1.5 s), so every server is asked before the promise ends. The
+//!   schedule, with numbers: crates/client/README.md.
 //! * A failed server is retried every [`Options::retry_interval`] (default
 //!   60 s), up to [`Options::max_retries`] times (default: unlimited); when
 //!   every server is failing, all are tried rather than waiting.
