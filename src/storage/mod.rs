@@ -707,17 +707,48 @@ fn is_lock_wait_timeout(err: &sqlx::Error) -> bool {
         if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|my| my.number() == 1205))
 }
 
-/// Runs `op` again while it fails with a retryable error.
-pub(crate) async fn with_retry<T, E, F, Fut>(mut op: F) -> std::result::Result<T, E>
+/// Runs `op` again while it fails with a retryable error (a lock wait at
+/// most once: a request must not queue behind a stalled instance).
+pub(crate) async fn with_retry<T, E, F, Fut>(op: F) -> std::result::Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    E: RetryClass,
+{
+    retry_lock_waits(op, 2).await
+}
+
+/// [`with_retry`] for an operator's write (a license apply): lock waits are
+/// retried long enough to outlast a stalled instance's transaction (MariaDB
+/// rolls it back after 5 s idle), so the apply succeeds once it is gone.
+pub(crate) async fn with_patient_retry<T, E, F, Fut>(op: F) -> std::result::Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    E: RetryClass,
+{
+    retry_lock_waits(op, 5).await
+}
+
+async fn retry_lock_waits<T, E, F, Fut>(mut op: F, lock_waits: u32) -> std::result::Result<T, E>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, E>>,
     E: RetryClass,
 {
     let mut attempt = 1;
+    let mut waits = 0;
     loop {
-        match op().await {
-            Err(e) if e.lock_wait() && attempt >= 2 => return Err(e),
+        let result = op().await;
+        if matches!(&result, Err(e) if e.lock_wait()) {
+            waits += 1;
+            if waits >= lock_waits {
+                return result;
+            }
+            tracing::debug!(waits, "retrying transaction after a lock wait timeout");
+            continue;
+        }
+        match result {
             Err(e) if attempt < MAX_TX_ATTEMPTS && e.retryable() => {
                 tracing::debug!(
                     attempt,
@@ -734,7 +765,7 @@ where
 /// Errors that can say whether a retry may help.
 pub(crate) trait RetryClass {
     fn retryable(&self) -> bool;
-    /// A lock-wait timeout: retried once only.
+    /// A lock-wait timeout: retried a bounded number of times.
     fn lock_wait(&self) -> bool;
 }
 

@@ -260,7 +260,7 @@ impl MySqlStorage {
         }
         // Every row of the feature: those of licenses that dropped it (seats
         // 0) grant nothing but may still owe seats (`seats_to_spare`).
-        let rows: Vec<FeatureNow> = sqlx::query_as(FEATURES_NOW_SQL)
+        let rows: Vec<FeatureNow> = sqlx::query_as(FEATURES_NOW_LOCKED_SQL)
             .bind(&req.feature)
             .fetch_all(&mut *tx)
             .await
@@ -467,16 +467,17 @@ impl MySqlStorage {
         let mut names: Vec<&str> = reqs.iter().map(|r| r.feature.as_str()).collect();
         names.sort_unstable();
         names.dedup();
-        // Every row of these features (see `FEATURES_NOW_SQL`), also those of
+        // Every row of these features (see `FEATURES_NOW_LOCKED_SQL`), also those of
         // licenses that dropped them, for the retiring check below.
-        let mut q = QueryBuilder::<MySql>::new(
-            FEATURES_NOW_SQL.replace("BINARY name = ? ORDER BY id", "BINARY name IN ("),
-        );
+        let mut q = QueryBuilder::<MySql>::new(FEATURES_NOW_LOCKED_SQL.replace(
+            "BINARY name = ? ORDER BY id LOCK IN SHARE MODE",
+            "BINARY name IN (",
+        ));
         let mut sep = q.separated(", ");
         for n in &names {
             sep.push_bind(*n);
         }
-        q.push(") ORDER BY id");
+        q.push(") ORDER BY id LOCK IN SHARE MODE");
         let all_rows: Vec<FeatureNow> = q.build_query_as().fetch_all(&mut *tx).await?;
         let features: Vec<(i64, String, i64, Option<NaiveDateTime>)> = all_rows
             .iter()
@@ -998,16 +999,22 @@ async fn seats_to_spare(tx: &mut Tx<'_>, rows: &[FeatureNow]) -> Result<Option<i
         .filter(|r| r.open == 1 && r.seats > 0)
         .map(|r| r.id)
         .collect();
+    // Locking, skipping what another transaction holds: a slot an extension
+    // in flight is writing (its old expiry may have passed, the new one is
+    // not committed yet) must not count as free, and neither may one another
+    // grant is taking. Counting too few only refuses a login while a shrink
+    // is being paid for.
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT COUNT(*) FROM slots WHERE state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6)) AND feature_id IN (",
+        "SELECT feature_id FROM slots WHERE state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6)) AND feature_id IN (",
     );
     push_ids(&mut q, &open);
-    q.push(")");
-    let free: i64 = q
-        .build_query_scalar()
-        .fetch_one(&mut **tx)
+    q.push(") FOR UPDATE SKIP LOCKED");
+    let free = q
+        .build_query_scalar::<i64>()
+        .fetch_all(&mut **tx)
         .await
-        .map_err(StorageError::from)?;
+        .map_err(StorageError::from)?
+        .len() as i64;
     Ok(Some(free - owed.len() as i64))
 }
 
@@ -1044,10 +1051,16 @@ struct FeatureNow {
     expires_at: Option<NaiveDateTime>,
 }
 
-const FEATURES_NOW_SQL: &str = "SELECT id, name, CAST(seats AS SIGNED) AS seats,
+/// Every row of a feature name, judged by the database clock, under a shared
+/// lock, as every grant reads its feature's rows: a license apply (which locks its feature rows for update)
+/// then waits for the grants in flight, and they for it, so a grant never
+/// acts on rows (seats, retiring slots, window) that an apply changed while
+/// it ran: its shrink and its live-lease check see every grant before it,
+/// and grants after it see its rows.
+const FEATURES_NOW_LOCKED_SQL: &str = "SELECT id, name, CAST(seats AS SIGNED) AS seats,
         CAST((not_before IS NULL OR not_before <= NOW(6)) AND (expires_at IS NULL OR expires_at > NOW(6)) AS SIGNED) AS open,
         CAST(expires_at IS NULL OR expires_at > NOW(6) AS SIGNED) AS not_expired, expires_at
-     FROM features WHERE BINARY name = ? ORDER BY id";
+     FROM features WHERE BINARY name = ? ORDER BY id LOCK IN SHARE MODE";
 
 /// Retires a slot in state `from` that nobody holds (free or expired).
 async fn retire_unheld(
@@ -1254,7 +1267,7 @@ impl Storage for MySqlStorage {
         // key; running again sees the winner's row.
         let mut attempt = 0;
         loop {
-            match with_retry(|| self.apply_once(lic)).await {
+            match with_patient_retry(|| self.apply_once(lic)).await {
                 Err(StorageError::Database(e)) if is_duplicate_key(&e) && attempt < 3 => {
                     attempt += 1
                 }
@@ -1425,9 +1438,11 @@ impl Storage for MySqlStorage {
                 q.push_bind(expires)
                     .push("), promise_ms = GREATEST(promise_ms, ")
                     .push_bind(millis(promise))
-                    .push(") WHERE state IN (0, 1) AND expires_at > ")
-                    .push_bind(now)
-                    .push(" AND (");
+                    // Alive by the clock of this statement, which runs with
+                    // the rows locked: `now` was read before the locks were
+                    // granted, and a lease that expired meanwhile may already
+                    // have been counted free by a grant.
+                    .push(") WHERE state IN (0, 1) AND expires_at > NOW(6) AND (");
                 push_held_leases(&mut q, chunk.iter().copied());
                 q.push(")");
                 let r = q.build().execute(&mut *tx).await?;
