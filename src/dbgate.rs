@@ -10,10 +10,14 @@
 //! on a connection of its own every [`PROBE_EVERY`] (`App::watch_database`),
 //! so the gate closes about half a second into an outage and opens about half
 //! a second after the database is back, with or without client traffic.
+//!
+//! An outage is one [`Incident`]: logged with its cause when the gate closes;
+//! every request failed fast meanwhile answers with that incident's id.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::incident::Incident;
 use crate::storage::StorageError;
 
 /// While closed, let one operation through this often; the instance's
@@ -26,10 +30,19 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// What clients hear while the database is away.
 pub const UNAVAILABLE: &str = "the license server's database is unavailable; try again shortly";
 
+/// An outage as the gate knows it.
+struct Closed {
+    since: Instant,
+    /// When the last probe went through.
+    probe: Instant,
+    /// Why (the latest failure's detail: for the log only).
+    why: String,
+    /// Logged with `why` when the gate closed; what requests are told.
+    incident: Incident,
+}
+
 pub struct DbGate {
-    /// Since when the database is away, when the last probe went through,
-    /// and why (for the log and healthz).
-    closed: Mutex<Option<(Instant, Instant, String)>>,
+    closed: Mutex<Option<Closed>>,
     /// True while closed, for requests already waiting on the database.
     signal: tokio::sync::watch::Sender<bool>,
 }
@@ -44,18 +57,18 @@ impl Default for DbGate {
 }
 
 impl DbGate {
-    /// Ok when an operation may go to the database now; the reason it is
-    /// away otherwise.
+    /// Ok when an operation may go to the database now; the outage's
+    /// incident id otherwise.
     pub fn admit(&self) -> Result<(), String> {
         let mut closed = self.closed.lock().expect("lock");
         match closed.as_mut() {
             None => Ok(()),
-            Some((_, probe, why)) => {
-                if probe.elapsed() >= PROBE_EVERY {
-                    *probe = Instant::now();
+            Some(c) => {
+                if c.probe.elapsed() >= PROBE_EVERY {
+                    c.probe = Instant::now();
                     Ok(())
                 } else {
-                    Err(why.clone())
+                    Err(c.incident.id().to_string())
                 }
             }
         }
@@ -77,7 +90,8 @@ impl DbGate {
         tokio::select! {
             r = op => Ok(r?),
             _ = signal.wait_for(|closed| *closed) => {
-                Err(E::from(StorageError::Unavailable(self.down().unwrap_or_default())))
+                let id = self.incident().map(|i| i.id().to_string()).unwrap_or_default();
+                Err(E::from(StorageError::Unavailable(id)))
             }
         }
     }
@@ -96,10 +110,11 @@ impl DbGate {
     /// The database answered.
     pub fn opened(&self) {
         let mut closed = self.closed.lock().expect("lock");
-        if let Some((since, _, _)) = closed.take() {
+        if let Some(c) = closed.take() {
             self.signal.send_replace(false);
             tracing::warn!(
-                after_s = since.elapsed().as_secs_f64(),
+                after_s = c.since.elapsed().as_secs_f64(),
+                incident = %c.incident.id(),
                 "the database answers again"
             );
         }
@@ -109,23 +124,40 @@ impl DbGate {
     pub fn failed(&self, why: &str) {
         let mut closed = self.closed.lock().expect("lock");
         match closed.as_mut() {
-            Some((_, _, w)) => *w = why.to_string(),
+            Some(c) => c.why = why.to_string(),
             None => {
-                tracing::error!(error = %why, "the database cannot be reached: seat requests are answered 'unavailable' until it answers again");
+                let incident = Incident::record(
+                    "the database cannot be reached: seat requests are answered 'unavailable' until it answers again",
+                    &why,
+                );
                 let now = Instant::now();
-                *closed = Some((now, now, why.to_string()));
+                *closed = Some(Closed {
+                    since: now,
+                    probe: now,
+                    why: why.to_string(),
+                    incident,
+                });
                 self.signal.send_replace(true);
             }
         }
     }
 
-    /// Why the database is away, if it is.
+    /// Why the database is away, if it is (for the log: database text).
     pub fn down(&self) -> Option<String> {
         self.closed
             .lock()
             .expect("lock")
             .as_ref()
-            .map(|(_, _, w)| w.clone())
+            .map(|c| c.why.clone())
+    }
+
+    /// The outage's incident, if the database is away.
+    pub fn incident(&self) -> Option<Incident> {
+        self.closed
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|c| c.incident.clone())
     }
 }
 
@@ -140,6 +172,7 @@ mod tests {
         g.observe::<()>(&Err(StorageError::Database(sqlx::Error::PoolTimedOut)));
         assert!(g.admit().is_err(), "fails fast right after an outage");
         assert!(g.down().is_some());
+        assert_eq!(g.admit().unwrap_err(), g.incident().unwrap().id());
         std::thread::sleep(PROBE_EVERY);
         assert!(g.admit().is_ok(), "one probe goes through");
         assert!(g.admit().is_err(), "but only one");

@@ -27,7 +27,10 @@ pub struct Options {
     pub max_retries: Option<u32>,
     /// Timeout of one HTTP request (default 5 s).
     pub request_timeout: Duration,
-    /// Sent with every login, for the server's auth script.
+    /// Sent with every login, for the server's auth script and its lease
+    /// list; made to fit the protocol's limits first
+    /// ([`AuthInfo::sanitized`]: at most 255 characters per name, control
+    /// characters replaced).
     pub auth: AuthInfo,
 }
 
@@ -317,7 +320,9 @@ impl Client {
             feature: feature.to_string(),
             // Kept across retries and failover: the server grants it once.
             request_id: format!("{}:{n}", self.inner.instance_id),
-            auth: self.inner.options.auth.clone(),
+            // Within the protocol's limits (trimmed, no control characters,
+            // truncated), so the server never refuses what we report.
+            auth: self.inner.options.auth.sanitized(),
         };
         let sent = Instant::now();
         match self.call(&req).await? {
