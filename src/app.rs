@@ -29,6 +29,7 @@ use crate::domain::seats::{
 use crate::identities::{
     IdentityCache, IdentityInfo, IdentityRefusal, Lookup, Refusals as RevokedIdentities,
 };
+use crate::incident::Incident;
 use crate::sessions::{Found, Promotion};
 use floatlm_protocol::handshake::ResumeGrant;
 
@@ -61,8 +62,10 @@ pub enum AppError {
     Forbidden(String),
     #[error(transparent)]
     Seat(#[from] SeatError),
+    /// A database failure: the answer says "unavailable" with the
+    /// incident's id; the detail is in the log under it.
     #[error("{0}")]
-    Unavailable(String),
+    Incident(Incident),
     #[error("{0}")]
     Internal(String),
 }
@@ -70,10 +73,18 @@ pub enum AppError {
 impl From<StorageError> for AppError {
     fn from(e: StorageError) -> Self {
         match e {
-            e if e.is_outage() => database_unavailable(e),
+            // Our own words (a serial conflict, a missing row), never a
+            // database's.
             StorageError::Conflict(m) => AppError::Conflict(m),
             StorageError::NotFound(m) => AppError::NotFound(m),
-            other => AppError::Internal(other.to_string()),
+            e if e.is_outage() => AppError::Incident(Incident::of_storage(
+                "a request failed: the database is unavailable",
+                &e,
+            )),
+            other => AppError::Incident(Incident::of_storage(
+                "a request failed: database error",
+                &other,
+            )),
         }
     }
 }
@@ -158,13 +169,6 @@ struct HeartbeatStats {
     written: AtomicU64,
     /// Answered lost.
     lost: AtomicU64,
-}
-
-/// What a client hears when the database does not answer: the license server
-/// is up, its database is not. The detail goes to the log.
-fn database_unavailable(detail: impl std::fmt::Display) -> AppError {
-    tracing::warn!(error = %detail, "a request failed: the database is unavailable");
-    AppError::Unavailable(crate::dbgate::UNAVAILABLE.into())
 }
 
 /// Opens the configured storage backend.
@@ -718,16 +722,21 @@ impl App {
         if let Some(why) = self.key_problem.read().expect("lock").clone() {
             return Err(why);
         }
+        // Healthz answers anyone who can reach the licensing port: the
+        // database's words stay in the log, under the outage's incident.
         if self.gate.fault() == Some(crate::dbgate::Fault::WritesFail) {
             // Reads still work, so the ping below would say nothing: the
             // gate opens when a write commits (the watch probes with one).
-            return Err(format!(
-                "database writes fail: {}",
-                self.gate.down().unwrap_or_default()
-            ));
+            let id = self
+                .gate
+                .incident()
+                .map(|i| i.id().to_string())
+                .unwrap_or_default();
+            return Err(format!("database writes fail (incident {id})"));
         }
-        if let Err(why) = self.gate.admit_read() {
-            return Err(format!("database unreachable: {why}"));
+        let unreachable = |i: Incident| format!("database unreachable (incident {})", i.id());
+        if let Err(id) = self.gate.admit_read() {
+            return Err(unreachable(Incident::logged(id)));
         }
         let probe = self
             .health_cache
@@ -736,7 +745,11 @@ impl App {
                     match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
                         Ok(r) => {
                             self.gate.observe(&r);
-                            r.map_err(|e| format!("database unreachable: {e}"))
+                            r.map_err(|e| {
+                                unreachable(self.gate.incident().unwrap_or_else(|| {
+                                    Incident::of_storage("the health probe failed", &e)
+                                }))
+                            })
                         }
                         Err(_) => {
                             self.gate.failed("the database did not answer within 2 s");
@@ -766,6 +779,21 @@ impl App {
                 r
             })
             .await
+    }
+
+    /// The error of a database operation that failed with `detail` (text
+    /// from a batch: database words). While the database is known to be
+    /// away the answer carries the outage's incident (the detail goes to the
+    /// log at warn level, as one request among many); otherwise a new
+    /// incident is logged at error level.
+    fn database_failed(&self, what: &str, detail: &dyn std::fmt::Display) -> AppError {
+        AppError::Incident(match self.gate.incident() {
+            Some(outage) => {
+                tracing::warn!(incident = %outage.id(), error = %detail, "{what}");
+                outage
+            }
+            None => Incident::record(what, detail),
+        })
     }
 
     // ---------------------------------------------------------------- licenses
@@ -1068,7 +1096,7 @@ impl App {
             .batches
             .check(holder, leases)
             .await
-            .map_err(database_unavailable)?;
+            .map_err(|e| self.database_failed("a heartbeat's lease check failed", &e))?;
         let refused = self.refused.read().expect("lock").clone();
         let untrusted = self.untrusted.read().expect("lock").clone();
         let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
@@ -1188,7 +1216,7 @@ impl App {
             .batches
             .release(holder, lease)
             .await
-            .map_err(database_unavailable)?
+            .map_err(|e| self.database_failed("a release failed", &e))?
             .is_some();
         self.usage_cache.clear();
         Ok(released)
@@ -1721,7 +1749,10 @@ impl App {
         }
         check_canary(self.storage.as_ref(), &self.keyring)
             .await
-            .map_err(|e| AppError::Conflict(e.to_string()))?;
+            .map_err(|e| match e {
+                StartError::Storage(e) => AppError::from(e),
+                other => AppError::Conflict(other.to_string()),
+            })?;
         let mut resealed = 0;
         let mut already_current = 0;
         for row in self.storage.sealed_rows().await? {
@@ -1903,7 +1934,7 @@ impl App {
     /// expired, and its identity neither revoked nor expired (database
     /// clock). The error is for the log; the client only learns "refused".
     /// The error is `Unauthorized` (for the log; the client only learns
-    /// "refused") or `Unavailable` when the database could not be asked.
+    /// "refused") or an `Incident` when the database could not be asked.
     pub async fn check_ticket(
         &self,
         ticket: &[u8],

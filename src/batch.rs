@@ -352,7 +352,9 @@ impl SeatBatchers {
 
     /// Extends `leases` of `holder` now, in whatever batch is next.
     pub async fn extend(&self, holder: &str, leases: &[LeaseRef]) -> Extended {
-        self.gate.admit()?;
+        self.gate
+            .admit()
+            .map_err(|id| StorageError::Unavailable(id).to_string())?;
         self.extensions.submit(item(holder, leases)).await?
     }
 
@@ -392,7 +394,9 @@ impl SeatBatchers {
     /// Releases `holder`'s `lease`, in whatever batch is next; the database
     /// time it ended, or None when it was not live.
     pub async fn release(&self, holder: &str, lease: LeaseRef) -> Released {
-        self.gate.admit()?;
+        self.gate
+            .admit()
+            .map_err(|id| StorageError::Unavailable(id).to_string())?;
         self.releases.submit((holder.to_string(), lease)).await?
     }
 }

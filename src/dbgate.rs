@@ -18,10 +18,14 @@
 //! `info`) still go through. Failed writes close it; only a write that
 //! commits opens it: the watch's write probe (every probe on SQLite, and on
 //! MySQL while writes fail) or any seat change let through as a probe.
+//!
+//! An outage is one [`Incident`]: logged with its cause when the gate closes;
+//! every request failed fast meanwhile answers with that incident's id.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::incident::Incident;
 use crate::storage::StorageError;
 
 /// While closed, let one operation through this often; the instance's
@@ -45,12 +49,16 @@ pub enum Fault {
     WritesFail,
 }
 
+/// An outage as the gate knows it.
 struct Closed {
     since: Instant,
     /// When the last operation was let through as a probe.
     probe: Instant,
+    /// Why (the latest failure's detail: for the log only).
     why: String,
     fault: Fault,
+    /// Logged with `why` when the gate closed; what requests are told.
+    incident: Incident,
 }
 
 pub struct DbGate {
@@ -71,7 +79,7 @@ impl Default for DbGate {
 
 impl DbGate {
     /// Ok when a write (or anything that needs the whole database) may go
-    /// to the database now; the reason it is away otherwise.
+    /// to the database now; the outage's incident id otherwise.
     pub fn admit(&self) -> Result<(), String> {
         self.admit_if(|_| true)
     }
@@ -90,7 +98,7 @@ impl DbGate {
                     c.probe = Instant::now();
                     Ok(())
                 } else {
-                    Err(c.why.clone())
+                    Err(c.incident.id().to_string())
                 }
             }
             _ => Ok(()),
@@ -114,7 +122,8 @@ impl DbGate {
         tokio::select! {
             r = op => Ok(r?),
             _ = signal.wait_for(|closed| *closed) => {
-                Err(E::from(StorageError::Unavailable(self.down().unwrap_or_default())))
+                let id = self.incident().map(|i| i.id().to_string()).unwrap_or_default();
+                Err(E::from(StorageError::Unavailable(id)))
             }
         }
     }
@@ -163,15 +172,15 @@ impl DbGate {
         if closed.as_ref().is_some_and(|c| opens(c.fault)) {
             let c = closed.take().expect("checked");
             self.signal.send_replace(false);
+            let after_s = c.since.elapsed().as_secs_f64();
+            let incident = c.incident.id().to_string();
             match c.fault {
-                Fault::Unreachable => tracing::warn!(
-                    after_s = c.since.elapsed().as_secs_f64(),
-                    "the database answers again"
-                ),
-                Fault::WritesFail => tracing::warn!(
-                    after_s = c.since.elapsed().as_secs_f64(),
-                    "the database writes again"
-                ),
+                Fault::Unreachable => {
+                    tracing::warn!(after_s, %incident, "the database answers again")
+                }
+                Fault::WritesFail => {
+                    tracing::warn!(after_s, %incident, "the database writes again")
+                }
             }
         }
     }
@@ -186,33 +195,36 @@ impl DbGate {
         match closed.as_mut() {
             Some(c) => {
                 if c.fault != fault {
-                    tracing::warn!(error = %why, ?fault, "the database fault changed");
+                    tracing::warn!(error = %why, ?fault, incident = %c.incident.id(), "the database fault changed");
                 }
                 c.why = why.to_string();
                 c.fault = fault;
             }
             None => {
-                match fault {
-                    Fault::Unreachable => {
-                        tracing::error!(error = %why, "the database cannot be reached: seat requests are answered 'unavailable' until it answers again")
-                    }
-                    Fault::WritesFail => {
-                        tracing::error!(error = %why, "the database cannot write (disk full, read-only or I/O errors): logins and logouts are answered 'unavailable' and healthz 503 until a write commits again; heartbeats are answered from reads")
-                    }
-                }
+                let incident = match fault {
+                    Fault::Unreachable => Incident::record(
+                        "the database cannot be reached: seat requests are answered 'unavailable' until it answers again",
+                        &why,
+                    ),
+                    Fault::WritesFail => Incident::record(
+                        "the database cannot write (disk full, read-only or I/O errors): logins and logouts are answered 'unavailable' and healthz 503 until a write commits again; heartbeats are answered from reads",
+                        &why,
+                    ),
+                };
                 let now = Instant::now();
                 *closed = Some(Closed {
                     since: now,
                     probe: now,
                     why: why.to_string(),
                     fault,
+                    incident,
                 });
             }
         }
         self.signal.send_replace(fault == Fault::Unreachable);
     }
 
-    /// Why the database is away, if it is.
+    /// Why the database is away, if it is (for the log: database text).
     pub fn down(&self) -> Option<String> {
         self.closed
             .lock()
@@ -224,6 +236,15 @@ impl DbGate {
     /// What is wrong with the database, if anything is known to be.
     pub fn fault(&self) -> Option<Fault> {
         self.closed.lock().expect("lock").as_ref().map(|c| c.fault)
+    }
+
+    /// The outage's incident, if the database is away.
+    pub fn incident(&self) -> Option<Incident> {
+        self.closed
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|c| c.incident.clone())
     }
 }
 
@@ -238,6 +259,7 @@ mod tests {
         g.observe::<()>(&Err(StorageError::Database(sqlx::Error::PoolTimedOut)));
         assert!(g.admit().is_err(), "fails fast right after an outage");
         assert!(g.down().is_some());
+        assert_eq!(g.admit().unwrap_err(), g.incident().unwrap().id());
         std::thread::sleep(PROBE_EVERY);
         assert!(g.admit().is_ok(), "one probe goes through");
         assert!(g.admit().is_err(), "but only one");

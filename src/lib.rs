@@ -9,5 +9,6 @@ pub mod dbgate;
 pub mod domain;
 pub mod http;
 pub mod identities;
+pub mod incident;
 pub mod sessions;
 pub mod storage;

@@ -201,7 +201,7 @@ fn parse_expiry(s: &str) -> anyhow::Result<String> {
 fn table(rows: &[Vec<String>]) {
     let cols = rows.first().map(|r| r.len()).unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for r in rows {
         let line: Vec<String> = r
@@ -213,10 +213,22 @@ fn table(rows: &[Vec<String>]) {
     }
 }
 
+/// A value for the terminal: control and bidirectional formatting
+/// characters (in names a client reported before they were refused) shown
+/// as U+FFFD, never interpreted.
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => s
+            .chars()
+            .map(|c| {
+                if floatlm_protocol::messages::limits::is_unsafe(c) {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
+            .collect(),
         other => other.to_string(),
     }
 }

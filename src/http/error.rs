@@ -1,4 +1,6 @@
-//! Every error leaves as JSON `{"error": code, "message": text}`.
+//! Every error leaves as JSON `{"error": code, "message": text}`, plus
+//! `"incident": id` when the cause is in the log under that id (database
+//! failures: their text never leaves, see [`crate::incident`]).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,12 +9,15 @@ use serde_json::json;
 
 use crate::app::AppError;
 use crate::domain::seats::SeatError;
+use crate::incident::Incident;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The incident whose detail is in the log.
+    pub incident: Option<String>,
 }
 
 impl ApiError {
@@ -21,6 +26,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            incident: None,
+        }
+    }
+
+    /// 503 `unavailable`: generic text and the incident id.
+    pub fn incident(i: Incident) -> Self {
+        ApiError {
+            incident: Some(i.id().to_string()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                i.to_string(),
+            )
         }
     }
 
@@ -31,14 +49,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // An incident's detail is logged already, under its id.
+        if self.status.is_server_error() && self.incident.is_none() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        (
-            self.status,
-            Json(json!({"error": self.code, "message": self.message})),
-        )
-            .into_response()
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(id) = self.incident {
+            body["incident"] = id.into();
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -55,9 +74,7 @@ impl From<AppError> for ApiError {
             AppError::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", msg),
             AppError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
             AppError::Seat(s) => s.into(),
-            AppError::Unavailable(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg)
-            }
+            AppError::Incident(i) => Self::incident(i),
             AppError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
         }
     }
@@ -77,8 +94,8 @@ impl From<SeatError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "request_id_reused", msg)
             }
             SeatError::LeaseEnded(_) => Self::new(StatusCode::GONE, "lease_ended", msg),
-            SeatError::Storage(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", msg)
+            SeatError::Storage(e) => {
+                Self::incident(Incident::of_storage("a seat request failed", &e))
             }
         }
     }

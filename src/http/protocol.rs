@@ -12,7 +12,7 @@ use axum::Json;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{self, ServerHelloPayload};
 use floatlm_protocol::messages::{
-    reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply, SealedResponse,
+    limits, reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply, SealedResponse,
 };
 use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
 use serde_json::json;
@@ -20,11 +20,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::{Admission, App};
+use crate::app::{Admission, App, AppError};
 use crate::auth_hook::AuthInput;
 use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use crate::identities::IdentityRefusal;
-use crate::sessions::{refusal_code, Opened, Session};
+use crate::incident::Incident;
+use crate::sessions::{refusal_code, Found, Opened, Session};
 
 fn octets(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
@@ -143,7 +144,7 @@ pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
     admit(&app)?;
     let (identity, ticket) = match app.check_ticket(hello.ticket).await {
         Ok(t) => t,
-        Err(crate::app::AppError::Unauthorized(why)) => {
+        Err(AppError::Unauthorized(why)) => {
             tracing::info!(reason = %why, "resumption ticket refused");
             app.sessions.count_resume_refused();
             return Err(ApiError::new(
@@ -183,23 +184,54 @@ fn client_addr(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> Str
     peer.ip().to_string()
 }
 
-/// `POST /sentinel/ldk/v1/request`: one sealed request, one sealed response.
-pub async fn request(
-    State(app): State<Arc<App>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+/// One request as the server reads it off the wire, before any operation:
+/// headers read, session found, envelope opened under the replay window.
+pub struct Incoming {
+    pub session_id: String,
+    /// The X-LDK-Instance header ("" when absent).
+    pub instance: String,
+    found: Found,
+    session: Arc<Session>,
+    seq: u64,
+    /// The opened request: JSON, not yet decoded ([`decode`]).
+    pub plaintext: Vec<u8>,
+    s2c: [u8; 32],
+}
+
+impl Incoming {
+    /// The binding the response is sealed under (the request's).
+    fn binding(&self) -> Binding<'_> {
+        Binding {
+            method: "POST",
+            path: PATH_REQUEST,
+            instance: &self.instance,
+            session: &self.session_id,
+        }
+    }
+}
+
+/// Reads a request's headers, finds its session and opens its envelope
+/// (the replay window moves only for one that opens). No network and no
+/// database: the fuzz target `request` drives it. An error is the plain
+/// JSON answer, because nothing sealed can be trusted yet.
+pub fn open_request(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Incoming, ApiError> {
     let session_id = headers
         .get(HEADER_SESSION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| ApiError::bad_request("missing X-LDK-Session header: handshake first"))?
         .to_string();
-    let instance = headers
-        .get(HEADER_INSTANCE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let instance = match headers.get(HEADER_INSTANCE) {
+        None => String::new(),
+        Some(v) => match v.to_str() {
+            Ok(v) if limits::valid_instance(v) => v.to_string(),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "X-LDK-Instance must be at most {} visible ASCII characters without spaces",
+                    limits::INSTANCE_CHARS
+                )))
+            }
+        },
+    };
     let found = app.sessions.get(&session_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -216,39 +248,65 @@ pub async fn request(
     };
     let (seq, plaintext, s2c) = {
         let mut ch = session.channel.lock().expect("lock");
-        let seq = envelope::peek_seq(&body).map_err(protocol_error)?;
+        let seq = envelope::peek_seq(body).map_err(protocol_error)?;
         ch.window.check(seq).map_err(protocol_error)?;
-        let (seq, pt) = envelope::open(&ch.keys.c2s, Direction::ClientToServer, &binding, &body)
+        let (seq, pt) = envelope::open(&ch.keys.c2s, Direction::ClientToServer, &binding, body)
             .map_err(protocol_error)?;
         ch.window.accept(seq).map_err(protocol_error)?;
         (seq, pt, ch.keys.s2c)
     };
     session.touch();
+    Ok(Incoming {
+        session_id,
+        instance,
+        found,
+        session,
+        seq,
+        plaintext,
+        s2c,
+    })
+}
+
+/// The operation an opened request names, or the sealed answer to one
+/// that names none.
+pub fn decode(plaintext: &[u8]) -> Result<Request, Reply> {
+    serde_json::from_slice::<Request>(plaintext).map_err(|e| Reply::Error {
+        code: ErrorCode::BadRequest,
+        reason: None,
+        message: format!("request is not a valid operation: {e}"),
+    })
+}
+
+/// `POST /sentinel/ldk/v1/request`: one sealed request, one sealed response.
+pub async fn request(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let incoming = open_request(&app, &headers, &body)?;
+    let (session_id, session) = (&incoming.session_id, &incoming.session);
     // The envelope opened: from here on every answer is sealed.
-    let sealed = match app.admit_request(&session_id, &found) {
+    let sealed = match app.admit_request(session_id, &incoming.found) {
         Admission::Full => return Err(too_many_sessions(&app)),
         Admission::Refuse(why) => SealedResponse::from(refusal(&why)),
         Admission::Serve { ticket } => {
-            let reply = match serde_json::from_slice::<Request>(&plaintext) {
+            let reply = match decode(&incoming.plaintext) {
                 Ok(req) => {
                     handle(
                         &app,
-                        &session,
+                        session,
                         client_addr(&app.config.trusted_proxies, peer, &headers),
-                        &instance,
+                        &incoming.instance,
                         req,
                     )
                     .await
                 }
-                Err(e) => Reply::Error {
-                    code: ErrorCode::BadRequest,
-                    reason: None,
-                    message: format!("request is not a valid operation: {e}"),
-                },
+                Err(reply) => reply,
             };
             if matches!(&reply, Reply::Error { code, .. } if code.is_identity_refusal()) {
                 // Refused while the operation ran: the session ends too.
-                app.sessions.end(&session_id);
+                app.sessions.end(session_id);
             }
             SealedResponse {
                 response: reply,
@@ -258,10 +316,10 @@ pub async fn request(
     };
     let json = serde_json::to_vec(&sealed).expect("reply serialises");
     Ok(octets(envelope::seal(
-        &s2c,
+        &incoming.s2c,
         Direction::ServerToClient,
-        seq,
-        &binding,
+        incoming.seq,
+        &incoming.binding(),
         &json,
     )))
 }
@@ -319,14 +377,10 @@ fn seat_error(e: SeatError) -> Reply {
             reason: None,
             message,
         },
-        SeatError::Storage(e) => {
-            tracing::warn!(error = %e, "the database failed a login");
-            Reply::Error {
-                code: ErrorCode::Unavailable,
-                reason: None,
-                message: "the license server's database is unavailable; try again shortly".into(),
-            }
-        }
+        SeatError::Storage(e) => unavailable(AppError::Incident(Incident::of_storage(
+            "the database failed a login",
+            &e,
+        ))),
     }
 }
 
@@ -337,11 +391,17 @@ fn refusal_of_expired(session: &Session) -> Reply {
     refusal(&IdentityRefusal::expired(&session.identity_id, at))
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Reply {
+/// `unavailable`, with the incident id when the cause is in the log; any
+/// other error's text is logged as an incident too, never sent.
+fn unavailable(e: AppError) -> Reply {
+    let incident = match e {
+        AppError::Incident(i) => i,
+        other => Incident::record("a request failed", &other),
+    };
     Reply::Error {
         code: ErrorCode::Unavailable,
         reason: None,
-        message: e.to_string(),
+        message: incident.to_string(),
     }
 }
 
@@ -375,6 +435,29 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                     message: "request id must be 1-96 characters of A-Z a-z 0-9 : . _ -".into(),
                 };
             };
+            // What the client reports about itself goes to the auth script,
+            // the lease list and the log: within limits, or not at all.
+            let auth = match auth.checked() {
+                Ok(auth) => auth,
+                Err(why) => {
+                    return Reply::Error {
+                        code: ErrorCode::BadRequest,
+                        reason: None,
+                        message: format!(
+                            "login refused: {why} (docs/protocol.md, \"Client-reported strings\")"
+                        ),
+                    }
+                }
+            };
+            if !crate::domain::valid_name(&feature) {
+                return seat_error(SeatError::UnknownFeature(
+                    feature
+                        .chars()
+                        .filter(|c| !limits::is_unsafe(*c))
+                        .take(64)
+                        .collect(),
+                ));
+            }
             if let Some(hook) = &app.auth_hook {
                 let input = AuthInput {
                     mech: auth.mech.clone(),

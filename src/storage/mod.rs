@@ -45,8 +45,9 @@ pub enum StorageError {
     NotFound(String),
     #[error("cannot open the database: {0}")]
     Connect(String),
-    /// Not tried: the database failed moments ago (see [`crate::dbgate`]).
-    #[error("the database is unavailable: {0}")]
+    /// Not tried: the database failed moments ago (see [`crate::dbgate`]);
+    /// the outage's incident id.
+    #[error("the database is unavailable (incident {0})")]
     Unavailable(String),
 }
 

@@ -5,6 +5,7 @@
 pub mod nginx;
 pub mod own_mariadb;
 pub mod promise;
+pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -554,6 +555,12 @@ pub struct DemoServer {
 impl DemoServer {
     /// Starts it with `extra` flags (e.g. `--lease-ttl 5s`).
     pub fn start(extra: &[&str]) -> DemoServer {
+        Self::start_with(extra, &[])
+    }
+
+    /// Starts it with `extra` flags and environment (e.g. on MariaDB:
+    /// `--database-url URL` and `FLOATLM_MASTER_KEY`).
+    pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> DemoServer {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data").display().to_string();
         let mut args = vec![
@@ -568,7 +575,7 @@ impl DemoServer {
             "0s",
         ];
         args.extend_from_slice(extra);
-        let proc = ServerProc::spawn(&args, &[], dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let proc = ServerProc::spawn(&args, env, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let read = |f: &str| {
             std::fs::read_to_string(dir.path().join("data").join(f))
                 .unwrap()
@@ -577,7 +584,11 @@ impl DemoServer {
         };
         DemoServer {
             identity: read("demo-identity.txt"),
-            admin_token: read("admin.token"),
+            admin_token: env
+                .iter()
+                .find(|(k, _)| *k == "FLOATLM_ADMIN_TOKEN")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| read("admin.token")),
             proc,
             dir,
         }

@@ -37,7 +37,10 @@ pub struct Options {
     /// (default 500 ms; at most the attempt timeout divided by the number
     /// of servers, so every server is asked within one attempt timeout).
     pub hedge_delay: Duration,
-    /// Sent with every login, for the server's auth script.
+    /// Sent with every login, for the server's auth script and its lease
+    /// list; made to fit the protocol's limits first
+    /// ([`AuthInfo::sanitized`]: at most 255 characters per name, control
+    /// characters replaced).
     pub auth: AuthInfo,
 }
 
@@ -382,7 +385,9 @@ impl Client {
             feature: feature.to_string(),
             // Kept across retries and failover: the server grants it once.
             request_id: format!("{}:{n}", self.inner.instance_id),
-            auth: self.inner.options.auth.clone(),
+            // Within the protocol's limits (trimmed, no control characters,
+            // truncated), so the server never refuses what we report.
+            auth: self.inner.options.auth.sanitized(),
         };
         let answered = self.call_until(&req, None).await?;
         match answered.response {

@@ -146,6 +146,124 @@ impl From<Response> for SealedResponse {
     }
 }
 
+/// Limits on the strings a client reports about itself (`auth` of a login,
+/// the X-LDK-Instance header). The server refuses a login that breaks them
+/// (`bad_request`, nothing stored, nothing logged); the client library
+/// makes what it sends fit with [`AuthInfo::sanitized`], so a legitimate
+/// client never hears that refusal. docs/protocol.md, "Client-reported
+/// strings".
+pub mod limits {
+    // All in characters (Unicode scalar values) after trimming surrounding
+    // whitespace. Together, at four bytes a character, a login keeps well
+    // inside one envelope ([`crate::envelope::MAX_ENVELOPE`], 64 KiB).
+
+    /// `user` and `host`.
+    pub const NAME_CHARS: usize = 255;
+    /// `mech`.
+    pub const MECH_CHARS: usize = 64;
+    /// `data` (a token or ticket for the auth script).
+    pub const DATA_CHARS: usize = 4096;
+    /// Group names per login (the client library sends the first ones).
+    pub const GROUPS: usize = 64;
+    /// Each group name.
+    pub const GROUP_CHARS: usize = 128;
+    /// The X-LDK-Instance header: visible ASCII, no spaces.
+    pub const INSTANCE_CHARS: usize = 128;
+
+    /// Characters no reported string may hold: control characters (C0, DEL,
+    /// C1: terminal escapes, line breaks that forge log lines) and the
+    /// bidirectional formatting characters that make text display in
+    /// another order than it reads.
+    pub fn is_unsafe(c: char) -> bool {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            )
+    }
+
+    /// What the client library sends for `s`: trimmed, unsafe characters
+    /// replaced by U+FFFD, at most `max` characters.
+    pub fn sanitize(s: &str, max: usize) -> String {
+        let clean: String = s
+            .trim()
+            .chars()
+            .map(|c| if is_unsafe(c) { '\u{FFFD}' } else { c })
+            .take(max)
+            .collect();
+        clean.trim_end().to_string()
+    }
+
+    /// Whether the server accepts `s` (already trimmed) as a string of at
+    /// most `max` characters; why not otherwise (never quoting `s`).
+    pub fn check(field: &str, s: &str, max: usize) -> Result<(), String> {
+        let n = s.chars().count();
+        if n > max {
+            return Err(format!(
+                "{field} is {n} characters long; at most {max} are accepted"
+            ));
+        }
+        if let Some(at) = s.chars().position(is_unsafe) {
+            return Err(format!(
+                "{field} holds a control or bidirectional formatting character (at character {at}); none are accepted"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `s` may be an X-LDK-Instance value.
+    pub fn valid_instance(s: &str) -> bool {
+        s.len() <= INSTANCE_CHARS && s.bytes().all(|b| b.is_ascii_graphic())
+    }
+}
+
+impl AuthInfo {
+    /// This, made to fit [`limits`]: what the client library sends.
+    pub fn sanitized(&self) -> AuthInfo {
+        use limits::*;
+        AuthInfo {
+            mech: sanitize(&self.mech, MECH_CHARS),
+            data: sanitize(&self.data, DATA_CHARS),
+            user: sanitize(&self.user, NAME_CHARS),
+            host: sanitize(&self.host, NAME_CHARS),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| sanitize(g, GROUP_CHARS))
+                .filter(|g| !g.is_empty())
+                .take(GROUPS)
+                .collect(),
+        }
+    }
+
+    /// The server's side: this, trimmed, if it keeps to [`limits`]; which
+    /// field breaks them otherwise.
+    pub fn checked(&self) -> Result<AuthInfo, String> {
+        use limits::*;
+        if self.groups.len() > GROUPS {
+            return Err(format!(
+                "auth.groups names {} groups; at most {GROUPS} are accepted",
+                self.groups.len()
+            ));
+        }
+        let field = |name: &str, s: &str, max: usize| {
+            let s = s.trim();
+            check(name, s, max).map(|()| s.to_string())
+        };
+        Ok(AuthInfo {
+            mech: field("auth.mech", &self.mech, MECH_CHARS)?,
+            data: field("auth.data", &self.data, DATA_CHARS)?,
+            user: field("auth.user", &self.user, NAME_CHARS)?,
+            host: field("auth.host", &self.host, NAME_CHARS)?,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| field("auth.groups", g, GROUP_CHARS))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 /// Why "no license", machine-readable.
 pub mod reason {
     pub const ALL_SEATS_TAKEN: &str = "all_seats_taken";
@@ -206,5 +324,74 @@ mod tests {
                 .response,
             granted
         );
+    }
+
+    #[test]
+    fn reported_strings_are_limited() {
+        let long = "x".repeat(100_000);
+        let hostile = AuthInfo {
+            mech: "tok\u{1b}[31m".into(),
+            data: long.clone(),
+            user: format!("  {long}  "),
+            host: "dev\u{202E}gnp.exe\n".into(),
+            groups: vec!["g".into(); 1000],
+        };
+        let err = hostile.checked().unwrap_err();
+        assert!(err.contains("auth.groups") && err.len() < 200, "{err}");
+        let clean = hostile.sanitized();
+        assert_eq!(clean.user.chars().count(), limits::NAME_CHARS);
+        assert_eq!(clean.mech, "tok\u{FFFD}[31m");
+        assert_eq!(clean.host, "dev\u{FFFD}gnp.exe");
+        assert_eq!(clean.groups.len(), limits::GROUPS);
+        // What the client library sends, the server accepts unchanged.
+        assert_eq!(clean.checked().unwrap(), clean);
+        let named = AuthInfo {
+            user: "田中".into(),
+            host: " dev😀 ".into(),
+            ..AuthInfo::default()
+        };
+        assert_eq!(named.checked().unwrap().host, "dev😀");
+        assert_eq!(named.sanitized().host, "dev😀");
+        let one = |user: &str| {
+            AuthInfo {
+                user: user.into(),
+                ..AuthInfo::default()
+            }
+            .checked()
+        };
+        assert!(one(&"é".repeat(255)).is_ok());
+        assert!(one(&"é".repeat(256)).unwrap_err().contains("at most 255"));
+        assert!(one("a\u{7}b").unwrap_err().contains("control"));
+        assert!(limits::valid_instance("0123abcdef"));
+        // The largest login the limits allow fits one envelope.
+        let wide = |n: usize| "😀".repeat(n);
+        let max = Request::Login {
+            feature: "f".repeat(64),
+            request_id: "r".repeat(96),
+            auth: AuthInfo {
+                mech: wide(limits::MECH_CHARS),
+                data: wide(limits::DATA_CHARS),
+                user: wide(limits::NAME_CHARS),
+                host: wide(limits::NAME_CHARS),
+                groups: vec![wide(limits::GROUP_CHARS); limits::GROUPS],
+            },
+        };
+        let json = serde_json::to_vec(&max).unwrap();
+        assert!(
+            json.len() + 64 < crate::envelope::MAX_ENVELOPE,
+            "{}",
+            json.len()
+        );
+        assert!(!limits::valid_instance("a b") && !limits::valid_instance(&"a".repeat(129)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn whatever_the_client_library_sends_the_server_accepts(
+            user in ".{0,300}", host in "\\PC{0,300}", groups in proptest::collection::vec(".*", 0..300)
+        ) {
+            let clean = AuthInfo { user, host, groups, ..AuthInfo::default() }.sanitized();
+            proptest::prop_assert_eq!(clean.checked(), Ok(clean.clone()));
+        }
     }
 }
