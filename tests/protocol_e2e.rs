@@ -272,6 +272,26 @@ async fn auth_script_allows_denies_times_out_and_crashes(kind: Kind) {
             other.map(|s| s.lease())
         ),
     }
+
+    // A script that cannot be run (removed after start-up) is an incident:
+    // the client is not told the script's path or the system's error.
+    let gone = script(sdir.path(), "gone.sh", "exit 0");
+    let d4 = demo(kind, &["--auth", &gone], &[]).await;
+    std::fs::remove_file(&gone).unwrap();
+    let c4 = Client::connect(&[&d4.identity], opts("")).await.unwrap();
+    match c4.checkout("demo").await {
+        Err(ClientError::NoLicense { message, .. }) => {
+            assert!(message.contains("incident"), "{message}");
+            assert!(
+                !message.contains("gone.sh") && !message.contains("No such file"),
+                "{message}"
+            );
+        }
+        other => panic!(
+            "expected a denial with an incident, got {:?}",
+            other.map(|s| s.lease())
+        ),
+    }
 }
 
 #[test]
