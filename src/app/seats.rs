@@ -1,0 +1,239 @@
+//! Seats: grants, heartbeats (a check read, then an extension when due),
+//! releases, force releases and quarantine. The rules are in
+//! `domain::seats`, the SQL in `storage`; see docs/seats.md.
+
+use super::*;
+
+impl App {
+    /// Grants one seat of `req.feature` (group-committed with concurrent
+    /// logins). The grant's `promise` rests on the transaction that took the
+    /// slot (or, for a resent request id, on a fresh read of its row).
+    pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        // Feature names are spelled exactly as licensed (A-Z a-z 0-9 _ . -);
+        // anything else names no feature, whatever a database collation says.
+        if !crate::domain::valid_name(&req.feature) {
+            return Err(SeatError::UnknownFeature(
+                req.feature.chars().take(64).collect(),
+            ));
+        }
+        if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
+            return Err(SeatError::Refused(req.feature.clone(), why.clone()));
+        }
+        let g = self.batches.grant(req.clone()).await?;
+        // This instance's own clients see their change at once; others'
+        // changes show within USAGE_CACHE.
+        self.usage_cache.clear();
+        Ok(g)
+    }
+
+    /// Renews `leases` of `holder`. Every answer rests on a read of the
+    /// lease's row made for this heartbeat (one statement for all concurrent
+    /// heartbeats, no lock, no write), so a release through any instance, a
+    /// force release or a restore is seen by the next heartbeat; this
+    /// instance's memory is never the evidence.
+    ///
+    /// A lease whose recorded expiry still covers a full `lease_ttl` is
+    /// answered from the read alone. One with at least half a TTL left is
+    /// answered with what is left and extended in the background. The rest
+    /// are extended first (a conditional write, batched) and answered from
+    /// that write. Leases of a feature whose license window closed or that
+    /// the integrity check refuses are answered lost.
+    pub async fn renew(&self, holder: &str, leases: &[LeaseRef]) -> Result<Vec<Renewal>, AppError> {
+        let ttl = self.config.lease_ttl;
+        let checks = self
+            .batches
+            .check(holder, leases)
+            .await
+            .map_err(|e| self.database_failed("a heartbeat's lease check failed", &e))?;
+        let refused = self.refused.read().expect("lock").clone();
+        let untrusted = self.untrusted.read().expect("lock").clone();
+        let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
+        let (mut urgent, mut due) = (Vec::new(), Vec::new());
+        for (lease, check) in leases.iter().zip(checks) {
+            let live = match check {
+                Check::Live(live)
+                    if !live.window_closed()
+                        && (!refused.contains_key(&live.feature)
+                            || untrusted.contains(&live.feature)) =>
+                {
+                    live
+                }
+                Check::WentBack => {
+                    // Once per minute at most: a client that keeps
+                    // heartbeating a lease lost to a restore would flood it.
+                    let mut last = self.went_back_logged.lock().expect("lock");
+                    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        *last = Some(std::time::Instant::now());
+                        tracing::warn!(%lease, "a heartbeat names a lease newer than its slot: the database was restored or lost transactions (run `floatlm admin quarantine` after a restore), or the client made the lease id up");
+                    }
+                    out.push(Some(Renewal::Lost));
+                    continue;
+                }
+                _ => {
+                    out.push(Some(Renewal::Lost));
+                    continue;
+                }
+            };
+            let left = live.left();
+            if left >= ttl / 2 {
+                if left < ttl || live.cap < ttl {
+                    due.push(*lease);
+                }
+                out.push(Some(Renewal::Renewed(live.promise(ttl))));
+            } else {
+                urgent.push((*lease, live));
+                out.push(None);
+            }
+        }
+        let stats = &self.heartbeat_stats;
+        let answered_live = out
+            .iter()
+            .filter(|o| matches!(o, Some(Renewal::Renewed(_))))
+            .count();
+        stats
+            .read_only
+            .fetch_add(answered_live as u64, Ordering::Relaxed);
+        if !due.is_empty() {
+            let queued = self.batches.refresh(holder, &due);
+            stats.refreshed.fetch_add(queued as u64, Ordering::Relaxed);
+        }
+        if !urgent.is_empty() {
+            let targets: Vec<LeaseRef> = urgent.iter().map(|(l, _)| *l).collect();
+            // A write that cannot be made now (the row is locked by a stalled
+            // instance, the database just failed) leaves the read as the
+            // evidence: it backs a shorter promise, which is still true.
+            let written = match self.batches.extend(holder, &targets).await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, leases = targets.len(), "could not extend nearly expired leases; answering from their reads");
+                    vec![Extension::Busy; targets.len()]
+                }
+            };
+            stats
+                .written
+                .fetch_add(urgent.len() as u64, Ordering::Relaxed);
+            let hold =
+                chrono::Duration::from_std(self.config.lease_hold).unwrap_or(chrono::Duration::MAX);
+            let mut answers = urgent
+                .into_iter()
+                .zip(written)
+                .map(|((_, read), ext)| match ext {
+                    // The write matched: the lease was live at `now` and is held
+                    // at least `lease_hold` past it, with a cap of at least
+                    // `lease_ttl`.
+                    Extension::Extended(now) => Renewal::Renewed(
+                        LiveLease {
+                            now,
+                            expires_at: now + hold,
+                            cap: read.cap.max(ttl),
+                            ..read
+                        }
+                        .promise(ttl),
+                    ),
+                    Extension::Busy => Renewal::Renewed(read.promise(ttl)),
+                    Extension::Lost => Renewal::Lost,
+                });
+            for o in out.iter_mut().filter(|o| o.is_none()) {
+                *o = answers.next();
+            }
+        }
+        let out: Vec<Renewal> = out
+            .into_iter()
+            .map(|o| o.unwrap_or(Renewal::Lost))
+            .collect();
+        let lost = out.iter().filter(|r| **r == Renewal::Lost).count();
+        stats.lost.fetch_add(lost as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// How heartbeats were answered since start, per lease.
+    pub fn heartbeat_counts(&self) -> serde_json::Value {
+        let s = &self.heartbeat_stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "answered_from_read": n(&s.read_only),
+            "extended_in_background": n(&s.refreshed),
+            "extended_before_answer": n(&s.written),
+            "lost": n(&s.lost),
+        })
+    }
+
+    /// Releases `holder`'s `lease`; false when it was not live any more.
+    pub async fn release(&self, holder: &str, lease: LeaseRef) -> Result<bool, AppError> {
+        let released = self
+            .batches
+            .release(holder, lease)
+            .await
+            .map_err(|e| self.database_failed("a release failed", &e))?
+            .is_some();
+        self.usage_cache.clear();
+        Ok(released)
+    }
+
+    /// An operator's release of any lease: its holder is told it lost the
+    /// seat on its next heartbeat; the seat is free again once every promise
+    /// already given for it has run out. Returns when (database clock).
+    pub async fn force_release(&self, lease: LeaseRef) -> Result<DateTime<Utc>, AppError> {
+        let free_at = self.storage.force_release(lease).await?;
+        self.usage_cache.clear();
+        match free_at {
+            Some(at) => {
+                tracing::info!(%lease, free_at = %at, "lease force-released by an operator");
+                Ok(at)
+            }
+            None => Err(AppError::NotFound(format!(
+                "lease {lease} is not live (already released, expired or re-granted)"
+            ))),
+        }
+    }
+
+    /// After the database went back in time: ends every lease and holds
+    /// every seat for `hold`, so no seat is granted while a promise given
+    /// before may still run. The default hold is the longest `lease_ttl` any
+    /// instance recorded (and this one's), plus the clock margin and a second
+    /// of slack. Returns the slots held and until when (database clock).
+    pub async fn quarantine(
+        &self,
+        hold: Option<Duration>,
+    ) -> Result<(u64, DateTime<Utc>), AppError> {
+        let hold = match hold {
+            Some(h) => h,
+            None => {
+                let longest = self
+                    .storage
+                    .instances()
+                    .await?
+                    .iter()
+                    .map(|i| Duration::from_millis(i.lease_ttl_ms.max(0) as u64))
+                    .fold(self.config.lease_ttl, Duration::max);
+                longest + CLOCK_MARGIN + Duration::from_secs(1)
+            }
+        };
+        let n = self.storage.quarantine(hold).await?;
+        let until =
+            self.storage.now().await? + chrono::Duration::from_std(hold).unwrap_or_default();
+        self.usage_cache.clear();
+        tracing::warn!(
+            slots = n,
+            hold_s = hold.as_secs_f64(),
+            %until,
+            "quarantine: every lease ended, every seat held by nobody until the promises given before have run out"
+        );
+        Ok((n, until))
+    }
+
+    // -------------------------------------------------------------- identities
+
+    /// Ends a lease granted to an identity that was refused while the grant
+    /// ran (its client is never told of it), like an operator would.
+    pub async fn end_refused_grant(&self, lease: LeaseRef) {
+        match self.storage.force_release(lease).await {
+            Ok(_) => self.usage_cache.clear(),
+            Err(e) => {
+                tracing::warn!(%lease, error = %e, "could not end the lease of a refused identity; it runs out by itself")
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ tokens
+}
