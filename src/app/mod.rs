@@ -85,8 +85,6 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("{0}")]
-    Forbidden(String),
     #[error(transparent)]
     Seat(#[from] SeatError),
     /// A database failure: the answer says "unavailable" with the
@@ -103,7 +101,6 @@ impl From<StorageError> for AppError {
             // Our own words (a serial conflict, a missing row), never a
             // database's.
             StorageError::Conflict(m) => AppError::Conflict(m),
-            StorageError::NotFound(m) => AppError::NotFound(m),
             e if e.is_outage() => AppError::Incident(Incident::of_storage(
                 "a request failed: the database is unavailable",
                 &e,

@@ -170,6 +170,11 @@ impl App {
         Ok(released)
     }
 
+    /// Every live lease of the cluster (for operators).
+    pub async fn leases(&self) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
+        Ok(self.storage.leases().await?)
+    }
+
     /// An operator's release of any lease: its holder is told it lost the
     /// seat on its next heartbeat; the seat is free again once every promise
     /// already given for it has run out. Returns when (database clock).

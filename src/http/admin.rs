@@ -72,7 +72,7 @@ impl Caller {
 
 type Res = Result<Json<Value>, ApiError>;
 
-pub fn routes(_app: Arc<App>) -> Router<Arc<App>> {
+pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/licenses", get(licenses).post(apply_license))
@@ -141,9 +141,7 @@ async fn features(State(app): State<Arc<App>>, caller: Caller) -> Res {
 
 async fn leases(State(app): State<Arc<App>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
-    Ok(Json(
-        json!({ "leases": app.storage.leases().await.map_err(crate::app::AppError::from)? }),
-    ))
+    Ok(Json(json!({ "leases": app.leases().await? })))
 }
 
 async fn release_lease(

@@ -72,7 +72,6 @@ impl From<AppError> for ApiError {
             AppError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", msg),
             AppError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", msg),
             AppError::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "unauthorized", msg),
-            AppError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", msg),
             AppError::Seat(s) => s.into(),
             AppError::Incident(i) => Self::incident(i),
             AppError::Internal(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),

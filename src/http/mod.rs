@@ -101,7 +101,7 @@ pub fn licensing_router(app: &Arc<App>) -> Router {
 
 /// The admin listener's router.
 pub fn admin_router(app: &Arc<App>) -> Router {
-    common(admin::routes(app.clone()), app)
+    common(admin::routes(), app)
 }
 
 /// Serves both listeners until `shutdown` resolves, then drains: healthz

@@ -199,10 +199,6 @@ impl MySqlStorage {
         })
     }
 
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
-    }
-
     /// Answers a request id seen before with its grant, but only while
     /// that lease is still held: a resent login whose lease ended (released,
     /// expired, force-released, re-granted) gets [`SeatError::LeaseEnded`],
@@ -1086,31 +1082,6 @@ async fn retire_unheld(
 
 /// Passes of the grant loop per feature row (see `grant_once`).
 const MAX_SEATS_PASSES: usize = 4 * crate::domain::license::MAX_SEATS as usize;
-
-/// Refuses an older serial, or the same serial with different content.
-pub(crate) fn check_serial(license_id: &str, stored: i64, new: i64) -> Result<()> {
-    if new < stored {
-        return Err(StorageError::Conflict(format!(
-            "license {license_id} serial {stored} is already applied; serial {new} is older and was not applied"
-        )));
-    }
-    if new == stored {
-        return Err(StorageError::Conflict(format!(
-            "license {license_id} serial {stored} is already applied with different content; a changed license needs a higher serial"
-        )));
-    }
-    Ok(())
-}
-
-/// A connection error without the URL (it may hold a password).
-pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Io(io) => format!("{io} (is the database server running and reachable?)"),
-        sqlx::Error::Database(db) => db.message().to_string(),
-        sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_string(),
-        other => other.to_string(),
-    }
-}
 
 type IdentityTuple = (
     String,

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::mysql::check_serial;
 use super::*;
 use crate::domain::seats::CLOCK_MARGIN;
 
@@ -159,10 +158,6 @@ impl SqliteStorage {
             .await
             .map_err(connect_err)?;
         Ok(SqliteStorage { writer, reader })
-    }
-
-    pub fn writer(&self) -> &SqlitePool {
-        &self.writer
     }
 
     async fn begin(&self) -> Result<Tx<'static>> {
