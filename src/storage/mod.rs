@@ -862,6 +862,31 @@ pub(crate) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// Refuses an older serial, or the same serial with different content.
+pub(crate) fn check_serial(license_id: &str, stored: i64, new: i64) -> Result<()> {
+    if new < stored {
+        return Err(StorageError::Conflict(format!(
+            "license {license_id} serial {stored} is already applied; serial {new} is older and was not applied"
+        )));
+    }
+    if new == stored {
+        return Err(StorageError::Conflict(format!(
+            "license {license_id} serial {stored} is already applied with different content; a changed license needs a higher serial"
+        )));
+    }
+    Ok(())
+}
+
+/// A connection error without the URL (it may hold a password).
+pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => format!("{io} (is the database server running and reachable?)"),
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_string(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -920,30 +945,5 @@ mod tests {
         assert_eq!(u[0].free, 0);
         assert_eq!(u[0].total, 2);
         assert_eq!(u[0].used, 3);
-    }
-}
-
-/// Refuses an older serial, or the same serial with different content.
-pub(crate) fn check_serial(license_id: &str, stored: i64, new: i64) -> Result<()> {
-    if new < stored {
-        return Err(StorageError::Conflict(format!(
-            "license {license_id} serial {stored} is already applied; serial {new} is older and was not applied"
-        )));
-    }
-    if new == stored {
-        return Err(StorageError::Conflict(format!(
-            "license {license_id} serial {stored} is already applied with different content; a changed license needs a higher serial"
-        )));
-    }
-    Ok(())
-}
-
-/// A connection error without the URL (it may hold a password).
-pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Io(io) => format!("{io} (is the database server running and reachable?)"),
-        sqlx::Error::Database(db) => db.message().to_string(),
-        sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_string(),
-        other => other.to_string(),
     }
 }
