@@ -23,18 +23,9 @@ fn login(rid: &str, auth: AuthInfo) -> Request {
 
 /// The leases' `client_info` as the admin API lists them.
 async fn client_infos(server: &DemoServer) -> Vec<String> {
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://{}/admin/v1/leases", server.proc.admin))
-        .bearer_auth(&server.admin_token)
-        .send()
+    server
+        .lease_rows()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["leases"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|l| l["client_info"].as_str().unwrap_or_default().to_string())
         .collect()

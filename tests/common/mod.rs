@@ -638,6 +638,15 @@ impl DemoServer {
 
     /// The lease ids the server holds for `demo` (`GET /admin/v1/leases`).
     pub async fn leases(&self) -> Vec<String> {
+        self.lease_rows()
+            .await
+            .iter()
+            .filter_map(|l| l["lease"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The admin API's live lease rows, as JSON.
+    pub async fn lease_rows(&self) -> Vec<serde_json::Value> {
         let v: serde_json::Value = reqwest::Client::new()
             .get(format!("http://{}/admin/v1/leases", self.proc.admin))
             .bearer_auth(&self.admin_token)
@@ -648,11 +657,6 @@ impl DemoServer {
             .json()
             .await
             .unwrap();
-        v["leases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["lease"].as_str().map(str::to_string))
-            .collect()
+        v["leases"].as_array().cloned().unwrap_or_default()
     }
 }
