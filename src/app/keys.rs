@@ -130,8 +130,13 @@ pub(super) async fn repair_canary(
     Ok(())
 }
 
-/// Proves the configured keys are the ones this database is sealed with.
-pub(super) async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Result<(), StartError> {
+/// Proves the configured keys are the ones this database is sealed with;
+/// `self_id` is this instance's id.
+pub(super) async fn check_canary(
+    storage: &dyn Storage,
+    ring: &Keyring,
+    self_id: &str,
+) -> Result<(), StartError> {
     let canaries = storage.canaries().await?;
     let mut matched = false;
     for (key_id, blob) in &canaries {
@@ -145,7 +150,7 @@ pub(super) async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Resul
                     matched = true;
                 }
                 CanaryFault::Unused => {
-                    if let Some(other) = live_instance_with_other_key(storage, ring, key_id).await? {
+                    if let Some(other) = live_instance_with_other_key(storage, ring, key_id, self_id).await? {
                         return Err(StartError::Key(format!(
                             "master key '{key_id}' differs from the key '{key_id}' of the running instance {other}; \
                              every instance needs the same keys"
@@ -194,11 +199,14 @@ pub(super) async fn check_canary(storage: &dyn Storage, ring: &Keyring) -> Resul
 }
 
 /// A live instance (seen within 3 cluster heartbeats' worth of 10 s) that
-/// holds a key of id `key_id` other than ours.
+/// holds a key of id `key_id` other than ours. The row of `self_id` is not
+/// another instance: it is this one's previous run (a trial start with
+/// another key, say), which has stopped, since this one is starting.
 pub(super) async fn live_instance_with_other_key(
     storage: &dyn Storage,
     ring: &Keyring,
     key_id: &str,
+    self_id: &str,
 ) -> Result<Option<String>, StorageError> {
     let ours: Vec<String> = ring.fingerprints().split(',').map(str::to_string).collect();
     let prefix = format!("{key_id}:");
@@ -206,7 +214,7 @@ pub(super) async fn live_instance_with_other_key(
         .instances()
         .await?
         .into_iter()
-        .filter(|i| i.silent_for_s < 10.0)
+        .filter(|i| i.silent_for_s < 10.0 && i.id != self_id)
         .find(|i| {
             i.key_ids
                 .split(',')
@@ -294,12 +302,16 @@ impl App {
                 lacking.join(", ")
             )));
         }
-        check_canary(self.storage.as_ref(), &self.keyring)
-            .await
-            .map_err(|e| match e {
-                StartError::Storage(e) => AppError::from(e),
-                other => AppError::Conflict(other.to_string()),
-            })?;
+        check_canary(
+            self.storage.as_ref(),
+            &self.keyring,
+            &self.config.instance_id,
+        )
+        .await
+        .map_err(|e| match e {
+            StartError::Storage(e) => AppError::from(e),
+            other => AppError::Conflict(other.to_string()),
+        })?;
         let mut resealed = 0;
         let mut already_current = 0;
         for row in self.storage.sealed_rows().await? {

@@ -242,7 +242,7 @@ impl App {
         let storage = open_storage(&config).await?;
         refuse_older_instances(storage.as_ref(), &config).await?;
         storage.migrate().await?;
-        check_canary(storage.as_ref(), &keyring).await?;
+        check_canary(storage.as_ref(), &keyring, &config.instance_id).await?;
         let gate = Arc::new(crate::dbgate::DbGate::default());
         let stand_in_sealed = keyring.seal(
             identity_ctx(STAND_IN_IDENTITY),

@@ -20,19 +20,26 @@ fn init_logging(cfg: &Config) {
     };
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: call it before the
+/// listening line, or a SIGTERM sent right after that line kills the
+/// process without a clean stop.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let (mut term, mut int) = match (term, int) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM and SIGINT");
+                return std::future::pending().await;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 
@@ -148,6 +155,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             .map(|a| a.to_string())
             .unwrap_or_default(),
     );
+    let stop = shutdown_signal();
     // One stable line that scripts and tests read for the bound ports.
     println!(
         "floatlm: instance {} listening licensing={lic_addr} admin={adm_addr} backend={:?}",
@@ -155,7 +163,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         app.backend()
     );
     tracing::info!(instance = %app.instance_id(), licensing = %lic_addr, admin = %adm_addr, "serving");
-    match crate::http::serve(Arc::clone(&app), licensing, admin, shutdown_signal()).await {
+    match crate::http::serve(Arc::clone(&app), licensing, admin, stop).await {
         Ok(()) => {
             tracing::info!("stopped cleanly");
             ExitCode::SUCCESS
