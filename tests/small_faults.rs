@@ -316,6 +316,26 @@ async fn a_trial_start_with_a_wrong_extra_master_key_does_not_record_it_for_good
     d.stop();
 
     let d = start(&format!("{MASTER_KEY_1},{WRONG_KEY_2}")).unwrap();
+    // The trial run's row records its keys (as a live instance would)
+    // before it stops.
+    common::wait_for(
+        "the trial run's instance row",
+        Duration::from_secs(20),
+        || {
+            let url = url.clone();
+            async move {
+                let p = pool(&url).await;
+                let keys: Option<String> =
+                    sqlx::query_scalar("SELECT key_ids FROM instances WHERE id = 'solo'")
+                        .fetch_optional(&p)
+                        .await
+                        .unwrap();
+                p.close().await;
+                keys.filter(|k| k.contains("k2:")).map(|_| ())
+            }
+        },
+    )
+    .await;
     d.stop();
     let p = pool(&url).await;
     let canaries: Vec<String> =
