@@ -150,10 +150,13 @@ pub(super) async fn check_canary(
                     matched = true;
                 }
                 CanaryFault::Unused => {
-                    if let Some(other) = live_instance_with_other_key(storage, ring, key_id, self_id).await? {
+                    if let Some((other, silent_s)) = live_instance_with_other_key(storage, ring, key_id, self_id).await? {
+                        // A stopped instance looks live for up to 10 s; say
+                        // so, or a trial start's key looks mandatory.
+                        let wait_s = (LIVE_WITHIN_S - silent_s).ceil().max(1.0);
                         return Err(StartError::Key(format!(
-                            "master key '{key_id}' differs from the key '{key_id}' of the running instance {other}; \
-                             every instance needs the same keys"
+                            "master key '{key_id}' differs from the key '{key_id}' of instance {other}, seen {silent_s:.0} s ago; \
+                             every instance needs the same keys (if {other} has stopped, this key is accepted in {wait_s:.0} s)"
                         )));
                     }
                     tracing::warn!(key = %key_id, "the canary of master key '{key_id}' was written with another key of that id, \
@@ -198,8 +201,12 @@ pub(super) async fn check_canary(
     Ok(())
 }
 
-/// A live instance (seen within 3 cluster heartbeats' worth of 10 s) that
-/// holds a key of id `key_id` other than ours. The row of `self_id` is not
+/// How recently an instance must have been seen to count as live for the
+/// key checks (3 cluster heartbeats' worth).
+const LIVE_WITHIN_S: f64 = 10.0;
+
+/// A live instance (seen within [`LIVE_WITHIN_S`]) that holds a key of id
+/// `key_id` other than ours, and how long ago it was seen. The row of `self_id` is not
 /// another instance: it is this one's previous run (a trial start with
 /// another key, say), which has stopped, since this one is starting.
 pub(super) async fn live_instance_with_other_key(
@@ -207,20 +214,20 @@ pub(super) async fn live_instance_with_other_key(
     ring: &Keyring,
     key_id: &str,
     self_id: &str,
-) -> Result<Option<String>, StorageError> {
+) -> Result<Option<(String, f64)>, StorageError> {
     let ours: Vec<String> = ring.fingerprints().split(',').map(str::to_string).collect();
     let prefix = format!("{key_id}:");
     Ok(storage
         .instances()
         .await?
         .into_iter()
-        .filter(|i| i.silent_for_s < 10.0 && i.id != self_id)
+        .filter(|i| i.silent_for_s < LIVE_WITHIN_S && i.id != self_id)
         .find(|i| {
             i.key_ids
                 .split(',')
                 .any(|k| k.starts_with(&prefix) && !ours.iter().any(|o| o == k))
         })
-        .map(|i| i.id))
+        .map(|i| (i.id, i.silent_for_s)))
 }
 
 /// Read-only canary check for a running instance: some canary of a key we
