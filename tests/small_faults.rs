@@ -190,9 +190,8 @@ async fn wait_row_holds(url: &str, id: &str, key_id: &str) {
 
 /// Item 1: `admin verify` exits 0 and says "integrity ok" when all is well;
 /// once a byte of the demo license's sealed row is flipped it prints a
-/// REFUSED line for its feature and exits 1. Nothing else changes: the
-/// identities still list as ok, and re-applying is not needed for verify to
-/// keep answering.
+/// REFUSED line for its feature and exits 1, on every look. Nothing else
+/// changes: the identities list as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_verify_exits_1_when_it_refuses_a_feature_and_0_when_all_is_well() {
     let dir = tempfile::tempdir().unwrap();
