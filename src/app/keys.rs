@@ -94,6 +94,28 @@ pub(super) async fn judge_canary(
     })
 }
 
+/// Whether the canary `blob` of `key_id` (a key this instance holds)
+/// opens: None when it does, or when the row itself was damaged and has
+/// just been rewritten; otherwise why not (never `Damaged`).
+async fn canary_fault(
+    storage: &dyn Storage,
+    ring: &Keyring,
+    key_id: &str,
+    blob: &[u8],
+) -> Result<Option<CanaryFault>, StorageError> {
+    if matches!(ring.open(canary_ctx(key_id), blob), Ok(p) if p.as_slice() == CANARY_PLAINTEXT) {
+        return Ok(None);
+    }
+    match judge_canary(storage, ring, key_id).await? {
+        CanaryFault::Damaged => {
+            tracing::warn!(key = %key_id, "the key canary row was damaged (the key opens the rows sealed under it): writing a fresh one");
+            repair_canary(storage, ring, key_id, blob).await?;
+            Ok(None)
+        }
+        fault => Ok(Some(fault)),
+    }
+}
+
 /// Writes a fresh canary for `key_id` in place of `old`; ticket keys sealed
 /// under a key of that id that does not open are replaced too (their
 /// tickets could not be opened anyway: clients simply handshake again).
@@ -141,37 +163,30 @@ pub(super) async fn check_canary(
     let mut matched = false;
     for (key_id, blob) in &canaries {
         let Some(_) = ring.key(key_id) else { continue };
-        match ring.open(canary_ctx(key_id), blob) {
-            Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
-            _ => match judge_canary(storage, ring, key_id).await? {
-                CanaryFault::Damaged => {
-                    tracing::warn!(key = %key_id, "the key canary row was damaged (the key opens the rows sealed under it): writing a fresh one");
-                    repair_canary(storage, ring, key_id, blob).await?;
-                    matched = true;
-                }
-                CanaryFault::Unused => {
-                    if let Some((other, silent_s)) = live_instance_with_other_key(storage, ring, key_id, self_id).await? {
-                        // A stopped instance looks live for up to 10 s; say
-                        // so, or a trial start's key looks mandatory.
-                        let wait_s = (LIVE_WITHIN_S - silent_s).ceil().max(1.0);
-                        return Err(StartError::Key(format!(
-                            "master key '{key_id}' differs from the key '{key_id}' of instance {other}, seen {silent_s:.0} s ago; \
-                             every instance needs the same keys (if {other} has stopped, this key is accepted in {wait_s:.0} s)"
-                        )));
-                    }
-                    tracing::warn!(key = %key_id, "the canary of master key '{key_id}' was written with another key of that id, \
-                        and nothing is sealed under it: taking its place");
-                    repair_canary(storage, ring, key_id, blob).await?;
-                    matched = true;
-                }
-                CanaryFault::WrongKey { sealed } => {
+        match canary_fault(storage, ring, key_id, blob).await? {
+            None | Some(CanaryFault::Damaged) => matched = true,
+            Some(CanaryFault::Unused) => {
+                if let Some((other, silent_s)) = live_instance_with_other_key(storage, ring, key_id, self_id).await? {
+                    // A stopped instance looks live for up to 10 s; say
+                    // so, or a trial start's key looks mandatory.
+                    let wait_s = (LIVE_WITHIN_S - silent_s).ceil().max(1.0);
                     return Err(StartError::Key(format!(
-                        "master key '{key_id}' is not the key this database was sealed with (same id, different bytes: \
-                         none of the {sealed} license(s) and identity secret(s) sealed under '{key_id}' opens with it); \
-                         start with the database's key"
-                    )))
+                        "master key '{key_id}' differs from the key '{key_id}' of instance {other}, seen {silent_s:.0} s ago; \
+                         every instance needs the same keys (if {other} has stopped, this key is accepted in {wait_s:.0} s)"
+                    )));
                 }
-            },
+                tracing::warn!(key = %key_id, "the canary of master key '{key_id}' was written with another key of that id, \
+                    and nothing is sealed under it: taking its place");
+                repair_canary(storage, ring, key_id, blob).await?;
+                matched = true;
+            }
+            Some(CanaryFault::WrongKey { sealed }) => {
+                return Err(StartError::Key(format!(
+                    "master key '{key_id}' is not the key this database was sealed with (same id, different bytes: \
+                     none of the {sealed} license(s) and identity secret(s) sealed under '{key_id}' opens with it); \
+                     start with the database's key"
+                )))
+            }
         }
     }
     if !canaries.is_empty() && !matched {
@@ -230,8 +245,8 @@ pub(super) async fn live_instance_with_other_key(
         .map(|i| (i.id, i.silent_for_s)))
 }
 
-/// Read-only canary check for a running instance: some canary of a key we
-/// hold must open, and none of ours may fail. `Ok(Some(why))` is a key
+/// Canary check for a running instance: some canary of a key we hold must
+/// open, and none of ours may fail (a damaged canary row is rewritten). `Ok(Some(why))` is a key
 /// problem; an error is a database that could not be read (the database
 /// gate and healthz say that, not the key check).
 pub(super) async fn verify_canary(
@@ -242,21 +257,12 @@ pub(super) async fn verify_canary(
     let mut matched = false;
     for (key_id, blob) in &canaries {
         if ring.key(key_id).is_some() {
-            match ring.open(canary_ctx(key_id), blob) {
-                Ok(p) if p.as_slice() == CANARY_PLAINTEXT => matched = true,
-                _ => match judge_canary(storage, ring, key_id).await? {
-                    CanaryFault::Damaged => {
-                        tracing::warn!(key = %key_id, "the key canary row was damaged (the key opens the rows sealed under it): writing a fresh one");
-                        repair_canary(storage, ring, key_id, blob).await?;
-                        matched = true;
-                    }
-                    CanaryFault::Unused | CanaryFault::WrongKey { .. } => {
-                        return Ok(Some(format!(
-                            "the canary of master key '{key_id}' no longer opens with this instance's key '{key_id}'"
-                        )))
-                    }
-                },
+            if canary_fault(storage, ring, key_id, blob).await?.is_some() {
+                return Ok(Some(format!(
+                    "the canary of master key '{key_id}' no longer opens with this instance's key '{key_id}'"
+                )));
             }
+            matched = true;
         }
     }
     Ok((!matched)
