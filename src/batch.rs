@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 
 use crate::dbgate::DbGate;
 use crate::domain::seats::{Check, Grant, GrantRequest, LeaseRef, SeatError};
+use crate::metrics::{BatchKind, DbCall, Metrics};
 use crate::storage::{Extension, RenewItem, Storage, StorageError};
 
 /// Grant (and release) batches in flight at once per instance. One: while it
@@ -135,6 +136,7 @@ fn lease_count(item: &RenewItem) -> usize {
 type Extended = Result<Vec<Extension>, String>;
 
 /// A queue of extensions in front of [`Storage::extend_batch`].
+#[allow(clippy::too_many_arguments)]
 fn extension_batcher(
     storage: Arc<dyn Storage>,
     gate: Arc<DbGate>,
@@ -142,15 +144,20 @@ fn extension_batcher(
     promise: Duration,
     workers: usize,
     max_leases: usize,
+    metrics: Arc<Metrics>,
+    kind: BatchKind,
 ) -> Batcher<RenewItem, Extended> {
     Batcher::start(
         workers,
         max_leases,
         lease_count,
         Arc::new(move |items: Vec<RenewItem>| {
-            let (st, gate) = (storage.clone(), gate.clone());
+            let (st, gate, m) = (storage.clone(), gate.clone(), metrics.clone());
             Box::pin(async move {
-                let r = st.extend_batch(&items, hold, promise).await;
+                m.batch(kind, items.len());
+                let r = m
+                    .timed(DbCall::ExtendBatch, st.extend_batch(&items, hold, promise))
+                    .await;
                 observe_extension(&gate, &r);
                 match r {
                     Ok(r) => r.into_iter().map(Ok).collect(),
@@ -161,9 +168,8 @@ fn extension_batcher(
                         tracing::debug!(error = %e, "batched lease extension failed; extending each heartbeat's leases alone");
                         let mut out = Vec::with_capacity(items.len());
                         for item in &items {
-                            let r = st
-                                .extend_batch(std::slice::from_ref(item), hold, promise)
-                                .await;
+                            let one = st.extend_batch(std::slice::from_ref(item), hold, promise);
+                            let r = m.timed(DbCall::ExtendBatch, one).await;
                             observe_extension(&gate, &r);
                             out.push(match r {
                                 Ok(mut v) => Ok(v.pop().unwrap_or_default()),
@@ -215,21 +221,24 @@ pub struct SeatBatchers {
 impl SeatBatchers {
     /// Starts the workers; extensions hold leases for `hold` and raise their
     /// promise cap to `promise` (this instance's `lease_hold` and `lease_ttl`).
+    /// Batch sizes and the time of each database call go to `metrics`.
     pub fn start(
         storage: Arc<dyn Storage>,
         gate: Arc<DbGate>,
         hold: Duration,
         promise: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        let (st, g) = (storage.clone(), gate.clone());
+        let (st, g, m) = (storage.clone(), gate.clone(), metrics.clone());
         let grants = Batcher::start(
             SEAT_WORKERS,
             MAX_BATCH_SEATS,
             |_| 1,
             Arc::new(move |reqs: Vec<GrantRequest>| {
-                let (st, gate) = (st.clone(), g.clone());
+                let (st, gate, m) = (st.clone(), g.clone(), m.clone());
                 Box::pin(async move {
-                    let out = st.grant_batch(&reqs).await;
+                    m.batch(BatchKind::Grant, reqs.len());
+                    let out = m.timed(DbCall::GrantBatch, st.grant_batch(&reqs)).await;
                     // A grant that committed says the database writes; any
                     // other answer from it (no seat, say) that it is there.
                     let failure = out.iter().find_map(|r| match r {
@@ -247,15 +256,16 @@ impl SeatBatchers {
                 })
             }),
         );
-        let (st, g) = (storage.clone(), gate.clone());
+        let (st, g, m) = (storage.clone(), gate.clone(), metrics.clone());
         let checks = Batcher::start(
             CHECK_WORKERS,
             MAX_BATCH_LEASES,
             lease_count,
             Arc::new(move |items: Vec<RenewItem>| {
-                let (st, gate) = (st.clone(), g.clone());
+                let (st, gate, m) = (st.clone(), g.clone(), m.clone());
                 Box::pin(async move {
-                    let r = st.check_batch(&items).await;
+                    m.batch(BatchKind::Check, items.len());
+                    let r = m.timed(DbCall::CheckBatch, st.check_batch(&items)).await;
                     gate.observe(&r);
                     match r {
                         Ok(r) => r.into_iter().map(Ok).collect(),
@@ -271,6 +281,8 @@ impl SeatBatchers {
             promise,
             EXTEND_WORKERS,
             MAX_BATCH_LEASES,
+            metrics.clone(),
+            BatchKind::Extend,
         );
         let refreshes = extension_batcher(
             storage.clone(),
@@ -279,16 +291,21 @@ impl SeatBatchers {
             promise,
             REFRESH_WORKERS,
             MAX_REFRESH_LEASES,
+            metrics.clone(),
+            BatchKind::Refresh,
         );
-        let (st, g) = (storage, gate.clone());
+        let (st, g, m) = (storage, gate.clone(), metrics);
         let releases = Batcher::start(
             SEAT_WORKERS,
             MAX_BATCH_SEATS,
             |_| 1,
             Arc::new(move |items: Vec<(String, LeaseRef)>| {
-                let (st, gate) = (st.clone(), g.clone());
+                let (st, gate, m) = (st.clone(), g.clone(), m.clone());
                 Box::pin(async move {
-                    let out = st.release_batch(&items).await;
+                    m.batch(BatchKind::Release, items.len());
+                    let out = m
+                        .timed(DbCall::ReleaseBatch, st.release_batch(&items))
+                        .await;
                     for r in &out {
                         match r {
                             // It ended a lease: a write committed.

@@ -160,6 +160,7 @@ pub const KEYS: &[Key] = &[
         Rule::Seconds(1.0, 7.0 * 86400.0),
     ),
     key("server", "trusted_proxies", None, Rule::Own),
+    key("server", "metrics_public", Some("false"), Rule::Own),
     key("database", "database_url", None, Rule::Own),
     file_key("database", "database_url_file", "database_url"),
     key(
@@ -273,6 +274,8 @@ pub struct Config {
     pub ticket_rotation: Duration,
     /// Peers whose X-Forwarded-For is believed (reverse proxies).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `GET /metrics` on the admin listener answers without a token.
+    pub metrics_public: bool,
     /// The operator's auth script, run on every login.
     pub auth_script: Option<PathBuf>,
     pub auth_timeout: Duration,
@@ -543,6 +546,22 @@ impl Layers {
                     .join(", ")
             },
         );
+        let mp = r.take("metrics_public").unwrap_or_default();
+        let metrics_public = match mp.0.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(invalid(
+                    "metrics_public",
+                    &mp.1,
+                    format!(
+                        "'{}' is not true or false",
+                        other.chars().take(40).collect::<String>()
+                    ),
+                ))
+            }
+        };
+        r.show("metrics_public", metrics_public);
         let auth_script = match r.take("auth_script") {
             Some((v, s)) => {
                 let p = PathBuf::from(&v);
@@ -616,6 +635,7 @@ impl Layers {
             ticket_lifetime,
             ticket_rotation,
             trusted_proxies,
+            metrics_public,
             auth_script,
             auth_timeout,
             auth_max_concurrent,

@@ -10,5 +10,6 @@ pub mod domain;
 pub mod http;
 pub mod identities;
 pub mod incident;
+pub mod metrics;
 pub mod sessions;
 pub mod storage;

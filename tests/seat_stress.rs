@@ -82,6 +82,7 @@ async fn seat_stress(kind: Kind) {
         Arc::default(),
         Duration::from_millis(300),
         Duration::from_millis(300),
+        Arc::default(),
     ));
     let mut tasks = Vec::new();
     for t in 0..TASKS {

@@ -14,12 +14,14 @@
 //! | `keys.rs` | master keys, the key canary, sealing contexts, rotation |
 //! | `cluster.rs` | the cluster view, drain/remove, database watch, maintenance |
 //! | `clock.rs` | the database clock |
+//! | `scrape.rs` | what `GET /metrics` reads at scrape time |
 
 mod access;
 mod clock;
 mod cluster;
 mod keys;
 mod licenses;
+mod scrape;
 mod seats;
 mod tickets;
 
@@ -180,6 +182,8 @@ pub struct App {
     usage_cache: crate::cache::Cached<Arc<Vec<FeatureView>>>,
     /// The database probe behind healthz, so probes cost no round trip each.
     health_cache: crate::cache::Cached<Result<(), String>>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Heartbeat answers per lease since start, by how they were reached.
@@ -244,6 +248,7 @@ impl App {
         storage.migrate().await?;
         check_canary(storage.as_ref(), &keyring, &config.instance_id).await?;
         let gate = Arc::new(crate::dbgate::DbGate::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let stand_in_sealed = keyring.seal(
             identity_ctx(STAND_IN_IDENTITY),
             new_identity_secret().expose().as_bytes(),
@@ -283,11 +288,13 @@ impl App {
                 gate.clone(),
                 config.lease_hold,
                 config.lease_ttl,
+                metrics.clone(),
             )),
             gate,
             heartbeat_stats: HeartbeatStats::default(),
             usage_cache: crate::cache::Cached::new(USAGE_CACHE),
             health_cache: crate::cache::Cached::new(HEALTH_CACHE),
+            metrics,
             config,
         });
         app.sync_clock().await?;

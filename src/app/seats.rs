@@ -3,12 +3,19 @@
 //! `domain::seats`, the SQL in `storage`; see docs/seats.md.
 
 use super::*;
+use crate::metrics::{DbCall, HeartbeatAnswer, ReleaseOutcome};
 
 impl App {
     /// Grants one seat of `req.feature` (group-committed with concurrent
     /// logins). The grant's `promise` rests on the transaction that took the
     /// slot (or, for a resent request id, on a fresh read of its row).
     pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+        let r = self.grant_seat(req).await;
+        self.metrics.grant_answered(&r);
+        r
+    }
+
+    async fn grant_seat(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
         // Feature names are spelled exactly as licensed (A-Z a-z 0-9 _ . -);
         // anything else names no feature, whatever a database collation says.
         if !crate::domain::valid_name(&req.feature) {
@@ -96,6 +103,7 @@ impl App {
         if !due.is_empty() {
             let queued = self.batches.refresh(holder, &due);
             stats.refreshed.fetch_add(queued as u64, Ordering::Relaxed);
+            self.metrics.background_extensions(queued);
         }
         if !urgent.is_empty() {
             let targets: Vec<LeaseRef> = urgent.iter().map(|(l, _)| *l).collect();
@@ -143,6 +151,10 @@ impl App {
             .collect();
         let lost = out.iter().filter(|r| **r == Renewal::Lost).count();
         stats.lost.fetch_add(lost as u64, Ordering::Relaxed);
+        let m = &self.metrics;
+        m.heartbeat_leases(HeartbeatAnswer::FromRead, answered_live);
+        m.heartbeat_leases(HeartbeatAnswer::Extended, out.len() - answered_live - lost);
+        m.heartbeat_leases(HeartbeatAnswer::Lost, lost);
         Ok(out)
     }
 
@@ -166,6 +178,10 @@ impl App {
             .await
             .map_err(|e| self.database_failed("a release failed", &e))?
             .is_some();
+        self.metrics.released(match released {
+            true => ReleaseOutcome::Released,
+            false => ReleaseOutcome::NotLive,
+        });
         self.usage_cache.clear();
         Ok(released)
     }
@@ -179,10 +195,14 @@ impl App {
     /// seat on its next heartbeat; the seat is free again once every promise
     /// already given for it has run out. Returns when (database clock).
     pub async fn force_release(&self, lease: LeaseRef) -> Result<DateTime<Utc>, AppError> {
-        let free_at = self.storage.force_release(lease).await?;
+        let free_at = self
+            .metrics
+            .timed(DbCall::ForceRelease, self.storage.force_release(lease))
+            .await?;
         self.usage_cache.clear();
         match free_at {
             Some(at) => {
+                self.metrics.force_released();
                 tracing::info!(%lease, free_at = %at, "lease force-released by an operator");
                 Ok(at)
             }

@@ -1,10 +1,12 @@
 //! The admin API (`/admin/v1/…`), on its own listener, behind bearer tokens
 //! with roles: monitor reads, operator also force-releases leases, admin does
-//! everything.
+//! everything. `GET /metrics` (Prometheus) is here too: monitor, or anyone
+//! when `metrics_public = true`.
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -92,6 +94,26 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/v1/cluster/{id}/drain", post(drain_instance))
         .route("/admin/v1/rotate-key", post(rotate_key))
         .route("/admin/v1/verify", post(verify))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text format; docs/operations.md ("Metrics") lists the metrics.
+async fn metrics(
+    State(app): State<Arc<App>>,
+    caller: Result<Caller, ApiError>,
+) -> Result<axum::response::Response, ApiError> {
+    if !app.config.metrics_public {
+        caller?.need(Role::Monitor)?;
+    }
+    let body = app.metrics_text().await;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {

@@ -57,9 +57,16 @@ impl IntoResponse for ApiError {
         if let Some(id) = self.incident {
             body["incident"] = id.into();
         }
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        // For the metrics layer: requests failed, by code.
+        resp.extensions_mut().insert(ErrorCode(self.code));
+        resp
     }
 }
+
+/// The code of a plain error answer, kept on the response for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 impl From<AppError> for ApiError {
     fn from(e: AppError) -> Self {

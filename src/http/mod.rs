@@ -52,6 +52,19 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
+/// Times every request and counts plain error answers by code
+/// (`floatlm_request_duration_seconds`, `floatlm_request_errors_total`). A
+/// sealed request's handler names its operation on the response.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let op = crate::metrics::Operation::of_path(req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let op = resp.extensions().get().copied().unwrap_or(op);
+    let error = resp.extensions().get().map(|e: &error::ErrorCode| e.0);
+    app.metrics.request(op, started.elapsed(), error);
+    resp
+}
+
 async fn stamp_instance(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(app.instance_id()) {
@@ -61,11 +74,12 @@ async fn stamp_instance(State(app): State<Arc<App>>, req: Request, next: Next) -
 }
 
 /// Layers every router shares: body limit, panics as 500 JSON, tracing,
-/// instance header.
+/// instance header, metrics.
 fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
     router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), stamp_instance))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
         .layer(RequestBodyLimitLayer::new(app.config.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(

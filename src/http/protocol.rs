@@ -25,6 +25,7 @@ use crate::auth_hook::AuthInput;
 use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use crate::identities::IdentityRefusal;
 use crate::incident::Incident;
+use crate::metrics::{DenialReason, Operation};
 use crate::sessions::{refusal_code, Found, Opened, Session};
 
 fn octets(body: Vec<u8>) -> Response {
@@ -286,6 +287,7 @@ pub async fn request(
 ) -> Result<Response, ApiError> {
     let incoming = open_request(&app, &headers, &body)?;
     let (session_id, session) = (&incoming.session_id, &incoming.session);
+    let mut operation = Operation::Request;
     // The envelope opened: from here on every answer is sealed.
     let sealed = match app.admit_request(session_id, &incoming.found) {
         Admission::Full => return Err(too_many_sessions(&app)),
@@ -293,6 +295,7 @@ pub async fn request(
         Admission::Serve { ticket } => {
             let reply = match decode(&incoming.plaintext) {
                 Ok(req) => {
+                    operation = Operation::of(&req);
                     handle(
                         &app,
                         session,
@@ -315,13 +318,15 @@ pub async fn request(
         }
     };
     let json = serde_json::to_vec(&sealed).expect("reply serialises");
-    Ok(octets(envelope::seal(
+    let mut resp = octets(envelope::seal(
         &incoming.s2c,
         Direction::ServerToClient,
         incoming.seq,
         &incoming.binding(),
         &json,
-    )))
+    ));
+    resp.extensions_mut().insert(operation);
+    Ok(resp)
 }
 
 /// The sealed answer to a request of a refused identity.
@@ -450,6 +455,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 }
             };
             if !crate::domain::valid_name(&feature) {
+                app.metrics.denied(None, DenialReason::UnknownFeature);
                 return seat_error(SeatError::UnknownFeature(
                     feature
                         .chars()
@@ -468,6 +474,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 };
                 if let Err(why) = hook.check(&input).await {
                     tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
+                    app.metrics.denied(None, DenialReason::AuthDenied);
                     return no_license(reason::AUTH_DENIED, format!("No license: {why}"));
                 }
             }
@@ -499,6 +506,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                         // operator's force release (a resent login of it on
                         // another instance may have promised it).
                         (refusal, _) => {
+                            app.metrics.denied(None, DenialReason::IdentityRefused);
                             app.end_refused_grant(g.lease).await;
                             refusal.unwrap_or_else(|| refusal_of_expired(session))
                         }

@@ -397,10 +397,33 @@ impl SlotRead {
     }
 }
 
+/// One connection pool of a backend, as metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUse {
+    /// `main` (MySQL), `writer` or `reader` (SQLite).
+    pub pool: &'static str,
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+impl PoolUse {
+    fn of<DB: sqlx::Database>(pool: &'static str, p: &sqlx::Pool<DB>) -> PoolUse {
+        PoolUse {
+            pool,
+            open: p.size(),
+            idle: p.num_idle() as u32,
+            max: p.options().get_max_connections(),
+        }
+    }
+}
+
 /// The storage contract. Every method is one transaction (or none).
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     fn backend(&self) -> Backend;
+    /// This instance's connection pools (no database call).
+    fn pool_use(&self) -> Vec<PoolUse>;
 
     /// Runs the migrations of this backend; safe to call from several
     /// instances at the same moment.

@@ -1129,6 +1129,10 @@ impl Storage for MySqlStorage {
         Backend::Mysql
     }
 
+    fn pool_use(&self) -> Vec<super::PoolUse> {
+        vec![super::PoolUse::of("main", &self.pool)]
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
         // Several instances may start at once on a fresh database: one migrates,

@@ -659,6 +659,13 @@ impl Storage for SqliteStorage {
         Backend::Sqlite
     }
 
+    fn pool_use(&self) -> Vec<super::PoolUse> {
+        vec![
+            super::PoolUse::of("writer", &self.writer),
+            super::PoolUse::of("reader", &self.reader),
+        ]
+    }
+
     async fn migrate(&self) -> Result<()> {
         // One process owns the file; the writer connection serialises this.
         sqlx::migrate!("./migrations/sqlite")

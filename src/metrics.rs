@@ -1,0 +1,958 @@
+//! Prometheus metrics: every metric floatlm exports is defined here, once.
+//!
+//! [`Metrics`] owns a `prometheus-client` registry and the typed handles the
+//! rest of the code counts with (one-line hooks in `app/`, `batch.rs` and
+//! `http/`). What only the scrape can know (seat counts read from the
+//! database, sessions, the connection pool, the cluster view, the last
+//! backup) is handed in as a [`ScrapeView`] and encoded by a collector, so it
+//! is never stale by more than the scrape's own cache ([`SCRAPE_CACHE`] for
+//! the database part). The App owns one `Metrics`; there are no globals.
+//!
+//! Label values come from closed sets: the enums below, and feature names,
+//! which the licenses bound. No lease id, identity, user or host is ever a
+//! label. docs/operations.md ("Metrics") lists every metric.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::domain::seats::{Grant, SeatError};
+use crate::storage::PoolUse;
+
+/// The `Content-Type` of a scrape's answer (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The database part of a scrape (seat counts, cluster view) may be this
+/// old: a scraper polling every 100 ms costs the database one read a second.
+pub const SCRAPE_CACHE: Duration = Duration::from_secs(1);
+
+/// Defines a closed set of label values: an enum whose variants print as the
+/// given snake_case strings.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                e.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values!(
+    /// What a request to either listener was, for the latency histogram.
+    Operation {
+        Healthz => "healthz",
+        Ping => "ping",
+        Handshake => "handshake",
+        Resume => "resume",
+        Info => "info",
+        Login => "login",
+        Heartbeat => "heartbeat",
+        Logout => "logout",
+        /// A sealed request refused before its operation was known
+        /// (unknown session, replay, a changed byte, a bad operation).
+        Request => "request",
+        Admin => "admin",
+        Metrics => "metrics",
+        /// Any other path (answered 404).
+        Other => "other",
+    }
+);
+
+impl Operation {
+    /// The operation of a path, as far as the path says (a sealed request's
+    /// operation is inside it: its handler reports it).
+    pub fn of_path(path: &str) -> Operation {
+        use floatlm_protocol as p;
+        match path {
+            crate::http::HEALTHZ_PATH => Operation::Healthz,
+            p::PATH_PING => Operation::Ping,
+            p::PATH_HANDSHAKE => Operation::Handshake,
+            p::PATH_RESUME => Operation::Resume,
+            p::PATH_REQUEST => Operation::Request,
+            "/metrics" => Operation::Metrics,
+            _ if path.starts_with("/admin/") => Operation::Admin,
+            _ => Operation::Other,
+        }
+    }
+}
+
+impl Operation {
+    /// The operation a sealed request names.
+    pub fn of(req: &floatlm_protocol::messages::Request) -> Operation {
+        use floatlm_protocol::messages::Request as R;
+        match req {
+            R::Info { .. } => Operation::Info,
+            R::Login { .. } => Operation::Login,
+            R::Heartbeat { .. } => Operation::Heartbeat,
+            R::Logout { .. } => Operation::Logout,
+        }
+    }
+}
+
+label_values!(
+    /// Why a login was answered "No license" (or refused otherwise).
+    DenialReason {
+        AllSeatsTaken => "all_seats_taken",
+        UnknownFeature => "unknown_feature",
+        LicenseExpired => "license_expired",
+        LicenseRefused => "license_refused",
+        AuthDenied => "auth_denied",
+        RequestIdReused => "request_id_reused",
+        LeaseEnded => "lease_ended",
+        IdentityRefused => "identity_refused",
+        Unavailable => "unavailable",
+    }
+);
+
+label_values!(
+    /// How a lease named in a heartbeat was answered.
+    HeartbeatAnswer {
+        /// Alive, from the check read alone (no write).
+        FromRead => "from_read",
+        /// Alive, after an extension written before the answer.
+        Extended => "extended",
+        /// Lost (released, expired, taken over, refused).
+        Lost => "lost",
+    }
+);
+
+label_values!(
+    /// What a client's release found.
+    ReleaseOutcome {
+        Released => "released",
+        /// The lease was not live any more (nothing to release).
+        NotLive => "not_live",
+    }
+);
+
+label_values!(
+    /// The group-commit queues of `batch.rs`.
+    BatchKind {
+        Grant => "grant",
+        Check => "check",
+        Extend => "extend",
+        Refresh => "refresh",
+        Release => "release",
+    }
+);
+
+label_values!(
+    /// Database calls timed from the app and batch layers.
+    DbCall {
+        GrantBatch => "grant_batch",
+        CheckBatch => "check_batch",
+        ExtendBatch => "extend_batch",
+        ReleaseBatch => "release_batch",
+        ForceRelease => "force_release",
+        FeatureRows => "feature_rows",
+        Instances => "instances",
+    }
+);
+
+label_values!(
+    /// How a session was opened.
+    HelloKind {
+        Handshake => "handshake",
+        Resume => "resume",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FeatureLabel {
+    feature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DenialLabels {
+    /// Empty unless the feature is a licensed one (a client can name anything).
+    feature: String,
+    reason: DenialReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AnswerLabel {
+    answer: HeartbeatAnswer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: ReleaseOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperationLabel {
+    operation: Operation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabels {
+    operation: Operation,
+    /// An `ApiError` code: a fixed string of the code, never input.
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HelloLabels {
+    kind: HelloKind,
+    /// `ok`, or the error code the hello was refused with.
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BatchLabel {
+    batch: BatchKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabel {
+    call: DbCall,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Request and database latencies: 0.5 ms to about 8 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+/// Requests per batch: 1 to 4096.
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
+/// Seats of one feature, as `floatlm admin features` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureSeats {
+    pub feature: String,
+    pub total: i64,
+    pub used: i64,
+    pub free: i64,
+    /// The integrity check refuses it (its grants are refused).
+    pub refused: bool,
+}
+
+/// The database part of a scrape, cached for [`SCRAPE_CACHE`].
+#[derive(Debug, Clone, Default)]
+pub struct DbView {
+    pub features: Vec<FeatureSeats>,
+    /// Instances in the cluster view by state (`up`, `draining`, `down`).
+    pub instances: Vec<(&'static str, i64)>,
+}
+
+/// Sessions of this instance (from `Sessions::counts`).
+#[derive(Debug, Clone, Default)]
+pub struct SessionView {
+    pub live: u64,
+    pub pending: u64,
+    pub handshakes: u64,
+    pub resumes: u64,
+    pub identity_refused: u64,
+    pub pending_evicted: u64,
+    pub tickets_issued: u64,
+}
+
+/// Everything a scrape reads besides the counters: filled by the App.
+#[derive(Debug, Clone, Default)]
+pub struct ScrapeView {
+    pub instance_id: String,
+    pub backend: &'static str,
+    pub started_at: i64,
+    pub draining: bool,
+    /// None when the database could not be read for this scrape (then the
+    /// seat and cluster gauges are absent and `floatlm_scrape_database_up` is 0).
+    pub db: Option<Arc<DbView>>,
+    pub pools: Vec<PoolUse>,
+    pub sessions: SessionView,
+}
+
+/// The last backup this instance reported ([`Metrics::backup_finished`]).
+#[derive(Debug, Clone, Copy)]
+struct BackupState {
+    last_at: DateTime<Utc>,
+    last_ok: bool,
+    last_success_at: Option<DateTime<Utc>>,
+}
+
+/// What the collector encodes at scrape time.
+#[derive(Debug, Default)]
+struct Scraped {
+    view: Mutex<ScrapeView>,
+    backup: Mutex<Option<BackupState>>,
+}
+
+/// The registry and the handles the code counts with.
+pub struct Metrics {
+    registry: Registry,
+    scraped: Arc<Scraped>,
+    /// Serialises scrapes: each encodes the view it set.
+    scrape: tokio::sync::Mutex<()>,
+    /// The database part of a scrape, read at most once per [`SCRAPE_CACHE`].
+    pub db_cache: crate::cache::Cached<Arc<DbView>>,
+    grants: Family<FeatureLabel, Counter>,
+    grant_replays: Counter,
+    denials: Family<DenialLabels, Counter>,
+    releases: Family<OutcomeLabel, Counter>,
+    force_releases: Counter,
+    expiries: Family<FeatureLabel, Counter>,
+    heartbeat_leases: Family<AnswerLabel, Counter>,
+    background_extensions: Counter,
+    requests: Histograms<OperationLabel>,
+    request_errors: Family<ErrorLabels, Counter>,
+    hellos: Family<HelloLabels, Counter>,
+    batches: Histograms<BatchLabel>,
+    db_calls: Histograms<CallLabel>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            scraped: Arc::default(),
+            scrape: tokio::sync::Mutex::new(()),
+            db_cache: crate::cache::Cached::new(SCRAPE_CACHE),
+            grants: Family::default(),
+            grant_replays: Counter::default(),
+            denials: Family::default(),
+            releases: Family::default(),
+            force_releases: Counter::default(),
+            expiries: Family::default(),
+            heartbeat_leases: Family::default(),
+            background_extensions: Counter::default(),
+            requests: Family::new_with_constructor(latency_histogram),
+            request_errors: Family::default(),
+            hellos: Family::default(),
+            batches: Family::new_with_constructor(batch_histogram),
+            db_calls: Family::new_with_constructor(latency_histogram),
+        };
+        r.register(
+            "floatlm_grants",
+            "Seats granted by this instance (new leases, not resent logins), by feature",
+            m.grants.clone(),
+        );
+        r.register(
+            "floatlm_grant_replays",
+            "Resent logins answered with the lease an earlier one was granted",
+            m.grant_replays.clone(),
+        );
+        r.register(
+            "floatlm_denials",
+            "Logins refused, by reason; feature is set only for licensed features",
+            m.denials.clone(),
+        );
+        r.register(
+            "floatlm_releases",
+            "Releases (logouts) by what they found",
+            m.releases.clone(),
+        );
+        r.register(
+            "floatlm_force_releases",
+            "Leases ended by an operator (admin lease release)",
+            m.force_releases.clone(),
+        );
+        r.register(
+            "floatlm_lease_expiries",
+            "Leases this instance saw expire unreleased, by feature (see docs/operations.md: not yet fed)",
+            m.expiries.clone(),
+        );
+        r.register(
+            "floatlm_heartbeat_leases",
+            "Leases named in heartbeats, by how they were answered",
+            m.heartbeat_leases.clone(),
+        );
+        r.register(
+            "floatlm_lease_background_extensions",
+            "Leases queued for an extension after their heartbeat was answered from a read",
+            m.background_extensions.clone(),
+        );
+        r.register_with_unit(
+            "floatlm_request_duration",
+            "Time to answer a request, by operation",
+            Unit::Seconds,
+            m.requests.clone(),
+        );
+        r.register(
+            "floatlm_request_errors",
+            "Requests answered with a plain error (not sealed), by operation and error code",
+            m.request_errors.clone(),
+        );
+        r.register(
+            "floatlm_hellos",
+            "Handshakes and resumptions answered, by result (ok or the error code)",
+            m.hellos.clone(),
+        );
+        r.register(
+            "floatlm_batch_size",
+            "Requests per group-commit batch, by queue",
+            m.batches.clone(),
+        );
+        r.register_with_unit(
+            "floatlm_db_call_duration",
+            "Time of a database call (one transaction or statement) made by the app or batch layer",
+            Unit::Seconds,
+            m.db_calls.clone(),
+        );
+        r.register_collector(Box::new(m.scraped.clone()));
+        Metrics { registry: r, ..m }
+    }
+
+    // ------------------------------------------------------------------ hooks
+
+    pub fn granted(&self, feature: &str, replayed: bool) {
+        if replayed {
+            self.grant_replays.inc();
+        } else {
+            self.grants
+                .get_or_create(&FeatureLabel {
+                    feature: feature.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// A refused login. `licensed_feature` is the feature's name when the
+    /// server knows it is licensed, else None (a client may name anything).
+    pub fn denied(&self, licensed_feature: Option<&str>, reason: DenialReason) {
+        self.denials
+            .get_or_create(&DenialLabels {
+                feature: licensed_feature.unwrap_or_default().to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A login's answer from the seats service: a grant, or a refusal.
+    pub fn grant_answered(&self, r: &Result<Grant, SeatError>) {
+        let (feature, reason) = match r {
+            Ok(g) => return self.granted(&g.feature, g.replayed),
+            // These name a feature the licenses hold.
+            Err(SeatError::NoSeat { feature, .. }) => (Some(feature), DenialReason::AllSeatsTaken),
+            Err(SeatError::Expired(f)) => (Some(f), DenialReason::LicenseExpired),
+            Err(SeatError::Refused(f, _)) => (Some(f), DenialReason::LicenseRefused),
+            // The rest may name anything a client sent.
+            Err(SeatError::UnknownFeature(_)) => (None, DenialReason::UnknownFeature),
+            Err(SeatError::RequestIdReused(_)) => (None, DenialReason::RequestIdReused),
+            Err(SeatError::LeaseEnded(_)) => (None, DenialReason::LeaseEnded),
+            Err(SeatError::Storage(_)) => (None, DenialReason::Unavailable),
+        };
+        self.denied(feature.map(String::as_str), reason);
+    }
+
+    pub fn released(&self, outcome: ReleaseOutcome) {
+        self.releases.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn force_released(&self) {
+        self.force_releases.inc();
+    }
+
+    /// A lease found expired without a release (for the code that can tell
+    /// an expiry from a release: the storage when it reuses a slot).
+    pub fn lease_expired(&self, feature: &str) {
+        self.expiries
+            .get_or_create(&FeatureLabel {
+                feature: feature.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn heartbeat_leases(&self, answer: HeartbeatAnswer, n: usize) {
+        if n > 0 {
+            self.heartbeat_leases
+                .get_or_create(&AnswerLabel { answer })
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn background_extensions(&self, n: usize) {
+        self.background_extensions.inc_by(n as u64);
+    }
+
+    /// A request answered after `took`; `error` is the plain error's code.
+    pub fn request(&self, operation: Operation, took: Duration, error: Option<&'static str>) {
+        self.requests
+            .get_or_create(&OperationLabel { operation })
+            .observe(took.as_secs_f64());
+        if let Some(code) = error {
+            self.request_errors
+                .get_or_create(&ErrorLabels { operation, code })
+                .inc();
+        }
+        let kind = match operation {
+            Operation::Handshake => HelloKind::Handshake,
+            Operation::Resume => HelloKind::Resume,
+            _ => return,
+        };
+        self.hellos
+            .get_or_create(&HelloLabels {
+                kind,
+                result: error.unwrap_or("ok"),
+            })
+            .inc();
+    }
+
+    pub fn batch(&self, batch: BatchKind, requests: usize) {
+        self.batches
+            .get_or_create(&BatchLabel { batch })
+            .observe(requests as f64);
+    }
+
+    /// Runs `call` and records how long it took.
+    pub async fn timed<T>(&self, call: DbCall, op: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = op.await;
+        self.db_calls
+            .get_or_create(&CallLabel { call })
+            .observe(started.elapsed().as_secs_f64());
+        out
+    }
+
+    /// Records a backup this instance finished at `at` (`ok`: it was
+    /// written and verified). The backup code calls it; until a backup
+    /// finishes the backup gauges are absent.
+    pub fn backup_finished(&self, ok: bool, at: DateTime<Utc>) {
+        let mut b = self.scraped.backup.lock().expect("lock");
+        let last_success_at = if ok {
+            Some(at)
+        } else {
+            b.and_then(|b| b.last_success_at)
+        };
+        *b = Some(BackupState {
+            last_at: at,
+            last_ok: ok,
+            last_success_at,
+        });
+    }
+
+    // ----------------------------------------------------------------- scrape
+
+    /// The text of one scrape, with `view` as the scrape-time values.
+    pub async fn encode(&self, view: ScrapeView) -> String {
+        let _one = self.scrape.lock().await;
+        *self.scraped.view.lock().expect("lock") = view;
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            // Writing into a String fails only if an encoder refuses a value.
+            tracing::error!(error = %e, "could not encode the metrics");
+        }
+        out
+    }
+}
+
+/// Encodes one metric family from `(labels, value)` rows; nothing when empty.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    kind: MetricType,
+    rows: Vec<(L, M)>,
+) -> Result<(), std::fmt::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut m = enc.encode_descriptor(name, help, unit, kind)?;
+    for (labels, metric) in rows {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One metric without labels.
+fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: M,
+) -> Result<(), std::fmt::Error> {
+    let kind = metric.metric_type();
+    metric.encode(enc.encode_descriptor(name, help, unit, kind)?)
+}
+
+fn gauge(v: i64) -> ConstGauge<i64> {
+    ConstGauge::new(v)
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+/// Label sets of the scrape-time families.
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    backend: &'static str,
+    instance_id: String,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct PoolOnly {
+    pool: &'static str,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct KindLabel {
+    kind: HelloKind,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let v = self.view.lock().expect("lock").clone();
+        let e = &mut enc;
+        let (g, c) = (MetricType::Gauge, MetricType::Counter);
+        family(
+            e,
+            "floatlm_build_info",
+            "Always 1: this instance's version, storage backend and id",
+            None,
+            g,
+            vec![(
+                BuildLabels {
+                    version: env!("CARGO_PKG_VERSION"),
+                    backend: v.backend,
+                    instance_id: v.instance_id.clone(),
+                },
+                gauge(1),
+            )],
+        )?;
+        single(
+            e,
+            "floatlm_start_time_seconds",
+            "When this instance started, Unix time",
+            None,
+            gauge(v.started_at),
+        )?;
+        single(
+            e,
+            "floatlm_draining",
+            "1 while this instance drains after SIGTERM",
+            None,
+            gauge(v.draining.into()),
+        )?;
+        single(
+            e,
+            "floatlm_scrape_database_up",
+            "1 when this scrape could read seat counts and the cluster view from the database",
+            None,
+            gauge(v.db.is_some().into()),
+        )?;
+        if let Some(db) = &v.db {
+            let per = |f: fn(&FeatureSeats) -> i64| -> Vec<(FeatureLabel, ConstGauge<i64>)> {
+                db.features
+                    .iter()
+                    .map(|s| {
+                        (
+                            FeatureLabel {
+                                feature: s.feature.clone(),
+                            },
+                            gauge(f(s)),
+                        )
+                    })
+                    .collect()
+            };
+            family(
+                e,
+                "floatlm_feature_seats",
+                "Seats licensed and valid now, per feature (admin features: total)",
+                None,
+                g,
+                per(|s| s.total),
+            )?;
+            family(
+                e,
+                "floatlm_feature_seats_used",
+                "Seats held by live leases, per feature (admin features: used)",
+                None,
+                g,
+                per(|s| s.used),
+            )?;
+            family(
+                e,
+                "floatlm_feature_seats_free",
+                "Seats a grant could take now, per feature (admin features: free)",
+                None,
+                g,
+                per(|s| s.free),
+            )?;
+            family(
+                e,
+                "floatlm_feature_refused",
+                "1 when the integrity check refuses the feature (its grants are refused)",
+                None,
+                g,
+                per(|s| s.refused.into()),
+            )?;
+            family(
+                e,
+                "floatlm_cluster_instances",
+                "Instances in the cluster view, by state",
+                None,
+                g,
+                db.instances
+                    .iter()
+                    .map(|(state, n)| (StateLabel { state }, gauge(*n)))
+                    .collect(),
+            )?;
+        }
+        let pools = |f: fn(&PoolUse) -> (&'static str, u32)| {
+            v.pools
+                .iter()
+                .map(|p| {
+                    let (state, n) = f(p);
+                    (
+                        PoolLabels {
+                            pool: p.pool,
+                            state,
+                        },
+                        gauge(n.into()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut conns = pools(|p| ("idle", p.idle));
+        conns.extend(pools(|p| ("in_use", p.open.saturating_sub(p.idle))));
+        family(
+            e,
+            "floatlm_db_pool_connections",
+            "Open database connections of this instance, by pool and state",
+            None,
+            g,
+            conns,
+        )?;
+        family(
+            e,
+            "floatlm_db_pool_max_connections",
+            "The most connections a pool may open",
+            None,
+            g,
+            v.pools
+                .iter()
+                .map(|p| (PoolOnly { pool: p.pool }, gauge(p.max.into())))
+                .collect(),
+        )?;
+        let s = &v.sessions;
+        family(
+            e,
+            "floatlm_sessions_open",
+            "Protocol sessions held by this instance: live (confirmed by a request) and pending",
+            None,
+            g,
+            vec![
+                (StateLabel { state: "live" }, gauge(s.live as i64)),
+                (StateLabel { state: "pending" }, gauge(s.pending as i64)),
+            ],
+        )?;
+        family(
+            e,
+            "floatlm_sessions_opened",
+            "Sessions confirmed by their first request, by how they were opened",
+            None,
+            c,
+            vec![
+                (
+                    KindLabel {
+                        kind: HelloKind::Handshake,
+                    },
+                    counter(s.handshakes),
+                ),
+                (
+                    KindLabel {
+                        kind: HelloKind::Resume,
+                    },
+                    counter(s.resumes),
+                ),
+            ],
+        )?;
+        family(
+            e,
+            "floatlm_sessions_ended",
+            "Sessions dropped before their client finished with them, by reason",
+            None,
+            c,
+            vec![
+                (
+                    ReasonLabel {
+                        reason: "identity_refused",
+                    },
+                    counter(s.identity_refused),
+                ),
+                (
+                    ReasonLabel {
+                        reason: "pending_evicted",
+                    },
+                    counter(s.pending_evicted),
+                ),
+            ],
+        )?;
+        single(
+            e,
+            "floatlm_tickets_issued",
+            "Resumption tickets handed out",
+            None,
+            counter(s.tickets_issued),
+        )?;
+        if let Some(b) = *self.backup.lock().expect("lock") {
+            single(
+                e,
+                "floatlm_backup_last_timestamp_seconds",
+                "When the last backup this instance took finished, Unix time",
+                None,
+                gauge(b.last_at.timestamp()),
+            )?;
+            single(
+                e,
+                "floatlm_backup_last_success",
+                "1 when the last backup this instance took succeeded",
+                None,
+                gauge(b.last_ok.into()),
+            )?;
+            if let Some(ok_at) = b.last_success_at {
+                single(
+                    e,
+                    "floatlm_backup_last_success_timestamp_seconds",
+                    "When the last successful backup this instance took finished, Unix time",
+                    None,
+                    gauge(ok_at.timestamp()),
+                )?;
+                single(
+                    e,
+                    "floatlm_backup_age_seconds",
+                    "Seconds since the last successful backup this instance took",
+                    None,
+                    ConstGauge::new((Utc::now() - ok_at).num_milliseconds().max(0) as f64 / 1e3),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_follow_the_conventions_and_the_scrape_view_shows() {
+        let m = Metrics::new();
+        m.granted("cad", false);
+        m.granted("cad", true);
+        m.denied(Some("cad"), DenialReason::AllSeatsTaken);
+        m.denied(None, DenialReason::UnknownFeature);
+        m.request(
+            Operation::Handshake,
+            Duration::from_millis(3),
+            Some("auth_failed"),
+        );
+        m.batch(BatchKind::Grant, 7);
+        m.timed(DbCall::GrantBatch, async {}).await;
+        let text = m
+            .encode(ScrapeView {
+                instance_id: "i-1".into(),
+                backend: "sqlite",
+                db: Some(Arc::new(DbView {
+                    features: vec![FeatureSeats {
+                        feature: "cad".into(),
+                        total: 5,
+                        used: 2,
+                        free: 3,
+                        refused: false,
+                    }],
+                    instances: vec![("up", 1)],
+                })),
+                ..Default::default()
+            })
+            .await;
+        for line in [
+            "floatlm_grants_total{feature=\"cad\"} 1",
+            "floatlm_grant_replays_total 1",
+            "floatlm_denials_total{feature=\"cad\",reason=\"all_seats_taken\"} 1",
+            "floatlm_denials_total{feature=\"\",reason=\"unknown_feature\"} 1",
+            "floatlm_hellos_total{kind=\"handshake\",result=\"auth_failed\"} 1",
+            "floatlm_request_duration_seconds_count{operation=\"handshake\"} 1",
+            "floatlm_batch_size_bucket{batch=\"grant\",le=\"8\"} 1",
+            "floatlm_db_call_duration_seconds_count{call=\"grant_batch\"} 1",
+            "floatlm_feature_seats{feature=\"cad\"} 5",
+            "floatlm_feature_seats_used{feature=\"cad\"} 2",
+            "floatlm_feature_seats_free{feature=\"cad\"} 3",
+            "floatlm_cluster_instances{state=\"up\"} 1",
+            "floatlm_scrape_database_up 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("floatlm_backup_"), "{text}");
+        let at = Utc::now() - chrono::Duration::seconds(30);
+        m.backup_finished(true, at);
+        m.backup_finished(false, Utc::now());
+        let text = m.encode(ScrapeView::default()).await;
+        assert!(text.contains("floatlm_backup_last_success 0\n"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "floatlm_backup_last_success_timestamp_seconds {}\n",
+                at.timestamp()
+            )),
+            "{text}"
+        );
+        assert!(text.contains("floatlm_scrape_database_up 0\n"), "{text}");
+        assert!(!text.contains("floatlm_feature_seats"), "{text}");
+    }
+}
