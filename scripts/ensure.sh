@@ -1,6 +1,6 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: makes sure MariaDB answers
-# on 127.0.0.1:3306 (starting or installing it) and that nginx-light, faketime
-# and docker-compose are installed (apt-get, as root).
+# on 127.0.0.1:3306 (starting or installing it) and that nginx-light, faketime,
+# docker-compose and prometheus (for promtool) are installed (apt-get, as root).
 
 say() { printf '==> %s\n' "$*"; }
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
@@ -46,9 +46,11 @@ ensure_nginx() {
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
   # tests/containers.rs validates docker-compose.yml with Compose.
   { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing+=(docker-compose)
+  # tests/metrics.rs checks every scrape of /metrics with `promtool check metrics`.
+  command -v promtool >/dev/null || missing+=(prometheus)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing ${missing[*]} for the active-active tests"
+    say "installing ${missing[*]} for the active-active and metrics tests"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
     echo "missing: ${missing[*]}. Install them (apt-get install -y ${missing[*]})." >&2

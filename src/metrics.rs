@@ -591,7 +591,8 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     if rows.is_empty() {
         return Ok(());
     }
-    let mut m = enc.encode_descriptor(name, help, unit, kind)?;
+    // Ends in a period like the registered metrics' help (the registry adds it).
+    let mut m = enc.encode_descriptor(name, &format!("{help}."), unit, kind)?;
     for (labels, metric) in rows {
         metric.encode(m.encode_family(&labels)?)?;
     }
@@ -607,7 +608,7 @@ fn single<M: EncodeMetric>(
     metric: M,
 ) -> Result<(), std::fmt::Error> {
     let kind = metric.metric_type();
-    metric.encode(enc.encode_descriptor(name, help, unit, kind)?)
+    metric.encode(enc.encode_descriptor(name, &format!("{help}."), unit, kind)?)
 }
 
 fn gauge(v: i64) -> ConstGauge<i64> {
