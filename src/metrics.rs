@@ -956,4 +956,51 @@ mod tests {
         assert!(text.contains("floatlm_scrape_database_up 0\n"), "{text}");
         assert!(!text.contains("floatlm_feature_seats"), "{text}");
     }
+
+    #[tokio::test]
+    async fn docs_list_every_metric() {
+        let m = Metrics::new();
+        m.granted("f", false);
+        m.denied(None, DenialReason::AuthDenied);
+        m.released(ReleaseOutcome::Released);
+        m.lease_expired("f");
+        m.heartbeat_leases(HeartbeatAnswer::Lost, 1);
+        m.request(Operation::Resume, Duration::ZERO, Some("ticket_refused"));
+        m.batch(BatchKind::Check, 1);
+        m.backup_finished(true, Utc::now());
+        let text = m
+            .encode(ScrapeView {
+                db: Some(Arc::new(DbView {
+                    features: vec![FeatureSeats {
+                        feature: "f".into(),
+                        total: 1,
+                        used: 0,
+                        free: 1,
+                        refused: false,
+                    }],
+                    instances: vec![("up", 1)],
+                })),
+                pools: vec![PoolUse {
+                    pool: "main",
+                    open: 1,
+                    idle: 1,
+                    max: 1,
+                }],
+                ..Default::default()
+            })
+            .await;
+        let docs = include_str!("../docs/operations.md");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert!(names.len() >= 30, "{names:?}");
+        for name in names {
+            assert!(
+                docs.contains(&format!("| `{name}` |")),
+                "docs/operations.md (\"Metrics\") does not list {name}"
+            );
+        }
+    }
 }
