@@ -313,7 +313,7 @@ pub struct Metrics {
     /// Serialises scrapes: each encodes the view it set.
     scrape: tokio::sync::Mutex<()>,
     /// The database part of a scrape, read at most once per [`SCRAPE_CACHE`].
-    pub db_cache: crate::cache::Cached<Arc<DbView>>,
+    pub(crate) db_cache: crate::cache::Cached<Arc<DbView>>,
     grants: Family<FeatureLabel, Counter>,
     grant_replays: Counter,
     denials: Family<DenialLabels, Counter>,

@@ -153,7 +153,8 @@ impl App {
         stats.lost.fetch_add(lost as u64, Ordering::Relaxed);
         let m = &self.metrics;
         m.heartbeat_leases(HeartbeatAnswer::FromRead, answered_live);
-        m.heartbeat_leases(HeartbeatAnswer::Extended, out.len() - answered_live - lost);
+        let extended = out.len().saturating_sub(answered_live + lost);
+        m.heartbeat_leases(HeartbeatAnswer::Extended, extended);
         m.heartbeat_leases(HeartbeatAnswer::Lost, lost);
         Ok(out)
     }
