@@ -14,8 +14,10 @@
 //! | `keys.rs` | master keys, the key canary, sealing contexts, rotation |
 //! | `cluster.rs` | the cluster view, drain/remove, database watch, maintenance |
 //! | `clock.rs` | the database clock |
+//! | `backup.rs` | backups on demand and on a schedule |
 
 mod access;
+mod backup;
 mod clock;
 mod cluster;
 mod keys;
@@ -24,6 +26,7 @@ mod seats;
 mod tickets;
 
 pub use access::{Admission, IdentityView, RevokeReport, TokenView};
+pub use backup::{BackupListing, CreatedBackup};
 pub use cluster::ClusterMember;
 pub use keys::RotateReport;
 pub use licenses::{FeatureView, IntegrityReport, LicenseView};
