@@ -189,8 +189,12 @@ impl App {
         };
         crate::backup::backup_finished(done.ok, self.db_now(), done.bytes.unwrap_or(0) as u64);
         match &outcome {
-            Ok(_) => tracing::info!(slot, file = %name, dir = %self.config.backup_dir.display(), "scheduled backup written"),
-            Err(e) => tracing::error!(slot, error = %e, "scheduled backup failed; another instance retries it later"),
+            Ok(_) => {
+                tracing::info!(slot, file = %name, dir = %self.config.backup_dir.display(), "scheduled backup written")
+            }
+            Err(e) => {
+                tracing::error!(slot, error = %e, "scheduled backup failed; another instance retries it later")
+            }
         }
         self.storage.finish_backup(slot, &me, &done).await?;
         if let Err(e) = self

@@ -379,7 +379,9 @@ pub fn open(bytes: &[u8], ring: &Keyring, known_schema: i64) -> Result<Opened, B
     }
     let body_bytes = &plain[4 + mlen..];
     if crate::crypto::sha256_hex(body_bytes) != manifest.digest {
-        return Err(malformed("its content does not match the manifest's digest"));
+        return Err(malformed(
+            "its content does not match the manifest's digest",
+        ));
     }
     let body: Body = serde_json::from_slice(body_bytes)
         .map_err(|e| malformed(format!("its tables are not readable ({e})")))?;
@@ -425,7 +427,10 @@ pub fn open(bytes: &[u8], ring: &Keyring, known_schema: i64) -> Result<Opened, B
             for (d, pos) in table.columns.iter().zip(&at) {
                 let v = pos.map_or(&Value::Null, |p| &r[p]);
                 cells.push(json_cell(v, d.ty, d.nullable).map_err(|why| {
-                    malformed(format!("table {} row {n} column {}: {why}", bt.name, d.name))
+                    malformed(format!(
+                        "table {} row {n} column {}: {why}",
+                        bt.name, d.name
+                    ))
                 })?);
             }
             rows.push(cells);

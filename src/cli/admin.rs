@@ -412,9 +412,9 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let (name, bytes) = api.download("/admin/v1/backups").await?;
             let path = output.clone().unwrap_or_else(|| {
-                PathBuf::from(name.unwrap_or_else(|| {
-                    crate::backup::files::file_name(chrono::Utc::now())
-                }))
+                PathBuf::from(
+                    name.unwrap_or_else(|| crate::backup::files::file_name(chrono::Utc::now())),
+                )
             });
             crate::backup::files::write_atomic(&path, &bytes)
                 .with_context(|| format!("cannot write {}", path.display()))?;

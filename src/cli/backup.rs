@@ -61,7 +61,10 @@ fn load(flags: &ServerFlags, file: &Path) -> anyhow::Result<(Config, Opened)> {
     let ring = configured_keyring(&cfg).map_err(anyhow::Error::msg)?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let refused = |e: &dyn std::fmt::Display| {
-        anyhow::anyhow!("backup {} refused: {e}; nothing was changed", file.display())
+        anyhow::anyhow!(
+            "backup {} refused: {e}; nothing was changed",
+            file.display()
+        )
     };
     let opened = open(&bytes, &ring, known_schema()).map_err(|e| refused(&e))?;
     check_sealed(&opened, &ring).map_err(|e| refused(&e))?;
@@ -123,7 +126,10 @@ fn database_name(cfg: &Config) -> String {
 
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let (cfg, opened) = load(&args.flags, &args.file)?;
-    if matches!(cfg.sources.get("database_url"), None | Some(Source::Default)) {
+    if matches!(
+        cfg.sources.get("database_url"),
+        None | Some(Source::Default)
+    ) {
         bail!("name the database to restore into: --database-url sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE");
     }
     let hold = args
@@ -132,7 +138,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .map(|h| {
             crate::config::parse_duration(h)
                 .filter(|d| d.as_secs() <= 86_400)
-                .ok_or_else(|| anyhow::anyhow!("--hold {h}: not a duration up to 24h (e.g. 90s, 2m)"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--hold {h}: not a duration up to 24h (e.g. 90s, 2m)")
+                })
         })
         .transpose()?;
     let target = describe(&cfg);
@@ -186,9 +194,8 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     }
     storage.migrate().await?;
-    let hold = hold.unwrap_or_else(|| {
-        longest_ttl.max(cfg.lease_ttl) + CLOCK_MARGIN + Duration::from_secs(1)
-    });
+    let hold = hold
+        .unwrap_or_else(|| longest_ttl.max(cfg.lease_ttl) + CLOCK_MARGIN + Duration::from_secs(1));
     let until = storage.restore(&opened.tables, hold).await?;
     let m = &opened.manifest;
     println!(

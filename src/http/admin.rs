@@ -303,10 +303,7 @@ async fn create_backup(
     let b = app.create_backup().await?;
     Ok((
         [
-            (
-                header::CONTENT_TYPE,
-                "application/octet-stream".to_string(),
-            ),
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{}\"", b.name),

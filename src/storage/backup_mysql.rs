@@ -72,10 +72,11 @@ impl BackupStore for MySqlStorage {
                 rows: out,
             });
         }
-        let longest: i64 =
-            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(lease_ttl_ms), 0) AS SIGNED) FROM instances")
-                .fetch_one(&mut *tx)
-                .await?;
+        let longest: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(lease_ttl_ms), 0) AS SIGNED) FROM instances",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Snapshot {
             taken_at: now.and_utc(),
@@ -124,11 +125,10 @@ impl BackupStore for MySqlStorage {
                 q.build().execute(&mut *tx).await?;
             }
         }
-        let until: NaiveDateTime =
-            sqlx::query_scalar("SELECT NOW(6) + INTERVAL ? MICROSECOND")
-                .bind(micros(hold))
-                .fetch_one(&mut *tx)
-                .await?;
+        let until: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6) + INTERVAL ? MICROSECOND")
+            .bind(micros(hold))
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL, granted_by = NULL,
                 granted_at = NULL, lease_nonce = 0, promise_ms = 0, expires_at = ?

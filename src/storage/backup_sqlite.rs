@@ -68,10 +68,11 @@ impl BackupStore for SqliteStorage {
                 rows: out,
             });
         }
-        let longest: i64 =
-            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(lease_ttl_ms), 0) AS INTEGER) FROM instances")
-                .fetch_one(&mut *tx)
-                .await?;
+        let longest: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(lease_ttl_ms), 0) AS INTEGER) FROM instances",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Snapshot {
             taken_at: utc(now),
