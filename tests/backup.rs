@@ -92,16 +92,28 @@ fn create_token(p: &ServerProc) -> String {
 /// `lease` before is told it lost it (its identity still works: the
 /// handshake succeeds); no seat is granted while the restore's hold runs,
 /// and one is once it ends.
-async fn check_restored(
-    n: &ServerProc,
-    license: &str,
+/// What was there before a restore, to look for after it.
+struct Before<'a> {
+    license: &'a str,
     identities: usize,
-    token: &str,
-    holder: &RecClient,
-    lease: &str,
-    other: &RecClient,
-    restored_at: Instant,
-) {
+    /// An operator token made before the backup.
+    token: &'a str,
+    /// The client that held `lease` when the backup was made.
+    holder: &'a RecClient,
+    lease: &'a str,
+    /// Another client, to ask for a seat after the restore.
+    other: &'a RecClient,
+}
+
+async fn check_restored(n: &ServerProc, before: Before<'_>, restored_at: Instant) {
+    let Before {
+        license,
+        identities,
+        token,
+        holder,
+        lease,
+        other,
+    } = before;
     let lic = admin_json(n, token, &["license", "list"]);
     assert!(
         lic["licenses"]
@@ -246,7 +258,15 @@ async fn a_cluster_backup_restores_into_a_fresh_database_without_its_leases() {
         &["--vendor-key", &pubkey],
         &[("FLOATLM_LEASE_TTL", TTL), ("FLOATLM_LEASE_HOLD", HOLD)],
     );
-    check_restored(&n, "PROMISE", 2, &token, &a, &lease, &b, restored_at).await;
+    let before = Before {
+        license: "PROMISE",
+        identities: 2,
+        token: &token,
+        holder: &a,
+        lease: &lease,
+        other: &b,
+    };
+    check_restored(&n, before, restored_at).await;
     // Never more promises than seats, across the old cluster and the new one.
     Findings::new().finish(&rec, &cl.seats);
 }
@@ -330,7 +350,15 @@ async fn an_sqlite_backup_restores_into_a_new_file_without_its_leases() {
         &["--vendor-key", &pubkey],
         &env,
     );
-    check_restored(&n, "SQL1", 2, &token, &a, &lease, &b, restored_at).await;
+    let before = Before {
+        license: "SQL1",
+        identities: 2,
+        token: &token,
+        holder: &a,
+        lease: &lease,
+        other: &b,
+    };
+    check_restored(&n, before, restored_at).await;
     let mut seats = std::collections::BTreeMap::new();
     seats.insert("cad".to_string(), 1);
     Findings::new().finish(&rec, &seats);
@@ -472,7 +500,9 @@ async fn refused_files_change_nothing(kind: Kind) {
     let newer = floatlm::backup::seal(&newer, b"{\"tables\":[]}", &ring).bytes;
     let other_key = key_env(MASTER_KEY_1_OTHER);
     let unknown_key = key_env(MASTER_KEY_2);
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+    // (what, file, environment, what the refusal says)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "a tampered byte",
             write("tampered.fbk", &tampered),
