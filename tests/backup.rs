@@ -663,8 +663,8 @@ async fn scheduled_backups_are_taken_once_per_interval_by_one_instance() {
         .collect();
     admin_cli(&servers[0], &["apply", &lic]);
 
-    // A claim left by an instance that died before finishing (it is in no
-    // instance row): the next slot but one, claimed ahead of time.
+    // A claim left by an instance that died 10 s ago before finishing (it
+    // is in no instance row): the next slot but one, claimed ahead of time.
     let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
     let now_ms: i64 = sqlx::query_scalar("SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000 AS SIGNED)")
         .fetch_one(&pool)
@@ -672,7 +672,8 @@ async fn scheduled_backups_are_taken_once_per_interval_by_one_instance() {
         .unwrap();
     let ghost_slot = now_ms.div_euclid(2000) + 2;
     sqlx::query(
-        "INSERT INTO backup_claims (slot, instance_id, claimed_at) VALUES (?, 'ghost', NOW(6))",
+        "INSERT INTO backup_claims (slot, instance_id, claimed_at)
+         VALUES (?, 'ghost', NOW(6) - INTERVAL 10 SECOND)",
     )
     .bind(ghost_slot)
     .execute(&pool)

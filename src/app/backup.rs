@@ -109,7 +109,7 @@ impl App {
         let every = (interval / 10).clamp(Duration::from_millis(200), Duration::from_secs(30));
         // After a lost claim, look again this much later (to take over a
         // claim whose instance died).
-        let recheck = every.max(Duration::from_secs(5));
+        let recheck = every.max(Duration::from_secs(1));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut done: Option<i64> = None;

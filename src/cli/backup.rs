@@ -175,25 +175,30 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 bail!("not confirmed; nothing was changed");
             }
         }
-        let live_within = (cfg.cluster_heartbeat * 3).as_secs_f64();
-        let instances = storage.instances().await?;
-        let live: Vec<String> = instances
-            .iter()
-            .filter(|i| i.silent_for_s < live_within)
-            .map(|i| format!("{} (seen {:.1} s ago)", i.id, i.silent_for_s))
+        // Read with the columns every schema has (not migrated yet).
+        let live_within = cfg.cluster_heartbeat * 3;
+        let live: Vec<String> = storage
+            .live_versions(live_within)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
             .collect();
         if !live.is_empty() {
             bail!(
                 "instance(s) {} still serve {target}: stop every instance before a restore --replace \
-                 (an instance counts as live for {live_within:.0} s after its last heartbeat); nothing was changed",
-                live.join(", ")
+                 (an instance counts as live for {:.0} s after its last heartbeat); nothing was changed",
+                live.join(", "),
+                live_within.as_secs_f64()
             );
-        }
-        for i in &instances {
-            longest_ttl = longest_ttl.max(Duration::from_millis(i.lease_ttl_ms.max(0) as u64));
         }
     }
     storage.migrate().await?;
+    if !present.is_empty() {
+        // Instances that served the replaced state gave promises this long.
+        for i in storage.instances().await? {
+            longest_ttl = longest_ttl.max(Duration::from_millis(i.lease_ttl_ms.max(0) as u64));
+        }
+    }
     let hold = hold
         .unwrap_or_else(|| longest_ttl.max(cfg.lease_ttl) + CLOCK_MARGIN + Duration::from_secs(1));
     let until = storage.restore(&opened.tables, hold).await?;

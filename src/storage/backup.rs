@@ -221,9 +221,12 @@ pub trait BackupStore: Send + Sync {
     async fn restore(&self, tables: &[TableRows], hold: Duration) -> Result<DateTime<Utc>>;
 
     /// Claims scheduled backup `slot` for `instance`: true when this call
-    /// inserted the claim, or took over one whose instance has not been
-    /// seen for `down_after`, that has run for `stale_after` without
-    /// finishing, or whose backup failed `stale_after` ago or earlier.
+    /// inserted the claim, or took over an unfinished one made at least
+    /// `down_after` ago by an instance not seen for `down_after` (a claim
+    /// younger than that is never judged by the instance table: its
+    /// instance may not have recorded itself yet), an unfinished one made
+    /// `stale_after` ago or earlier, or one whose backup failed
+    /// `stale_after` ago or earlier.
     async fn claim_backup(
         &self,
         slot: i64,

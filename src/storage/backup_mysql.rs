@@ -168,14 +168,16 @@ impl BackupStore for MySqlStorage {
             "UPDATE backup_claims c SET c.instance_id = ?, c.claimed_at = NOW(6), c.finished_at = NULL,
                 c.outcome = NULL, c.file = NULL, c.bytes = NULL, c.digest = NULL, c.error = NULL
              WHERE c.slot = ? AND (
-                (c.finished_at IS NULL AND (c.claimed_at < NOW(6) - INTERVAL ? MICROSECOND OR NOT EXISTS (
+                (c.finished_at IS NULL AND (c.claimed_at < NOW(6) - INTERVAL ? MICROSECOND OR (
+                    c.claimed_at < NOW(6) - INTERVAL ? MICROSECOND AND NOT EXISTS (
                     SELECT 1 FROM instances i
-                    WHERE i.id = c.instance_id AND i.last_seen > NOW(6) - INTERVAL ? MICROSECOND)))
+                    WHERE i.id = c.instance_id AND i.last_seen > NOW(6) - INTERVAL ? MICROSECOND))))
                 OR (c.outcome = 'failed' AND c.finished_at < NOW(6) - INTERVAL ? MICROSECOND))",
         )
         .bind(instance)
         .bind(slot)
         .bind(micros(stale_after))
+        .bind(micros(down_after))
         .bind(micros(down_after))
         .bind(micros(stale_after))
         .execute(&self.pool)

@@ -165,9 +165,9 @@ impl BackupStore for SqliteStorage {
                 "UPDATE backup_claims SET instance_id = ?1, claimed_at = ?2, finished_at = NULL,
                     outcome = NULL, file = NULL, bytes = NULL, digest = NULL, error = NULL
                  WHERE slot = ?3 AND (
-                    (finished_at IS NULL AND (claimed_at < ?2 - ?4 OR NOT EXISTS (
+                    (finished_at IS NULL AND (claimed_at < ?2 - ?4 OR (claimed_at < ?2 - ?5 AND NOT EXISTS (
                         SELECT 1 FROM instances i
-                        WHERE i.id = backup_claims.instance_id AND i.last_seen > ?2 - ?5)))
+                        WHERE i.id = backup_claims.instance_id AND i.last_seen > ?2 - ?5))))
                     OR (outcome = 'failed' AND finished_at < ?2 - ?4))",
             )
             .bind(instance)
