@@ -474,6 +474,16 @@ async fn refused_files_change_nothing(kind: Kind) {
         ),
         "first restore",
     );
+    // After a key rotation (k2 appended, then sealing), the file made
+    // under k1 still opens while k1 is configured.
+    let both = format!("{MASTER_KEY_1},{MASTER_KEY_2}");
+    ok(
+        &floatlm(
+            &["backup", "verify", &good.display().to_string()],
+            &[("FLOATLM_MASTER_KEY", both.as_str())],
+        ),
+        "verify with the old key still configured",
+    );
     let before = rows(&used.url).await;
     assert_eq!(before[1].len(), 1, "one license restored");
     let empty = target(kind, d, "empty").await;

@@ -325,7 +325,7 @@ pub fn open(bytes: &[u8], ring: &Keyring, known_schema: i64) -> Result<Opened, B
     }
     let header: Header = serde_json::from_slice(&bytes[14..header_end])
         .map_err(|e| malformed(format!("its header is not readable ({e})")))?;
-    let want = header_end as u64 + header.ciphertext_len;
+    let want = (header_end as u64).saturating_add(header.ciphertext_len);
     if (bytes.len() as u64) < want {
         return Err(BackupError::Truncated {
             have: bytes.len() as u64,
@@ -597,5 +597,15 @@ mod tests {
             BackupError::Truncated { .. }
         ));
         assert_eq!(open(b"hello", &r, 9).unwrap_err(), BackupError::NotABackup);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn open_never_panics(tail in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let r = ring("k1", 1);
+            let mut f = MAGIC.to_vec();
+            f.extend_from_slice(&tail);
+            let _ = open(&f, &r, 9);
+        }
     }
 }
