@@ -770,6 +770,19 @@ async fn scheduled_backups_are_taken_once_per_interval_by_one_instance() {
         "every backup written is one ok claim: {written:?} {claims:?}"
     );
     assert!(total >= 7, "at least seven backups written: {written:?}");
+    // One per interval: no slot skipped from the first to the last.
+    let mut ok_slots: Vec<i64> = claims
+        .iter()
+        .filter(|c| c.2.as_deref() == Some("ok"))
+        .map(|c| c.0)
+        .collect();
+    ok_slots.sort_unstable();
+    let span = ok_slots.last().unwrap() - ok_slots.first().unwrap() + 1;
+    assert_eq!(
+        span,
+        ok_slots.len() as i64,
+        "a backup in every interval: {ok_slots:?}"
+    );
     let by: std::collections::BTreeSet<&str> = claims.iter().map(|c| c.1.as_str()).collect();
     eprintln!("backups written by {by:?}");
 
