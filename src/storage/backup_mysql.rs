@@ -43,46 +43,52 @@ type ClaimRow = (
 impl BackupStore for MySqlStorage {
     async fn snapshot(&self) -> Result<Snapshot> {
         let mut conn = self.pool.acquire().await?;
-        // Applies to the next transaction of this session only.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .await?;
-        let mut tx = sqlx::Connection::begin_with(
-            &mut *conn,
-            "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
-        )
-        .await?;
-        let now: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6)")
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut tables = Vec::with_capacity(TABLES.len());
-        for t in TABLES {
-            let rows = sqlx::query(&select_sql(t, |c| format!("CAST({c} AS SIGNED)")))
-                .fetch_all(&mut *tx)
+        let read = async {
+            // Applies to the next transaction of this session only.
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                 .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let mut cells = Vec::with_capacity(t.columns.len());
-                for (i, c) in t.columns.iter().enumerate() {
-                    cells.push(cell(r, i, c.ty)?);
+            conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await?;
+            let now: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6)")
+                .fetch_one(&mut *conn)
+                .await?;
+            let mut tables = Vec::with_capacity(TABLES.len());
+            for t in TABLES {
+                let rows = sqlx::query(&select_sql(t, |c| format!("CAST({c} AS SIGNED)")))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let mut cells = Vec::with_capacity(t.columns.len());
+                    for (i, c) in t.columns.iter().enumerate() {
+                        cells.push(cell(r, i, c.ty)?);
+                    }
+                    out.push(cells);
                 }
-                out.push(cells);
+                tables.push(TableRows {
+                    table: t,
+                    rows: out,
+                });
             }
-            tables.push(TableRows {
-                table: t,
-                rows: out,
-            });
+            let longest: i64 = sqlx::query_scalar(
+                "SELECT CAST(COALESCE(MAX(lease_ttl_ms), 0) AS SIGNED) FROM instances",
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            conn.execute("COMMIT").await?;
+            Ok(Snapshot {
+                taken_at: now.and_utc(),
+                longest_lease_ttl_ms: longest,
+                tables,
+            })
         }
-        let longest: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(MAX(lease_ttl_ms), 0) AS SIGNED) FROM instances",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Snapshot {
-            taken_at: now.and_utc(),
-            longest_lease_ttl_ms: longest,
-            tables,
-        })
+        .await;
+        if read.is_err() {
+            // The transaction (or the isolation level set for it) may still
+            // be open on this connection: never hand it to someone else.
+            conn.close_on_drop();
+        }
+        read
     }
 
     async fn restorable_rows(&self) -> Result<Vec<(&'static str, i64)>> {
