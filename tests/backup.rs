@@ -249,6 +249,28 @@ async fn a_cluster_backup_restores_into_a_fresh_database_without_its_leases() {
     );
     let restored_at = Instant::now();
     assert!(out.contains("no lease was restored"), "{out}");
+    // The format is the backends' common ground: the MariaDB backup
+    // restores into SQLite too, every row.
+    let lite = format!("sqlite://{}", d.join("from-mysql.db").display());
+    ok(
+        &floatlm(
+            &[
+                "restore",
+                &file.display().to_string(),
+                "--database-url",
+                &lite,
+            ],
+            &env_refs(&renv),
+        ),
+        "restore of a MariaDB backup into SQLite",
+    );
+    for (table, n) in counts(&lite).await {
+        assert_eq!(
+            Some(n as u64),
+            m["counts"][table].as_u64(),
+            "{table} restored into SQLite"
+        );
+    }
     let pubkey = d.join("vendor/vendor.pub").display().to_string();
     let n = cluster_instance(
         d,
