@@ -205,6 +205,9 @@ pub const KEYS: &[Key] = &[
         Some("30s"),
         Rule::Seconds(1.0, 3600.0),
     ),
+    key("backup", "backup_interval", Some("off"), Rule::Own),
+    key("backup", "backup_dir", None, Rule::Own),
+    key("backup", "backup_keep", Some("7"), Rule::Whole(1, 100_000)),
     key("logging", "log_format", Some("text"), Rule::Own),
     key("logging", "log_level", Some("info"), Rule::Own),
 ];
@@ -280,6 +283,13 @@ pub struct Config {
     pub auth_script: Option<PathBuf>,
     pub auth_timeout: Duration,
     pub auth_max_concurrent: usize,
+    /// How often one instance of the cluster takes a scheduled backup; None:
+    /// never (the default).
+    pub backup_interval: Option<Duration>,
+    /// Where this instance writes the scheduled backups it takes.
+    pub backup_dir: PathBuf,
+    /// Scheduled backups kept in `backup_dir`; older ones are deleted.
+    pub backup_keep: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Where every effective value came from, for `config check`.
@@ -588,6 +598,34 @@ impl Layers {
         );
         let auth_timeout = r.seconds("auth_timeout")?;
         let auth_max_concurrent = r.whole("auth_max_concurrent")?;
+        let backup_interval = match r.take("backup_interval") {
+            Some((v, _)) if v.eq_ignore_ascii_case("off") => None,
+            Some((v, s)) => Some(
+                parse_duration(&v)
+                    .filter(|d| (1.0..=30.0 * 86400.0).contains(&d.as_secs_f64()))
+                    .ok_or_else(|| {
+                        invalid(
+                            "backup_interval",
+                            &s,
+                            format!(
+                                "'{}' is neither off nor a duration between 1s and 30d (examples: 6h, 1d)",
+                                v.chars().take(40).collect::<String>()
+                            ),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        r.show(
+            "backup_interval",
+            backup_interval.map_or("off".to_string(), |d| format!("{}s", d.as_secs_f64())),
+        );
+        let backup_dir = match r.take("backup_dir") {
+            Some((v, _)) => PathBuf::from(v),
+            None => data_dir.join("backups"),
+        };
+        r.show("backup_dir", backup_dir.display());
+        let backup_keep = r.whole("backup_keep")?;
         let lf = r.take("log_format").unwrap_or_default();
         let log_format = match lf.0.as_str() {
             "text" => LogFormat::Text,
@@ -639,6 +677,9 @@ impl Layers {
             auth_script,
             auth_timeout,
             auth_max_concurrent,
+            backup_interval,
+            backup_dir,
+            backup_keep,
             log_format,
             log_level: ll.0,
             sources: r.sources,

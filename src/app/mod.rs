@@ -15,8 +15,10 @@
 //! | `cluster.rs` | the cluster view, drain/remove, database watch, maintenance |
 //! | `clock.rs` | the database clock |
 //! | `scrape.rs` | what `GET /metrics` reads at scrape time |
+//! | `backup.rs` | backups on demand and on a schedule |
 
 mod access;
+mod backup;
 mod clock;
 mod cluster;
 mod keys;
@@ -26,6 +28,7 @@ mod seats;
 mod tickets;
 
 pub use access::{Admission, IdentityView, RevokeReport, TokenView};
+pub use backup::{BackupListing, CreatedBackup};
 pub use cluster::ClusterMember;
 pub use keys::RotateReport;
 pub use licenses::{FeatureView, IntegrityReport, LicenseView};

@@ -76,6 +76,25 @@ pub enum AdminCommand {
     },
     /// This instance's status.
     Status,
+    /// Backups of the whole cluster's licensing state.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Make a backup now (operator role) and save it here, 0600.
+    Create {
+        /// Where to write it [default: ./floatlm-backup-TIME.fbk].
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// The cluster's scheduled backups (the claim table: which instance took
+    /// which, into its own backup_dir) and the files in the backup_dir of
+    /// the instance asked.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -172,6 +191,42 @@ impl Api {
             );
         }
         Ok(v)
+    }
+}
+
+impl Api {
+    /// A POST whose answer is a file: (suggested name, bytes).
+    async fn download(&self, path: &str) -> anyhow::Result<(Option<String>, Vec<u8>)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url.trim_end_matches('/')))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the admin API at {} (is `floatlm serve` running? set --url)",
+                    self.url
+                )
+            })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let v: Value = resp.json().await.unwrap_or_else(|_| json!({}));
+            bail!(
+                "{} (HTTP {status}, {})",
+                v["message"].as_str().unwrap_or("no message"),
+                v["error"].as_str().unwrap_or("error")
+            );
+        }
+        let name = resp
+            .headers()
+            .get(reqwest::header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split("filename=\"").nth(1))
+            .and_then(|v| v.split('"').next())
+            .filter(|n| crate::backup::files::is_backup_name(n))
+            .map(str::to_string);
+        Ok((name, resp.bytes().await?.to_vec()))
     }
 }
 
@@ -352,6 +407,22 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
             .await?
         }
         AdminCommand::Status => api.call(M::GET, "/admin/v1/status", None).await?,
+        AdminCommand::Backup {
+            command: BackupCmd::Create { output },
+        } => {
+            let (name, bytes) = api.download("/admin/v1/backups").await?;
+            let path = output.clone().unwrap_or_else(|| {
+                PathBuf::from(
+                    name.unwrap_or_else(|| crate::backup::files::file_name(chrono::Utc::now())),
+                )
+            });
+            crate::backup::files::write_atomic(&path, &bytes)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            json!({"file": path.display().to_string(), "bytes": bytes.len()})
+        }
+        AdminCommand::Backup {
+            command: BackupCmd::List,
+        } => api.call(M::GET, "/admin/v1/backups", None).await?,
     };
     let problem = matches!(args.command, AdminCommand::Verify)
         && v["refused"].as_object().is_some_and(|r| !r.is_empty());
@@ -595,6 +666,56 @@ fn print_human(cmd: &AdminCommand, v: &Value) {
                 for (f, why) in refused {
                     println!("REFUSED {f}: {}", s(&why));
                 }
+            }
+        }
+        AdminCommand::Backup {
+            command: BackupCmd::Create { .. },
+        } => {
+            println!(
+                "backup written to {} ({} bytes, mode 0600); check it with `floatlm backup verify {}`",
+                s(&v["file"]),
+                s(&v["bytes"]),
+                s(&v["file"])
+            );
+        }
+        AdminCommand::Backup {
+            command: BackupCmd::List,
+        } => {
+            let every = v["interval_s"]
+                .as_f64()
+                .map_or("off".to_string(), |i| format!("every {i}s"));
+            println!(
+                "scheduled backups on this instance: {every}, keep {}, into {}",
+                s(&v["keep"]),
+                s(&v["dir"])
+            );
+            let mut rows = vec![vec![
+                "SLOT".into(),
+                "INSTANCE".into(),
+                "CLAIMED".into(),
+                "OUTCOME".into(),
+                "FILE".into(),
+                "BYTES".into(),
+                "ERROR".into(),
+            ]];
+            for c in v["claims"].as_array().unwrap_or(&empty) {
+                let outcome = c["outcome"]
+                    .as_str()
+                    .unwrap_or("running (or its instance stopped)");
+                rows.push(vec![
+                    s(&c["slot"]),
+                    s(&c["instance_id"]),
+                    s(&c["claimed_at"]),
+                    outcome.to_string(),
+                    s(&c["file"]),
+                    s(&c["bytes"]),
+                    s(&c["error"]),
+                ]);
+            }
+            table(&rows);
+            println!("files in this instance's backup_dir:");
+            for f in v["files"].as_array().unwrap_or(&empty) {
+                println!("  {}  {} bytes", s(&f["name"]), s(&f["bytes"]));
             }
         }
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),

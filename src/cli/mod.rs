@@ -1,6 +1,7 @@
 //! The one binary: `serve`, `config check`, `vendor …`, `admin …`.
 
 pub mod admin;
+pub mod backup;
 pub mod client;
 pub mod serve;
 pub mod vendor;
@@ -38,6 +39,14 @@ pub enum Command {
     },
     /// Operate a running server through its admin API.
     Admin(admin::AdminArgs),
+    /// Backup files (made with `floatlm admin backup create`).
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// Restore a backup file into an empty database (or, with --replace
+    /// and confirmation, over a used one); no lease is restored.
+    Restore(backup::RestoreArgs),
     /// Check that a server answers (no identity needed).
     Ping(client::PingArgs),
     /// Exit 0 when a server's healthz says it can serve (container health checks).
@@ -208,6 +217,10 @@ pub fn main() -> ExitCode {
                 Ok(code) => code,
                 Err(e) => report(Err(e)),
             },
+            Command::Backup {
+                command: backup::BackupCommand::Verify(args),
+            } => report(backup::verify(args).await),
+            Command::Restore(args) => report(backup::restore(args).await),
             Command::Ping(args) => client::ping(args).await,
             Command::Health(args) => client::health(args).await,
             Command::Query(args) => client::query(args).await,

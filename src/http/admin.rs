@@ -95,6 +95,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/v1/rotate-key", post(rotate_key))
         .route("/admin/v1/verify", post(verify))
         .route("/metrics", get(metrics))
+        .route("/admin/v1/backups", get(backups).post(create_backup))
 }
 
 /// Prometheus text format; docs/operations.md ("Metrics") lists the metrics.
@@ -308,5 +309,40 @@ async fn verify(State(app): State<Arc<App>>, caller: Caller) -> Res {
     caller.need(Role::Operator)?;
     Ok(Json(
         serde_json::to_value(app.verify_integrity().await?).unwrap_or_default(),
+    ))
+}
+
+/// A backup file of the whole cluster's licensing state, as the response
+/// body (`application/octet-stream`); its suggested name in
+/// `Content-Disposition`, its manifest digest in `X-Floatlm-Backup-Digest`.
+async fn create_backup(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    caller.need(Role::Operator)?;
+    let b = app.create_backup().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", b.name),
+            ),
+            (
+                header::HeaderName::from_static("x-floatlm-backup-digest"),
+                b.manifest.digest.clone(),
+            ),
+        ],
+        b.bytes,
+    )
+        .into_response())
+}
+
+async fn backups(State(app): State<Arc<App>>, caller: Caller) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(
+        serde_json::to_value(app.backup_listing().await?).unwrap_or_default(),
     ))
 }

@@ -142,6 +142,7 @@ pub async fn serve(
     });
     let maintenance = tokio::spawn(app.clone().maintenance(stop_rx.clone()));
     let db_watch = tokio::spawn(app.clone().watch_database(stop_rx.clone()));
+    let backups = tokio::spawn(app.clone().backup_schedule(stop_rx.clone()));
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let advertised = if app.config.sources.contains_key("public_address") {
         app.config.public_address.clone()
@@ -170,5 +171,6 @@ pub async fn serve(
     let _ = maintenance.await;
     let _ = heartbeat.await;
     let _ = db_watch.await;
+    let _ = backups.await;
     a.and(b)
 }

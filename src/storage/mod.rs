@@ -10,6 +10,9 @@
 //! transaction. The SQL of each backend is in its own file so the differences
 //! stay visible; shared rules (how to resize, what to retry) live here.
 
+pub mod backup;
+mod backup_mysql;
+mod backup_sqlite;
 pub mod mysql;
 pub mod sqlite;
 
@@ -420,7 +423,7 @@ impl PoolUse {
 
 /// The storage contract. Every method is one transaction (or none).
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: backup::BackupStore + Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// This instance's connection pools (no database call).
     fn pool_use(&self) -> Vec<PoolUse>;

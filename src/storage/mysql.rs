@@ -21,7 +21,7 @@ use crate::domain::seats::CLOCK_MARGIN;
 const RENEW_CHUNK: usize = 1024;
 
 pub struct MySqlStorage {
-    pool: MySqlPool,
+    pub(crate) pool: MySqlPool,
     opts: MySqlConnectOptions,
     /// A connection of its own for [`Storage::probe`], outside the pool, so
     /// the probe never waits behind requests for a pooled connection.

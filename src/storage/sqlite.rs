@@ -19,8 +19,8 @@ use super::*;
 use crate::domain::seats::CLOCK_MARGIN;
 
 pub struct SqliteStorage {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
 type Tx<'a> = Transaction<'a, Sqlite>;
