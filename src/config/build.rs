@@ -1,0 +1,347 @@
+//! [`Layers::build`]: every key of [`KEYS`](super::KEYS) read into one
+//! validated [`Config`], with the rules that join keys (a MySQL database
+//! needs a master key, `lease_hold` is bounded by `lease_ttl`, …).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::reader::Reader;
+use super::sources::{Layers, Source};
+use super::values::{redact_url, valid_log_filter};
+use super::{invalid, Config, ConfigError, DatabaseConfig, LogFormat};
+use crate::crypto::keyring::parse_key_list;
+use crate::crypto::Secret;
+use crate::domain::license::VendorKey;
+
+impl Layers {
+    /// Validates everything into a [`Config`].
+    pub fn build(&self) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            layers: self,
+            sources: BTreeMap::new(),
+            shown: BTreeMap::new(),
+        };
+        let listen = r.addr("listen")?;
+        let admin_listen = r.addr("admin_listen")?;
+        let public_address = match r.take("public_address") {
+            Some((v, s)) => {
+                let ok = v.rsplit_once(':').is_some_and(|(h, p)| {
+                    !h.is_empty() && p.parse::<u16>().is_ok() && !v.contains(['@', ' ', '/'])
+                });
+                if !ok {
+                    return Err(invalid(
+                        "public_address",
+                        &s,
+                        format!("'{v}' is not HOST:PORT"),
+                    ));
+                }
+                v
+            }
+            None => listen.to_string(),
+        };
+        r.show("public_address", &public_address);
+        let instance_id = match r.take("instance_id") {
+            Some((v, s)) => {
+                if !crate::domain::valid_name(&v) {
+                    return Err(invalid(
+                        "instance_id",
+                        &s,
+                        "use 1-64 characters of A-Z a-z 0-9 _ . -",
+                    ));
+                }
+                v
+            }
+            None => format!("i-{}", crate::crypto::random_hex(4)),
+        };
+        r.show("instance_id", &instance_id);
+        let data_dir = PathBuf::from(r.take("data_dir").map(|v| v.0).unwrap_or_default());
+        r.show("data_dir", data_dir.display());
+        let drain_delay = r.seconds("drain_delay")?;
+        let max_body_bytes = r.whole("max_body_bytes")?;
+
+        let database = match r.secret_or_file("database_url")? {
+            None => {
+                r.sources.insert("database_url", Source::Default);
+                DatabaseConfig::Sqlite(data_dir.join("floatlm.db"))
+            }
+            Some((url, s)) => database(&url, &s)?,
+        };
+        r.show(
+            "database_url",
+            match &database {
+                DatabaseConfig::Sqlite(p) => format!("sqlite://{}", p.display()),
+                DatabaseConfig::Mysql(u) => redact_url(u.expose()),
+            },
+        );
+        let max_connections = r.whole("max_connections")?;
+
+        let master_keys = match r.secret_or_file("master_key")? {
+            None => {
+                if matches!(database, DatabaseConfig::Mysql(_)) {
+                    return Err(ConfigError::Missing(
+                        "a MySQL/MariaDB database needs master_key or master_key_file (every instance must hold the same keys); \
+                         generate one with: echo \"k1:$(head -c 32 /dev/urandom | base64)\""
+                            .into(),
+                    ));
+                }
+                None
+            }
+            Some((spec, s)) => {
+                let key = key_of(&s, "master_key", "master_key_file");
+                Some(parse_key_list(spec.expose()).map_err(|e| invalid(key, &s, e.to_string()))?)
+            }
+        };
+        r.show(
+            "master_key",
+            match &master_keys {
+                Some(k) => format!(
+                    "[redacted] (key ids: {}; the last seals)",
+                    k.iter().map(|k| k.id()).collect::<Vec<_>>().join(", ")
+                ),
+                None => format!(
+                    "(not set: generated/loaded {})",
+                    data_dir.join("master.key").display()
+                ),
+            },
+        );
+
+        let mut vendor_keys = Vec::new();
+        if let Some((v, s)) = r.take("vendor_keys") {
+            for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let text = if Path::new(item).exists() || item.ends_with(".pub") {
+                    std::fs::read_to_string(item).map_err(|e| {
+                        invalid(
+                            "vendor_keys",
+                            &s,
+                            format!("cannot read vendor key file {item}: {e}"),
+                        )
+                    })?
+                } else {
+                    item.to_string()
+                };
+                let key = VendorKey::parse(&text)
+                    .map_err(|e| invalid("vendor_keys", &s, format!("{item}: {e}")))?;
+                if !vendor_keys.contains(&key) {
+                    vendor_keys.push(key);
+                }
+            }
+        }
+        r.show(
+            "vendor_keys",
+            if vendor_keys.is_empty() {
+                "(none: no license can be applied)".to_string()
+            } else {
+                vendor_keys
+                    .iter()
+                    .map(|k| k.id())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+
+        let admin_token = match r.secret_or_file("admin_token")? {
+            Some((t, s)) if t.expose().len() < 16 => {
+                return Err(invalid(
+                    key_of(&s, "admin_token", "admin_token_file"),
+                    &s,
+                    "an admin token must be at least 16 characters",
+                ))
+            }
+            t => t.map(|(t, _)| t),
+        };
+        r.show(
+            "admin_token",
+            if admin_token.is_some() {
+                "[redacted]".to_string()
+            } else {
+                format!(
+                    "(not set: the first start generates {})",
+                    data_dir.join("admin.token").display()
+                )
+            },
+        );
+
+        let lease_ttl = r.seconds("lease_ttl")?;
+        let lease_hold = match r.seconds_if_set("lease_hold")? {
+            None => lease_ttl * 2,
+            Some((d, s)) => {
+                if d < lease_ttl || d > lease_ttl * 10 {
+                    return Err(invalid(
+                        "lease_hold",
+                        &s,
+                        format!(
+                            "{}s must be between lease_ttl ({}s) and 10 × lease_ttl",
+                            d.as_secs_f64(),
+                            lease_ttl.as_secs_f64()
+                        ),
+                    ));
+                }
+                d
+            }
+        };
+        r.show("lease_hold", format!("{}s", lease_hold.as_secs_f64()));
+        let integrity_interval = r.seconds("integrity_interval")?;
+        let cluster_heartbeat = r.seconds("cluster_heartbeat")?;
+        let max_sessions = r.whole("max_sessions")?;
+        let session_idle = r.seconds("session_idle")?;
+        let ticket_lifetime = r.seconds("ticket_lifetime")?;
+        let ticket_rotation = r.seconds("ticket_rotation")?;
+        let mut trusted_proxies: Vec<std::net::IpAddr> = Vec::new();
+        if let Some((v, s)) = r.take("trusted_proxies") {
+            for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                trusted_proxies.push(item.parse().map_err(|_| {
+                    invalid(
+                        "trusted_proxies",
+                        &s,
+                        format!("'{item}' is not an IP address"),
+                    )
+                })?);
+            }
+        }
+        r.show(
+            "trusted_proxies",
+            if trusted_proxies.is_empty() {
+                "(none: X-Forwarded-For is ignored)".to_string()
+            } else {
+                trusted_proxies
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        let auth_script = match r.take("auth_script") {
+            Some((v, s)) => {
+                let p = PathBuf::from(&v);
+                let meta = std::fs::metadata(&p)
+                    .map_err(|e| invalid("auth_script", &s, format!("{v}: {e}")))?;
+                use std::os::unix::fs::PermissionsExt;
+                if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                    return Err(invalid(
+                        "auth_script",
+                        &s,
+                        format!("{v} is not an executable file (chmod +x it)"),
+                    ));
+                }
+                Some(p)
+            }
+            None => None,
+        };
+        r.show(
+            "auth_script",
+            auth_script.as_ref().map_or_else(
+                || "(none: every authenticated identity may log in)".to_string(),
+                |p| p.display().to_string(),
+            ),
+        );
+        let auth_timeout = r.seconds("auth_timeout")?;
+        let auth_max_concurrent = r.whole("auth_max_concurrent")?;
+        let lf = r.take("log_format").unwrap_or_default();
+        let log_format = match lf.0.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    &lf.1,
+                    format!("'{other}' is not text or json"),
+                ))
+            }
+        };
+        r.show("log_format", &lf.0);
+        let ll = r.take("log_level").unwrap_or_default();
+        if !valid_log_filter(&ll.0) {
+            return Err(invalid(
+                "log_level",
+                &ll.1,
+                format!(
+                    "'{}' is not a log level: use off, error, warn, info, debug or trace, or TARGET=LEVEL directives (floatlm=debug,sqlx=warn)",
+                    ll.0.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+        r.show("log_level", &ll.0);
+        Ok(Config {
+            listen,
+            admin_listen,
+            public_address,
+            instance_id,
+            data_dir,
+            drain_delay,
+            max_body_bytes,
+            database,
+            max_connections,
+            master_keys,
+            vendor_keys,
+            admin_token,
+            lease_ttl,
+            lease_hold,
+            integrity_interval,
+            cluster_heartbeat,
+            max_sessions,
+            session_idle,
+            ticket_lifetime,
+            ticket_rotation,
+            trusted_proxies,
+            auth_script,
+            auth_timeout,
+            auth_max_concurrent,
+            log_format,
+            log_level: ll.0,
+            sources: r.sources,
+            shown: r.shown,
+        })
+    }
+}
+
+/// Which database a `database_url` names.
+fn database(url: &Secret, s: &Source) -> Result<DatabaseConfig, ConfigError> {
+    let u = url.expose();
+    if let Some(rest) = u
+        .strip_prefix("sqlite://")
+        .or_else(|| u.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or("");
+        if path.is_empty() {
+            return Err(invalid(
+                "database_url",
+                s,
+                "sqlite: URL names no file (example: sqlite:///var/lib/floatlm/floatlm.db)",
+            ));
+        }
+        Ok(DatabaseConfig::Sqlite(PathBuf::from(path)))
+    } else if u.starts_with("mysql://") || u.starts_with("mariadb://") {
+        let u = u.replacen("mariadb://", "mysql://", 1);
+        let after = u.trim_start_matches("mysql://");
+        let db = after
+            .rsplit_once('/')
+            .map(|(_, d)| d.split('?').next().unwrap_or(""));
+        if db.is_none_or(|d| d.is_empty()) {
+            return Err(invalid(
+                "database_url",
+                s,
+                "a MySQL URL must name the database: mysql://USER:PASS@HOST:3306/DATABASE",
+            ));
+        }
+        Ok(DatabaseConfig::Mysql(Secret::new(u)))
+    } else {
+        Err(invalid(
+            "database_url",
+            s,
+            "use sqlite:///PATH or mysql://USER:PASS@HOST:PORT/DATABASE",
+        ))
+    }
+}
+
+fn key_of(s: &Source, direct: &'static str, file: &'static str) -> &'static str {
+    let is_file = match s {
+        Source::Env(n) => n.ends_with("_FILE"),
+        Source::Flag(n) => n.ends_with("-file"),
+        _ => false,
+    };
+    if is_file {
+        file
+    } else {
+        direct
+    }
+}
