@@ -71,8 +71,9 @@ pub enum Admission {
     Serve { ticket: Option<ResumeGrant> },
     /// Answer the identity's refusal, sealed; the session is gone.
     Refuse(IdentityRefusal),
-    /// The live table is full: 503, like a handshake would get.
-    Full,
+    /// The live table is full (it holds `max_sessions`): 503, like a
+    /// handshake would get.
+    Full { max_sessions: usize },
 }
 
 impl App {
@@ -426,7 +427,9 @@ impl App {
                 self.sessions.end(session_id);
                 Admission::Refuse(why)
             }
-            Promotion::Full => Admission::Full,
+            Promotion::Full => Admission::Full {
+                max_sessions: self.config.max_sessions,
+            },
         }
     }
 

@@ -40,6 +40,17 @@ pub struct ClusterMember {
 }
 
 impl App {
+    /// The licensing address this instance records in the cluster view:
+    /// `public_address` when it is configured, else the address the
+    /// licensing listener is bound to (`listening`).
+    pub fn advertised_address(&self, listening: String) -> String {
+        if self.config.sources.contains_key("public_address") {
+            self.config.public_address.clone()
+        } else {
+            listening
+        }
+    }
+
     /// Keeps this instance's row in the cluster view fresh and honours an
     /// operator's drain request, until `stop`.
     pub async fn cluster_heartbeat(
