@@ -154,6 +154,8 @@ impl App {
         Ok(IdentityView::from(&row))
     }
 
+    /// Every identity, revoked ones too, without secrets; one whose sealed
+    /// secret does not open says so in its status.
     pub async fn identities(&self) -> Result<Vec<IdentityView>, AppError> {
         Ok(self
             .storage
@@ -450,6 +452,8 @@ impl App {
             .map(|t| t.role))
     }
 
+    /// Creates an admin API token with `role`; the returned secret is its
+    /// only copy (the database keeps a hash).
     pub async fn create_token(
         &self,
         name: &str,
@@ -483,6 +487,7 @@ impl App {
         ))
     }
 
+    /// Every admin token, revoked ones too, without secrets.
     pub async fn tokens(&self) -> Result<Vec<TokenView>, AppError> {
         Ok(self
             .storage
@@ -499,6 +504,8 @@ impl App {
             .collect())
     }
 
+    /// Revokes admin token `id`; NotFound when it does not exist or is
+    /// already revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<(), AppError> {
         if self.storage.revoke_token(id).await? {
             Ok(())

@@ -134,6 +134,8 @@ impl App {
         self.config.cluster_heartbeat * 3
     }
 
+    /// Asks instance `id` to drain (it sees the request on its next cluster
+    /// heartbeat); NotFound when it is not in the cluster view.
     pub async fn drain_instance(&self, id: &str) -> Result<(), AppError> {
         if self.storage.request_drain(id).await? {
             tracing::info!(instance = %id, "drain requested");

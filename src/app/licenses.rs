@@ -135,6 +135,8 @@ impl App {
         Ok(v)
     }
 
+    /// Every applied license as stored, with whether its sealed file still
+    /// opens and matches its row (for operators).
     pub async fn licenses(&self) -> Result<Vec<LicenseView>, AppError> {
         let rows = self.storage.licenses().await?;
         Ok(rows
@@ -279,6 +281,8 @@ impl App {
             .await
     }
 
+    /// Seat counts per feature, fresh from the database (admin views), with
+    /// why the integrity check refuses a feature, if it does.
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
         let rows = self.gated(|| self.storage.feature_rows()).await?;
         let refused = self.refused.read().expect("lock").clone();
