@@ -24,6 +24,18 @@ pub struct FeatureView {
     pub refused: Option<String>,
 }
 
+impl FeatureView {
+    /// The free seats clients are told of: none while the integrity check
+    /// refuses the feature (a grant would be refused).
+    pub fn free_for_clients(&self) -> i64 {
+        if self.refused.is_some() {
+            0
+        } else {
+            self.usage.free
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct IntegrityReport {
     pub licenses_checked: usize,

@@ -377,7 +377,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                         name: f.usage.name.clone(),
                         total: f.usage.total,
                         used: f.usage.used,
-                        free: if f.refused.is_some() { 0 } else { f.usage.free },
+                        free: f.free_for_clients(),
                     })
                     .collect(),
             },
