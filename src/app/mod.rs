@@ -131,9 +131,9 @@ pub enum StartError {
 /// Features refused by the integrity check, by name, with the reason.
 type Refusals = BTreeMap<String, String>;
 
-/// The running instance. Its fields are private: handlers call its methods
-/// (tests/layering.rs keeps `http/` off the configuration and the session
-/// table), so every decision stays here.
+/// The running instance. Handlers call its methods, never its fields, so
+/// every decision stays here: the fields are private (`storage` is still
+/// public for tests; tests/layering.rs keeps `http/` off it).
 pub struct App {
     config: Config,
     pub storage: Arc<dyn Storage>,
