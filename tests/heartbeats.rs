@@ -63,8 +63,8 @@ fn promised(r: Renewal) -> Duration {
 async fn reads_answer_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
     let t = TestApp::new(kind).await;
     let app = &t.app;
-    assert_eq!(app.config.lease_ttl, Duration::from_secs(60));
-    assert_eq!(app.config.lease_hold, Duration::from_secs(120));
+    assert_eq!(app.config().lease_ttl, Duration::from_secs(60));
+    assert_eq!(app.config().lease_hold, Duration::from_secs(120));
     apply(&t, 4).await;
 
     // Held for lease_hold: a heartbeat is answered from its read, no write.

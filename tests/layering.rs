@@ -3,7 +3,10 @@
 //! SQL) imports neither `http`, `app` nor `batch`, `http` (decode, dispatch,
 //! encode) goes through `app` and never reaches `storage`, and neither
 //! storage backend imports the other. Read from the source, so a `use` that
-//! runs the wrong way fails here before it tangles the layers.
+//! runs the wrong way fails here before it tangles the layers. Handlers also
+//! never reach inside the App (its storage, configuration, session table or
+//! auth hook): the fields are private, and their read-only accessors are for
+//! the CLI and tests.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,18 @@ const KNOWN: &[(&str, &str)] = &[
     // domain, a storage error type wrapping both) is issue 14's next step.
     ("src/domain/seats.rs", "storage"),
 ];
+
+/// What is inside the App, which handlers never touch, field or accessor:
+/// the decision that needs it is an App method.
+const APP_INSIDES: &[&str] = &["storage", "config", "sessions", "auth_hook"];
+
+/// Whether `code` names `.field` (a field or a method of that exact name).
+fn names_member(code: &str, field: &str) -> bool {
+    let needle = format!(".{field}");
+    code.match_indices(&needle).any(|(i, _)| {
+        !code[i + needle.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
+    })
+}
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -111,20 +126,22 @@ fn layers_import_in_one_direction() {
             }
         }
     }
-    // Handlers reach the database only through the App's methods, not its
-    // storage field.
+    // Handlers reach the database, the configuration, the session table and
+    // the auth hook only through the App's methods.
     let mut files = Vec::new();
     rust_files(&root.join("src/http"), &mut files);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
-            if code.contains(".storage.") || code.trim_end().ends_with(".storage") {
-                problems.push(format!(
-                    "{}:{}: a handler uses the App's storage directly: add an App method",
-                    f.strip_prefix(root).unwrap().display(),
-                    n + 1
-                ));
+            for field in APP_INSIDES {
+                if names_member(code, field) {
+                    problems.push(format!(
+                        "{}:{}: a handler uses the App's {field} directly: add an App method that decides",
+                        f.strip_prefix(root).unwrap().display(),
+                        n + 1
+                    ));
+                }
             }
         }
     }
@@ -181,4 +198,19 @@ fn the_scanner_sees_grouped_and_inline_paths() {
         m.into_iter().collect::<Vec<_>>(),
         vec!["app".to_string(), "batch".into(), "storage".into()]
     );
+}
+
+#[test]
+fn the_scanner_sees_app_insides_in_handlers() {
+    assert!(names_member("app.config.lease_ttl", "config"));
+    assert!(names_member("let c = app.config();", "config"));
+    assert!(names_member("app.sessions.get(id)", "sessions"));
+    assert!(names_member(
+        "if let Some(h) = &app.auth_hook {",
+        "auth_hook"
+    ));
+    assert!(names_member("app.storage", "storage"));
+    assert!(!names_member("app.configure()", "config"));
+    assert!(!names_member("app.session_counts()", "sessions"));
+    assert!(!names_member("app.find_session(id)", "sessions"));
 }

@@ -147,7 +147,7 @@ async fn a_ticket_from_one_instance_resumes_on_another_until_revoked() {
             resume: None,
         }
     ));
-    let counts = b.app.sessions.counts();
+    let counts = b.app.session_counts();
     assert_eq!((counts.handshakes, counts.resumes), (0, 1));
     // The resumed session carries a fresh ticket, and the old one still works.
     let fresh = resumed
@@ -190,7 +190,7 @@ async fn a_ticket_from_one_instance_resumes_on_another_until_revoked() {
             (401, "ticket_refused".into())
         );
     }
-    assert!(b.app.sessions.counts().resumes_refused >= 2);
+    assert!(b.app.session_counts().resumes_refused >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,7 +276,7 @@ async fn the_client_resumes_instead_of_logging_in_again() {
     // Forget every session on both instances (as after a restart): the next
     // call gets 401 session_unknown and resumes instead of logging in.
     for n in [&a, &b] {
-        n.app.sessions.clear();
+        n.app.forget_sessions();
     }
     client.query(&[]).await.unwrap();
     // Both instances are raced; the loser's resumption may finish too.
@@ -293,7 +293,7 @@ async fn the_client_resumes_instead_of_logging_in_again() {
     // until then b's identity cache may still admit a handshake.
     b.app.follow_identity_changes().await.unwrap();
     for n in [&a, &b] {
-        n.app.sessions.clear();
+        n.app.forget_sessions();
     }
     match client.query(&[]).await {
         Err(floatlm_client::ClientError::IdentityRefused { reason, .. }) => {

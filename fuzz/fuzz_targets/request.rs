@@ -172,8 +172,8 @@ fn operation(u: &mut Unstructured) -> Result<Vec<u8>> {
 fn run(data: &[u8]) -> Result<()> {
     let h = &*HARNESS;
     let mut u = Unstructured::new(data);
-    h.app.sessions.end(SESSION);
-    h.app.sessions.insert_pending(
+    h.app.end_session(SESSION);
+    h.app.insert_pending_session(
         SESSION.into(),
         Session::new(h.identity.clone(), None, Opened::Handshake, keys()),
     );

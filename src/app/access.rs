@@ -71,8 +71,9 @@ pub enum Admission {
     Serve { ticket: Option<ResumeGrant> },
     /// Answer the identity's refusal, sealed; the session is gone.
     Refuse(IdentityRefusal),
-    /// The live table is full: 503, like a handshake would get.
-    Full,
+    /// The live table is full (it holds `max_sessions`): 503, like a
+    /// handshake would get.
+    Full { max_sessions: usize },
 }
 
 impl App {
@@ -153,6 +154,8 @@ impl App {
         Ok(IdentityView::from(&row))
     }
 
+    /// Every identity, revoked ones too, without secrets; one whose sealed
+    /// secret does not open says so in its status.
     pub async fn identities(&self) -> Result<Vec<IdentityView>, AppError> {
         Ok(self
             .storage
@@ -426,7 +429,9 @@ impl App {
                 self.sessions.end(session_id);
                 Admission::Refuse(why)
             }
-            Promotion::Full => Admission::Full,
+            Promotion::Full => Admission::Full {
+                max_sessions: self.config.max_sessions,
+            },
         }
     }
 
@@ -447,6 +452,8 @@ impl App {
             .map(|t| t.role))
     }
 
+    /// Creates an admin API token with `role`; the returned secret is its
+    /// only copy (the database keeps a hash).
     pub async fn create_token(
         &self,
         name: &str,
@@ -480,6 +487,7 @@ impl App {
         ))
     }
 
+    /// Every admin token, revoked ones too, without secrets.
     pub async fn tokens(&self) -> Result<Vec<TokenView>, AppError> {
         Ok(self
             .storage
@@ -496,6 +504,8 @@ impl App {
             .collect())
     }
 
+    /// Revokes admin token `id`; NotFound when it does not exist or is
+    /// already revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<(), AppError> {
         if self.storage.revoke_token(id).await? {
             Ok(())

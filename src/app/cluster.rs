@@ -40,6 +40,17 @@ pub struct ClusterMember {
 }
 
 impl App {
+    /// The licensing address this instance records in the cluster view:
+    /// `public_address` when it is configured, else the address the
+    /// licensing listener is bound to (`listening`).
+    pub fn advertised_address(&self, listening: String) -> String {
+        if self.config.sources.contains_key("public_address") {
+            self.config.public_address.clone()
+        } else {
+            listening
+        }
+    }
+
     /// Keeps this instance's row in the cluster view fresh and honours an
     /// operator's drain request, until `stop`.
     pub async fn cluster_heartbeat(
@@ -123,6 +134,8 @@ impl App {
         self.config.cluster_heartbeat * 3
     }
 
+    /// Asks instance `id` to drain (it sees the request on its next cluster
+    /// heartbeat); NotFound when it is not in the cluster view.
     pub async fn drain_instance(&self, id: &str) -> Result<(), AppError> {
         if self.storage.request_drain(id).await? {
             tracing::info!(instance = %id, "drain requested");

@@ -277,6 +277,7 @@ pub struct RotateReport {
 }
 
 impl App {
+    /// The ids of the master keys this instance holds.
     pub fn key_ids(&self) -> Vec<String> {
         self.keyring.key_ids()
     }

@@ -24,6 +24,18 @@ pub struct FeatureView {
     pub refused: Option<String>,
 }
 
+impl FeatureView {
+    /// The free seats clients are told of: none while the integrity check
+    /// refuses the feature (a grant would be refused).
+    pub fn free_for_clients(&self) -> i64 {
+        if self.refused.is_some() {
+            0
+        } else {
+            self.usage.free
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct IntegrityReport {
     pub licenses_checked: usize,
@@ -135,6 +147,8 @@ impl App {
         Ok(v)
     }
 
+    /// Every applied license as stored, with whether its sealed file still
+    /// opens and matches its row (for operators).
     pub async fn licenses(&self) -> Result<Vec<LicenseView>, AppError> {
         let rows = self.storage.licenses().await?;
         Ok(rows
@@ -279,6 +293,8 @@ impl App {
             .await
     }
 
+    /// Seat counts per feature, fresh from the database (admin views), with
+    /// why the integrity check refuses a feature, if it does.
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
         let rows = self.gated(|| self.storage.feature_rows()).await?;
         let refused = self.refused.read().expect("lock").clone();

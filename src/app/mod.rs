@@ -7,7 +7,8 @@
 //!
 //! | file | concern |
 //! |---|---|
-//! | `seats.rs` | grants, heartbeats, releases, force release, quarantine |
+//! | `admission.rs` | who may open a session, the session table, the client's address |
+//! | `seats.rs` | logins, grants, heartbeats, releases, force release, quarantine |
 //! | `licenses.rs` | applying licenses, features, the integrity check |
 //! | `access.rs` | identities (and their cache), admin tokens |
 //! | `tickets.rs` | resumption tickets and their cluster-wide keys |
@@ -18,6 +19,7 @@
 //! | `backup.rs` | backups on demand and on a schedule |
 
 mod access;
+mod admission;
 mod backup;
 mod clock;
 mod cluster;
@@ -28,10 +30,12 @@ mod seats;
 mod tickets;
 
 pub use access::{Admission, IdentityView, RevokeReport, TokenView};
+pub use admission::SessionRefusal;
 pub use backup::{BackupListing, CreatedBackup};
 pub use cluster::ClusterMember;
 pub use keys::RotateReport;
 pub use licenses::{FeatureView, IntegrityReport, LicenseView};
+pub use seats::{Login, LoginGrant, Refused};
 // What the concerns share with each other (their `pub(super)` items).
 use access::*;
 use cluster::*;
@@ -132,8 +136,11 @@ pub enum StartError {
 /// Features refused by the integrity check, by name, with the reason.
 type Refusals = BTreeMap<String, String>;
 
+/// The running instance. Handlers call its methods, never its fields, so
+/// every decision stays here: the fields are private (`storage` is still
+/// public for tests; tests/layering.rs keeps `http/` off it).
 pub struct App {
-    pub config: Config,
+    config: Config,
     pub storage: Arc<dyn Storage>,
     keyring: Keyring,
     vendor_keys: RwLock<Vec<VendorKey>>,
@@ -150,11 +157,11 @@ pub struct App {
     untrusted: RwLock<std::collections::BTreeSet<String>>,
     /// When a heartbeat last named a lease newer than its slot (logged once a minute).
     went_back_logged: std::sync::Mutex<Option<std::time::Instant>>,
-    pub started_at: DateTime<Utc>,
+    started_at: DateTime<Utc>,
     /// Protocol sessions of this instance.
-    pub sessions: crate::sessions::Sessions,
+    sessions: crate::sessions::Sessions,
     /// The operator's auth script, if configured.
-    pub auth_hook: Option<crate::auth_hook::AuthHook>,
+    auth_hook: Option<crate::auth_hook::AuthHook>,
     /// Derives stand-in secrets for unknown identity ids, so they fail the
     /// handshake exactly like a wrong secret.
     dummy_key: zeroize::Zeroizing<[u8; 32]>,
@@ -335,18 +342,44 @@ impl App {
         Ok(())
     }
 
+    /// The validated configuration this instance started with (read-only;
+    /// for the CLI and tests: handlers ask the methods that decide).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This instance's id (answered in a header and in healthz).
     pub fn instance_id(&self) -> &str {
         &self.config.instance_id
     }
 
+    /// Which database backend this instance runs on.
     pub fn backend(&self) -> Backend {
         self.storage.backend()
     }
 
+    /// When this instance started (its own clock).
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// The largest request body either listener reads (`max_body_bytes`).
+    pub fn max_body_bytes(&self) -> usize {
+        self.config.max_body_bytes
+    }
+
+    /// How long a draining instance keeps serving before its listeners
+    /// stop accepting (`drain_delay`).
+    pub fn drain_delay(&self) -> Duration {
+        self.config.drain_delay
+    }
+
+    /// Starts draining: healthz answers 503 and new sessions are refused.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Whether this instance is draining.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }

@@ -12,6 +12,11 @@ use crate::metrics::{DbCall, DbView, FeatureSeats, ScrapeView, SessionView};
 const SCRAPE_DB_WAIT: Duration = Duration::from_secs(2);
 
 impl App {
+    /// Whether `GET /metrics` answers without a token (`metrics_public`).
+    pub fn metrics_public(&self) -> bool {
+        self.config.metrics_public
+    }
+
     /// The Prometheus text of one scrape.
     pub async fn metrics_text(&self) -> String {
         let db = match tokio::time::timeout(

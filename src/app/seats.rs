@@ -3,9 +3,159 @@
 //! `domain::seats`, the SQL in `storage`; see docs/seats.md.
 
 use super::*;
-use crate::metrics::{DbCall, HeartbeatAnswer, ReleaseOutcome};
+use crate::auth_hook::AuthInput;
+use crate::domain::seats::RequestId;
+use crate::metrics::{DbCall, DenialReason, HeartbeatAnswer, ReleaseOutcome};
+use crate::sessions::Session;
+use floatlm_protocol::messages::{limits, AuthInfo};
+
+/// A client's login as the transport decoded and checked it.
+pub struct Login {
+    pub feature: String,
+    pub request_id: RequestId,
+    /// What the client reports about itself, within the protocol's limits.
+    pub auth: AuthInfo,
+    /// The client's address as believed ([`App::client_addr`]).
+    pub addr: String,
+    /// The client's X-LDK-Instance ("" when absent).
+    pub instance: String,
+}
+
+/// A seat granted at login and how long the answer promises it.
+pub struct LoginGrant {
+    pub grant: Grant,
+    /// The promise in milliseconds, capped at the identity's own expiry.
+    pub ttl_ms: u64,
+}
+
+/// Why an operation on a session is answered with an error.
+pub enum Refused {
+    /// The identity was revoked or expired (while the operation ran): the
+    /// session ends too.
+    Identity(IdentityRefusal),
+    /// The auth script said no, for this reason.
+    AuthDenied(String),
+    /// The seat was refused (or the database failed the grant).
+    Seat(SeatError),
+    /// The database failed: the client is told "unavailable".
+    Failed(AppError),
+}
 
 impl App {
+    /// A client's login on `session`: the feature name checked, the auth
+    /// script run (if configured), a seat granted for `lease_hold` and
+    /// promised for `lease_ttl` (capped at the identity's expiry). An
+    /// identity refused while the grant ran is never told of its lease: the
+    /// lease ends like an operator's force release (a resent login of it on
+    /// another instance may have promised it).
+    pub async fn login(&self, session: &Session, login: Login) -> Result<LoginGrant, Refused> {
+        let Login {
+            feature,
+            request_id,
+            auth,
+            addr,
+            instance,
+        } = login;
+        let identity = session.identity_id.as_str();
+        if !crate::domain::valid_name(&feature) {
+            self.metrics.denied(None, DenialReason::UnknownFeature);
+            return Err(Refused::Seat(SeatError::UnknownFeature(
+                feature
+                    .chars()
+                    .filter(|c| !limits::is_unsafe(*c))
+                    .take(64)
+                    .collect(),
+            )));
+        }
+        if let Some(hook) = &self.auth_hook {
+            let input = AuthInput {
+                mech: auth.mech.clone(),
+                data: auth.data.clone(),
+                addr,
+                user: auth.user.clone(),
+                groups: auth.groups.clone(),
+            };
+            if let Err(why) = hook.check(&input).await {
+                tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
+                self.metrics.denied(None, DenialReason::AuthDenied);
+                return Err(Refused::AuthDenied(why.to_string()));
+            }
+        }
+        let req = GrantRequest {
+            feature,
+            request_id,
+            holder: identity.to_string(),
+            client_info: format!("{}@{} ({})", auth.user, auth.host, instance)
+                .chars()
+                .take(255)
+                .collect(),
+            hold: self.config.lease_hold,
+            promise: self.config.lease_ttl,
+            instance_id: self.instance_id().to_string(),
+        };
+        let g = self.grant(&req).await.map_err(Refused::Seat)?;
+        let ttl_ms = self.capped(session, g.promise.as_millis() as u64);
+        match (self.identity_refusal(session), ttl_ms) {
+            (None, Some(ttl_ms)) => Ok(LoginGrant { grant: g, ttl_ms }),
+            (refusal, _) => {
+                self.metrics.denied(None, DenialReason::IdentityRefused);
+                self.end_refused_grant(g.lease).await;
+                Err(Refused::Identity(
+                    refusal.unwrap_or_else(|| expired_now(session)),
+                ))
+            }
+        }
+    }
+
+    /// A heartbeat of `session` for `leases` (None: a lease id that did not
+    /// parse): per lease, the promise in milliseconds ([`App::renew`], capped
+    /// at the identity's expiry), or None when it is lost.
+    pub async fn heartbeat(
+        &self,
+        session: &Session,
+        leases: &[Option<LeaseRef>],
+    ) -> Result<Vec<Option<u64>>, Refused> {
+        let valid: Vec<LeaseRef> = leases.iter().flatten().copied().collect();
+        let renewed = self
+            .renew(&session.identity_id, &valid)
+            .await
+            .map_err(Refused::Failed)?;
+        if let Some(why) = self.identity_refusal(session) {
+            return Err(Refused::Identity(why));
+        }
+        let mut it = renewed.into_iter();
+        Ok(leases
+            .iter()
+            .map(|p| match p.and_then(|_| it.next()) {
+                Some(Renewal::Renewed(d)) if !d.is_zero() => {
+                    self.capped(session, d.as_millis() as u64)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Caps a promise at what is left of the identity's own validity: no
+    /// identity holds a seat past its expiry. None: it has expired meanwhile.
+    fn capped(&self, session: &Session, ttl_ms: u64) -> Option<u64> {
+        match self.identity_time_left(session) {
+            None => Some(ttl_ms),
+            Some(left) if left.is_zero() => None,
+            Some(left) => Some(ttl_ms.min(left.as_millis().max(1) as u64)),
+        }
+    }
+
+    /// How long a lease is promised to its client (`lease_ttl`).
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    /// How long the database keeps a seat after its last recorded renewal
+    /// (`lease_hold`).
+    pub fn lease_hold(&self) -> Duration {
+        self.config.lease_hold
+    }
+
     /// Grants one seat of `req.feature` (group-committed with concurrent
     /// logins). The grant's `promise` rests on the transaction that took the
     /// slot (or, for a resent request id, on a fresh read of its row).
@@ -262,4 +412,11 @@ impl App {
     }
 
     // ------------------------------------------------------------------ tokens
+}
+
+/// The refusal of an identity that expired just now (between the request's
+/// check and its answer).
+fn expired_now(session: &Session) -> IdentityRefusal {
+    let at = session.identity_expires.unwrap_or_else(Utc::now);
+    IdentityRefusal::expired(&session.identity_id, at)
 }

@@ -163,4 +163,23 @@ impl App {
         }
         Ok((identity, t))
     }
+
+    /// The ticket a resumption presents, checked ([`App::check_ticket`]);
+    /// None when it is refused (the reason is logged and counted, the
+    /// client only learns "refused"). An error only when the database could
+    /// not be asked: nothing was refused.
+    pub async fn resume_ticket(
+        &self,
+        ticket: &[u8],
+    ) -> Result<Option<(IdentityInfo, OpenedTicket)>, AppError> {
+        match self.check_ticket(ticket).await {
+            Ok(t) => Ok(Some(t)),
+            Err(AppError::Unauthorized(why)) => {
+                tracing::info!(reason = %why, "resumption ticket refused");
+                self.sessions.count_resume_refused();
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
 }

@@ -45,7 +45,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 /// Creates the demo vendor key, license and identity once.
 async fn demo_setup(app: &App) -> anyhow::Result<()> {
-    let dir = app.config.data_dir.join("demo");
+    let dir = app.config().data_dir.join("demo");
     let key_path = dir.join("vendor.key");
     let key = if key_path.exists() {
         VendorSigningKey::parse(&std::fs::read_to_string(&key_path)?).map_err(anyhow::Error::msg)?
@@ -59,7 +59,7 @@ async fn demo_setup(app: &App) -> anyhow::Result<()> {
     // The start-up integrity check ran before the demo key was trusted: run
     // it again now, or the demo license stays refused until the next one.
     app.verify_integrity().await?;
-    let ident_path = app.config.data_dir.join("demo-identity.txt");
+    let ident_path = app.config().data_dir.join("demo-identity.txt");
     if ident_path.exists() {
         println!(
             "floatlm: demo mode: using the existing demo license and {}",
@@ -136,7 +136,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     if fresh {
         println!(
             "floatlm: created data directory {}",
-            app.config.data_dir.display()
+            app.config().data_dir.display()
         );
     }
     if args.demo {

@@ -103,7 +103,7 @@ async fn metrics(
     State(app): State<Arc<App>>,
     caller: Result<Caller, ApiError>,
 ) -> Result<axum::response::Response, ApiError> {
-    if !app.config.metrics_public {
+    if !app.metrics_public() {
         caller?.need(Role::Monitor)?;
     }
     let body = app.metrics_text().await;
@@ -124,17 +124,17 @@ async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {
         "instance": app.instance_id(),
         "version": env!("CARGO_PKG_VERSION"),
         "backend": app.backend(),
-        "started_at": app.started_at,
+        "started_at": app.started_at(),
         "healthy": health.is_ok(),
         "reason": health.err(),
         "draining": app.is_draining(),
         "key_ids": app.key_ids(),
-        "lease_ttl_s": app.config.lease_ttl.as_secs_f64(),
-        "lease_hold_s": app.config.lease_hold.as_secs_f64(),
+        "lease_ttl_s": app.lease_ttl().as_secs_f64(),
+        "lease_hold_s": app.lease_hold().as_secs_f64(),
         "heartbeats": app.heartbeat_counts(),
         "integrity_mismatches": app.integrity_mismatches(),
         "integrity_refused": app.refused_features(),
-        "sessions": app.sessions.counts(),
+        "sessions": app.session_counts(),
         "ticket_keys": app.ticket_key_ids(),
         "role": caller.0,
     })))

@@ -80,7 +80,7 @@ fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), stamp_instance))
         .layer(middleware::from_fn_with_state(app.clone(), observe))
-        .layer(RequestBodyLimitLayer::new(app.config.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(app.max_body_bytes()))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,10 +133,10 @@ pub async fn serve(
         shutdown.await;
         drain_app.set_draining();
         tracing::info!(
-            delay_s = drain_app.config.drain_delay.as_secs_f64(),
+            delay_s = drain_app.drain_delay().as_secs_f64(),
             "draining: healthz now answers 503; serving until the drain delay ends"
         );
-        tokio::time::sleep(drain_app.config.drain_delay).await;
+        tokio::time::sleep(drain_app.drain_delay()).await;
         tracing::info!("drain delay over: finishing in-flight requests");
         let _ = stop_tx.send(true);
     });
@@ -144,11 +144,7 @@ pub async fn serve(
     let db_watch = tokio::spawn(app.clone().watch_database(stop_rx.clone()));
     let backups = tokio::spawn(app.clone().backup_schedule(stop_rx.clone()));
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let advertised = if app.config.sources.contains_key("public_address") {
-        app.config.public_address.clone()
-    } else {
-        addr(&licensing)
-    };
+    let advertised = app.advertised_address(addr(&licensing));
     let heartbeat = tokio::spawn(app.clone().cluster_heartbeat(
         advertised,
         addr(&admin),

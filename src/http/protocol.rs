@@ -16,16 +16,15 @@ use floatlm_protocol::messages::{
 };
 use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
 use serde_json::json;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::{Admission, App, AppError};
-use crate::auth_hook::AuthInput;
-use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
+use crate::app::{Admission, App, AppError, Login, Refused, SessionRefusal};
+use crate::domain::seats::{LeaseRef, RequestId, SeatError};
 use crate::identities::IdentityRefusal;
 use crate::incident::Incident;
-use crate::metrics::{DenialReason, Operation};
+use crate::metrics::Operation;
 use crate::sessions::{refusal_code, Found, Opened, Session};
 
 fn octets(body: Vec<u8>) -> Response {
@@ -60,28 +59,24 @@ pub async fn ping(State(app): State<Arc<App>>) -> Response {
 
 /// Refuses new sessions while draining or full (before any key work).
 fn admit(app: &App) -> Result<(), ApiError> {
-    if app.is_draining() {
+    app.admit_session().map_err(|why| match why {
         // New sessions go elsewhere (proxies retry a 503 on the next instance,
         // the client library fails over); existing sessions are still served.
-        return Err(ApiError::new(
+        SessionRefusal::Draining => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "this instance is draining; use another instance",
-        ));
-    }
-    if !app.sessions.has_room() {
-        return Err(too_many_sessions(app));
-    }
-    Ok(())
+        ),
+        SessionRefusal::Full { max_sessions } => too_many_sessions(max_sessions),
+    })
 }
 
-fn too_many_sessions(app: &App) -> ApiError {
+fn too_many_sessions(max_sessions: usize) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "too_many_sessions",
         format!(
-            "this instance holds its maximum of {} sessions; try another instance or later",
-            app.config.max_sessions
+            "this instance holds its maximum of {max_sessions} sessions; try another instance or later"
         ),
     )
 }
@@ -92,7 +87,7 @@ fn hello_payload(app: &App, session: &str, refused: Option<String>) -> ServerHel
     ServerHelloPayload {
         session: session.to_string(),
         instance: app.instance_id().to_string(),
-        lease_ttl_ms: app.config.lease_ttl.as_millis() as u64,
+        lease_ttl_ms: app.announced_lease_ttl_ms(),
         refused,
         resume: None,
     }
@@ -107,9 +102,7 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
     // error. Both come from the identity cache (a database read on a miss),
     // and expiry is judged by the database clock estimate, without a round
     // trip, whether the identity has an expiry or not.
-    let lookup = app.identity_lookup(hello.identity_id).await?;
-    let now = app.db_now();
-    let refused = lookup.identity.as_ref().and_then(|i| i.refusal(now));
+    let (lookup, refused) = app.handshake_identity(hello.identity_id).await?;
     let session_id = crate::crypto::random_hex(16);
     let payload = hello_payload(
         &app,
@@ -124,7 +117,7 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
         return Err(protocol_error(ProtocolError::AuthFailed));
     };
     if refused.is_none() {
-        app.sessions.insert_pending(
+        app.insert_pending_session(
             session_id,
             Session::new(
                 identity.id.clone(),
@@ -143,46 +136,23 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
 pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let hello = handshake::parse_resume_hello(&body).map_err(protocol_error)?;
     admit(&app)?;
-    let (identity, ticket) = match app.check_ticket(hello.ticket).await {
-        Ok(t) => t,
-        Err(AppError::Unauthorized(why)) => {
-            tracing::info!(reason = %why, "resumption ticket refused");
-            app.sessions.count_resume_refused();
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "ticket_refused",
-                "resumption ticket refused (expired, revoked or unknown): handshake with the identity secret",
-            ));
-        }
-        // The database could not be asked: nothing was refused.
-        Err(other) => return Err(other.into()),
+    // An error: the database could not be asked, nothing was refused.
+    let Some((identity, ticket)) = app.resume_ticket(hello.ticket).await? else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "ticket_refused",
+            "resumption ticket refused (expired, revoked or unknown): handshake with the identity secret",
+        ));
     };
     let session_id = crate::crypto::random_hex(16);
     let payload = hello_payload(&app, &session_id, None);
     let (keys, reply) = handshake::respond_resume(&hello, ticket.secret.as_ref(), &payload, None)
         .map_err(protocol_error)?;
-    app.sessions.insert_pending(
+    app.insert_pending_session(
         session_id,
         Session::new(identity.id, identity.expires_at, Opened::Resume, keys),
     );
     Ok(octets(reply))
-}
-
-/// The address handed to the auth script: the peer, or the last
-/// X-Forwarded-For entry when the peer is a trusted proxy (the entry that
-/// proxy appended; earlier ones are whatever the client claimed).
-fn client_addr(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> String {
-    if trusted.contains(&peer.ip()) {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        {
-            return ip.to_string();
-        }
-    }
-    peer.ip().to_string()
 }
 
 /// One request as the server reads it off the wire, before any operation:
@@ -233,7 +203,7 @@ pub fn open_request(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Incom
             }
         },
     };
-    let found = app.sessions.get(&session_id).ok_or_else(|| {
+    let found = app.find_session(&session_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "session_unknown",
@@ -290,7 +260,7 @@ pub async fn request(
     let mut operation = Operation::Request;
     // The envelope opened: from here on every answer is sealed.
     let sealed = match app.admit_request(session_id, &incoming.found) {
-        Admission::Full => return Err(too_many_sessions(&app)),
+        Admission::Full { max_sessions } => return Err(too_many_sessions(max_sessions)),
         Admission::Refuse(why) => SealedResponse::from(refusal(&why)),
         Admission::Serve { ticket } => {
             let reply = match decode(&incoming.plaintext) {
@@ -299,7 +269,10 @@ pub async fn request(
                     handle(
                         &app,
                         session,
-                        client_addr(&app.config.trusted_proxies, peer, &headers),
+                        app.client_addr(
+                            peer,
+                            headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+                        ),
                         &incoming.instance,
                         req,
                     )
@@ -309,7 +282,7 @@ pub async fn request(
             };
             if matches!(&reply, Reply::Error { code, .. } if code.is_identity_refusal()) {
                 // Refused while the operation ran: the session ends too.
-                app.sessions.end(session_id);
+                app.end_session(session_id);
             }
             SealedResponse {
                 response: reply,
@@ -339,22 +312,6 @@ fn refusal(why: &IdentityRefusal) -> Reply {
             why.message
         ),
     }
-}
-
-/// Caps a promise at what is left of the identity's own validity: no
-/// identity holds a seat past its expiry. None: it has expired meanwhile.
-fn capped(app: &App, session: &Session, ttl_ms: u64) -> Option<u64> {
-    match app.identity_time_left(session) {
-        None => Some(ttl_ms),
-        Some(left) if left.is_zero() => None,
-        Some(left) => Some(ttl_ms.min(left.as_millis().max(1) as u64)),
-    }
-}
-
-/// The refusal of `session`'s identity after an operation (it was revoked
-/// or expired while the operation ran), if it was refused.
-fn refused_meanwhile(app: &App, session: &Session) -> Option<Reply> {
-    app.identity_refusal(session).map(|why| refusal(&why))
 }
 
 fn no_license(reason: &str, message: String) -> Reply {
@@ -389,13 +346,6 @@ fn seat_error(e: SeatError) -> Reply {
     }
 }
 
-/// The refusal of an identity that expired just now (between the request's
-/// check and its answer).
-fn refusal_of_expired(session: &Session) -> Reply {
-    let at = session.identity_expires.unwrap_or_else(chrono::Utc::now);
-    refusal(&IdentityRefusal::expired(&session.identity_id, at))
-}
-
 /// `unavailable`, with the incident id when the cause is in the log; any
 /// other error's text is logged as an incident too, never sent.
 fn unavailable(e: AppError) -> Reply {
@@ -407,6 +357,16 @@ fn unavailable(e: AppError) -> Reply {
         code: ErrorCode::Unavailable,
         reason: None,
         message: incident.to_string(),
+    }
+}
+
+/// The answer to an operation the App did not carry out as asked.
+fn refused(r: Refused) -> Reply {
+    match r {
+        Refused::Identity(why) => refusal(&why),
+        Refused::AuthDenied(why) => no_license(reason::AUTH_DENIED, format!("No license: {why}")),
+        Refused::Seat(e) => seat_error(e),
+        Refused::Failed(e) => unavailable(e),
     }
 }
 
@@ -422,7 +382,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                         name: f.usage.name.clone(),
                         total: f.usage.total,
                         used: f.usage.used,
-                        free: if f.refused.is_some() { 0 } else { f.usage.free },
+                        free: f.free_for_clients(),
                     })
                     .collect(),
             },
@@ -454,65 +414,22 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                     }
                 }
             };
-            if !crate::domain::valid_name(&feature) {
-                app.metrics.denied(None, DenialReason::UnknownFeature);
-                return seat_error(SeatError::UnknownFeature(
-                    feature
-                        .chars()
-                        .filter(|c| !limits::is_unsafe(*c))
-                        .take(64)
-                        .collect(),
-                ));
-            }
-            if let Some(hook) = &app.auth_hook {
-                let input = AuthInput {
-                    mech: auth.mech.clone(),
-                    data: auth.data.clone(),
-                    addr,
-                    user: auth.user.clone(),
-                    groups: auth.groups.clone(),
-                };
-                if let Err(why) = hook.check(&input).await {
-                    tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
-                    app.metrics.denied(None, DenialReason::AuthDenied);
-                    return no_license(reason::AUTH_DENIED, format!("No license: {why}"));
-                }
-            }
-            let req = GrantRequest {
+            let login = Login {
                 feature,
                 request_id,
-                holder: identity.to_string(),
-                client_info: format!("{}@{} ({})", auth.user, auth.host, instance)
-                    .chars()
-                    .take(255)
-                    .collect(),
-                hold: app.config.lease_hold,
-                promise: app.config.lease_ttl,
-                instance_id: app.instance_id().to_string(),
+                auth,
+                addr,
+                instance: instance.to_string(),
             };
-            match app.grant(&req).await {
-                Ok(g) => {
-                    let ttl_ms = capped(app, session, g.promise.as_millis() as u64);
-                    match (refused_meanwhile(app, session), ttl_ms) {
-                        (None, Some(ttl_ms)) => Reply::Granted {
-                            lease: g.lease.to_string(),
-                            feature: g.feature,
-                            ttl_ms,
-                            lease_gen: g.lease.lease_gen,
-                            replayed: g.replayed,
-                        },
-                        // Revoked or expired while the grant ran: the client
-                        // is never told of the lease; it ends like an
-                        // operator's force release (a resent login of it on
-                        // another instance may have promised it).
-                        (refusal, _) => {
-                            app.metrics.denied(None, DenialReason::IdentityRefused);
-                            app.end_refused_grant(g.lease).await;
-                            refusal.unwrap_or_else(|| refusal_of_expired(session))
-                        }
-                    }
-                }
-                Err(e) => seat_error(e),
+            match app.login(session, login).await {
+                Ok(g) => Reply::Granted {
+                    lease: g.grant.lease.to_string(),
+                    feature: g.grant.feature,
+                    ttl_ms: g.ttl_ms,
+                    lease_gen: g.grant.lease.lease_gen,
+                    replayed: g.grant.replayed,
+                },
+                Err(r) => refused(r),
             }
         }
         Request::Heartbeat { leases } => {
@@ -524,31 +441,18 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 };
             }
             let parsed: Vec<Option<LeaseRef>> = leases.iter().map(|l| l.parse().ok()).collect();
-            let valid: Vec<LeaseRef> = parsed.iter().flatten().copied().collect();
-            let renewed = match app.renew(identity, &valid).await {
-                Ok(r) => r,
-                Err(e) => return unavailable(e),
+            let promises = match app.heartbeat(session, &parsed).await {
+                Ok(p) => p,
+                Err(r) => return refused(r),
             };
-            if let Some(refusal) = refused_meanwhile(app, session) {
-                return refusal;
-            }
-            let mut it = renewed.into_iter();
             Reply::Heartbeat {
                 leases: leases
                     .into_iter()
-                    .zip(parsed)
-                    .map(|(lease, p)| {
-                        let promise = match p.and_then(|_| it.next()) {
-                            Some(Renewal::Renewed(d)) if !d.is_zero() => {
-                                capped(app, session, d.as_millis() as u64)
-                            }
-                            _ => None,
-                        };
-                        LeaseStatus {
-                            lease,
-                            alive: promise.is_some(),
-                            ttl_ms: promise.unwrap_or(0),
-                        }
+                    .zip(promises)
+                    .map(|(lease, promise)| LeaseStatus {
+                        lease,
+                        alive: promise.is_some(),
+                        ttl_ms: promise.unwrap_or(0),
                     })
                     .collect(),
             }
@@ -564,24 +468,5 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 message: e,
             },
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "6.6.6.6, 10.1.2.3".parse().unwrap());
-        let proxy: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        let other: SocketAddr = "192.0.2.7:5000".parse().unwrap();
-        let trusted = ["127.0.0.1".parse().unwrap()];
-        assert_eq!(client_addr(&trusted, proxy, &h), "10.1.2.3");
-        assert_eq!(client_addr(&trusted, other, &h), "192.0.2.7");
-        assert_eq!(client_addr(&[], proxy, &h), "127.0.0.1");
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(client_addr(&trusted, proxy, &h), "127.0.0.1");
     }
 }

@@ -1166,7 +1166,7 @@ pub async fn live_leases(at: &Target) -> Vec<String> {
 
 /// One `floatlm serve` of a [`PromiseCluster`]: its instance id and its
 /// `FLOATLM_LEASE_TTL` / `FLOATLM_LEASE_HOLD` (each at least 5 s; the hold
-/// between the TTL and 10 × the TTL, see src/config.rs).
+/// between the TTL and 10 × the TTL, see src/config/).
 #[derive(Debug, Clone, Copy)]
 pub struct InstanceSpec {
     pub id: &'static str,
