@@ -20,15 +20,9 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::domain::license::FeatureDef;
-use crate::domain::seats::{
-    Check, FeatureUsage, Grant, GrantRequest, LeaseInfo, LeaseRef, Role, SeatError,
-};
-
-/// Slot states as stored.
-pub const SLOT_ACTIVE: i64 = 0;
-/// Held, but the license shrank: released or expired, it becomes retired.
-pub const SLOT_RETIRING: i64 = 1;
-pub const SLOT_RETIRED: i64 = 2;
+use crate::domain::seats::{Check, Grant, GrantRequest, LeaseInfo, LeaseRef, Role, SeatError};
+use crate::domain::slots::{plan_resize, SlotState, SlotView};
+pub use crate::domain::slots::{usage_by_name, FeatureRow};
 
 /// How often a transaction is retried on deadlock / lock-wait / busy errors.
 const MAX_TX_ATTEMPTS: u32 = 8;
@@ -146,51 +140,6 @@ pub struct StoredLicense {
     pub digest: String,
     pub sealed: Vec<u8>,
     pub applied_at: DateTime<Utc>,
-}
-
-/// One feature row (one feature of one license) with its slot counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeatureRow {
-    pub id: i64,
-    pub license_id: String,
-    pub name: String,
-    pub seats: i64,
-    pub version: Option<String>,
-    pub not_before: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// License window open right now (database clock).
-    pub valid: bool,
-    pub active_slots: i64,
-    pub active_free: i64,
-    pub retiring_live: i64,
-    pub used: i64,
-}
-
-/// Sums feature rows into the per-name view operators and clients see.
-pub fn usage_by_name(rows: &[FeatureRow]) -> Vec<FeatureUsage> {
-    let mut out: Vec<FeatureUsage> = Vec::new();
-    for r in rows {
-        let (total, free) = if r.valid {
-            (r.active_slots, (r.active_free - r.retiring_live).max(0))
-        } else {
-            (0, 0)
-        };
-        match out.iter_mut().find(|u| u.name == r.name) {
-            Some(u) => {
-                u.total += total;
-                u.used += r.used;
-                u.free += free;
-            }
-            None => out.push(FeatureUsage {
-                name: r.name.clone(),
-                total,
-                used: r.used,
-                free,
-            }),
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
 }
 
 #[derive(Debug, Clone)]
@@ -382,7 +331,7 @@ impl SlotRead {
         let live = self.lease_gen == gen
             && self.nonce == nonce
             && self.holder.as_deref() == Some(holder)
-            && matches!(self.state, SLOT_ACTIVE | SLOT_RETIRING)
+            && SlotState::from_stored(self.state).is_some_and(SlotState::can_hold)
             && self.not_before.is_none_or(|t| t <= now);
         match self.expires_at.filter(|e| live && *e > now) {
             Some(expires_at) => Check::Live(crate::domain::seats::LiveLease {
@@ -576,80 +525,24 @@ pub trait Storage: Send + Sync + 'static {
     async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
 }
 
-/// A slot as seen by the resize planner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotView {
-    pub slot_no: i64,
-    pub state: i64,
-    pub live: bool,
-}
-
-/// What a resize does: state changes (slot, from, to) and new slot numbers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResizePlan {
-    pub changes: Vec<(i64, i64, i64)>,
-    pub inserts: Vec<i64>,
-}
-
-/// Plans growing or shrinking a feature to `target` active slots.
-///
-/// Growing takes back retiring slots first (their leases stay), then reuses
-/// retired ones, then adds new slot numbers. Shrinking retires free slots
-/// first; only when too few are free does it mark held slots retiring — their
-/// leases stay valid until released or expired, and grants swap them against
-/// free slots so the live count converges to the new size without any lease
-/// being revoked.
-pub fn plan_resize(slots: &[SlotView], target: i64) -> ResizePlan {
-    let mut plan = ResizePlan::default();
-    let active = slots.iter().filter(|s| s.state == SLOT_ACTIVE).count() as i64;
-    // Retiring slots whose lease ended are retired in any case.
-    let mut reusable: Vec<SlotView> = Vec::new();
-    for s in slots {
-        if (s.state == SLOT_RETIRING && !s.live) || s.state == SLOT_RETIRED {
-            reusable.push(*s);
-        }
-    }
-    reusable.sort_by_key(|s| s.slot_no);
-    if target > active {
-        let mut need = target - active;
-        for s in slots.iter().filter(|s| s.state == SLOT_RETIRING && s.live) {
-            if need == 0 {
-                break;
-            }
-            plan.changes.push((s.slot_no, SLOT_RETIRING, SLOT_ACTIVE));
-            need -= 1;
-        }
-        let mut reused = Vec::new();
-        for s in &reusable {
-            if need == 0 {
-                break;
-            }
-            plan.changes.push((s.slot_no, s.state, SLOT_ACTIVE));
-            reused.push(s.slot_no);
-            need -= 1;
-        }
-        let next = slots.iter().map(|s| s.slot_no + 1).max().unwrap_or(0);
-        plan.inserts.extend(next..next + need);
-        reusable.retain(|s| !reused.contains(&s.slot_no));
-    } else if target < active {
-        let mut excess = active - target;
-        let mut candidates: Vec<&SlotView> =
-            slots.iter().filter(|s| s.state == SLOT_ACTIVE).collect();
-        // Free slots first, highest numbers first.
-        candidates.sort_by_key(|s| (s.live, std::cmp::Reverse(s.slot_no)));
-        for s in candidates {
-            if excess == 0 {
-                break;
-            }
-            let to = if s.live { SLOT_RETIRING } else { SLOT_RETIRED };
-            plan.changes.push((s.slot_no, SLOT_ACTIVE, to));
-            excess -= 1;
-        }
-    }
-    for s in reusable.iter().filter(|s| s.state == SLOT_RETIRING) {
-        plan.changes.push((s.slot_no, SLOT_RETIRING, SLOT_RETIRED));
-    }
-    plan
+/// The planner's view of a feature's slots, from (slot_no, state, live)
+/// rows; a state no code writes is a damaged row, refused.
+pub(crate) fn slot_views(feature_id: i64, rows: &[(i64, i64, i64)]) -> Result<Vec<SlotView>> {
+    rows.iter()
+        .map(|&(slot_no, state, live)| {
+            let state = SlotState::from_stored(state).ok_or_else(|| {
+                StorageError::Conflict(format!(
+                    "slot {slot_no} of feature {feature_id} has state {state}, which no version of floatlm writes: \
+                     the slots table was edited; restore it from a backup"
+                ))
+            })?;
+            Ok(SlotView {
+                slot_no,
+                state,
+                live: live == 1,
+            })
+        })
+        .collect()
 }
 
 /// Whether a database error means "run the whole transaction again":
@@ -884,66 +777,5 @@ pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
         sqlx::Error::Database(db) => db.message().to_string(),
         sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_string(),
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(slot_no: i64, state: i64, live: bool) -> SlotView {
-        SlotView {
-            slot_no,
-            state,
-            live,
-        }
-    }
-
-    #[test]
-    fn grow_from_nothing_inserts() {
-        let p = plan_resize(&[], 3);
-        assert_eq!(p.inserts, vec![0, 1, 2]);
-        assert!(p.changes.is_empty());
-    }
-
-    #[test]
-    fn shrink_retires_free_slots_first() {
-        let slots = [v(0, 0, true), v(1, 0, false), v(2, 0, true), v(3, 0, false)];
-        let p = plan_resize(&slots, 2);
-        assert_eq!(p.changes, vec![(3, 0, 2), (1, 0, 2)]);
-        let p = plan_resize(&slots, 1);
-        assert_eq!(p.changes, vec![(3, 0, 2), (1, 0, 2), (2, 0, 1)]);
-    }
-
-    #[test]
-    fn grow_takes_back_retiring_then_retired_then_new() {
-        let slots = [v(0, 0, true), v(1, 1, true), v(2, 2, false), v(3, 1, false)];
-        let p = plan_resize(&slots, 5);
-        assert_eq!(p.changes, vec![(1, 1, 0), (2, 2, 0), (3, 1, 0)]);
-        assert_eq!(p.inserts, vec![4]);
-        let p = plan_resize(&slots, 1);
-        assert_eq!(p.changes, vec![(3, 1, 2)]);
-    }
-
-    #[test]
-    fn usage_subtracts_retiring_debt() {
-        let row = FeatureRow {
-            id: 1,
-            license_id: "L".into(),
-            name: "f".into(),
-            seats: 2,
-            version: None,
-            not_before: None,
-            expires_at: None,
-            valid: true,
-            active_slots: 2,
-            active_free: 1,
-            retiring_live: 2,
-            used: 3,
-        };
-        let u = usage_by_name(&[row]);
-        assert_eq!(u[0].free, 0);
-        assert_eq!(u[0].total, 2);
-        assert_eq!(u[0].used, 3);
     }
 }

@@ -290,7 +290,7 @@ impl SqliteStorage {
                     if live == 1 {
                         // The license shrank while this slot was held: the free
                         // slot retires in its place and the held one stays.
-                        retire_unheld(&mut tx, fid, slot, SLOT_ACTIVE, now).await?;
+                        retire_unheld(&mut tx, fid, slot, SlotState::Active, now).await?;
                         sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ?1 AND slot_no = ?2 AND state = 1")
                             .bind(fid)
                             .bind(rslot)
@@ -298,7 +298,7 @@ impl SqliteStorage {
                             .await
                             .map_err(StorageError::from)?;
                     } else {
-                        retire_unheld(&mut tx, fid, rslot, SLOT_RETIRING, now).await?;
+                        retire_unheld(&mut tx, fid, rslot, SlotState::Retiring, now).await?;
                     }
                     continue;
                 }
@@ -384,23 +384,15 @@ impl SqliteStorage {
         .bind(feature_id)
         .fetch_all(&mut **tx)
         .await?;
-        let views: Vec<SlotView> = rows
-            .iter()
-            .map(|&(slot_no, state, live)| SlotView {
-                slot_no,
-                state,
-                live: live == 1,
-            })
-            .collect();
-        let plan = plan_resize(&views, target);
+        let plan = plan_resize(&slot_views(feature_id, &rows)?, target);
         for (slot_no, from, to) in plan.changes {
             sqlx::query(
                 "UPDATE slots SET state = ? WHERE feature_id = ? AND slot_no = ? AND state = ?",
             )
-            .bind(to)
+            .bind(to.stored())
             .bind(feature_id)
             .bind(slot_no)
-            .bind(from)
+            .bind(from.stored())
             .execute(&mut **tx)
             .await?;
         }
@@ -607,7 +599,7 @@ async fn retire_unheld(
     tx: &mut Tx<'_>,
     feature_id: i64,
     slot_no: i64,
-    from: i64,
+    from: SlotState,
     now: i64,
 ) -> Result<(), SeatError> {
     sqlx::query(
@@ -616,7 +608,7 @@ async fn retire_unheld(
     )
     .bind(feature_id)
     .bind(slot_no)
-    .bind(from)
+    .bind(from.stored())
     .bind(now)
     .execute(&mut **tx)
     .await
@@ -962,7 +954,7 @@ impl Storage for SqliteStorage {
                 granted_by: r.8.unwrap_or_default(),
                 granted_at: r.9.map(utc),
                 expires_at: utc(r.10),
-                retiring: r.11 == SLOT_RETIRING,
+                retiring: r.11 == SlotState::Retiring.stored(),
             })
             .collect())
     }
