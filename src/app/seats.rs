@@ -8,16 +8,14 @@ impl App {
     /// Grants one seat of `req.feature` (group-committed with concurrent
     /// logins). The grant's `promise` rests on the transaction that took the
     /// slot (or, for a resent request id, on a fresh read of its row).
-    pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+    pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatFailure> {
         // Feature names are spelled exactly as licensed (A-Z a-z 0-9 _ . -);
         // anything else names no feature, whatever a database collation says.
         if !crate::domain::valid_name(&req.feature) {
-            return Err(SeatError::UnknownFeature(
-                req.feature.chars().take(64).collect(),
-            ));
+            return Err(SeatError::UnknownFeature(req.feature.chars().take(64).collect()).into());
         }
         if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
-            return Err(SeatError::Refused(req.feature.clone(), why.clone()));
+            return Err(SeatError::Refused(req.feature.clone(), why.clone()).into());
         }
         let g = self.batches.grant(req.clone()).await?;
         // This instance's own clients see their change at once; others'

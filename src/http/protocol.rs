@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::{Admission, App, AppError};
+use crate::app::{Admission, App, AppError, SeatFailure};
 use crate::auth_hook::AuthInput;
 use crate::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use crate::identities::IdentityRefusal;
@@ -360,7 +360,16 @@ fn no_license(reason: &str, message: String) -> Reply {
     }
 }
 
-fn seat_error(e: SeatError) -> Reply {
+fn seat_error(e: SeatFailure) -> Reply {
+    let e = match e {
+        SeatFailure::Refused(e) => e,
+        SeatFailure::Storage(e) => {
+            return unavailable(AppError::Incident(Incident::of_storage(
+                "the database failed a login",
+                &e,
+            )))
+        }
+    };
     let message = e.to_string();
     match e {
         SeatError::NoSeat { .. } => no_license(reason::ALL_SEATS_TAKEN, message),
@@ -377,10 +386,6 @@ fn seat_error(e: SeatError) -> Reply {
             reason: None,
             message,
         },
-        SeatError::Storage(e) => unavailable(AppError::Incident(Incident::of_storage(
-            "the database failed a login",
-            &e,
-        ))),
     }
 }
 
@@ -450,13 +455,13 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 }
             };
             if !crate::domain::valid_name(&feature) {
-                return seat_error(SeatError::UnknownFeature(
+                return seat_error(SeatFailure::Refused(SeatError::UnknownFeature(
                     feature
                         .chars()
                         .filter(|c| !limits::is_unsafe(*c))
                         .take(64)
                         .collect(),
-                ));
+                )));
             }
             if let Some(hook) = &app.auth_hook {
                 let input = AuthInput {
