@@ -3,46 +3,6 @@
 
 use super::*;
 
-type IdentityTuple = (
-    String,
-    String,
-    Vec<u8>,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-    Option<NaiveDateTime>,
-);
-
-fn identity_row(t: IdentityTuple) -> IdentityRow {
-    IdentityRow {
-        id: t.0,
-        name: t.1,
-        sealed: t.2,
-        created_at: utc(t.3),
-        expires_at: t.4.map(utc),
-        revoked_at: t.5.map(utc),
-    }
-}
-
-type TokenTuple = (
-    String,
-    String,
-    String,
-    String,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-);
-
-fn token_row(t: TokenTuple) -> Result<TokenRow> {
-    Ok(TokenRow {
-        id: t.0,
-        name: t.1,
-        role: t.2.parse().map_err(StorageError::Corrupt)?,
-        token_hash: t.3,
-        created_at: utc(t.4),
-        revoked_at: t.5.map(utc),
-    })
-}
-
 #[async_trait]
 impl AccessStore for MySqlStorage {
     async fn insert_identity(&self, row: &IdentityRow) -> Result<()> {
@@ -67,22 +27,22 @@ impl AccessStore for MySqlStorage {
     }
 
     async fn identity(&self, id: &str) -> Result<Option<IdentityRow>> {
-        let row: Option<IdentityTuple> = sqlx::query_as(
+        let row: Option<IdentityRecord<Time>> = sqlx::query_as(
             "SELECT id, name, sealed, created_at, expires_at, revoked_at FROM identities WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(identity_row))
+        Ok(row.map(IdentityRow::from))
     }
 
     async fn identities(&self) -> Result<Vec<IdentityRow>> {
-        let rows: Vec<IdentityTuple> = sqlx::query_as(
+        let rows: Vec<IdentityRecord<Time>> = sqlx::query_as(
             "SELECT id, name, sealed, created_at, expires_at, revoked_at FROM identities ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(identity_row).collect())
+        Ok(rows.into_iter().map(IdentityRow::from).collect())
     }
 
     async fn revoke_identity(&self, id: &str) -> Result<bool> {
@@ -125,21 +85,14 @@ impl AccessStore for MySqlStorage {
     }
 
     async fn identity_revocations(&self, after: i64) -> Result<Vec<Revocation>> {
-        let rows: Vec<(i64, String, NaiveDateTime)> = sqlx::query_as(
+        let rows: Vec<RevocationRecord<Time>> = sqlx::query_as(
             "SELECT revision, identity_id, revoked_at FROM identity_revocations
              WHERE revision > ? ORDER BY revision",
         )
         .bind(after)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(revision, identity_id, at)| Revocation {
-                revision,
-                identity_id,
-                revoked_at: utc(at),
-            })
-            .collect())
+        Ok(rows.into_iter().map(Revocation::from).collect())
     }
 
     async fn insert_token(&self, row: &TokenRow) -> Result<()> {
@@ -192,23 +145,23 @@ impl AccessStore for MySqlStorage {
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>> {
-        let row: Option<TokenTuple> = sqlx::query_as(
+        let row: Option<TokenRecord<Time>> = sqlx::query_as(
             "SELECT id, name, role, token_hash, created_at, revoked_at FROM admin_tokens
              WHERE token_hash = ? AND revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(token_row).transpose()
+        row.map(TokenRecord::into_row).transpose()
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRow>> {
-        let rows: Vec<TokenTuple> = sqlx::query_as(
+        let rows: Vec<TokenRecord<Time>> = sqlx::query_as(
             "SELECT id, name, role, token_hash, created_at, revoked_at FROM admin_tokens ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(token_row).collect()
+        rows.into_iter().map(TokenRecord::into_row).collect()
     }
 
     async fn revoke_token(&self, id: &str) -> Result<bool> {

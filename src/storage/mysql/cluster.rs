@@ -33,46 +33,18 @@ impl ClusterStore for MySqlStorage {
     }
 
     async fn instances(&self) -> Result<Vec<InstanceRow>> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            NaiveDateTime,
-            NaiveDateTime,
-            i64,
-            f64,
-            i64,
-            String,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<InstanceRecord<Time>> = sqlx::query_as(
             "SELECT i.id, i.address, i.admin_address, i.version, i.started_at, i.last_seen,
-                    CAST(i.drain_requested AS SIGNED),
-                    CAST(TIMESTAMPDIFF(MICROSECOND, i.last_seen, NOW(6)) / 1000000 AS DOUBLE),
+                    CAST(i.drain_requested AS SIGNED) AS drain_requested,
+                    CAST(TIMESTAMPDIFF(MICROSECOND, i.last_seen, NOW(6)) / 1000000 AS DOUBLE) AS silent_for_s,
                     CAST((SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
-                          AND s.holder IS NOT NULL AND s.expires_at > NOW(6)) AS SIGNED),
+                          AND s.holder IS NOT NULL AND s.expires_at > NOW(6)) AS SIGNED) AS leases,
                     i.key_ids, i.lease_ttl_ms
              FROM instances i ORDER BY i.id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| InstanceRow {
-                id: r.0,
-                address: r.1,
-                admin_address: r.2,
-                version: r.3,
-                started_at: utc(r.4),
-                last_seen: utc(r.5),
-                drain_requested: r.6 == 1,
-                silent_for_s: r.7,
-                leases: r.8,
-                key_ids: r.9,
-                lease_ttl_ms: r.10,
-            })
-            .collect())
+        Ok(rows.into_iter().map(InstanceRow::from).collect())
     }
 
     async fn live_versions(&self, within: Duration) -> Result<Vec<(String, String)>> {

@@ -185,69 +185,28 @@ impl LicenseStore for MySqlStorage {
     }
 
     async fn licenses(&self) -> Result<Vec<StoredLicense>> {
-        let rows: Vec<(String, i64, String, String, String, Vec<u8>, NaiveDateTime)> = sqlx::query_as(
+        let rows: Vec<LicenseRow<Time>> = sqlx::query_as(
             "SELECT license_id, serial, customer, vendor_key_id, digest, sealed, applied_at FROM licenses ORDER BY license_id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredLicense {
-                license_id: r.0,
-                serial: r.1,
-                customer: r.2,
-                vendor_key_id: r.3,
-                digest: r.4,
-                sealed: r.5,
-                applied_at: utc(r.6),
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredLicense::from).collect())
     }
 
     async fn feature_rows(&self) -> Result<Vec<FeatureRow>> {
-        type Row = (
-            i64,
-            String,
-            String,
-            i64,
-            Option<String>,
-            Option<NaiveDateTime>,
-            Option<NaiveDateTime>,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT f.id, f.license_id, f.name, CAST(f.seats AS SIGNED), f.version, f.not_before, f.expires_at,
-                CAST((f.not_before IS NULL OR f.not_before <= NOW(6)) AND (f.expires_at IS NULL OR f.expires_at > NOW(6)) AS SIGNED),
-                CAST(COALESCE(SUM(s.state = 0), 0) AS SIGNED),
-                CAST(COALESCE(SUM(s.state = 0 AND (s.expires_at IS NULL OR s.expires_at <= NOW(6))), 0) AS SIGNED),
-                CAST(COALESCE(SUM(s.state = 1 AND s.expires_at > NOW(6)), 0) AS SIGNED),
-                CAST(COALESCE(SUM(s.state IN (0, 1) AND s.expires_at > NOW(6)), 0) AS SIGNED)
+        let rows: Vec<FeatureRecord<Time>> = sqlx::query_as(
+            "SELECT f.id, f.license_id, f.name, CAST(f.seats AS SIGNED) AS seats, f.version, f.not_before, f.expires_at,
+                CAST((f.not_before IS NULL OR f.not_before <= NOW(6)) AND (f.expires_at IS NULL OR f.expires_at > NOW(6)) AS SIGNED) AS valid,
+                CAST(COALESCE(SUM(s.state = 0), 0) AS SIGNED) AS active_slots,
+                CAST(COALESCE(SUM(s.state = 0 AND (s.expires_at IS NULL OR s.expires_at <= NOW(6))), 0) AS SIGNED) AS active_free,
+                CAST(COALESCE(SUM(s.state = 1 AND s.expires_at > NOW(6)), 0) AS SIGNED) AS retiring_live,
+                CAST(COALESCE(SUM(s.state IN (0, 1) AND s.expires_at > NOW(6)), 0) AS SIGNED) AS used
              FROM features f LEFT JOIN slots s ON s.feature_id = f.id
              GROUP BY f.id, f.license_id, f.name, f.seats, f.version, f.not_before, f.expires_at
              ORDER BY f.name, f.id",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FeatureRow {
-                id: r.0,
-                license_id: r.1,
-                name: r.2,
-                seats: r.3,
-                version: r.4,
-                not_before: r.5.map(utc),
-                expires_at: r.6.map(utc),
-                valid: r.7 == 1,
-                active_slots: r.8,
-                active_free: r.9,
-                retiring_live: r.10,
-                used: r.11,
-            })
-            .collect())
+        Ok(rows.into_iter().map(FeatureRow::from).collect())
     }
 }

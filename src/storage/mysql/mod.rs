@@ -40,10 +40,13 @@ pub struct MySqlStorage {
     probe: tokio::sync::Mutex<Option<sqlx::MySqlConnection>>,
 }
 
+/// How this backend stores a time (see [`DbTime`]).
+type Time = NaiveDateTime;
+
 type Tx<'a> = Transaction<'a, MySql>;
 
-fn utc(t: NaiveDateTime) -> DateTime<Utc> {
-    t.and_utc()
+fn utc(t: Time) -> DateTime<Utc> {
+    DbTime::utc(t)
 }
 
 fn naive(t: DateTime<Utc>) -> NaiveDateTime {
@@ -101,20 +104,13 @@ fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
         .chain(std::iter::repeat_n(last, size - items.len()).flatten())
 }
 
-type SlotRow = (
-    NaiveDateTime,
-    i64,
-    i64,
-    i64,
-    i64,
-    Option<String>,
-    i64,
-    Option<NaiveDateTime>,
-    i64,
-    String,
-    Option<NaiveDateTime>,
-    Option<NaiveDateTime>,
-);
+/// A slot row of a check, with the clock of the statement that read it.
+#[derive(sqlx::FromRow)]
+struct ClockedSlot {
+    now: Time,
+    #[sqlx(flatten)]
+    slot: SlotRecord<Time>,
+}
 
 /// Reads the slot rows that `leases` name, by primary key, in one statement
 /// without locks, with the database clock of that statement. A lease's row
@@ -127,8 +123,10 @@ where
     E: Executor<'c, Database = MySql>,
 {
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT NOW(6), s.feature_id, CAST(s.slot_no AS SIGNED), s.lease_gen, s.lease_nonce, s.holder,
-                CAST(s.state AS SIGNED), s.expires_at, CAST(s.promise_ms AS SIGNED), f.name, f.not_before, f.expires_at
+        "SELECT NOW(6) AS now, s.feature_id, CAST(s.slot_no AS SIGNED) AS slot_no, s.lease_gen,
+                s.lease_nonce AS nonce, s.holder, CAST(s.state AS SIGNED) AS state, s.expires_at,
+                CAST(s.promise_ms AS SIGNED) AS promise_ms, f.name AS feature, f.not_before,
+                f.expires_at AS window_end
          FROM slots s FORCE INDEX (PRIMARY) JOIN features f ON f.id = s.feature_id WHERE ",
     );
     for (i, (f, s, ..)) in padded(leases).enumerate() {
@@ -139,27 +137,9 @@ where
             .push_bind(*s)
             .push(")");
     }
-    let rows: Vec<SlotRow> = q.build_query_as().fetch_all(conn).await?;
-    let now = rows.first().map_or_else(Utc::now, |r| utc(r.0));
-    let map = rows
-        .into_iter()
-        .map(|r| {
-            (
-                (r.1, r.2),
-                SlotRead {
-                    lease_gen: r.3,
-                    nonce: r.4,
-                    holder: r.5,
-                    state: r.6,
-                    expires_at: r.7.map(utc),
-                    promise_ms: r.8,
-                    feature: r.9,
-                    not_before: r.10.map(utc),
-                    window_end: r.11.map(utc),
-                },
-            )
-        })
-        .collect();
+    let rows: Vec<ClockedSlot> = q.build_query_as().fetch_all(conn).await?;
+    let now = rows.first().map_or_else(Utc::now, |r| utc(r.now));
+    let map = rows.into_iter().map(|r| r.slot.into_read()).collect();
     Ok((now, map))
 }
 

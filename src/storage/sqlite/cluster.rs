@@ -31,46 +31,18 @@ impl ClusterStore for SqliteStorage {
     }
 
     async fn instances(&self) -> Result<Vec<InstanceRow>> {
-        type Row = (
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            f64,
-            i64,
-            String,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<InstanceRecord<Time>> = sqlx::query_as(
             "WITH clock(now) AS (SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER))
              SELECT i.id, i.address, i.admin_address, i.version, i.started_at, i.last_seen, i.drain_requested,
-                    (clock.now - i.last_seen) / 1000000.0,
+                    (clock.now - i.last_seen) / 1000000.0 AS silent_for_s,
                     (SELECT COUNT(*) FROM slots s WHERE s.granted_by = i.id AND s.state IN (0, 1)
-                       AND s.holder IS NOT NULL AND s.expires_at > clock.now),
+                       AND s.holder IS NOT NULL AND s.expires_at > clock.now) AS leases,
                     i.key_ids, i.lease_ttl_ms
              FROM instances i CROSS JOIN clock ORDER BY i.id",
         )
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| InstanceRow {
-                id: r.0,
-                address: r.1,
-                admin_address: r.2,
-                version: r.3,
-                started_at: utc(r.4),
-                last_seen: utc(r.5),
-                drain_requested: r.6 == 1,
-                silent_for_s: r.7,
-                leases: r.8,
-                key_ids: r.9,
-                lease_ttl_ms: r.10,
-            })
-            .collect())
+        Ok(rows.into_iter().map(InstanceRow::from).collect())
     }
 
     async fn live_versions(&self, within: Duration) -> Result<Vec<(String, String)>> {

@@ -173,22 +173,8 @@ impl LeaseStore for SqliteStorage {
     }
 
     async fn leases(&self) -> Result<Vec<LeaseInfo>> {
-        type Row = (
-            i64,
-            i64,
-            i64,
-            i64,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            i64,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT s.feature_id, s.slot_no, s.lease_gen, s.lease_nonce, f.name, f.license_id, s.holder, s.client_info,
+        let rows: Vec<LeaseRecord<Time>> = sqlx::query_as(
+            "SELECT s.feature_id, s.slot_no, s.lease_gen, s.lease_nonce AS nonce, f.name AS feature, f.license_id, s.holder, s.client_info,
                     s.granted_by, s.granted_at, s.expires_at, s.state
              FROM slots s JOIN features f ON f.id = s.feature_id
              WHERE s.state IN (0, 1) AND s.expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)
@@ -196,26 +182,7 @@ impl LeaseStore for SqliteStorage {
         )
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LeaseInfo {
-                lease: LeaseRef {
-                    feature_id: r.0,
-                    slot_no: r.1,
-                    lease_gen: r.2,
-                    nonce: r.3,
-                },
-                feature: r.4,
-                license_id: r.5,
-                revoked: r.6.is_none(),
-                holder: r.6.unwrap_or_default(),
-                client_info: r.7.unwrap_or_default(),
-                granted_by: r.8.unwrap_or_default(),
-                granted_at: r.9.map(utc),
-                expires_at: utc(r.10),
-                retiring: r.11 == SlotState::Retiring.stored(),
-            })
-            .collect())
+        Ok(rows.into_iter().map(LeaseInfo::from).collect())
     }
 
     async fn purge_requests(&self, age: Duration) -> Result<u64> {

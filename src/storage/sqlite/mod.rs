@@ -35,6 +35,9 @@ pub struct SqliteStorage {
     reader: SqlitePool,
 }
 
+/// How this backend stores a time (see [`DbTime`]).
+type Time = i64;
+
 type Tx<'a> = Transaction<'a, Sqlite>;
 
 /// Leases per check statement (two placeholders each).
@@ -42,8 +45,8 @@ const CHECK_CHUNK: usize = 1000;
 
 const NOW_SQL: &str = "SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
 
-fn utc(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
+fn utc(t: Time) -> DateTime<Utc> {
+    DbTime::utc(t)
 }
 
 fn us(t: DateTime<Utc>) -> i64 {
@@ -53,20 +56,6 @@ fn us(t: DateTime<Utc>) -> i64 {
 async fn db_now(tx: &mut Tx<'_>) -> Result<i64> {
     Ok(sqlx::query_scalar(NOW_SQL).fetch_one(&mut **tx).await?)
 }
-
-type SlotRow = (
-    i64,
-    i64,
-    i64,
-    i64,
-    Option<String>,
-    i64,
-    Option<i64>,
-    i64,
-    String,
-    Option<i64>,
-    Option<i64>,
-);
 
 /// Reads the slot rows that `leases` name, by primary key, in one statement,
 /// with the database clock read just before by the same connection (SQLite
@@ -78,8 +67,8 @@ async fn read_slots(
 ) -> Result<(DateTime<Utc>, HashMap<(i64, i64), SlotRead>)> {
     let now: i64 = sqlx::query_scalar(NOW_SQL).fetch_one(&mut *conn).await?;
     let mut q = QueryBuilder::<Sqlite>::new(
-        "SELECT s.feature_id, s.slot_no, s.lease_gen, s.lease_nonce, s.holder, s.state, s.expires_at,
-                s.promise_ms, f.name, f.not_before, f.expires_at
+        "SELECT s.feature_id, s.slot_no, s.lease_gen, s.lease_nonce AS nonce, s.holder, s.state, s.expires_at,
+                s.promise_ms, f.name AS feature, f.not_before, f.expires_at AS window_end
          FROM slots s JOIN features f ON f.id = s.feature_id WHERE ",
     );
     for (i, (f, s, ..)) in leases.iter().enumerate() {
@@ -90,26 +79,8 @@ async fn read_slots(
             .push_bind(*s)
             .push(")");
     }
-    let rows: Vec<SlotRow> = q.build_query_as().fetch_all(&mut *conn).await?;
-    let map = rows
-        .into_iter()
-        .map(|r| {
-            (
-                (r.0, r.1),
-                SlotRead {
-                    lease_gen: r.2,
-                    nonce: r.3,
-                    holder: r.4,
-                    state: r.5,
-                    expires_at: r.6.map(utc),
-                    promise_ms: r.7,
-                    feature: r.8,
-                    not_before: r.9.map(utc),
-                    window_end: r.10.map(utc),
-                },
-            )
-        })
-        .collect();
+    let rows: Vec<SlotRecord<Time>> = q.build_query_as().fetch_all(&mut *conn).await?;
+    let map = rows.into_iter().map(SlotRecord::into_read).collect();
     Ok((utc(now), map))
 }
 
