@@ -3,7 +3,8 @@
 //! SQL) imports neither `http`, `app` nor `batch`, `http` (decode, dispatch,
 //! encode) goes through `app` and never reaches `storage`, and neither
 //! storage backend imports the other. Read from the source, so a `use` that
-//! runs the wrong way fails here before it tangles the layers.
+//! runs the wrong way fails here before it tangles the layers. Files of
+//! storage and domain stay short enough to read beside each other.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -159,12 +160,37 @@ fn backends_do_not_import_each_other() {
                     .any(|l| l.contains(&needle) && !l.contains(&format!("sqlx::{other}")));
                 assert!(
                     !hit,
-                    "{} names {needle}: shared code belongs in storage/mod.rs",
+                    "{} names {needle}: shared code belongs in storage/mod.rs, rows.rs or retry.rs",
                     f.display()
                 );
             }
         }
     }
+}
+
+/// Longest file, in lines, under src/storage and src/domain: a backend's
+/// role file is read beside the other backend's.
+const MAX_LINES: usize = 800;
+
+#[test]
+fn storage_and_domain_files_stay_short() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut long = Vec::new();
+    for dir in ["src/storage", "src/domain"] {
+        let mut files = Vec::new();
+        rust_files(&root.join(dir), &mut files);
+        assert!(!files.is_empty(), "{dir} has no Rust files");
+        for f in files {
+            let n = std::fs::read_to_string(&f).unwrap().lines().count();
+            if n > MAX_LINES {
+                long.push(format!(
+                    "{} has {n} lines (at most {MAX_LINES}): split it by role",
+                    f.strip_prefix(root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(long.is_empty(), "{}", long.join("\n"));
 }
 
 #[test]

@@ -36,6 +36,8 @@ impl MySqlStorage {
         Ok(Some(now))
     }
 
+    /// One release: the slot is freed only while it still holds this lease
+    /// (gen, nonce, holder) unexpired; a retiring slot becomes retired.
     async fn release_once(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         let mut tx = self.pool.begin().await?;
         let now = db_now(&mut tx).await?;

@@ -5,6 +5,8 @@
 use super::*;
 
 impl MySqlStorage {
+    /// Moves a feature's slots to `target` active ones as
+    /// [`plan_resize`] says, each change conditioned on the slot's state.
     async fn resize(
         &self,
         tx: &mut Tx<'_>,
@@ -43,6 +45,8 @@ impl MySqlStorage {
         Ok(())
     }
 
+    /// One apply transaction: the license row, its feature rows and their
+    /// slots; refuses a window change that would cut short given promises.
     async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
         let mut tx = self.pool.begin().await?;
         let now = db_now(&mut tx).await?;

@@ -186,6 +186,9 @@ impl MySqlStorage {
         }
     }
 
+    /// One grant transaction: claims the request id first, then takes a free
+    /// or expired active slot (`FOR UPDATE SKIP LOCKED`) with an UPDATE that
+    /// checks the slot's own state and raises its `lease_gen`.
     async fn grant_once(&self, req: &GrantRequest) -> Result<Grant, SeatFailure> {
         let mut tx = self.pool.begin().await.map_err(StorageError::from)?;
         if let Some(g) = self.replay(&mut tx, req).await? {

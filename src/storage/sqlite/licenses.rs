@@ -5,6 +5,8 @@
 use super::*;
 
 impl SqliteStorage {
+    /// Moves a feature's slots to `target` active ones as
+    /// [`plan_resize`] says, each change conditioned on the slot's state.
     async fn resize(&self, tx: &mut Tx<'_>, feature_id: i64, target: i64, now: i64) -> Result<()> {
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT slot_no, state, expires_at IS NOT NULL AND expires_at > ?1
@@ -37,6 +39,8 @@ impl SqliteStorage {
         Ok(())
     }
 
+    /// One apply transaction: the license row, its feature rows and their
+    /// slots; refuses a window change that would cut short given promises.
     async fn apply_once(&self, lic: &LicenseRecord) -> Result<ApplyOutcome> {
         let mut tx = self.begin().await?;
         let now = db_now(&mut tx).await?;

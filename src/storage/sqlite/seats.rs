@@ -78,6 +78,9 @@ impl SqliteStorage {
         }
     }
 
+    /// One grant transaction on the single writer: takes a free or expired
+    /// active slot with an UPDATE that checks the slot's own state and raises
+    /// its `lease_gen`.
     async fn grant_once(&self, req: &GrantRequest) -> Result<Grant, SeatFailure> {
         let mut tx = self.begin().await?;
         if let Some(g) = self.replay(&mut tx, req).await? {
