@@ -168,6 +168,37 @@ fn backends_do_not_import_each_other() {
     }
 }
 
+/// Both backends have the same role files, so each can be read beside the
+/// other; the shared files (rows, retry) name neither backend.
+#[test]
+fn backends_have_the_same_role_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/storage");
+    let names = |backend: &str| -> BTreeSet<String> {
+        std::fs::read_dir(root.join(backend))
+            .unwrap_or_else(|e| panic!("src/storage/{backend}/: {e}"))
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect()
+    };
+    let (mysql, sqlite) = (names("mysql"), names("sqlite"));
+    assert_eq!(
+        mysql, sqlite,
+        "src/storage/mysql/ and src/storage/sqlite/ must hold the same role files"
+    );
+    for shared in ["rows.rs", "retry.rs"] {
+        let text = std::fs::read_to_string(root.join(shared)).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for backend in ["mysql", "sqlite"] {
+                let named = line.contains(&format!("{backend}::"))
+                    && !line.contains(&format!("sqlx::{backend}::"));
+                assert!(
+                    !named,
+                    "src/storage/{shared} names the {backend} backend: shared code serves both"
+                );
+            }
+        }
+    }
+}
+
 /// Longest file, in lines, under src/storage and src/domain: a backend's
 /// role file is read beside the other backend's.
 const MAX_LINES: usize = 800;

@@ -1,4 +1,5 @@
-//! The trusted license storage: one trait, two backends written out plainly.
+//! The trusted license storage: one trait per role, two backends written
+//! out plainly.
 //!
 //! * [`mysql::MySqlStorage`] — MySQL / MariaDB, shared by every instance of a
 //!   cluster (the HA setup).
@@ -7,8 +8,13 @@
 //! Seats are pre-created slot rows. A slot moves only through single-row
 //! conditional UPDATEs whose WHERE checks the slot's own state and its
 //! `lease_gen` fencing token; time is the database's clock, read once per
-//! transaction. The SQL of each backend is in its own file so the differences
-//! stay visible; shared rules (how to resize, what to retry) live here.
+//! transaction. Each role ([`StoreBase`], [`SeatStore`], [`LeaseStore`],
+//! [`LicenseStore`], [`AccessStore`], [`ClusterStore`], [`KeyStore`]; all
+//! of them together are [`Storage`]) has a file of its name in each
+//! backend's folder, so the SQL of the two backends reads side by side.
+//! Shared here: the errors, the seat helpers both grant paths use;
+//! `rows.rs` maps rows by column name; `retry.rs` says what is retried; the
+//! pure rules (slot states, resize plan) are in `domain::slots`.
 
 pub mod mysql;
 mod retry;
