@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use chrono::{DateTime, Utc};
 
 use crate::dbgate::DbGate;
-use crate::domain::seats::{Check, Grant, GrantRequest, LeaseRef, SeatError};
+use crate::domain::seats::{Check, Grant, GrantRequest, LeaseRef};
 use crate::metrics::{BatchKind, DbCall, Metrics};
-use crate::storage::{Extension, RenewItem, Storage, StorageError};
+use crate::storage::{Extension, RenewItem, SeatFailure, Storage, StorageError};
 
 /// Grant (and release) batches in flight at once per instance. One: while it
 /// runs the next batch fills, and fewer, larger transactions are what the
@@ -207,7 +207,7 @@ type Released = Result<Option<DateTime<Utc>>, String>;
 /// Group commit of grants, checks, extensions and releases in front of a
 /// [`Storage`].
 pub struct SeatBatchers {
-    grants: Batcher<GrantRequest, Result<Grant, SeatError>>,
+    grants: Batcher<GrantRequest, Result<Grant, SeatFailure>>,
     checks: Batcher<RenewItem, Result<Vec<Check>, String>>,
     extensions: Batcher<RenewItem, Extended>,
     refreshes: Batcher<RenewItem, Extended>,
@@ -242,7 +242,7 @@ impl SeatBatchers {
                     // A grant that committed says the database writes; any
                     // other answer from it (no seat, say) that it is there.
                     let failure = out.iter().find_map(|r| match r {
-                        Err(SeatError::Storage(e)) if e.is_outage() => Some(e),
+                        Err(SeatFailure::Storage(e)) if e.is_outage() => Some(e),
                         _ => None,
                     });
                     if out.iter().any(|r| r.as_ref().is_ok_and(|g| !g.replayed)) {
@@ -342,14 +342,14 @@ impl SeatBatchers {
     /// known to be away, but once queued they are waited for: an answer of
     /// "unavailable" must mean nothing happened, never a release or grant
     /// that commits later.
-    pub async fn grant(&self, req: GrantRequest) -> Result<Grant, SeatError> {
+    pub async fn grant(&self, req: GrantRequest) -> Result<Grant, SeatFailure> {
         self.gate
             .admit()
-            .map_err(|e| SeatError::Storage(StorageError::Unavailable(e)))?;
+            .map_err(|e| SeatFailure::Storage(StorageError::Unavailable(e)))?;
         self.grants
             .submit(req)
             .await
-            .map_err(|e| SeatError::Storage(StorageError::Conflict(e)))?
+            .map_err(|e| SeatFailure::Storage(StorageError::Stopped(e)))?
     }
 
     /// Reads the rows of `leases` of `holder`, in whatever read is next.
@@ -361,7 +361,7 @@ impl SeatBatchers {
                     .submit(item(holder, leases))
                     .await
                     .and_then(|r| r)
-                    .map_err(StorageError::Conflict)
+                    .map_err(StorageError::Stopped)
             })
             .await
             .map_err(|e: StorageError| e.to_string())

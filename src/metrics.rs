@@ -30,7 +30,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::domain::seats::{Grant, SeatError};
-use crate::storage::PoolUse;
+use crate::storage::{PoolUse, SeatFailure};
 
 /// The `Content-Type` of a scrape's answer (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -460,18 +460,28 @@ impl Metrics {
     }
 
     /// A login's answer from the seats service: a grant, or a refusal.
-    pub fn grant_answered(&self, r: &Result<Grant, SeatError>) {
+    pub fn grant_answered(&self, r: &Result<Grant, SeatFailure>) {
         let (feature, reason) = match r {
             Ok(g) => return self.granted(&g.feature, g.replayed),
             // These name a feature the licenses hold.
-            Err(SeatError::NoSeat { feature, .. }) => (Some(feature), DenialReason::AllSeatsTaken),
-            Err(SeatError::Expired(f)) => (Some(f), DenialReason::LicenseExpired),
-            Err(SeatError::Refused(f, _)) => (Some(f), DenialReason::LicenseRefused),
+            Err(SeatFailure::Refused(SeatError::NoSeat { feature, .. })) => {
+                (Some(feature), DenialReason::AllSeatsTaken)
+            }
+            Err(SeatFailure::Refused(SeatError::Expired(f))) => {
+                (Some(f), DenialReason::LicenseExpired)
+            }
+            Err(SeatFailure::Refused(SeatError::Refused(f, _))) => {
+                (Some(f), DenialReason::LicenseRefused)
+            }
             // The rest may name anything a client sent.
-            Err(SeatError::UnknownFeature(_)) => (None, DenialReason::UnknownFeature),
-            Err(SeatError::RequestIdReused(_)) => (None, DenialReason::RequestIdReused),
-            Err(SeatError::LeaseEnded(_)) => (None, DenialReason::LeaseEnded),
-            Err(SeatError::Storage(_)) => (None, DenialReason::Unavailable),
+            Err(SeatFailure::Refused(SeatError::UnknownFeature(_))) => {
+                (None, DenialReason::UnknownFeature)
+            }
+            Err(SeatFailure::Refused(SeatError::RequestIdReused(_))) => {
+                (None, DenialReason::RequestIdReused)
+            }
+            Err(SeatFailure::Refused(SeatError::LeaseEnded(_))) => (None, DenialReason::LeaseEnded),
+            Err(SeatFailure::Storage(_)) => (None, DenialReason::Unavailable),
         };
         self.denied(feature.map(String::as_str), reason);
     }

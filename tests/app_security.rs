@@ -6,6 +6,7 @@ use common::{
     def, layers, license_blob, raw_exec, set_license_blob, Kind, TestApp, TestDb, MASTER_KEY_1,
     MASTER_KEY_2,
 };
+use floatlm::app::SeatFailure;
 use floatlm::app::{App, AppError, StartError};
 use floatlm::domain::license::{LicenseError, VendorSigningKey};
 use floatlm::domain::seats::{GrantRequest, RequestId, SeatError};
@@ -44,7 +45,10 @@ async fn flipped_byte_in_a_stored_license_is_refused(kind: Kind) {
     let why = report.refused.get("cad").expect("feature refused");
     assert!(why.contains("tampered"), "{why}");
     let e = t.app.grant(&req("cad", "b")).await.unwrap_err();
-    assert!(matches!(e, SeatError::Refused(..)), "{e}");
+    assert!(
+        matches!(e, SeatFailure::Refused(SeatError::Refused(..))),
+        "{e}"
+    );
     assert!(e.to_string().contains("integrity"), "{e}");
     let lic = t.app.licenses().await.unwrap();
     assert!(lic[0].status.contains("refused"), "{}", lic[0].status);
@@ -94,7 +98,7 @@ async fn edited_seat_rows_are_refused_and_repaired_by_reapplying(kind: Kind) {
     );
     assert!(matches!(
         t.app.grant(&req("cad", "a")).await,
-        Err(SeatError::Refused(..))
+        Err(SeatFailure::Refused(SeatError::Refused(..)))
     ));
     // Editing the seats column is caught the same way.
     t.app.apply_license(&text).await.unwrap();
@@ -285,7 +289,7 @@ async fn license_applied_on_one_instance_serves_on_another() {
     t1.app.grant(&req("cad", "two")).await.unwrap();
     assert!(matches!(
         app2.grant(&req("cad", "three")).await,
-        Err(SeatError::NoSeat { .. })
+        Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
     assert_eq!(t1.app.licenses().await.unwrap()[0].status, "ok");
 }

@@ -3,7 +3,7 @@
 //!
 //! A feature licensed by two licenses that has shrunk (a slot retiring with
 //! a live lease) is granted only by counting (`seats_to_spare` in
-//! src/storage/mysql.rs): free active slots of the open licenses minus the
+//! src/storage/mysql/seats.rs): free active slots of the open licenses minus the
 //! retiring leases. The retiring rows are locked, so grants *that take that
 //! path* count one after another. But three things that a grant or an
 //! extension relies on are read without a lock that the change takes:

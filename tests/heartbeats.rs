@@ -7,6 +7,7 @@ mod common;
 
 use common::{def, layers, wait_for, Kind, TestApp, TestDb, MASTER_KEY_1};
 use floatlm::app::App;
+use floatlm::app::SeatFailure;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use std::time::Duration;
@@ -134,7 +135,7 @@ async fn reads_answer_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
     }
     assert!(matches!(
         app.grant(&req("erin", "y1", 120)).await,
-        Err(SeatError::NoSeat { .. })
+        Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
 }
 
@@ -170,7 +171,7 @@ async fn a_release_elsewhere_is_seen_by_the_next_heartbeat() {
     assert_eq!(renew_one(a, "bob", b.lease).await, Renewal::Lost);
     assert!(matches!(
         a.grant(&req("carol", "c1", 120)).await,
-        Err(SeatError::NoSeat { .. })
+        Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
 }
 

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use common::{def, record, test_keyring, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, RequestId, SeatError};
+use floatlm::storage::SeatFailure;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -135,7 +136,9 @@ async fn seat_stress(kind: Kind) {
                                             again.replayed && again.lease == g.lease,
                                             "{again:?} vs {g:?}"
                                         ),
-                                        Err(SeatError::LeaseEnded(l)) => assert_eq!(l, g.lease),
+                                        Err(SeatFailure::Refused(SeatError::LeaseEnded(l))) => {
+                                            assert_eq!(l, g.lease)
+                                        }
                                         Err(e) => panic!("retry failed: {e}"),
                                     }
                                     replays += 1;
@@ -146,7 +149,7 @@ async fn seat_stress(kind: Kind) {
                                     end: g.expires_at,
                                 });
                             }
-                            Err(SeatError::NoSeat { .. }) => {
+                            Err(SeatFailure::Refused(SeatError::NoSeat { .. })) => {
                                 // Like an application told "no license": back off a little.
                                 refused += 1;
                                 tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150)))

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
+use floatlm::storage::SeatFailure;
 use floatlm::storage::{
     usage_by_name, ApplyOutcome, Extension, InstanceBeat, RenewItem, SealedKind, Storage,
     StorageError,
@@ -100,7 +101,13 @@ async fn grants_up_to_n_then_refuses(kind: Kind) {
         leases.push(g.lease);
     }
     let err = st.grant(&req("cad", "h1", "r3", TTL)).await.unwrap_err();
-    assert!(matches!(err, SeatError::NoSeat { total: 3, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            SeatFailure::Refused(SeatError::NoSeat { total: 3, .. })
+        ),
+        "{err}"
+    );
     assert!(err.to_string().starts_with("No license"), "{err}");
     assert_eq!(usage(st, "cad").await, (3, 3, 0));
     // Release frees exactly one; a second release of the same lease is a no-op.
@@ -142,7 +149,10 @@ async fn request_ids_make_grants_idempotent(kind: Kind) {
         .grant(&req("other", "h1", "s1:1", TTL))
         .await
         .unwrap_err();
-    assert!(matches!(e, SeatError::RequestIdReused(_)), "{e}");
+    assert!(
+        matches!(e, SeatFailure::Refused(SeatError::RequestIdReused(_))),
+        "{e}"
+    );
     assert_eq!(usage(st, "other").await.1, 0);
     // Concurrent retries of one request id grant once.
     let mut tasks = Vec::new();
@@ -193,7 +203,7 @@ async fn renew_extends_and_expiry_frees(kind: Kind) {
     assert!(st.release("h2", g.lease).await.unwrap().is_none());
     assert!(matches!(
         st.grant(&req("cad", "h2", "b", TTL)).await,
-        Err(SeatError::NoSeat { .. })
+        Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
     // Left alone, the lease expires and the next grant reclaims the slot.
     let mut n = 0;
@@ -256,19 +266,22 @@ async fn unknown_expired_and_future_features(kind: Kind) {
     let ring = test_keyring();
     assert!(matches!(
         st.grant(&req("nope", "h", "a", TTL)).await,
-        Err(SeatError::UnknownFeature(_))
+        Err(SeatFailure::Refused(SeatError::UnknownFeature(_)))
     ));
     let mut d = def("OLD", 1, "old", 2);
     d.features[0].expires = Some("2020-01-01T00:00:00Z".parse().unwrap());
     st.apply_license(&record(&d, &v, &ring)).await.unwrap();
     let e = st.grant(&req("old", "h", "b", TTL)).await.unwrap_err();
-    assert!(matches!(e, SeatError::Expired(_)), "{e}");
+    assert!(
+        matches!(e, SeatFailure::Refused(SeatError::Expired(_))),
+        "{e}"
+    );
     let mut d = def("NEW", 1, "future", 2);
     d.features[0].not_before = Some("2099-01-01T00:00:00Z".parse().unwrap());
     st.apply_license(&record(&d, &v, &ring)).await.unwrap();
     assert!(matches!(
         st.grant(&req("future", "h", "c", TTL)).await,
-        Err(SeatError::Expired(_))
+        Err(SeatFailure::Refused(SeatError::Expired(_)))
     ));
     assert_eq!(usage(st, "old").await, (0, 0, 0));
 }
@@ -342,7 +355,7 @@ async fn shrinking_never_revokes_and_converges(kind: Kind) {
     }
     assert!(matches!(
         st.grant(&req("cad", "x", "n1", TTL)).await,
-        Err(SeatError::NoSeat { total: 1, .. })
+        Err(SeatFailure::Refused(SeatError::NoSeat { total: 1, .. }))
     ));
     // Releasing leases never lets the live count exceed the new size again.
     for (i, l) in held.iter().enumerate() {
@@ -391,18 +404,27 @@ async fn batch_grant_and_release(kind: Kind) {
     slots.dedup();
     assert_eq!(slots.len(), 3, "three different cad slots: {out:?}");
     assert!(
-        matches!(&out[4], Err(SeatError::NoSeat { total: 3, .. })),
+        matches!(
+            &out[4],
+            Err(SeatFailure::Refused(SeatError::NoSeat { total: 3, .. }))
+        ),
         "{:?}",
         out[4]
     );
     assert_eq!(out[2].as_ref().unwrap().feature, "cam");
     assert!(
-        matches!(&out[6], Err(SeatError::NoSeat { total: 1, .. })),
+        matches!(
+            &out[6],
+            Err(SeatFailure::Refused(SeatError::NoSeat { total: 1, .. }))
+        ),
         "{:?}",
         out[6]
     );
     assert!(
-        matches!(&out[5], Err(SeatError::UnknownFeature(_))),
+        matches!(
+            &out[5],
+            Err(SeatFailure::Refused(SeatError::UnknownFeature(_)))
+        ),
         "{:?}",
         out[5]
     );
@@ -425,7 +447,10 @@ async fn batch_grant_and_release(kind: Kind) {
     let first = again[0].as_ref().unwrap();
     assert!(first.replayed && first.lease == lease(0), "{first:?}");
     assert!(
-        matches!(&again[1], Err(SeatError::NoSeat { .. })),
+        matches!(
+            &again[1],
+            Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
+        ),
         "{:?}",
         again[1]
     );
@@ -525,7 +550,7 @@ async fn leases_list_and_force_release(kind: Kind) {
     st.grant(&req("cad", "holder-2", "b", TTL)).await.unwrap();
     assert!(matches!(
         st.grant(&req("cad", "holder-3", "c", TTL)).await,
-        Err(SeatError::NoSeat { .. })
+        Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
 }
 

@@ -70,6 +70,7 @@ use crate::incident::Incident;
 use crate::sessions::{Found, Promotion};
 use floatlm_protocol::handshake::ResumeGrant;
 
+pub use crate::storage::SeatFailure;
 use crate::storage::{
     mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, Extension,
     IdentityRow, InstanceBeat, LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
@@ -109,7 +110,10 @@ impl From<StorageError> for AppError {
         match e {
             // Our own words (a serial conflict, a missing row), never a
             // database's.
-            StorageError::Conflict(m) => AppError::Conflict(m),
+            StorageError::Conflict(m)
+            | StorageError::LockTimeout(m)
+            | StorageError::Corrupt(m)
+            | StorageError::Stopped(m) => AppError::Conflict(m),
             e if e.is_outage() => AppError::Incident(Incident::of_storage(
                 "a request failed: the database is unavailable",
                 &e,

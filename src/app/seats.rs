@@ -36,7 +36,7 @@ pub enum Refused {
     /// The auth script said no, for this reason.
     AuthDenied(String),
     /// The seat was refused (or the database failed the grant).
-    Seat(SeatError),
+    Seat(SeatFailure),
     /// The database failed: the client is told "unavailable".
     Failed(AppError),
 }
@@ -59,12 +59,14 @@ impl App {
         let identity = session.identity_id.as_str();
         if !crate::domain::valid_name(&feature) {
             self.metrics.denied(None, DenialReason::UnknownFeature);
-            return Err(Refused::Seat(SeatError::UnknownFeature(
-                feature
-                    .chars()
-                    .filter(|c| !limits::is_unsafe(*c))
-                    .take(64)
-                    .collect(),
+            return Err(Refused::Seat(SeatFailure::Refused(
+                SeatError::UnknownFeature(
+                    feature
+                        .chars()
+                        .filter(|c| !limits::is_unsafe(*c))
+                        .take(64)
+                        .collect(),
+                ),
             )));
         }
         if let Some(hook) = &self.auth_hook {
@@ -159,22 +161,20 @@ impl App {
     /// Grants one seat of `req.feature` (group-committed with concurrent
     /// logins). The grant's `promise` rests on the transaction that took the
     /// slot (or, for a resent request id, on a fresh read of its row).
-    pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+    pub async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatFailure> {
         let r = self.grant_seat(req).await;
         self.metrics.grant_answered(&r);
         r
     }
 
-    async fn grant_seat(&self, req: &GrantRequest) -> Result<Grant, SeatError> {
+    async fn grant_seat(&self, req: &GrantRequest) -> Result<Grant, SeatFailure> {
         // Feature names are spelled exactly as licensed (A-Z a-z 0-9 _ . -);
         // anything else names no feature, whatever a database collation says.
         if !crate::domain::valid_name(&req.feature) {
-            return Err(SeatError::UnknownFeature(
-                req.feature.chars().take(64).collect(),
-            ));
+            return Err(SeatError::UnknownFeature(req.feature.chars().take(64).collect()).into());
         }
         if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
-            return Err(SeatError::Refused(req.feature.clone(), why.clone()));
+            return Err(SeatError::Refused(req.feature.clone(), why.clone()).into());
         }
         let g = self.batches.grant(req.clone()).await?;
         // This instance's own clients see their change at once; others'

@@ -1,8 +1,9 @@
-//! Rules without I/O: licenses, identities, seats and roles.
+//! Rules without I/O: licenses, identities, seats, slots and roles.
 
 pub mod identity;
 pub mod license;
 pub mod seats;
+pub mod slots;
 
 /// Whether a name is a safe identifier for features, licenses and the like:
 /// 1-64 characters of `A-Z a-z 0-9 _ . -`, starting with a letter or digit.

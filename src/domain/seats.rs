@@ -249,6 +249,8 @@ pub enum Renewal {
     Lost,
 }
 
+/// Why a seat request was refused: only refusals by the seat rules. A
+/// database failure is storage's to say (`storage::SeatFailure` wraps both).
 #[derive(Debug, Error)]
 pub enum SeatError {
     #[error("No license: all {total} seats of feature '{feature}' are in use")]
@@ -267,8 +269,6 @@ pub enum SeatError {
     /// what is still true.
     #[error("lease {0} of this request has ended (released, expired or taken over): log in again with a new request id")]
     LeaseEnded(LeaseRef),
-    #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
 }
 
 /// A seat count row for operators and `floatlm query`.

@@ -100,9 +100,6 @@ impl From<SeatError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "request_id_reused", msg)
             }
             SeatError::LeaseEnded(_) => Self::new(StatusCode::GONE, "lease_ended", msg),
-            SeatError::Storage(e) => {
-                Self::incident(Incident::of_storage("a seat request failed", &e))
-            }
         }
     }
 }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::{Admission, App, AppError, Login, Refused, SessionRefusal};
+use crate::app::{Admission, App, AppError, Login, Refused, SeatFailure, SessionRefusal};
 use crate::domain::seats::{LeaseRef, RequestId, SeatError};
 use crate::identities::IdentityRefusal;
 use crate::incident::Incident;
@@ -322,7 +322,16 @@ fn no_license(reason: &str, message: String) -> Reply {
     }
 }
 
-fn seat_error(e: SeatError) -> Reply {
+fn seat_error(e: SeatFailure) -> Reply {
+    let e = match e {
+        SeatFailure::Refused(e) => e,
+        SeatFailure::Storage(e) => {
+            return unavailable(AppError::Incident(Incident::of_storage(
+                "the database failed a login",
+                &e,
+            )))
+        }
+    };
     let message = e.to_string();
     match e {
         SeatError::NoSeat { .. } => no_license(reason::ALL_SEATS_TAKEN, message),
@@ -339,10 +348,6 @@ fn seat_error(e: SeatError) -> Reply {
             reason: None,
             message,
         },
-        SeatError::Storage(e) => unavailable(AppError::Incident(Incident::of_storage(
-            "the database failed a login",
-            &e,
-        ))),
     }
 }
 

@@ -1,4 +1,5 @@
-//! The trusted license storage: one trait, two backends written out plainly.
+//! The trusted license storage: one trait per role, two backends written
+//! out plainly.
 //!
 //! * [`mysql::MySqlStorage`] — MySQL / MariaDB, shared by every instance of a
 //!   cluster (the HA setup).
@@ -7,14 +8,23 @@
 //! Seats are pre-created slot rows. A slot moves only through single-row
 //! conditional UPDATEs whose WHERE checks the slot's own state and its
 //! `lease_gen` fencing token; time is the database's clock, read once per
-//! transaction. The SQL of each backend is in its own file so the differences
-//! stay visible; shared rules (how to resize, what to retry) live here.
+//! transaction. Each role ([`StoreBase`], [`SeatStore`], [`LeaseStore`],
+//! [`LicenseStore`], [`AccessStore`], [`ClusterStore`], [`KeyStore`]; all
+//! of them together are [`Storage`]) has a file of its name in each
+//! backend's folder, so the SQL of the two backends reads side by side.
+//! Shared here: the errors, the seat helpers both grant paths use;
+//! `rows.rs` maps rows by column name; `retry.rs` says what is retried; the
+//! pure rules (slot states, resize plan) are in `domain::slots`.
 
 pub mod backup;
-mod backup_mysql;
-mod backup_sqlite;
 pub mod mysql;
+mod retry;
+mod rows;
 pub mod sqlite;
+
+pub use retry::{is_duplicate_key, is_retryable};
+pub(crate) use retry::{is_missing_table, with_patient_retry, with_retry};
+pub use rows::*;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -22,19 +32,9 @@ use serde::Serialize;
 use std::time::Duration;
 use thiserror::Error;
 
-use crate::domain::license::FeatureDef;
-use crate::domain::seats::{
-    Check, FeatureUsage, Grant, GrantRequest, LeaseInfo, LeaseRef, Role, SeatError,
-};
-
-/// Slot states as stored.
-pub const SLOT_ACTIVE: i64 = 0;
-/// Held, but the license shrank: released or expired, it becomes retired.
-pub const SLOT_RETIRING: i64 = 1;
-pub const SLOT_RETIRED: i64 = 2;
-
-/// How often a transaction is retried on deadlock / lock-wait / busy errors.
-const MAX_TX_ATTEMPTS: u32 = 8;
+use crate::domain::seats::{Check, Grant, GrantRequest, LeaseInfo, LeaseRef, SeatError};
+use crate::domain::slots::{plan_resize, SlotState, SlotView};
+pub use crate::domain::slots::{usage_by_name, FeatureRow};
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -42,8 +42,21 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A write refused by what is stored (an older serial, a license
+    /// window that would cut short the promises given): our own words, for
+    /// the operator.
     #[error("{0}")]
     Conflict(String),
+    /// A named database lock (the migration lock, the first-token lock)
+    /// was not had in time.
+    #[error("{0}")]
+    LockTimeout(String),
+    /// A stored value no version of floatlm writes (an edited column).
+    #[error("{0}")]
+    Corrupt(String),
+    /// The instance's queue for this work has stopped (it is shutting down).
+    #[error("{0}")]
+    Stopped(String),
     #[error("cannot open the database: {0}")]
     Connect(String),
     /// Not tried: the database failed moments ago (see [`crate::dbgate`]);
@@ -102,6 +115,17 @@ impl StorageError {
     }
 }
 
+/// What a seat call (a grant) answers when it grants nothing: a refusal by
+/// the seat rules, or a database failure. Refusals are domain words
+/// ([`SeatError`]); failures are this layer's ([`StorageError`]).
+#[derive(Debug, Error)]
+pub enum SeatFailure {
+    #[error(transparent)]
+    Refused(#[from] SeatError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,206 +133,6 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub enum Backend {
     Sqlite,
     Mysql,
-}
-
-/// A verified, sealed license ready to be stored.
-#[derive(Debug, Clone)]
-pub struct LicenseRecord {
-    pub license_id: String,
-    pub serial: i64,
-    pub customer: String,
-    pub vendor_key_id: String,
-    pub digest: String,
-    /// The license file, sealed for (licenses, sealed, license_id).
-    pub sealed: Vec<u8>,
-    pub features: Vec<FeatureDef>,
-    /// The stored row of this serial is damaged (its blob does not open, or
-    /// its digest was edited) and this is the same file: rewrite it.
-    pub repair: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum ApplyOutcome {
-    Created,
-    Replaced {
-        previous_serial: i64,
-    },
-    Unchanged,
-    /// The same file again, over a stored row that was damaged.
-    Repaired,
-}
-
-/// A stored license row.
-#[derive(Debug, Clone)]
-pub struct StoredLicense {
-    pub license_id: String,
-    pub serial: i64,
-    pub customer: String,
-    pub vendor_key_id: String,
-    pub digest: String,
-    pub sealed: Vec<u8>,
-    pub applied_at: DateTime<Utc>,
-}
-
-/// One feature row (one feature of one license) with its slot counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeatureRow {
-    pub id: i64,
-    pub license_id: String,
-    pub name: String,
-    pub seats: i64,
-    pub version: Option<String>,
-    pub not_before: Option<DateTime<Utc>>,
-    pub expires_at: Option<DateTime<Utc>>,
-    /// License window open right now (database clock).
-    pub valid: bool,
-    pub active_slots: i64,
-    pub active_free: i64,
-    pub retiring_live: i64,
-    pub used: i64,
-}
-
-/// Sums feature rows into the per-name view operators and clients see.
-pub fn usage_by_name(rows: &[FeatureRow]) -> Vec<FeatureUsage> {
-    let mut out: Vec<FeatureUsage> = Vec::new();
-    for r in rows {
-        let (total, free) = if r.valid {
-            (r.active_slots, (r.active_free - r.retiring_live).max(0))
-        } else {
-            (0, 0)
-        };
-        match out.iter_mut().find(|u| u.name == r.name) {
-            Some(u) => {
-                u.total += total;
-                u.used += r.used;
-                u.free += free;
-            }
-            None => out.push(FeatureUsage {
-                name: r.name.clone(),
-                total,
-                used: r.used,
-                free,
-            }),
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-#[derive(Debug, Clone)]
-pub struct IdentityRow {
-    pub id: String,
-    pub name: String,
-    /// The secret, sealed for (identities, sealed, id).
-    pub sealed: Vec<u8>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// One logged revocation of an identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    pub revision: i64,
-    pub identity_id: String,
-    pub revoked_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TokenRow {
-    pub id: String,
-    pub name: String,
-    pub role: Role,
-    /// SHA-256 of the token secret, hex.
-    pub token_hash: String,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
-
-/// One instance as recorded in the database.
-#[derive(Debug, Clone, Serialize)]
-pub struct InstanceRow {
-    pub id: String,
-    pub address: String,
-    pub admin_address: String,
-    pub version: String,
-    pub started_at: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-    pub drain_requested: bool,
-    /// Seconds since last_seen, by the database clock.
-    pub silent_for_s: f64,
-    /// Live leases this instance granted.
-    pub leases: i64,
-    /// The master keys it holds, `id:fingerprint,…` (see `Keyring::fingerprints`).
-    pub key_ids: String,
-    /// Its `lease_ttl`, milliseconds: the longest promise it gives.
-    pub lease_ttl_ms: i64,
-}
-
-/// What an instance records about itself on every cluster heartbeat.
-#[derive(Debug, Clone)]
-pub struct InstanceBeat<'a> {
-    pub id: &'a str,
-    pub address: &'a str,
-    pub admin_address: &'a str,
-    pub version: &'a str,
-    /// `id:fingerprint,…` of the master keys it holds.
-    pub key_ids: &'a str,
-    pub lease_ttl_ms: i64,
-    /// First beat after start: clears an old drain request.
-    pub fresh: bool,
-}
-
-impl InstanceRow {
-    /// Whether this instance holds the key `id:fingerprint`.
-    pub fn holds_key(&self, fingerprint: &str) -> bool {
-        self.key_ids.split(',').any(|k| k == fingerprint)
-    }
-}
-
-/// Which sealed column a blob lives in (for key rotation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SealedKind {
-    License,
-    IdentitySecret,
-    TicketKey,
-}
-
-impl SealedKind {
-    pub fn table(&self) -> &'static str {
-        match self {
-            SealedKind::License => "licenses",
-            SealedKind::IdentitySecret => "identities",
-            SealedKind::TicketKey => "ticket_keys",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SealedRow {
-    pub kind: SealedKind,
-    pub row_id: String,
-    pub sealed: Vec<u8>,
-}
-
-/// One holder's leases in a batched renewal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenewItem {
-    pub holder: String,
-    pub leases: Vec<LeaseRef>,
-}
-
-/// What an extension did to one lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Extension {
-    /// Held at least `hold` past this database time, cap raised.
-    Extended(DateTime<Utc>),
-    /// The row no longer holds the lease (released, expired, re-granted).
-    Lost,
-    /// Another transaction holds the row's lock right now (a stalled
-    /// instance, a release in progress): not waited for, not extended.
-    Busy,
 }
 
 /// A lease and its holder, as a check or an extension matches them:
@@ -385,7 +209,7 @@ impl SlotRead {
         let live = self.lease_gen == gen
             && self.nonce == nonce
             && self.holder.as_deref() == Some(holder)
-            && matches!(self.state, SLOT_ACTIVE | SLOT_RETIRING)
+            && SlotState::from_stored(self.state).is_some_and(SlotState::can_hold)
             && self.not_before.is_none_or(|t| t <= now);
         match self.expires_at.filter(|e| live && *e > now) {
             Some(expires_at) => Check::Live(crate::domain::seats::LiveLease {
@@ -411,7 +235,7 @@ pub struct PoolUse {
 }
 
 impl PoolUse {
-    fn of<DB: sqlx::Database>(pool: &'static str, p: &sqlx::Pool<DB>) -> PoolUse {
+    pub(crate) fn of<DB: sqlx::Database>(pool: &'static str, p: &sqlx::Pool<DB>) -> PoolUse {
         PoolUse {
             pool,
             open: p.size(),
@@ -421,9 +245,40 @@ impl PoolUse {
     }
 }
 
-/// The storage contract. Every method is one transaction (or none).
+/// The whole storage contract: every role, as one object
+/// (`Arc<dyn Storage>`). Every method is one transaction (or none). A
+/// backend implements each role in a file of its own
+/// (`mysql/{mod,seats,leases,licenses,access,cluster,keys}.rs`, the same
+/// names under `sqlite/`); callers import the role traits whose methods they
+/// call.
+pub trait Storage:
+    backup::BackupStore
+    + StoreBase
+    + SeatStore
+    + LeaseStore
+    + LicenseStore
+    + AccessStore
+    + ClusterStore
+    + KeyStore
+{
+}
+
+impl<T> Storage for T where
+    T: backup::BackupStore
+        + StoreBase
+        + SeatStore
+        + LeaseStore
+        + LicenseStore
+        + AccessStore
+        + ClusterStore
+        + KeyStore
+{
+}
+
+/// The database itself: which backend, its schema, whether it answers, its
+/// clock.
 #[async_trait]
-pub trait Storage: backup::BackupStore + Send + Sync + 'static {
+pub trait StoreBase: Send + Sync + 'static {
     fn backend(&self) -> Backend;
     /// This instance's connection pools (no database call).
     fn pool_use(&self) -> Vec<PoolUse>;
@@ -442,42 +297,37 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
     /// must write it; no row yet writes nothing and says Ok). Ok(false):
     /// not tried, the writer was busy (SQLite's one writer connection in a
     /// long transaction), so nothing was learned. Run by the database watch
-    /// beside [`Storage::probe`] always on SQLite, whose writes can fail
+    /// beside [`StoreBase::probe`] always on SQLite, whose writes can fail
     /// alone (a full disk, a read-only file), and on MySQL while writes are
     /// known to fail, to see them work again.
     async fn probe_write(&self, instance_id: &str) -> Result<bool>;
-    /// The database clock.
+    /// The database clock: the only clock leases are measured by.
     async fn now(&self) -> Result<DateTime<Utc>>;
+}
 
-    // --- keyring canary
-    async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>>;
-    /// Inserts unless a canary for `key_id` exists; true when inserted.
-    async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool>;
-    /// Removes the canaries of every key but `keep`.
-    async fn retain_canary(&self, keep: &str) -> Result<()>;
-    /// Replaces the canary of `key_id` if it still equals `old` (a damaged
-    /// canary, or one a trial start wrote with another key of that id);
-    /// true when replaced.
-    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
-
-    // --- licenses
-    /// Stores the license and creates or resizes its features' slots in one
-    /// transaction.
-    async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome>;
-    async fn licenses(&self) -> Result<Vec<StoredLicense>>;
-    async fn feature_rows(&self) -> Result<Vec<FeatureRow>>;
-
-    // --- seats
-    async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatError>;
+/// Grants: where a seat is taken (`mysql/seats.rs`, `sqlite/seats.rs`).
+#[async_trait]
+pub trait SeatStore: Send + Sync + 'static {
+    /// Takes one free (or expired) active slot of `req.feature` with a
+    /// conditional UPDATE that checks the slot's own state, raising its
+    /// `lease_gen`; never more live leases than active slots. A request id
+    /// seen before answers its first grant only while that lease is held.
+    async fn grant(&self, req: &GrantRequest) -> Result<Grant, SeatFailure>;
     /// Grants several requests (group commit of concurrent logins); one
-    /// answer per request, in order, each as [`Storage::grant`] would give.
-    async fn grant_batch(&self, reqs: &[GrantRequest]) -> Vec<Result<Grant, SeatError>> {
+    /// answer per request, in order, each as [`SeatStore::grant`] would give.
+    async fn grant_batch(&self, reqs: &[GrantRequest]) -> Vec<Result<Grant, SeatFailure>> {
         let mut out = Vec::with_capacity(reqs.len());
         for req in reqs {
             out.push(self.grant(req).await);
         }
         out
     }
+}
+
+/// Held leases: the checks heartbeats rest on, extensions, releases, force
+/// releases, quarantine and the list of live leases (`*/leases.rs`).
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
     /// Reads the slot rows of several holders' leases in one statement (no
     /// lock, no write) and judges each against the database clock of that
     /// read: the check every heartbeat answer rests on.
@@ -493,7 +343,7 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
         hold: Duration,
         promise: Duration,
     ) -> Result<Vec<Vec<Extension>>>;
-    /// [`Storage::extend_batch`] for one holder.
+    /// [`LeaseStore::extend_batch`] for one holder.
     async fn extend(
         &self,
         holder: &str,
@@ -508,8 +358,9 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
         let mut out = self.extend_batch(&[item], hold, promise).await?;
         Ok(out.pop().unwrap_or_default())
     }
-    /// Releases a lease held by `holder`; the database time it ended, or
-    /// None when it was not live (already released, expired, re-granted).
+    /// Releases a lease held by `holder` (only while the row still holds
+    /// that `lease_gen`); the database time it ended, or None when it was
+    /// not live (already released, expired, re-granted).
     async fn release(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     /// Releases several (holder, lease) pairs in one transaction where the
     /// backend can; one answer per pair, in order.
@@ -542,14 +393,33 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
     /// restore must be over before anyone is granted a seat again. Every
     /// client logs in again. Returns the slots touched.
     async fn quarantine(&self, hold: Duration) -> Result<u64>;
+    /// Every live lease (unexpired by the database clock), for operators.
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;
-    /// Forgets request ids older than `age`; returns how many.
+    /// Forgets request ids older than `age` (longer than any resent login
+    /// waits, so a retry never grants twice); returns how many.
     async fn purge_requests(&self, age: Duration) -> Result<u64>;
-
     /// The live leases `holder` holds (to end them when it is revoked).
     async fn leases_of(&self, holder: &str) -> Result<Vec<LeaseRef>>;
+}
 
-    // --- identities
+/// Licenses and their features' slot rows (`*/licenses.rs`).
+#[async_trait]
+pub trait LicenseStore: Send + Sync + 'static {
+    /// Stores the license and creates or resizes its features' slots in one
+    /// transaction: a feature of N seats has exactly N active slots after it,
+    /// and a shrink never revokes a live lease (see [`plan_resize`]).
+    ///
+    /// [`plan_resize`]: crate::domain::slots::plan_resize
+    async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome>;
+    /// Every stored license (sealed), by id.
+    async fn licenses(&self) -> Result<Vec<StoredLicense>>;
+    /// Every feature row with its slot counts, judged by the database clock.
+    async fn feature_rows(&self) -> Result<Vec<FeatureRow>>;
+}
+
+/// Identities (client credentials) and admin tokens (`*/access.rs`).
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
     /// Inserts an identity and bumps the identity revision in the same
     /// transaction (instances cache "no such identity" too).
     async fn insert_identity(&self, row: &IdentityRow) -> Result<()>;
@@ -566,15 +436,18 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
     /// (revision, identity id, revoked at).
     async fn identity_revocations(&self, after: i64) -> Result<Vec<Revocation>>;
 
-    // --- admin tokens
     async fn insert_token(&self, row: &TokenRow) -> Result<()>;
     /// Inserts `row` only if no token exists yet; true when inserted.
     async fn insert_first_token(&self, row: &TokenRow) -> Result<bool>;
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
     async fn tokens(&self) -> Result<Vec<TokenRow>>;
     async fn revoke_token(&self, id: &str) -> Result<bool>;
+}
 
-    // --- cluster view
+/// The cluster view: instance rows, heartbeats, drain and removal
+/// (`*/cluster.rs`).
+#[async_trait]
+pub trait ClusterStore: Send + Sync + 'static {
     /// Records this instance (or refreshes it); returns whether an operator
     /// asked it to drain.
     async fn instance_heartbeat(&self, beat: &InstanceBeat<'_>) -> Result<bool>;
@@ -587,8 +460,23 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
     async fn request_drain(&self, id: &str) -> Result<bool>;
     /// Forgets an instance that has been silent at least `silent_for`.
     async fn remove_instance(&self, id: &str, silent_for: Duration) -> Result<bool>;
+}
 
-    // --- resumption ticket keys
+/// Key material at rest: the master-key canaries, the resumption ticket
+/// keys, and every sealed column for key rotation (`*/keys.rs`).
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Every canary: (key id, sealed canary).
+    async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Inserts unless a canary for `key_id` exists; true when inserted.
+    async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool>;
+    /// Removes the canaries of every key but `keep`.
+    async fn retain_canary(&self, keep: &str) -> Result<()>;
+    /// Replaces the canary of `key_id` if it still equals `old` (a damaged
+    /// canary, or one a trial start wrote with another key of that id);
+    /// true when replaced.
+    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+
     /// Every ticket key: (id, sealed key), by id.
     async fn ticket_keys(&self) -> Result<Vec<(i64, Vec<u8>)>>;
     /// Inserts unless key `id` exists; true when inserted.
@@ -596,220 +484,31 @@ pub trait Storage: backup::BackupStore + Send + Sync + 'static {
     /// Deletes the keys with an id below `below`; returns how many.
     async fn purge_ticket_keys(&self, below: i64) -> Result<u64>;
 
-    // --- key rotation
+    /// Every sealed blob (licenses, identity secrets, ticket keys) with
+    /// where it lives.
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;
     /// Replaces a sealed blob if it still equals `old`; true when replaced.
     async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
 }
 
-/// A slot as seen by the resize planner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SlotView {
-    pub slot_no: i64,
-    pub state: i64,
-    pub live: bool,
-}
-
-/// What a resize does: state changes (slot, from, to) and new slot numbers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResizePlan {
-    pub changes: Vec<(i64, i64, i64)>,
-    pub inserts: Vec<i64>,
-}
-
-/// Plans growing or shrinking a feature to `target` active slots.
-///
-/// Growing takes back retiring slots first (their leases stay), then reuses
-/// retired ones, then adds new slot numbers. Shrinking retires free slots
-/// first; only when too few are free does it mark held slots retiring — their
-/// leases stay valid until released or expired, and grants swap them against
-/// free slots so the live count converges to the new size without any lease
-/// being revoked.
-pub fn plan_resize(slots: &[SlotView], target: i64) -> ResizePlan {
-    let mut plan = ResizePlan::default();
-    let active = slots.iter().filter(|s| s.state == SLOT_ACTIVE).count() as i64;
-    // Retiring slots whose lease ended are retired in any case.
-    let mut reusable: Vec<SlotView> = Vec::new();
-    for s in slots {
-        if (s.state == SLOT_RETIRING && !s.live) || s.state == SLOT_RETIRED {
-            reusable.push(*s);
-        }
-    }
-    reusable.sort_by_key(|s| s.slot_no);
-    if target > active {
-        let mut need = target - active;
-        for s in slots.iter().filter(|s| s.state == SLOT_RETIRING && s.live) {
-            if need == 0 {
-                break;
-            }
-            plan.changes.push((s.slot_no, SLOT_RETIRING, SLOT_ACTIVE));
-            need -= 1;
-        }
-        let mut reused = Vec::new();
-        for s in &reusable {
-            if need == 0 {
-                break;
-            }
-            plan.changes.push((s.slot_no, s.state, SLOT_ACTIVE));
-            reused.push(s.slot_no);
-            need -= 1;
-        }
-        let next = slots.iter().map(|s| s.slot_no + 1).max().unwrap_or(0);
-        plan.inserts.extend(next..next + need);
-        reusable.retain(|s| !reused.contains(&s.slot_no));
-    } else if target < active {
-        let mut excess = active - target;
-        let mut candidates: Vec<&SlotView> =
-            slots.iter().filter(|s| s.state == SLOT_ACTIVE).collect();
-        // Free slots first, highest numbers first.
-        candidates.sort_by_key(|s| (s.live, std::cmp::Reverse(s.slot_no)));
-        for s in candidates {
-            if excess == 0 {
-                break;
-            }
-            let to = if s.live { SLOT_RETIRING } else { SLOT_RETIRED };
-            plan.changes.push((s.slot_no, SLOT_ACTIVE, to));
-            excess -= 1;
-        }
-    }
-    for s in reusable.iter().filter(|s| s.state == SLOT_RETIRING) {
-        plan.changes.push((s.slot_no, SLOT_RETIRING, SLOT_RETIRED));
-    }
-    plan
-}
-
-/// Whether a database error means "run the whole transaction again":
-/// MySQL deadlock (1213), lock wait timeout (1205), Group Replication
-/// certification failure (3101), Galera "WSREP has not yet prepared node"
-/// (1047), and SQLite busy/locked.
-pub fn is_retryable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-                return matches!(my.number(), 1213 | 1205 | 3101 | 1047);
-            }
-            matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517"))
-        }
-        // The pool already waited its whole acquire timeout: the database is
-        // unreachable or overloaded, and the client should hear so now.
-        _ => false,
-    }
-}
-
-/// Whether an error says a table does not exist yet (MySQL 1146, SQLite
-/// "no such table"): a database older than the migration that adds it.
-pub(crate) fn is_missing_table(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => {
-            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|my| my.number() == 1146)
-                || db.message().contains("no such table")
-        }
-        _ => false,
-    }
-}
-
-/// Whether an error is a unique-key violation (MySQL 1062, SQLite 2067/1555).
-pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => db.is_unique_violation(),
-        _ => false,
-    }
-}
-
-/// Backoff before attempt `n` (1-based) of a retried transaction.
-async fn retry_pause(attempt: u32) {
-    let base = 2u64.pow(attempt.min(6));
-    let jitter = rand::random::<u64>() % (base + 1);
-    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
-}
-
-/// Whether a database error is a lock-wait timeout (MySQL 1205): another
-/// transaction held the row for `innodb_lock_wait_timeout`, likely a
-/// stalled instance. Retried once, not eight times.
-fn is_lock_wait_timeout(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db)
-        if db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|my| my.number() == 1205))
-}
-
-/// Runs `op` again while it fails with a retryable error (a lock wait at
-/// most once: a request must not queue behind a stalled instance).
-pub(crate) async fn with_retry<T, E, F, Fut>(op: F) -> std::result::Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, E>>,
-    E: RetryClass,
-{
-    retry_lock_waits(op, 2).await
-}
-
-/// [`with_retry`] for an operator's write (a license apply): lock waits are
-/// retried long enough to outlast a stalled instance's transaction (MariaDB
-/// rolls it back after 5 s idle), so the apply succeeds once it is gone.
-pub(crate) async fn with_patient_retry<T, E, F, Fut>(op: F) -> std::result::Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, E>>,
-    E: RetryClass,
-{
-    retry_lock_waits(op, 5).await
-}
-
-async fn retry_lock_waits<T, E, F, Fut>(mut op: F, lock_waits: u32) -> std::result::Result<T, E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, E>>,
-    E: RetryClass,
-{
-    let mut attempt = 1;
-    let mut waits = 0;
-    loop {
-        let result = op().await;
-        if matches!(&result, Err(e) if e.lock_wait()) {
-            waits += 1;
-            if waits >= lock_waits {
-                return result;
-            }
-            tracing::debug!(waits, "retrying transaction after a lock wait timeout");
-            continue;
-        }
-        match result {
-            Err(e) if attempt < MAX_TX_ATTEMPTS && e.retryable() => {
-                tracing::debug!(
-                    attempt,
-                    "retrying transaction after a transient database error"
-                );
-                retry_pause(attempt).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Errors that can say whether a retry may help.
-pub(crate) trait RetryClass {
-    fn retryable(&self) -> bool;
-    /// A lock-wait timeout: retried a bounded number of times.
-    fn lock_wait(&self) -> bool;
-}
-
-impl RetryClass for StorageError {
-    fn retryable(&self) -> bool {
-        matches!(self, StorageError::Database(e) if is_retryable(e))
-    }
-    fn lock_wait(&self) -> bool {
-        matches!(self, StorageError::Database(e) if is_lock_wait_timeout(e))
-    }
-}
-
-impl RetryClass for SeatError {
-    fn retryable(&self) -> bool {
-        matches!(self, SeatError::Storage(e) if e.retryable())
-    }
-    fn lock_wait(&self) -> bool {
-        matches!(self, SeatError::Storage(e) if e.lock_wait())
-    }
+/// The planner's view of a feature's slots, from (slot_no, state, live)
+/// rows; a state no code writes is a damaged row, refused.
+pub(crate) fn slot_views(feature_id: i64, rows: &[(i64, i64, i64)]) -> Result<Vec<SlotView>> {
+    rows.iter()
+        .map(|&(slot_no, state, live)| {
+            let state = SlotState::from_stored(state).ok_or_else(|| {
+                StorageError::Corrupt(format!(
+                    "slot {slot_no} of feature {feature_id} has state {state}, which no version of floatlm writes: \
+                     the slots table was edited; restore it from a backup"
+                ))
+            })?;
+            Ok(SlotView {
+                slot_no,
+                state,
+                live: live == 1,
+            })
+        })
+        .collect()
 }
 
 /// A lease just granted for `req` at `now` (database clock): held for
@@ -910,66 +609,5 @@ pub(crate) fn describe_connect_error(e: &sqlx::Error) -> String {
         sqlx::Error::Database(db) => db.message().to_string(),
         sqlx::Error::PoolTimedOut => "timed out connecting to the database".to_string(),
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v(slot_no: i64, state: i64, live: bool) -> SlotView {
-        SlotView {
-            slot_no,
-            state,
-            live,
-        }
-    }
-
-    #[test]
-    fn grow_from_nothing_inserts() {
-        let p = plan_resize(&[], 3);
-        assert_eq!(p.inserts, vec![0, 1, 2]);
-        assert!(p.changes.is_empty());
-    }
-
-    #[test]
-    fn shrink_retires_free_slots_first() {
-        let slots = [v(0, 0, true), v(1, 0, false), v(2, 0, true), v(3, 0, false)];
-        let p = plan_resize(&slots, 2);
-        assert_eq!(p.changes, vec![(3, 0, 2), (1, 0, 2)]);
-        let p = plan_resize(&slots, 1);
-        assert_eq!(p.changes, vec![(3, 0, 2), (1, 0, 2), (2, 0, 1)]);
-    }
-
-    #[test]
-    fn grow_takes_back_retiring_then_retired_then_new() {
-        let slots = [v(0, 0, true), v(1, 1, true), v(2, 2, false), v(3, 1, false)];
-        let p = plan_resize(&slots, 5);
-        assert_eq!(p.changes, vec![(1, 1, 0), (2, 2, 0), (3, 1, 0)]);
-        assert_eq!(p.inserts, vec![4]);
-        let p = plan_resize(&slots, 1);
-        assert_eq!(p.changes, vec![(3, 1, 2)]);
-    }
-
-    #[test]
-    fn usage_subtracts_retiring_debt() {
-        let row = FeatureRow {
-            id: 1,
-            license_id: "L".into(),
-            name: "f".into(),
-            seats: 2,
-            version: None,
-            not_before: None,
-            expires_at: None,
-            valid: true,
-            active_slots: 2,
-            active_free: 1,
-            retiring_live: 2,
-            used: 3,
-        };
-        let u = usage_by_name(&[row]);
-        assert_eq!(u[0].free, 0);
-        assert_eq!(u[0].total, 2);
-        assert_eq!(u[0].used, 3);
     }
 }

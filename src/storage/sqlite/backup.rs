@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::time::Duration;
 
-use super::backup::{
+use super::SqliteStorage;
+use crate::storage::backup::{
     insert_sql, select_sql, BackupClaim, BackupDone, BackupStore, Cell, ColType, Snapshot,
     TableRows, INSERT_CHUNK, TABLES,
 };
-use super::sqlite::SqliteStorage;
-use super::{is_missing_table, micros, Result};
+use crate::storage::{is_missing_table, micros, Result};
 
 const NOW_SQL: &str = "SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
 

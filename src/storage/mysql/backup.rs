@@ -8,12 +8,12 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{Executor, MySql, QueryBuilder, Row};
 use std::time::Duration;
 
-use super::backup::{
+use super::MySqlStorage;
+use crate::storage::backup::{
     insert_sql, select_sql, BackupClaim, BackupDone, BackupStore, Cell, ColType, Snapshot,
     TableRows, INSERT_CHUNK, TABLES,
 };
-use super::mysql::MySqlStorage;
-use super::{is_missing_table, micros, Result};
+use crate::storage::{is_missing_table, micros, Result};
 
 fn cell(row: &sqlx::mysql::MySqlRow, i: usize, ty: ColType) -> Result<Cell> {
     Ok(match ty {

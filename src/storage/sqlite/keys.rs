@@ -1,0 +1,120 @@
+//! SQLite key material at rest: canaries, ticket keys, and the sealed
+//! columns key rotation rewrites.
+
+use super::*;
+
+#[async_trait]
+impl KeyStore for SqliteStorage {
+    async fn canaries(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(
+            sqlx::query_as("SELECT key_id, sealed FROM keyring_canary ORDER BY key_id")
+                .fetch_all(&self.writer)
+                .await?,
+        )
+    }
+
+    async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO keyring_canary (key_id, sealed, created_at)
+             VALUES (?, ?, CAST(unixepoch('subsec') * 1000000 AS INTEGER))",
+        )
+        .bind(key_id)
+        .bind(sealed)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn retain_canary(&self, keep: &str) -> Result<()> {
+        sqlx::query("DELETE FROM keyring_canary WHERE key_id <> ?")
+            .bind(keep)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let r = sqlx::query("UPDATE keyring_canary SET sealed = ? WHERE key_id = ? AND sealed = ?")
+            .bind(new)
+            .bind(key_id)
+            .bind(old)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn ticket_keys(&self) -> Result<Vec<(i64, Vec<u8>)>> {
+        Ok(
+            sqlx::query_as("SELECT id, sealed FROM ticket_keys ORDER BY id")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn insert_ticket_key(&self, id: i64, sealed: &[u8]) -> Result<bool> {
+        let r = sqlx::query("INSERT OR IGNORE INTO ticket_keys (id, sealed) VALUES (?, ?)")
+            .bind(id)
+            .bind(sealed)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn purge_ticket_keys(&self, below: i64) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM ticket_keys WHERE id < ?")
+            .bind(below)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn sealed_rows(&self) -> Result<Vec<SealedRow>> {
+        let mut out = Vec::new();
+        let lic: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT license_id, sealed FROM licenses")
+            .fetch_all(&self.writer)
+            .await?;
+        out.extend(lic.into_iter().map(|(row_id, sealed)| SealedRow {
+            kind: SealedKind::License,
+            row_id,
+            sealed,
+        }));
+        let ids: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT id, sealed FROM identities")
+            .fetch_all(&self.writer)
+            .await?;
+        out.extend(ids.into_iter().map(|(row_id, sealed)| SealedRow {
+            kind: SealedKind::IdentitySecret,
+            row_id,
+            sealed,
+        }));
+        let keys: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT id, sealed FROM ticket_keys")
+            .fetch_all(&self.writer)
+            .await?;
+        out.extend(keys.into_iter().map(|(id, sealed)| SealedRow {
+            kind: SealedKind::TicketKey,
+            row_id: id.to_string(),
+            sealed,
+        }));
+        Ok(out)
+    }
+
+    async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
+        let sql = match kind {
+            SealedKind::License => {
+                "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?"
+            }
+            SealedKind::IdentitySecret => {
+                "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?"
+            }
+            SealedKind::TicketKey => {
+                "UPDATE ticket_keys SET sealed = ? WHERE id = CAST(? AS INTEGER) AND sealed = ?"
+            }
+        };
+        let r = sqlx::query(sql)
+            .bind(new)
+            .bind(row_id)
+            .bind(old)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
