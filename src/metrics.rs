@@ -289,6 +289,29 @@ pub struct ScrapeView {
     pub db: Option<Arc<DbView>>,
     pub pools: Vec<PoolUse>,
     pub sessions: SessionView,
+    /// Transactions that failed with a conflict (deadlock, Galera
+    /// certification), a node not ready, a lock wait or SQLite busy, per
+    /// statement kind, since the process started.
+    pub db_retries: Vec<DbRetry>,
+}
+
+/// Conflicts and retries of one statement kind and cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbRetry {
+    /// The storage method (`grant`, `grant_batch`, `check`, `release`, …).
+    pub statement: &'static str,
+    /// `conflict`, `not_ready`, `lock_wait` or `busy`.
+    pub cause: &'static str,
+    /// Attempts that failed so.
+    pub errors: u64,
+    /// Of those, attempts that were run again.
+    pub retried: u64,
+}
+
+#[derive(Debug, Clone, EncodeLabelSet)]
+struct RetryLabels {
+    statement: &'static str,
+    cause: &'static str,
 }
 
 /// The last backup this instance reported ([`Metrics::backup_finished`]).
@@ -797,6 +820,36 @@ impl Collector for Scraped {
                 .iter()
                 .map(|p| (PoolOnly { pool: p.pool }, gauge(p.max.into())))
                 .collect(),
+        )?;
+        let retries = |f: fn(&DbRetry) -> u64| {
+            v.db_retries
+                .iter()
+                .map(|r| {
+                    (
+                        RetryLabels {
+                            statement: r.statement,
+                            cause: r.cause,
+                        },
+                        counter(f(r)),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            e,
+            "floatlm_db_conflicts",
+            "Transaction attempts that failed with a retryable error (cause conflict: deadlock or Galera certification conflict; not_ready: Galera node not ready; lock_wait; busy: SQLite), by statement kind",
+            None,
+            c,
+            retries(|r| r.errors),
+        )?;
+        family(
+            e,
+            "floatlm_db_retries",
+            "Of those, the attempts that were run again (the rest reached the caller as an error)",
+            None,
+            c,
+            retries(|r| r.retried),
         )?;
         let s = &v.sessions;
         family(

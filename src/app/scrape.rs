@@ -5,7 +5,7 @@
 //! The metric definitions are in `crate::metrics`.
 
 use super::*;
-use crate::metrics::{DbCall, DbView, FeatureSeats, ScrapeView, SessionView};
+use crate::metrics::{DbCall, DbRetry, DbView, FeatureSeats, ScrapeView, SessionView};
 
 /// A scrape waits this long for the database, then answers without the
 /// database's part (`floatlm_scrape_database_up 0`).
@@ -43,6 +43,7 @@ impl App {
             draining: self.is_draining(),
             db,
             pools: self.storage.pool_use(),
+            db_retries: self.db_retries(),
             sessions: SessionView {
                 live: c.active as u64,
                 pending: c.pending as u64,
@@ -54,6 +55,21 @@ impl App {
             },
         };
         self.metrics.encode(view).await
+    }
+
+    /// Conflicts and retries per statement kind, as storage counted them
+    /// (`/metrics` and `admin status`).
+    pub fn db_retries(&self) -> Vec<DbRetry> {
+        crate::storage::RETRY_STATS
+            .snapshot()
+            .into_iter()
+            .map(|(statement, cause, n)| DbRetry {
+                statement,
+                cause: cause.as_str(),
+                errors: n.errors,
+                retried: n.retried,
+            })
+            .collect()
     }
 
     /// Seat counts as `admin features` shows them, and instances by state.

@@ -196,7 +196,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Config {
@@ -226,7 +226,11 @@ pub fn main() -> ExitCode {
             Command::Query(args) => client::query(args).await,
             Command::Checkout(args) => client::checkout(args).await,
         }
-    })
+    });
+    // Tasks still waiting on a database that is gone (or a blocking call)
+    // must not hold the process past the shutdown grace.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

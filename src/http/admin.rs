@@ -132,6 +132,12 @@ async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {
         "lease_ttl_s": app.lease_ttl().as_secs_f64(),
         "lease_hold_s": app.lease_hold().as_secs_f64(),
         "heartbeats": app.heartbeat_counts(),
+        "db_retries": app.db_retries().iter().map(|r| json!({
+            "statement": r.statement,
+            "cause": r.cause,
+            "errors": r.errors,
+            "retried": r.retried,
+        })).collect::<Vec<_>>(),
         "integrity_mismatches": app.integrity_mismatches(),
         "integrity_refused": app.refused_features(),
         "sessions": app.session_counts(),

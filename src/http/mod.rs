@@ -163,10 +163,33 @@ pub async fn serve(
         admin_router(&app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(wait(stop_rx.clone()));
-    let (a, b) = tokio::join!(lic, adm);
-    let _ = maintenance.await;
-    let _ = heartbeat.await;
-    let _ = db_watch.await;
-    let _ = backups.await;
-    a.and(b)
+    let finish = async {
+        let (a, b) = tokio::join!(lic, adm);
+        let _ = maintenance.await;
+        let _ = heartbeat.await;
+        let _ = db_watch.await;
+        let _ = backups.await;
+        a.and(b)
+    };
+    // Whatever the database does (a request or the last heartbeat waiting on
+    // a node that is gone), the process ends SHUTDOWN_GRACE after the drain
+    // delay: the clients' leases outlive it, and another instance serves them.
+    let grace = async move {
+        wait(stop_rx).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = finish => r,
+        _ = grace => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs_f64(),
+                "stopping although requests or database calls are still running: the shutdown grace is over"
+            );
+            Ok(())
+        }
+    }
 }
+
+/// How long in-flight requests and background tasks may take to finish
+/// after the drain delay before the process stops anyway.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);

@@ -22,7 +22,7 @@ mod retry;
 mod rows;
 pub mod sqlite;
 
-pub use retry::{is_duplicate_key, is_retryable};
+pub use retry::{is_duplicate_key, is_retryable, RetryCause, RetryCount, RetryStats, RETRY_STATS};
 pub(crate) use retry::{is_missing_table, with_patient_retry, with_retry};
 pub use rows::*;
 

@@ -1,8 +1,11 @@
 //! What to do when a transaction fails: which database errors mean "run
 //! the whole transaction again" (deadlocks, certification failures, SQLite
 //! busy), how often and after what pause, and the few other error classes
-//! the backends tell apart (a missing table, a duplicate key).
+//! the backends tell apart (a missing table, a duplicate key), and how many
+//! conflicts and retries each kind of statement met ([`RetryStats`]).
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{SeatFailure, StorageError};
@@ -49,6 +52,99 @@ pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
     }
 }
 
+/// Why a transaction was run again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RetryCause {
+    /// MySQL 1213 (deadlock; on Galera also a certification conflict: a
+    /// write set that lost against another node's), Group Replication 3101.
+    Conflict,
+    /// Galera 1047: the node is not ready (not in the primary component).
+    NotReady,
+    /// MySQL 1205: a lock wait timed out.
+    LockWait,
+    /// SQLite busy / locked.
+    Busy,
+}
+
+impl RetryCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::Conflict => "conflict",
+            RetryCause::NotReady => "not_ready",
+            RetryCause::LockWait => "lock_wait",
+            RetryCause::Busy => "busy",
+        }
+    }
+}
+
+/// Conflicts and retries of one statement kind, for one cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryCount {
+    /// Transactions that failed with this cause (each attempt counts).
+    pub errors: u64,
+    /// Of those, how many were run again (the rest reached the caller).
+    pub retried: u64,
+}
+
+/// Conflicts and retries counted per statement kind and cause, since the
+/// process started. Storage counts; the app reads [`RetryStats::snapshot`]
+/// for `/metrics` and `admin status` (storage never imports metrics). One
+/// per process ([`RETRY_STATS`]): `with_retry` is called from every backend
+/// file without a storage handle, and a process is one instance.
+#[derive(Debug, Default)]
+pub struct RetryStats {
+    counts: Mutex<BTreeMap<(&'static str, RetryCause), RetryCount>>,
+}
+
+/// This process's conflict and retry counts.
+pub static RETRY_STATS: RetryStats = RetryStats {
+    counts: Mutex::new(BTreeMap::new()),
+};
+
+impl RetryStats {
+    fn count(&self, kind: &'static str, cause: RetryCause, retried: bool) {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry((kind, cause)).or_default();
+        c.errors += 1;
+        if retried {
+            c.retried += 1;
+        }
+    }
+
+    /// Every (statement kind, cause) seen so far, sorted.
+    pub fn snapshot(&self) -> Vec<(&'static str, RetryCause, RetryCount)> {
+        let m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        m.iter().map(|((k, c), n)| (*k, *c, n.clone())).collect()
+    }
+}
+
+/// Why a database error asks for a retry, if it does.
+fn cause_of(err: &sqlx::Error) -> Option<RetryCause> {
+    let sqlx::Error::Database(db) = err else {
+        return None;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return match my.number() {
+            1213 | 3101 => Some(RetryCause::Conflict),
+            1047 => Some(RetryCause::NotReady),
+            1205 => Some(RetryCause::LockWait),
+            _ => None,
+        };
+    }
+    is_retryable(err).then_some(RetryCause::Busy)
+}
+
+/// The statement kind of a retried operation: the name of the storage
+/// method whose closure `F` is (`grant`, `release_batch`, `check`, …), read
+/// from the closure's type name so the role files need no extra argument.
+fn kind_of<F>() -> &'static str {
+    let name = std::any::type_name::<F>();
+    name.split("::")
+        .filter(|s| !s.starts_with('{') && !s.starts_with('<') && !s.ends_with('>'))
+        .last()
+        .unwrap_or("unknown")
+}
+
 /// Backoff before attempt `n` (1-based) of a retried transaction.
 async fn retry_pause(attempt: u32) {
     let base = 2u64.pow(attempt.min(6));
@@ -93,28 +189,45 @@ where
     Fut: std::future::Future<Output = std::result::Result<T, E>>,
     E: RetryClass,
 {
+    let kind = kind_of::<F>();
     let mut attempt = 1;
     let mut waits = 0;
     loop {
         let result = op().await;
         if matches!(&result, Err(e) if e.lock_wait()) {
             waits += 1;
-            if waits >= lock_waits {
+            let again = waits < lock_waits;
+            RETRY_STATS.count(kind, RetryCause::LockWait, again);
+            if !again {
                 return result;
             }
-            tracing::debug!(waits, "retrying transaction after a lock wait timeout");
+            tracing::debug!(
+                kind,
+                waits,
+                "retrying transaction after a lock wait timeout"
+            );
             continue;
         }
+        let cause = result.as_ref().err().and_then(|e| e.cause());
         match result {
             Err(e) if attempt < MAX_TX_ATTEMPTS && e.retryable() => {
+                let cause = cause.unwrap_or(RetryCause::Busy);
+                RETRY_STATS.count(kind, cause, true);
                 tracing::debug!(
+                    kind,
+                    cause = cause.as_str(),
                     attempt,
                     "retrying transaction after a transient database error"
                 );
                 retry_pause(attempt).await;
                 attempt += 1;
             }
-            other => return other,
+            other => {
+                if let Some(cause) = cause {
+                    RETRY_STATS.count(kind, cause, false);
+                }
+                return other;
+            }
         }
     }
 }
@@ -124,6 +237,8 @@ pub(crate) trait RetryClass {
     fn retryable(&self) -> bool;
     /// A lock-wait timeout: retried a bounded number of times.
     fn lock_wait(&self) -> bool;
+    /// Why it may be retried (for the counts), if it may.
+    fn cause(&self) -> Option<RetryCause>;
 }
 
 impl RetryClass for StorageError {
@@ -133,6 +248,12 @@ impl RetryClass for StorageError {
     fn lock_wait(&self) -> bool {
         matches!(self, StorageError::Database(e) if is_lock_wait_timeout(e))
     }
+    fn cause(&self) -> Option<RetryCause> {
+        match self {
+            StorageError::Database(e) => cause_of(e),
+            _ => None,
+        }
+    }
 }
 
 impl RetryClass for SeatFailure {
@@ -141,5 +262,28 @@ impl RetryClass for SeatFailure {
     }
     fn lock_wait(&self) -> bool {
         matches!(self, SeatFailure::Storage(e) if e.lock_wait())
+    }
+    fn cause(&self) -> Option<RetryCause> {
+        match self {
+            SeatFailure::Storage(e) => e.cause(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_is_the_enclosing_function() {
+        fn grant_batch() -> &'static str {
+            let f = || async { Ok::<(), StorageError>(()) };
+            fn k<F>(_: &F) -> &'static str {
+                kind_of::<F>()
+            }
+            k(&f)
+        }
+        assert_eq!(grant_batch(), "grant_batch");
     }
 }

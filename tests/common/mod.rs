@@ -2,6 +2,7 @@
 //! SQLite files, signed licenses, and real `floatlm` processes on port 0.
 #![allow(dead_code)]
 
+pub mod galera;
 pub mod nginx;
 pub mod own_mariadb;
 pub mod promise;

@@ -46,6 +46,10 @@ pub struct OwnMariaDb {
     mariadbd: PathBuf,
     child: Option<Child>,
     spawner: Spawner,
+    /// More server options on every start (a Galera node's wsrep settings).
+    extra: Vec<String>,
+    /// More options on the first start only (`--wsrep-new-cluster`).
+    first: Vec<String>,
 }
 
 impl OwnMariaDb {
@@ -53,6 +57,13 @@ impl OwnMariaDb {
     /// once root can log in over TCP. Panics with how to install MariaDB
     /// when its binaries are missing, or with the error log when it fails.
     pub fn start() -> OwnMariaDb {
+        Self::start_with(Vec::new(), Vec::new(), None)
+    }
+
+    /// [`start`](Self::start) with more server options: `extra` on every
+    /// start, `first` on the first one only; on `port` when given (a Galera
+    /// node whose address the other nodes already know).
+    pub fn start_with(extra: Vec<String>, first: Vec<String>, port: Option<u16>) -> OwnMariaDb {
         let install_db = find_binary(&["mariadb-install-db", "mysql_install_db"]);
         let mariadbd = find_binary(&["mariadbd", "mysqld"]);
         let dir = tempfile::Builder::new()
@@ -68,12 +79,15 @@ impl OwnMariaDb {
             mariadbd,
             child: None,
             spawner: Spawner::new(),
+            extra,
+            first,
         };
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            db.port = free_port();
+            db.port = port.unwrap_or_else(free_port);
             match db.launch() {
                 Ok(()) => {
+                    db.first.clear();
                     eprintln!(
                         "own MariaDB on 127.0.0.1:{} (data {}): installed in {installed:?}, ready {:?} after start",
                         db.port,
@@ -214,6 +228,8 @@ impl OwnMariaDb {
             // Two floatlm pools of 16, an auditor and the test's own connections.
             "--max-connections=200".into(),
         ]);
+        args.extend(self.extra.iter().cloned());
+        args.extend(self.first.iter().cloned());
         let stderr = d.join("mariadbd.stderr");
         let child = self
             .spawner
@@ -450,7 +466,7 @@ fn find_binary(names: &[&str]) -> PathBuf {
 /// down, clients keep connecting to its port from ephemeral ports, and one
 /// of them landing on the port itself would connect to itself (TCP
 /// simultaneous open) and keep the port from the restarted server.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())

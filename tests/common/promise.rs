@@ -1236,6 +1236,53 @@ impl PromiseCluster {
         identities: usize,
     ) -> PromiseCluster {
         let db = TestDb::new().await;
+        let url = db.url.clone();
+        let s = PromiseServers::start(instances, &|_| url.clone(), env, features, identities).await;
+        PromiseCluster {
+            servers: s.servers,
+            targets: s.targets,
+            credentials: s.credentials,
+            seats: s.seats,
+            db,
+            dir: s.dir,
+        }
+    }
+
+    /// A recording client on identity `identity`.
+    pub fn client(&self, rec: &Arc<Recorder>, name: &str, identity: usize) -> RecClient {
+        RecClient::new(rec, name, &self.credentials[identity])
+    }
+
+    /// Each instance's log (for failure messages).
+    pub fn logs(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("--- {} ---\n{}", s.instance, s.log()))
+            .collect()
+    }
+}
+
+/// Instances each on the database URL [`PromiseServers::start`] is given
+/// for it (the nodes of a Galera cluster, say), with a license and
+/// identities: [`PromiseCluster`] without a database of its own.
+pub struct PromiseServers {
+    pub servers: Vec<ServerProc>,
+    pub targets: Vec<Target>,
+    pub credentials: Vec<String>,
+    pub seats: BTreeMap<String, usize>,
+    pub dir: tempfile::TempDir,
+}
+
+impl PromiseServers {
+    /// Starts `instances` in parallel, each on `db_url(spec)`, applies one
+    /// license with `features` through the first and creates `identities`.
+    pub async fn start(
+        instances: &[InstanceSpec],
+        db_url: &(dyn Fn(&InstanceSpec) -> String + Sync),
+        env: &(dyn Fn(&InstanceSpec) -> Vec<(String, String)> + Sync),
+        features: &[(&str, u32)],
+        identities: usize,
+    ) -> PromiseServers {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let vdir = d.join("vendor").display().to_string();
@@ -1261,7 +1308,7 @@ impl PromiseCluster {
             let handles: Vec<_> = instances
                 .iter()
                 .map(|spec| {
-                    let (db, pubkey) = (&db, &pubkey);
+                    let (db, pubkey) = (db_url(spec), &pubkey);
                     let more = env(spec);
                     s.spawn(move || {
                         let mut all = vec![
@@ -1271,7 +1318,7 @@ impl PromiseCluster {
                         all.extend(more.iter().map(|(k, v)| (k.as_str(), v.as_str())));
                         cluster_instance(
                             d,
-                            db,
+                            &db,
                             spec.id,
                             "127.0.0.1:0",
                             &["--vendor-key", pubkey],
@@ -1292,7 +1339,7 @@ impl PromiseCluster {
                 created_credential(&out)
             })
             .collect();
-        PromiseCluster {
+        PromiseServers {
             targets: servers.iter().map(Target::of).collect(),
             servers,
             credentials,
@@ -1300,7 +1347,6 @@ impl PromiseCluster {
                 .iter()
                 .map(|(f, n)| (f.to_string(), *n as usize))
                 .collect(),
-            db,
             dir,
         }
     }

@@ -10,6 +10,25 @@
 //! (grants), `leases.rs` (checks, extensions, releases), `licenses.rs`,
 //! `access.rs`, `cluster.rs`, `keys.rs`; this file connects and holds what
 //! they share (the clock, the batched slot read).
+//!
+//! ## Several nodes of one cluster (Galera)
+//!
+//! `database_url` may name several hosts of one synchronous cluster
+//! (`mysql://u:p@h1:3306,h2:3306,h3:3306/db`). The pool talks to one node at
+//! a time (the first healthy one at start). Every new connection is checked
+//! (`after_connect`): on a Galera node (`wsrep_ready` exists) it must be
+//! ready and Synced (`wsrep_local_state` 4), else the connection is refused
+//! as an outage, and its reads are made causal (`wsrep_sync_wait = 1`) so a
+//! lease check on one node sees every commit made through another before it
+//! (without it, a node could answer from a row another node already
+//! changed). The instance's database watch runs [`StoreBase::probe`] every
+//! half second: when the current node fails or leaves the primary component,
+//! the probe checks the other nodes at once and moves the pool to the first
+//! healthy one: new connections go there and every pooled connection to the
+//! old node is closed when next acquired (each carries the generation of the
+//! node it was opened for). The move happens within [`FAILOVER_BOUND`] of
+//! the failure. A single-host URL behaves as before, except that a Galera
+//! server gets the same per-connection checks.
 
 mod access;
 mod backup;
@@ -25,17 +44,32 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{Executor, MySql, QueryBuilder, Transaction};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
 use crate::domain::seats::CLOCK_MARGIN;
+
+/// How long the current node may answer a probe before it counts as failed.
+const NODE_PROBE: Duration = Duration::from_millis(400);
+/// How long a candidate node may take to connect and answer its checks.
+const NODE_CONNECT: Duration = Duration::from_millis(700);
+/// The longest a failed node stays in use: the database watch's period plus
+/// the probe of the current node and of the candidates (docs/operations.md).
+pub const FAILOVER_BOUND: Duration = Duration::from_millis(
+    crate::dbgate::PROBE_EVERY.as_millis() as u64
+        + NODE_PROBE.as_millis() as u64
+        + NODE_CONNECT.as_millis() as u64,
+);
 
 /// Leases per renewal statement (4 placeholders each, far below the limit).
 const RENEW_CHUNK: usize = 1024;
 
 pub struct MySqlStorage {
     pool: MySqlPool,
-    opts: MySqlConnectOptions,
+    /// The cluster's nodes and which one the pool uses.
+    nodes: Arc<Nodes>,
     /// A connection of its own for [`StoreBase::probe`], outside the pool, so
     /// the probe never waits behind requests for a pooled connection.
     probe: tokio::sync::Mutex<Option<sqlx::MySqlConnection>>,
@@ -144,22 +178,171 @@ where
     Ok((now, map))
 }
 
+/// One node of the cluster `database_url` names.
+struct Node {
+    opts: MySqlConnectOptions,
+    /// `host:port`, for logs.
+    name: String,
+}
+
+/// The nodes of `database_url` and which one the pool uses.
+struct Nodes {
+    list: Vec<Node>,
+    current: AtomicUsize,
+    /// Rises on every move to another node; each pooled connection carries
+    /// the generation it was opened in (`@floatlm_node_gen`).
+    generation: AtomicU64,
+}
+
+impl Nodes {
+    fn current(&self) -> &Node {
+        &self.list[self.current.load(Ordering::Acquire) % self.list.len()]
+    }
+}
+
+/// The URL of each host of a `mysql://user:pass@h1:p1,h2:p2/db?params` URL
+/// (one for a single host), each parsed as sqlx parses a URL.
+fn node_options(url: &str) -> Result<Vec<Node>> {
+    let bad = |why: String| {
+        StorageError::Connect(format!("database_url is not a valid MySQL URL: {why}"))
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("no scheme".into()))?;
+    let (userinfo, hostpart) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (hosts, tail) = match hostpart.find(['/', '?']) {
+        Some(i) => hostpart.split_at(i),
+        None => (hostpart, ""),
+    };
+    hosts
+        .split(',')
+        .map(|host| {
+            if host.trim().is_empty() {
+                return Err(bad("an empty host in the host list".into()));
+            }
+            let one = match userinfo {
+                Some(u) => format!("{scheme}://{u}@{host}{tail}"),
+                None => format!("{scheme}://{host}{tail}"),
+            };
+            let opts = MySqlConnectOptions::from_str(&one)
+                .map_err(|e| bad(e.to_string()))?
+                .timezone(Some("+00:00".to_string()));
+            Ok(Node {
+                opts,
+                name: host.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Galera's view of a node: None when the server is not a Galera node
+/// (MariaDB shows the `wsrep_*` status without a provider too, with an empty
+/// `wsrep_provider_name`; MySQL shows none).
+async fn wsrep_state(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<Option<(bool, i64)>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SHOW STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state', 'wsrep_provider_name')",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let get = |n: &str| {
+        rows.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
+    if get("wsrep_provider_name").is_none_or(|p| p.is_empty()) {
+        return Ok(None);
+    }
+    let ready = get("wsrep_ready").is_some_and(|v| v.eq_ignore_ascii_case("ON"));
+    let state = get("wsrep_local_state")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Some((ready, state)))
+}
+
+/// Refuses a node that may not be written through: a Galera node that is
+/// not ready or not Synced (joining, a donor, outside the primary
+/// component). The error is an I/O error, so it counts as an outage.
+async fn check_node(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<bool> {
+    match wsrep_state(conn).await? {
+        None => Ok(false),
+        Some((true, 4)) => Ok(true),
+        Some((ready, state)) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("this Galera node cannot take writes now (wsrep_ready {}, wsrep_local_state {state}; 4 is Synced)",
+                if ready { "ON" } else { "OFF" }),
+        ))),
+    }
+}
+
+/// Opens a connection of its own to `node` and checks it.
+async fn open_checked(node: &Node) -> Result<sqlx::MySqlConnection> {
+    use sqlx::Connection;
+    let mut c = sqlx::MySqlConnection::connect_with(&node.opts).await?;
+    check_node(&mut c).await?;
+    Ok(c)
+}
+
 impl MySqlStorage {
-    /// Connects; `url` is `mysql://user:pass@host:port/database`.
+    /// Connects; `url` is `mysql://user:pass@host:port/database`, or several
+    /// hosts of one cluster: `mysql://user:pass@h1:3306,h2:3306/database`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
-        let opts = MySqlConnectOptions::from_str(url)
-            .map_err(|e| {
-                StorageError::Connect(format!("database_url is not a valid MySQL URL: {e}"))
-            })?
-            .timezone(Some("+00:00".to_string()));
-        let pool = MySqlPoolOptions::new()
+        let list = node_options(url)?;
+        let multi = list.len() > 1;
+        // The first node that answers and may be written through.
+        let mut first = None;
+        let mut failures = Vec::new();
+        for (i, node) in list.iter().enumerate() {
+            let tried = if multi {
+                tokio::time::timeout(NODE_CONNECT * 4, open_checked(node))
+                    .await
+                    .unwrap_or_else(|_| Err(StorageError::Connect("timed out".into())))
+            } else {
+                Ok(
+                    <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&node.opts)
+                        .await
+                        .map_err(|e| StorageError::Connect(describe_connect_error(&e)))?,
+                )
+            };
+            match tried {
+                Ok(c) => {
+                    first = Some((i, c));
+                    break;
+                }
+                Err(e) => failures.push(format!("{}: {e}", node.name)),
+            }
+        }
+        let Some((current, probe)) = first else {
+            return Err(StorageError::Connect(format!(
+                "no node of database_url can take writes: {}",
+                failures.join("; ")
+            )));
+        };
+        if multi {
+            tracing::info!(node = %list[current].name, nodes = list.len(), "database: using this node of the cluster");
+        }
+        let opts = list[current].opts.clone();
+        let nodes = Arc::new(Nodes {
+            list,
+            current: AtomicUsize::new(current),
+            generation: AtomicU64::new(0),
+        });
+        let on_connect = nodes.clone();
+        let mut pool = MySqlPoolOptions::new()
             .max_connections(max_connections)
             // Well under a client's request timeout (5 s): a request caught
             // by a database outage (before the probe closes the gate) hears
             // "database unavailable" from this instance instead of timing out.
             .acquire_timeout(Duration::from_secs(1))
-            .after_connect(|conn, _| {
+            .after_connect(move |conn, _| {
+                let nodes = on_connect.clone();
                 Box::pin(async move {
+                    // Read before the checks: a move to another node while
+                    // this connection opens leaves it an older generation,
+                    // so it is closed at its first acquire.
+                    let generation = nodes.generation.load(Ordering::Acquire);
                     // A row lock held by a stalled instance (SIGSTOP, a VM
                     // paused) must not stall everyone else: waiters give up
                     // after 2 s (and the statement is retried once), and the
@@ -179,17 +362,95 @@ impl MySqlStorage {
                     if let Err(e) = conn.execute("SET SESSION idle_transaction_timeout = 5").await {
                         tracing::debug!(error = %e, "this server has no idle_transaction_timeout (MySQL): a stalled instance keeps its row locks until wait_timeout");
                     }
+                    if check_node(conn).await? {
+                        // Causal reads: a lease check sees every commit made
+                        // through another node before it started.
+                        conn.execute("SET SESSION wsrep_sync_wait = 1").await?;
+                    }
+                    sqlx::query("SET @floatlm_node_gen = ?")
+                        .bind(generation)
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
-            })
-            .connect_with(opts.clone())
+            });
+        if multi {
+            // Instead of the pool's ping before each acquire, one statement
+            // that pings and tells whether the connection's node is still
+            // the one in use.
+            let on_acquire = nodes.clone();
+            pool = pool
+                .test_before_acquire(false)
+                .before_acquire(move |conn, _| {
+                    let nodes = on_acquire.clone();
+                    Box::pin(async move {
+                        let g: Option<u64> =
+                            sqlx::query_scalar("SELECT CAST(@floatlm_node_gen AS UNSIGNED)")
+                                .fetch_one(&mut *conn)
+                                .await?;
+                        Ok(g == Some(nodes.generation.load(Ordering::Acquire)))
+                    })
+                });
+        }
+        let pool = pool
+            .connect_with(opts)
             .await
             .map_err(|e| StorageError::Connect(describe_connect_error(&e)))?;
         Ok(MySqlStorage {
             pool,
-            opts,
-            probe: tokio::sync::Mutex::new(None),
+            nodes,
+            probe: tokio::sync::Mutex::new(Some(probe)),
         })
+    }
+
+    /// The current node failed: checks every other node at once and moves
+    /// the pool to the first healthy one in `database_url` order, with `c`
+    /// as the probe's new connection. Err when none is healthy.
+    async fn fail_over(&self, why: &StorageError) -> Result<sqlx::MySqlConnection> {
+        let from = self.nodes.current.load(Ordering::Acquire);
+        let mut tries = tokio::task::JoinSet::new();
+        for (i, n) in self
+            .nodes
+            .list
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != from)
+        {
+            let node = Node {
+                opts: n.opts.clone(),
+                name: n.name.clone(),
+            };
+            tries.spawn(async move {
+                let r = tokio::time::timeout(NODE_CONNECT, open_checked(&node))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(StorageError::Connect(format!(
+                            "no answer within {NODE_CONNECT:?}"
+                        )))
+                    });
+                (i, r)
+            });
+        }
+        let mut done = tries.join_all().await;
+        done.sort_by_key(|(i, _)| *i);
+        let mut failures = vec![format!("{}: {why}", self.nodes.list[from].name)];
+        for (i, r) in done {
+            match r {
+                Ok(c) => {
+                    let to = &self.nodes.list[i];
+                    self.pool.set_connect_options(to.opts.clone());
+                    self.nodes.current.store(i, Ordering::Release);
+                    self.nodes.generation.fetch_add(1, Ordering::AcqRel);
+                    tracing::warn!(from = %self.nodes.list[from].name, to = %to.name, error = %why, "database: the node in use failed; moved to another node of the cluster");
+                    return Ok(c);
+                }
+                Err(e) => failures.push(format!("{}: {e}", self.nodes.list[i].name)),
+            }
+        }
+        Err(StorageError::Connect(format!(
+            "no node of the cluster can take writes: {}",
+            failures.join("; ")
+        )))
     }
 }
 
@@ -231,17 +492,40 @@ impl StoreBase for MySqlStorage {
     }
 
     async fn probe(&self) -> Result<()> {
-        use sqlx::Connection;
         let mut conn = self.probe.lock().await;
-        if let Some(c) = conn.as_mut() {
-            if c.ping().await.is_ok() {
+        if self.nodes.list.len() == 1 {
+            use sqlx::Connection;
+            if let Some(c) = conn.as_mut() {
+                if c.ping().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            *conn = None;
+            let mut c = sqlx::MySqlConnection::connect_with(&self.nodes.current().opts).await?;
+            c.ping().await?;
+            *conn = Some(c);
+            return Ok(());
+        }
+        // Several nodes: the current one must answer and be able to take
+        // writes (Synced, in the primary component), else move.
+        let current = async {
+            match conn.take() {
+                Some(mut c) => {
+                    check_node(&mut c).await?;
+                    Ok(c)
+                }
+                None => open_checked(self.nodes.current()).await,
+            }
+        };
+        let err = match tokio::time::timeout(NODE_PROBE, current).await {
+            Ok(Ok(c)) => {
+                *conn = Some(c);
                 return Ok(());
             }
-        }
-        *conn = None;
-        let mut c = sqlx::MySqlConnection::connect_with(&self.opts).await?;
-        c.ping().await?;
-        *conn = Some(c);
+            Ok(Err(e)) => e,
+            Err(_) => StorageError::Connect(format!("no answer within {NODE_PROBE:?}")),
+        };
+        *conn = Some(self.fail_over(&err).await?);
         Ok(())
     }
 
