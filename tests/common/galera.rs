@@ -3,7 +3,8 @@
 //! [`Galera::start`] starts three [`OwnMariaDb`] servers, each with its own
 //! port, data directory and Galera ports (group communication, IST, SST),
 //! all on 127.0.0.1: node 0 bootstraps the cluster (`--wsrep-new-cluster`),
-//! nodes 1 and 2 join it by state transfer (SST by rsync). The test kills
+//! nodes 1 and 2 join it by state transfer (SST by rsync) into an empty data
+//! directory that the rsync daemon (run as `nobody` under root) may write. The test kills
 //! (SIGKILL) and restarts nodes at will ([`Galera::node`]); a restarted node
 //! rejoins by IST or SST. Failure detection is tuned down from Galera's 5 s
 //! (`evs.suspect_timeout`) so a killed node leaves the primary component in
@@ -68,10 +69,32 @@ impl Galera {
                 Vec::new()
             };
             g.nodes
-                .push(OwnMariaDb::start_with(extra, first, Some(*sql)));
+                .push(OwnMariaDb::start_with(extra, first, Some(*sql), i == 0));
             g.wait_synced(i, 1 + i as i64);
         }
         g
+    }
+
+    /// Starts node `i` again after a kill; it rejoins by state transfer
+    /// (after a SIGKILL its position is unknown, so a full SST by rsync,
+    /// whose daemon runs as `nobody` under root and must own the data).
+    /// Returns once it accepts logins; [`wait_synced`](Self::wait_synced)
+    /// tells when it is Synced.
+    pub fn restart(&mut self, i: usize) {
+        if unsafe { libc::geteuid() } == 0 {
+            let data = self.nodes[i].data_dir();
+            let out = std::process::Command::new("chown")
+                .args(["-R", "nobody:", &data.display().to_string()])
+                .output()
+                .expect("run chown");
+            assert!(
+                out.status.success(),
+                "chown -R nobody {}: {}",
+                data.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.nodes[i].restart();
     }
 
     pub fn node(&mut self, i: usize) -> &mut OwnMariaDb {

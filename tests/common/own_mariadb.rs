@@ -57,13 +57,21 @@ impl OwnMariaDb {
     /// once root can log in over TCP. Panics with how to install MariaDB
     /// when its binaries are missing, or with the error log when it fails.
     pub fn start() -> OwnMariaDb {
-        Self::start_with(Vec::new(), Vec::new(), None)
+        Self::start_with(Vec::new(), Vec::new(), None, true)
     }
 
     /// [`start`](Self::start) with more server options: `extra` on every
     /// start, `first` on the first one only; on `port` when given (a Galera
-    /// node whose address the other nodes already know).
-    pub fn start_with(extra: Vec<String>, first: Vec<String>, port: Option<u16>) -> OwnMariaDb {
+    /// node whose address the other nodes already know). Without
+    /// `install_data` the data directory starts empty and belongs to
+    /// `nobody` when run as root: a Galera joiner's, filled by rsync SST,
+    /// whose daemon runs as `nobody` when started by root.
+    pub fn start_with(
+        extra: Vec<String>,
+        first: Vec<String>,
+        port: Option<u16>,
+        install_data: bool,
+    ) -> OwnMariaDb {
         let install_db = find_binary(&["mariadb-install-db", "mysql_install_db"]);
         let mariadbd = find_binary(&["mariadbd", "mysqld"]);
         let dir = tempfile::Builder::new()
@@ -71,7 +79,25 @@ impl OwnMariaDb {
             .tempdir()
             .expect("create a tempdir for the own MariaDB server");
         let began = Instant::now();
-        install(&install_db, dir.path());
+        if install_data {
+            install(&install_db, dir.path());
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let data = dir.path().join("data");
+            std::fs::create_dir(&data).expect("create the data directory");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("open the tempdir to the SST's rsync daemon");
+            if unsafe { libc::geteuid() } == 0 {
+                let nobody = unsafe { libc::getpwnam(c"nobody".as_ptr()) };
+                assert!(
+                    !nobody.is_null(),
+                    "no user `nobody`: the rsync SST daemon runs as it under root"
+                );
+                let (uid, gid) = unsafe { ((*nobody).pw_uid, (*nobody).pw_gid) };
+                std::os::unix::fs::chown(&data, Some(uid), Some(gid))
+                    .expect("give the data directory to the SST's rsync daemon (nobody)");
+            }
+        }
         let installed = began.elapsed();
         let mut db = OwnMariaDb {
             dir,
