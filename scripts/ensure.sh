@@ -58,3 +58,19 @@ ensure_nginx() {
   fi
 }
 
+
+# tests/galera.rs starts a 3-node Galera cluster of its own: the Galera
+# library (galera-4) and rsync for state transfers.
+ensure_galera() {
+  local missing=()
+  [ -e /usr/lib/galera/libgalera_smm.so ] || missing+=(galera-4)
+  command -v rsync >/dev/null || missing+=(rsync)
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]} for the Galera test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing: ${missing[*]}. Install them (apt-get install -y ${missing[*]})." >&2
+    exit 1
+  fi
+}
