@@ -556,3 +556,31 @@ impl StoreBase for MySqlStorage {
         Ok(utc(t))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_list_becomes_one_node_each_with_the_same_user_database_and_options() {
+        let nodes =
+            node_options("mysql://u:p%40ss@h1:3306,h2:3307,h3/db?ssl-mode=disabled").unwrap();
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["h1:3306", "h2:3307", "h3"]);
+        for (n, port) in nodes.iter().zip([3306, 3307, 3306]) {
+            assert_eq!(n.opts.get_host(), n.name.split(':').next().unwrap());
+            assert_eq!(n.opts.get_port(), port);
+            assert_eq!(n.opts.get_username(), "u");
+            assert_eq!(n.opts.get_database(), Some("db"));
+        }
+    }
+
+    #[test]
+    fn a_single_host_is_one_node_and_an_empty_host_is_refused() {
+        let one = node_options("mysql://root@127.0.0.1:3306/x").unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].name, "127.0.0.1:3306");
+        let e = node_options("mysql://root@h1:3306,,h2/x").err().unwrap();
+        assert!(e.to_string().contains("empty host"), "{e}");
+    }
+}
