@@ -210,7 +210,7 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
         .filter(|r| matches!(r.answer, Answer::None(_)))
         .count();
     eprintln!(
-        "galera: {grants} grants; through gb while node 1 was down: {served_b_down} served, first one sent {first_served:?} after the kill; {failed_b} failed after the kill; {no_answer} requests got no answer at all; node 1 rejoined in {rejoin:?}"
+        "galera: {grants} grants; through gb while node 1 was down: {served_b_down} served, first one sent {first_served:?} after the kill; {failed_b} failed after the kill; {no_answer} requests got no answer at all; node 1 Synced {rejoin:?} after it accepted logins again"
     );
     let retries: String = cluster.servers[..]
         .iter()
