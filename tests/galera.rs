@@ -31,6 +31,9 @@ const KILL_AT: Duration = Duration::from_secs(6);
 const RESTART_AT: Duration = Duration::from_secs(15);
 const RUN: Duration = Duration::from_secs(24);
 const CLIENTS_PER_INSTANCE: usize = 3;
+/// Clients that log in and out without pause for the first CHURN.
+const CHURNERS: usize = 6;
+const CHURN: Duration = Duration::from_secs(4);
 /// `floatlm::http::SHUTDOWN_GRACE` plus the runtime's 1 s shutdown timeout,
 /// plus a second for a loaded machine; the instances run with no drain delay.
 const EXIT_BOUND: Duration = Duration::from_secs(3 + 1 + 1);
@@ -80,6 +83,21 @@ async fn walk(c: RecClient, at: Target, seed: u64, until: Instant, seen: Arc<Mut
     }
 }
 
+/// Until `until`: log in and out as fast as answers come, alternating
+/// between the instances (so between nodes): certification conflicts.
+async fn churn(c: RecClient, targets: Vec<Target>, until: Instant) {
+    for k in 0..10_000 {
+        if Instant::now() >= until {
+            break;
+        }
+        let at = &targets[k % targets.len()];
+        let r = c.login(at, "cad").await;
+        if let Some(lease) = r.granted().map(str::to_string) {
+            c.logout(&targets[(k + 1) % targets.len()], &lease).await;
+        }
+    }
+}
+
 /// Whether a record is an answer that did what was asked (a grant, or a
 /// heartbeat or logout answered), as opposed to an error or no answer.
 fn served(a: &Answer) -> bool {
@@ -90,6 +108,19 @@ fn served(a: &Answer) -> bool {
             | Answer::Sealed(Response::Heartbeat { .. })
             | Answer::Sealed(Response::Released { .. })
     )
+}
+
+/// `db_retries` of each instance's `admin status`.
+fn retry_counts(cluster: &PromiseServers) -> String {
+    cluster
+        .servers
+        .iter()
+        .map(|s| {
+            let m = blocking(|| common::admin_cli(s, &["status"]));
+            let v: serde_json::Value = serde_json::from_str(&m).unwrap_or_default();
+            format!("{}: {}\n", s.instance, v["db_retries"])
+        })
+        .collect()
 }
 
 /// Debug logs show each retried conflict with its statement kind.
@@ -166,6 +197,21 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
             )));
         }
     }
+    // Churn before the kill: how many certification conflicts it meets.
+    let churners: Vec<_> = (0..CHURNERS)
+        .map(|k| {
+            let c = cluster.client(&rec, &format!("churn{k}"), k % 2);
+            tokio::spawn(churn(c, cluster.targets.clone(), t0 + CHURN))
+        })
+        .collect();
+    for t in churners {
+        t.await.unwrap();
+    }
+    let churned = rec.records().len();
+    eprintln!(
+        "galera: {churned} requests in the first {CHURN:?} (with {CHURNERS} churning clients); conflicts so far:\n{}",
+        retry_counts(&cluster)
+    );
 
     tokio::time::sleep_until((t0 + KILL_AT).into()).await;
     blocking(|| g.node(1).kill());
@@ -212,15 +258,10 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
     eprintln!(
         "galera: {grants} grants; through gb while node 1 was down: {served_b_down} served, first one sent {first_served:?} after the kill; {failed_b} failed after the kill; {no_answer} requests got no answer at all; node 1 Synced {rejoin:?} after it accepted logins again"
     );
-    let retries: String = cluster.servers[..]
-        .iter()
-        .map(|s| {
-            let m = common::admin_cli(s, &["status"]);
-            let v: serde_json::Value = serde_json::from_str(&m).unwrap_or_default();
-            format!("{}: {}\n", s.instance, v["db_retries"])
-        })
-        .collect();
-    eprintln!("galera: conflicts and retries per statement kind:\n{retries}");
+    eprintln!(
+        "galera: conflicts and retries per statement kind:\n{}",
+        retry_counts(&cluster)
+    );
 
     let mut problems = Vec::new();
     if let Err(e) = rec.check(&cluster.seats) {

@@ -139,10 +139,27 @@ fn cause_of(err: &sqlx::Error) -> Option<RetryCause> {
 /// from the closure's type name so the role files need no extra argument.
 fn kind_of<F>() -> &'static str {
     let name = std::any::type_name::<F>();
-    name.split("::")
-        .filter(|s| !s.starts_with('{') && !s.starts_with('<') && !s.ends_with('>'))
+    // `<Backend as Role>::grant_batch<'_, '_>::{{closure}}::{{closure}}`:
+    // the last path segment outside angle brackets that is not a closure.
+    let mut depth = 0usize;
+    let mut outside = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            _ if depth == 0 => outside.push(c),
+            _ => {}
+        }
+    }
+    let kind = outside
+        .split("::")
+        .filter(|s| !s.is_empty() && !s.starts_with('{'))
         .last()
-        .unwrap_or("unknown")
+        .unwrap_or("unknown");
+    // A closure's type name has a fixed set of such segments (method
+    // names): leak-free by finding the same text inside `name`.
+    name.rfind(kind)
+        .map_or("unknown", |i| &name[i..i + kind.len()])
 }
 
 /// Backoff before attempt `n` (1-based) of a retried transaction.
@@ -285,5 +302,28 @@ mod tests {
             k(&f)
         }
         assert_eq!(grant_batch(), "grant_batch");
+    }
+
+    #[async_trait::async_trait]
+    trait Role {
+        async fn release_batch(&self) -> &'static str;
+    }
+
+    struct Backend;
+
+    #[async_trait::async_trait]
+    impl Role for Backend {
+        async fn release_batch(&self) -> &'static str {
+            fn k<F>(_: &F) -> &'static str {
+                kind_of::<F>()
+            }
+            let f = || async { Ok::<(), StorageError>(()) };
+            k(&f)
+        }
+    }
+
+    #[tokio::test]
+    async fn kind_is_the_trait_method_under_async_trait() {
+        assert_eq!(Backend.release_batch().await, "release_batch");
     }
 }
