@@ -39,12 +39,21 @@
 //!   every server is failing, all are tried rather than waiting.
 
 mod client;
+mod config;
 mod error;
 mod handle;
+mod hedge;
 mod identity;
+mod servers;
+mod transport;
 
-pub use client::{Client, Options, PingInfo, ServerState, ServerStatus, SessionStats};
+pub use client::{Client, Options, PingInfo, SessionStats};
+pub use config::{
+    client_config_keys, client_config_search_path, ClientConfig, Source, CONFIG_ENV, SYSTEM_FILE,
+};
 pub use error::{ClientError, NoLicenseReason};
 pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
 pub use handle::{HandleState, LossReason, Released, SeatHandle};
-pub use identity::ServerSpec;
+pub use identity::{ServerAddress, ServerSpec};
+pub use servers::{ServerState, ServerStatus};
+pub use transport::INSECURE_WARNING;
