@@ -275,13 +275,19 @@ impl Client {
     }
 
     /// Servers to hedge on besides `primary`, best first: the group's
-    /// before the others, and within each those answering lately, those
-    /// never tried, those failing. Those in use or due for a retry; when
+    /// members while one of them is in use or due for a retry, else the
+    /// others; within each, those answering lately, those never tried,
+    /// those failing. Those in use or due for a retry; when
     /// none is, every one within `max_retries` (a server marked failing a
     /// moment ago may well be back, and the primary is not answering).
     pub(crate) fn hedge_candidates(&self, primary: usize) -> Vec<usize> {
         let mut c: Vec<usize> = self.tiers().concat();
         c.retain(|&i| i != primary);
+        // Another member of the group can still answer: the other groups
+        // are not asked (they are for when the whole group is failing).
+        if c.iter().any(|&i| self.home(i)) {
+            c.retain(|&i| self.home(i));
+        }
         if c.is_empty() {
             c = (0..self.inner.servers.len())
                 .filter(|&i| i != primary && self.readiness(i).0 != Readiness::Spent)
