@@ -85,6 +85,7 @@ async fn tls_through_nginx_with_ca_file_wrong_ca_and_insecure() {
             .err()
             .expect("a wrong CA is refused");
         let m = e.to_string();
+        eprintln!("refused: {m}");
         assert!(matches!(e, ClientError::Unreachable(_)), "{e:?}");
         assert!(
             m.contains("TLS certificate problem") && m.contains("UnknownIssuer"),

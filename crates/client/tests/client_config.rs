@@ -351,3 +351,39 @@ fn combinations_that_cannot_connect_are_named() {
     assert!(e.contains("no server given"), "{e}");
     let _ = Source::Default;
 }
+
+/// config/client.ini (the sample) and docs/client.md name every key and its
+/// variable, and the sample, uncommented, is a valid file.
+#[test]
+fn the_sample_file_and_the_docs_list_every_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sample = std::fs::read_to_string(root.join("config/client.ini")).unwrap();
+    let docs = std::fs::read_to_string(root.join("docs/client.md")).unwrap();
+    for (key, var) in floatlm_client::client_config_keys() {
+        assert!(
+            sample.contains(&format!(";{key} = ")),
+            "config/client.ini lacks {key}"
+        );
+        assert!(sample.contains(var), "config/client.ini lacks {var}");
+        assert!(
+            docs.contains(&format!("| `{key}` | `{var}` |")),
+            "docs/client.md lacks {key}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    let uncommented = sample
+        .lines()
+        .map(|l| l.strip_prefix(';').unwrap_or(l))
+        .map(|l| {
+            l.replace(
+                "/etc/floatlm/ca.pem",
+                &dir.path().join("ca.pem").display().to_string(),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let f = write(dir.path(), "client.ini", &uncommented);
+    let cfg = load(&f, &[]).unwrap();
+    assert_eq!(cfg.servers().unwrap().len(), 3);
+}
