@@ -176,3 +176,66 @@ async fn a_group_without_servers_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// The group's members are asked again every retry interval, and no more
+/// than `max_retries` times; meanwhile the seat lives on the other group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_is_retried_up_to_the_retry_count() {
+    let demo = common::DemoServer::start(&[]);
+    let (cred, addr) = demo.identity.rsplit_once('@').unwrap();
+    // Two addresses where nothing listens: the eu group is down.
+    let closed: Vec<String> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let servers = vec![
+        format!("{cred}@eu:{}", closed[0]),
+        format!("{cred}@eu:{}", closed[1]),
+        format!("{cred}@us:{addr}"),
+    ];
+    let interval = Duration::from_millis(300);
+    let client = Client::connect(
+        &servers,
+        Options {
+            group: Some("eu".into()),
+            retry_interval: interval,
+            max_retries: Some(2),
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let seat = client.checkout("demo").await.unwrap();
+    assert_eq!(client.group_in_use().as_deref(), Some("us"));
+    let retries = |c: &Client| -> Vec<u32> {
+        c.server_status()[..2]
+            .iter()
+            .map(|s| match s.state {
+                ServerState::Failing { retries, .. } => retries,
+                _ => panic!("eu is down: {s:?}"),
+            })
+            .collect()
+    };
+    // The first failure, then one retry per interval, up to 2.
+    wait_for(
+        "two retries of each eu server",
+        Duration::from_secs(10),
+        || {
+            let r = retries(&client);
+            async move { (r == [2, 2]).then_some(()) }
+        },
+    )
+    .await;
+    // No more after the retry count, however long it waits.
+    tokio::time::sleep(interval * 5).await;
+    assert_eq!(retries(&client), [2, 2]);
+    assert_eq!(client.group_in_use().as_deref(), Some("us"));
+    assert_eq!(seat.state(), HandleState::Held);
+    seat.release().await;
+    assert_eq!(demo.used().await, 0);
+}

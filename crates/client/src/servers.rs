@@ -321,7 +321,7 @@ impl Client {
         };
         let weak = Arc::downgrade(&self.inner);
         rt.spawn(async move {
-            while let Some(next) = Self::next_home_check(&weak) {
+            while let Some(next) = Self::next_home_check(&weak).await {
                 tokio::time::sleep_until(next.into()).await;
                 let Some(inner) = weak.upgrade() else { return };
                 if (Client { inner }).probe_home().await {
@@ -336,11 +336,14 @@ impl Client {
 
     /// When to ask the group's members next; None when there is nothing to
     /// do (client dropped, back home, no member with retries left).
-    fn next_home_check(weak: &Weak<Inner>) -> Option<Instant> {
+    async fn next_home_check(weak: &Weak<Inner>) -> Option<Instant> {
         let c = Client {
             inner: weak.upgrade()?,
         };
-        if c.active_server().is_none_or(|i| c.home(i)) {
+        // Waits for the lock (not try_lock): the task starts while
+        // `channel` still holds it, having just moved to another group.
+        let active = c.inner.active.lock().await.as_ref().map(|ch| ch.server);
+        if active.is_none_or(|i| c.home(i)) {
             return None;
         }
         (0..c.inner.servers.len())
