@@ -1,12 +1,47 @@
 //! Hedged requests: one round of a call asks the current server, and the
 //! next ones (group first) when it is slow or fails; the first answer counts.
+//! [`Timing`]: how long a round waits for one answer and between hedges.
 
 use floatlm_protocol::messages::{Request, Response};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::client::{Attempt, Channel, Client, Timing};
+use crate::client::{Attempt, Channel, Client, Options};
 use crate::ClientError;
+
+/// The shortest wait for one answer, however close a deadline: a proxy in
+/// front must get to give up on a hung instance and retry the request on
+/// the next one (the shipped NGINX configs: `proxy_read_timeout 1s`) before
+/// the client gives up on the proxy, which the proxy would log as a client
+/// abort (499) without counting the instance as failed.
+pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(1500);
+/// Hedges never start closer together than this.
+const MIN_HEDGE: Duration = Duration::from_millis(50);
+
+/// How one round of a call spends its time, derived from how much it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// The longest wait for one server's answer (each HTTP exchange).
+    pub attempt: Duration,
+    /// Ask the next server too when none answered this long.
+    pub hedge: Duration,
+}
+
+impl Timing {
+    /// `left`: the time until the call's deadline (a heartbeat: until its
+    /// promise ends), None without one; `servers`: how many there are.
+    pub(crate) fn new(left: Option<Duration>, servers: usize, o: &Options) -> Timing {
+        let attempt = match left {
+            None => o.request_timeout,
+            Some(left) => (left / 2).max(MIN_ATTEMPT).min(o.request_timeout).min(left),
+        };
+        let hedge = o
+            .hedge_delay
+            .min(attempt / servers.max(1) as u32)
+            .max(MIN_HEDGE);
+        Timing { attempt, hedge }
+    }
+}
 
 /// How a round of a call ended without an answer.
 pub(crate) struct RoundFailure {
@@ -182,5 +217,55 @@ impl Client {
         if active.as_ref().is_none_or(|a| Arc::ptr_eq(a, old)) {
             *active = Some(new);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn without_a_deadline_an_attempt_waits_the_request_timeout() {
+        let t = Timing::new(None, 2, &Options::default());
+        assert_eq!(
+            t,
+            Timing {
+                attempt: ms(5000),
+                hedge: ms(500)
+            }
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_waits_half_its_time_left_at_least_1500_ms_never_past_its_deadline() {
+        let o = Options::default();
+        // lease_ttl 10 s answered in full: 5.67 s left at the heartbeat.
+        assert_eq!(Timing::new(Some(ms(5666)), 2, &o).attempt, ms(2833));
+        // Half a TTL answered (5 s): 2.83 s left.
+        assert_eq!(Timing::new(Some(ms(2833)), 2, &o).attempt, ms(1500));
+        // lease_ttl 60 s: capped by request_timeout.
+        assert_eq!(Timing::new(Some(ms(38000)), 2, &o).attempt, ms(5000));
+        // Nearly out of time: what is left.
+        assert_eq!(Timing::new(Some(ms(900)), 2, &o).attempt, ms(900));
+    }
+
+    #[test]
+    fn every_server_is_asked_within_one_attempt_timeout() {
+        let o = Options::default();
+        for servers in 1..=8 {
+            for left in [ms(300), ms(1400), ms(2833), ms(40_000)] {
+                let t = Timing::new(Some(left), servers, &o);
+                assert!(t.hedge <= o.hedge_delay);
+                assert!(
+                    t.hedge * (servers as u32 - 1) <= t.attempt.max(MIN_HEDGE * 8),
+                    "{servers} servers, {left:?} left: {t:?}"
+                );
+            }
+        }
+        assert_eq!(Timing::new(Some(ms(1400)), 4, &o).hedge, ms(350));
     }
 }
