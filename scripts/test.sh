@@ -3,7 +3,7 @@
 #
 # 1. Makes sure MariaDB is reachable on 127.0.0.1:3306: starts it if it is
 #    installed and stopped, installs it with apt-get if it is absent (as root);
-#    installs nginx-light, faketime and docker-compose if absent (the tests
+#    installs nginx-light, faketime, openssl and docker-compose if absent (the tests
 #    start their own nginx, run one instance under libfaketime and validate
 #    docker-compose.yml; no Docker daemon is used).
 # 2. Runs cargo fmt --check, cargo clippy -D warnings, the network-facing
