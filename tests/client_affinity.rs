@@ -128,9 +128,11 @@ async fn client_stays_in_its_group_fails_over_and_comes_back() {
         procs[i] = instance(d, &db, id, &addrs[i], &pubkey);
     }
     let restarted = Instant::now();
+    // Due by design within one retry interval of the last failed probe
+    // (before the restart), plus the probe's own round trip.
     wait_for(
         "the client to return to group eu",
-        RETRY + Duration::from_secs(3),
+        RETRY + Duration::from_secs(4),
         || {
             let g = client.group_in_use();
             async move { (g.as_deref() == Some("eu")).then_some(()) }
@@ -143,7 +145,7 @@ async fn client_stays_in_its_group_fails_over_and_comes_back() {
         back.as_secs_f64()
     );
     assert!(
-        back <= RETRY + Duration::from_millis(1500),
+        back <= RETRY + Duration::from_millis(2500),
         "took {back:?}: {}",
         groups_in_status(&client)
     );
