@@ -44,6 +44,8 @@ ensure_nginx() {
   [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
   # The clock-skew test runs an instance under libfaketime.
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
+  # tests/client_tls.rs makes its test CA and certificates with the openssl CLI.
+  command -v openssl >/dev/null || missing+=(openssl)
   # tests/containers.rs validates docker-compose.yml with Compose.
   { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing+=(docker-compose)
   # tests/metrics.rs checks every scrape of /metrics with `promtool check metrics`.
