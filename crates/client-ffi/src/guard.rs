@@ -190,3 +190,32 @@ impl Drop for Rt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_with_its_message() {
+        let mut e = std::mem::MaybeUninit::<FloatlmError>::uninit();
+        let rc = unsafe { ffi(e.as_mut_ptr(), || panic!("boom in the library")) };
+        assert_eq!(rc, FloatlmStatus::Internal);
+        let e = unsafe { e.assume_init() };
+        assert_eq!(e.code, FloatlmStatus::Internal);
+        let text = unsafe { CStr::from_ptr(e.message.as_ptr()) }
+            .to_str()
+            .unwrap();
+        assert!(text.contains("boom in the library"), "{text}");
+    }
+
+    #[test]
+    fn a_refusal_on_a_library_thread_says_so() {
+        let rt = Rt::new().unwrap();
+        let f = rt
+            .get()
+            .block_on(async { tokio::task::spawn_blocking(|| not_in_callback("x")).await })
+            .unwrap();
+        assert_eq!(f.unwrap_err().code, FloatlmStatus::InCallback);
+        assert!(not_in_callback("x").is_ok());
+    }
+}
