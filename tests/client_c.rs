@@ -181,6 +181,36 @@ fn the_c_example_checks_out_is_refused_the_next_seat_and_releases_shared_and_sta
     assert!(err.contains("FLOATLM_STATUS_AUTH_FAILED"), "{err}");
 }
 
+#[test]
+fn the_header_compiles_as_c99_c23_and_cpp() {
+    let header = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/client-ffi/include/floatlm.h");
+    for (compiler, lang, std) in [
+        ("cc", "c", "-std=c99"),
+        ("cc", "c", "-std=c2x"),
+        ("c++", "c++", "-std=c++11"),
+    ] {
+        let res = Command::new(compiler)
+            .args([
+                std,
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+                "-fsyntax-only",
+                "-x",
+                lang,
+            ])
+            .arg(&header)
+            .output()
+            .unwrap_or_else(|e| panic!("{compiler} runs (apt-get install g++): {e}"));
+        assert!(
+            res.status.success(),
+            "{compiler} {std}: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+}
+
 fn error() -> Box<FloatlmError> {
     Box::new(unsafe { std::mem::zeroed() })
 }
