@@ -2,9 +2,9 @@
 //! license of 2 seats: examples/c/checkout.c compiled with `cc` against the
 //! shared and the static library and run; one client used from several
 //! threads; the loss callback when an operator releases a seat; live objects
-//! of the wrong kind refused. The library is a dev-dependency of this
-//! package, so cargo builds libfloatlm_client_ffi.{so,a} into target/*/deps
-//! before these tests run.
+//! of the wrong kind refused; a checkout that times out. The library is a
+//! dev-dependency of this package, so cargo builds
+//! libfloatlm_client_ffi.{so,a} into target/*/deps before these tests run.
 
 mod common;
 
@@ -564,4 +564,53 @@ fn the_loss_callback_runs_on_a_library_thread_when_an_operator_releases_the_seat
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_checkout_that_times_out_leaves_no_seat_held() {
+    let srv = server("60s");
+    let client = new_client(&srv.identity);
+    let mut e = error();
+    unsafe {
+        // The server stops answering (SIGSTOP): the checkout's own timeout ends it.
+        srv.proc.signal(libc::SIGSTOP);
+        let mut seat = null_mut();
+        let started = Instant::now();
+        let rc = floatlm_checkout(client, c"cad".as_ptr(), 300, &mut seat, &mut *e);
+        let took = started.elapsed();
+        srv.proc.signal(libc::SIGCONT);
+        assert_eq!(rc, FloatlmStatus::Timeout, "{}", text(&e));
+        assert!(seat.is_null());
+        assert!(text(&e).contains("300 ms"), "{}", text(&e));
+        assert!(took < Duration::from_secs(2), "returned after {took:?}");
+        // The request goes on; a seat it was granted is given back at once,
+        // so both seats can be checked out again well before a lease's 60 s.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seats = Vec::new();
+        while seats.len() < 2 {
+            let mut seat = null_mut();
+            let rc = floatlm_checkout(client, c"cad".as_ptr(), 10_000, &mut seat, &mut *e);
+            match rc {
+                FloatlmStatus::Ok => seats.push(seat),
+                FloatlmStatus::NoLicense if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                other => panic!("checkout after the timeout: {other:?} {}", text(&e)),
+            }
+        }
+        // Lease ids are FEATURE.SLOT.GENERATION.RANDOM: one slot is on its
+        // second grant, so the timed-out checkout was granted, and given back.
+        let mut generations = Vec::new();
+        for seat in seats {
+            let mut s = null_mut();
+            assert_eq!(floatlm_seat_lease(seat, &mut s, &mut *e), FloatlmStatus::Ok);
+            let lease = take_string(s);
+            generations.push(lease.split('.').nth(2).unwrap().parse::<u64>().unwrap());
+            assert_eq!(floatlm_seat_free(seat), FloatlmStatus::Ok);
+        }
+        generations.sort();
+        assert_eq!(generations, [1, 2], "the slots' grant generations");
+        assert_eq!(floatlm_client_free(client), FloatlmStatus::Ok);
+    }
+    assert_eq!(used(&srv.identity), 0);
 }
