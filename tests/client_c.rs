@@ -317,6 +317,23 @@ fn one_client_serves_several_threads_and_refuses_objects_of_the_wrong_kind() {
         assert_eq!(rc, FloatlmStatus::InvalidArgument);
         let rc = floatlm_checkout(client as *const _, c"cad".as_ptr(), 0, &mut out, &mut *e);
         assert_eq!(rc, FloatlmStatus::InvalidArgument);
+        let rc = floatlm_checkout(client as *const _, null(), 1000, &mut out, &mut *e);
+        assert_eq!(rc, FloatlmStatus::InvalidArgument);
+        assert!(text(&e).contains("feature is NULL"), "{}", text(&e));
+        let rc = floatlm_checkout(
+            client as *const _,
+            c"\xff".as_ptr(),
+            1000,
+            &mut out,
+            &mut *e,
+        );
+        assert_eq!(rc, FloatlmStatus::InvalidArgument);
+        assert!(text(&e).contains("not UTF-8"), "{}", text(&e));
+        let rc = floatlm_seat_release(seats[0], 0, &mut *e);
+        assert_eq!(rc, FloatlmStatus::InvalidArgument, "a zero timeout");
+        // A NULL callback removes the registration.
+        let rc = floatlm_seat_on_loss(seats[0], None, null_mut(), &mut *e);
+        assert_eq!(rc, FloatlmStatus::Ok);
         // An unknown feature is a refusal with its reason.
         let rc = floatlm_checkout(
             client as *const _,
