@@ -161,6 +161,7 @@ pub const KEYS: &[Key] = &[
     ),
     key("server", "trusted_proxies", None, Rule::Own),
     key("server", "metrics_public", Some("false"), Rule::Own),
+    key("server", "ui", Some("auto"), Rule::Own),
     key("database", "database_url", None, Rule::Own),
     file_key("database", "database_url_file", "database_url"),
     key(
@@ -276,6 +277,9 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `GET /metrics` on the admin listener answers without a token.
     pub metrics_public: bool,
+    /// The web console under `/ui/` on the admin listener: `ui = true`, or
+    /// `auto` (the default) while the admin listener is on loopback.
+    pub ui: bool,
     /// The operator's auth script, run on every login.
     pub auth_script: Option<PathBuf>,
     pub auth_timeout: Duration,
@@ -562,6 +566,30 @@ impl Layers {
             }
         };
         r.show("metrics_public", metrics_public);
+        let uv = r.take("ui").unwrap_or_default();
+        let ui = match uv.0.as_str() {
+            "true" => true,
+            "false" => false,
+            // Only this host can reach a loopback listener: the console adds
+            // nothing a local user could not do with curl and the token.
+            "auto" => admin_listen.ip().is_loopback(),
+            other => {
+                return Err(invalid(
+                    "ui",
+                    &uv.1,
+                    format!(
+                        "'{}' is not true, false or auto",
+                        other.chars().take(40).collect::<String>()
+                    ),
+                ))
+            }
+        };
+        if uv.0 == "auto" {
+            let on = if ui { "a loopback" } else { "not a loopback" };
+            r.show("ui", format!("auto ({ui}: admin_listen is {on} address)"));
+        } else {
+            r.show("ui", ui);
+        }
         let auth_script = match r.take("auth_script") {
             Some((v, s)) => {
                 let p = PathBuf::from(&v);
@@ -636,6 +664,7 @@ impl Layers {
             ticket_rotation,
             trusted_proxies,
             metrics_public,
+            ui,
             auth_script,
             auth_timeout,
             auth_max_concurrent,
