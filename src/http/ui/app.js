@@ -222,8 +222,8 @@
     return el("tr", {}, el("td", { class: "empty", colSpan: cols }, text));
   }
 
-  function stateBadge(s) {
-    return el("span", { class: "state state-" + s }, s);
+  function stateBadge(s, label) {
+    return el("span", { class: "state state-" + s }, label || s);
   }
 
   // ---- Features ------------------------------------------------------------
@@ -311,7 +311,7 @@
         el("td", { class: "mono" }, x.granted_by),
         el("td", {}, when(x.granted_at)),
         el("td", {}, when(x.expires_at)),
-        el("td", {}, stateBadge(leaseState(x))),
+        el("td", {}, stateBadge(leaseState(x), x.revoked ? "force-released" : null)),
         el("td", { class: "actions" }, action));
     });
     $("leases-rows").replaceChildren(...(rows.length ? rows : [emptyRow(9, leaseRows.length ? "No lease matches the filter." : "No live leases.")]));
