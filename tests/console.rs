@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{floatlm_ok, DemoServer, TestDb, MASTER_KEY_1};
+use common::{DemoServer, TestDb, MASTER_KEY_1};
 use floatlm_client::{AuthInfo, Client, LossReason, Options, SeatHandle};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
@@ -659,6 +659,16 @@ async fn walk(server: &DemoServer, shots: bool) {
     let operator = token(server, "console-operator", "operator").await;
     browser.click("#signout").await;
     browser.sign_in(&origin, &operator).await;
+    assert_eq!(
+        browser
+            .js(
+                "return document.querySelector('nav a[data-page=\"identities\"]').hidden",
+                json!([])
+            )
+            .await,
+        json!(true),
+        "an operator has no Identities page"
+    );
     browser.open("instances").await;
     browser
         .until(
@@ -685,6 +695,14 @@ async fn walk(server: &DemoServer, shots: bool) {
     }
     browser.assert_same_origin_only(&origin, &operator).await;
     assert!(seat_b.release().await, "b releases its seat");
+    let log = server.proc.log();
+    for t in [&server.admin_token, &monitor, &operator] {
+        let secret = t.rsplit('_').next().unwrap();
+        assert!(
+            !log.contains(secret),
+            "a token's secret is in the server's log"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -793,7 +811,7 @@ async fn security_headers_and_cross_site_writes() {
 }
 
 /// `ui`: auto is on for a loopback admin listener (the other tests), off
-/// otherwise; `false` turns it off, `true` on.
+/// otherwise; `false` turns it off, `true` on; any other value is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_setting() {
     let off = DemoServer::start_with(&[], &[("FLOATLM_UI", "false")]);
@@ -808,22 +826,41 @@ async fn the_ui_setting() {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(text.contains("/ui/app.js"), "{text}");
-    let check = |listen: &str| {
-        floatlm_ok(&["config", "check", "--admin-listen", listen])
-            .lines()
+    let dir = tempfile::tempdir().unwrap();
+    let check = |env: &[(&str, &str)]| {
+        let out = Command::new(common::BIN)
+            .args(["config", "check"])
+            .env_clear()
+            .env("FLOATLM_DATA_DIR", dir.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let ui_line = |listen: &str| {
+        let (ok, text) = check(&[("FLOATLM_ADMIN_LISTEN", listen)]);
+        assert!(ok, "{text}");
+        text.lines()
             .find(|l| l.starts_with("ui = "))
-            .unwrap_or_else(|| panic!("no ui line in config check"))
+            .unwrap_or_else(|| panic!("no ui line in config check: {text}"))
             .to_string()
     };
+    for (listen, on) in [
+        ("127.0.0.1:8991", true),
+        ("[::1]:8991", true),
+        ("0.0.0.0:8991", false),
+    ] {
+        let line = ui_line(listen);
+        assert!(
+            line.starts_with(&format!("ui = auto ({on}")),
+            "{listen}: {line}"
+        );
+    }
+    let (ok, text) = check(&[("FLOATLM_UI", "yes")]);
     assert!(
-        check("127.0.0.1:8991").starts_with("ui = auto (true"),
-        "{}",
-        check("127.0.0.1:8991")
+        !ok && text.contains("ui") && text.contains("FLOATLM_UI"),
+        "{text}"
     );
-    assert!(
-        check("0.0.0.0:8991").starts_with("ui = auto (false"),
-        "{}",
-        check("0.0.0.0:8991")
-    );
-    assert!(check("[::1]:8991").starts_with("ui = auto (true"));
 }
