@@ -198,11 +198,26 @@ impl Browser {
     }
 
     /// A real click (WebDriver checks that the element is visible and not
-    /// covered).
+    /// covered). The page re-renders its tables as it refreshes: a button
+    /// replaced between finding and clicking it is found again.
     async fn click(&self, css: &str) {
-        let id = self.find(css).await;
-        self.cmd("POST", &format!("/element/{id}/click"), json!({}))
-            .await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let id = self.find(css).await;
+            let url = format!(
+                "http://127.0.0.1:{}/session/{}/element/{id}/click",
+                self.port, self.session
+            );
+            let resp = self.http.post(url).json(&json!({})).send().await.unwrap();
+            if resp.status().is_success() {
+                return;
+            }
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            let stale = v["value"]["error"] == "stale element reference";
+            if !stale || Instant::now() > deadline {
+                panic!("clicking {css}: {}", v["value"]);
+            }
+        }
     }
 
     async fn type_into(&self, css: &str, text: &str) {

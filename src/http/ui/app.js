@@ -218,6 +218,16 @@
     dlg.showModal();
   }
 
+  // Replaces a table's rows only when what they show changed, so that a
+  // refresh does not swap a button out from under the pointer.
+  const rendered = {};
+  function fill(tbodyId, data, rows) {
+    const key = JSON.stringify([role, data]);
+    if (rendered[tbodyId] === key) return;
+    rendered[tbodyId] = key;
+    $(tbodyId).replaceChildren(...rows());
+  }
+
   function emptyRow(cols, text) {
     return el("tr", {}, el("td", { class: "empty", colSpan: cols }, text));
   }
@@ -314,7 +324,8 @@
         el("td", {}, stateBadge(leaseState(x), x.revoked ? "force-released" : null)),
         el("td", { class: "actions" }, action));
     });
-    $("leases-rows").replaceChildren(...(rows.length ? rows : [emptyRow(9, leaseRows.length ? "No lease matches the filter." : "No live leases.")]));
+    fill("leases-rows", [shown, leaseRows.length], () =>
+      rows.length ? rows : [emptyRow(9, leaseRows.length ? "No lease matches the filter." : "No live leases.")]);
     $("leases-count").textContent = shown.length + " of " + leaseRows.length + " live leases";
   }
 
@@ -324,7 +335,7 @@
     const sel = $("filter-feature");
     const keep = sel.value;
     const names = f.features.map((x) => x.name);
-    sel.replaceChildren(el("option", { value: "" }, "all"), ...names.map((n) => el("option", { value: n }, n)));
+    fill("filter-feature", names, () => [el("option", { value: "" }, "all"), ...names.map((n) => el("option", { value: n }, n))]);
     sel.value = names.includes(keep) ? keep : "";
     drawLeases();
   }
@@ -362,7 +373,7 @@
         el("td", { class: "num" }, x.leases),
         actions);
     });
-    $("instances-rows").replaceChildren(...(rows.length ? rows : [emptyRow(9, "No instance has registered yet.")]));
+    fill("instances-rows", [c.instances, s.instance], () => (rows.length ? rows : [emptyRow(9, "No instance has registered yet.")]));
   }
 
   // ---- Identities and tokens -----------------------------------------------
@@ -382,7 +393,7 @@
         el("td", {}, stateBadge(x.revoked_at ? "revoked" : x.status === "ok" ? "ok" : x.status)),
         el("td", { class: "actions" }, action));
     });
-    $("identities-rows").replaceChildren(...(irows.length ? irows : [emptyRow(6, "No identities.")]));
+    fill("identities-rows", i.identities, () => (irows.length ? irows : [emptyRow(6, "No identities.")]));
     const trows = t.tokens.map((x) => {
       let action = null;
       if (!x.revoked_at) {
@@ -395,7 +406,7 @@
         el("td", { class: "mono" }, x.id), el("td", {}, x.name), el("td", {}, x.role), el("td", {}, when(x.created_at)),
         el("td", {}, x.revoked_at ? when(x.revoked_at) : "—"), el("td", { class: "actions" }, action));
     });
-    $("tokens-rows").replaceChildren(...(trows.length ? trows : [emptyRow(6, "No tokens.")]));
+    fill("tokens-rows", t.tokens, () => (trows.length ? trows : [emptyRow(6, "No tokens.")]));
   }
 
   const RENDER = {
