@@ -59,6 +59,7 @@ fuzz() {
 
 ensure_mariadb
 ensure_nginx
+ensure_chromium
 say "cargo fmt --check"
 cargo fmt --all --check
 say "cargo clippy --workspace --all-targets -- -D warnings"
