@@ -1,6 +1,7 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: makes sure MariaDB answers
 # on 127.0.0.1:3306 (starting or installing it) and that nginx-light, faketime,
-# docker-compose and prometheus (for promtool) are installed (apt-get, as root).
+# docker-compose, prometheus (for promtool) and chromium with its driver (the
+# console tests) are installed (apt-get, as root).
 
 say() { printf '==> %s\n' "$*"; }
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }
@@ -44,6 +45,8 @@ ensure_nginx() {
   [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx-light)
   # The clock-skew test runs an instance under libfaketime.
   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
+  # tests/client_tls.rs makes its test CA and certificates with the openssl CLI.
+  command -v openssl >/dev/null || missing+=(openssl)
   # tests/containers.rs validates docker-compose.yml with Compose.
   { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing+=(docker-compose)
   # tests/metrics.rs checks every scrape of /metrics with `promtool check metrics`.
@@ -71,6 +74,19 @@ ensure_galera() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
     echo "missing: ${missing[*]}. Install them (apt-get install -y ${missing[*]})." >&2
+    exit 1
+  fi
+}
+
+# tests/console.rs drives the web console in headless Chromium through its
+# WebDriver (Debian's chromium and chromium-driver).
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium and chromium-driver for the console tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "missing: chromium chromium-driver. Install them (apt-get install -y chromium chromium-driver)." >&2
     exit 1
   fi
 }

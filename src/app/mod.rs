@@ -367,6 +367,11 @@ impl App {
         self.started_at
     }
 
+    /// Whether the web console is served under `/ui/` (`ui`).
+    pub fn console_on(&self) -> bool {
+        self.config.ui
+    }
+
     /// The largest request body either listener reads (`max_body_bytes`).
     pub fn max_body_bytes(&self) -> usize {
         self.config.max_body_bytes

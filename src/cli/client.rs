@@ -1,11 +1,14 @@
 //! `floatlm ping | query | checkout`: the client side, on the client library.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use clap::Args;
-use floatlm_client::{Client, ClientError, Options, Released, SeatHandle};
+use floatlm_client::{Client, ClientError, Released, SeatHandle};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+
+pub use super::client_config::ServerArgs;
+use super::client_config::{StatusWatch, TlsArgs};
 
 /// Exit code when the server refuses a seat.
 pub const EXIT_NO_LICENSE: u8 = 3;
@@ -15,9 +18,13 @@ pub const EXIT_SEAT_LOST: u8 = 4;
 
 #[derive(Args, Debug)]
 pub struct PingArgs {
-    /// Server HOST:PORT (or an identity string; only its address is used).
-    #[arg(short = 's', long = "server", required = true)]
+    /// Server HOST:PORT or https://HOST[:PORT] (or an identity string; only
+    /// its address is used); repeat for several. Default: the servers of
+    /// the client configuration.
+    #[arg(short = 's', long = "server")]
     pub servers: Vec<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Seconds to wait for an answer.
     #[arg(long, default_value = "5")]
     pub timeout: f64,
@@ -31,16 +38,6 @@ pub struct HealthArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value = "3")]
     pub timeout: f64,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct ServerArgs {
-    /// Identity string ID:SECRET@HOST:PORT, or HOST:PORT with --identity; repeat for several servers.
-    #[arg(short = 's', long = "server")]
-    pub servers: Vec<String>,
-    /// Identity string(s), comma separated; also FLOATLM_IDENTITY.
-    #[arg(long, env = "FLOATLM_IDENTITY", hide_env_values = true)]
-    pub identity: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -97,46 +94,6 @@ pub enum OnLoss {
     Ignore,
 }
 
-/// The identity strings to use; a usage error is printed and becomes exit 2.
-fn identities(args: &ServerArgs) -> Result<Vec<String>, ExitCode> {
-    identity_strings(args).map_err(|e| {
-        eprintln!("floatlm: {e}");
-        ExitCode::from(2)
-    })
-}
-
-/// The identity strings to use, from -s values and --identity/FLOATLM_IDENTITY.
-pub fn identity_strings(args: &ServerArgs) -> anyhow::Result<Vec<String>> {
-    let ids: Vec<String> = args
-        .identity
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect();
-    let mut out = Vec::new();
-    for s in &args.servers {
-        if s.contains('@') {
-            out.push(s.clone());
-        } else {
-            let id = ids.first().ok_or_else(|| {
-                anyhow!("-s {s} names only an address: give the identity with --identity or FLOATLM_IDENTITY")
-            })?;
-            let cred = id.rsplit_once('@').map(|(c, _)| c).unwrap_or(id);
-            out.push(format!("{cred}@{s}"));
-        }
-    }
-    if out.is_empty() {
-        out = ids;
-    }
-    if out.is_empty() {
-        bail!("no server given: pass -s ID:SECRET@HOST:PORT, or set FLOATLM_IDENTITY");
-    }
-    Ok(out)
-}
-
 /// `GET /sentinel/ldk/v1/healthz`: exit 0 when the instance can serve (for
 /// container health checks), 1 with the reason when not.
 pub async fn health(args: HealthArgs) -> ExitCode {
@@ -176,12 +133,19 @@ pub async fn health(args: HealthArgs) -> ExitCode {
 }
 
 pub async fn ping(args: PingArgs) -> ExitCode {
+    let (addrs, options) = match super::client_config::ping_targets(&args.servers, &args.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("floatlm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut failed = false;
-    for s in &args.servers {
-        let addr = s.rsplit_once('@').map(|(_, a)| a).unwrap_or(s);
-        match Client::ping(
+    for addr in &addrs {
+        match Client::ping_with(
             addr,
             Duration::from_secs_f64(args.timeout.clamp(0.1, 300.0)),
+            &options,
         )
         .await
         {
@@ -214,11 +178,11 @@ fn fail(e: &ClientError) -> ExitCode {
 }
 
 pub async fn query(args: QueryArgs) -> ExitCode {
-    let ids = match identities(&args.server) {
-        Ok(i) => i,
+    let (servers, options) = match args.server.resolve() {
+        Ok(r) => r,
         Err(code) => return code,
     };
-    let client = match Client::connect(&ids, Options::from_env()).await {
+    let client = match Client::with_servers(servers, options).await {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -349,8 +313,8 @@ fn in_terminal_foreground() -> bool {
 }
 
 pub async fn checkout(args: CheckoutArgs) -> ExitCode {
-    let ids = match identities(&args.server) {
-        Ok(i) => i,
+    let (servers, options) = match args.server.resolve() {
+        Ok(r) => r,
         Err(code) => return code,
     };
     if args.hold.is_none() && args.command.is_empty() {
@@ -369,7 +333,7 @@ pub async fn checkout(args: CheckoutArgs) -> ExitCode {
         }
     };
     let client = tokio::select! {
-        c = Client::connect(&ids, Options::from_env()) => match c {
+        c = Client::with_servers(servers, options) => match c {
             Ok(c) => c,
             Err(e) => return fail(&e),
         },
@@ -400,6 +364,8 @@ pub async fn checkout(args: CheckoutArgs) -> ExitCode {
         args.feature,
         seat.lease()
     ));
+    // Which server and group the seat is renewed through, and each change.
+    let _status = StatusWatch::start(&client);
     let ended = match args.hold {
         Some(secs) => hold(secs, &seat, &mut signals).await,
         None => run_command(&args, &seat, &mut signals).await,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod backup;
 pub mod client;
+pub mod client_config;
 pub mod serve;
 pub mod vendor;
 
@@ -56,6 +57,11 @@ pub enum Command {
     /// Hold a seat while a command runs (or for --hold SECS).
     #[command(after_help = client::CHECKOUT_HELP)]
     Checkout(client::CheckoutArgs),
+    /// The client side's own configuration (the client file).
+    Client {
+        #[command(subcommand)]
+        command: client_config::ClientCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +231,12 @@ pub fn main() -> ExitCode {
             Command::Health(args) => client::health(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Checkout(args) => client::checkout(args).await,
+            Command::Client {
+                command:
+                    client_config::ClientCommand::Config {
+                        command: client_config::ClientConfigCommand::Check(args),
+                    },
+            } => client_config::check(&args),
         }
     });
     // Tasks still waiting on a database that is gone (or a blocking call)

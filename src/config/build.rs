@@ -51,6 +51,7 @@ impl Layers {
         let ticket_rotation = r.seconds("ticket_rotation")?;
         let trusted_proxies = trusted_proxies(r)?;
         let metrics_public = metrics_public(r)?;
+        let ui = ui(r, admin_listen)?;
         let auth_script = auth_script(r)?;
         let auth_timeout = r.seconds("auth_timeout")?;
         let auth_max_concurrent = r.whole("auth_max_concurrent")?;
@@ -86,6 +87,7 @@ impl Layers {
             ticket_rotation,
             trusted_proxies,
             metrics_public,
+            ui,
             auth_script,
             auth_timeout,
             auth_max_concurrent,
@@ -366,6 +368,35 @@ fn metrics_public(r: &mut Reader) -> Result<bool, ConfigError> {
     };
     r.show("metrics_public", metrics_public);
     Ok(metrics_public)
+}
+
+/// `ui`: true, false, or auto (on while `admin_listen` is loopback).
+fn ui(r: &mut Reader, admin_listen: SocketAddr) -> Result<bool, ConfigError> {
+    let uv = r.take("ui").unwrap_or_default();
+    let ui = match uv.0.as_str() {
+        "true" => true,
+        "false" => false,
+        // Only this host can reach a loopback listener: the console adds
+        // nothing a local user could not do with curl and the token.
+        "auto" => admin_listen.ip().is_loopback(),
+        other => {
+            return Err(invalid(
+                "ui",
+                &uv.1,
+                format!(
+                    "'{}' is not true, false or auto",
+                    other.chars().take(40).collect::<String>()
+                ),
+            ))
+        }
+    };
+    if uv.0 == "auto" {
+        let on = if ui { "a loopback" } else { "not a loopback" };
+        r.show("ui", format!("auto ({ui}: admin_listen is {on} address)"));
+    } else {
+        r.show("ui", ui);
+    }
+    Ok(ui)
 }
 
 /// `backup_interval`: off, or a duration between 1 s and 30 days.

@@ -123,6 +123,7 @@ pub const KEYS: &[Key] = &[
     ),
     key("server", "trusted_proxies", None, Rule::Own),
     key("server", "metrics_public", Some("false"), Rule::Own),
+    key("server", "ui", Some("auto"), Rule::Own),
     secret_key("database", "database_url"),
     file_key("database", "database_url_file", "database_url"),
     key(

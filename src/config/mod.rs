@@ -108,6 +108,9 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `GET /metrics` on the admin listener answers without a token.
     pub metrics_public: bool,
+    /// The web console under `/ui/` on the admin listener: `ui = true`, or
+    /// `auto` (the default) while the admin listener is on loopback.
+    pub ui: bool,
     /// The operator's auth script, run on every login.
     pub auth_script: Option<PathBuf>,
     pub auth_timeout: Duration,

@@ -308,7 +308,7 @@ pub struct LeaseInfo {
 pub enum Role {
     /// Read-only.
     Monitor,
-    /// Read, and force-release leases.
+    /// Read, force-release leases and drain instances.
     Operator,
     /// Everything.
     Admin,

@@ -1,6 +1,6 @@
 //! The admin API (`/admin/v1/…`), on its own listener, behind bearer tokens
-//! with roles: monitor reads, operator also force-releases leases, admin does
-//! everything. `GET /metrics` (Prometheus) is here too: monitor, or anyone
+//! with roles: monitor reads, operator also force-releases leases and drains
+//! instances, admin does everything. `GET /metrics` (Prometheus) is here too: monitor, or anyone
 //! when `metrics_public = true`.
 
 use axum::extract::{FromRequestParts, Path, State};
@@ -289,7 +289,7 @@ async fn drain_instance(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Res {
-    caller.need(Role::Admin)?;
+    caller.need(Role::Operator)?;
     app.drain_instance(&id).await?;
     Ok(Json(json!({ "draining": id })))
 }

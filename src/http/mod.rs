@@ -2,6 +2,7 @@
 //! admin listener, each an axum router; serving with drain on SIGTERM.
 
 pub mod admin;
+pub mod console;
 pub mod error;
 pub mod protocol;
 
@@ -113,9 +114,20 @@ pub fn licensing_router(app: &Arc<App>) -> Router {
     )
 }
 
-/// The admin listener's router.
+/// The admin listener's router: the admin API, and the web console when
+/// `ui` is on; security headers on every answer, cross-site state changes
+/// refused ([`console::same_origin_writes`]).
 pub fn admin_router(app: &Arc<App>) -> Router {
-    common(admin::routes(), app)
+    let mut routes = admin::routes();
+    if app.console_on() {
+        routes = routes.merge(console::routes());
+    }
+    common(
+        routes
+            .layer(middleware::from_fn(console::same_origin_writes))
+            .layer(middleware::from_fn(console::security_headers)),
+        app,
+    )
 }
 
 /// Serves both listeners until `shutdown` resolves, then drains: healthz

@@ -134,3 +134,150 @@ pub fn start_nginx(
     }
     (Nginx(child), addr)
 }
+
+/// Runs the shipped TLS example (nginx/floatlm-tls.conf) on a free port of
+/// 127.0.0.1, terminating TLS with `cert`/`key` (PEM) in front of
+/// `upstreams`. Returns NGINX and its `HOST:PORT`. Its error log is
+/// `dir/nginx-error.log`.
+pub fn start_nginx_tls(
+    upstreams: &[String],
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+) -> (Nginx, String) {
+    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
+        panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
+    });
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/floatlm-tls.conf"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server_block = String::new();
+    for line in shipped.lines() {
+        let t = line.trim_start();
+        let line = if t.starts_with("listen 443 ssl") {
+            format!("        listen 127.0.0.1:{port} ssl;")
+        } else if t.starts_with("ssl_certificate ") {
+            format!("        ssl_certificate {};", cert.display())
+        } else if t.starts_with("ssl_certificate_key ") {
+            format!("        ssl_certificate_key {};", key.display())
+        } else {
+            line.to_string()
+        };
+        server_block.push_str(&line);
+        server_block.push('\n');
+    }
+    let d = dir.display();
+    let servers: String = upstreams
+        .iter()
+        .map(|u| format!("        server {u} max_fails=1 fail_timeout=2s;\n"))
+        .collect();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx-tls.pid;\nerror_log {d}/nginx-error.log warn;\nevents {{ worker_connections 1024; }}\n\
+         http {{\n    access_log off;\n    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         upstream floatlm {{\n{servers}        keepalive 16;\n    }}\n{server_block}}}\n"
+    );
+    let path = dir.join("floatlm-tls.run.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(nginx)
+        .args([
+            "-p",
+            &d.to_string(),
+            "-c",
+            &path.display().to_string(),
+            "-g",
+            "daemon off;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start; see {d}/nginx-error.log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Nginx(child), addr)
+}
+
+/// A test CA and a certificate it signs for 127.0.0.1 and localhost, made
+/// with the openssl CLI in `dir`: (ca.pem, server cert.pem, server key.pem).
+/// `name` keeps several CAs of one test apart.
+pub fn test_ca(
+    dir: &Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl CLI (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let s = |x: &std::path::PathBuf| x.display().to_string();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        p("ca.key"),
+        p("ca.pem"),
+        p("key.pem"),
+        p("csr.pem"),
+        p("cert.pem"),
+        p("ext.cnf"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &s(&ca_key),
+        "-out",
+        &s(&ca),
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN=floatlm test CA {name}"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &s(&key),
+        "-out",
+        &s(&csr),
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &s(&csr),
+        "-CA",
+        &s(&ca),
+        "-CAkey",
+        &s(&ca_key),
+        "-CAcreateserial",
+        "-out",
+        &s(&cert),
+        "-days",
+        "2",
+        "-extfile",
+        &s(&ext),
+    ]);
+    (ca, cert, key)
+}

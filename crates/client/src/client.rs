@@ -7,13 +7,17 @@ use floatlm_protocol::messages::{
     AuthInfo, ErrorCode, FeatureInfo, Request, Response, SealedResponse,
 };
 use floatlm_protocol::{
-    HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_PING, PATH_REQUEST, PATH_RESUME,
+    HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_REQUEST, PATH_RESUME,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use crate::config::ClientConfig;
 use crate::handle::SeatHandle;
+pub(crate) use crate::hedge::Timing;
+use crate::servers::ServerEntry;
+use crate::transport::{describe, failover, http_error};
 use crate::{ClientError, NoLicenseReason, ServerSpec};
 
 /// Tuning knobs; [`Options::from_env`] fills the auth fields.
@@ -42,6 +46,18 @@ pub struct Options {
     /// ([`AuthInfo::sanitized`]: at most 255 characters per name, control
     /// characters replaced).
     pub auth: AuthInfo,
+    /// This client's affinity group: it races only the servers tagged with
+    /// it while one of them answers, and fails over to the others when all
+    /// are failing (crates/client/README.md, *Affinity groups*). None: every
+    /// server is equal.
+    pub group: Option<String>,
+    /// PEM file of the CA(s) that sign the `https://` servers' certificates;
+    /// replaces the system and built-in roots. None: those roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Accept any TLS certificate. Insecure: anyone on the path can pose as
+    /// the server. Each client created with it prints a warning on stderr
+    /// and logs one.
+    pub insecure_skip_tls_verify: bool,
 }
 
 impl Default for Options {
@@ -53,6 +69,9 @@ impl Default for Options {
             request_timeout: Duration::from_secs(5),
             hedge_delay: Duration::from_millis(500),
             auth: AuthInfo::default(),
+            group: None,
+            ca_file: None,
+            insecure_skip_tls_verify: false,
         }
     }
 }
@@ -98,40 +117,6 @@ fn os_groups(user: &str) -> Vec<String> {
         .collect()
 }
 
-/// The shortest wait for one answer, however close a deadline: a proxy in
-/// front must get to give up on a hung instance and retry the request on
-/// the next one (the shipped NGINX configs: `proxy_read_timeout 1s`) before
-/// the client gives up on the proxy, which the proxy would log as a client
-/// abort (499) without counting the instance as failed.
-pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(1500);
-/// Hedges never start closer together than this.
-const MIN_HEDGE: Duration = Duration::from_millis(50);
-
-/// How one round of a call spends its time, derived from how much it has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Timing {
-    /// The longest wait for one server's answer (each HTTP exchange).
-    pub attempt: Duration,
-    /// Ask the next server too when none answered this long.
-    pub hedge: Duration,
-}
-
-impl Timing {
-    /// `left`: the time until the call's deadline (a heartbeat: until its
-    /// promise ends), None without one; `servers`: how many there are.
-    pub(crate) fn new(left: Option<Duration>, servers: usize, o: &Options) -> Timing {
-        let attempt = match left {
-            None => o.request_timeout,
-            Some(left) => (left / 2).max(MIN_ATTEMPT).min(o.request_timeout).min(left),
-        };
-        let hedge = o
-            .hedge_delay
-            .min(attempt / servers.max(1) as u32)
-            .max(MIN_HEDGE);
-        Timing { attempt, hedge }
-    }
-}
-
 /// A call's answer, and what a promise in it is counted from.
 pub(crate) struct Answered {
     pub response: Response,
@@ -141,29 +126,6 @@ pub(crate) struct Answered {
     /// How many times the request went out (hedges and resends included):
     /// more than once, an earlier copy may have been acted on unheard.
     pub sends: u32,
-}
-
-/// How one server is doing, as seen by this client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerState {
-    /// Never contacted yet.
-    Unknown,
-    Ok,
-    Failing {
-        since: SystemTime,
-        last_error: String,
-        retries: u32,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerStatus {
-    pub address: String,
-    pub state: ServerState,
-    /// The instance id that last answered at this address.
-    pub instance: Option<String>,
-    /// Whether the client's requests currently go to this server.
-    pub active: bool,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -201,25 +163,22 @@ impl Ticket {
     }
 }
 
-struct ServerEntry {
-    spec: ServerSpec,
-    state: Mutex<(ServerState, Option<Instant>, Option<String>)>,
-}
-
 pub(crate) struct Channel {
-    server: usize,
+    pub(crate) server: usize,
     session: String,
     keys: SessionKeys,
     seq: AtomicU64,
 }
 
 pub(crate) struct Inner {
-    servers: Vec<ServerEntry>,
+    pub(crate) servers: Vec<ServerEntry>,
     http: reqwest::Client,
     pub(crate) options: Options,
     /// Our X-LDK-Instance: proxies hash it to keep us on one instance.
     instance_id: String,
-    active: tokio::sync::Mutex<Option<Arc<Channel>>>,
+    pub(crate) active: tokio::sync::Mutex<Option<Arc<Channel>>>,
+    /// A task is watching for the client's affinity group to answer again.
+    pub(crate) home_watch: std::sync::atomic::AtomicBool,
     requests: AtomicU64,
     stats: Mutex<SessionStats>,
     /// The newest resumption ticket per identity id. Instances of one
@@ -234,17 +193,8 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// How a round of a call ended without an answer.
-struct RoundFailure {
-    /// What happened on the current server (the caller acts on it), or a
-    /// final answer from any.
-    primary: Attempt,
-    /// `ADDRESS: message` of a hedged server whose database is unavailable.
-    unavailable: Option<String>,
-}
-
 /// Why one attempt failed, and what to do about it.
-enum Attempt {
+pub(crate) enum Attempt {
     /// Server down or overloaded: mark it failed, use another.
     Failover(String),
     /// 502/503/504: whatever answered (a proxy, a draining instance) may
@@ -278,15 +228,19 @@ impl Client {
         Self::with_servers(specs, options).await
     }
 
-    /// Connects with the identity strings in FLOATLM_IDENTITY (comma separated).
+    /// Connects as the client configuration says ([`ClientConfig::load`]:
+    /// the client file, then FLOATLM_* variables such as FLOATLM_IDENTITY),
+    /// its values laid over `options`.
     pub async fn from_env(options: Options) -> Result<Client, ClientError> {
-        let ids = std::env::var("FLOATLM_IDENTITY").unwrap_or_default();
-        let ids: Vec<&str> = ids
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
-        Self::connect(&ids, options).await
+        Self::from_config(&ClientConfig::load()?, options).await
+    }
+
+    /// Connects to the servers of `config`, its values laid over `options`.
+    pub async fn from_config(
+        config: &ClientConfig,
+        options: Options,
+    ) -> Result<Client, ClientError> {
+        Self::with_servers(config.servers()?, config.options(options)).await
     }
 
     pub async fn with_servers(
@@ -298,26 +252,25 @@ impl Client {
                 "no identity string given (set FLOATLM_IDENTITY or pass -s)".into(),
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(options.request_timeout)
-            .connect_timeout(options.request_timeout)
-            // Proxies may pin a client with a cookie (nginx/floatlm-cookie.conf).
-            .cookie_store(true)
-            .build()
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        if let Some(g) = &options.group {
+            if !servers
+                .iter()
+                .any(|s| s.group.as_deref() == Some(g.as_str()))
+            {
+                return Err(ClientError::Config(format!(
+                    "group = {g}, but no server is tagged with group {g} (write servers as {g}:HOST:PORT)"
+                )));
+            }
+        }
+        let http = crate::transport::http_client(&options, options.request_timeout, true)?;
         let client = Client {
             inner: Arc::new(Inner {
-                servers: servers
-                    .into_iter()
-                    .map(|spec| ServerEntry {
-                        spec,
-                        state: Mutex::new((ServerState::Unknown, None, None)),
-                    })
-                    .collect(),
+                servers: servers.into_iter().map(ServerEntry::new).collect(),
                 http,
                 options,
                 instance_id: random_id(),
                 active: tokio::sync::Mutex::new(None),
+                home_watch: std::sync::atomic::AtomicBool::new(false),
                 requests: AtomicU64::new(0),
                 stats: Mutex::new(SessionStats::default()),
                 tickets: Mutex::new(std::collections::HashMap::new()),
@@ -327,30 +280,21 @@ impl Client {
         Ok(client)
     }
 
-    /// `GET /sentinel/ldk/v1/ping` on one address; no identity needed.
+    /// `GET /sentinel/ldk/v1/ping` on one address (`HOST:PORT`, or
+    /// `https://HOST[:PORT]`, or port 443, over TLS with the system roots);
+    /// no identity needed.
     pub async fn ping(address: &str, timeout: Duration) -> Result<PingInfo, ClientError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| ClientError::Unreachable(e.to_string()))?;
-        let start = Instant::now();
-        let resp = http
-            .get(format!("http://{address}{PATH_PING}"))
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable(format!("{address}: {}", describe(&e))))?;
-        if !resp.status().is_success() {
-            return Err(ClientError::Server {
-                server: address.into(),
-                message: format!("HTTP {}", resp.status()),
-            });
-        }
-        let mut info: PingInfo = resp.json().await.map_err(|e| ClientError::Server {
-            server: address.into(),
-            message: format!("not a floatlm server: {e}"),
-        })?;
-        info.round_trip = start.elapsed();
-        Ok(info)
+        crate::transport::ping(address, timeout, &Options::default()).await
+    }
+
+    /// [`Client::ping`] with the TLS settings (`ca_file`,
+    /// `insecure_skip_tls_verify`) of `options`.
+    pub async fn ping_with(
+        address: &str,
+        timeout: Duration,
+        options: &Options,
+    ) -> Result<PingInfo, ClientError> {
+        crate::transport::ping(address, timeout, options).await
     }
 
     /// Seat counts of `features` (all when empty).
@@ -409,30 +353,6 @@ impl Client {
         }
     }
 
-    /// Each server's status, in the order given.
-    pub fn server_status(&self) -> Vec<ServerStatus> {
-        let active = self
-            .inner
-            .active
-            .try_lock()
-            .ok()
-            .and_then(|a| a.as_ref().map(|c| c.server));
-        self.inner
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let st = s.state.lock().expect("lock");
-                ServerStatus {
-                    address: s.spec.address.clone(),
-                    state: st.0.clone(),
-                    instance: st.2.clone(),
-                    active: active == Some(i),
-                }
-            })
-            .collect()
-    }
-
     /// How many sessions this client opened by handshake and by resumption.
     pub fn session_stats(&self) -> SessionStats {
         *self.inner.stats.lock().expect("lock")
@@ -443,117 +363,13 @@ impl Client {
         &self.inner.instance_id
     }
 
-    fn mark_ok(&self, i: usize, instance: Option<&str>) {
-        let mut st = self.inner.servers[i].state.lock().expect("lock");
-        st.0 = ServerState::Ok;
-        st.1 = None;
-        if let Some(inst) = instance {
-            st.2 = Some(inst.to_string());
-        }
-    }
-
-    fn mark_failed(&self, i: usize, error: &str) {
-        let mut st = self.inner.servers[i].state.lock().expect("lock");
-        let (since, retries) = match &st.0 {
-            ServerState::Failing { since, retries, .. } => (*since, retries + 1),
-            _ => (SystemTime::now(), 0),
-        };
-        tracing::warn!(server = %self.inner.servers[i].spec.address, error, "license server failing");
-        st.0 = ServerState::Failing {
-            since,
-            last_error: error.to_string(),
-            retries,
-        };
-        st.1 = Some(Instant::now());
-    }
-
-    /// Servers worth a handshake now: not failing, or due for a retry. When
-    /// every server is failing and none is due, all within `max_retries` are
-    /// tried anyway: waiting out `retry_interval` would only lose the seats.
-    fn eligible(&self) -> Vec<usize> {
-        let o = &self.inner.options;
-        let mut due = Vec::new();
-        let mut budget_left = Vec::new();
-        for i in 0..self.inner.servers.len() {
-            let st = self.inner.servers[i].state.lock().expect("lock");
-            match (&st.0, st.1) {
-                (ServerState::Failing { retries, .. }, Some(at)) => {
-                    if o.max_retries.is_none_or(|m| *retries < m) {
-                        budget_left.push(i);
-                        if at.elapsed() >= o.retry_interval {
-                            due.push(i);
-                        }
-                    }
-                }
-                _ => due.push(i),
-            }
-        }
-        if due.is_empty() {
-            budget_left
-        } else {
-            due
-        }
-    }
-
-    /// The current channel, or a new one from the first server to answer
-    /// (each given `timeout`).
-    pub(crate) async fn channel(&self, timeout: Duration) -> Result<Arc<Channel>, ClientError> {
-        let mut active = self.inner.active.lock().await;
-        if let Some(ch) = active.as_ref() {
-            return Ok(ch.clone());
-        }
-        let candidates = self.eligible();
-        if candidates.is_empty() {
-            return Err(ClientError::Unreachable(self.failure_summary()));
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for i in candidates {
-            let this = self.clone();
-            set.spawn(async move { (i, this.open_channel(i, timeout).await) });
-        }
-        let mut fatal = None;
-        let mut unavailable = None;
-        while let Some(joined) = set.join_next().await {
-            let Ok((i, result)) = joined else { continue };
-            match result {
-                Ok(ch) => {
-                    let ch = Arc::new(ch);
-                    *active = Some(ch.clone());
-                    set.abort_all();
-                    return Ok(ch);
-                }
-                Err(Attempt::Fatal(e)) => {
-                    self.mark_failed(i, &e.to_string());
-                    fatal.get_or_insert(e);
-                }
-                Err(Attempt::Failover(msg) | Attempt::Gateway(msg)) => self.mark_failed(i, &msg),
-                Err(Attempt::Unavailable(msg)) => {
-                    self.mark_failed(i, &msg);
-                    unavailable
-                        .get_or_insert(format!("{}: {msg}", self.inner.servers[i].spec.address));
-                }
-                Err(Attempt::Rehandshake) => self.mark_failed(i, "handshake refused"),
-            }
-        }
-        Err(fatal
-            .or(unavailable.map(ClientError::Unavailable))
-            .unwrap_or_else(|| ClientError::Unreachable(self.failure_summary())))
-    }
-
-    fn failure_summary(&self) -> String {
-        self.server_status()
-            .iter()
-            .map(|s| match &s.state {
-                ServerState::Failing { last_error, .. } => format!("{}: {last_error}", s.address),
-                _ => format!("{}: not tried", s.address),
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
     /// A session on server `i`: resumed from its last ticket when there is
     /// one (no login), else a full handshake.
-    async fn open_channel(&self, i: usize, timeout: Duration) -> Result<Channel, Attempt> {
+    pub(crate) async fn open_channel(
+        &self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<Channel, Attempt> {
         let id = &self.inner.servers[i].spec.identity_id;
         let ticket = self.inner.tickets.lock().expect("lock").get(id).cloned();
         if let Some(t) = ticket {
@@ -616,7 +432,7 @@ impl Client {
         let resp = self
             .inner
             .http
-            .post(format!("http://{}{path}", spec.address))
+            .post(format!("{}{path}", spec.base_url()))
             .header(HEADER_INSTANCE, &self.inner.instance_id)
             .timeout(timeout)
             .body(hello)
@@ -676,7 +492,7 @@ impl Client {
     }
 
     /// Sends `req` once on `ch`; the answer and when the request was sent.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         ch: &Channel,
         req: &Request,
@@ -701,7 +517,7 @@ impl Client {
         let resp = self
             .inner
             .http
-            .post(format!("http://{}{PATH_REQUEST}", spec.address))
+            .post(format!("{}{PATH_REQUEST}", spec.base_url()))
             .header(HEADER_INSTANCE, &self.inner.instance_id)
             .header(HEADER_SESSION, &ch.session)
             .timeout(timeout)
@@ -886,213 +702,14 @@ impl Client {
         })
     }
 
-    /// One round of [`Client::call_until`]: `req` on `primary`, hedged on
-    /// the other servers. Ok with the first answer (a hedge's channel
-    /// becomes the current one, and the primary's server is marked
-    /// failing); Err when every copy failed or a final answer came.
-    async fn round(
-        &self,
-        primary: &Arc<Channel>,
-        req: &Request,
-        t: Timing,
-        sends: &mut u32,
-    ) -> Result<(Response, Instant), RoundFailure> {
-        type Outcome = Result<(Response, Instant, Arc<Channel>), Attempt>;
-        let mut set: tokio::task::JoinSet<(usize, bool, Outcome)> = tokio::task::JoinSet::new();
-        {
-            let (this, ch, req) = (self.clone(), primary.clone(), req.clone());
-            set.spawn(async move {
-                let r = this.send(&ch, &req, t.attempt).await;
-                (ch.server, false, r.map(|(resp, sent)| (resp, sent, ch)))
-            });
-        }
-        *sends += 1;
-        let began = Instant::now();
-        let mut candidates =
-            std::collections::VecDeque::from(self.hedge_candidates(primary.server));
-        let mut hedged = false;
-        let mut next_hedge = began + t.hedge;
-        let mut primary_err: Option<Attempt> = None;
-        let mut unavailable = None;
-        loop {
-            let start_next = tokio::select! {
-                joined = set.join_next() => {
-                    let Some(joined) = joined else { break };
-                    let Ok((i, hedge, outcome)) = joined else { continue };
-                    match outcome {
-                        Ok((resp, sent, ch)) => {
-                            if hedge {
-                                self.adopt(primary, ch, primary_err.take(), began.elapsed()).await;
-                            }
-                            self.mark_ok(i, None);
-                            return Ok((resp, sent));
-                        }
-                        // A final answer (no license, lease ended, identity
-                        // refused): every server would say the same.
-                        Err(Attempt::Fatal(e)) => {
-                            return Err(RoundFailure { primary: Attempt::Fatal(e), unavailable });
-                        }
-                        Err(a) if !hedge => {
-                            if !hedged {
-                                // Failed before any hedge: the caller knows
-                                // what to do about this server.
-                                return Err(RoundFailure { primary: a, unavailable });
-                            }
-                            primary_err = Some(a);
-                        }
-                        Err(a) => self.hedge_failed(i, a, &mut unavailable),
-                    }
-                    // A copy failed: the next server at once, not after
-                    // the hedge delay.
-                    true
-                }
-                _ = tokio::time::sleep_until(next_hedge.into()), if !candidates.is_empty() => true,
-            };
-            if start_next {
-                let Some(j) = candidates.pop_front() else {
-                    if set.is_empty() {
-                        break;
-                    }
-                    continue;
-                };
-                let (this, req) = (self.clone(), req.clone());
-                set.spawn(async move { (j, true, this.hedge(j, &req, t).await) });
-                *sends += 1;
-                hedged = true;
-                next_hedge = Instant::now() + t.hedge;
-            }
-        }
-        Err(RoundFailure {
-            primary: primary_err.unwrap_or_else(|| Attempt::Failover("no answer".into())),
-            unavailable,
-        })
-    }
-
-    /// Servers to hedge on besides `primary`, best first: those in use or
-    /// due for a retry; when none is, every one within `max_retries` (a
-    /// server marked failing a moment ago may well be back, and the primary
-    /// is not answering).
-    fn hedge_candidates(&self, primary: usize) -> Vec<usize> {
-        let mut c: Vec<usize> = self
-            .eligible()
-            .into_iter()
-            .filter(|&i| i != primary)
-            .collect();
-        if c.is_empty() {
-            let o = &self.inner.options;
-            c = (0..self.inner.servers.len())
-                .filter(|&i| i != primary)
-                .filter(
-                    |&i| match &self.inner.servers[i].state.lock().expect("lock").0 {
-                        ServerState::Failing { retries, .. } => {
-                            o.max_retries.is_none_or(|m| *retries < m)
-                        }
-                        _ => true,
-                    },
-                )
-                .collect();
-        }
-        let rank = |i: &usize| match self.inner.servers[*i].state.lock().expect("lock").0 {
-            ServerState::Ok => 0,
-            ServerState::Unknown => 1,
-            ServerState::Failing { .. } => 2,
-        };
-        c.sort_by_key(rank);
-        c
-    }
-
-    /// A hedged copy of `req` on server `j`: on the current channel when
-    /// it is there, else on a session resumed from the ticket (or a
-    /// handshake).
-    async fn hedge(
-        &self,
-        j: usize,
-        req: &Request,
-        t: Timing,
-    ) -> Result<(Response, Instant, Arc<Channel>), Attempt> {
-        let current = self
-            .inner
-            .active
-            .try_lock()
-            .ok()
-            .and_then(|a| a.as_ref().filter(|c| c.server == j).cloned());
-        let reused = current.is_some();
-        let ch = match current {
-            Some(ch) => ch,
-            None => match self.open_channel(j, t.attempt).await {
-                Ok(ch) => Arc::new(ch),
-                // The identity itself is refused: final everywhere.
-                Err(Attempt::Fatal(e @ ClientError::IdentityRefused { .. })) => {
-                    return Err(Attempt::Fatal(e))
-                }
-                // Another server's login failing (a wrong secret for that
-                // address) is that server's failure, not the answer.
-                Err(Attempt::Fatal(e)) => return Err(Attempt::Failover(e.to_string())),
-                Err(a) => return Err(a),
-            },
-        };
-        match self.send(&ch, req, t.attempt).await {
-            Ok((resp, sent)) => Ok((resp, sent, ch)),
-            Err(Attempt::Rehandshake) if reused => {
-                self.drop_channel(&ch).await;
-                Err(Attempt::Rehandshake)
-            }
-            Err(a) => Err(a),
-        }
-    }
-
-    /// Records how a hedge on server `j` failed.
-    fn hedge_failed(&self, j: usize, a: Attempt, unavailable: &mut Option<String>) {
-        match a {
-            Attempt::Unavailable(msg) => {
-                self.mark_failed(j, &msg);
-                *unavailable = Some(format!("{}: {msg}", self.inner.servers[j].spec.address));
-            }
-            Attempt::Failover(msg) | Attempt::Gateway(msg) => self.mark_failed(j, &msg),
-            // A session refused right after it was opened (a proxy at that
-            // address moved it): says nothing about the server.
-            Attempt::Rehandshake | Attempt::Fatal(_) => {}
-        }
-    }
-
-    /// A hedge on `new`'s server answered while `old` had not (or had
-    /// failed with `old_err`): `new` becomes the current channel, and
-    /// `old`'s server is marked failing, so that the status shows it and
-    /// later requests do not wait for it again.
-    async fn adopt(
-        &self,
-        old: &Arc<Channel>,
-        new: Arc<Channel>,
-        old_err: Option<Attempt>,
-        waited: Duration,
-    ) {
-        let why = match old_err {
-            None => Some(format!(
-                "no answer within {} ms (hung or overloaded); {} answered instead",
-                waited.as_millis(),
-                self.inner.servers[new.server].spec.address
-            )),
-            Some(Attempt::Rehandshake) => None,
-            Some(Attempt::Failover(m) | Attempt::Gateway(m) | Attempt::Unavailable(m)) => Some(m),
-            Some(Attempt::Fatal(e)) => Some(e.to_string()),
-        };
-        if let Some(why) = why {
-            self.mark_failed(old.server, &why);
-        }
-        let mut active = self.inner.active.lock().await;
-        if active.as_ref().is_none_or(|a| Arc::ptr_eq(a, old)) {
-            *active = Some(new);
-        }
-    }
-
-    async fn set_channel(&self, ch: Channel) {
+    pub(crate) async fn set_channel(&self, ch: Channel) {
         let mut active = self.inner.active.lock().await;
         if active.is_none() {
             *active = Some(Arc::new(ch));
         }
     }
 
-    async fn drop_channel(&self, ch: &Arc<Channel>) {
+    pub(crate) async fn drop_channel(&self, ch: &Arc<Channel>) {
         let mut active = self.inner.active.lock().await;
         if active.as_ref().is_some_and(|a| Arc::ptr_eq(a, ch)) {
             *active = None;
@@ -1104,92 +721,5 @@ fn unexpected(r: Response) -> ClientError {
     ClientError::Server {
         server: "server".into(),
         message: format!("unexpected answer: {r:?}"),
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection refused or unreachable".into()
-    } else {
-        e.to_string()
-    }
-}
-
-/// A non-success answer: 502/503/504 may be a proxy's, worth one more try.
-fn failover(status: reqwest::StatusCode, body: &[u8]) -> Attempt {
-    let msg = http_error(status, body);
-    let code = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string));
-    if matches!(code.as_deref(), Some("unavailable" | "storage_unavailable")) {
-        // A floatlm instance itself (not a proxy) says its database is away.
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string));
-        Attempt::Unavailable(message.unwrap_or(msg))
-    } else if matches!(status.as_u16(), 502..=504) {
-        Attempt::Gateway(msg)
-    } else {
-        Attempt::Failover(msg)
-    }
-}
-
-fn http_error(status: reqwest::StatusCode, body: &[u8]) -> String {
-    let msg = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    format!("HTTP {status} {msg}").trim().to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    #[test]
-    fn without_a_deadline_an_attempt_waits_the_request_timeout() {
-        let t = Timing::new(None, 2, &Options::default());
-        assert_eq!(
-            t,
-            Timing {
-                attempt: ms(5000),
-                hedge: ms(500)
-            }
-        );
-    }
-
-    #[test]
-    fn a_heartbeat_waits_half_its_time_left_at_least_1500_ms_never_past_its_deadline() {
-        let o = Options::default();
-        // lease_ttl 10 s answered in full: 5.67 s left at the heartbeat.
-        assert_eq!(Timing::new(Some(ms(5666)), 2, &o).attempt, ms(2833));
-        // Half a TTL answered (5 s): 2.83 s left.
-        assert_eq!(Timing::new(Some(ms(2833)), 2, &o).attempt, ms(1500));
-        // lease_ttl 60 s: capped by request_timeout.
-        assert_eq!(Timing::new(Some(ms(38000)), 2, &o).attempt, ms(5000));
-        // Nearly out of time: what is left.
-        assert_eq!(Timing::new(Some(ms(900)), 2, &o).attempt, ms(900));
-    }
-
-    #[test]
-    fn every_server_is_asked_within_one_attempt_timeout() {
-        let o = Options::default();
-        for servers in 1..=8 {
-            for left in [ms(300), ms(1400), ms(2833), ms(40_000)] {
-                let t = Timing::new(Some(left), servers, &o);
-                assert!(t.hedge <= o.hedge_delay);
-                assert!(
-                    t.hedge * (servers as u32 - 1) <= t.attempt.max(MIN_HEDGE * 8),
-                    "{servers} servers, {left:?} left: {t:?}"
-                );
-            }
-        }
-        assert_eq!(Timing::new(Some(ms(1400)), 4, &o).hedge, ms(350));
     }
 }

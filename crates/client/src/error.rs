@@ -65,4 +65,8 @@ pub enum ClientError {
     /// [`crate::Client::checkout`] handles it by logging in afresh.
     #[error("{0}")]
     LeaseEnded(String),
+    /// The client configuration (file, environment, `ca_file`) is unusable;
+    /// the message names the file, line and key, or the variable.
+    #[error("client configuration: {0}")]
+    Config(String),
 }

@@ -37,14 +37,30 @@
 //! * A failed server is retried every [`Options::retry_interval`] (default
 //!   60 s), up to [`Options::max_retries`] times (default: unlimited); when
 //!   every server is failing, all are tried rather than waiting.
+//! * Servers can be reached over HTTPS (`https://HOST[:PORT]`, or port 443;
+//!   [`Options::ca_file`] for a private CA) and tagged with an affinity
+//!   group (`eu:HOST:PORT`, [`Options::group`]): the client stays in its
+//!   group while a member answers and comes back to it after a failover.
+//! * [`ClientConfig`] reads the client file (the same one the CLI reads)
+//!   and FLOATLM_* variables; [`Client::from_env`] connects as it says.
+//!   docs/client.md has every key.
 
 mod client;
+mod config;
 mod error;
 mod handle;
+mod hedge;
 mod identity;
+mod servers;
+mod transport;
 
-pub use client::{Client, Options, PingInfo, ServerState, ServerStatus, SessionStats};
+pub use client::{Client, Options, PingInfo, SessionStats};
+pub use config::{
+    client_config_keys, client_config_search_path, ClientConfig, Source, CONFIG_ENV, SYSTEM_FILE,
+};
 pub use error::{ClientError, NoLicenseReason};
 pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
 pub use handle::{HandleState, LossReason, Released, SeatHandle};
-pub use identity::ServerSpec;
+pub use identity::{ServerAddress, ServerSpec};
+pub use servers::{ServerState, ServerStatus};
+pub use transport::INSECURE_WARNING;
