@@ -337,6 +337,54 @@ impl App {
         Ok(released)
     }
 
+    /// The live leases of `session`'s identity, from any of its sessions
+    /// (`mine`): only the identity's own, never another's.
+    pub async fn mine(
+        &self,
+        session: &Session,
+    ) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
+        Ok(self.storage.held_by(&session.identity_id).await?)
+    }
+
+    /// Releases a lease of `session`'s identity that another session may
+    /// hold (`release`); `given` is its lease id or its seat reference
+    /// ([`LeaseRef::seat_ref`]). Like an operator's force release, the
+    /// holder learns it lost the seat on its next heartbeat and the seat is
+    /// free once every promise already given for it has run out: the
+    /// holder's client may still be running. Returns when the seat is free
+    /// (database clock); None when `given` names no live lease of this
+    /// identity (another identity's lease answers the same).
+    pub async fn release_mine(
+        &self,
+        session: &Session,
+        given: LeaseRef,
+    ) -> Result<Option<DateTime<Utc>>, AppError> {
+        let holder = session.identity_id.as_str();
+        // The slot's current lease, if it is this identity's and `given`
+        // names it; the release below matches that full lease id and holder
+        // again, so a lease that ended or was re-granted since is untouched.
+        let Some(lease) = self
+            .storage
+            .held_by(holder)
+            .await?
+            .into_iter()
+            .map(|l| l.lease)
+            .find(|l| l.named_by(&given))
+        else {
+            return Ok(None);
+        };
+        let free_at = self
+            .metrics
+            .timed(DbCall::ForceRelease, self.storage.release_own(holder, lease))
+            .await?;
+        self.usage_cache.clear();
+        if let Some(at) = free_at {
+            self.metrics.force_released();
+            tracing::info!(%lease, identity = %holder, free_at = %at, "lease released by a session of its own identity");
+        }
+        Ok(free_at)
+    }
+
     /// Every live lease of the cluster (for operators).
     pub async fn leases(&self) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
         Ok(self.storage.leases().await?)

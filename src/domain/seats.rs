@@ -78,6 +78,31 @@ impl LeaseRef {
     pub fn new_nonce() -> i64 {
         (rand::random::<u64>() >> 1).max(1) as i64
     }
+
+    /// The seat reference a `mine` answer shows for this lease: the nonce is
+    /// replaced by a one-way value of it (SHA-256, domain separated), so a
+    /// session that lists its identity's leases learns nothing it could
+    /// `logout` with (a logout frees a slot at once and needs the nonce);
+    /// it can only `release`, which waits out the holder's promise.
+    pub fn seat_ref(&self) -> LeaseRef {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::new()
+            .chain_update(b"floatlm seat ref v1\0")
+            .chain_update(self.nonce.to_be_bytes())
+            .finalize();
+        let v = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+        LeaseRef {
+            nonce: ((v >> 1).max(1)) as i64,
+            ..*self
+        }
+    }
+
+    /// Whether `given` names this lease, as its lease id or its [`seat_ref`].
+    ///
+    /// [`seat_ref`]: LeaseRef::seat_ref
+    pub fn named_by(&self, given: &LeaseRef) -> bool {
+        *given == *self || *given == self.seat_ref()
+    }
 }
 
 impl fmt::Display for LeaseRef {

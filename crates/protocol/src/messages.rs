@@ -42,6 +42,33 @@ pub enum Request {
     Heartbeat { leases: Vec<String> },
     /// Release one lease.
     Logout { lease: String },
+    /// The leases this session's identity holds now, from any session
+    /// (`floatlm seats`).
+    Mine {},
+    /// Release a lease of this session's identity that another session may
+    /// hold (`floatlm release`): `lease` is a [`HeldSeat::lease`] of a
+    /// `mine` answer or the lease id itself. Its holder loses it on its next
+    /// heartbeat; the seat is free once every promise given for it has run out.
+    Release { lease: String },
+}
+
+/// One lease of the identity, as `mine` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSeat {
+    /// The seat reference to `release` it by. Not the lease id: the lease
+    /// id's last part is replaced by a one-way value of it, so the listing
+    /// gives no session the means to `logout` another session's lease.
+    pub lease: String,
+    pub feature: String,
+    /// The OS account and host the holding client reported at login.
+    pub user: String,
+    pub host: String,
+    /// When the lease was granted (Unix milliseconds, database clock).
+    pub since_ms: i64,
+    /// The latest moment any promise given for the lease can run to; the
+    /// seat is free then unless its holder heartbeats (Unix milliseconds,
+    /// database clock).
+    pub promise_end_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +109,19 @@ pub enum Response {
     Released {
         lease: String,
         released: bool,
+    },
+    Mine {
+        leases: Vec<HeldSeat>,
+    },
+    /// The answer to `release`. `released` is false for a lease that is not
+    /// live, not the identity's, or unknown: the three look the same.
+    SeatReleased {
+        lease: String,
+        released: bool,
+        /// When the seat is free again (Unix milliseconds, database clock),
+        /// once the promise already given to its holder has run out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        free_at_ms: Option<i64>,
     },
     Error {
         code: ErrorCode,
