@@ -56,6 +56,10 @@ pub enum Command {
     /// Hold a seat while a command runs (or for --hold SECS).
     #[command(after_help = client::CHECKOUT_HELP)]
     Checkout(client::CheckoutArgs),
+    /// List the seats this identity holds now, from any session.
+    Seats(client::SeatsArgs),
+    /// Release a seat of this identity (one a crashed workstation held).
+    Release(client::ReleaseArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +229,8 @@ pub fn main() -> ExitCode {
             Command::Health(args) => client::health(args).await,
             Command::Query(args) => client::query(args).await,
             Command::Checkout(args) => client::checkout(args).await,
+            Command::Seats(args) => client::seats(args).await,
+            Command::Release(args) => client::release_seat(args).await,
         }
     })
 }

@@ -43,8 +43,10 @@ mod error;
 mod handle;
 mod identity;
 
-pub use client::{Client, Options, PingInfo, ServerState, ServerStatus, SessionStats};
+pub use client::{
+    Client, Options, PingInfo, SeatRelease, ServerState, ServerStatus, SessionStats,
+};
 pub use error::{ClientError, NoLicenseReason};
-pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
+pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo, HeldSeat};
 pub use handle::{HandleState, LossReason, Released, SeatHandle};
 pub use identity::ServerSpec;
