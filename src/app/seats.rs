@@ -337,16 +337,13 @@ impl App {
         Ok(released)
     }
 
-    /// The live leases of `session`'s identity, from any of its sessions
+    /// The live leases of identity `holder`, from any of its sessions
     /// (`mine`): only the identity's own, never another's.
-    pub async fn mine(
-        &self,
-        session: &Session,
-    ) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
-        Ok(self.storage.held_by(&session.identity_id).await?)
+    pub async fn mine(&self, holder: &str) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
+        Ok(self.storage.held_by(holder).await?)
     }
 
-    /// Releases a lease of `session`'s identity that another session may
+    /// Releases a lease of identity `holder` that another session may
     /// hold (`release`); `given` is its lease id or its seat reference
     /// ([`LeaseRef::seat_ref`]). Like an operator's force release, the
     /// holder learns it lost the seat on its next heartbeat and the seat is
@@ -356,10 +353,9 @@ impl App {
     /// identity (another identity's lease answers the same).
     pub async fn release_mine(
         &self,
-        session: &Session,
+        holder: &str,
         given: LeaseRef,
     ) -> Result<Option<DateTime<Utc>>, AppError> {
-        let holder = session.identity_id.as_str();
         // The slot's current lease, if it is this identity's and `given`
         // names it; the release below matches that full lease id and holder
         // again, so a lease that ended or was re-granted since is untouched.

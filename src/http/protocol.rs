@@ -462,14 +462,14 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                     .collect(),
             }
         }
-        Request::Mine {} => match app.mine(session).await {
+        Request::Mine {} => match app.mine(identity).await {
             Ok(leases) => Reply::Mine {
                 leases: leases.iter().map(held_seat).collect(),
             },
             Err(e) => unavailable(e),
         },
         Request::Release { lease } => match lease.parse::<LeaseRef>() {
-            Ok(l) => match app.release_mine(session, l).await {
+            Ok(l) => match app.release_mine(identity, l).await {
                 Ok(free_at) => Reply::SeatReleased {
                     lease,
                     released: free_at.is_some(),
