@@ -368,6 +368,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_seat_ref_names_its_lease_and_cannot_be_logged_out() {
+        let lease: LeaseRef = "3.0.17.5c1e2a9b0d4f7163".parse().unwrap();
+        let seat = lease.seat_ref();
+        // The value docs/protocol.md's vectors show.
+        assert_eq!(seat.to_string(), "3.0.17.0e73df14bf5e1035");
+        assert_eq!(seat.to_string().parse::<LeaseRef>().unwrap(), seat);
+        assert!(lease.named_by(&lease) && lease.named_by(&seat));
+        assert_ne!(seat, lease);
+        // A seat reference of a seat reference names nothing.
+        assert!(!lease.named_by(&seat.seat_ref()));
+        let regranted = LeaseRef {
+            lease_gen: 18,
+            nonce: LeaseRef::new_nonce(),
+            ..lease
+        };
+        assert!(!regranted.named_by(&lease) && !regranted.named_by(&seat));
+    }
+
+    #[test]
     fn lease_ref_round_trip() {
         let r = LeaseRef {
             feature_id: 3,

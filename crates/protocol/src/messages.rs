@@ -367,6 +367,57 @@ mod tests {
     }
 
     #[test]
+    fn the_mine_and_release_vectors_are_what_the_types_write() {
+        use crate::vectors::*;
+        let seat = "3.0.17.0e73df14bf5e1035";
+        let requests = [
+            (MINE_REQUEST_JSON, Request::Mine {}),
+            (RELEASE_REQUEST_JSON, Request::Release { lease: seat.into() }),
+        ];
+        for (text, req) in requests {
+            assert_eq!(serde_json::from_str::<Request>(text).unwrap(), req);
+            assert_eq!(serde_json::to_string(&req).unwrap(), text);
+        }
+        let responses = [
+            (
+                MINE_RESPONSE_JSON,
+                Response::Mine {
+                    leases: vec![HeldSeat {
+                        lease: seat.into(),
+                        feature: "demo".into(),
+                        user: "alice".into(),
+                        host: "ws-12".into(),
+                        since_ms: 1_767_225_600_000,
+                        promise_end_ms: 1_767_225_720_000,
+                    }],
+                },
+            ),
+            (
+                RELEASE_RESPONSE_JSON,
+                Response::SeatReleased {
+                    lease: seat.into(),
+                    released: true,
+                    free_at_ms: Some(1_767_225_665_000),
+                },
+            ),
+        ];
+        for (text, resp) in responses {
+            assert_eq!(serde_json::from_str::<Response>(text).unwrap(), resp);
+            assert_eq!(serde_json::to_string(&resp).unwrap(), text);
+        }
+        // Not released: no free_at_ms on the wire.
+        let not = Response::SeatReleased {
+            lease: seat.into(),
+            released: false,
+            free_at_ms: None,
+        };
+        assert!(!serde_json::to_string(&not).unwrap().contains("free_at"));
+        // Members not listed are refused, as for every request.
+        assert!(serde_json::from_str::<Request>(r#"{"op":"mine","all":true}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"release"}"#).is_err());
+    }
+
+    #[test]
     fn reported_strings_are_limited() {
         let long = "x".repeat(100_000);
         let hostile = AuthInfo {
