@@ -103,6 +103,8 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
     let bobs_seat = bob.checkout("cad").await.unwrap();
 
     let mine = laptop.mine().await.unwrap();
+    assert_eq!(mine.more, 0);
+    let mine = mine.leases;
     assert_eq!(mine.len(), 1, "{mine:?}");
     let m = &mine[0];
     assert_eq!(
@@ -122,7 +124,7 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
 
     // Bob sees only his own seat, and cannot release alice's by either name:
     // the answer is the one for a lease that does not exist.
-    let bobs = bob.mine().await.unwrap();
+    let bobs = bob.mine().await.unwrap().leases;
     assert_eq!(bobs.len(), 1);
     assert_eq!(slot_and_gen(&bobs[0].lease), slot_and_gen(&bobs_seat.lease()));
     assert_eq!(bobs[0].user, "bo");
@@ -137,7 +139,7 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
         bob.release_lease(made_up).await.unwrap(),
         SeatRelease::NotLive
     );
-    assert_eq!(laptop.mine().await.unwrap().len(), 1);
+    assert_eq!(laptop.mine().await.unwrap().leases.len(), 1);
     assert_eq!(seat.state(), HandleState::Held);
 
     // A release by a name that is no lease id at all is a clear error.
@@ -165,9 +167,9 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
         laptop.release_lease(&m.lease).await.unwrap(),
         SeatRelease::NotLive
     );
-    assert!(laptop.mine().await.unwrap().is_empty());
+    assert!(laptop.mine().await.unwrap().leases.is_empty());
     // Bob's seat is untouched.
-    assert_eq!(bob.mine().await.unwrap().len(), 1);
+    assert_eq!(bob.mine().await.unwrap().leases.len(), 1);
 
     // The workstation's handle learns it lost the seat on its next heartbeat
     // (a third of the 5 s promise).
@@ -294,6 +296,41 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
     );
 }
 
+/// An identity holding more leases than one answer can list, each with the
+/// longest client info a login can record: `mine` answers with what fits one
+/// envelope and counts the rest, instead of an answer no client can open.
+async fn mine_fits_one_envelope_whatever_the_identity_holds(kind: Kind) {
+    let s = setup(kind, 150).await;
+    let long: String = format!("{}@{} (x)", "😀".repeat(200), "h".repeat(60))
+        .chars()
+        .take(255)
+        .collect();
+    for i in 0..150 {
+        let req = GrantRequest {
+            client_info: long.clone(),
+            ..grant_req(&s.alice_id, &format!("many:{i}"))
+        };
+        s.app.grant(&req).await.unwrap();
+    }
+    let laptop = Client::connect(&[&s.alice], opts("ann", "laptop"))
+        .await
+        .unwrap();
+    let mine = laptop.mine().await.unwrap();
+    assert!(mine.more > 0, "{} listed, {} more", mine.leases.len(), mine.more);
+    assert!(mine.leases.len() > 20, "{} listed", mine.leases.len());
+    assert_eq!(mine.leases.len() as u64 + mine.more, 150);
+    assert!(mine.leases.iter().all(|l| l.user.starts_with('😀')));
+    // Each listed one can be released.
+    let first = mine.leases[0].lease.clone();
+    assert!(matches!(
+        laptop.release_lease(&first).await.unwrap(),
+        SeatRelease::Released { .. }
+    ));
+    let (code, out, err) = cli(&["seats", "-s", &s.alice]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("more seats than one answer holds"), "{out}");
+}
+
 /// Runs the CLI, returns (exit code, stdout, stderr).
 async fn cli(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(BIN)
@@ -336,7 +373,8 @@ async fn the_cli_lists_and_releases_own_seats(kind: Kind) {
     let (code, json, _) = cli(&["seats", "-s", &s.alice, "--json"]).await;
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(v[0]["lease"], reference.as_str());
+    assert_eq!(v["leases"][0]["lease"], reference.as_str());
+    assert_eq!(v["more"], 0);
 
     // Bob cannot release it; the message does not say whether it exists.
     let (code, _, err) = cli(&["release", "-s", &s.bob, &reference]).await;
@@ -366,6 +404,7 @@ both_backends!(
     own_lease_is_listed_and_released_from_another_session,
     a_release_matches_the_full_lease_and_its_identity,
     the_cli_lists_and_releases_own_seats,
+    mine_fits_one_envelope_whatever_the_identity_holds,
 );
 
 /// Two instances on one MariaDB: a holder heartbeats its lease through one

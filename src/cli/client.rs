@@ -286,15 +286,13 @@ pub async fn seats(args: SeatsArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let seats = match client.mine().await {
-        Ok(s) => s,
+    let (seats, more) = match client.mine().await {
+        Ok(s) => (s.leases, s.more),
         Err(e) => return fail(&e),
     };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&seats).unwrap_or_default()
-        );
+        let all = serde_json::json!({ "leases": seats, "more": more });
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
     if seats.is_empty() {
@@ -315,6 +313,9 @@ pub async fn seats(args: SeatsArgs) -> ExitCode {
             utc_ms(s.since_ms),
             utc_ms(s.promise_end_ms)
         );
+    }
+    if more > 0 {
+        println!("… and {more} more seats than one answer holds");
     }
     ExitCode::SUCCESS
 }

@@ -12,7 +12,7 @@ use axum::Json;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{self, ServerHelloPayload};
 use floatlm_protocol::messages::{
-    limits, reason, ErrorCode, FeatureInfo, HeldSeat, LeaseStatus, Request, Response as Reply, SealedResponse,
+    limits, reason, ErrorCode, FeatureInfo, HeldSeat, LeaseStatus, MINE_BUDGET, Request, Response as Reply, SealedResponse,
 };
 use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
 use serde_json::json;
@@ -463,9 +463,21 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
             }
         }
         Request::Mine {} => match app.mine(identity).await {
-            Ok(leases) => Reply::Mine {
-                leases: leases.iter().map(held_seat).collect(),
-            },
+            Ok(leases) => {
+                // As many as fit one envelope; the count of the rest.
+                let (mut shown, mut used) = (Vec::new(), 0);
+                for seat in leases.iter().map(held_seat) {
+                    used += serde_json::to_vec(&seat).map_or(usize::MAX, |j| j.len() + 1);
+                    if used > MINE_BUDGET {
+                        break;
+                    }
+                    shown.push(seat);
+                }
+                Reply::Mine {
+                    more: (leases.len() - shown.len()) as u64,
+                    leases: shown,
+                }
+            }
             Err(e) => unavailable(e),
         },
         Request::Release { lease } => match lease.parse::<LeaseRef>() {

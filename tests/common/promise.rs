@@ -242,9 +242,9 @@ impl fmt::Display for Answer {
                     reason.as_deref().unwrap_or("-")
                 ),
                 Response::Info { .. } => write!(f, "info"),
-                Response::Mine { leases } => {
+                Response::Mine { leases, more } => {
                     let each: Vec<&str> = leases.iter().map(|l| l.lease.as_str()).collect();
-                    write!(f, "mine [{}]", each.join(", "))
+                    write!(f, "mine [{}] +{more}", each.join(", "))
                 }
                 Response::SeatReleased {
                     lease,
@@ -313,7 +313,9 @@ impl Record {
     /// The seat references of a `mine` answer.
     pub fn mine(&self) -> Vec<String> {
         match self.response() {
-            Some(Response::Mine { leases }) => leases.iter().map(|l| l.lease.clone()).collect(),
+            Some(Response::Mine { leases, .. }) => {
+                leases.iter().map(|l| l.lease.clone()).collect()
+            }
             _ => Vec::new(),
         }
     }

@@ -367,9 +367,9 @@ impl Client {
     /// The leases this client's identity holds now, from any session,
     /// anywhere (`floatlm seats`). Each is named by its seat reference,
     /// which [`Client::release_lease`] takes.
-    pub async fn mine(&self) -> Result<Vec<HeldSeat>, ClientError> {
+    pub async fn mine(&self) -> Result<MySeats, ClientError> {
         match self.call(&Request::Mine {}).await? {
-            Response::Mine { leases } => Ok(leases),
+            Response::Mine { leases, more } => Ok(MySeats { leases, more }),
             other => Err(unexpected(other)),
         }
     }
@@ -1180,6 +1180,14 @@ fn http_error(status: reqwest::StatusCode, body: &[u8]) -> String {
         .and_then(|v| v["message"].as_str().map(str::to_string))
         .unwrap_or_default();
     format!("HTTP {status} {msg}").trim().to_string()
+}
+
+/// What [`Client::mine`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MySeats {
+    pub leases: Vec<HeldSeat>,
+    /// How many more the identity holds than one answer could carry.
+    pub more: u64,
 }
 
 /// What [`Client::release_lease`] found.

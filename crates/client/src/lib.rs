@@ -44,7 +44,7 @@ mod handle;
 mod identity;
 
 pub use client::{
-    Client, Options, PingInfo, SeatRelease, ServerState, ServerStatus, SessionStats,
+    Client, MySeats, Options, PingInfo, SeatRelease, ServerState, ServerStatus, SessionStats,
 };
 pub use error::{ClientError, NoLicenseReason};
 pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo, HeldSeat};

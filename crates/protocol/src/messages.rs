@@ -112,6 +112,10 @@ pub enum Response {
     },
     Mine {
         leases: Vec<HeldSeat>,
+        /// How many more leases the identity holds than fit in this answer
+        /// (one envelope, [`crate::envelope::MAX_ENVELOPE`]); absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: u64,
     },
     /// The answer to `release`. `released` is false for a lease that is not
     /// live, not the identity's, or unknown: the three look the same.
@@ -131,6 +135,14 @@ pub enum Response {
         message: String,
     },
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a `mine` answer may hold in JSON, in bytes: with the rest of the
+/// answer and a resumption ticket it stays inside one envelope.
+pub const MINE_BUDGET: usize = 48 * 1024;
 
 /// Error codes inside sealed responses (see docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,6 +402,7 @@ mod tests {
                         since_ms: 1_767_225_600_000,
                         promise_end_ms: 1_767_225_720_000,
                     }],
+                    more: 0,
                 },
             ),
             (
