@@ -126,7 +126,10 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
     // the answer is the one for a lease that does not exist.
     let bobs = bob.mine().await.unwrap().leases;
     assert_eq!(bobs.len(), 1);
-    assert_eq!(slot_and_gen(&bobs[0].lease), slot_and_gen(&bobs_seat.lease()));
+    assert_eq!(
+        slot_and_gen(&bobs[0].lease),
+        slot_and_gen(&bobs_seat.lease())
+    );
     assert_eq!(bobs[0].user, "bo");
     for name in [m.lease.clone(), seat.lease()] {
         assert_eq!(
@@ -189,10 +192,14 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
             Ok(g) => panic!("granted {} before the promise ran out", g.lease()),
         }
     }
-    let again = wait_for("the released seat to be free", Duration::from_secs(15), || {
-        let third = third.clone();
-        async move { third.checkout("cad").await.ok() }
-    })
+    let again = wait_for(
+        "the released seat to be free",
+        Duration::from_secs(15),
+        || {
+            let third = third.clone();
+            async move { third.checkout("cad").await.ok() }
+        },
+    )
     .await;
     assert!(
         now_ms() + 50 >= free_ms,
@@ -200,14 +207,13 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
         now_ms()
     );
     assert_eq!(again.state(), HandleState::Held);
-    assert!(
-        s.app
-            .mine(&s.alice_id)
-            .await
-            .unwrap()
-            .iter()
-            .all(|l| l.holder == s.alice_id),
-    );
+    assert!(s
+        .app
+        .mine(&s.alice_id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|l| l.holder == s.alice_id),);
     assert!(s.app.mine(&s.bob_id).await.unwrap().len() == 1);
 }
 
@@ -241,7 +247,10 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
     assert_ne!(first, second);
     // The old lease id and its seat reference name nothing live any more.
     assert_eq!(app.release_mine(alice, first).await.unwrap(), None);
-    assert_eq!(app.release_mine(alice, first.seat_ref()).await.unwrap(), None);
+    assert_eq!(
+        app.release_mine(alice, first.seat_ref()).await.unwrap(),
+        None
+    );
     // The same slot and generation with a forged last part: nothing.
     let forged = LeaseRef {
         nonce: second.nonce ^ 1,
@@ -250,7 +259,10 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
     assert_eq!(app.release_mine(alice, forged).await.unwrap(), None);
     // Another identity: nothing, by either name.
     assert_eq!(app.release_mine(bob, second).await.unwrap(), None);
-    assert_eq!(app.release_mine(bob, second.seat_ref()).await.unwrap(), None);
+    assert_eq!(
+        app.release_mine(bob, second.seat_ref()).await.unwrap(),
+        None
+    );
     assert!(app.mine(bob).await.unwrap().is_empty());
     // `mine` shows the seat reference; a logout by it frees nothing (a
     // logout frees the slot at once, so it needs the lease id itself).
@@ -270,10 +282,7 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
         .await
         .unwrap()
         .expect("alice's live lease is released");
-    assert_eq!(
-        app.renew(alice, &[second]).await.unwrap()[0],
-        Renewal::Lost
-    );
+    assert_eq!(app.renew(alice, &[second]).await.unwrap()[0], Renewal::Lost);
     match app.grant(&grant_req(bob, "b:1")).await {
         Err(floatlm::app::SeatFailure::Refused(SeatError::NoSeat { .. })) => {}
         Err(e) => panic!("the seat must stay taken until {free_at}: {e}"),
@@ -281,12 +290,17 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
     }
     // Resent, by either name, and a logout after it: nothing more happens.
     assert_eq!(app.release_mine(alice, second).await.unwrap(), None);
-    assert_eq!(app.release_mine(alice, second.seat_ref()).await.unwrap(), None);
+    assert_eq!(
+        app.release_mine(alice, second.seat_ref()).await.unwrap(),
+        None
+    );
     assert!(!app.release(alice, second).await.unwrap());
     // Not a grant before free_at, whatever was resent meanwhile.
-    let granted = wait_for("the seat to be free again", Duration::from_secs(15), || async {
-        app.grant(&grant_req(bob, "b:2")).await.ok()
-    })
+    let granted = wait_for(
+        "the seat to be free again",
+        Duration::from_secs(15),
+        || async { app.grant(&grant_req(bob, "b:2")).await.ok() },
+    )
     .await;
     let now = app.storage.now().await.unwrap();
     assert!(
@@ -316,7 +330,12 @@ async fn mine_fits_one_envelope_whatever_the_identity_holds(kind: Kind) {
         .await
         .unwrap();
     let mine = laptop.mine().await.unwrap();
-    assert!(mine.more > 0, "{} listed, {} more", mine.leases.len(), mine.more);
+    assert!(
+        mine.more > 0,
+        "{} listed, {} more",
+        mine.leases.len(),
+        mine.more
+    );
     assert!(mine.leases.len() > 20, "{} listed", mine.leases.len());
     assert_eq!(mine.leases.len() as u64 + mine.more, 150);
     assert!(mine.leases.iter().all(|l| l.user.starts_with('😀')));
@@ -498,7 +517,10 @@ async fn a_release_racing_heartbeats_on_another_instance_keeps_the_promise() {
         };
         // Releasing the holder's old lease now (re-granted to another
         // identity) does nothing, by either name.
-        assert_eq!(user.release(b, &reference).await.seat_released(), Some(false));
+        assert_eq!(
+            user.release(b, &reference).await.seat_released(),
+            Some(false)
+        );
         assert_eq!(user.release(b, &lease).await.seat_released(), Some(false));
         assert_eq!(
             other

@@ -625,10 +625,7 @@ async fn own_release(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: 
         let lease = &listed[rng.gen_range(0..listed.len())];
         if rng.gen_bool(0.5) {
             let j = (i + rng.gen_range(1..n)) % n;
-            tokio::join!(
-                c.release(&targets[i], lease),
-                c.release(&targets[j], lease)
-            );
+            tokio::join!(c.release(&targets[i], lease), c.release(&targets[j], lease));
         } else {
             c.release(&targets[i], lease).await;
         }

@@ -339,7 +339,10 @@ impl App {
 
     /// The live leases of identity `holder`, from any of its sessions
     /// (`mine`): only the identity's own, never another's.
-    pub async fn mine(&self, holder: &str) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
+    pub async fn mine(
+        &self,
+        holder: &str,
+    ) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
         Ok(self.storage.held_by(holder).await?)
     }
 
@@ -371,7 +374,10 @@ impl App {
         };
         let free_at = self
             .metrics
-            .timed(DbCall::ForceRelease, self.storage.release_own(holder, lease))
+            .timed(
+                DbCall::ForceRelease,
+                self.storage.release_own(holder, lease),
+            )
             .await?;
         self.usage_cache.clear();
         if let Some(at) = free_at {

@@ -326,7 +326,11 @@ pub async fn release_seat(args: ReleaseArgs) -> ExitCode {
         Ok(i) => i,
         Err(code) => return code,
     };
-    if args.lease.parse::<crate::domain::seats::LeaseRef>().is_err() {
+    if args
+        .lease
+        .parse::<crate::domain::seats::LeaseRef>()
+        .is_err()
+    {
         eprintln!(
             "floatlm: '{}' is not a seat: give the LEASE column of `floatlm seats`",
             args.lease.chars().take(60).collect::<String>()

@@ -12,7 +12,8 @@ use axum::Json;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{self, ServerHelloPayload};
 use floatlm_protocol::messages::{
-    limits, reason, ErrorCode, FeatureInfo, HeldSeat, LeaseStatus, MINE_BUDGET, Request, Response as Reply, SealedResponse,
+    limits, reason, ErrorCode, FeatureInfo, HeldSeat, LeaseStatus, Request, Response as Reply,
+    SealedResponse, MINE_BUDGET,
 };
 use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
 use serde_json::json;

@@ -313,9 +313,7 @@ impl Record {
     /// The seat references of a `mine` answer.
     pub fn mine(&self) -> Vec<String> {
         match self.response() {
-            Some(Response::Mine { leases, .. }) => {
-                leases.iter().map(|l| l.lease.clone()).collect()
-            }
+            Some(Response::Mine { leases, .. }) => leases.iter().map(|l| l.lease.clone()).collect(),
             _ => Vec::new(),
         }
     }

@@ -384,7 +384,10 @@ mod tests {
         let seat = "3.0.17.0e73df14bf5e1035";
         let requests = [
             (MINE_REQUEST_JSON, Request::Mine {}),
-            (RELEASE_REQUEST_JSON, Request::Release { lease: seat.into() }),
+            (
+                RELEASE_REQUEST_JSON,
+                Request::Release { lease: seat.into() },
+            ),
         ];
         for (text, req) in requests {
             assert_eq!(serde_json::from_str::<Request>(text).unwrap(), req);

@@ -363,7 +363,14 @@ pub fn compute() -> Vectors {
             envelope("mine_request", &h.keys, c2s, 7, &b, MINE_REQUEST_JSON),
             envelope("mine_response", &h.keys, s2c, 7, &b, MINE_RESPONSE_JSON),
             envelope("release_request", &h.keys, c2s, 8, &b, RELEASE_REQUEST_JSON),
-            envelope("release_response", &h.keys, s2c, 8, &b, RELEASE_RESPONSE_JSON),
+            envelope(
+                "release_response",
+                &h.keys,
+                s2c,
+                8,
+                &b,
+                RELEASE_RESPONSE_JSON,
+            ),
         ],
     }
 }
