@@ -288,6 +288,13 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
         Err(e) => panic!("the seat must stay taken until {free_at}: {e}"),
         Ok(g) => panic!("granted {} before {free_at}", g.lease),
     }
+    // The holder's login resent (same request id, a failover): the lease
+    // has ended, so it is `lease_ended`, never the seat again.
+    match app.grant(&grant_req(alice, "a:2")).await {
+        Err(floatlm::app::SeatFailure::Refused(SeatError::LeaseEnded(_))) => {}
+        Err(e) => panic!("a resent login of a released lease must be lease_ended: {e}"),
+        Ok(g) => panic!("a resent login of a released lease got {}", g.lease),
+    }
     // Resent, by either name, and a logout after it: nothing more happens.
     assert_eq!(app.release_mine(alice, second).await.unwrap(), None);
     assert_eq!(
