@@ -74,6 +74,9 @@ label_values!(
         Login => "login",
         Heartbeat => "heartbeat",
         Logout => "logout",
+        Mine => "mine",
+        /// `release` of a lease of the session's identity.
+        Release => "release",
         /// A sealed request refused before its operation was known
         /// (unknown session, replay, a changed byte, a bad operation).
         Request => "request",
@@ -111,6 +114,8 @@ impl Operation {
             R::Login { .. } => Operation::Login,
             R::Heartbeat { .. } => Operation::Heartbeat,
             R::Logout { .. } => Operation::Logout,
+            R::Mine {} => Operation::Mine,
+            R::Release { .. } => Operation::Release,
         }
     }
 }

@@ -2,14 +2,16 @@
 //! different lease TTLs and holds on one MariaDB database, recording
 //! raw-protocol clients doing seeded random things (including the unkind
 //! ones: resent logins, heartbeats after logout, a heartbeat racing its own
-//! logout, operator force releases), then the checker of
+//! logout, operator force releases, users releasing their identity's seats
+//! from other sessions, twice at once), then the checker of
 //! `tests/common/promise.rs` over everything they were answered. The
 //! checker's own tests on synthetic logs are here too.
 //!
 //! `FLOATLM_PROMISE_SEED=N` repeats a run's choices (the answers, and so
 //! what a client does next, still depend on timing). `FLOATLM_PROMISE_LOG=1`
 //! prints every request; `FLOATLM_PROMISE_NO_FORCE=1` leaves the operator
-//! out, to tell force releases from the other ways the promise breaks.
+//! out, to tell force releases from the other ways the promise breaks, and
+//! `FLOATLM_PROMISE_NO_RELEASE=1` the users' own releases.
 
 mod common;
 
@@ -391,6 +393,41 @@ mod checker {
     }
 
     #[test]
+    fn a_release_by_another_session_of_the_identity_ends_nothing() {
+        let r = Recorder::new();
+        r.log_ms(
+            "C",
+            login("C:1"),
+            0,
+            Some(10),
+            Answer::granted("1.0.1", "cad", 5000, false),
+        );
+        let rel = Op::Release {
+            lease: "1.0.1".into(),
+        };
+        r.log_ms(
+            "user",
+            rel,
+            1000,
+            Some(1010),
+            Answer::Sealed(floatlm_protocol::messages::Response::SeatReleased {
+                lease: "1.0.1".into(),
+                released: true,
+                free_at_ms: Some(0),
+            }),
+        );
+        r.log_ms(
+            "D",
+            login("D:1"),
+            1100,
+            Some(1110),
+            Answer::granted("1.1.1", "cad", 5000, false),
+        );
+        let e = r.check(&seats(&[("cad", 1)])).unwrap_err();
+        assert!(e.report.contains("release 1.0.1 (own identity)"), "{e}");
+    }
+
+    #[test]
     fn alive_for_a_lease_never_granted_is_a_failure() {
         let r = Recorder::new();
         r.log_ms(
@@ -568,6 +605,33 @@ async fn operator(rec: Arc<Recorder>, targets: Arc<Vec<Target>>, seed: u64, unti
     }
 }
 
+/// Now and then a user releases a seat of its own identity from another
+/// session (`floatlm seats`, then `floatlm release`), sometimes the same
+/// release twice at once through two instances (a resend racing the
+/// first); the holders keep heartbeating and resending logins meanwhile.
+async fn own_release(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: Instant) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = targets.len();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1500..3500))).await;
+        if Instant::now() >= until {
+            return;
+        }
+        let i = rng.gen_range(0..n);
+        let listed = c.mine(&targets[i]).await.mine();
+        if listed.is_empty() {
+            continue;
+        }
+        let lease = &listed[rng.gen_range(0..listed.len())];
+        if rng.gen_bool(0.5) {
+            let j = (i + rng.gen_range(1..n)) % n;
+            tokio::join!(c.release(&targets[i], lease), c.release(&targets[j], lease));
+        } else {
+            c.release(&targets[i], lease).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_clients_never_hold_more_promises_than_seats() {
     let seed: u64 = std::env::var("FLOATLM_PROMISE_SEED")
@@ -605,6 +669,17 @@ async fn random_clients_never_hold_more_promises_than_seats() {
             seed ^ 0x5eed,
             until,
         )));
+    }
+    if std::env::var_os("FLOATLM_PROMISE_NO_RELEASE").is_none() {
+        for k in 0..2 {
+            let c = cluster.client(&rec, &format!("user{k}"), k);
+            tasks.push(tokio::spawn(own_release(
+                c,
+                targets.clone(),
+                seed ^ (0x0e1ea5e + k as u64),
+                until,
+            )));
+        }
     }
     for t in tasks {
         t.await.unwrap();

@@ -337,6 +337,56 @@ impl App {
         Ok(released)
     }
 
+    /// The live leases of identity `holder`, from any of its sessions
+    /// (`mine`): only the identity's own, never another's.
+    pub async fn mine(
+        &self,
+        holder: &str,
+    ) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
+        Ok(self.storage.held_by(holder).await?)
+    }
+
+    /// Releases a lease of identity `holder` that another session may
+    /// hold (`release`); `given` is its lease id or its seat reference
+    /// ([`LeaseRef::seat_ref`]). Like an operator's force release, the
+    /// holder learns it lost the seat on its next heartbeat and the seat is
+    /// free once every promise already given for it has run out: the
+    /// holder's client may still be running. Returns when the seat is free
+    /// (database clock); None when `given` names no live lease of this
+    /// identity (another identity's lease answers the same).
+    pub async fn release_mine(
+        &self,
+        holder: &str,
+        given: LeaseRef,
+    ) -> Result<Option<DateTime<Utc>>, AppError> {
+        // The slot's current lease, if it is this identity's and `given`
+        // names it; the release below matches that full lease id and holder
+        // again, so a lease that ended or was re-granted since is untouched.
+        let Some(lease) = self
+            .storage
+            .held_by(holder)
+            .await?
+            .into_iter()
+            .map(|l| l.lease)
+            .find(|l| l.named_by(&given))
+        else {
+            return Ok(None);
+        };
+        let free_at = self
+            .metrics
+            .timed(
+                DbCall::ForceRelease,
+                self.storage.release_own(holder, lease),
+            )
+            .await?;
+        self.usage_cache.clear();
+        if let Some(at) = free_at {
+            self.metrics.force_released();
+            tracing::info!(%lease, identity = %holder, free_at = %at, "lease released by a session of its own identity");
+        }
+        Ok(free_at)
+    }
+
     /// Every live lease of the cluster (for operators).
     pub async fn leases(&self) -> Result<Vec<crate::domain::seats::LeaseInfo>, AppError> {
         Ok(self.storage.leases().await?)

@@ -1,8 +1,9 @@
-//! `floatlm ping | query | checkout`: the client side, on the client library.
+//! `floatlm ping | query | checkout | seats | release`: the client side, on
+//! the client library.
 
 use anyhow::Context;
 use clap::Args;
-use floatlm_client::{Client, ClientError, Released, SeatHandle};
+use floatlm_client::{Client, ClientError, Released, SeatHandle, SeatRelease};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -49,6 +50,23 @@ pub struct QueryArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SeatsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The seat to release, as `floatlm seats` lists it (or its lease id).
+    pub lease: String,
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +228,107 @@ pub async fn query(args: QueryArgs) -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// A time of the server's (Unix milliseconds) as UTC, to the second.
+fn utc_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// `floatlm seats`: the leases the identity holds now.
+pub async fn seats(args: SeatsArgs) -> ExitCode {
+    let (servers, options) = match args.server.resolve() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let client = match Client::with_servers(servers, options).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let (seats, more) = match client.mine().await {
+        Ok(s) => (s.leases, s.more),
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        let all = serde_json::json!({ "leases": seats, "more": more });
+        println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    if seats.is_empty() {
+        println!("this identity holds no seat");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<40} {:<20} {:<16} {:<24} {:<23} PROMISE END",
+        "LEASE", "FEATURE", "USER", "HOST", "SINCE"
+    );
+    for s in &seats {
+        println!(
+            "{:<40} {:<20} {:<16} {:<24} {:<23} {}",
+            s.lease,
+            s.feature,
+            s.user,
+            s.host,
+            utc_ms(s.since_ms),
+            utc_ms(s.promise_end_ms)
+        );
+    }
+    if more > 0 {
+        println!("… and {more} more seats than one answer holds");
+    }
+    ExitCode::SUCCESS
+}
+
+/// `floatlm release LEASE`: releases a seat of the identity.
+pub async fn release_seat(args: ReleaseArgs) -> ExitCode {
+    let (servers, options) = match args.server.resolve() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if args
+        .lease
+        .parse::<crate::domain::seats::LeaseRef>()
+        .is_err()
+    {
+        eprintln!(
+            "floatlm: '{}' is not a seat: give the LEASE column of `floatlm seats`",
+            args.lease.chars().take(60).collect::<String>()
+        );
+        return ExitCode::from(2);
+    }
+    let client = match Client::with_servers(servers, options).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client.release_lease(&args.lease).await {
+        Ok(SeatRelease::Released { free_at }) => {
+            let when = free_at
+                .map(|t| utc_ms(chrono::DateTime::<chrono::Utc>::from(t).timestamp_millis()))
+                .unwrap_or_else(|| "shortly".into());
+            println!(
+                "released {}: its holder loses the seat at its next heartbeat; the seat is free for others by {when} (once the promise already given to the holder has run out)",
+                args.lease
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(SeatRelease::Resent) => {
+            println!(
+                "{}: not held any more (the request had to be resent; an earlier copy may have released it)",
+                args.lease
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(SeatRelease::NotLive) => {
+            say(format!(
+                "{}: this identity holds no such seat (already released, expired, or not one of its seats); `floatlm seats` lists them",
+                args.lease
+            ));
+            ExitCode::FAILURE
         }
         Err(e) => fail(&e),
     }

@@ -62,6 +62,10 @@ pub enum Command {
         #[command(subcommand)]
         command: client_config::ClientCommand,
     },
+    /// List the seats this identity holds now, from any session.
+    Seats(client::SeatsArgs),
+    /// Release a seat of this identity (one a crashed workstation held).
+    Release(client::ReleaseArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,6 +241,8 @@ pub fn main() -> ExitCode {
                         command: client_config::ClientConfigCommand::Check(args),
                     },
             } => client_config::check(&args),
+            Command::Seats(args) => client::seats(args).await,
+            Command::Release(args) => client::release_seat(args).await,
         }
     });
     // Tasks still waiting on a database that is gone (or a blocking call)

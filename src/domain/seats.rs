@@ -78,6 +78,31 @@ impl LeaseRef {
     pub fn new_nonce() -> i64 {
         (rand::random::<u64>() >> 1).max(1) as i64
     }
+
+    /// The seat reference a `mine` answer shows for this lease: the nonce is
+    /// replaced by a one-way value of it (SHA-256, domain separated), so a
+    /// session that lists its identity's leases learns nothing it could
+    /// `logout` with (a logout frees a slot at once and needs the nonce);
+    /// it can only `release`, which waits out the holder's promise.
+    pub fn seat_ref(&self) -> LeaseRef {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::new()
+            .chain_update(b"floatlm seat ref v1\0")
+            .chain_update(self.nonce.to_be_bytes())
+            .finalize();
+        let v = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+        LeaseRef {
+            nonce: ((v >> 1).max(1)) as i64,
+            ..*self
+        }
+    }
+
+    /// Whether `given` names this lease, as its lease id or its [`seat_ref`].
+    ///
+    /// [`seat_ref`]: LeaseRef::seat_ref
+    pub fn named_by(&self, given: &LeaseRef) -> bool {
+        *given == *self || *given == self.seat_ref()
+    }
 }
 
 impl fmt::Display for LeaseRef {
@@ -341,6 +366,25 @@ impl FromStr for Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seat_ref_names_its_lease_and_cannot_be_logged_out() {
+        let lease: LeaseRef = "3.0.17.5c1e2a9b0d4f7163".parse().unwrap();
+        let seat = lease.seat_ref();
+        // The value docs/protocol.md's vectors show.
+        assert_eq!(seat.to_string(), "3.0.17.0e73df14bf5e1035");
+        assert_eq!(seat.to_string().parse::<LeaseRef>().unwrap(), seat);
+        assert!(lease.named_by(&lease) && lease.named_by(&seat));
+        assert_ne!(seat, lease);
+        // A seat reference of a seat reference names nothing.
+        assert!(!lease.named_by(&seat.seat_ref()));
+        let regranted = LeaseRef {
+            lease_gen: 18,
+            nonce: LeaseRef::new_nonce(),
+            ..lease
+        };
+        assert!(!regranted.named_by(&lease) && !regranted.named_by(&seat));
+    }
 
     #[test]
     fn lease_ref_round_trip() {

@@ -12,7 +12,8 @@ use axum::Json;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{self, ServerHelloPayload};
 use floatlm_protocol::messages::{
-    limits, reason, ErrorCode, FeatureInfo, LeaseStatus, Request, Response as Reply, SealedResponse,
+    limits, reason, ErrorCode, FeatureInfo, HeldSeat, LeaseStatus, Request, Response as Reply,
+    SealedResponse, MINE_BUDGET,
 };
 use floatlm_protocol::{ProtocolError, HEADER_INSTANCE, HEADER_SESSION, PATH_REQUEST};
 use serde_json::json;
@@ -462,6 +463,39 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                     .collect(),
             }
         }
+        Request::Mine {} => match app.mine(identity).await {
+            Ok(leases) => {
+                // As many as fit one envelope; the count of the rest.
+                let (mut shown, mut used) = (Vec::new(), 0);
+                for seat in leases.iter().map(held_seat) {
+                    used += serde_json::to_vec(&seat).map_or(usize::MAX, |j| j.len() + 1);
+                    if used > MINE_BUDGET {
+                        break;
+                    }
+                    shown.push(seat);
+                }
+                Reply::Mine {
+                    more: (leases.len() - shown.len()) as u64,
+                    leases: shown,
+                }
+            }
+            Err(e) => unavailable(e),
+        },
+        Request::Release { lease } => match lease.parse::<LeaseRef>() {
+            Ok(l) => match app.release_mine(identity, l).await {
+                Ok(free_at) => Reply::SeatReleased {
+                    lease,
+                    released: free_at.is_some(),
+                    free_at_ms: free_at.map(|t| t.timestamp_millis()),
+                },
+                Err(e) => unavailable(e),
+            },
+            Err(e) => Reply::Error {
+                code: ErrorCode::BadRequest,
+                reason: None,
+                message: e,
+            },
+        },
         Request::Logout { lease } => match lease.parse::<LeaseRef>() {
             Ok(l) => match app.release(identity, l).await {
                 Ok(released) => Reply::Released { lease, released },
@@ -473,5 +507,32 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 message: e,
             },
         },
+    }
+}
+
+/// A lease as `mine` shows it to a session of its identity: by its seat
+/// reference, never its lease id (see [`LeaseRef::seat_ref`]).
+fn held_seat(l: &crate::domain::seats::LeaseInfo) -> HeldSeat {
+    let (user, host) = reported_user_host(&l.client_info);
+    HeldSeat {
+        lease: l.lease.seat_ref().to_string(),
+        feature: l.feature.clone(),
+        user,
+        host,
+        since_ms: l.granted_at.map_or(0, |t| t.timestamp_millis()),
+        promise_end_ms: l.expires_at.timestamp_millis(),
+    }
+}
+
+/// The user and host of a lease's client info, which a login records as
+/// `USER@HOST (INSTANCE)` (the instance has no spaces; the user may hold
+/// an `@`, so the host is after the last one).
+fn reported_user_host(client_info: &str) -> (String, String) {
+    let who = client_info
+        .rsplit_once(" (")
+        .map_or(client_info, |(who, _)| who);
+    match who.rsplit_once('@') {
+        Some((user, host)) => (user.to_string(), host.to_string()),
+        None => (who.to_string(), String::new()),
     }
 }

@@ -400,6 +400,15 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn purge_requests(&self, age: Duration) -> Result<u64>;
     /// The live leases `holder` holds (to end them when it is revoked).
     async fn leases_of(&self, holder: &str) -> Result<Vec<LeaseRef>>;
+    /// The live leases `holder` holds, with what `mine` lists of them.
+    async fn held_by(&self, holder: &str) -> Result<Vec<LeaseInfo>>;
+    /// A release of `holder`'s `lease` by any session of that identity
+    /// (`release`): the two steps of [`LeaseStore::force_release`], the
+    /// first matching only while the row still holds this very lease (gen,
+    /// nonce) for `holder`. The holder may still run on a promise, so the
+    /// seat is free only once it has run out. Returns when (database
+    /// clock), or None when the lease was not live or not `holder`'s.
+    async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
 }
 
 /// Licenses and their features' slot rows (`*/licenses.rs`).

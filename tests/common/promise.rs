@@ -50,7 +50,11 @@
 //!   answered alive").
 //!
 //! Force releases by an operator end nothing: the holder is not told. They
-//! are recorded (as [`Op::ForceRelease`]) only so reports show them.
+//! are recorded (as [`Op::ForceRelease`]) only so reports show them. The
+//! same holds for a `release` sent by another session of the lease's own
+//! identity ([`Op::Release`], `floatlm release`): the holder's client may
+//! still be running on its promise, so it ends nothing either; `mine`
+//! ([`Op::Mine`]) only reads.
 //!
 //! Lease ids are opaque strings. A lease belongs to the feature named by the
 //! `granted` answer that named it; a heartbeat `alive` for a lease never seen
@@ -105,6 +109,13 @@ pub enum Op {
     ForceRelease {
         lease: String,
     },
+    /// The leases of the client's identity (`mine`); promises nothing.
+    Mine,
+    /// A `release` of a lease (seat reference or lease id) of the client's
+    /// identity, typically held by another session; it ends no promise.
+    Release {
+        lease: String,
+    },
 }
 
 impl Op {
@@ -112,8 +123,10 @@ impl Op {
     pub fn leases(&self) -> Vec<&str> {
         match self {
             Op::Heartbeat { leases } => leases.iter().map(String::as_str).collect(),
-            Op::Logout { lease } | Op::ForceRelease { lease } => vec![lease.as_str()],
-            Op::Login { .. } | Op::LoginResend { .. } => Vec::new(),
+            Op::Logout { lease } | Op::ForceRelease { lease } | Op::Release { lease } => {
+                vec![lease.as_str()]
+            }
+            Op::Login { .. } | Op::LoginResend { .. } | Op::Mine => Vec::new(),
         }
     }
 }
@@ -132,6 +145,8 @@ impl fmt::Display for Op {
             Op::Heartbeat { leases } => write!(f, "heartbeat [{}]", leases.join(", ")),
             Op::Logout { lease } => write!(f, "logout {lease}"),
             Op::ForceRelease { lease } => write!(f, "force-release {lease} (operator)"),
+            Op::Mine => write!(f, "mine"),
+            Op::Release { lease } => write!(f, "release {lease} (own identity)"),
         }
     }
 }
@@ -227,6 +242,19 @@ impl fmt::Display for Answer {
                     reason.as_deref().unwrap_or("-")
                 ),
                 Response::Info { .. } => write!(f, "info"),
+                Response::Mine { leases, more } => {
+                    let each: Vec<&str> = leases.iter().map(|l| l.lease.as_str()).collect();
+                    write!(f, "mine [{}] +{more}", each.join(", "))
+                }
+                Response::SeatReleased {
+                    lease,
+                    released,
+                    free_at_ms,
+                } => write!(
+                    f,
+                    "seat released {lease}: {released} (free at {})",
+                    free_at_ms.map_or("-".into(), |t| t.to_string())
+                ),
             },
         }
     }
@@ -278,6 +306,22 @@ impl Record {
             Some(Response::Heartbeat { leases }) => {
                 leases.iter().find(|l| l.lease == lease).map(|l| l.alive)
             }
+            _ => None,
+        }
+    }
+
+    /// The seat references of a `mine` answer.
+    pub fn mine(&self) -> Vec<String> {
+        match self.response() {
+            Some(Response::Mine { leases, .. }) => leases.iter().map(|l| l.lease.clone()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `released` of a `release` answer.
+    pub fn seat_released(&self) -> Option<bool> {
+        match self.response() {
+            Some(Response::SeatReleased { released, .. }) => Some(*released),
             _ => None,
         }
     }
@@ -441,6 +485,8 @@ impl Recorder {
                 Op::Heartbeat { .. } => "heartbeat",
                 Op::Logout { .. } => "logout",
                 Op::ForceRelease { .. } => "force-release",
+                Op::Mine => "mine",
+                Op::Release { .. } => "release",
             };
             let e = by.entry(k).or_default();
             if r.received.is_some() {
@@ -1081,6 +1127,23 @@ impl RecClient {
             lease: lease.into(),
         };
         let req = Request::Logout {
+            lease: lease.into(),
+        };
+        self.send(at, op, req).await
+    }
+
+    /// The leases of this client's identity, by seat reference (`mine`).
+    pub async fn mine(&self, at: &Target) -> Record {
+        self.send(at, Op::Mine, Request::Mine {}).await
+    }
+
+    /// Releases a lease of this client's identity (`release`): its seat
+    /// reference or its lease id.
+    pub async fn release(&self, at: &Target, lease: &str) -> Record {
+        let op = Op::Release {
+            lease: lease.into(),
+        };
+        let req = Request::Release {
             lease: lease.into(),
         };
         self.send(at, op, req).await

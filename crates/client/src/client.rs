@@ -4,14 +4,14 @@ use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{ClientHandshake, ResumeGrant};
 use floatlm_protocol::keys::SessionKeys;
 use floatlm_protocol::messages::{
-    AuthInfo, ErrorCode, FeatureInfo, Request, Response, SealedResponse,
+    AuthInfo, ErrorCode, FeatureInfo, HeldSeat, Request, Response, SealedResponse,
 };
 use floatlm_protocol::{
     HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_REQUEST, PATH_RESUME,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::ClientConfig;
 use crate::handle::SeatHandle;
@@ -304,6 +304,44 @@ impl Client {
         };
         match self.call(&req).await? {
             Response::Info { features } => Ok(features),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The leases this client's identity holds now, from any session,
+    /// anywhere (`floatlm seats`). Each is named by its seat reference,
+    /// which [`Client::release_lease`] takes.
+    pub async fn mine(&self) -> Result<MySeats, ClientError> {
+        match self.call(&Request::Mine {}).await? {
+            Response::Mine { leases, more } => Ok(MySeats { leases, more }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Releases a lease of this client's identity that another session
+    /// holds (a workstation that crashed): `lease` is a seat reference from
+    /// [`Client::mine`] or the lease id. The holder is told it lost the seat
+    /// on its next heartbeat; the seat is free for others once the promise
+    /// already given to the holder has run out (`free_at`).
+    pub async fn release_lease(&self, lease: &str) -> Result<SeatRelease, ClientError> {
+        let answered = self
+            .call_until(
+                &Request::Release {
+                    lease: lease.to_string(),
+                },
+                None,
+            )
+            .await?;
+        match answered.response {
+            Response::SeatReleased {
+                released: true,
+                free_at_ms,
+                ..
+            } => Ok(SeatRelease::Released {
+                free_at: free_at_ms.map(system_time),
+            }),
+            Response::SeatReleased { .. } if answered.sends > 1 => Ok(SeatRelease::Resent),
+            Response::SeatReleased { .. } => Ok(SeatRelease::NotLive),
             other => Err(unexpected(other)),
         }
     }
@@ -721,5 +759,36 @@ fn unexpected(r: Response) -> ClientError {
     ClientError::Server {
         server: "server".into(),
         message: format!("unexpected answer: {r:?}"),
+    }
+}
+
+/// What [`Client::mine`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MySeats {
+    pub leases: Vec<HeldSeat>,
+    /// How many more the identity holds than one answer could carry.
+    pub more: u64,
+}
+
+/// What [`Client::release_lease`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeatRelease {
+    /// Released; the seat is free for others at `free_at` (database clock).
+    Released { free_at: Option<SystemTime> },
+    /// No live lease of this identity by that name: already released,
+    /// expired, re-granted, another identity's, or never existed.
+    NotLive,
+    /// Sent more than once (a lost answer, failover) and found not live,
+    /// perhaps released by an earlier copy whose answer never came.
+    Resent,
+}
+
+/// Unix milliseconds as a time.
+fn system_time(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
     }
 }

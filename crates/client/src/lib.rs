@@ -54,12 +54,12 @@ mod identity;
 mod servers;
 mod transport;
 
-pub use client::{Client, Options, PingInfo, SessionStats};
+pub use client::{Client, MySeats, Options, PingInfo, SeatRelease, SessionStats};
 pub use config::{
     client_config_keys, client_config_search_path, ClientConfig, Source, CONFIG_ENV, SYSTEM_FILE,
 };
 pub use error::{ClientError, NoLicenseReason};
-pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo};
+pub use floatlm_protocol::messages::{AuthInfo, FeatureInfo, HeldSeat};
 pub use handle::{HandleState, LossReason, Released, SeatHandle};
 pub use identity::{ServerAddress, ServerSpec};
 pub use servers::{ServerState, ServerStatus};

@@ -42,6 +42,33 @@ pub enum Request {
     Heartbeat { leases: Vec<String> },
     /// Release one lease.
     Logout { lease: String },
+    /// The leases this session's identity holds now, from any session
+    /// (`floatlm seats`).
+    Mine {},
+    /// Release a lease of this session's identity that another session may
+    /// hold (`floatlm release`): `lease` is a [`HeldSeat::lease`] of a
+    /// `mine` answer or the lease id itself. Its holder loses it on its next
+    /// heartbeat; the seat is free once every promise given for it has run out.
+    Release { lease: String },
+}
+
+/// One lease of the identity, as `mine` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldSeat {
+    /// The seat reference to `release` it by. Not the lease id: the lease
+    /// id's last part is replaced by a one-way value of it, so the listing
+    /// gives no session the means to `logout` another session's lease.
+    pub lease: String,
+    pub feature: String,
+    /// The OS account and host the holding client reported at login.
+    pub user: String,
+    pub host: String,
+    /// When the lease was granted (Unix milliseconds, database clock).
+    pub since_ms: i64,
+    /// The latest moment any promise given for the lease can run to; the
+    /// seat is free then unless its holder heartbeats (Unix milliseconds,
+    /// database clock).
+    pub promise_end_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +110,23 @@ pub enum Response {
         lease: String,
         released: bool,
     },
+    Mine {
+        leases: Vec<HeldSeat>,
+        /// How many more leases the identity holds than fit in this answer
+        /// (one envelope, [`crate::envelope::MAX_ENVELOPE`]); absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: u64,
+    },
+    /// The answer to `release`. `released` is false for a lease that is not
+    /// live, not the identity's, or unknown: the three look the same.
+    SeatReleased {
+        lease: String,
+        released: bool,
+        /// When the seat is free again (Unix milliseconds, database clock),
+        /// once the promise already given to its holder has run out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        free_at_ms: Option<i64>,
+    },
     Error {
         code: ErrorCode,
         /// For `no_license`: one of [`reason`].
@@ -91,6 +135,14 @@ pub enum Response {
         message: String,
     },
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a `mine` answer may hold in JSON, in bytes: with the rest of the
+/// answer and a resumption ticket it stays inside one envelope.
+pub const MINE_BUDGET: usize = 48 * 1024;
 
 /// Error codes inside sealed responses (see docs/protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +376,61 @@ mod tests {
                 .response,
             granted
         );
+    }
+
+    #[test]
+    fn the_mine_and_release_vectors_are_what_the_types_write() {
+        use crate::vectors::*;
+        let seat = "3.0.17.0e73df14bf5e1035";
+        let requests = [
+            (MINE_REQUEST_JSON, Request::Mine {}),
+            (
+                RELEASE_REQUEST_JSON,
+                Request::Release { lease: seat.into() },
+            ),
+        ];
+        for (text, req) in requests {
+            assert_eq!(serde_json::from_str::<Request>(text).unwrap(), req);
+            assert_eq!(serde_json::to_string(&req).unwrap(), text);
+        }
+        let responses = [
+            (
+                MINE_RESPONSE_JSON,
+                Response::Mine {
+                    leases: vec![HeldSeat {
+                        lease: seat.into(),
+                        feature: "demo".into(),
+                        user: "alice".into(),
+                        host: "ws-12".into(),
+                        since_ms: 1_767_225_600_000,
+                        promise_end_ms: 1_767_225_720_000,
+                    }],
+                    more: 0,
+                },
+            ),
+            (
+                RELEASE_RESPONSE_JSON,
+                Response::SeatReleased {
+                    lease: seat.into(),
+                    released: true,
+                    free_at_ms: Some(1_767_225_665_000),
+                },
+            ),
+        ];
+        for (text, resp) in responses {
+            assert_eq!(serde_json::from_str::<Response>(text).unwrap(), resp);
+            assert_eq!(serde_json::to_string(&resp).unwrap(), text);
+        }
+        // Not released: no free_at_ms on the wire.
+        let not = Response::SeatReleased {
+            lease: seat.into(),
+            released: false,
+            free_at_ms: None,
+        };
+        assert!(!serde_json::to_string(&not).unwrap().contains("free_at"));
+        // Members not listed are refused, as for every request.
+        assert!(serde_json::from_str::<Request>(r#"{"op":"mine","all":true}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"release"}"#).is_err());
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub const RESUME_SECRET: [u8; 32] = [0x33; 32];
 pub const REQUEST_JSON: &str = r#"{"op":"info","features":["demo"]}"#;
 pub const RESPONSE_JSON: &str =
     r#"{"result":"info","features":[{"name":"demo","total":5,"used":1,"free":4}]}"#;
+/// `mine`: the leases of the session's identity.
+pub const MINE_REQUEST_JSON: &str = r#"{"op":"mine"}"#;
+/// Its answer: one lease, by its seat reference (not the lease id).
+pub const MINE_RESPONSE_JSON: &str = r#"{"result":"mine","leases":[{"lease":"3.0.17.0e73df14bf5e1035","feature":"demo","user":"alice","host":"ws-12","since_ms":1767225600000,"promise_end_ms":1767225720000}]}"#;
+/// `release` of that lease by its seat reference, from another session.
+pub const RELEASE_REQUEST_JSON: &str = r#"{"op":"release","lease":"3.0.17.0e73df14bf5e1035"}"#;
+/// Its answer: released; the seat is free once the holder's promise ran out.
+pub const RELEASE_RESPONSE_JSON: &str = r#"{"result":"seat_released","lease":"3.0.17.0e73df14bf5e1035","released":true,"free_at_ms":1767225665000}"#;
 /// The X-LDK-Instance value of the vector client.
 pub const CLIENT_INSTANCE: &str = "client-vector";
 /// The session the vector handshake opens, and the one the resumption opens.
@@ -351,6 +359,17 @@ pub fn compute() -> Vectors {
                 0,
                 &resumed,
                 r#"{"op":"heartbeat","leases":["3.0.17.5c1e2a9b0d4f7163"]}"#,
+            ),
+            envelope("mine_request", &h.keys, c2s, 7, &b, MINE_REQUEST_JSON),
+            envelope("mine_response", &h.keys, s2c, 7, &b, MINE_RESPONSE_JSON),
+            envelope("release_request", &h.keys, c2s, 8, &b, RELEASE_REQUEST_JSON),
+            envelope(
+                "release_response",
+                &h.keys,
+                s2c,
+                8,
+                &b,
+                RELEASE_RESPONSE_JSON,
             ),
         ],
     }

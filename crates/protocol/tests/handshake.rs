@@ -90,7 +90,7 @@ fn every_vector_is_reproduced_from_the_file_alone() {
     let resumed_session = serde_json::from_str::<ServerHelloPayload>(&r.server_hello_payload_text)
         .unwrap()
         .session;
-    assert_eq!(v.envelopes.len(), 5);
+    assert_eq!(v.envelopes.len(), 9);
     for e in &v.envelopes {
         let dir = match e.direction {
             1 => Direction::ClientToServer,

@@ -76,6 +76,24 @@ impl MySqlStorage {
         Ok(r.rows_affected() == 1)
     }
 
+    /// First step of a release by the holder's own identity: as
+    /// [`Self::revoke_once`], and only while `holder` holds the lease.
+    async fn revoke_own_once(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
+             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ? AND holder = ?
+               AND state IN (0, 1) AND expires_at > NOW(6)",
+        )
+        .bind(lease.feature_id)
+        .bind(lease.slot_no)
+        .bind(lease.lease_gen)
+        .bind(lease.nonce)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Second step, in a statement that starts after the first committed:
     /// every promise given from a read before that commit ends by this
     /// statement's clock plus the lease's cap (and the clock margin).
@@ -320,5 +338,28 @@ impl LeaseStore for MySqlStorage {
                 nonce,
             })
             .collect())
+    }
+
+    async fn held_by(&self, holder: &str) -> Result<Vec<LeaseInfo>> {
+        let rows: Vec<LeaseRecord<Time>> = sqlx::query_as(
+            "SELECT s.feature_id, CAST(s.slot_no AS SIGNED) AS slot_no, s.lease_gen, s.lease_nonce AS nonce, f.name AS feature,
+                    f.license_id, s.holder,
+                    s.client_info, s.granted_by, s.granted_at, s.expires_at, CAST(s.state AS SIGNED) AS state
+             FROM slots s JOIN features f ON f.id = s.feature_id
+             WHERE s.holder = ? AND s.state IN (0, 1) AND s.expires_at > NOW(6)
+             ORDER BY f.name, s.granted_at, s.feature_id, s.slot_no",
+        )
+        .bind(holder)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(LeaseInfo::from).collect())
+    }
+
+    async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        if !with_retry(|| self.revoke_own_once(holder, lease)).await? {
+            return Ok(None);
+        }
+        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
+        Ok(Some(free_at.unwrap_or_else(Utc::now)))
     }
 }
