@@ -61,6 +61,7 @@ impl Layers {
         };
         r.show("backup_dir", backup_dir.display());
         let backup_keep = r.whole("backup_keep")?;
+        let usage_retention = r.seconds("usage_retention")?;
         let log_format = log_format(r)?;
         let log_level = log_level(r)?;
         Ok(Config {
@@ -92,6 +93,7 @@ impl Layers {
             backup_interval,
             backup_dir,
             backup_keep,
+            usage_retention,
             log_format,
             log_level,
             sources: reader.sources,

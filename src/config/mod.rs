@@ -93,6 +93,8 @@ pub struct Config {
     /// write while more than `lease_ttl` of it remains.
     pub lease_hold: Duration,
     pub integrity_interval: Duration,
+    /// How long usage records are kept (purged by the maintenance loop).
+    pub usage_retention: Duration,
     /// How often this instance refreshes its row in the cluster view; it
     /// counts as down after three missed refreshes.
     pub cluster_heartbeat: Duration,

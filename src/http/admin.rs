@@ -3,7 +3,7 @@
 //! everything. `GET /metrics` (Prometheus) is here too: monitor, or anyone
 //! when `metrics_public = true`.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -95,6 +95,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/v1/rotate-key", post(rotate_key))
         .route("/admin/v1/verify", post(verify))
         .route("/metrics", get(metrics))
+        .route("/admin/v1/usage/report", get(usage_report))
         .route("/admin/v1/backups", get(backups).post(create_backup))
 }
 
@@ -336,6 +337,54 @@ async fn create_backup(
             ),
         ],
         b.bytes,
+    )
+        .into_response())
+}
+
+/// `?from=&to=&by=feature|identity|user|host&format=table|csv|json`.
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: String,
+    to: String,
+    by: Option<String>,
+    format: Option<String>,
+}
+
+async fn usage_report(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(q): Query<UsageQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::domain::usage::{self, UsageBy, UsageFormat};
+    caller.need(Role::Monitor)?;
+    let from = usage::parse_time("--from", &q.from).map_err(ApiError::bad_request)?;
+    let to = usage::parse_time("--to", &q.to).map_err(ApiError::bad_request)?;
+    let by_name = q.by.as_deref().unwrap_or("feature");
+    let by: UsageBy = by_name.parse().map_err(ApiError::bad_request)?;
+    let format: UsageFormat = q
+        .format
+        .as_deref()
+        .unwrap_or("json")
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    let lines = app.usage_report(from, to, by).await?;
+    if format == UsageFormat::Json {
+        return Ok(Json(json!({
+            "from": from,
+            "to": to,
+            "by": by_name,
+            "lines": lines,
+        }))
+        .into_response());
+    }
+    let ty = if format == UsageFormat::Csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, ty)],
+        usage::render(&lines, by_name, format),
     )
         .into_response())
 }

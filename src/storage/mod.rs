@@ -35,6 +35,7 @@ use thiserror::Error;
 use crate::domain::seats::{Check, Grant, GrantRequest, LeaseInfo, LeaseRef, SeatError};
 use crate::domain::slots::{plan_resize, SlotState, SlotView};
 pub use crate::domain::slots::{usage_by_name, FeatureRow};
+pub use crate::domain::usage::{Denial, UsageEvent};
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -260,6 +261,7 @@ pub trait Storage:
     + AccessStore
     + ClusterStore
     + KeyStore
+    + UsageStore
 {
 }
 
@@ -272,6 +274,7 @@ impl<T> Storage for T where
         + AccessStore
         + ClusterStore
         + KeyStore
+        + UsageStore
 {
 }
 
@@ -489,6 +492,33 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;
     /// Replaces a sealed blob if it still equals `old`; true when replaced.
     async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+}
+
+/// Usage records (`*/usage.rs`): seat events are written by the
+/// database itself in the statement that changes the slot (a trigger,
+/// migrations/*/0010_usage_events.sql); this role appends denials, sweeps
+/// leases that expired unseen, reads a report window and purges old rows.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Appends `denials` with one multi-row INSERT (no seat change: best
+    /// effort, a crash may lose the batch).
+    async fn record_denials(&self, denials: &[Denial]) -> Result<()>;
+    /// Ends up to `limit` leases that expired without a release and whose
+    /// slot nobody reused: clears the holder of the expired row (a change
+    /// no promise rests on), so the trigger records their `expiry`. Returns
+    /// how many.
+    async fn sweep_expired(&self, limit: u32) -> Result<u64>;
+    /// Every event with `from <= at < to`, plus the grants before `from`
+    /// whose lease had no end before `from`, ordered by time; refused when
+    /// more than `limit` rows would be read.
+    async fn usage_window(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UsageEvent>>;
+    /// Deletes up to `limit` events older than `before`; returns how many.
+    async fn purge_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 }
 
 /// The planner's view of a feature's slots, from (slot_no, state, live)
