@@ -126,6 +126,7 @@ label_values!(
         RequestIdReused => "request_id_reused",
         LeaseEnded => "lease_ended",
         IdentityRefused => "identity_refused",
+        NotAssigned => "not_assigned",
         Unavailable => "unavailable",
     }
 );
@@ -488,6 +489,9 @@ impl Metrics {
                 (None, DenialReason::RequestIdReused)
             }
             Err(SeatFailure::Refused(SeatError::LeaseEnded(_))) => (None, DenialReason::LeaseEnded),
+            Err(SeatFailure::Refused(SeatError::NotAssigned(f))) => {
+                (Some(f), DenialReason::NotAssigned)
+            }
             Err(SeatFailure::Storage(_)) => (None, DenialReason::Unavailable),
         };
         self.denied(feature.map(String::as_str), reason);

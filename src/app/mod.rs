@@ -20,6 +20,7 @@
 
 mod access;
 mod admission;
+mod assignment;
 mod backup;
 mod clock;
 mod cluster;

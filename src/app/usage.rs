@@ -33,6 +33,7 @@ fn denial_reason(r: &Refused) -> Option<&'static str> {
             SeatError::UnknownFeature(_) => DenialReason::UnknownFeature,
             SeatError::RequestIdReused(_) => DenialReason::RequestIdReused,
             SeatError::LeaseEnded(_) => DenialReason::LeaseEnded,
+            SeatError::NotAssigned(_) => DenialReason::NotAssigned,
         },
         Refused::Seat(SeatFailure::Storage(_)) | Refused::Failed(_) => return None,
     };
@@ -44,8 +45,9 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 impl App {
-    /// A client's login ([`App::grant_login`]), with a refusal noted as a
-    /// usage denial.
+    /// A client's login: refused when the feature is not assigned to the
+    /// identity (app/assignment.rs), else [`App::grant_login`]; a refusal is
+    /// noted as a usage denial.
     pub async fn login(
         &self,
         session: &Session,
@@ -57,7 +59,13 @@ impl App {
             login.auth.host.clone(),
             login.addr.clone(),
         );
-        let r = self.grant_login(session, login).await;
+        let r = match self
+            .assignment_refusal(&session.identity_id, &login.feature)
+            .await
+        {
+            Ok(()) => self.grant_login(session, login).await,
+            Err(refused) => Err(refused),
+        };
         if let Err(why) = &r {
             if let Some(reason) = denial_reason(why) {
                 let (feature, user, host, addr) = noted;

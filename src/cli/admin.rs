@@ -151,6 +151,19 @@ pub enum IdentityCmd {
     Revoke {
         id: String,
     },
+    /// Let identity ID use FEATUREs (with `assignment = manual`; admin role).
+    Assign {
+        id: String,
+        #[arg(required = true)]
+        features: Vec<String>,
+    },
+    /// Take FEATUREs from identity ID (admin role). Leases it holds run on
+    /// until released or expired; new logins are refused.
+    Unassign {
+        id: String,
+        #[arg(required = true)]
+        features: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -378,6 +391,26 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         } => {
             api.call(M::DELETE, &format!("/admin/v1/identities/{id}"), None)
                 .await?
+        }
+        AdminCommand::Identity {
+            command: IdentityCmd::Assign { id, features },
+        } => {
+            api.call(
+                M::POST,
+                &format!("/admin/v1/identities/{id}/features"),
+                Some(Body::Json(json!({ "features": features }))),
+            )
+            .await?
+        }
+        AdminCommand::Identity {
+            command: IdentityCmd::Unassign { id, features },
+        } => {
+            api.call(
+                M::DELETE,
+                &format!("/admin/v1/identities/{id}/features"),
+                Some(Body::Json(json!({ "features": features }))),
+            )
+            .await?
         }
         AdminCommand::Token {
             command: TokenCmd::Create { name, role },

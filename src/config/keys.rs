@@ -170,6 +170,7 @@ pub const KEYS: &[Key] = &[
     key("backup", "backup_interval", Some("off"), Rule::Own),
     key("backup", "backup_dir", None, Rule::Own),
     key("backup", "backup_keep", Some("7"), Rule::Whole(1, 100_000)),
+    key("access", "assignment", Some("auto"), Rule::Own),
     key(
         "usage",
         "usage_retention",

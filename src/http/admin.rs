@@ -87,6 +87,12 @@ pub fn routes() -> Router<Arc<App>> {
             get(identities).post(create_identity),
         )
         .route("/admin/v1/identities/{id}", delete(revoke_identity))
+        .route(
+            "/admin/v1/identities/{id}/features",
+            get(identity_features)
+                .post(assign_features)
+                .delete(unassign_features),
+        )
         .route("/admin/v1/tokens", get(tokens).post(create_token))
         .route("/admin/v1/tokens/{id}", delete(revoke_token))
         .route("/admin/v1/cluster", get(cluster))
@@ -243,6 +249,57 @@ async fn revoke_identity(
     caller.need(Role::Admin)?;
     let report = app.revoke_identity(&id).await?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Body of assign / unassign: `{"features": ["cad", …]}`.
+#[derive(Deserialize)]
+struct FeatureList {
+    features: Vec<String>,
+}
+
+async fn identity_features(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(json!({
+        "identity": id,
+        "assignment": app.assignment(),
+        "features": app.assigned_features(&id).await?,
+    })))
+}
+
+async fn assign_features(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<FeatureList>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    let added = app.assign_features(&id, &body.features).await?;
+    Ok(Json(json!({
+        "identity": id,
+        "assignment": app.assignment(),
+        "added": added,
+        "features": app.assigned_features(&id).await?,
+    })))
+}
+
+async fn unassign_features(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<FeatureList>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    let removed = app.unassign_features(&id, &body.features).await?;
+    Ok(Json(json!({
+        "identity": id,
+        "assignment": app.assignment(),
+        "removed": removed,
+        "features": app.assigned_features(&id).await?,
+    })))
 }
 
 async fn tokens(State(app): State<Arc<App>>, caller: Caller) -> Res {

@@ -142,6 +142,15 @@ pub const TABLES: &[Table] = &[
         order_by: "id",
     },
     Table {
+        name: "identity_features",
+        columns: &[
+            col("identity_id", Text),
+            col("feature", Text),
+            col("assigned_at", Time),
+        ],
+        order_by: "identity_id, feature",
+    },
+    Table {
         name: "usage_events",
         columns: &[
             col("id", Int),

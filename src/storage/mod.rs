@@ -445,6 +445,14 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
     async fn tokens(&self) -> Result<Vec<TokenRow>>;
     async fn revoke_token(&self, id: &str) -> Result<bool>;
+
+    /// Assigns `features` to identity `id` (`assignment = manual`); ones
+    /// assigned already stay. How many were new.
+    async fn assign_features(&self, id: &str, features: &[String]) -> Result<u64>;
+    /// Takes `features` from identity `id`; how many it had.
+    async fn unassign_features(&self, id: &str, features: &[String]) -> Result<u64>;
+    /// The features assigned to identity `id`, by name.
+    async fn assigned_features(&self, id: &str) -> Result<Vec<String>>;
 }
 
 /// The cluster view: instance rows, heartbeats, drain and removal
