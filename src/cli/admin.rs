@@ -125,7 +125,14 @@ pub enum BackupCmd {
 #[derive(Subcommand, Debug)]
 pub enum LicenseCmd {
     List,
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+    },
+    /// Remove a license (admin role): its features stop granting; leases it
+    /// granted stay valid until released or expired, as after a shrink.
+    Remove {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -362,6 +369,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         AdminCommand::License {
             command: LicenseCmd::List,
         } => api.call(M::GET, "/admin/v1/licenses", None).await?,
+        AdminCommand::License {
+            command: LicenseCmd::Remove { id },
+        } => {
+            api.call(M::DELETE, &format!("/admin/v1/licenses/{id}"), None)
+                .await?
+        }
         AdminCommand::Features => api.call(M::GET, "/admin/v1/features", None).await?,
         AdminCommand::Lease {
             command: LeaseCmd::List,

@@ -78,6 +78,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/licenses", get(licenses).post(apply_license))
+        .route("/admin/v1/licenses/{id}", delete(remove_license))
         .route("/admin/v1/features", get(features))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{lease}", delete(release_lease))
@@ -162,6 +163,15 @@ async fn apply_license(State(app): State<Arc<App>>, caller: Caller, body: String
         "result": outcome,
         "features": v.def.features,
     })))
+}
+
+async fn remove_license(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    Ok(Json(app.remove_license(&id).await?))
 }
 
 async fn features(State(app): State<Arc<App>>, caller: Caller) -> Res {

@@ -414,6 +414,15 @@ pub trait LicenseStore: Send + Sync + 'static {
     ///
     /// [`plan_resize`]: crate::domain::slots::plan_resize
     async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome>;
+    /// Removes a license in one transaction: each of its features shrinks
+    /// to 0 seats exactly as when a license drops a feature (free slots
+    /// retire, held ones become retiring and stay valid until released or
+    /// expired, [`plan_resize`]), then the license row goes. Its feature
+    /// rows stay (0 seats) for the retiring leases and a later re-apply.
+    /// None when no such license; else how many features it had.
+    ///
+    /// [`plan_resize`]: crate::domain::slots::plan_resize
+    async fn remove_license(&self, license_id: &str) -> Result<Option<u64>>;
     /// Every stored license (sealed), by id.
     async fn licenses(&self) -> Result<Vec<StoredLicense>>;
     /// Every feature row with its slot counts, judged by the database clock.
