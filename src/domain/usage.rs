@@ -7,6 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
+/// A lease as the rows name it: (feature_id, slot_no, lease_gen, nonce).
+pub type LeaseKey = (i64, i64, i64, i64);
+
 /// One row of `usage_events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UsageEvent {
@@ -18,7 +21,7 @@ pub struct UsageEvent {
     pub event: String,
     pub feature: String,
     /// The lease (feature_id, slot_no, lease_gen, nonce); None for a denial.
-    pub lease: Option<(i64, i64, i64, i64)>,
+    pub lease: Option<LeaseKey>,
     pub identity: Option<String>,
     pub user: Option<String>,
     pub host: Option<String>,
@@ -110,7 +113,7 @@ pub fn report(
         });
     };
     // Each lease: (group key, start, end).
-    let mut starts: HashMap<(i64, i64, i64, i64), (String, DateTime<Utc>)> = HashMap::new();
+    let mut starts: HashMap<LeaseKey, (String, DateTime<Utc>)> = HashMap::new();
     let mut spans: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = Vec::new();
     for e in events {
         let k = key_of(e, by);
