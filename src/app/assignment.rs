@@ -30,6 +30,10 @@ impl App {
         identity: &str,
         feature: &str,
     ) -> Result<(), Refused> {
+        // A name no license can hold is refused as unknown by the grant.
+        if !crate::domain::valid_name(feature) {
+            return Ok(());
+        }
         match self.assigned(identity).await {
             Ok(None) => Ok(()),
             Ok(Some(list)) if list.iter().any(|f| f == feature) => Ok(()),
@@ -42,7 +46,7 @@ impl App {
                     .map(|_| feature);
                 self.metrics.denied(licensed, DenialReason::NotAssigned);
                 Err(Refused::Seat(SeatFailure::Refused(SeatError::NotAssigned(
-                    feature.chars().take(64).collect(),
+                    feature.to_string(),
                 ))))
             }
             Err(e) => Err(Refused::Failed(e)),
