@@ -131,6 +131,7 @@ label_values!(
         RequestIdReused => "request_id_reused",
         LeaseEnded => "lease_ended",
         IdentityRefused => "identity_refused",
+        NotAssigned => "not_assigned",
         Unavailable => "unavailable",
     }
 );
@@ -347,6 +348,7 @@ pub struct Metrics {
     denials: Family<DenialLabels, Counter>,
     releases: Family<OutcomeLabel, Counter>,
     force_releases: Counter,
+    usage_denials: Counter,
     expiries: Family<FeatureLabel, Counter>,
     heartbeat_leases: Family<AnswerLabel, Counter>,
     background_extensions: Counter,
@@ -382,6 +384,7 @@ impl Metrics {
             denials: Family::default(),
             releases: Family::default(),
             force_releases: Counter::default(),
+            usage_denials: Counter::default(),
             expiries: Family::default(),
             heartbeat_leases: Family::default(),
             background_extensions: Counter::default(),
@@ -415,6 +418,11 @@ impl Metrics {
             "floatlm_force_releases",
             "Leases ended by an operator (admin lease release)",
             m.force_releases.clone(),
+        );
+        r.register(
+            "floatlm_usage_denials_recorded",
+            "Denials this instance wrote as usage records (seat events are written by the database's trigger)",
+            m.usage_denials.clone(),
         );
         r.register(
             "floatlm_lease_expiries",
@@ -509,6 +517,9 @@ impl Metrics {
                 (None, DenialReason::RequestIdReused)
             }
             Err(SeatFailure::Refused(SeatError::LeaseEnded(_))) => (None, DenialReason::LeaseEnded),
+            Err(SeatFailure::Refused(SeatError::NotAssigned(f))) => {
+                (Some(f), DenialReason::NotAssigned)
+            }
             Err(SeatFailure::Storage(_)) => (None, DenialReason::Unavailable),
         };
         self.denied(feature.map(String::as_str), reason);
@@ -520,6 +531,11 @@ impl Metrics {
 
     pub fn force_released(&self) {
         self.force_releases.inc();
+    }
+
+    /// `n` denials written as usage records.
+    pub fn usage_denials_recorded(&self, n: u64) {
+        self.usage_denials.inc_by(n);
     }
 
     /// A lease found expired without a release (for the code that can tell

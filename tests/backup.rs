@@ -265,12 +265,24 @@ async fn a_cluster_backup_restores_into_a_fresh_database_without_its_leases() {
         "restore of a MariaDB backup into SQLite",
     );
     for (table, n) in counts(&lite).await {
+        // A restore ends every lease its usage records show open (leases
+        // are not restorable): one `force_release` row with reason
+        // `restore` each, beside every restored row.
+        let added = if table == "usage_events" {
+            restore_ends(&lite).await
+        } else {
+            0
+        };
         assert_eq!(
-            Some(n as u64),
+            Some(n as u64 - added),
             m["counts"][table].as_u64(),
             "{table} restored into SQLite"
         );
     }
+    assert!(
+        restore_ends(&lite).await >= 1,
+        "the lease held at backup time ends in the usage records"
+    );
     let pubkey = d.join("vendor/vendor.pub").display().to_string();
     let n = cluster_instance(
         d,
@@ -452,6 +464,21 @@ async fn counts(url: &str) -> Vec<(&'static str, i64)> {
     let cfg = l.build().unwrap();
     let storage = floatlm::app::open_storage(&cfg).await.unwrap();
     storage.restorable_rows().await.unwrap()
+}
+
+/// Usage rows a restore added to end the leases it did not bring back.
+async fn restore_ends(url: &str) -> u64 {
+    let mut l = floatlm::config::Layers::default();
+    l.flag("database_url", Some(url));
+    l.flag("master_key", Some(MASTER_KEY_1));
+    let cfg = l.build().unwrap();
+    let storage = floatlm::app::open_storage(&cfg).await.unwrap();
+    let from = chrono::DateTime::<chrono::Utc>::from_timestamp(0, 0).unwrap();
+    let to = chrono::Utc::now() + chrono::Duration::days(1);
+    let rows = storage.usage_window(from, to, 1_000_000).await.unwrap();
+    rows.iter()
+        .filter(|e| e.event == "force_release" && e.reason.as_deref() == Some("restore"))
+        .count() as u64
 }
 
 /// Tampered, truncated, wrong-key, unknown-key, future-version and

@@ -697,4 +697,9 @@ async fn random_clients_never_hold_more_promises_than_seats() {
         Ok(peak) => eprintln!("promise run: held; peak leases per feature {peak:?}"),
         Err(e) => panic!("seed {seed} (rerun with FLOATLM_PROMISE_SEED={seed}):\n{e}"),
     }
+    // The usage records of the run agree with the grants the checker saw.
+    match common::promise::usage_consistent(&cluster.db, &records, &cluster.seats).await {
+        Ok(n) => eprintln!("promise run: {n} usage rows consistent with the answers"),
+        Err(e) => panic!("seed {seed}: usage records disagree with the run:\n{e}"),
+    }
 }

@@ -203,7 +203,8 @@ impl App {
         }
     }
 
-    /// Periodic upkeep: integrity check and request-id purge, until `stop`.
+    /// Periodic upkeep: integrity check, request-id purge and usage records
+    /// (app/usage.rs), until `stop`.
     pub async fn maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(self.config.integrity_interval);
         tick.tick().await;
@@ -241,6 +242,7 @@ impl App {
             if let Err(e) = self.storage.purge_requests(REQUEST_ID_RETENTION).await {
                 tracing::warn!(error = %e, "could not purge old request ids");
             }
+            self.usage_upkeep().await;
         }
     }
 }

@@ -107,6 +107,36 @@ impl App {
         Ok((outcome, v))
     }
 
+    /// Removes license `license_id`: its features stop granting at once on
+    /// every instance (grants read the seats column); leases it granted are
+    /// kept like a shrink keeps them (retiring: valid until released or
+    /// expired, never revoked, docs/seats.md). Answers how many features it
+    /// had and how many of its leases are still live.
+    pub async fn remove_license(&self, license_id: &str) -> Result<serde_json::Value, AppError> {
+        let Some(features) = self.storage.remove_license(license_id).await? else {
+            return Err(AppError::NotFound(format!(
+                "no license '{}'",
+                license_id.chars().take(64).collect::<String>()
+            )));
+        };
+        let held = self
+            .storage
+            .feature_rows()
+            .await?
+            .iter()
+            .filter(|r| r.license_id == license_id)
+            .map(|r| r.used)
+            .sum::<i64>();
+        tracing::info!(license = %license_id, features, held, "license removed");
+        self.verify_integrity().await?;
+        self.usage_cache.clear();
+        Ok(serde_json::json!({
+            "removed": license_id,
+            "features": features,
+            "leases_kept": held,
+        }))
+    }
+
     /// Whether a stored license opens and would verify but for a vendor key
     /// this instance does not trust.
     pub(super) fn only_vendor_key_untrusted(&self, license_id: &str, sealed: &[u8]) -> bool {

@@ -20,6 +20,7 @@
 
 mod access;
 mod admission;
+mod assignment;
 mod backup;
 mod clock;
 mod cluster;
@@ -28,6 +29,7 @@ mod licenses;
 mod scrape;
 mod seats;
 mod tickets;
+mod usage;
 
 pub use access::{Admission, IdentityView, RevokeReport, TokenView};
 pub use admission::SessionRefusal;
@@ -198,6 +200,8 @@ pub struct App {
     health_cache: crate::cache::Cached<Result<(), String>>,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Refused logins not yet written as usage records (app/usage.rs).
+    denials: std::sync::Mutex<Vec<crate::domain::usage::Denial>>,
 }
 
 /// Heartbeat answers per lease since start, by how they were reached.
@@ -309,6 +313,7 @@ impl App {
             usage_cache: crate::cache::Cached::new(USAGE_CACHE),
             health_cache: crate::cache::Cached::new(HEALTH_CACHE),
             metrics,
+            denials: Default::default(),
             config,
         });
         app.sync_clock().await?;

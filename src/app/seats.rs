@@ -48,7 +48,11 @@ impl App {
     /// identity refused while the grant ran is never told of its lease: the
     /// lease ends like an operator's force release (a resent login of it on
     /// another instance may have promised it).
-    pub async fn login(&self, session: &Session, login: Login) -> Result<LoginGrant, Refused> {
+    pub(super) async fn grant_login(
+        &self,
+        session: &Session,
+        login: Login,
+    ) -> Result<LoginGrant, Refused> {
         let Login {
             feature,
             request_id,

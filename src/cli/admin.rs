@@ -81,6 +81,31 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: BackupCmd,
     },
+    /// Usage records (docs/operations.md, "Usage records").
+    Usage {
+        #[command(subcommand)]
+        command: UsageCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsageCmd {
+    /// Checkouts, seat-hours, peak concurrency and denials over [--from,
+    /// --to), per group (monitor role).
+    Report {
+        /// Start, inclusive: a date (2026-01-01, midnight UTC) or RFC 3339.
+        #[arg(long)]
+        from: String,
+        /// End, exclusive: a date or RFC 3339.
+        #[arg(long)]
+        to: String,
+        /// Group by feature, identity, user or host.
+        #[arg(long, default_value = "feature")]
+        by: String,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -100,7 +125,14 @@ pub enum BackupCmd {
 #[derive(Subcommand, Debug)]
 pub enum LicenseCmd {
     List,
-    Apply { file: PathBuf },
+    Apply {
+        file: PathBuf,
+    },
+    /// Remove a license (admin role): its features stop granting; leases it
+    /// granted stay valid until released or expired, as after a shrink.
+    Remove {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +157,19 @@ pub enum IdentityCmd {
     List,
     Revoke {
         id: String,
+    },
+    /// Let identity ID use FEATUREs (with `assignment = manual`; admin role).
+    Assign {
+        id: String,
+        #[arg(required = true)]
+        features: Vec<String>,
+    },
+    /// Take FEATUREs from identity ID (admin role). Leases it holds run on
+    /// until released or expired; new logins are refused.
+    Unassign {
+        id: String,
+        #[arg(required = true)]
+        features: Vec<String>,
     },
 }
 
@@ -324,6 +369,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         AdminCommand::License {
             command: LicenseCmd::List,
         } => api.call(M::GET, "/admin/v1/licenses", None).await?,
+        AdminCommand::License {
+            command: LicenseCmd::Remove { id },
+        } => {
+            api.call(M::DELETE, &format!("/admin/v1/licenses/{id}"), None)
+                .await?
+        }
         AdminCommand::Features => api.call(M::GET, "/admin/v1/features", None).await?,
         AdminCommand::Lease {
             command: LeaseCmd::List,
@@ -353,6 +404,26 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         } => {
             api.call(M::DELETE, &format!("/admin/v1/identities/{id}"), None)
                 .await?
+        }
+        AdminCommand::Identity {
+            command: IdentityCmd::Assign { id, features },
+        } => {
+            api.call(
+                M::POST,
+                &format!("/admin/v1/identities/{id}/features"),
+                Some(Body::Json(json!({ "features": features }))),
+            )
+            .await?
+        }
+        AdminCommand::Identity {
+            command: IdentityCmd::Unassign { id, features },
+        } => {
+            api.call(
+                M::DELETE,
+                &format!("/admin/v1/identities/{id}/features"),
+                Some(Body::Json(json!({ "features": features }))),
+            )
+            .await?
         }
         AdminCommand::Token {
             command: TokenCmd::Create { name, role },
@@ -423,6 +494,34 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<std::process::ExitCode> {
         AdminCommand::Backup {
             command: BackupCmd::List,
         } => api.call(M::GET, "/admin/v1/backups", None).await?,
+        AdminCommand::Usage {
+            command:
+                UsageCmd::Report {
+                    from,
+                    to,
+                    by,
+                    format,
+                },
+        } => {
+            let format: crate::domain::usage::UsageFormat =
+                format.parse().map_err(anyhow::Error::msg)?;
+            let mut url = reqwest::Url::parse("http://x/admin/v1/usage/report")?;
+            url.query_pairs_mut()
+                .append_pair("from", from)
+                .append_pair("to", to)
+                .append_pair("by", by)
+                .append_pair("format", "json");
+            let path = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            let v = api.call(M::GET, &path, None).await?;
+            if !args.json {
+                let lines: Vec<crate::domain::usage::UsageLine> =
+                    serde_json::from_value(v["lines"].clone())
+                        .context("the server's usage report is not of the expected form")?;
+                print!("{}", crate::domain::usage::render(&lines, by, format));
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            v
+        }
     };
     let problem = matches!(args.command, AdminCommand::Verify)
         && v["refused"].as_object().is_some_and(|r| !r.is_empty());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::reader::Reader;
 use super::sources::{Layers, Source};
 use super::values::{parse_duration, redact_url, valid_log_filter};
-use super::{invalid, Config, ConfigError, DatabaseConfig, LogFormat};
+use super::{invalid, Assignment, Config, ConfigError, DatabaseConfig, LogFormat};
 use crate::crypto::keyring::{parse_key_list, MasterKey};
 use crate::crypto::Secret;
 use crate::domain::license::VendorKey;
@@ -62,6 +62,8 @@ impl Layers {
         };
         r.show("backup_dir", backup_dir.display());
         let backup_keep = r.whole("backup_keep")?;
+        let usage_retention = r.seconds("usage_retention")?;
+        let assignment = assignment(r)?;
         let log_format = log_format(r)?;
         let log_level = log_level(r)?;
         Ok(Config {
@@ -94,6 +96,8 @@ impl Layers {
             backup_interval,
             backup_dir,
             backup_keep,
+            usage_retention,
+            assignment,
             log_format,
             log_level,
             sources: reader.sources,
@@ -442,6 +446,24 @@ fn log_format(r: &mut Reader) -> Result<LogFormat, ConfigError> {
     };
     r.show("log_format", &lf.0);
     Ok(log_format)
+}
+
+/// `assignment`: auto (every identity may use every feature) or manual.
+fn assignment(r: &mut Reader) -> Result<Assignment, ConfigError> {
+    let a = r.take("assignment").unwrap_or_default();
+    let assignment = match a.0.as_str() {
+        "auto" => Assignment::Auto,
+        "manual" => Assignment::Manual,
+        other => {
+            return Err(invalid(
+                "assignment",
+                &a.1,
+                format!("'{other}' is not auto or manual"),
+            ))
+        }
+    };
+    r.show("assignment", &a.0);
+    Ok(assignment)
 }
 
 /// `log_level`: levels or TARGET=LEVEL directives.

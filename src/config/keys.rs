@@ -171,6 +171,13 @@ pub const KEYS: &[Key] = &[
     key("backup", "backup_interval", Some("off"), Rule::Own),
     key("backup", "backup_dir", None, Rule::Own),
     key("backup", "backup_keep", Some("7"), Rule::Whole(1, 100_000)),
+    key("access", "assignment", Some("auto"), Rule::Own),
+    key(
+        "usage",
+        "usage_retention",
+        Some("400d"),
+        Rule::Seconds(86400.0, 36500.0 * 86400.0),
+    ),
     key("logging", "log_format", Some("text"), Rule::Own),
     key("logging", "log_level", Some("info"), Rule::Own),
 ];

@@ -56,6 +56,16 @@ pub enum ConfigError {
     Missing(String),
 }
 
+/// `assignment`: which features an identity may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Assignment {
+    /// Every identity may use every feature.
+    Auto,
+    /// Only the features assigned to it (`admin identity assign`).
+    Manual,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -93,6 +103,10 @@ pub struct Config {
     /// write while more than `lease_ttl` of it remains.
     pub lease_hold: Duration,
     pub integrity_interval: Duration,
+    /// How long usage records are kept (purged by the maintenance loop).
+    pub usage_retention: Duration,
+    /// Which features an identity may see and check out.
+    pub assignment: Assignment,
     /// How often this instance refreshes its row in the cluster view; it
     /// counts as down after three missed refreshes.
     pub cluster_heartbeat: Duration,

@@ -4,6 +4,7 @@ pub mod identity;
 pub mod license;
 pub mod seats;
 pub mod slots;
+pub mod usage;
 
 /// Whether a name is a safe identifier for features, licenses and the like:
 /// 1-64 characters of `A-Z a-z 0-9 _ . -`, starting with a letter or digit.

@@ -290,6 +290,10 @@ pub enum SeatError {
     Refused(String, String),
     #[error("request id '{0}' was already used for a different request")]
     RequestIdReused(String),
+    /// `assignment = manual` and the feature is not assigned to the
+    /// identity that asked.
+    #[error("No license: feature '{0}' is not assigned to this identity")]
+    NotAssigned(String),
     /// A resent login whose lease is no longer held: the answer repeats only
     /// what is still true.
     #[error("lease {0} of this request has ended (released, expired or taken over): log in again with a new request id")]

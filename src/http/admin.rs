@@ -3,7 +3,7 @@
 //! instances, admin does everything. `GET /metrics` (Prometheus) is here too: monitor, or anyone
 //! when `metrics_public = true`.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -78,6 +78,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/licenses", get(licenses).post(apply_license))
+        .route("/admin/v1/licenses/{id}", delete(remove_license))
         .route("/admin/v1/features", get(features))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{lease}", delete(release_lease))
@@ -87,6 +88,12 @@ pub fn routes() -> Router<Arc<App>> {
             get(identities).post(create_identity),
         )
         .route("/admin/v1/identities/{id}", delete(revoke_identity))
+        .route(
+            "/admin/v1/identities/{id}/features",
+            get(identity_features)
+                .post(assign_features)
+                .delete(unassign_features),
+        )
         .route("/admin/v1/tokens", get(tokens).post(create_token))
         .route("/admin/v1/tokens/{id}", delete(revoke_token))
         .route("/admin/v1/cluster", get(cluster))
@@ -95,6 +102,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/v1/rotate-key", post(rotate_key))
         .route("/admin/v1/verify", post(verify))
         .route("/metrics", get(metrics))
+        .route("/admin/v1/usage/report", get(usage_report))
         .route("/admin/v1/backups", get(backups).post(create_backup))
 }
 
@@ -161,6 +169,15 @@ async fn apply_license(State(app): State<Arc<App>>, caller: Caller, body: String
         "result": outcome,
         "features": v.def.features,
     })))
+}
+
+async fn remove_license(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    Ok(Json(app.remove_license(&id).await?))
 }
 
 async fn features(State(app): State<Arc<App>>, caller: Caller) -> Res {
@@ -248,6 +265,57 @@ async fn revoke_identity(
     caller.need(Role::Admin)?;
     let report = app.revoke_identity(&id).await?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Body of assign / unassign: `{"features": ["cad", …]}`.
+#[derive(Deserialize)]
+struct FeatureList {
+    features: Vec<String>,
+}
+
+async fn identity_features(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
+    caller.need(Role::Monitor)?;
+    Ok(Json(json!({
+        "identity": id,
+        "assignment": app.assignment(),
+        "features": app.assigned_features(&id).await?,
+    })))
+}
+
+async fn assign_features(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<FeatureList>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    let added = app.assign_features(&id, &body.features).await?;
+    Ok(Json(json!({
+        "identity": id,
+        "assignment": app.assignment(),
+        "added": added,
+        "features": app.assigned_features(&id).await?,
+    })))
+}
+
+async fn unassign_features(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<FeatureList>,
+) -> Res {
+    caller.need(Role::Admin)?;
+    let removed = app.unassign_features(&id, &body.features).await?;
+    Ok(Json(json!({
+        "identity": id,
+        "assignment": app.assignment(),
+        "removed": removed,
+        "features": app.assigned_features(&id).await?,
+    })))
 }
 
 async fn tokens(State(app): State<Arc<App>>, caller: Caller) -> Res {
@@ -342,6 +410,54 @@ async fn create_backup(
             ),
         ],
         b.bytes,
+    )
+        .into_response())
+}
+
+/// `?from=&to=&by=feature|identity|user|host&format=table|csv|json`.
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: String,
+    to: String,
+    by: Option<String>,
+    format: Option<String>,
+}
+
+async fn usage_report(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    Query(q): Query<UsageQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::domain::usage::{self, UsageBy, UsageFormat};
+    caller.need(Role::Monitor)?;
+    let from = usage::parse_time("--from", &q.from).map_err(ApiError::bad_request)?;
+    let to = usage::parse_time("--to", &q.to).map_err(ApiError::bad_request)?;
+    let by_name = q.by.as_deref().unwrap_or("feature");
+    let by: UsageBy = by_name.parse().map_err(ApiError::bad_request)?;
+    let format: UsageFormat = q
+        .format
+        .as_deref()
+        .unwrap_or("json")
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    let lines = app.usage_report(from, to, by).await?;
+    if format == UsageFormat::Json {
+        return Ok(Json(json!({
+            "from": from,
+            "to": to,
+            "by": by_name,
+            "lines": lines,
+        }))
+        .into_response());
+    }
+    let ty = if format == UsageFormat::Csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, ty)],
+        usage::render(&lines, by_name, format),
     )
         .into_response())
 }

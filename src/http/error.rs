@@ -96,6 +96,7 @@ impl From<SeatError> for ApiError {
             }
             SeatError::Expired(_) => Self::new(StatusCode::FORBIDDEN, "license_expired", msg),
             SeatError::Refused(..) => Self::new(StatusCode::FORBIDDEN, "license_refused", msg),
+            SeatError::NotAssigned(_) => Self::new(StatusCode::FORBIDDEN, "not_assigned", msg),
             SeatError::RequestIdReused(_) => {
                 Self::new(StatusCode::CONFLICT, "request_id_reused", msg)
             }

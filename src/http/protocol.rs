@@ -339,6 +339,7 @@ fn seat_error(e: SeatFailure) -> Reply {
         SeatError::UnknownFeature(_) => no_license(reason::UNKNOWN_FEATURE, message),
         SeatError::Expired(_) => no_license(reason::LICENSE_EXPIRED, message),
         SeatError::Refused(..) => no_license(reason::LICENSE_REFUSED, message),
+        SeatError::NotAssigned(_) => no_license(reason::NOT_ASSIGNED, message),
         SeatError::RequestIdReused(_) => Reply::Error {
             code: ErrorCode::BadRequest,
             reason: None,
@@ -379,7 +380,7 @@ fn refused(r: Refused) -> Reply {
 async fn handle(app: &App, session: &Session, addr: String, instance: &str, req: Request) -> Reply {
     let identity = session.identity_id.as_str();
     match req {
-        Request::Info { features } => match app.features_cached().await {
+        Request::Info { features } => match app.features_for(identity).await {
             Ok(all) => Reply::Info {
                 features: all
                     .iter()

@@ -141,7 +141,51 @@ pub const TABLES: &[Table] = &[
         columns: &[col("id", Int), col("sealed", Bytes)],
         order_by: "id",
     },
+    Table {
+        name: "identity_features",
+        columns: &[
+            col("identity_id", Text),
+            col("feature", Text),
+            col("assigned_at", Time),
+        ],
+        order_by: "identity_id, feature",
+    },
+    Table {
+        name: "usage_events",
+        columns: &[
+            col("id", Int),
+            col("at", Time),
+            col("event", Text),
+            col("feature", Text),
+            opt("feature_id", Int),
+            opt("slot_no", Int),
+            opt("lease_gen", Int),
+            opt("lease_nonce", Int),
+            opt("identity", Text),
+            opt("user", Text),
+            opt("host", Text),
+            opt("address", Text),
+            opt("instance", Text),
+            opt("reason", Text),
+        ],
+        order_by: "id",
+    },
 ];
+
+/// After a restore: every lease the restored usage records show granted
+/// and not ended is lost (leases are not restorable), so it ends here as a
+/// force release with reason `restore`, at the restore's database time.
+/// `{now}` is the backend's clock expression.
+pub const END_RESTORED_LEASES: &str =
+    "INSERT INTO usage_events (at, event, feature, feature_id, slot_no, lease_gen, lease_nonce,
+                               identity, user, host, address, instance, reason)
+     SELECT {now}, 'force_release', g.feature, g.feature_id, g.slot_no, g.lease_gen, g.lease_nonce,
+            g.identity, g.user, g.host, g.address, g.instance, 'restore'
+     FROM usage_events g
+     WHERE g.event = 'grant' AND NOT EXISTS (
+         SELECT 1 FROM usage_events e
+         WHERE e.feature_id = g.feature_id AND e.slot_no = g.slot_no AND e.lease_gen = g.lease_gen
+           AND e.lease_nonce = g.lease_nonce AND e.event <> 'grant')";
 
 /// The declaration of table `name`, if backups hold it.
 pub fn table(name: &str) -> Option<&'static Table> {

@@ -35,6 +35,7 @@ use thiserror::Error;
 use crate::domain::seats::{Check, Grant, GrantRequest, LeaseInfo, LeaseRef, SeatError};
 use crate::domain::slots::{plan_resize, SlotState, SlotView};
 pub use crate::domain::slots::{usage_by_name, FeatureRow};
+pub use crate::domain::usage::{Denial, UsageEvent};
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -260,6 +261,7 @@ pub trait Storage:
     + AccessStore
     + ClusterStore
     + KeyStore
+    + UsageStore
 {
 }
 
@@ -272,6 +274,7 @@ impl<T> Storage for T where
         + AccessStore
         + ClusterStore
         + KeyStore
+        + UsageStore
 {
 }
 
@@ -420,6 +423,15 @@ pub trait LicenseStore: Send + Sync + 'static {
     ///
     /// [`plan_resize`]: crate::domain::slots::plan_resize
     async fn apply_license(&self, lic: &LicenseRecord) -> Result<ApplyOutcome>;
+    /// Removes a license in one transaction: each of its features shrinks
+    /// to 0 seats exactly as when a license drops a feature (free slots
+    /// retire, held ones become retiring and stay valid until released or
+    /// expired, [`plan_resize`]), then the license row goes. Its feature
+    /// rows stay (0 seats) for the retiring leases and a later re-apply.
+    /// None when no such license; else how many features it had.
+    ///
+    /// [`plan_resize`]: crate::domain::slots::plan_resize
+    async fn remove_license(&self, license_id: &str) -> Result<Option<u64>>;
     /// Every stored license (sealed), by id.
     async fn licenses(&self) -> Result<Vec<StoredLicense>>;
     /// Every feature row with its slot counts, judged by the database clock.
@@ -451,6 +463,14 @@ pub trait AccessStore: Send + Sync + 'static {
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>>;
     async fn tokens(&self) -> Result<Vec<TokenRow>>;
     async fn revoke_token(&self, id: &str) -> Result<bool>;
+
+    /// Assigns `features` to identity `id` (`assignment = manual`); ones
+    /// assigned already stay. How many were new.
+    async fn assign_features(&self, id: &str, features: &[String]) -> Result<u64>;
+    /// Takes `features` from identity `id`; how many it had.
+    async fn unassign_features(&self, id: &str, features: &[String]) -> Result<u64>;
+    /// The features assigned to identity `id`, by name.
+    async fn assigned_features(&self, id: &str) -> Result<Vec<String>>;
 }
 
 /// The cluster view: instance rows, heartbeats, drain and removal
@@ -498,6 +518,33 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;
     /// Replaces a sealed blob if it still equals `old`; true when replaced.
     async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+}
+
+/// Usage records (`*/usage.rs`): seat events are written by the
+/// database itself in the statement that changes the slot (a trigger,
+/// migrations/*/0010_usage_events.sql); this role appends denials, sweeps
+/// leases that expired unseen, reads a report window and purges old rows.
+#[async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Appends `denials` with one multi-row INSERT (no seat change: best
+    /// effort, a crash may lose the batch).
+    async fn record_denials(&self, denials: &[Denial]) -> Result<()>;
+    /// Ends up to `limit` leases that expired without a release and whose
+    /// slot nobody reused: clears the holder of the expired row (a change
+    /// no promise rests on), so the trigger records their `expiry`. Returns
+    /// how many.
+    async fn sweep_expired(&self, limit: u32) -> Result<u64>;
+    /// Every event with `from <= at < to`, plus the grants before `from`
+    /// whose lease had no end before `from`, ordered by time; refused when
+    /// more than `limit` rows would be read.
+    async fn usage_window(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<UsageEvent>>;
+    /// Deletes up to `limit` events older than `before`; returns how many.
+    async fn purge_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64>;
 }
 
 /// The planner's view of a feature's slots, from (slot_no, state, live)

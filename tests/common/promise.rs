@@ -1427,3 +1427,93 @@ impl PromiseServers {
             .collect()
     }
 }
+
+// ------------------------------------------------------ usage records
+
+/// Checks the usage records of a run (the database's `usage_events`, written
+/// by the slot trigger in each seat change's own statement) against what
+/// the checker saw: every lease a `granted` answer named has exactly one
+/// `grant` row; no lease has two grants or two endings, nor an ending
+/// before its grant; and the leases' in-use intervals from the rows never
+/// overlap beyond each feature's seats. Grants whose answers were lost may
+/// have rows the checker never saw (they were committed): those are fine.
+pub async fn usage_consistent(
+    db: &TestDb,
+    records: &[Record],
+    seats: &BTreeMap<String, usize>,
+) -> Result<usize, String> {
+    use floatlm::domain::seats::LeaseRef;
+    use floatlm::domain::usage::{report, UsageBy, UsageEvent};
+    use floatlm::storage::UsageStore;
+    let storage = floatlm::storage::mysql::MySqlStorage::connect(&db.url, 2)
+        .await
+        .map_err(|e| format!("cannot open the run's database: {e}"))?;
+    let from = chrono::DateTime::<chrono::Utc>::from_timestamp(0, 0).unwrap();
+    let to = chrono::Utc::now() + chrono::Duration::days(1);
+    let events: Vec<UsageEvent> = storage
+        .usage_window(from, to, 10_000_000)
+        .await
+        .map_err(|e| format!("cannot read usage_events: {e}"))?;
+    let mut grants: HashMap<(i64, i64, i64, i64), Vec<&UsageEvent>> = HashMap::new();
+    let mut ends: HashMap<(i64, i64, i64, i64), Vec<&UsageEvent>> = HashMap::new();
+    for e in &events {
+        let Some(l) = e.lease else { continue };
+        match e.event.as_str() {
+            "grant" => grants.entry(l).or_default().push(e),
+            "release" | "expiry" | "force_release" => ends.entry(l).or_default().push(e),
+            other => return Err(format!("unknown usage event '{other}' for lease {l:?}")),
+        }
+    }
+    let mut problems = Vec::new();
+    let seen: BTreeSet<&str> = records.iter().filter_map(|r| r.granted()).collect();
+    for lease in &seen {
+        let l: LeaseRef = lease
+            .parse()
+            .map_err(|e| format!("granted lease id {lease}: {e}"))?;
+        let key = (l.feature_id, l.slot_no, l.lease_gen, l.nonce);
+        let n = grants.get(&key).map_or(0, Vec::len);
+        if n != 1 {
+            problems.push(format!("lease {lease} was granted but has {n} grant rows"));
+        }
+    }
+    for (l, g) in &grants {
+        if g.len() > 1 {
+            problems.push(format!("lease {l:?} has {} grant rows", g.len()));
+        }
+    }
+    for (l, e) in &ends {
+        if e.len() > 1 {
+            problems.push(format!(
+                "lease {l:?} ended {} times: {:?}",
+                e.len(),
+                e.iter().map(|x| &x.event).collect::<Vec<_>>()
+            ));
+        }
+        match grants.get(l) {
+            None => problems.push(format!(
+                "lease {l:?} ended ({}) but was never granted",
+                e[0].event
+            )),
+            Some(g) if e[0].at < g[0].at => problems.push(format!(
+                "lease {l:?} ended at {} before its grant at {}",
+                e[0].at, g[0].at
+            )),
+            _ => {}
+        }
+    }
+    let now = chrono::Utc::now();
+    for line in report(&events, from, now, now, UsageBy::Feature) {
+        let n = seats.get(&line.key).copied().unwrap_or(0);
+        if line.peak_concurrency as usize > n {
+            problems.push(format!(
+                "the usage rows of '{}' show {} leases in use at once; it has {n} seats",
+                line.key, line.peak_concurrency
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(events.len())
+    } else {
+        Err(problems.join("\n"))
+    }
+}

@@ -85,6 +85,9 @@ enum FloatlmNoLicenseReason
   FLOATLM_NO_LICENSE_REASON_LICENSE_REFUSED = 5,
   // Another reason; the message has the server's words.
   FLOATLM_NO_LICENSE_REASON_OTHER = 6,
+  // The server assigns features per identity (`assignment = manual`) and
+  // this feature is not assigned to this identity.
+  FLOATLM_NO_LICENSE_REASON_NOT_ASSIGNED = 7,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

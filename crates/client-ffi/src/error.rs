@@ -63,6 +63,9 @@ pub enum FloatlmNoLicenseReason {
     LicenseRefused = 5,
     /// Another reason; the message has the server's words.
     Other = 6,
+    /// The server assigns features per identity (`assignment = manual`) and
+    /// this feature is not assigned to this identity.
+    NotAssigned = 7,
 }
 
 /// Room for the message in `FloatlmError`, NUL included.
@@ -139,6 +142,7 @@ fn no_license_reason(r: &NoLicenseReason) -> FloatlmNoLicenseReason {
         NoLicenseReason::LicenseExpired => FloatlmNoLicenseReason::LicenseExpired,
         NoLicenseReason::UnknownFeature => FloatlmNoLicenseReason::UnknownFeature,
         NoLicenseReason::LicenseRefused => FloatlmNoLicenseReason::LicenseRefused,
+        NoLicenseReason::NotAssigned => FloatlmNoLicenseReason::NotAssigned,
         NoLicenseReason::Other(_) => FloatlmNoLicenseReason::Other,
     }
 }
@@ -210,6 +214,7 @@ pub extern "C" fn floatlm_no_license_reason_name(reason: i32) -> *const c_char {
         4 => b"FLOATLM_NO_LICENSE_REASON_UNKNOWN_FEATURE\0",
         5 => b"FLOATLM_NO_LICENSE_REASON_LICENSE_REFUSED\0",
         6 => b"FLOATLM_NO_LICENSE_REASON_OTHER\0",
+        7 => b"FLOATLM_NO_LICENSE_REASON_NOT_ASSIGNED\0",
         _ => b"FLOATLM_NO_LICENSE_REASON_UNKNOWN\0",
     };
     s.as_ptr() as *const c_char

@@ -333,7 +333,7 @@ fn freeing_and_naming_accept_what_they_can_and_refuse_the_rest() {
             let name = CStr::from_ptr(floatlm_status_name(code));
             assert_eq!(name.to_str().unwrap(), "FLOATLM_STATUS_UNKNOWN");
         }
-        for reason in [-1, 7, i32::MAX] {
+        for reason in [-1, 8, i32::MAX] {
             let name = CStr::from_ptr(floatlm_no_license_reason_name(reason));
             assert_eq!(name.to_str().unwrap(), "FLOATLM_NO_LICENSE_REASON_UNKNOWN");
         }

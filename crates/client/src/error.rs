@@ -9,6 +9,9 @@ pub enum NoLicenseReason {
     UnknownFeature,
     /// The license failed the server's integrity check.
     LicenseRefused,
+    /// The server assigns features per identity (`assignment = manual`) and
+    /// this feature is not assigned to this identity.
+    NotAssigned,
     Other(String),
 }
 
@@ -21,6 +24,7 @@ impl NoLicenseReason {
             Some(r::LICENSE_EXPIRED) => NoLicenseReason::LicenseExpired,
             Some(r::UNKNOWN_FEATURE) => NoLicenseReason::UnknownFeature,
             Some(r::LICENSE_REFUSED) => NoLicenseReason::LicenseRefused,
+            Some(r::NOT_ASSIGNED) => NoLicenseReason::NotAssigned,
             other => NoLicenseReason::Other(other.unwrap_or("unspecified").to_string()),
         }
     }
@@ -34,6 +38,7 @@ impl fmt::Display for NoLicenseReason {
             NoLicenseReason::LicenseExpired => "license expired",
             NoLicenseReason::UnknownFeature => "unknown feature",
             NoLicenseReason::LicenseRefused => "license refused by the server's integrity check",
+            NoLicenseReason::NotAssigned => "feature not assigned to this identity",
             NoLicenseReason::Other(s) => s,
         })
     }

@@ -323,6 +323,8 @@ pub mod reason {
     pub const LICENSE_EXPIRED: &str = "license_expired";
     pub const LICENSE_REFUSED: &str = "license_refused";
     pub const AUTH_DENIED: &str = "auth_denied";
+    /// `assignment = manual` and the feature is not assigned to the identity.
+    pub const NOT_ASSIGNED: &str = "not_assigned";
 }
 
 #[cfg(test)]

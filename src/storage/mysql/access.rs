@@ -173,4 +173,39 @@ impl AccessStore for MySqlStorage {
         .await?;
         Ok(r.rows_affected() == 1)
     }
+
+    async fn assign_features(&self, id: &str, features: &[String]) -> Result<u64> {
+        if features.is_empty() {
+            return Ok(0);
+        }
+        let mut q = QueryBuilder::<MySql>::new(
+            "INSERT IGNORE INTO identity_features (identity_id, feature, assigned_at) ",
+        );
+        q.push_values(features, |mut b, f| {
+            b.push_bind(id).push_bind(f).push("NOW(6)");
+        });
+        Ok(q.build().execute(&self.pool).await?.rows_affected())
+    }
+
+    async fn unassign_features(&self, id: &str, features: &[String]) -> Result<u64> {
+        let mut n = 0;
+        for f in features {
+            n += sqlx::query("DELETE FROM identity_features WHERE identity_id = ? AND feature = ?")
+                .bind(id)
+                .bind(f)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(n)
+    }
+
+    async fn assigned_features(&self, id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT feature FROM identity_features WHERE identity_id = ? ORDER BY feature",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

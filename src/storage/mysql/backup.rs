@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::MySqlStorage;
 use crate::storage::backup::{
     insert_sql, select_sql, BackupClaim, BackupDone, BackupStore, Cell, ColType, Snapshot,
-    TableRows, INSERT_CHUNK, TABLES,
+    TableRows, END_RESTORED_LEASES, INSERT_CHUNK, TABLES,
 };
 use crate::storage::{is_missing_table, micros, Result};
 
@@ -131,6 +131,8 @@ impl BackupStore for MySqlStorage {
                 q.build().execute(&mut *tx).await?;
             }
         }
+        tx.execute(END_RESTORED_LEASES.replace("{now}", "NOW(6)").as_str())
+            .await?;
         let until: NaiveDateTime = sqlx::query_scalar("SELECT NOW(6) + INTERVAL ? MICROSECOND")
             .bind(micros(hold))
             .fetch_one(&mut *tx)

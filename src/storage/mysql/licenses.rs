@@ -188,6 +188,41 @@ impl LicenseStore for MySqlStorage {
         }
     }
 
+    async fn remove_license(&self, license_id: &str) -> Result<Option<u64>> {
+        with_patient_retry(|| async {
+            let mut tx = self.pool.begin().await?;
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT serial FROM licenses WHERE license_id = ? FOR UPDATE")
+                    .bind(license_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if found.is_none() {
+                return Ok(None);
+            }
+            let now = db_now(&mut tx).await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM features WHERE license_id = ? ORDER BY id FOR UPDATE",
+            )
+            .bind(license_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in &ids {
+                sqlx::query("UPDATE features SET seats = 0 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.resize(&mut tx, *id, 0, now).await?;
+            }
+            sqlx::query("DELETE FROM licenses WHERE license_id = ?")
+                .bind(license_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(ids.len() as u64))
+        })
+        .await
+    }
+
     async fn licenses(&self) -> Result<Vec<StoredLicense>> {
         let rows: Vec<LicenseRow<Time>> = sqlx::query_as(
             "SELECT license_id, serial, customer, vendor_key_id, digest, sealed, applied_at FROM licenses ORDER BY license_id",

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::SqliteStorage;
 use crate::storage::backup::{
     insert_sql, select_sql, BackupClaim, BackupDone, BackupStore, Cell, ColType, Snapshot,
-    TableRows, INSERT_CHUNK, TABLES,
+    TableRows, END_RESTORED_LEASES, INSERT_CHUNK, TABLES,
 };
 use crate::storage::{is_missing_table, micros, Result};
 
@@ -125,6 +125,10 @@ impl BackupStore for SqliteStorage {
             }
         }
         let now: i64 = sqlx::query_scalar(NOW_SQL).fetch_one(&mut *tx).await?;
+        sqlx::query(&END_RESTORED_LEASES.replace("{now}", "?"))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         let until = now.saturating_add(micros(hold));
         sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL, granted_by = NULL,

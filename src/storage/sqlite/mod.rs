@@ -17,6 +17,7 @@ mod keys;
 mod leases;
 mod licenses;
 mod seats;
+mod usage;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
