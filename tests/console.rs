@@ -5,7 +5,8 @@
 //! client's lease on the Leases page, force release from the page (and the
 //! client learning it lost the seat), a monitor token without the button and
 //! refused when it sends the request anyway, identities created and revoked,
-//! an instance drained from the page. Every page is saved as a screenshot
+//! an instance drained from the page, the Usage page's report, charts and
+//! CSV download. Every page is saved as a screenshot
 //! under target/console-screenshots/, and no page loads anything from another
 //! origin. Also: cross-site state changes refused, the security headers, and
 //! the `ui` setting.
@@ -668,6 +669,107 @@ async fn walk(server: &DemoServer, shots: bool) {
         json!(0),
         "a monitor sees no drain or remove button"
     );
+    browser.assert_same_origin_only(&origin, &monitor).await;
+
+    // Usage (every role): demo's row counts at least the four grants this
+    // walk made (a, b, c, d), three of them at once, and a denial of an
+    // unknown feature; each shows as a bar in its chart; the CSV download is
+    // the same report, saved from a Blob.
+    assert!(
+        b.checkout("console-nosuch").await.is_err(),
+        "an unknown feature is refused"
+    );
+    browser.open("usage").await;
+    let row = browser
+        .until(
+            "demo's row on Usage",
+            "const r = document.querySelector('#usage-rows tr[data-key=\"demo\"]');\
+             return r ? [Number(r.querySelector('td.checkouts').textContent),\
+                         Number(r.querySelector('td.peak').textContent)] : null;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        row[0].as_u64().unwrap() >= 4 && row[1].as_u64().unwrap() >= 3,
+        "demo's checkouts and peak concurrency on Usage: {row}"
+    );
+    let bars = browser
+        .until(
+            "the denial of console-nosuch on Usage",
+            "const r = document.querySelector('#usage-rows tr[data-key=\"console-nosuch\"] td.denials');\
+             if (!r || r.textContent !== '1') return null;\
+             return [...document.querySelectorAll('#usage-charts svg.chart')].map(s =>\
+               [s.dataset.metric, ...['demo', 'console-nosuch'].map(k =>\
+                 Number(s.querySelector('rect.value[data-key=\"' + k + '\"]').getAttribute('width')) > 0)]);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        bars,
+        json!([
+            ["checkouts", true, false],
+            ["seat_hours", true, false],
+            ["peak_concurrency", true, false],
+            ["denials", false, true]
+        ]),
+        "a chart per figure, demo's and console-nosuch's bars"
+    );
+    if shots {
+        browser.screenshot("usage").await;
+    }
+    // Catches the Blob the page saves, then downloads.
+    browser
+        .js(
+            "const orig = URL.createObjectURL.bind(URL);\
+             window.usageBlob = null;\
+             URL.createObjectURL = (b) => { window.usageBlob = b; return orig(b); };\
+             return true",
+            json!([]),
+        )
+        .await;
+    browser.click("#usage-csv").await;
+    browser
+        .until("the CSV blob", "return !!window.usageBlob", json!([]))
+        .await;
+    let csv = browser
+        .cmd(
+            "POST",
+            "/execute/async",
+            json!({
+                "script": "const done = arguments[arguments.length - 1];\
+                    window.usageBlob.text().then(t => done([window.usageBlob.type, t]), e => done(String(e)));",
+                "args": [],
+            }),
+        )
+        .await;
+    assert_eq!(csv[0], json!("text/csv"), "the blob's type: {csv}");
+    let text = csv[1].as_str().unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("feature,checkouts,seat_hours,peak_concurrency,denials"),
+        "the CSV's header: {text}"
+    );
+    let demo = lines
+        .find(|l| l.starts_with("demo,"))
+        .unwrap_or_else(|| panic!("no demo line in the CSV: {text}"));
+    let checkouts: u64 = demo.split(',').nth(1).unwrap().parse().unwrap();
+    assert!(checkouts >= 4, "demo's checkouts in the CSV: {demo}");
+    // Per user: each client's user is a group of its own.
+    browser
+        .js(
+            "const s = document.getElementById('usage-by'); s.value = 'user';\
+             s.dispatchEvent(new Event('change')); return true",
+            json!([]),
+        )
+        .await;
+    browser
+        .until(
+            "console-user-b's row per user",
+            "return !!document.querySelector('#usage-rows tr[data-key=\"console-user-b\"]')",
+            json!([]),
+        )
+        .await;
     browser.assert_same_origin_only(&origin, &monitor).await;
 
     // An operator drains the instance from the page; it shows as draining.

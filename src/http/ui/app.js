@@ -10,7 +10,10 @@
   const POLL_MS = 3000;
   const SVG_NS = "http://www.w3.org/2000/svg";
   const RANK = { monitor: 0, operator: 1, admin: 2 };
-  const PAGES = ["features", "leases", "instances", "identities"];
+  const PAGES = ["features", "leases", "instances", "usage", "identities"];
+  // Pages that read the admin API again every POLL_MS; Usage does not (a
+  // report reads every usage record of its range): it reads on demand.
+  const LIVE = ["features", "leases", "instances", "identities"];
 
   let role = null;
   let timer = null;
@@ -185,7 +188,8 @@
       try {
         await RENDER[page]();
         showError("");
-        $("updated").textContent = "Updated " + new Date().toLocaleTimeString() + "; refreshes every " + POLL_MS / 1000 + " s";
+        $("updated").textContent = "Updated " + new Date().toLocaleTimeString() +
+          (LIVE.includes(page) ? "; refreshes every " + POLL_MS / 1000 + " s" : "");
         document.body.setAttribute("data-loaded", page);
       } catch (e) {
         if (e.status === 401) {
@@ -197,7 +201,7 @@
         busy = false;
       }
     }
-    if (role !== null) timer = setTimeout(refresh, POLL_MS);
+    if (role !== null && LIVE.includes(page)) timer = setTimeout(refresh, POLL_MS);
   }
 
   function confirmThen(text, action) {
@@ -376,6 +380,131 @@
     fill("instances-rows", [c.instances, s.instance], () => (rows.length ? rows : [emptyRow(9, "No instance has registered yet.")]));
   }
 
+  // ---- Usage ---------------------------------------------------------------
+
+  const USAGE_METRICS = [
+    { field: "checkouts", label: "Checkouts", fmt: (v) => String(v) },
+    { field: "seat_hours", label: "Seat-hours", fmt: (v) => v.toFixed(2) },
+    { field: "peak_concurrency", label: "Peak concurrency", fmt: (v) => String(v) },
+    { field: "denials", label: "Denials", fmt: (v) => String(v) },
+  ];
+
+  // A date input's value (YYYY-MM-DD) for `days` from today, in UTC: the
+  // report's dates are midnight UTC.
+  function utcDate(days) {
+    const d = new Date();
+    d.setUTCDate(d.getUTCDate() + days);
+    return d.toISOString().slice(0, 10);
+  }
+
+  // The default range is the last 7 days, today included (`to` is exclusive).
+  function usageDefaults() {
+    if (!$("usage-from").value) $("usage-from").value = utcDate(-6);
+    if (!$("usage-to").value) $("usage-to").value = utcDate(1);
+  }
+
+  function usageQuery(format) {
+    usageDefaults();
+    const q = new URLSearchParams({
+      from: $("usage-from").value,
+      to: $("usage-to").value,
+      by: $("usage-by").value,
+      format,
+    });
+    return "/admin/v1/usage/report?" + q.toString();
+  }
+
+  // One horizontal bar chart of `metric` per group, drawn as inline SVG.
+  function usageChart(lines, metric) {
+    const rowH = 22, labelW = 170, barW = 260, valueW = 70, top = 6;
+    const w = labelW + barW + valueW;
+    const h = top * 2 + Math.max(1, lines.length) * rowH;
+    const max = Math.max(0, ...lines.map((l) => l[metric.field]));
+    const s = svg("svg", { class: "chart", width: w, height: h, viewBox: "0 0 " + w + " " + h, role: "img", "data-metric": metric.field });
+    const title = svg("title");
+    title.textContent = metric.label + " per group";
+    s.append(title);
+    lines.forEach((l, i) => {
+      const y = top + i * rowH;
+      const v = l[metric.field];
+      const label = svg("text", { class: "label", x: labelW - 8, y: y + rowH / 2 + 4, "text-anchor": "end" });
+      const key = l.key || "(unknown)";
+      label.textContent = key.length > 24 ? key.slice(0, 23) + "…" : key;
+      s.append(label);
+      s.append(svg("rect", { class: "track", x: labelW, y: y + 4, width: barW, height: rowH - 8, rx: 3 }));
+      const bar = svg("rect", {
+        class: "value " + metric.field, x: labelW, y: y + 4, rx: 3, height: rowH - 8,
+        width: max > 0 ? Math.max(v > 0 ? 2 : 0, Math.round((barW * v) / max)) : 0,
+        "data-key": l.key,
+      });
+      const tip = svg("title");
+      tip.textContent = key + ": " + metric.fmt(v) + " " + metric.label.toLowerCase();
+      bar.append(tip);
+      s.append(bar);
+      const num = svg("text", { class: "num", x: labelW + barW + 6, y: y + rowH / 2 + 4 });
+      num.textContent = metric.fmt(v);
+      s.append(num);
+    });
+    return el("figure", { class: "chart" }, el("figcaption", {}, metric.label), s);
+  }
+
+  async function renderUsage() {
+    const r = await api("GET", usageQuery("json"));
+    const by = r.by || $("usage-by").value;
+    const lines = (r.lines || []).slice();
+    $("usage-key-head").textContent = by.charAt(0).toUpperCase() + by.slice(1);
+    $("usage-range").textContent = "From " + when(r.from) + " (inclusive) to " + when(r.to) + " (exclusive), per " + by + ": " +
+      lines.length + (lines.length === 1 ? " group." : " groups.");
+    fill("usage-rows", [by, lines], () =>
+      lines.length
+        ? lines.map((l) => el("tr", { "data-key": l.key },
+          el("td", {}, l.key || "(unknown)"),
+          el("td", { class: "num checkouts" }, l.checkouts),
+          el("td", { class: "num seat-hours" }, l.seat_hours.toFixed(2)),
+          el("td", { class: "num peak" }, l.peak_concurrency),
+          el("td", { class: "num denials" }, l.denials)))
+        : [emptyRow(5, "No usage in this range.")]);
+    fill("usage-charts", [by, lines], () => (lines.length ? USAGE_METRICS.map((m) => usageChart(lines, m)) : []));
+  }
+
+  // The same report as CSV, fetched with the bearer header (never a token in
+  // a URL) and saved through a Blob URL that lives only as long as needed.
+  async function downloadUsageCsv() {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return signOut("");
+    const path = usageQuery("csv");
+    let resp;
+    try {
+      resp = await fetch(path, {
+        headers: { Authorization: "Bearer " + token },
+        cache: "no-store",
+        credentials: "omit",
+        redirect: "error",
+      });
+    } catch (e) {
+      return showError("the admin listener did not answer (" + e.message + ")");
+    }
+    if (!resp.ok) {
+      let msg = "HTTP " + resp.status;
+      try {
+        msg = (await resp.json()).message || msg;
+      } catch (_) {
+        // not JSON: keep the status
+      }
+      if (resp.status === 401) return signOut("Signed out: " + msg);
+      return showError("CSV download: " + msg);
+    }
+    const blob = new Blob([await resp.text()], { type: "text/csv" });
+    const url = URL.createObjectURL(blob);
+    const a = el("a", { href: url, download: "floatlm-usage-" + $("usage-by").value + "-" + $("usage-from").value + "-" + $("usage-to").value + ".csv" });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    showError("");
+    // Revoked a little later: revoking at once can cancel the download.
+    setTimeout(() => URL.revokeObjectURL(url), 30000);
+  }
+
   // ---- Identities and tokens -----------------------------------------------
 
   async function renderIdentities() {
@@ -413,6 +542,7 @@
     features: renderFeatures,
     leases: renderLeases,
     instances: renderInstances,
+    usage: renderUsage,
     identities: renderIdentities,
   };
 
@@ -438,6 +568,12 @@
     $("signout").addEventListener("click", () => signOut(""));
     $("filter-feature").addEventListener("change", drawLeases);
     $("filter-text").addEventListener("input", drawLeases);
+    $("usage-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      refresh();
+    });
+    $("usage-by").addEventListener("change", refresh);
+    $("usage-csv").addEventListener("click", downloadUsageCsv);
     $("identity-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();
       const name = $("identity-name").value.trim();
