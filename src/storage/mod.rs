@@ -394,7 +394,10 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// restored state can be trusted (its holder may have given it up since,
     /// and the seat gone to someone else), and the promises given before the
     /// restore must be over before anyone is granted a seat again. Every
-    /// client logs in again. Returns the slots touched.
+    /// client logs in again. It also raises each slot's `promise_ms` to
+    /// `hold`, so the second step of a release or force release that runs
+    /// after it (its cap is that step's clock plus `promise_ms`) cannot end
+    /// the hold early. Returns the slots touched.
     async fn quarantine(&self, hold: Duration) -> Result<u64>;
     /// Every live lease (unexpired by the database clock), for operators.
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;
@@ -632,6 +635,14 @@ pub(crate) fn check_window_change(
 }
 
 /// Milliseconds in a duration, as stored in `promise_ms` (an INT).
+/// A quarantine's hold as the slot's promise cap (`promise_ms`), rounded
+/// up: a release or force release whose second step runs after the
+/// quarantine caps the slot at that step's clock plus this, so it never
+/// ends the quarantine's hold early.
+pub(crate) fn hold_cap_ms(hold: Duration) -> i64 {
+    millis(hold + Duration::from_micros(999))
+}
+
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis())
         .unwrap_or(i64::MAX)

@@ -288,10 +288,12 @@ impl LeaseStore for MySqlStorage {
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL,
-                    expires_at = GREATEST(COALESCE(expires_at, NOW(6)), NOW(6) + INTERVAL ? MICROSECOND)
+                    expires_at = GREATEST(COALESCE(expires_at, NOW(6)), NOW(6) + INTERVAL ? MICROSECOND),
+                    promise_ms = GREATEST(promise_ms, ?)
              WHERE state IN (0, 1)",
         )
         .bind(micros(hold))
+        .bind(hold_cap_ms(hold))
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())

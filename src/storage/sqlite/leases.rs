@@ -179,7 +179,8 @@ impl LeaseStore for SqliteStorage {
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL,
-                expires_at = MAX(COALESCE(expires_at, 0), ?1 + ?2)
+                expires_at = MAX(COALESCE(expires_at, 0), ?1 + ?2),
+                promise_ms = MAX(promise_ms, ?3)
              WHERE state IN (0, 1)",
         )
         .bind(
@@ -188,6 +189,7 @@ impl LeaseStore for SqliteStorage {
                 .await?,
         )
         .bind(micros(hold))
+        .bind(hold_cap_ms(hold))
         .execute(&self.writer)
         .await?;
         Ok(r.rows_affected())
