@@ -16,9 +16,10 @@
 //!   ending of a released lease a `force_release`, after the sweep and the
 //!   re-grant of its slot;
 //! * a quarantine (`floatlm admin quarantine`) landing between the two
-//!   statements of a release: the second statement's `LEAST` cuts the
-//!   quarantine's hold on that slot short, and a seat is granted inside the
-//!   quarantine (FAILS on both backends: see the test's comment).
+//!   statements of a release: no seat is granted inside the quarantine.
+//!   This broke once (the second statement's `LEAST` cut the quarantine's
+//!   hold short); a quarantine now raises each slot's promise cap to its
+//!   hold.
 
 mod common;
 
@@ -359,7 +360,9 @@ async fn usage_records_one_ending_per_lease(kind: Kind) {
 /// on that slot. A lease granted by an instance with a shorter `lease_ttl`
 /// (here 1 s, promise_ms 1000) than the longest (5 s) frees its seat about
 /// 4 s before the quarantine ends, while a promise from the lost state
-/// (up to 5 s) may still run: a seat is granted inside the quarantine.
+/// (up to 5 s) may still run: a seat was granted inside the quarantine.
+/// The quarantine now raises every slot's `promise_ms` to its hold, so
+/// that cap lands at or after the quarantine's end.
 async fn a_quarantine_between_the_two_steps_of_a_release_is_kept(kind: Kind) {
     let s = setup(kind, 40).await;
     let app = &s.app;
