@@ -394,10 +394,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// restored state can be trusted (its holder may have given it up since,
     /// and the seat gone to someone else), and the promises given before the
     /// restore must be over before anyone is granted a seat again. Every
-    /// client logs in again. It also raises each slot's `promise_ms` to
-    /// `hold`, so the second step of a release or force release that runs
-    /// after it (its cap is that step's clock plus `promise_ms`) cannot end
-    /// the hold early. Returns the slots touched.
+    /// client logs in again. It clears each slot's lease nonce, so the
+    /// second step of a release or force release (which names the lease by
+    /// its nonce) never matches a quarantined row, even one whose statement
+    /// started before the quarantine and waited for its lock; and it raises
+    /// `promise_ms` to `hold` as a second wall. Returns the slots touched.
     async fn quarantine(&self, hold: Duration) -> Result<u64>;
     /// Every live lease (unexpired by the database clock), for operators.
     async fn leases(&self) -> Result<Vec<LeaseInfo>>;

@@ -287,7 +287,7 @@ impl LeaseStore for MySqlStorage {
 
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL,
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL, lease_nonce = 0,
                     expires_at = GREATEST(COALESCE(expires_at, NOW(6)), NOW(6) + INTERVAL ? MICROSECOND),
                     promise_ms = GREATEST(promise_ms, ?)
              WHERE state IN (0, 1)",

@@ -178,7 +178,7 @@ impl LeaseStore for SqliteStorage {
 
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL,
+            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL, lease_nonce = 0,
                 expires_at = MAX(COALESCE(expires_at, 0), ?1 + ?2),
                 promise_ms = MAX(promise_ms, ?3)
              WHERE state IN (0, 1)",
