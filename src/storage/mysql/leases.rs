@@ -60,29 +60,14 @@ impl MySqlStorage {
     }
 
     /// First step of a force release: the lease ends (no holder), but the
-    /// slot keeps its expiry, so nobody is granted it yet.
-    async fn revoke_once(&self, lease: LeaseRef) -> Result<bool> {
+    /// slot keeps its expiry, so nobody is granted it yet. With `holder`
+    /// (a release by the lease's own identity) only while that identity
+    /// holds it; without, whoever holds it.
+    async fn revoke_once(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
              WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ?
-               AND holder IS NOT NULL AND state IN (0, 1) AND expires_at > NOW(6)",
-        )
-        .bind(lease.feature_id)
-        .bind(lease.slot_no)
-        .bind(lease.lease_gen)
-        .bind(lease.nonce)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// First step of a release by the holder's own identity: as
-    /// [`Self::revoke_once`], and only while `holder` holds the lease.
-    async fn revoke_own_once(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
-             WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ? AND holder = ?
-               AND state IN (0, 1) AND expires_at > NOW(6)",
+               AND holder = COALESCE(?, holder) AND state IN (0, 1) AND expires_at > NOW(6)",
         )
         .bind(lease.feature_id)
         .bind(lease.slot_no)
@@ -92,6 +77,21 @@ impl MySqlStorage {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// A force release in its two steps (see [`Self::revoke_once`] and
+    /// [`Self::bound_revoked`]): when the seat is free, or None when the
+    /// lease (of `holder`, when given) was not live.
+    async fn end_lease(
+        &self,
+        holder: Option<&str>,
+        lease: LeaseRef,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if !with_retry(|| self.revoke_once(holder, lease)).await? {
+            return Ok(None);
+        }
+        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
+        Ok(Some(free_at.unwrap_or_else(Utc::now)))
     }
 
     /// Second step, in a statement that starts after the first committed:
@@ -278,11 +278,7 @@ impl LeaseStore for MySqlStorage {
     }
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        if !with_retry(|| self.revoke_once(lease)).await? {
-            return Ok(None);
-        }
-        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
-        Ok(Some(free_at.unwrap_or_else(Utc::now)))
+        self.end_lease(None, lease).await
     }
 
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
@@ -358,10 +354,6 @@ impl LeaseStore for MySqlStorage {
     }
 
     async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        if !with_retry(|| self.revoke_own_once(holder, lease)).await? {
-            return Ok(None);
-        }
-        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
-        Ok(Some(free_at.unwrap_or_else(Utc::now)))
+        self.end_lease(Some(holder), lease).await
     }
 }

@@ -29,30 +29,12 @@ impl SqliteStorage {
     }
 
     /// First step of a force release (see the MySQL backend): the lease ends,
-    /// the slot keeps its expiry.
-    async fn revoke_once(&self, lease: LeaseRef) -> Result<bool> {
+    /// the slot keeps its expiry; with `holder`, only while it holds it.
+    async fn revoke_once(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
              WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND lease_nonce = ?4
-               AND holder IS NOT NULL AND state IN (0, 1)
-               AND expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
-        )
-        .bind(lease.feature_id)
-        .bind(lease.slot_no)
-        .bind(lease.lease_gen)
-        .bind(lease.nonce)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// First step of a release by the holder's own identity: as
-    /// [`Self::revoke_once`], and only while `holder` holds the lease.
-    async fn revoke_own_once(&self, holder: &str, lease: LeaseRef) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
-             WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND lease_nonce = ?4 AND holder = ?5
-               AND state IN (0, 1)
+               AND holder = COALESCE(?5, holder) AND state IN (0, 1)
                AND expires_at > CAST(unixepoch('subsec') * 1000000 AS INTEGER)",
         )
         .bind(lease.feature_id)
@@ -63,6 +45,20 @@ impl SqliteStorage {
         .execute(&self.writer)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// A force release in its two steps: when the seat is free, or None
+    /// when the lease (of `holder`, when given) was not live.
+    async fn end_lease(
+        &self,
+        holder: Option<&str>,
+        lease: LeaseRef,
+    ) -> Result<Option<DateTime<Utc>>> {
+        if !with_retry(|| self.revoke_once(holder, lease)).await? {
+            return Ok(None);
+        }
+        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
+        Ok(Some(free_at.unwrap_or_else(Utc::now)))
     }
 
     /// Second step, after the first committed: a read that saw the lease
@@ -169,11 +165,7 @@ impl LeaseStore for SqliteStorage {
     }
 
     async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        if !with_retry(|| self.revoke_once(lease)).await? {
-            return Ok(None);
-        }
-        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
-        Ok(Some(free_at.unwrap_or_else(Utc::now)))
+        self.end_lease(None, lease).await
     }
 
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
@@ -253,10 +245,6 @@ impl LeaseStore for SqliteStorage {
     }
 
     async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        if !with_retry(|| self.revoke_own_once(holder, lease)).await? {
-            return Ok(None);
-        }
-        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
-        Ok(Some(free_at.unwrap_or_else(Utc::now)))
+        self.end_lease(Some(holder), lease).await
     }
 }
