@@ -11,13 +11,12 @@ pub(super) fn load_or_generate_key(config: &Config) -> Result<Vec<MasterKey>, St
         return Ok(keys.clone());
     }
     let path = config.data_dir.join("master.key");
-    if path.exists() {
-        let text = Secret::new(
-            std::fs::read_to_string(&path)
-                .map_err(|e| StartError::Io(format!("cannot read {}: {e}", path.display())))?,
-        );
-        return parse_key_list(text.expose())
-            .map_err(|e| StartError::Key(format!("{}: {e}", path.display())));
+    let read = read_key_file(&path).map_err(|e| match e {
+        KeyFileError::Read(_) => StartError::Io(e.to_string()),
+        KeyFileError::Parse(_) => StartError::Key(e.to_string()),
+    })?;
+    if let Some(keys) = read {
+        return Ok(keys);
     }
     let key = MasterKey::generate("k1").expect("static id is valid");
     write_private_file(&path, &format!("{}\n", key.to_spec().as_str()))

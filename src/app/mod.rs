@@ -54,7 +54,9 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::config::{Config, DatabaseConfig};
-use crate::crypto::keyring::{parse_key_list, Keyring, MasterKey, SealContext, SealError};
+use crate::crypto::keyring::{
+    read_key_file, KeyFileError, Keyring, MasterKey, SealContext, SealError,
+};
 use crate::crypto::tickets::{OpenedTicket, TicketError, TicketKeys};
 use crate::crypto::{random_hex, sha256_hex, Secret};
 use crate::domain::identity::{

@@ -39,8 +39,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::crypto::keyring::{parse_key_list, Keyring, SealContext};
-use crate::crypto::Secret;
+use crate::crypto::keyring::{read_key_file, Keyring, SealContext};
 use crate::storage::backup::{self as tables, Cell, ColType, Snapshot, TableRows};
 
 pub const MAGIC: &[u8; 8] = b"FLMBACKP";
@@ -482,14 +481,15 @@ pub fn configured_keyring(config: &Config) -> Result<Keyring, String> {
         Some(k) => k.clone(),
         None => {
             let path = config.data_dir.join("master.key");
-            let text = Secret::new(std::fs::read_to_string(&path).map_err(|e| {
+            read_key_file(&path)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
                 format!(
                     "no master key: set master_key or master_key_file (FLOATLM_MASTER_KEY, --master-key-file), \
-                     or run where {} exists ({e})",
+                     or run where {} exists",
                     path.display()
                 )
-            })?);
-            parse_key_list(text.expose()).map_err(|e| format!("{}: {e}", path.display()))?
+            })?
         }
     };
     Keyring::new(keys).map_err(|e| e.to_string())

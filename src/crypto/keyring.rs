@@ -159,6 +159,29 @@ impl MasterKey {
     }
 }
 
+/// Why a master key file was not read: the file could not be read, or
+/// what it holds is not a key list. Each names the file.
+#[derive(Debug, Error)]
+pub enum KeyFileError {
+    #[error("cannot read {0}")]
+    Read(String),
+    #[error("{0}")]
+    Parse(String),
+}
+
+/// Reads a master key file (`DATA_DIR/master.key`): None when there is no
+/// such file; otherwise its keys.
+pub fn read_key_file(path: &std::path::Path) -> Result<Option<Vec<MasterKey>>, KeyFileError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => super::Secret::new(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(KeyFileError::Read(format!("{}: {e}", path.display()))),
+    };
+    parse_key_list(text.expose())
+        .map(Some)
+        .map_err(|e| KeyFileError::Parse(format!("{}: {e}", path.display())))
+}
+
 /// Parses a list of `ID:BASE64` keys separated by commas, whitespace or newlines.
 pub fn parse_key_list(text: &str) -> Result<Vec<MasterKey>, KeySpecError> {
     let mut keys: Vec<MasterKey> = Vec::new();
