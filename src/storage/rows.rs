@@ -436,3 +436,44 @@ impl<T: DbTime> SlotRecord<T> {
         )
     }
 }
+
+/// `usage_events`, all columns (a denial has no lease).
+#[derive(sqlx::FromRow)]
+pub(crate) struct UsageEventRecord<T> {
+    id: i64,
+    at: T,
+    event: String,
+    feature: String,
+    feature_id: Option<i64>,
+    slot_no: Option<i64>,
+    lease_gen: Option<i64>,
+    lease_nonce: Option<i64>,
+    identity: Option<String>,
+    user: Option<String>,
+    host: Option<String>,
+    address: Option<String>,
+    instance: Option<String>,
+    reason: Option<String>,
+}
+
+impl<T: DbTime> From<UsageEventRecord<T>> for crate::domain::usage::UsageEvent {
+    fn from(r: UsageEventRecord<T>) -> Self {
+        let lease = match (r.feature_id, r.slot_no, r.lease_gen, r.lease_nonce) {
+            (Some(f), Some(s), Some(g), Some(n)) => Some((f, s, g, n)),
+            _ => None,
+        };
+        Self {
+            id: r.id,
+            at: r.at.utc(),
+            event: r.event,
+            feature: r.feature,
+            lease,
+            identity: r.identity,
+            user: r.user,
+            host: r.host,
+            address: r.address,
+            instance: r.instance,
+            reason: r.reason,
+        }
+    }
+}

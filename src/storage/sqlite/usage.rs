@@ -4,44 +4,7 @@
 
 use super::*;
 
-type EventRow = (
-    i64,
-    Time,
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
 const COLUMNS: &str = "id, at, event, feature, feature_id, slot_no, lease_gen, lease_nonce, identity, user, host, address, instance, reason";
-
-fn event(r: EventRow) -> UsageEvent {
-    let lease = match (r.4, r.5, r.6, r.7) {
-        (Some(f), Some(s), Some(g), Some(n)) => Some((f, s, g, n)),
-        _ => None,
-    };
-    UsageEvent {
-        id: r.0,
-        at: utc(r.1),
-        event: r.2,
-        feature: r.3,
-        lease,
-        identity: r.8,
-        user: r.9,
-        host: r.10,
-        address: r.11,
-        instance: r.12,
-        reason: r.13,
-    }
-}
 
 #[async_trait]
 impl UsageStore for SqliteStorage {
@@ -96,7 +59,7 @@ impl UsageStore for SqliteStorage {
                                  AND e.event <> 'grant' AND e.at < ?1)
              ORDER BY at, id LIMIT ?3"
         );
-        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+        let rows: Vec<UsageEventRecord<Time>> = sqlx::query_as(&sql)
             .bind(from.timestamp_micros())
             .bind(to.timestamp_micros())
             .bind(i64::from(limit) + 1)
@@ -107,7 +70,7 @@ impl UsageStore for SqliteStorage {
                 "the usage report window holds more than {limit} events: ask for a shorter window"
             )));
         }
-        Ok(rows.into_iter().map(event).collect())
+        Ok(rows.into_iter().map(UsageEvent::from).collect())
     }
 
     async fn purge_usage(&self, before: DateTime<Utc>, limit: u32) -> Result<u64> {
