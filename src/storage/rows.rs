@@ -477,3 +477,33 @@ impl<T: DbTime> From<UsageEventRecord<T>> for crate::domain::usage::UsageEvent {
         }
     }
 }
+
+/// `backup_claims`, all columns.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimRecord<T> {
+    slot: i64,
+    instance_id: String,
+    claimed_at: T,
+    finished_at: Option<T>,
+    outcome: Option<String>,
+    file: Option<String>,
+    bytes: Option<i64>,
+    digest: Option<String>,
+    error: Option<String>,
+}
+
+impl<T: DbTime> From<ClaimRecord<T>> for super::backup::BackupClaim {
+    fn from(r: ClaimRecord<T>) -> Self {
+        Self {
+            slot: r.slot,
+            instance_id: r.instance_id,
+            claimed_at: r.claimed_at.utc(),
+            finished_at: r.finished_at.map(DbTime::utc),
+            outcome: r.outcome,
+            file: r.file,
+            bytes: r.bytes,
+            digest: r.digest,
+            error: r.error,
+        }
+    }
+}

@@ -8,12 +8,12 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{Executor, MySql, QueryBuilder, Row};
 use std::time::Duration;
 
-use super::MySqlStorage;
+use super::{MySqlStorage, Time};
 use crate::storage::backup::{
     insert_sql, select_sql, BackupClaim, BackupDone, BackupStore, Cell, ColType, Snapshot,
     TableRows, END_RESTORED_LEASES, INSERT_CHUNK, TABLES,
 };
-use crate::storage::{is_missing_table, micros, Result};
+use crate::storage::{is_missing_table, micros, ClaimRecord, Result};
 
 fn cell(row: &sqlx::mysql::MySqlRow, i: usize, ty: ColType) -> Result<Cell> {
     Ok(match ty {
@@ -26,18 +26,6 @@ fn cell(row: &sqlx::mysql::MySqlRow, i: usize, ty: ColType) -> Result<Cell> {
     }
     .unwrap_or(Cell::Null))
 }
-
-type ClaimRow = (
-    i64,
-    String,
-    NaiveDateTime,
-    Option<NaiveDateTime>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
 
 #[async_trait]
 impl BackupStore for MySqlStorage {
@@ -213,27 +201,14 @@ impl BackupStore for MySqlStorage {
     }
 
     async fn backup_claims(&self, limit: i64) -> Result<Vec<BackupClaim>> {
-        let rows: Vec<ClaimRow> = sqlx::query_as(
+        let rows: Vec<ClaimRecord<Time>> = sqlx::query_as(
             "SELECT slot, instance_id, claimed_at, finished_at, outcome, file, bytes, digest, error
              FROM backup_claims ORDER BY slot DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| BackupClaim {
-                slot: r.0,
-                instance_id: r.1,
-                claimed_at: r.2.and_utc(),
-                finished_at: r.3.map(|t| t.and_utc()),
-                outcome: r.4,
-                file: r.5,
-                bytes: r.6,
-                digest: r.7,
-                error: r.8,
-            })
-            .collect())
+        Ok(rows.into_iter().map(BackupClaim::from).collect())
     }
 
     async fn prune_backup_claims(&self, below: i64) -> Result<u64> {

@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::time::Duration;
 
-use super::SqliteStorage;
+use super::{SqliteStorage, Time};
 use crate::storage::backup::{
     insert_sql, select_sql, BackupClaim, BackupDone, BackupStore, Cell, ColType, Snapshot,
     TableRows, END_RESTORED_LEASES, INSERT_CHUNK, TABLES,
 };
-use crate::storage::{is_missing_table, micros, Result};
+use crate::storage::{is_missing_table, micros, ClaimRecord, Result};
 
 const NOW_SQL: &str = "SELECT CAST(unixepoch('subsec') * 1000000 AS INTEGER)";
 
@@ -31,18 +31,6 @@ fn cell(row: &sqlx::sqlite::SqliteRow, i: usize, ty: ColType) -> Result<Cell> {
     }
     .unwrap_or(Cell::Null))
 }
-
-type ClaimRow = (
-    i64,
-    String,
-    i64,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-);
 
 #[async_trait]
 impl BackupStore for SqliteStorage {
@@ -206,27 +194,14 @@ impl BackupStore for SqliteStorage {
     }
 
     async fn backup_claims(&self, limit: i64) -> Result<Vec<BackupClaim>> {
-        let rows: Vec<ClaimRow> = sqlx::query_as(
+        let rows: Vec<ClaimRecord<Time>> = sqlx::query_as(
             "SELECT slot, instance_id, claimed_at, finished_at, outcome, file, bytes, digest, error
              FROM backup_claims ORDER BY slot DESC LIMIT ?",
         )
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| BackupClaim {
-                slot: r.0,
-                instance_id: r.1,
-                claimed_at: utc(r.2),
-                finished_at: r.3.map(utc),
-                outcome: r.4,
-                file: r.5,
-                bytes: r.6,
-                digest: r.7,
-                error: r.8,
-            })
-            .collect())
+        Ok(rows.into_iter().map(BackupClaim::from).collect())
     }
 
     async fn prune_backup_claims(&self, below: i64) -> Result<u64> {
