@@ -4,12 +4,12 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use common::{def, record, test_keyring, wait_for, Kind, TestStore};
+use floatlm::crypto::SealedColumn;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
 use floatlm::storage::SeatFailure;
 use floatlm::storage::{
-    usage_by_name, ApplyOutcome, Extension, InstanceBeat, RenewItem, SealedKind, Storage,
-    StorageError,
+    usage_by_name, ApplyOutcome, Extension, InstanceBeat, RenewItem, Storage, StorageError,
 };
 use std::time::Duration;
 
@@ -625,25 +625,28 @@ async fn identities_tokens_canaries_and_reseal(kind: Kind) {
         st.canaries().await.unwrap(),
         vec![("k2".to_string(), b"x".to_vec())]
     );
+    // A damaged canary is rewritten like any sealed blob: only if unchanged.
+    assert!(st
+        .reseal(SealedColumn::Canary, "k2", b"x", b"y")
+        .await
+        .unwrap());
+    assert!(!st
+        .reseal(SealedColumn::Canary, "k2", b"x", b"z")
+        .await
+        .unwrap());
+    assert_eq!(
+        st.canaries().await.unwrap(),
+        vec![("k2".to_string(), b"y".to_vec())]
+    );
 
     assert!(st
-        .reseal(
-            SealedKind::IdentitySecret,
-            "0123456789abcdef",
-            &[1, 2, 3],
-            &[4]
-        )
+        .reseal(SealedColumn::Identity, "0123456789abcdef", &[1, 2, 3], &[4])
         .await
         .unwrap());
     assert!(
-        !st.reseal(
-            SealedKind::IdentitySecret,
-            "0123456789abcdef",
-            &[1, 2, 3],
-            &[5]
-        )
-        .await
-        .unwrap(),
+        !st.reseal(SealedColumn::Identity, "0123456789abcdef", &[1, 2, 3], &[5])
+            .await
+            .unwrap(),
         "conditional on the old blob"
     );
     assert_eq!(st.sealed_rows().await.unwrap().len(), 1);
@@ -720,17 +723,12 @@ async fn ticket_keys_insert_once_list_and_purge(kind: Kind) {
     let rows = s.sealed_rows().await.unwrap();
     assert_eq!(
         rows.iter()
-            .filter(|r| r.kind == floatlm::storage::SealedKind::TicketKey)
+            .filter(|r| r.column == SealedColumn::TicketKey)
             .count(),
         2
     );
     assert!(s
-        .reseal(
-            floatlm::storage::SealedKind::TicketKey,
-            "3600",
-            b"first",
-            b"again"
-        )
+        .reseal(SealedColumn::TicketKey, "3600", b"first", b"again")
         .await
         .unwrap());
     assert_eq!(s.purge_ticket_keys(7200).await.unwrap(), 1);

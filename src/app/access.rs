@@ -94,7 +94,7 @@ impl App {
         let row = IdentityRow {
             sealed: self
                 .keyring
-                .seal(identity_ctx(&id), secret.expose().as_bytes()),
+                .seal(SealedColumn::Identity.at(&id), secret.expose().as_bytes()),
             id: id.clone(),
             name: name.to_string(),
             created_at: Utc::now(),
@@ -142,7 +142,7 @@ impl App {
         let row = IdentityRow {
             sealed: self
                 .keyring
-                .seal(identity_ctx(id), secret.expose().as_bytes()),
+                .seal(SealedColumn::Identity.at(id), secret.expose().as_bytes()),
             id: id.to_string(),
             name: name.to_string(),
             created_at: Utc::now(),
@@ -186,7 +186,7 @@ impl App {
         };
         let secret = self
             .keyring
-            .open(identity_ctx(id), sealed)
+            .open(SealedColumn::Identity.at(id), sealed)
             .map_err(|e| damaged(&format!("does not open ({e})")))?;
         String::from_utf8(secret.to_vec())
             .map(Secret::new)

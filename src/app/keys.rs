@@ -1,23 +1,20 @@
 //! Master keys and what they seal: loading or generating the key, the key
-//! canary that proves every instance holds the database's keys, the sealing
-//! contexts of licenses, identities and ticket keys, and key rotation.
+//! canary that proves every instance holds the database's keys, and key
+//! rotation. Where each blob is sealed is named by
+//! [`SealedColumn`](crate::crypto::SealedColumn).
 
 use super::*;
 
 pub(super) const CANARY_PLAINTEXT: &[u8] = b"floatlm key canary v1";
-/// Loads DATA_DIR/master.key, generating it on first start (SQLite only).
+/// The configured master keys, else DATA_DIR/master.key, generating it on
+/// first start (SQLite only; configuration refuses MySQL without a key).
 pub(super) fn load_or_generate_key(config: &Config) -> Result<Vec<MasterKey>, StartError> {
-    if let Some(keys) = &config.master_keys {
-        return Ok(keys.clone());
-    }
-    let path = config.data_dir.join("master.key");
-    let read = read_key_file(&path).map_err(|e| match e {
-        KeyFileError::Read(_) => StartError::Io(e.to_string()),
-        KeyFileError::Parse(_) => StartError::Key(e.to_string()),
-    })?;
-    if let Some(keys) = read {
-        return Ok(keys);
-    }
+    let path = match config.load_master_keys() {
+        Ok(keys) => return Ok(keys),
+        Err(KeyLoadError::NoFile(path)) => path,
+        Err(e @ KeyLoadError::Read { .. }) => return Err(StartError::Io(e.to_string())),
+        Err(e) => return Err(StartError::Key(e.to_string())),
+    };
     let key = MasterKey::generate("k1").expect("static id is valid");
     write_private_file(&path, &format!("{}\n", key.to_spec().as_str()))
         .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
@@ -27,22 +24,6 @@ pub(super) fn load_or_generate_key(config: &Config) -> Result<Vec<MasterKey>, St
          Back this file up; without it the database cannot be read."
     );
     Ok(vec![key])
-}
-
-pub(super) fn canary_ctx(key_id: &str) -> SealContext<'_> {
-    SealContext::new("keyring_canary", "sealed", key_id)
-}
-
-pub(super) fn license_ctx(id: &str) -> SealContext<'_> {
-    SealContext::new("licenses", "sealed", id)
-}
-
-pub(super) fn ticket_key_ctx(id: &str) -> SealContext<'_> {
-    SealContext::new("ticket_keys", "sealed", id)
-}
-
-pub(super) fn identity_ctx(id: &str) -> SealContext<'_> {
-    SealContext::new("identities", "sealed", id)
 }
 
 /// The row id the stand-in secret of unknown identities is sealed under
@@ -71,19 +52,13 @@ pub(super) async fn judge_canary(
     let rows = storage.sealed_rows().await?;
     let under: Vec<&crate::storage::SealedRow> = rows
         .iter()
-        .filter(|r| r.kind != SealedKind::TicketKey)
+        .filter(|r| r.column != SealedColumn::TicketKey)
         .filter(|r| Keyring::blob_key_id(&r.sealed).ok() == Some(key_id))
         .collect();
     if under.is_empty() {
         return Ok(CanaryFault::Unused);
     }
-    let opens = under.iter().any(|r| {
-        ring.open(
-            SealContext::new(r.kind.table(), "sealed", &r.row_id),
-            &r.sealed,
-        )
-        .is_ok()
-    });
+    let opens = under.iter().any(|r| ring.open(r.at(), &r.sealed).is_ok());
     Ok(if opens {
         CanaryFault::Damaged
     } else {
@@ -102,7 +77,8 @@ async fn canary_fault(
     key_id: &str,
     blob: &[u8],
 ) -> Result<Option<CanaryFault>, StorageError> {
-    if matches!(ring.open(canary_ctx(key_id), blob), Ok(p) if p.as_slice() == CANARY_PLAINTEXT) {
+    if matches!(ring.open(SealedColumn::Canary.at(key_id), blob), Ok(p) if p.as_slice() == CANARY_PLAINTEXT)
+    {
         return Ok(None);
     }
     match judge_canary(storage, ring, key_id).await? {
@@ -125,22 +101,23 @@ pub(super) async fn repair_canary(
     old: &[u8],
 ) -> Result<(), StorageError> {
     storage
-        .replace_canary(
+        .reseal(
+            SealedColumn::Canary,
             key_id,
             old,
-            &ring.seal(canary_ctx(key_id), CANARY_PLAINTEXT),
+            &ring.seal(SealedColumn::Canary.at(key_id), CANARY_PLAINTEXT),
         )
         .await?;
     for row in storage.sealed_rows().await? {
-        let ctx = SealContext::new(row.kind.table(), "sealed", &row.row_id);
-        if row.kind == SealedKind::TicketKey
+        let ctx = row.at();
+        if row.column == SealedColumn::TicketKey
             && Keyring::blob_key_id(&row.sealed).ok() == Some(key_id)
             && ring.open(ctx, &row.sealed).is_err()
         {
             let fresh = zeroize::Zeroizing::new(crate::crypto::random_bytes(32));
             storage
                 .reseal(
-                    row.kind,
+                    row.column,
                     &row.row_id,
                     &row.sealed,
                     &ring.seal(ctx, fresh.as_ref()),
@@ -200,12 +177,15 @@ pub(super) async fn check_canary(
     let sealing = ring.sealing_key().id().to_string();
     if !canaries.iter().any(|(k, _)| *k == sealing) {
         storage
-            .insert_canary(&sealing, &ring.seal(canary_ctx(&sealing), CANARY_PLAINTEXT))
+            .insert_canary(
+                &sealing,
+                &ring.seal(SealedColumn::Canary.at(&sealing), CANARY_PLAINTEXT),
+            )
             .await?;
         // Another instance may have raced us with a different key of the same id.
         let again = storage.canaries().await?;
         if let Some((_, blob)) = again.iter().find(|(k, _)| *k == sealing) {
-            if ring.open(canary_ctx(&sealing), blob).is_err() {
+            if ring.open(SealedColumn::Canary.at(&sealing), blob).is_err() {
                 return Err(StartError::Key(format!(
                     "another instance registered a different master key '{sealing}' for this database at the same moment"
                 )));
@@ -332,18 +312,18 @@ impl App {
                 already_current += 1;
                 continue;
             }
-            let ctx = SealContext::new(row.kind.table(), "sealed", &row.row_id);
+            let ctx = row.at();
             let plain = self.keyring.open(ctx, &row.sealed).map_err(|e| {
                 AppError::Conflict(format!(
                     "{} row {} cannot be re-sealed: {e}",
-                    row.kind.table(),
+                    row.column.table(),
                     row.row_id
                 ))
             })?;
             let new = self.keyring.seal(ctx, &plain);
             if self
                 .storage
-                .reseal(row.kind, &row.row_id, &row.sealed, &new)
+                .reseal(row.column, &row.row_id, &row.sealed, &new)
                 .await?
             {
                 resealed += 1;

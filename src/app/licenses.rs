@@ -80,7 +80,7 @@ impl App {
                     .is_err()
                     && self
                         .keyring
-                        .open(license_ctx(&st.license_id), &st.sealed)
+                        .open(SealedColumn::License.at(&st.license_id), &st.sealed)
                         .map_or(true, |text| text.as_slice() == v.raw.as_bytes())
             }
             _ => false,
@@ -95,9 +95,10 @@ impl App {
             customer: v.def.customer.clone(),
             vendor_key_id: v.vendor_key_id.clone(),
             digest: v.digest.clone(),
-            sealed: self
-                .keyring
-                .seal(license_ctx(&v.def.license_id), v.raw.as_bytes()),
+            sealed: self.keyring.seal(
+                SealedColumn::License.at(&v.def.license_id),
+                v.raw.as_bytes(),
+            ),
             features: v.def.features.clone(),
         };
         let outcome = self.storage.apply_license(&record).await?;
@@ -140,7 +141,10 @@ impl App {
     /// Whether a stored license opens and would verify but for a vendor key
     /// this instance does not trust.
     pub(super) fn only_vendor_key_untrusted(&self, license_id: &str, sealed: &[u8]) -> bool {
-        let Ok(text) = self.keyring.open(license_ctx(license_id), sealed) else {
+        let Ok(text) = self
+            .keyring
+            .open(SealedColumn::License.at(license_id), sealed)
+        else {
             return false;
         };
         let Ok(text) = std::str::from_utf8(&text) else {
@@ -162,7 +166,7 @@ impl App {
     ) -> Result<license::VerifiedLicense, String> {
         let text = self
             .keyring
-            .open(license_ctx(license_id), sealed)
+            .open(SealedColumn::License.at(license_id), sealed)
             .map_err(|e: SealError| format!("stored license {license_id} refused: {e}"))?;
         let text = std::str::from_utf8(&text)
             .map_err(|_| format!("stored license {license_id} is not text"))?;

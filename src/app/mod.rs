@@ -54,9 +54,7 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 use crate::config::{Config, DatabaseConfig};
-use crate::crypto::keyring::{
-    read_key_file, KeyFileError, Keyring, MasterKey, SealContext, SealError,
-};
+use crate::crypto::keyring::{KeyLoadError, Keyring, MasterKey, SealError, SealedColumn};
 use crate::crypto::tickets::{OpenedTicket, TicketError, TicketKeys};
 use crate::crypto::{random_hex, sha256_hex, Secret};
 use crate::domain::identity::{
@@ -77,7 +75,7 @@ use floatlm_protocol::handshake::ResumeGrant;
 pub use crate::storage::SeatFailure;
 use crate::storage::{
     mysql::MySqlStorage, sqlite::SqliteStorage, usage_by_name, ApplyOutcome, Backend, Extension,
-    IdentityRow, InstanceBeat, LicenseRecord, SealedKind, Storage, StorageError, TokenRow,
+    IdentityRow, InstanceBeat, LicenseRecord, Storage, StorageError, TokenRow,
 };
 
 /// Clients' seat counts may be this old (admin views are always fresh).
@@ -270,7 +268,7 @@ impl App {
         let gate = Arc::new(crate::dbgate::DbGate::default());
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let stand_in_sealed = keyring.seal(
-            identity_ctx(STAND_IN_IDENTITY),
+            SealedColumn::Identity.at(STAND_IN_IDENTITY),
             new_identity_secret().expose().as_bytes(),
         );
         let app = Arc::new(App {

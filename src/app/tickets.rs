@@ -21,9 +21,10 @@ impl App {
             return Ok(());
         }
         let key = zeroize::Zeroizing::new(crate::crypto::random_bytes(32));
-        let sealed = self
-            .keyring
-            .seal(ticket_key_ctx(&current.to_string()), key.as_ref());
+        let sealed = self.keyring.seal(
+            SealedColumn::TicketKey.at(&current.to_string()),
+            key.as_ref(),
+        );
         if self.storage.insert_ticket_key(current, &sealed).await? {
             tracing::info!(
                 key = current,
@@ -46,7 +47,9 @@ impl App {
             if id < oldest_useful {
                 continue;
             }
-            let opened = self.keyring.open(ticket_key_ctx(&id.to_string()), &sealed);
+            let opened = self
+                .keyring
+                .open(SealedColumn::TicketKey.at(&id.to_string()), &sealed);
             match opened.map(|k| <[u8; 32]>::try_from(k.as_slice())) {
                 Ok(Ok(k)) => {
                     keys.insert(id, zeroize::Zeroizing::new(k));

@@ -39,7 +39,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
-use crate::crypto::keyring::{read_key_file, Keyring, SealContext};
+use crate::crypto::keyring::{KeyLoadError, Keyring, SealedColumn};
 use crate::storage::backup::{self as tables, Cell, ColType, Snapshot, TableRows};
 
 pub const MAGIC: &[u8; 8] = b"FLMBACKP";
@@ -449,11 +449,15 @@ pub fn open(bytes: &[u8], ring: &Keyring, known_schema: i64) -> Result<Opened, B
 pub fn check_sealed(opened: &Opened, ring: &Keyring) -> Result<usize, BackupError> {
     let mut n = 0;
     for t in &opened.tables {
-        let Some(sealed) = t.table.columns.iter().position(|c| c.name == "sealed") else {
+        let Some(column) = SealedColumn::of_table(t.table.name) else {
+            continue;
+        };
+        let at = |name: &str| t.table.columns.iter().position(|c| c.name == name);
+        let (Some(sealed), Some(row)) = (at(column.column()), at(column.row_column())) else {
             continue;
         };
         for r in &t.rows {
-            let row_id = match &r[0] {
+            let row_id = match &r[row] {
                 Cell::Text(s) => s.clone(),
                 Cell::Int(i) => i.to_string(),
                 other => format!("{other:?}"),
@@ -461,7 +465,7 @@ pub fn check_sealed(opened: &Opened, ring: &Keyring) -> Result<usize, BackupErro
             let Cell::Bytes(blob) = &r[sealed] else {
                 continue;
             };
-            ring.open(SealContext::new(t.table.name, "sealed", &row_id), blob)
+            ring.open(column.at(&row_id), blob)
                 .map_err(|e| BackupError::Sealed {
                     table: t.table.name.to_string(),
                     row: row_id.clone(),
@@ -477,21 +481,14 @@ pub fn check_sealed(opened: &Opened, ring: &Keyring) -> Result<usize, BackupErro
 /// verify`, `restore`): the configured ones, or DATA_DIR/master.key (never
 /// generated here).
 pub fn configured_keyring(config: &Config) -> Result<Keyring, String> {
-    let keys = match &config.master_keys {
-        Some(k) => k.clone(),
-        None => {
-            let path = config.data_dir.join("master.key");
-            read_key_file(&path)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                format!(
-                    "no master key: set master_key or master_key_file (FLOATLM_MASTER_KEY, --master-key-file), \
-                     or run where {} exists",
-                    path.display()
-                )
-            })?
-        }
-    };
+    let keys = config.load_master_keys().map_err(|e| match e {
+        KeyLoadError::NoFile(path) => format!(
+            "no master key: set master_key or master_key_file (FLOATLM_MASTER_KEY, --master-key-file), \
+             or run where {} exists",
+            path.display()
+        ),
+        e => e.to_string(),
+    })?;
     Keyring::new(keys).map_err(|e| e.to_string())
 }
 
@@ -598,6 +595,31 @@ mod tests {
             BackupError::Truncated { .. }
         ));
         assert_eq!(open(b"hello", &r, 9).unwrap_err(), BackupError::NotABackup);
+    }
+
+    /// `check_sealed` finds the sealed columns of a file by the crypto
+    /// enum: every table a backup holds with a blob in it must be one.
+    #[test]
+    fn every_sealed_column_a_backup_holds_is_named_by_the_enum() {
+        let mut holding_blobs: Vec<&str> = TABLES
+            .iter()
+            .filter(|t| t.columns.iter().any(|c| c.ty == ColType::Bytes))
+            .map(|t| t.name)
+            .collect();
+        let mut named: Vec<&str> = SealedColumn::ALL.iter().map(|c| c.table()).collect();
+        holding_blobs.sort();
+        named.sort();
+        assert_eq!(holding_blobs, named);
+        for c in SealedColumn::ALL {
+            let t = tables::table(c.table()).unwrap();
+            for name in [c.column(), c.row_column()] {
+                assert!(
+                    t.columns.iter().any(|col| col.name == name),
+                    "{}.{name}",
+                    c.table()
+                );
+            }
+        }
     }
 
     proptest::proptest! {

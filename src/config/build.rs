@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::reader::Reader;
+use super::reader::{Given, Reader};
 use super::sources::{Layers, Source};
 use super::values::{parse_duration, redact_url, valid_log_filter};
 use super::{invalid, Assignment, Config, ConfigError, DatabaseConfig, LogFormat};
-use crate::crypto::keyring::{parse_key_list, MasterKey};
+use crate::crypto::keyring::{load_master_keys, KeySource, MasterKey};
 use crate::crypto::Secret;
 use crate::domain::license::VendorKey;
 
@@ -174,7 +174,7 @@ fn master_keys(
     database: &DatabaseConfig,
     data_dir: &Path,
 ) -> Result<Option<Vec<MasterKey>>, ConfigError> {
-    let master_keys = match r.secret_or_file("master_key")? {
+    let master_keys = match r.secret_or_path("master_key")? {
         None => {
             if matches!(database, DatabaseConfig::Mysql(_)) {
                 return Err(ConfigError::Missing(
@@ -185,9 +185,12 @@ fn master_keys(
             }
             None
         }
-        Some((spec, s)) => {
-            let key = key_of(&s, "master_key", "master_key_file");
-            Some(parse_key_list(spec.expose()).map_err(|e| invalid(key, &s, e.to_string()))?)
+        Some((given, s)) => {
+            let (key, source) = match &given {
+                Given::Value(text) => ("master_key", KeySource::Text(text.expose())),
+                Given::File(file_key, path) => (*file_key, KeySource::File(path)),
+            };
+            Some(load_master_keys(source).map_err(|e| invalid(key, &s, e.to_string()))?)
         }
     };
     r.show(
@@ -199,7 +202,7 @@ fn master_keys(
             ),
             None => format!(
                 "(not set: generated/loaded {})",
-                data_dir.join("master.key").display()
+                data_dir.join(super::MASTER_KEY_FILE).display()
             ),
         },
     );

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
-use crate::crypto::keyring::MasterKey;
+use crate::crypto::keyring::{load_master_keys, KeyLoadError, KeySource, MasterKey};
 use crate::crypto::Secret;
 use crate::domain::license::VendorKey;
 
@@ -93,7 +93,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub database: DatabaseConfig,
     pub max_connections: u32,
-    /// None: generate or load DATA_DIR/master.key (SQLite only).
+    /// Given by `master_key` or `master_key_file`; None: DATA_DIR/master.key
+    /// (SQLite only), read by [`Config::load_master_keys`].
     pub master_keys: Option<Vec<MasterKey>>,
     pub vendor_keys: Vec<VendorKey>,
     pub admin_token: Option<Secret>,
@@ -143,6 +144,28 @@ pub struct Config {
     /// How `config check` shows each key's effective value (secrets
     /// redacted).
     shown: BTreeMap<&'static str, String>,
+}
+
+/// The master key file in `data_dir` of an instance given no `master_key`
+/// or `master_key_file` (SQLite only: the first start writes it).
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+impl Config {
+    /// DATA_DIR/master.key ([`MASTER_KEY_FILE`]).
+    pub fn master_key_path(&self) -> PathBuf {
+        self.data_dir.join(MASTER_KEY_FILE)
+    }
+
+    /// This instance's master keys: the configured ones, else those of
+    /// DATA_DIR/master.key as it is now ([`KeyLoadError::NoFile`] until a
+    /// first start has written it). Start-up and the backup commands read
+    /// them here, through the one loader.
+    pub fn load_master_keys(&self) -> Result<Vec<MasterKey>, KeyLoadError> {
+        match &self.master_keys {
+            Some(keys) => Ok(keys.clone()),
+            None => load_master_keys(KeySource::File(&self.master_key_path())),
+        }
+    }
 }
 
 fn invalid(key: &'static str, source: &Source, reason: impl Into<String>) -> ConfigError {

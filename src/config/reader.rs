@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keys::{spec, Rule, KEYS};
@@ -116,6 +117,24 @@ impl Reader<'_> {
         &mut self,
         name: &'static str,
     ) -> Result<Option<(Secret, Source)>, ConfigError> {
+        match self.secret_or_path(name)? {
+            Some((Given::Value(v), s)) => Ok(Some((v, s))),
+            Some((Given::File(file_key, p), s)) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| {
+                    invalid(file_key, &s, format!("cannot read {}: {e}", p.display()))
+                })?;
+                Ok(Some((Secret::new(text.trim().to_string()), s)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The value of secret key `name` or the path its `*_file` key names
+    /// (never both), for a caller that reads the file itself.
+    pub(super) fn secret_or_path(
+        &mut self,
+        name: &'static str,
+    ) -> Result<Option<(Given, Source)>, ConfigError> {
         debug_assert!(spec(name).secret, "{name} is not declared secret");
         let file_key = KEYS
             .iter()
@@ -128,14 +147,19 @@ impl Reader<'_> {
                 &s,
                 format!("set either {name} or {file_key}, not both"),
             )),
-            (Some((v, s)), None) => Ok(Some((Secret::new(v), s))),
+            (Some((v, s)), None) => Ok(Some((Given::Value(Secret::new(v)), s))),
             (None, Some((p, s))) => {
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| invalid(file_key, &s, format!("cannot read {p}: {e}")))?;
                 self.sources.insert(name, s.clone());
-                Ok(Some((Secret::new(text.trim().to_string()), s)))
+                Ok(Some((Given::File(file_key, PathBuf::from(p)), s)))
             }
             (None, None) => Ok(None),
         }
     }
+}
+
+/// How a secret setting was given: its value, or the path its `*_file` key
+/// (named) holds.
+pub(super) enum Given {
+    Value(Secret),
+    File(&'static str, PathBuf),
 }

@@ -96,6 +96,51 @@ fn mysql_needs_a_master_key_and_secrets_do_not_print() {
     assert!(!shown.contains(&"A".repeat(43)), "{shown}");
 }
 
+/// `master_key_file` goes through the one key loader: a missing or bad
+/// file names the setting, where it was set and the file, never key bytes;
+/// without a key, the keys are DATA_DIR/master.key's.
+#[test]
+fn master_key_files_name_the_setting_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mk");
+    let mut l = Layers::default();
+    l.flag("data_dir", Some(dir.path().display()));
+    l.env(env_of(&[(
+        "FLOATLM_MASTER_KEY_FILE",
+        file.to_str().unwrap(),
+    )]));
+    let e = l.build().unwrap_err().to_string();
+    assert!(
+        e.contains("master_key_file")
+            && e.contains("FLOATLM_MASTER_KEY_FILE")
+            && e.contains("does not exist"),
+        "{e}"
+    );
+    std::fs::write(&file, "k1:aGVsbG8=\n").unwrap();
+    let e = l.build().unwrap_err().to_string();
+    assert!(
+        e.contains(file.to_str().unwrap())
+            && e.contains("exactly 32 bytes")
+            && !e.contains("aGVsbG8"),
+        "{e}"
+    );
+    let key = crate::crypto::MasterKey::generate("k7").unwrap();
+    std::fs::write(&file, format!("{}\n", key.to_spec().as_str())).unwrap();
+    let c = l.build().unwrap();
+    assert_eq!(c.load_master_keys().unwrap()[0].bytes(), key.bytes());
+
+    let mut l = Layers::default();
+    l.flag("data_dir", Some(dir.path().display()));
+    let c = l.build().unwrap();
+    assert!(c.master_keys.is_none());
+    assert!(matches!(
+        c.load_master_keys(),
+        Err(crate::crypto::keyring::KeyLoadError::NoFile(p)) if p == dir.path().join("master.key")
+    ));
+    std::fs::copy(&file, c.master_key_path()).unwrap();
+    assert_eq!(c.load_master_keys().unwrap()[0].id(), "k7");
+}
+
 #[test]
 fn config_check_shows_every_key_and_the_sample_file_lists_them() {
     let dir = tempfile::tempdir().unwrap();

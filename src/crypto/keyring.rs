@@ -6,47 +6,26 @@
 //! 0x01 | key_id_len:u8 | key_id (ASCII) | nonce:12 | ciphertext || tag:16
 //! ```
 //!
-//! The AAD binds the blob to where it lives — table, column, row id — and to
-//! the key id, so a blob copied into another row or relabelled with another
-//! key id does not open.
+//! The AAD binds the blob to where it lives — a [`SealedColumn`] and a row
+//! id (`sealed.rs`) — and to the key id, so a blob copied into another row
+//! or relabelled with another key id does not open.
+//!
+//! Master keys come from one place, [`load_master_keys`]: the text of
+//! `master_key` or a key file (`master_key_file`, DATA_DIR/master.key).
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+pub use super::sealed::{SealContext, SealedColumn};
 
 const BLOB_VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
-
-/// Where a sealed blob lives; becomes the AAD.
-#[derive(Debug, Clone, Copy)]
-pub struct SealContext<'a> {
-    pub table: &'a str,
-    pub column: &'a str,
-    pub row_id: &'a str,
-}
-
-impl<'a> SealContext<'a> {
-    pub fn new(table: &'a str, column: &'a str, row_id: &'a str) -> Self {
-        SealContext {
-            table,
-            column,
-            row_id,
-        }
-    }
-
-    fn aad(&self, key_id: &str) -> Vec<u8> {
-        let mut aad = b"floatlm-seal-v1".to_vec();
-        for part in [self.table, self.column, self.row_id, key_id] {
-            aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            aad.extend_from_slice(part.as_bytes());
-        }
-        aad
-    }
-}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SealError {
@@ -159,31 +138,59 @@ impl MasterKey {
     }
 }
 
-/// Why a master key file was not read: the file could not be read, or
-/// what it holds is not a key list. Each names the file.
-#[derive(Debug, Error)]
-pub enum KeyFileError {
-    #[error("cannot read {0}")]
-    Read(String),
-    #[error("{0}")]
-    Parse(String),
+/// Where master keys are loaded from by [`load_master_keys`].
+#[derive(Debug, Clone, Copy)]
+pub enum KeySource<'a> {
+    /// A list of `ID:BASE64` keys given as text (`master_key` from a flag,
+    /// the environment or the config file).
+    Text(&'a str),
+    /// A file holding such a list (`master_key_file`, DATA_DIR/master.key).
+    File(&'a Path),
 }
 
-/// Reads a master key file (`DATA_DIR/master.key`): None when there is no
-/// such file; otherwise its keys.
-pub fn read_key_file(path: &std::path::Path) -> Result<Option<Vec<MasterKey>>, KeyFileError> {
+/// Why master keys were not loaded. Each names the file it read, if any;
+/// none echoes key bytes.
+#[derive(Debug, Error)]
+pub enum KeyLoadError {
+    #[error("master key file {} does not exist", .0.display())]
+    NoFile(PathBuf),
+    #[error("cannot read master key file {}: {why}; make it readable by the user floatlm runs as", path.display())]
+    Read { path: PathBuf, why: String },
+    #[error("{0}")]
+    Invalid(KeySpecError),
+    #[error("master key file {}: {why}", path.display())]
+    InvalidFile { path: PathBuf, why: KeySpecError },
+}
+
+/// Loads master keys: the one place where key text or a key file becomes
+/// [`MasterKey`]s (configuration, start-up and the backup commands all come
+/// here). What a file holds is kept as a [`Secret`](super::Secret) while
+/// it is parsed.
+pub fn load_master_keys(source: KeySource<'_>) -> Result<Vec<MasterKey>, KeyLoadError> {
+    let path = match source {
+        KeySource::Text(text) => return parse_key_list(text).map_err(KeyLoadError::Invalid),
+        KeySource::File(path) => path,
+    };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => super::Secret::new(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(KeyFileError::Read(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeyLoadError::NoFile(path.to_path_buf()))
+        }
+        Err(e) => {
+            return Err(KeyLoadError::Read {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })
+        }
     };
-    parse_key_list(text.expose())
-        .map(Some)
-        .map_err(|e| KeyFileError::Parse(format!("{}: {e}", path.display())))
+    parse_key_list(text.expose()).map_err(|why| KeyLoadError::InvalidFile {
+        path: path.to_path_buf(),
+        why,
+    })
 }
 
 /// Parses a list of `ID:BASE64` keys separated by commas, whitespace or newlines.
-pub fn parse_key_list(text: &str) -> Result<Vec<MasterKey>, KeySpecError> {
+fn parse_key_list(text: &str) -> Result<Vec<MasterKey>, KeySpecError> {
     let mut keys: Vec<MasterKey> = Vec::new();
     for spec in text
         .split(|c: char| c == ',' || c.is_whitespace())
@@ -328,7 +335,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip() {
         let r = ring();
-        let ctx = SealContext::new("licenses", "blob", "L1");
+        let ctx = SealedColumn::License.at("L1");
         let blob = r.seal(ctx, b"hello");
         assert_eq!(&r.open(ctx, &blob).unwrap()[..], b"hello");
     }
@@ -336,17 +343,50 @@ mod tests {
     #[test]
     fn moved_blob_does_not_open() {
         let r = ring();
-        let blob = r.seal(SealContext::new("licenses", "blob", "L1"), b"hello");
-        let err = r
-            .open(SealContext::new("licenses", "blob", "L2"), &blob)
-            .unwrap_err();
+        let blob = r.seal(SealedColumn::License.at("L1"), b"hello");
+        let err = r.open(SealedColumn::License.at("L2"), &blob).unwrap_err();
         assert_eq!(err, SealError::Tampered("k1".into()));
+        let err = r.open(SealedColumn::Identity.at("L1"), &blob).unwrap_err();
+        assert_eq!(err, SealError::Tampered("k1".into()), "another column");
+    }
+
+    /// Blobs sealed outside this code (Python's `cryptography`, key [7; 32],
+    /// nonce 0..12, plaintext "floatlm") with the AAD every version since
+    /// 0.1 writes: existing databases and backups keep opening.
+    #[test]
+    fn blobs_sealed_by_earlier_versions_still_open() {
+        let r = ring();
+        for (column, row, blob) in [
+            (
+                SealedColumn::Canary,
+                "k1",
+                "01026b31000102030405060708090a0b7eed86116965b41114697dae8c0f3eb0ed1e5d7d80c84e",
+            ),
+            (
+                SealedColumn::License,
+                "L1",
+                "01026b31000102030405060708090a0b7eed86116965b4ecb027fa239de770bcda2ac1fb8e0cb1",
+            ),
+            (
+                SealedColumn::Identity,
+                "stand-in",
+                "01026b31000102030405060708090a0b7eed86116965b4c36dd48067908ab63ce32051fb304583",
+            ),
+            (
+                SealedColumn::TicketKey,
+                "1700000000",
+                "01026b31000102030405060708090a0b7eed86116965b421a42c1c5d1c5acd8f479e04bddb90a3",
+            ),
+        ] {
+            let opened = r.open(column.at(row), &hex::decode(blob).unwrap());
+            assert_eq!(&opened.unwrap()[..], b"floatlm", "{column:?}");
+        }
     }
 
     #[test]
     fn every_flipped_byte_is_refused() {
         let r = ring();
-        let ctx = SealContext::new("t", "c", "1");
+        let ctx = SealedColumn::TicketKey.at("1");
         let blob = r.seal(ctx, b"payload");
         for i in 0..blob.len() {
             let mut b = blob.clone();
@@ -363,7 +403,7 @@ mod tests {
             MasterKey::new("k2", [2; 32]).unwrap(),
         ])
         .unwrap();
-        let ctx = SealContext::new("t", "c", "1");
+        let ctx = SealedColumn::TicketKey.at("1");
         let blob = old.seal(ctx, b"x");
         assert_eq!(&both.open(ctx, &blob).unwrap()[..], b"x");
         let blob2 = both.seal(ctx, b"y");
@@ -391,10 +431,43 @@ mod tests {
         assert!(parse_key_list("k1:AAAA, k1:BBBB").is_err());
     }
 
+    #[test]
+    fn keys_load_from_text_and_files_and_errors_name_the_file() {
+        let k = MasterKey::generate("k3").unwrap();
+        let spec = k.to_spec();
+        let keys = load_master_keys(KeySource::Text(&spec)).unwrap();
+        assert_eq!(keys[0].bytes(), k.bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        assert!(matches!(
+            load_master_keys(KeySource::File(&path)),
+            Err(KeyLoadError::NoFile(p)) if p == path
+        ));
+        std::fs::write(
+            &path,
+            format!("#old\nk1:{}\n{}\n", "A".repeat(43) + "=", spec.as_str()),
+        )
+        .unwrap();
+        let keys = load_master_keys(KeySource::File(&path)).unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.id()).collect::<Vec<_>>(),
+            ["k1", "k3"]
+        );
+        std::fs::write(&path, format!("{}\n{}\n", spec.as_str(), spec.as_str())).unwrap();
+        let e = load_master_keys(KeySource::File(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(path.to_str().unwrap()) && e.contains("'k3' is listed twice"),
+            "{e}"
+        );
+        assert!(!e.contains(&spec[3..]), "{e}");
+    }
+
     proptest::proptest! {
         #[test]
         fn open_never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = ring().open(SealContext::new("t", "c", "1"), &data);
+            let _ = ring().open(SealedColumn::TicketKey.at("1"), &data);
         }
     }
 }

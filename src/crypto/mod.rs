@@ -1,14 +1,18 @@
 //! Key material and sealing at rest.
 //!
-//! The keyring owns the operator's master keys; every secret and license blob
-//! the database holds is sealed with one of them (AES-256-GCM). Key bytes are
-//! zeroized on drop and never printed.
+//! The keyring owns the operator's master keys and the one function that
+//! loads them (`keyring.rs`); every secret and license blob the database
+//! holds is sealed with one of them (AES-256-GCM), bound to one of the
+//! sealed columns `sealed.rs` names. Key bytes are zeroized on drop and
+//! never printed.
 
 pub mod keyring;
+pub mod sealed;
 pub mod secret;
 pub mod tickets;
 
-pub use keyring::{Keyring, MasterKey, SealContext, SealError};
+pub use keyring::{Keyring, MasterKey, SealError};
+pub use sealed::{SealContext, SealedColumn};
 pub use secret::Secret;
 
 use rand::RngCore;

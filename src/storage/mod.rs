@@ -505,10 +505,6 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool>;
     /// Removes the canaries of every key but `keep`.
     async fn retain_canary(&self, keep: &str) -> Result<()>;
-    /// Replaces the canary of `key_id` if it still equals `old` (a damaged
-    /// canary, or one a trial start wrote with another key of that id);
-    /// true when replaced.
-    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
 
     /// Every ticket key: (id, sealed key), by id.
     async fn ticket_keys(&self) -> Result<Vec<(i64, Vec<u8>)>>;
@@ -517,11 +513,19 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Deletes the keys with an id below `below`; returns how many.
     async fn purge_ticket_keys(&self, below: i64) -> Result<u64>;
 
-    /// Every sealed blob (licenses, identity secrets, ticket keys) with
-    /// where it lives.
+    /// Every sealed blob key rotation rewrites (licenses, identity secrets,
+    /// ticket keys; not canaries) with where it lives.
     async fn sealed_rows(&self) -> Result<Vec<SealedRow>>;
-    /// Replaces a sealed blob if it still equals `old`; true when replaced.
-    async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool>;
+    /// Replaces the blob of `column` in row `row_id` if it still equals
+    /// `old` (a key rotation; a damaged canary, or one a trial start wrote
+    /// with another key of that id); true when replaced.
+    async fn reseal(
+        &self,
+        column: crate::crypto::SealedColumn,
+        row_id: &str,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool>;
 }
 
 /// Usage records (`*/usage.rs`): seat events are written by the

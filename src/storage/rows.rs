@@ -7,6 +7,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 
 use super::{SlotRead, StorageError};
+use crate::crypto::{SealContext, SealedColumn};
 use crate::domain::license::FeatureDef;
 use crate::domain::seats::{LeaseInfo, LeaseRef, Role};
 use crate::domain::slots::{FeatureRow, SlotState};
@@ -122,29 +123,20 @@ impl InstanceRow {
     }
 }
 
-/// Which sealed column a blob lives in (for key rotation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SealedKind {
-    License,
-    IdentitySecret,
-    TicketKey,
-}
-
-impl SealedKind {
-    pub fn table(&self) -> &'static str {
-        match self {
-            SealedKind::License => "licenses",
-            SealedKind::IdentitySecret => "identities",
-            SealedKind::TicketKey => "ticket_keys",
-        }
-    }
-}
-
+/// One sealed blob with where it lives (for key rotation): its column
+/// (never [`SealedColumn::Canary`]: canaries are read on their own) and row.
 #[derive(Debug, Clone)]
 pub struct SealedRow {
-    pub kind: SealedKind,
+    pub column: SealedColumn,
     pub row_id: String,
     pub sealed: Vec<u8>,
+}
+
+impl SealedRow {
+    /// What the blob is bound to: open and re-seal it with this.
+    pub fn at(&self) -> SealContext<'_> {
+        self.column.at(&self.row_id)
+    }
 }
 
 /// One holder's leases in a batched renewal.

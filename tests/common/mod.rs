@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use floatlm::app::App;
 use floatlm::config::Layers;
-use floatlm::crypto::keyring::{Keyring, MasterKey, SealContext};
+use floatlm::crypto::keyring::{Keyring, MasterKey};
+use floatlm::crypto::SealedColumn;
 use floatlm::domain::license::{parse_definition, LicenseDef, VendorSigningKey};
 use floatlm::storage::mysql::MySqlStorage;
 use floatlm::storage::sqlite::SqliteStorage;
@@ -147,10 +148,7 @@ pub fn record(def: &LicenseDef, vendor: &VendorSigningKey, ring: &Keyring) -> Li
         customer: def.customer.clone(),
         vendor_key_id: vendor.public().id(),
         digest: floatlm::crypto::sha256_hex(text.as_bytes()),
-        sealed: ring.seal(
-            SealContext::new("licenses", "sealed", &def.license_id),
-            text.as_bytes(),
-        ),
+        sealed: ring.seal(SealedColumn::License.at(&def.license_id), text.as_bytes()),
         features: def.features.clone(),
         repair: false,
     }

@@ -2,6 +2,7 @@
 //! columns key rotation rewrites.
 
 use super::*;
+use crate::crypto::SealedColumn;
 
 #[async_trait]
 impl KeyStore for MySqlStorage {
@@ -28,16 +29,6 @@ impl KeyStore for MySqlStorage {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn replace_canary(&self, key_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        let r = sqlx::query("UPDATE keyring_canary SET sealed = ? WHERE key_id = ? AND sealed = ?")
-            .bind(new)
-            .bind(key_id)
-            .bind(old)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     async fn ticket_keys(&self) -> Result<Vec<(i64, Vec<u8>)>> {
@@ -71,7 +62,7 @@ impl KeyStore for MySqlStorage {
             .fetch_all(&self.pool)
             .await?;
         out.extend(lic.into_iter().map(|(row_id, sealed)| SealedRow {
-            kind: SealedKind::License,
+            column: SealedColumn::License,
             row_id,
             sealed,
         }));
@@ -79,7 +70,7 @@ impl KeyStore for MySqlStorage {
             .fetch_all(&self.pool)
             .await?;
         out.extend(ids.into_iter().map(|(row_id, sealed)| SealedRow {
-            kind: SealedKind::IdentitySecret,
+            column: SealedColumn::Identity,
             row_id,
             sealed,
         }));
@@ -87,22 +78,31 @@ impl KeyStore for MySqlStorage {
             .fetch_all(&self.pool)
             .await?;
         out.extend(keys.into_iter().map(|(id, sealed)| SealedRow {
-            kind: SealedKind::TicketKey,
+            column: SealedColumn::TicketKey,
             row_id: id.to_string(),
             sealed,
         }));
         Ok(out)
     }
 
-    async fn reseal(&self, kind: SealedKind, row_id: &str, old: &[u8], new: &[u8]) -> Result<bool> {
-        let sql = match kind {
-            SealedKind::License => {
+    async fn reseal(
+        &self,
+        column: SealedColumn,
+        row_id: &str,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool> {
+        let sql = match column {
+            SealedColumn::Canary => {
+                "UPDATE keyring_canary SET sealed = ? WHERE key_id = ? AND sealed = ?"
+            }
+            SealedColumn::License => {
                 "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?"
             }
-            SealedKind::IdentitySecret => {
+            SealedColumn::Identity => {
                 "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?"
             }
-            SealedKind::TicketKey => {
+            SealedColumn::TicketKey => {
                 "UPDATE ticket_keys SET sealed = ? WHERE id = CAST(? AS SIGNED) AND sealed = ?"
             }
         };
