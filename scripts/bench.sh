@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # floatlm's benchmark: builds release binaries, makes sure MariaDB and NGINX
 # are there (as scripts/test.sh does), runs crates/bench (baselines, one
-# instance, three instances behind NGINX) and rewrites docs/benchmarks.md.
+# instance, three instances behind NGINX, three instances on a 3-node Galera
+# cluster it starts itself) and rewrites docs/benchmarks.md.
 #
-#   scripts/bench.sh --quick     under two minutes
-#   scripts/bench.sh             the full run (100,000 live leases; several minutes)
+#   scripts/bench.sh --quick         under three minutes
+#   scripts/bench.sh                 the full run (100,000 live leases; several minutes)
+#   scripts/bench.sh --only galera   the Galera part alone
 #
 # Extra arguments go to floatlm-bench (see: target/release/floatlm-bench --help).
 # Another database server: FLOATLM_BENCH_MYSQL=mysql://USER:PASS@HOST:PORT
@@ -15,6 +17,7 @@ cd "$(dirname "$0")/.."
 source scripts/ensure.sh
 ensure_mariadb
 ensure_nginx
+ensure_galera
 export FLOATLM_BENCH_MYSQL="${FLOATLM_BENCH_MYSQL:-${FLOATLM_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}}"
 
 say "building release binaries"

@@ -6,7 +6,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::keys::{env_name, flag_name, KEYS};
-use super::ConfigError;
+use super::values::merge_node_urls;
+use super::{invalid, ConfigError};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -40,12 +41,16 @@ impl Layers {
         self.values.insert(key, (value, source));
     }
 
-    /// Reads the INI file at `path`.
+    /// Reads the INI file at `path`. A key may be set once, except
+    /// `database_url`: repeated, each value names one node of a cluster, and
+    /// they become one URL listing every host.
     pub fn file(&mut self, path: &Path) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::File(path.to_path_buf(), e.to_string()))?;
         let ini = ini::Ini::load_from_str(&text)
             .map_err(|e| ConfigError::File(path.to_path_buf(), e.to_string()))?;
+        let source = Source::File(path.to_path_buf());
+        let mut found: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
         for (section, props) in ini.iter() {
             let section = section.unwrap_or("");
             for (k, v) in props.iter() {
@@ -58,8 +63,27 @@ impl Layers {
                         section: section.to_string(),
                         key: k.to_string(),
                     })?;
-                self.set(key, v.to_string(), Source::File(path.to_path_buf()));
+                found.entry(key).or_default().push(v.to_string());
             }
+        }
+        for (key, mut values) in found {
+            let value = match values.len() {
+                1 => values.remove(0),
+                _ if key == "database_url" => {
+                    merge_node_urls(&values).map_err(|reason| invalid(key, &source, reason))?
+                }
+                n => {
+                    return Err(invalid(
+                        key,
+                        &source,
+                        format!(
+                            "it is set {n} times; set it once (only database_url may repeat, \
+                             one node of a cluster each)"
+                        ),
+                    ))
+                }
+            };
+            self.set(key, value, source.clone());
         }
         Ok(())
     }

@@ -261,3 +261,83 @@ fn log_levels_are_levels() {
         "mysql://u:[redacted]@h:1/d"
     );
 }
+
+/// Writes `text` as an INI file and reads it into fresh layers.
+fn from_file(text: &str) -> Result<Layers, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.ini");
+    std::fs::write(&p, text).unwrap();
+    let mut l = Layers::default();
+    l.file(&p).map(|()| l)
+}
+
+#[test]
+fn a_repeated_database_url_lists_the_nodes_of_one_cluster() {
+    let mut l = from_file(
+        "[database]\n\
+         database_url = mysql://floatlm:hunter2@db1:3306/floatlm?ssl-mode=disabled\n\
+         database_url = mysql://floatlm:hunter2@db2:3307/floatlm?ssl-mode=disabled\n\
+         database_url = mariadb://floatlm:hunter2@db3/floatlm?ssl-mode=disabled\n",
+    )
+    .unwrap();
+    l.flag("master_key", Some(format!("k1:{}", "A".repeat(43) + "=")));
+    let c = l.build().unwrap();
+    let DatabaseConfig::Mysql(url) = &c.database else {
+        panic!("not MySQL: {:?}", c.database);
+    };
+    assert_eq!(
+        url.expose(),
+        "mysql://floatlm:hunter2@db1:3306,db2:3307,db3/floatlm?ssl-mode=disabled"
+    );
+    let shown = c.describe();
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("database_url = "))
+        .unwrap();
+    assert!(
+        line.starts_with(
+            "database_url = mysql://floatlm:[redacted]@db1:3306,db2:3307,db3/floatlm?ssl-mode=disabled    ; from config file "
+        ),
+        "{line}"
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn repeated_database_urls_must_differ_only_in_their_hosts() {
+    for (second, says) in [
+        ("mysql://other:hunter2@db2/floatlm", "user or password"),
+        ("mysql://floatlm:hunter3@db2/floatlm", "user or password"),
+        ("mysql://floatlm:hunter2@db2/another", "database or options"),
+        (
+            "mysql://floatlm:hunter2@db2/floatlm?ssl-mode=required",
+            "database or options",
+        ),
+        ("sqlite:///tmp/x.db", "not a mysql:// URL"),
+        ("mysql://floatlm:hunter2@db1/floatlm", "named twice"),
+    ] {
+        let e = from_file(&format!(
+            "database_url = mysql://floatlm:hunter2@db1/floatlm\ndatabase_url = {second}\n"
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("{second} was accepted"))
+        .to_string();
+        assert!(
+            e.contains("database_url") && e.contains("config file") && e.contains(says),
+            "{second}: {e}"
+        );
+        assert!(!e.contains("hunter"), "{e}");
+    }
+}
+
+#[test]
+fn other_keys_may_be_set_once_only() {
+    let e = from_file("[leases]\nlease_ttl = 10s\nlease_ttl = 20s\n")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("lease_ttl") && e.contains("set 2 times") && e.contains("set it once"),
+        "{e}"
+    );
+}

@@ -1,6 +1,6 @@
 //! The syntax of values that are more than one key's business: durations
-//! (also read by the CLI), log filters, and database URLs with the password
-//! redacted.
+//! (also read by the CLI), log filters, database URLs with the password
+//! redacted, and the nodes of a cluster given as repeated `database_url`s.
 
 use std::time::Duration;
 
@@ -52,4 +52,82 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The parts of a `mysql://` URL that [`merge_node_urls`] compares.
+struct UrlParts<'a> {
+    userinfo: Option<&'a str>,
+    hosts: &'a str,
+    /// `/database?options`.
+    tail: &'a str,
+}
+
+fn url_parts(url: &str) -> Option<UrlParts<'_>> {
+    let rest = url
+        .strip_prefix("mysql://")
+        .or_else(|| url.strip_prefix("mariadb://"))?;
+    let (userinfo, hostpart) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (hosts, tail) = hostpart.split_at(hostpart.find(['/', '?']).unwrap_or(hostpart.len()));
+    Some(UrlParts {
+        userinfo,
+        hosts,
+        tail,
+    })
+}
+
+/// `database_url` given several times (in the INI file), each value naming
+/// a node of one cluster, as one URL listing every host in the order given:
+/// `mysql://u:p@h1:3306/db` and `mysql://u:p@h2:3306/db` become
+/// `mysql://u:p@h1:3306,h2:3306/db`. Err when a value is no MySQL URL or
+/// differs from the first in more than its hosts; the reason never shows a
+/// password.
+pub(super) fn merge_node_urls(urls: &[String]) -> Result<String, String> {
+    let mut hosts: Vec<&str> = Vec::new();
+    let mut first: Option<UrlParts> = None;
+    for (i, url) in urls.iter().enumerate() {
+        let n = i + 1;
+        let p = url_parts(url.trim()).ok_or_else(|| {
+            format!(
+                "it is set {} times, and value {n} is not a mysql:// URL: only a MySQL/MariaDB \
+                 cluster's nodes may be listed this way, one full URL each \
+                 (mysql://USER:PASS@HOST:PORT/DATABASE)",
+                urls.len()
+            )
+        })?;
+        if let Some(f) = &first {
+            let differs = if f.userinfo != p.userinfo {
+                Some("user or password")
+            } else if f.tail != p.tail {
+                Some("database or options")
+            } else {
+                None
+            };
+            if let Some(what) = differs {
+                return Err(format!(
+                    "it is set {} times, and value {n} differs from the first in its {what}: each \
+                     value names one node of the same cluster, with the same user, password, \
+                     database and options; only HOST:PORT may change",
+                    urls.len()
+                ));
+            }
+        }
+        for h in p.hosts.split(',').map(str::trim) {
+            if h.is_empty() {
+                return Err(format!("value {n} has an empty host"));
+            }
+            if hosts.contains(&h) {
+                return Err(format!("the host {h} is named twice"));
+            }
+            hosts.push(h);
+        }
+        first.get_or_insert(p);
+    }
+    let f = first.ok_or("no value")?;
+    Ok(match f.userinfo {
+        Some(u) => format!("mysql://{u}@{}{}", hosts.join(","), f.tail),
+        None => format!("mysql://{}{}", hosts.join(","), f.tail),
+    })
 }

@@ -2,9 +2,11 @@
 //! SQLite files, signed licenses, and real `floatlm` processes on port 0.
 #![allow(dead_code)]
 
-pub mod galera;
 pub mod nginx;
-pub mod own_mariadb;
+// Own MariaDB servers and Galera clusters: shared with crates/bench. Not
+// every test binary uses them.
+#[allow(unused_imports)]
+pub use floatlm_mariadb_harness::{galera, own_mariadb};
 pub mod promise;
 pub mod raw;
 

@@ -1,13 +1,15 @@
 //! floatlm-bench: the load generator and benchmark harness.
 //!
 //! Without `--identity` it starts everything itself on loopback (a fresh
-//! MariaDB database, one and then three floatlm instances, NGINX), measures
+//! MariaDB database, one and then three floatlm instances, NGINX, and a
+//! 3-node Galera cluster of its own with one instance per node), measures
 //! the baselines (raw database transaction, NGINX proxying a trivial
 //! upstream) and every scenario in the same run, and writes a table, a JSON
 //! file and, with `--doc`, docs/benchmarks.md. `scripts/bench.sh` runs it.
 //! With `--identity ID:SECRET@HOST:PORT` it only loads that server.
 
 mod baseline;
+mod galera;
 mod load;
 mod procs;
 mod report;
@@ -66,7 +68,10 @@ pub struct Args {
     pub identity: Option<String>,
     /// Run only these scenarios (repeatable): handshake, query, checkout,
     /// checkout_release, heartbeat, live_leases, and the baselines
-    /// db_transaction, nginx_proxy [default: all].
+    /// db_transaction, nginx_proxy; or the part `galera` (three instances on
+    /// a 3-node Galera cluster the bench starts: checkout, checkout_release,
+    /// heartbeat), alone or with scenario names that then pick its
+    /// scenarios too [default: all, Galera included].
     #[arg(long)]
     pub only: Vec<String>,
     /// Log level of the started instances; their logs are kept in --keep.
@@ -82,8 +87,22 @@ pub struct Args {
 }
 
 impl Args {
+    /// Whether `--only` lets `scenario` run (part names do not count).
     pub fn wants(&self, scenario: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+        let mut named = self.only.iter().filter(|s| !PARTS.contains(&s.as_str()));
+        let mut again = named.clone();
+        named.next().is_none() || again.any(|s| s == scenario)
+    }
+
+    /// Whether the run includes `part` (of [`PARTS`]).
+    pub fn runs_part(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == part)
+    }
+
+    /// Whether the run includes the single-server part (baselines, one
+    /// instance, three behind NGINX): unless `--only` names parts alone.
+    pub fn runs_single_server(&self) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| !PARTS.contains(&s.as_str()))
     }
 
     pub fn seconds(&self) -> Duration {
@@ -109,6 +128,9 @@ impl Args {
             .clamp(1, 100_000)
     }
 }
+
+/// Parts of a run that `--only` can name besides scenarios.
+pub const PARTS: &[&str] = &["galera"];
 
 /// Refuses any target that is not on this machine.
 pub fn ensure_loopback(address: &str) -> anyhow::Result<()> {
@@ -154,6 +176,29 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn only_picks_parts_and_scenarios() {
+        let a = |only: &[&str]| {
+            let mut argv = vec!["floatlm-bench"];
+            for o in only {
+                argv.extend(["--only", o]);
+            }
+            super::Args::parse_from(argv)
+        };
+        let all = a(&[]);
+        assert!(all.runs_single_server() && all.runs_part("galera") && all.wants("heartbeat"));
+        let galera = a(&["galera"]);
+        assert!(!galera.runs_single_server());
+        assert!(galera.runs_part("galera") && galera.wants("heartbeat"));
+        let both = a(&["galera", "heartbeat"]);
+        assert!(both.runs_single_server() && both.runs_part("galera"));
+        assert!(both.wants("heartbeat") && !both.wants("checkout"));
+        let one = a(&["checkout"]);
+        assert!(one.runs_single_server() && !one.runs_part("galera"));
+    }
+
     #[test]
     fn only_loopback_targets() {
         assert!(super::ensure_loopback("127.0.0.1:8990").is_ok());

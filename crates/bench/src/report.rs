@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 
+use crate::galera::TARGET as GALERA;
 use crate::scenarios::{Measured, Results};
 
 const HEADER: &str = "scenario          target                                     clients     ops/s    p50 ms   p95 ms   p99 ms   max ms  errors  srv CPU    ms/op  srv RSS MB";
@@ -45,6 +46,45 @@ pub fn print_row(m: &Measured) {
     if let Some(e) = &m.stats.first_error {
         println!("    first error: {e}");
     }
+    if let Some(c) = &m.conflicts {
+        println!(
+            "    certification conflicts: {} retried by floatlm ({} per 1,000 operations), {} counted by Galera",
+            count(c.floatlm),
+            per_thousand(c.floatlm, m.stats.ops),
+            count(c.wsrep)
+        );
+    }
+}
+
+fn count(n: Option<u64>) -> String {
+    n.map_or("?".into(), |n| n.to_string())
+}
+
+/// Conflicts per 1,000 operations.
+fn per_thousand(n: Option<u64>, ops: u64) -> String {
+    match n {
+        Some(n) if ops > 0 => format!("{:.1}", 1000.0 * n as f64 / ops as f64),
+        _ => "-".into(),
+    }
+}
+
+/// The Galera rows beside the single-server ones: (scenario, Galera ops/s,
+/// against "3 instances, NGINX" on one server, against "1 instance").
+fn galera_ratios(r: &Results) -> Vec<(&'static str, f64, Option<f64>, Option<f64>)> {
+    r.rows
+        .iter()
+        .filter(|m| m.target.starts_with(GALERA))
+        .map(|m| {
+            let g = m.stats.per_second();
+            let vs = |t: &str| {
+                r.find(m.scenario, t)
+                    .map(|s| s.stats.per_second())
+                    .filter(|s| *s > 0.0)
+                    .map(|s| g / s)
+            };
+            (m.scenario, g, vs("3 instances, NGINX"), vs("1 instance"))
+        })
+        .collect()
 }
 
 pub fn print_table(r: &Results) {
@@ -54,6 +94,14 @@ pub fn print_table(r: &Results) {
     }
     for (label, value, target) in ratios(r) {
         println!("{label}: {value} (target {target})");
+    }
+    for (scenario, g, vs3, vs1) in galera_ratios(r) {
+        let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
+        println!(
+            "Galera {scenario}: {g:.0}/s, {} of 3 instances on one server, {} of 1 instance",
+            x(vs3),
+            x(vs1)
+        );
     }
 }
 
@@ -138,6 +186,8 @@ impl Results {
                 "server_cpu_cores": m.server.as_ref().map(|s| s.cpu_cores),
                 "server_rss_max_mb": m.server.as_ref().map(|s| s.rss_max_mb),
                 "server_instances": m.server.as_ref().map(|s| s.instances),
+                "conflicts_retried": m.conflicts.and_then(|c| c.floatlm),
+                "conflicts_wsrep": m.conflicts.and_then(|c| c.wsrep),
             })).collect::<Vec<_>>(),
             "live_leases": self.live.as_ref().map(|l| json!({
                 "leases": l.leases,
@@ -235,10 +285,64 @@ pub fn markdown(r: &Results) -> String {
         md.push_str(&format!("| {what} | {value} | {target} |\n"));
     }
     md.push('\n');
+    md.push_str(&galera_section(r));
     md.push_str(&analysis(r));
     md.push_str(NOTES);
     md.push('\n');
     md.push_str(USAGE_NOTES);
+    md
+}
+
+/// The Galera scenario against the single server, with its conflict rate.
+fn galera_section(r: &Results) -> String {
+    let rows: Vec<&Measured> = r
+        .rows
+        .iter()
+        .filter(|m| m.target.starts_with(GALERA))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("## Galera\n\n");
+    md.push_str(
+        r#"Three instances, one per node of a 3-node MariaDB Galera cluster that the bench
+starts on this machine (own ports and data directories on loopback, galera-4,
+`wsrep_sync_wait = 1` set by floatlm), each listing all three nodes with its own
+first, behind the same NGINX configuration (consistent hash on the client's id, so
+a client stays on one instance and one node while the others write the same
+features through theirs). Conflicts: transaction attempts that failed
+certification (or a deadlock) and were retried whole, from the instances'
+`floatlm_db_conflicts_total{cause="conflict"}`; Galera's own count
+(`wsrep_local_cert_failures + wsrep_local_bf_aborts` on the nodes) beside it. A
+`checkout_release` operation is two requests.
+
+"#,
+    );
+    md.push_str("| scenario | ops/s | against 3 instances, one server | against 1 instance | p50 ms | p99 ms | errors | conflicts retried | per 1,000 ops | Galera's count |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let ratios = galera_ratios(r);
+    for m in rows {
+        let (_, g, vs3, vs1) = ratios
+            .iter()
+            .find(|(s, ..)| *s == m.scenario)
+            .copied()
+            .unwrap_or((m.scenario, m.stats.per_second(), None, None));
+        let x = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}x"));
+        let c = m.conflicts.unwrap_or_default();
+        md.push_str(&format!(
+            "| {} | {g:.0} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            m.scenario,
+            x(vs3),
+            x(vs1),
+            m.stats.p50_ms,
+            m.stats.p99_ms,
+            m.stats.errors,
+            count(c.floatlm),
+            per_thousand(c.floatlm, m.stats.ops),
+            count(c.wsrep)
+        ));
+    }
+    md.push('\n');
     md
 }
 

@@ -25,11 +25,16 @@ const LIVE: &str = "live";
 const BURST: &str = "burst";
 const BURST_CAP: u64 = 50_000;
 const BURST_SEATS: u64 = 2 * BURST_CAP;
-const BENCH_FEATURES: Features = Features {
+pub(crate) const BENCH_FEATURES: Features = Features {
     cycle: CYCLE,
     held: HELD,
     burst: BURST,
     burst_cap: BURST_CAP,
+};
+/// The Galera part's: the same features, fewer seats.
+pub(crate) const GALERA_FEATURES: Features = Features {
+    burst_cap: 20_000,
+    ..BENCH_FEATURES
 };
 
 /// Server-side cost of one scenario, from /proc.
@@ -48,6 +53,25 @@ pub struct Measured {
     pub clients: usize,
     pub stats: Stats,
     pub server: Option<ServerUsage>,
+    /// On a Galera cluster: the certification conflicts met meanwhile.
+    pub conflicts: Option<crate::galera::Conflicts>,
+}
+
+/// What is watched around a scenario: the instances' processes and, on a
+/// Galera cluster, the conflict counters.
+#[derive(Default)]
+pub struct Watch {
+    pub pids: Vec<u32>,
+    pub galera: Option<crate::galera::Counters>,
+}
+
+impl Watch {
+    pub fn pids(pids: &[u32]) -> Watch {
+        Watch {
+            pids: pids.to_vec(),
+            galera: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,29 +102,38 @@ impl Results {
     }
 }
 
-fn http_client(clients: usize) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http_client(clients: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(clients.max(16) * 2)
         .timeout(Duration::from_secs(15))
         .build()?)
 }
 
-/// Runs `f` and measures the given processes around it.
+/// Runs `f` and measures what `watch` names around it.
 async fn measured<Fut>(
     scenario: &'static str,
     target: &str,
     clients: usize,
-    pids: &[u32],
+    watch: &Watch,
     f: Fut,
 ) -> Measured
 where
     Fut: std::future::Future<Output = Stats>,
 {
+    let pids = &watch.pids;
+    let conflicts_before = match &watch.galera {
+        Some(g) => Some(g.read().await),
+        None => None,
+    };
     let before: Vec<(u64, f64)> = pids.iter().map(|p| procs::proc_usage(*p)).collect();
     let t0 = Instant::now();
     let stats = f.await;
     let wall = t0.elapsed().as_secs_f64();
     let after: Vec<(u64, f64)> = pids.iter().map(|p| procs::proc_usage(*p)).collect();
+    let conflicts = match (&watch.galera, conflicts_before) {
+        (Some(g), Some(b)) => Some(g.read().await.since(&b)),
+        _ => None,
+    };
     let server = (!pids.is_empty()).then(|| ServerUsage {
         instances: pids.len(),
         cpu_cores: before
@@ -117,6 +150,7 @@ where
         clients,
         stats,
         server,
+        conflicts,
     };
     crate::report::print_row(&m);
     m
@@ -160,7 +194,7 @@ async fn open_sessions(
 
 /// The features the standard scenarios use.
 #[derive(Clone, Copy)]
-struct Features {
+pub(crate) struct Features {
     /// Checked out and released again (checkout_release).
     cycle: &'static str,
     /// Held by the heartbeat scenario's sessions.
@@ -170,15 +204,27 @@ struct Features {
     burst_cap: u64,
 }
 
-/// handshake, query, checkout, checkout_release and heartbeat against one address.
-async fn standard_scenarios(
+/// Every scenario [`standard_scenarios`] knows.
+pub(crate) const STANDARD: &[&str] = &[
+    "handshake",
+    "query",
+    "checkout",
+    "checkout_release",
+    "heartbeat",
+];
+
+/// handshake, query, checkout, checkout_release and heartbeat against one
+/// address: those of `which` that `--only` asks for.
+pub(crate) async fn standard_scenarios(
     args: &Args,
     http: &reqwest::Client,
     ident: &Identity,
     target: &str,
-    pids: &[u32],
+    watch: &Watch,
     features: &Features,
+    which: &[&str],
 ) -> anyhow::Result<Vec<Measured>> {
+    let wants = |s: &str| which.contains(&s) && args.wants(s);
     let Features {
         cycle: cycle_feature,
         held: held_feature,
@@ -189,9 +235,9 @@ async fn standard_scenarios(
     let mut rows = Vec::new();
 
     let (h, id) = (http.clone(), ident.clone());
-    if args.wants("handshake") {
+    if wants("handshake") {
         rows.push(
-            measured("handshake", target, clients, pids, async move {
+            measured("handshake", target, clients, watch, async move {
                 closed_loop(clients, secs, u64::MAX, move |_, _| {
                     let (http, ident) = (h.clone(), id.clone());
                     async move {
@@ -206,11 +252,11 @@ async fn standard_scenarios(
         );
     }
 
-    if args.wants("query") {
+    if wants("query") {
         let sessions = Arc::new(open_sessions(http, ident, clients, None, clients).await?);
         let (h, addr, ss) = (http.clone(), ident.address.clone(), sessions.clone());
         rows.push(
-            measured("query", target, clients, pids, async move {
+            measured("query", target, clients, watch, async move {
                 closed_loop(clients, secs, u64::MAX, move |w, _| {
                     let (http, addr, ss) = (h.clone(), addr.clone(), ss.clone());
                     async move {
@@ -228,12 +274,12 @@ async fn standard_scenarios(
 
     // Checkouts alone (one seat operation each, like one baseline
     // transaction): every login takes a new seat, none is released here.
-    if args.wants("checkout") {
+    if wants("checkout") {
         let sessions = Arc::new(open_sessions(http, ident, clients, None, clients).await?);
         let (h, addr, ss) = (http.clone(), ident.address.clone(), sessions.clone());
         let tag: u32 = rand::random();
         rows.push(
-            measured("checkout", target, clients, pids, async move {
+            measured("checkout", target, clients, watch, async move {
                 closed_loop(clients, secs, burst_cap, move |w, n| {
                     let (http, addr, ss) = (h.clone(), addr.clone(), ss.clone());
                     async move {
@@ -249,7 +295,7 @@ async fn standard_scenarios(
     }
 
     // The client library itself: checkout (a login with a request id) and release.
-    if args.wants("checkout_release") {
+    if wants("checkout_release") {
         let mut libs = Vec::new();
         for _ in 0..clients {
             libs.push(
@@ -262,7 +308,7 @@ async fn standard_scenarios(
         }
         let libs = Arc::new(libs);
         rows.push(
-            measured("checkout_release", target, clients, pids, async move {
+            measured("checkout_release", target, clients, watch, async move {
                 closed_loop(clients, secs, u64::MAX, move |w, _| {
                     let libs = libs.clone();
                     async move {
@@ -283,12 +329,12 @@ async fn standard_scenarios(
         );
     }
 
-    if args.wants("heartbeat") {
+    if wants("heartbeat") {
         let held =
             Arc::new(open_sessions(http, ident, args.leases(), Some(held_feature), clients).await?);
         let (h, addr) = (http.clone(), ident.address.clone());
         rows.push(
-            measured("heartbeat", target, clients, pids, async move {
+            measured("heartbeat", target, clients, watch, async move {
                 closed_loop(clients, secs, u64::MAX, move |_, n| {
                     let (http, addr, held) = (h.clone(), addr.clone(), held.clone());
                     async move { held[n as usize % held.len()].heartbeat(&http, &addr).await }
@@ -312,13 +358,14 @@ pub async fn external(args: &Args, identity: &str) -> anyhow::Result<Results> {
         &http,
         &ident,
         &format!("external {}", ident.address),
-        &[],
+        &Watch::default(),
         &Features {
             cycle: feature,
             held: feature,
             burst: feature,
             burst_cap: args.leases() as u64,
         },
+        STANDARD,
     )
     .await?;
     Ok(Results {
@@ -330,7 +377,7 @@ pub async fn external(args: &Args, identity: &str) -> anyhow::Result<Results> {
     })
 }
 
-fn repo_file(rel: &str) -> PathBuf {
+pub(crate) fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(rel)
@@ -396,7 +443,128 @@ async fn renewals(
     Ok(sum)
 }
 
-/// The whole run: baselines, one instance, three instances behind NGINX.
+/// What every part of a run shares: the license and keys its instances
+/// start with.
+pub(crate) struct Setup {
+    pub dir: PathBuf,
+    pub lic: PathBuf,
+    /// The smaller license of the Galera part.
+    pub lic_galera: PathBuf,
+    pub vendor_pub: PathBuf,
+    pub master_key: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Setup {
+    /// A vendor key and the licenses of the bench's features, in `dir`.
+    fn new(args: &Args, dir: PathBuf, http: reqwest::Client) -> anyhow::Result<Setup> {
+        let bin = args.floatlm.as_path();
+        let vendor = dir.join("vendor");
+        run(
+            bin,
+            &["vendor", "keygen", "--out", &vendor.display().to_string()],
+        )?;
+        let sign = |name: &str, features: &[(&str, u64)]| -> anyhow::Result<PathBuf> {
+            let def = dir.join(format!("{name}.toml"));
+            let mut text = "license_id = \"BENCH\"\nserial = 1\ncustomer = \"bench\"\n".to_string();
+            for (f, seats) in features {
+                text.push_str(&format!("[[feature]]\nname = \"{f}\"\nseats = {seats}\n"));
+            }
+            std::fs::write(&def, text)?;
+            let lic = dir.join(format!("{name}.lic"));
+            run(
+                bin,
+                &[
+                    "vendor",
+                    "sign",
+                    "--key",
+                    &vendor.join("vendor.key").display().to_string(),
+                    "--out",
+                    &lic.display().to_string(),
+                    &def.display().to_string(),
+                ],
+            )?;
+            Ok(lic)
+        };
+        Ok(Setup {
+            lic: sign(
+                "bench",
+                &[
+                    (CYCLE, 10_000),
+                    (HELD, 20_000),
+                    (LIVE, 100_000),
+                    (BURST, BURST_SEATS),
+                ],
+            )?,
+            // Galera replicates the license's slot rows in one write set:
+            // only what its three scenarios need.
+            lic_galera: sign(
+                "bench-galera",
+                &[
+                    (CYCLE, 2_000),
+                    (HELD, 10_000),
+                    (BURST, GALERA_FEATURES.burst_cap),
+                ],
+            )?,
+            vendor_pub: vendor.join("vendor.pub"),
+            master_key: format!(
+                "k1:{}",
+                base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+            ),
+            token: format!("bench-admin-{:016x}", rand::random::<u64>()),
+            dir,
+            http,
+        })
+    }
+
+    /// How the instances of a run start, on `database_url`.
+    pub fn spec<'a>(&'a self, args: &'a Args, database_url: &'a str) -> InstanceSpec<'a> {
+        InstanceSpec {
+            bin: args.floatlm.as_path(),
+            dir: &self.dir,
+            database_url,
+            master_key: &self.master_key,
+            admin_token: &self.token,
+            vendor_pub: &self.vendor_pub,
+            // Long enough that leases survive the set-up of the largest scenario.
+            lease_ttl: "600s",
+            // 90 s above the TTL: a lease is not extended for 89 s after each
+            // write (its heartbeats are answered from reads), so with heartbeats
+            // every 30 s one in three writes, as with the defaults (60 s TTL,
+            // heartbeat every 20 s, 120 s hold).
+            lease_hold: "690s",
+            log_level: &args.server_log_level,
+        }
+    }
+
+    /// Applies license `lic` through `first` and creates the bench identity.
+    pub async fn seed(&self, first: &Instance, lic: &Path) -> anyhow::Result<Identity> {
+        let (http, token) = (&self.http, &self.token);
+        admin(
+            http,
+            first,
+            token,
+            "/admin/v1/licenses",
+            std::fs::read_to_string(lic)?.into(),
+            false,
+        )
+        .await?;
+        let v = admin(
+            http,
+            first,
+            token,
+            "/admin/v1/identities",
+            r#"{"name":"bench"}"#.into(),
+            true,
+        )
+        .await?;
+        Identity::parse(v["identity_string"].as_str().unwrap_or_default())
+    }
+}
+
+/// The whole run: baselines, one instance, three instances behind NGINX,
+/// and three instances on a 3-node Galera cluster (`--only` picks parts).
 pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
     if !args.floatlm.exists() {
         bail!(
@@ -404,15 +572,42 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
             args.floatlm.display()
         );
     }
-    let (clients, secs) = (args.clients(), args.seconds());
+    let clients = args.clients();
     let dir = args.keep.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("floatlm-bench-{:08x}", rand::random::<u32>()))
     });
     std::fs::create_dir_all(&dir)?;
-    let http = http_client(clients)?;
-    let shipped_nginx = repo_file("nginx/floatlm-hash.conf");
+    let setup = Setup::new(args, dir.clone(), http_client(clients)?)?;
     let mut rows = Vec::new();
+    let mut live = None;
+    if args.runs_single_server() {
+        live = single_server(args, &setup, &mut rows).await?;
+    }
+    if args.runs_part("galera") {
+        rows.extend(crate::galera::run(args, &setup).await?);
+    }
+    if args.keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(Results {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        quick: args.quick,
+        machine: machine(Some(&args.mysql)).await,
+        rows,
+        live,
+    })
+}
 
+/// Baselines, one instance, three instances behind NGINX, on the one
+/// database server of `--mysql`; the rows go to `rows` as they are measured.
+async fn single_server(
+    args: &Args,
+    setup: &Setup,
+    rows: &mut Vec<Measured>,
+) -> anyhow::Result<Option<LiveLeases>> {
+    let (clients, secs) = (args.clients(), args.seconds());
+    let (http, dir, token) = (&setup.http, &setup.dir, &setup.token);
+    let shipped_nginx = repo_file("nginx/floatlm-hash.conf");
     println!(
         "baselines ({clients} clients, {:.0} s each)",
         secs.as_secs_f64()
@@ -425,107 +620,40 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
             clients,
             stats: db_raw,
             server: None,
+            conflicts: None,
         });
         crate::report::print_row(rows.last().expect("pushed"));
     }
     if args.wants("nginx_proxy") {
-        let nginx_raw = baseline::nginx_proxy(&shipped_nginx, &dir, &http, clients, secs).await?;
+        let nginx_raw = baseline::nginx_proxy(&shipped_nginx, dir, http, clients, secs).await?;
         rows.push(Measured {
             scenario: "nginx_proxy",
             target: "baseline: NGINX, trivial upstream".into(),
             clients,
             stats: nginx_raw,
             server: None,
+            conflicts: None,
         });
         crate::report::print_row(rows.last().expect("pushed"));
     }
 
-    // A vendor key, a license with two features, a fresh database.
-    let bin = args.floatlm.as_path();
-    let vendor = dir.join("vendor");
-    run(
-        bin,
-        &["vendor", "keygen", "--out", &vendor.display().to_string()],
-    )?;
-    let def = dir.join("bench.toml");
-    std::fs::write(
-        &def,
-        format!(
-            "license_id = \"BENCH\"\nserial = 1\ncustomer = \"bench\"\n\
-             [[feature]]\nname = \"{CYCLE}\"\nseats = 10000\n\
-             [[feature]]\nname = \"{HELD}\"\nseats = 20000\n\
-             [[feature]]\nname = \"{LIVE}\"\nseats = 100000\n\
-             [[feature]]\nname = \"{BURST}\"\nseats = {BURST_SEATS}\n"
-        ),
-    )?;
-    let lic = dir.join("bench.lic");
-    run(
-        bin,
-        &[
-            "vendor",
-            "sign",
-            "--key",
-            &vendor.join("vendor.key").display().to_string(),
-            "--out",
-            &lic.display().to_string(),
-            &def.display().to_string(),
-        ],
-    )?;
     let db = TempDb::create(&args.mysql, "floatlm_bench").await?;
-    let master_key = format!(
-        "k1:{}",
-        base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
-    );
-    let token = format!("bench-admin-{:016x}", rand::random::<u64>());
-    let vendor_pub = vendor.join("vendor.pub");
-    let spec = InstanceSpec {
-        bin,
-        dir: &dir,
-        database_url: &db.url,
-        master_key: &master_key,
-        admin_token: &token,
-        vendor_pub: &vendor_pub,
-        // Long enough that leases survive the set-up of the largest scenario.
-        lease_ttl: "600s",
-        // 90 s above the TTL: a lease is not extended for 89 s after each
-        // write (its heartbeats are answered from reads), so with heartbeats
-        // every 30 s one in three writes, as with the defaults (60 s TTL,
-        // heartbeat every 20 s, 120 s hold).
-        lease_hold: "690s",
-        log_level: &args.server_log_level,
-    };
+    let spec = setup.spec(args, &db.url);
     let result = async {
         let first = procs::start_instance(&spec, "bench-1")?;
-        admin(
-            &http,
-            &first,
-            &token,
-            "/admin/v1/licenses",
-            std::fs::read_to_string(&lic)?.into(),
-            false,
-        )
-        .await?;
-        let v = admin(
-            &http,
-            &first,
-            &token,
-            "/admin/v1/identities",
-            r#"{"name":"bench"}"#.into(),
-            true,
-        )
-        .await?;
-        let ident = Identity::parse(v["identity_string"].as_str().unwrap_or_default())?;
+        let ident = setup.seed(&first, &setup.lic).await?;
 
         println!("one instance, direct");
         let direct = ident.at(&first.licensing);
         rows.extend(
             standard_scenarios(
                 args,
-                &http,
+                http,
                 &direct,
                 "1 instance, direct",
-                &[first.child.id()],
+                &Watch::pids(&[first.child.id()]),
                 &BENCH_FEATURES,
+                STANDARD,
             )
             .await?,
         );
@@ -537,7 +665,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
             .collect::<anyhow::Result<_>>()?;
         let pids: Vec<u32> = cluster.iter().map(|i| i.child.id()).collect();
         let upstreams: Vec<String> = cluster.iter().map(|i| i.licensing.clone()).collect();
-        let nginx = procs::start_nginx(&shipped_nginx, &upstreams, &dir)?;
+        let nginx = procs::start_nginx(&shipped_nginx, &upstreams, dir)?;
         let proxied = ident.at(&nginx.address);
 
         // Live leases first, on fresh instances: N sessions, one lease each,
@@ -550,7 +678,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         println!("three instances behind NGINX: {n} live leases");
         let t0 = Instant::now();
         let live_sessions =
-            Arc::new(open_sessions(&http, &proxied, n, Some(LIVE), clients.max(64)).await?);
+            Arc::new(open_sessions(http, &proxied, n, Some(LIVE), clients.max(64)).await?);
         let setup_s = t0.elapsed().as_secs_f64();
         let mut live = LiveLeases {
             leases: n,
@@ -563,7 +691,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
                 .push(procs::proc_usage(inst.child.id()).0 as f64 / 1048576.0);
             let st: serde_json::Value = http
                 .get(format!("http://{}/admin/v1/status", inst.admin))
-                .bearer_auth(&token)
+                .bearer_auth(token)
                 .send()
                 .await?
                 .json()
@@ -571,7 +699,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
             live.sessions_per_instance
                 .push(st["sessions"]["active"].as_u64().unwrap_or(0));
         }
-        let before = renewals(&http, &cluster, &token).await?;
+        let before = renewals(http, &cluster, token).await?;
         let rate = n as f64 / args.interval.max(0.1);
         let run_for = if args.quick {
             secs * 2
@@ -585,7 +713,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
                     "live_leases",
                     &format!("3 instances, NGINX, {n} leases / {:.0} s", args.interval),
                     clients,
-                    &pids,
+                    &Watch::pids(&pids),
                     async move {
                         paced(rate, run_for, 4096, move |i| {
                             let (http, addr, ls) = (h.clone(), addr.clone(), ls.clone());
@@ -597,7 +725,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
                 .await,
             );
         }
-        let after = renewals(&http, &cluster, &token).await?;
+        let after = renewals(http, &cluster, token).await?;
         live.renewals = (after.0 - before.0, after.1 - before.1);
         live.rss_per_instance_mb = cluster
             .iter()
@@ -609,11 +737,12 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         rows.extend(
             standard_scenarios(
                 args,
-                &http,
+                http,
                 &proxied,
                 "3 instances, NGINX",
-                &pids,
+                &Watch::pids(&pids),
                 &BENCH_FEATURES,
+                STANDARD,
             )
             .await?,
         );
@@ -623,17 +752,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
     }
     .await;
     db.drop_now().await;
-    let live = result?;
-    if args.keep.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    Ok(Results {
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        quick: args.quick,
-        machine: machine(Some(&args.mysql)).await,
-        rows,
-        live,
-    })
+    result
 }
 
 /// What the figures were measured on.

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::own_mariadb::{free_port, OwnMariaDb};
+use crate::own_mariadb::{free_port, OwnMariaDb};
 
 const PROVIDER: &str = "/usr/lib/galera/libgalera_smm.so";
 /// From a node's start (or restart) to Synced.

@@ -164,7 +164,10 @@ impl OwnMariaDb {
 
     /// Creates a fresh database; returns its URL.
     pub fn create_database(&self) -> String {
-        let name = format!("floatlm_own_{}", floatlm::crypto::random_hex(6));
+        let name = format!(
+            "floatlm_own_{:012x}",
+            rand::random::<u64>() & 0xffff_ffff_ffff
+        );
         let server = self.url();
         let sql = format!("CREATE DATABASE `{name}`");
         let result = on_own_runtime(async move {
