@@ -7,7 +7,7 @@
 //! timeout, which would outlast the client's own request timeout. While
 //! closed, one operation every [`PROBE_EVERY`] is let through as a probe; the
 //! first success opens the gate again. Each instance also probes the database
-//! on a connection of its own every [`PROBE_EVERY`] (`App::watch_database`),
+//! on a connection of its own every [`PROBE_EVERY`] (`Cluster::watch_database`),
 //! so the gate closes about half a second into an outage and opens about half
 //! a second after the database is back, with or without client traffic.
 //!

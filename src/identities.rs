@@ -17,7 +17,7 @@
 //! every revocation is logged under its revision. The instance that made the
 //! change acts at once; every other instance reads the revision on each
 //! cluster heartbeat and, when it moved, clears its cache and refuses the
-//! identities revoked since ([`crate::app::App::follow_identity_changes`]).
+//! identities revoked since ([`crate::app::Access::follow_identity_changes`]).
 
 use chrono::{DateTime, Utc};
 use hashlink::LinkedHashMap;

@@ -29,30 +29,30 @@ async fn apply(t: &TestApp, license_id: &str, serial: u64, feature: &str, seats:
         .vendor
         .sign(&def(license_id, serial, feature, seats))
         .unwrap();
-    t.app.apply_license(&text).await.unwrap();
+    t.app.licenses().apply_license(&text).await.unwrap();
 }
 
 async fn flipped_byte_in_a_stored_license_is_refused(kind: Kind) {
     let t = TestApp::new(kind).await;
     apply(&t, "L1", 1, "cad", 3).await;
-    t.app.grant(&req("cad", "a")).await.unwrap();
+    t.app.seats().grant(&req("cad", "a")).await.unwrap();
     let mut blob = license_blob(&t, "L1").await;
     let mid = blob.len() / 2;
     blob[mid] ^= 0x20;
     set_license_blob(&t, "L1", &blob).await;
 
-    let report = t.app.verify_integrity().await.unwrap();
+    let report = t.app.licenses().verify_integrity().await.unwrap();
     let why = report.refused.get("cad").expect("feature refused");
     assert!(why.contains("tampered"), "{why}");
-    let e = t.app.grant(&req("cad", "b")).await.unwrap_err();
+    let e = t.app.seats().grant(&req("cad", "b")).await.unwrap_err();
     assert!(
         matches!(e, SeatFailure::Refused(SeatError::Refused(..))),
         "{e}"
     );
     assert!(e.to_string().contains("integrity"), "{e}");
-    let lic = t.app.licenses().await.unwrap();
+    let lic = t.app.licenses().licenses().await.unwrap();
     assert!(lic[0].status.contains("refused"), "{}", lic[0].status);
-    let f = t.app.features().await.unwrap();
+    let f = t.app.licenses().features().await.unwrap();
     assert!(f[0].refused.is_some());
 }
 
@@ -62,7 +62,7 @@ async fn a_blob_moved_to_another_row_does_not_open(kind: Kind) {
     apply(&t, "L2", 1, "cam", 1).await;
     let b1 = license_blob(&t, "L1").await;
     set_license_blob(&t, "L2", &b1).await;
-    let report = t.app.verify_integrity().await.unwrap();
+    let report = t.app.licenses().verify_integrity().await.unwrap();
     assert!(
         report
             .refused
@@ -74,13 +74,13 @@ async fn a_blob_moved_to_another_row_does_not_open(kind: Kind) {
         !report.refused.contains_key("cad"),
         "the untouched license still serves"
     );
-    t.app.grant(&req("cad", "x")).await.unwrap();
+    t.app.seats().grant(&req("cad", "x")).await.unwrap();
 }
 
 async fn edited_seat_rows_are_refused_and_repaired_by_reapplying(kind: Kind) {
     let t = TestApp::new(kind).await;
     let text = t.vendor.sign(&def("L1", 1, "cad", 2)).unwrap();
-    t.app.apply_license(&text).await.unwrap();
+    t.app.licenses().apply_license(&text).await.unwrap();
     // An operator with database access adds a third seat by hand.
     let n = raw_exec(
         &t,
@@ -88,7 +88,7 @@ async fn edited_seat_rows_are_refused_and_repaired_by_reapplying(kind: Kind) {
     )
     .await;
     assert_eq!(n, 1);
-    let report = t.app.verify_integrity().await.unwrap();
+    let report = t.app.licenses().verify_integrity().await.unwrap();
     assert!(
         report
             .refused
@@ -97,23 +97,38 @@ async fn edited_seat_rows_are_refused_and_repaired_by_reapplying(kind: Kind) {
         "{report:?}"
     );
     assert!(matches!(
-        t.app.grant(&req("cad", "a")).await,
+        t.app.seats().grant(&req("cad", "a")).await,
         Err(SeatFailure::Refused(SeatError::Refused(..)))
     ));
     // Editing the seats column is caught the same way.
-    t.app.apply_license(&text).await.unwrap();
-    assert!(t.app.verify_integrity().await.unwrap().refused.is_empty());
+    t.app.licenses().apply_license(&text).await.unwrap();
+    assert!(t
+        .app
+        .licenses()
+        .verify_integrity()
+        .await
+        .unwrap()
+        .refused
+        .is_empty());
     raw_exec(&t, "UPDATE features SET seats = 50 WHERE name = 'cad'").await;
     assert!(t
         .app
+        .licenses()
         .verify_integrity()
         .await
         .unwrap()
         .refused
         .contains_key("cad"));
-    t.app.apply_license(&text).await.unwrap();
-    assert!(t.app.verify_integrity().await.unwrap().refused.is_empty());
-    let f = t.app.features().await.unwrap();
+    t.app.licenses().apply_license(&text).await.unwrap();
+    assert!(t
+        .app
+        .licenses()
+        .verify_integrity()
+        .await
+        .unwrap()
+        .refused
+        .is_empty());
+    let f = t.app.licenses().features().await.unwrap();
     assert_eq!((f[0].usage.total, f[0].usage.free), (2, 2));
 }
 
@@ -127,7 +142,12 @@ async fn bad_licenses_change_nothing(kind: Kind) {
     file["payload"] = other["payload"].clone();
     file["signature"] =
         serde_json::from_str::<serde_json::Value>(&good).unwrap()["signature"].clone();
-    let e = t.app.apply_license(&file.to_string()).await.unwrap_err();
+    let e = t
+        .app
+        .licenses()
+        .apply_license(&file.to_string())
+        .await
+        .unwrap_err();
     assert!(
         matches!(e, AppError::License(LicenseError::BadSignature(_))),
         "{e}"
@@ -136,7 +156,7 @@ async fn bad_licenses_change_nothing(kind: Kind) {
     let stranger = VendorSigningKey::generate()
         .sign(&def("L1", 1, "cad", 2))
         .unwrap();
-    let e = t.app.apply_license(&stranger).await.unwrap_err();
+    let e = t.app.licenses().apply_license(&stranger).await.unwrap_err();
     assert!(
         matches!(e, AppError::License(LicenseError::UnknownKey(_))),
         "{e}"
@@ -147,6 +167,7 @@ async fn bad_licenses_change_nothing(kind: Kind) {
     d.features[0].expires = Some("2021-06-01T00:00:00Z".parse().unwrap());
     let e = t
         .app
+        .licenses()
         .apply_license(&t.vendor.sign(&d).unwrap())
         .await
         .unwrap_err();
@@ -161,25 +182,39 @@ async fn bad_licenses_change_nothing(kind: Kind) {
         "{}",
         "{\"format\":\"floatlm-license-v9\",\"key_id\":\"x\",\"payload\":\"\",\"signature\":\"\"}",
     ] {
-        let e = t.app.apply_license(junk).await.unwrap_err();
+        let e = t.app.licenses().apply_license(junk).await.unwrap_err();
         assert!(matches!(e, AppError::License(_)), "{junk}: {e}");
     }
-    assert!(t.app.licenses().await.unwrap().is_empty(), "nothing stored");
     assert!(
-        t.app.features().await.unwrap().is_empty(),
+        t.app.licenses().licenses().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    assert!(
+        t.app.licenses().features().await.unwrap().is_empty(),
         "no seats created"
     );
     // And the good one still applies.
-    t.app.apply_license(&good).await.unwrap();
-    assert_eq!(t.app.features().await.unwrap()[0].usage.total, 2);
+    t.app.licenses().apply_license(&good).await.unwrap();
+    assert_eq!(t.app.licenses().features().await.unwrap()[0].usage.total, 2);
 }
 
 async fn identities_are_sealed_and_revocable(kind: Kind) {
     let t = TestApp::new(kind).await;
-    let (view, ident) = t.app.create_identity("build-farm", None).await.unwrap();
+    let (view, ident) = t
+        .app
+        .access()
+        .create_identity("build-farm", None)
+        .await
+        .unwrap();
     let s = ident.reveal();
     assert!(s.starts_with(&format!("{}:", view.id)));
-    let (row, secret) = t.app.identity_secret(&view.id).await.unwrap().unwrap();
+    let (row, secret) = t
+        .app
+        .access()
+        .identity_secret(&view.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(secret.expose(), ident.secret.expose());
     assert!(
         !row.sealed
@@ -187,10 +222,18 @@ async fn identities_are_sealed_and_revocable(kind: Kind) {
             .any(|w| ident.secret.expose().as_bytes().starts_with(w)),
         "secret stored sealed"
     );
-    t.app.revoke_identity(&view.id).await.unwrap();
-    assert!(t.app.revoke_identity(&view.id).await.is_err());
-    assert!(t.app.identities().await.unwrap()[0].revoked_at.is_some());
-    assert!(t.app.identity_secret("not-an-id").await.unwrap().is_none());
+    t.app.access().revoke_identity(&view.id).await.unwrap();
+    assert!(t.app.access().revoke_identity(&view.id).await.is_err());
+    assert!(t.app.access().identities().await.unwrap()[0]
+        .revoked_at
+        .is_some());
+    assert!(t
+        .app
+        .access()
+        .identity_secret("not-an-id")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn start_with(t: &TestApp, key: &str) -> Result<std::sync::Arc<App>, StartError> {
@@ -235,21 +278,22 @@ async fn wrong_master_key_is_refused_at_start(kind: Kind) {
 async fn rotate_key_reseals_under_the_newest_key(kind: Kind) {
     let t = TestApp::new(kind).await;
     apply(&t, "L1", 1, "cad", 2).await;
-    let (view, ident) = t.app.create_identity("x", None).await.unwrap();
+    let (view, ident) = t.app.access().create_identity("x", None).await.unwrap();
     let both = format!("{MASTER_KEY_1},{MASTER_KEY_2}");
     let app2 = start_with(&t, &both).await.unwrap();
-    let r = app2.rotate_key().await.unwrap();
+    let r = app2.keys().rotate_key().await.unwrap();
     // The license, the identity secret and the resumption ticket key.
     assert_eq!((r.sealing_key.as_str(), r.resealed), ("k2", 3));
     assert_eq!(
-        app2.rotate_key().await.unwrap().resealed,
+        app2.keys().rotate_key().await.unwrap().resealed,
         0,
         "rotation is idempotent"
     );
     // Now only k2 opens the database, and k1 alone is refused.
     let app3 = start_with(&t, MASTER_KEY_2).await.unwrap();
     assert_eq!(
-        app3.identity_secret(&view.id)
+        app3.access()
+            .identity_secret(&view.id)
             .await
             .unwrap()
             .unwrap()
@@ -257,12 +301,21 @@ async fn rotate_key_reseals_under_the_newest_key(kind: Kind) {
             .expose(),
         ident.secret.expose()
     );
-    assert!(app3.verify_integrity().await.unwrap().refused.is_empty());
+    assert!(app3
+        .licenses()
+        .verify_integrity()
+        .await
+        .unwrap()
+        .refused
+        .is_empty());
     assert!(
-        !app3.ticket_key_ids().is_empty(),
+        !app3.tickets().ticket_key_ids().is_empty(),
         "the ticket key opens under k2"
     );
-    app3.grant(&req("cad", "after-rotation")).await.unwrap();
+    app3.seats()
+        .grant(&req("cad", "after-rotation"))
+        .await
+        .unwrap();
     assert!(start_with(&t, MASTER_KEY_1).await.is_err());
 }
 
@@ -281,17 +334,17 @@ async fn license_applied_on_one_instance_serves_on_another() {
     )
     .await
     .unwrap();
-    assert!(app2.features().await.unwrap().is_empty());
+    assert!(app2.licenses().features().await.unwrap().is_empty());
     apply(&t1, "L1", 1, "cad", 2).await;
-    let f = app2.features().await.unwrap();
+    let f = app2.licenses().features().await.unwrap();
     assert_eq!((f[0].usage.name.as_str(), f[0].usage.total), ("cad", 2));
-    app2.grant(&req("cad", "one")).await.unwrap();
-    t1.app.grant(&req("cad", "two")).await.unwrap();
+    app2.seats().grant(&req("cad", "one")).await.unwrap();
+    t1.app.seats().grant(&req("cad", "two")).await.unwrap();
     assert!(matches!(
-        app2.grant(&req("cad", "three")).await,
+        app2.seats().grant(&req("cad", "three")).await,
         Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
-    assert_eq!(t1.app.licenses().await.unwrap()[0].status, "ok");
+    assert_eq!(t1.app.licenses().licenses().await.unwrap()[0].status, "ok");
 }
 
 both_backends!(

@@ -53,10 +53,10 @@ async fn setup(kind: Kind, seats: u32) -> Setup {
     l.flag("lease_ttl", Some("5s"));
     let app = App::start(l.build().unwrap()).await.unwrap();
     let text = vendor.sign(&def("L1", 1, "cad", seats)).unwrap();
-    app.apply_license(&text).await.unwrap();
-    let (_, a) = app.create_identity("alice", None).await.unwrap();
-    let (_, b) = app.create_identity("bob", None).await.unwrap();
-    let (_, c) = app.create_identity("carol", None).await.unwrap();
+    app.licenses().apply_license(&text).await.unwrap();
+    let (_, a) = app.access().create_identity("alice", None).await.unwrap();
+    let (_, b) = app.access().create_identity("bob", None).await.unwrap();
+    let (_, c) = app.access().create_identity("carol", None).await.unwrap();
     Setup {
         app,
         vendor,
@@ -94,6 +94,7 @@ async fn a_release_racing_an_extending_heartbeat_covers_its_promise(kind: Kind) 
         // heartbeat extends before it answers.
         let hold = Duration::from_millis(2600);
         let lease = app
+            .seats()
             .grant(&req("cad", &s.alice, &format!("race:{i}"), hold))
             .await
             .unwrap()
@@ -101,15 +102,18 @@ async fn a_release_racing_an_extending_heartbeat_covers_its_promise(kind: Kind) 
         // Vary which runs first by a few hundred microseconds.
         let delay_r = Duration::from_micros(((i * 137) % 900) as u64);
         let delay_h = Duration::from_micros(((i * 251) % 900) as u64);
-        let sent = app.storage.now().await.unwrap();
+        let sent = app.storage().now().await.unwrap();
         let (hb, rel) = tokio::join!(
             async {
                 tokio::time::sleep(delay_h).await;
-                app.renew(&s.alice, &[lease]).await.unwrap()
+                app.seats().renew(&s.alice, &[lease]).await.unwrap()
             },
             async {
                 tokio::time::sleep(delay_r).await;
-                app.release_mine(&s.alice, lease.seat_ref()).await.unwrap()
+                app.seats()
+                    .release_mine(&s.alice, lease.seat_ref())
+                    .await
+                    .unwrap()
             },
         );
         let Some(free_at) = rel else {
@@ -127,12 +131,13 @@ async fn a_release_racing_an_extending_heartbeat_covers_its_promise(kind: Kind) 
         }
         // Whatever the order, the holder is lost now and stays lost.
         assert_eq!(
-            app.renew(&s.alice, &[lease]).await.unwrap()[0],
+            app.seats().renew(&s.alice, &[lease]).await.unwrap()[0],
             Renewal::Lost
         );
         // The row's expiry is what the release answered (no extension
         // landed after it).
         let listed: Vec<_> = app
+            .seats()
             .leases()
             .await
             .unwrap()
@@ -157,19 +162,22 @@ async fn two_releases_and_borrowed_numbers(kind: Kind) {
     let s = setup(kind, 4).await;
     let app = &s.app;
     let text = s.vendor.sign(&def("L2", 1, "cam", 4)).unwrap();
-    app.apply_license(&text).await.unwrap();
+    app.licenses().apply_license(&text).await.unwrap();
     let hold = Duration::from_secs(10);
     let a_cad = app
+        .seats()
         .grant(&req("cad", &s.alice, "a:cad", hold))
         .await
         .unwrap()
         .lease;
     let b_cam = app
+        .seats()
         .grant(&req("cam", &s.bob, "b:cam", hold))
         .await
         .unwrap()
         .lease;
     let a_cam = app
+        .seats()
         .grant(&req("cam", &s.alice, "a:cam", hold))
         .await
         .unwrap()
@@ -179,14 +187,26 @@ async fn two_releases_and_borrowed_numbers(kind: Kind) {
         feature_id: b_cam.feature_id,
         ..a_cad
     };
-    assert_eq!(app.release_mine(&s.alice, moved).await.unwrap(), None);
     assert_eq!(
-        app.release_mine(&s.alice, moved.seat_ref()).await.unwrap(),
+        app.seats().release_mine(&s.alice, moved).await.unwrap(),
         None
     );
-    assert_eq!(app.release_mine(&s.alice, b_cam).await.unwrap(), None);
     assert_eq!(
-        app.release_mine(&s.alice, b_cam.seat_ref()).await.unwrap(),
+        app.seats()
+            .release_mine(&s.alice, moved.seat_ref())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        app.seats().release_mine(&s.alice, b_cam).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        app.seats()
+            .release_mine(&s.alice, b_cam.seat_ref())
+            .await
+            .unwrap(),
         None
     );
     let bob_with_alices_nonce = LeaseRef {
@@ -194,40 +214,44 @@ async fn two_releases_and_borrowed_numbers(kind: Kind) {
         ..b_cam
     };
     assert_eq!(
-        app.release_mine(&s.alice, bob_with_alices_nonce)
+        app.seats()
+            .release_mine(&s.alice, bob_with_alices_nonce)
             .await
             .unwrap(),
         None
     );
-    assert_eq!(app.release_mine(&s.bob, a_cad).await.unwrap(), None);
+    assert_eq!(app.seats().release_mine(&s.bob, a_cad).await.unwrap(), None);
     assert_eq!(
-        app.release_mine(&s.bob, a_cam.seat_ref()).await.unwrap(),
+        app.seats()
+            .release_mine(&s.bob, a_cam.seat_ref())
+            .await
+            .unwrap(),
         None
     );
-    let bobs: Vec<_> = app.mine(&s.bob).await.unwrap();
+    let bobs: Vec<_> = app.seats().mine(&s.bob).await.unwrap();
     assert_eq!(bobs.len(), 1);
     assert!(bobs.iter().all(|l| l.holder == s.bob));
-    let alices = app.mine(&s.alice).await.unwrap();
+    let alices = app.seats().mine(&s.alice).await.unwrap();
     assert_eq!(alices.len(), 2, "{alices:?}");
     // Two at once, by both names.
     let (r1, r2, r3) = tokio::join!(
-        app.release_mine(&s.alice, a_cad),
-        app.release_mine(&s.alice, a_cad.seat_ref()),
-        app.release_mine(&s.alice, a_cad),
+        app.seats().release_mine(&s.alice, a_cad),
+        app.seats().release_mine(&s.alice, a_cad.seat_ref()),
+        app.seats().release_mine(&s.alice, a_cad),
     );
     let ok = [r1.unwrap(), r2.unwrap(), r3.unwrap()];
     assert_eq!(ok.iter().filter(|r| r.is_some()).count(), 1, "{ok:?}");
     // Bob's lease and alice's other lease are untouched.
     assert!(matches!(
-        app.renew(&s.bob, &[b_cam]).await.unwrap()[0],
+        app.seats().renew(&s.bob, &[b_cam]).await.unwrap()[0],
         Renewal::Renewed(_)
     ));
     assert!(matches!(
-        app.renew(&s.alice, &[a_cam]).await.unwrap()[0],
+        app.seats().renew(&s.alice, &[a_cam]).await.unwrap()[0],
         Renewal::Renewed(_)
     ));
     assert_eq!(
-        app.renew(&s.alice, &[a_cad]).await.unwrap()[0],
+        app.seats().renew(&s.alice, &[a_cad]).await.unwrap()[0],
         Renewal::Lost
     );
 }
@@ -242,11 +266,13 @@ async fn a_release_during_a_shrink_keeps_the_seat_taken(kind: Kind) {
         let hold = Duration::from_secs(10);
         let (a, b) = if alice_first {
             let a = app
+                .seats()
                 .grant(&req("cad", &s.alice, "a:1", hold))
                 .await
                 .unwrap()
                 .lease;
             let b = app
+                .seats()
                 .grant(&req("cad", &s.bob, "b:1", hold))
                 .await
                 .unwrap()
@@ -254,11 +280,13 @@ async fn a_release_during_a_shrink_keeps_the_seat_taken(kind: Kind) {
             (a, b)
         } else {
             let b = app
+                .seats()
                 .grant(&req("cad", &s.bob, "b:1", hold))
                 .await
                 .unwrap()
                 .lease;
             let a = app
+                .seats()
                 .grant(&req("cad", &s.alice, "a:1", hold))
                 .await
                 .unwrap()
@@ -266,22 +294,27 @@ async fn a_release_during_a_shrink_keeps_the_seat_taken(kind: Kind) {
             (a, b)
         };
         let text = s.vendor.sign(&def("L1", 2, "cad", 1)).unwrap();
-        app.apply_license(&text).await.unwrap();
+        app.licenses().apply_license(&text).await.unwrap();
         let free_at = app
+            .seats()
             .release_mine(&s.alice, a.seat_ref())
             .await
             .unwrap()
             .expect("alice's lease is released");
-        assert!(app.release(&s.bob, b).await.unwrap(), "bob's logout");
+        assert!(
+            app.seats().release(&s.bob, b).await.unwrap(),
+            "bob's logout"
+        );
         // Until free_at alice's promise may run: the one seat is hers.
         let mut n = 0;
         loop {
             n += 1;
             assert!(n < 400, "the seat never came free");
             let r = app
+                .seats()
                 .grant(&req("cad", &s.carol, &format!("c:{n}"), hold))
                 .await;
-            let now = app.storage.now().await.unwrap();
+            let now = app.storage().now().await.unwrap();
             if let Ok(g) = r {
                 assert!(
                     now >= free_at,
@@ -291,6 +324,7 @@ async fn a_release_during_a_shrink_keeps_the_seat_taken(kind: Kind) {
                 );
                 // And only one seat now.
                 let again = app
+                    .seats()
                     .grant(&req("cad", &s.bob, &format!("b:again:{n}"), hold))
                     .await;
                 assert!(again.is_err(), "a second seat of a 1-seat license");
@@ -306,30 +340,43 @@ async fn a_release_during_a_shrink_keeps_the_seat_taken(kind: Kind) {
 async fn usage_records_one_ending_per_lease(kind: Kind) {
     let s = setup(kind, 1).await;
     let app = &s.app;
-    let start = app.storage.now().await.unwrap() - chrono::Duration::seconds(5);
+    let start = app.storage().now().await.unwrap() - chrono::Duration::seconds(5);
     let hold = Duration::from_secs(10);
     let a = app
+        .seats()
         .grant(&req("cad", &s.alice, "a:1", hold))
         .await
         .unwrap()
         .lease;
     // A heartbeat extension (not a seat event), then the own release.
-    let _ = app.renew(&s.alice, &[a]).await.unwrap();
-    let free_at = app.release_mine(&s.alice, a).await.unwrap().unwrap();
+    let _ = app.seats().renew(&s.alice, &[a]).await.unwrap();
+    let free_at = app
+        .seats()
+        .release_mine(&s.alice, a)
+        .await
+        .unwrap()
+        .unwrap();
     // A resend, a logout by the holder, a sweep: no second ending.
-    assert_eq!(app.release_mine(&s.alice, a).await.unwrap(), None);
-    assert!(!app.release(&s.alice, a).await.unwrap());
-    app.storage.sweep_expired(100).await.unwrap();
+    assert_eq!(app.seats().release_mine(&s.alice, a).await.unwrap(), None);
+    assert!(!app.seats().release(&s.alice, a).await.unwrap());
+    app.storage().sweep_expired(100).await.unwrap();
     let b = common::wait_for("the seat free again", Duration::from_secs(20), || async {
-        app.grant(&req("cad", &s.bob, "b:1", hold)).await.ok()
+        app.seats()
+            .grant(&req("cad", &s.bob, "b:1", hold))
+            .await
+            .ok()
     })
     .await
     .lease;
-    assert!(app.storage.now().await.unwrap() >= free_at);
-    app.storage.sweep_expired(100).await.unwrap();
-    assert!(app.release(&s.bob, b).await.unwrap());
-    let end = app.storage.now().await.unwrap() + chrono::Duration::seconds(5);
-    let events = app.storage.usage_window(start, end, 10_000).await.unwrap();
+    assert!(app.storage().now().await.unwrap() >= free_at);
+    app.storage().sweep_expired(100).await.unwrap();
+    assert!(app.seats().release(&s.bob, b).await.unwrap());
+    let end = app.storage().now().await.unwrap() + chrono::Duration::seconds(5);
+    let events = app
+        .storage()
+        .usage_window(start, end, 10_000)
+        .await
+        .unwrap();
     let mut per: HashMap<(i64, i64, i64, i64), Vec<String>> = HashMap::new();
     for e in &events {
         if let Some(k) = e.lease {
@@ -376,7 +423,7 @@ async fn a_quarantine_between_the_two_steps_of_a_release_is_kept(kind: Kind) {
             promise: Duration::from_secs(1),
             ..req("cad", &s.alice, &format!("q:{i}"), hold)
         };
-        leases.push(app.grant(&r).await.unwrap().lease);
+        leases.push(app.seats().grant(&r).await.unwrap().lease);
     }
     let mut tasks = Vec::new();
     for (i, lease) in leases.iter().copied().enumerate() {
@@ -384,7 +431,8 @@ async fn a_quarantine_between_the_two_steps_of_a_release_is_kept(kind: Kind) {
         let alice = s.alice.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(150 * i as u64)).await;
-            app.release_mine(&alice, lease)
+            app.seats()
+                .release_mine(&alice, lease)
                 .await
                 .map_err(|e| e.to_string())
         }));
@@ -398,8 +446,8 @@ async fn a_quarantine_between_the_two_steps_of_a_release_is_kept(kind: Kind) {
             // statement: a lower bound of its end (the App's own `until` is
             // read after it, later by the statement's time under load).
             let q_hold = Duration::from_secs(7);
-            let before = app.storage.now().await.unwrap();
-            let (n, _) = app.quarantine(Some(q_hold)).await.unwrap();
+            let before = app.storage().now().await.unwrap();
+            let (n, _) = app.seats().quarantine(Some(q_hold)).await.unwrap();
             (n, before + chrono::Duration::from_std(q_hold).unwrap())
         })
     };
@@ -421,12 +469,13 @@ async fn a_quarantine_between_the_two_steps_of_a_release_is_kept(kind: Kind) {
     // Any seat granted before `until` breaks the quarantine.
     let mut n = 0;
     let granted = loop {
-        let now = app.storage.now().await.unwrap();
+        let now = app.storage().now().await.unwrap();
         if now >= until {
             break None;
         }
         n += 1;
         if let Ok(g) = app
+            .seats()
             .grant(&req("cad", &s.carol, &format!("c:{n}"), hold))
             .await
         {

@@ -71,10 +71,11 @@ async fn probe(
     seen.lock().unwrap().clear();
     let (_, hello) =
         ClientHandshake::start(id, b"definitely-not-the-secret-0123456789", None).unwrap();
-    let answer = floatlm::http::protocol::handshake(State(app.clone()), Bytes::from(hello))
-        .instrument(tracing::info_span!(PROBE))
-        .await
-        .unwrap_or_else(|e| e.into_response());
+    let answer =
+        floatlm::http::protocol::handshake(State(app.admission().clone()), Bytes::from(hello))
+            .instrument(tracing::info_span!(PROBE))
+            .await
+            .unwrap_or_else(|e| e.into_response());
     let status = answer.status().as_u16();
     let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
         .await
@@ -96,13 +97,20 @@ async fn a_failed_handshake_costs_the_same_for_every_identity_id() {
     let day = chrono::Duration::days(1);
     let create = |name: &'static str, expires| {
         let app = app.clone();
-        async move { app.create_identity(name, expires).await.unwrap().1.id }
+        async move {
+            app.access()
+                .create_identity(name, expires)
+                .await
+                .unwrap()
+                .1
+                .id
+        }
     };
     let plain = create("plain", None).await;
     let expiring = create("expiring", Some(now + day)).await;
     let expired = create("expired", Some(now - day)).await;
     let revoked = create("revoked", None).await;
-    app.revoke_identity(&revoked).await.unwrap();
+    app.access().revoke_identity(&revoked).await.unwrap();
     let mut unknown = "0123456789abcdef".to_string();
     while [&plain, &expiring, &expired, &revoked].contains(&&unknown) {
         unknown = floatlm::crypto::random_hex(8);

@@ -26,12 +26,12 @@ fn req(holder: &str, rid: &str, hold_s: u64) -> GrantRequest {
 
 async fn apply(t: &TestApp, seats: u32) {
     let text = t.vendor.sign(&def("L1", 1, "cad", seats)).unwrap();
-    t.app.apply_license(&text).await.unwrap();
+    t.app.licenses().apply_license(&text).await.unwrap();
 }
 
 /// (answered from the read alone, extended before the answer, lost).
 fn counts(app: &App) -> (u64, u64, u64) {
-    let c = app.heartbeat_counts();
+    let c = app.seats().heartbeat_counts();
     let n = |k: &str| c[k].as_u64().unwrap();
     (
         n("answered_from_read"),
@@ -41,7 +41,7 @@ fn counts(app: &App) -> (u64, u64, u64) {
 }
 
 async fn recorded_expiry(app: &App, lease: LeaseRef) -> Option<chrono::DateTime<chrono::Utc>> {
-    app.storage
+    app.storage()
         .leases()
         .await
         .unwrap()
@@ -51,7 +51,7 @@ async fn recorded_expiry(app: &App, lease: LeaseRef) -> Option<chrono::DateTime<
 }
 
 async fn renew_one(app: &App, holder: &str, lease: LeaseRef) -> Renewal {
-    app.renew(holder, &[lease]).await.unwrap()[0]
+    app.seats().renew(holder, &[lease]).await.unwrap()[0]
 }
 
 fn promised(r: Renewal) -> Duration {
@@ -69,7 +69,7 @@ async fn reads_answer_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
     apply(&t, 4).await;
 
     // Held for lease_hold: a heartbeat is answered from its read, no write.
-    let g = app.grant(&req("alice", "a1", 120)).await.unwrap();
+    let g = app.seats().grant(&req("alice", "a1", 120)).await.unwrap();
     assert!(g.promise <= Duration::from_secs(60) && g.promise > Duration::from_secs(55));
     for _ in 0..2 {
         let p = promised(renew_one(app, "alice", g.lease).await);
@@ -87,7 +87,7 @@ async fn reads_answer_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
 
     // Only 30 s recorded: less than half the TTL is left after the clock
     // margin, so the lease is extended before the answer, to lease_hold.
-    let short = app.grant(&req("bob", "b1", 30)).await.unwrap();
+    let short = app.seats().grant(&req("bob", "b1", 30)).await.unwrap();
     assert!(short.promise < Duration::from_secs(30));
     let p = promised(renew_one(app, "bob", short.lease).await);
     assert!(p > Duration::from_secs(55), "{p:?}");
@@ -101,7 +101,7 @@ async fn reads_answer_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
 
     // 45 s recorded: more than half the TTL, so the heartbeat is answered
     // at once with what is left and the lease is extended in the background.
-    let due = app.grant(&req("carol", "d1", 45)).await.unwrap();
+    let due = app.seats().grant(&req("carol", "d1", 45)).await.unwrap();
     let p = promised(renew_one(app, "carol", due.lease).await);
     assert!(
         p < Duration::from_secs(45) && p > Duration::from_secs(30),
@@ -119,22 +119,22 @@ async fn reads_answer_while_the_recorded_expiry_covers_the_ttl(kind: Kind) {
     )
     .await;
     assert!(promised(renew_one(app, "carol", due.lease).await) > Duration::from_secs(55));
-    assert_eq!(app.heartbeat_counts()["extended_in_background"], 1);
+    assert_eq!(app.seats().heartbeat_counts()["extended_in_background"], 1);
 
     // Released: the very next heartbeat reads it gone.
-    assert!(app.release("alice", g.lease).await.unwrap());
+    assert!(app.seats().release("alice", g.lease).await.unwrap());
     assert_eq!(renew_one(app, "alice", g.lease).await, Renewal::Lost);
 
     // Force-released: the holder learns at once, and the seat is not granted
     // to anyone while the promise already given may still run.
-    app.force_release(short.lease).await.unwrap();
+    app.seats().force_release(short.lease).await.unwrap();
     assert_eq!(renew_one(app, "bob", short.lease).await, Renewal::Lost);
     for (holder, rid) in [("dave", "x1"), ("frank", "z1")] {
-        let x = app.grant(&req(holder, rid, 120)).await.unwrap();
+        let x = app.seats().grant(&req(holder, rid, 120)).await.unwrap();
         assert_ne!(x.lease.slot_no, short.lease.slot_no);
     }
     assert!(matches!(
-        app.grant(&req("erin", "y1", 120)).await,
+        app.seats().grant(&req("erin", "y1", 120)).await,
         Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
 }
@@ -158,19 +158,19 @@ async fn a_release_elsewhere_is_seen_by_the_next_heartbeat() {
     let a = &t.app;
 
     // Granted through a, released through the other, re-granted there.
-    let g = a.grant(&req("alice", "a1", 120)).await.unwrap();
+    let g = a.seats().grant(&req("alice", "a1", 120)).await.unwrap();
     promised(renew_one(a, "alice", g.lease).await);
-    assert!(other.release("alice", g.lease).await.unwrap());
-    let b = other.grant(&req("bob", "b1", 120)).await.unwrap();
+    assert!(other.seats().release("alice", g.lease).await.unwrap());
+    let b = other.seats().grant(&req("bob", "b1", 120)).await.unwrap();
     assert_eq!(renew_one(a, "alice", g.lease).await, Renewal::Lost);
     promised(renew_one(a, "bob", b.lease).await);
 
     // Force-released through the other: a tells bob at once; nobody gets the
     // seat while bob's last promise may run.
-    other.force_release(b.lease).await.unwrap();
+    other.seats().force_release(b.lease).await.unwrap();
     assert_eq!(renew_one(a, "bob", b.lease).await, Renewal::Lost);
     assert!(matches!(
-        a.grant(&req("carol", "c1", 120)).await,
+        a.seats().grant(&req("carol", "c1", 120)).await,
         Err(SeatFailure::Refused(SeatError::NoSeat { .. }))
     ));
 }
@@ -190,12 +190,12 @@ async fn a_shorter_hold_never_lowers_a_longer_one() {
     apply(&t, 1).await;
     let long = &t.app;
 
-    let g = long.grant(&req("alice", "a1", 120)).await.unwrap();
+    let g = long.seats().grant(&req("alice", "a1", 120)).await.unwrap();
     // The short-hold instance answers from its read and (its own TTL fully
     // covered) writes nothing; forced to write, GREATEST keeps the longer.
     promised(renew_one(&short, "alice", g.lease).await);
     short
-        .storage
+        .storage()
         .extend(
             "alice",
             &[g.lease],

@@ -370,8 +370,8 @@ async fn the_client_library_reports_a_revoked_identity_s_seat_lost_at_once() {
     l.flag("lease_ttl", Some("5s"));
     let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
     let lic = vendor.sign(&common::def("L", 1, FEATURE, 2)).unwrap();
-    app.apply_license(&lic).await.unwrap();
-    let (_, ident) = app.create_identity("ws", None).await.unwrap();
+    app.licenses().apply_license(&lic).await.unwrap();
+    let (_, ident) = app.access().create_identity("ws", None).await.unwrap();
     let (addr, _, _stop) = common::serve_in_process(app.clone()).await;
     let client = Client::connect(
         &[format!("{}:{}@{addr}", ident.id, ident.secret.expose())],
@@ -380,7 +380,7 @@ async fn the_client_library_reports_a_revoked_identity_s_seat_lost_at_once() {
     .await
     .unwrap();
     let seat = client.checkout(FEATURE).await.unwrap();
-    let report = app.revoke_identity(&ident.id).await.unwrap();
+    let report = app.access().revoke_identity(&ident.id).await.unwrap();
     assert_eq!(report.leases_ended, 1, "{report:?}");
     let revoked = Instant::now();
     let loss = tokio::time::timeout(Duration::from_secs(10), seat.lost())

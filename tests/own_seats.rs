@@ -45,9 +45,9 @@ async fn setup(kind: Kind, seats: u32) -> Setup {
     l.flag("lease_ttl", Some("5s"));
     let app = App::start(l.build().unwrap()).await.unwrap();
     let text = vendor.sign(&def("L1", 1, "cad", seats)).unwrap();
-    app.apply_license(&text).await.unwrap();
-    let (_, alice) = app.create_identity("alice", None).await.unwrap();
-    let (_, bob) = app.create_identity("bob", None).await.unwrap();
+    app.licenses().apply_license(&text).await.unwrap();
+    let (_, alice) = app.access().create_identity("alice", None).await.unwrap();
+    let (_, bob) = app.access().create_identity("bob", None).await.unwrap();
     let (lic, _, stop) = common::serve_in_process(app.clone()).await;
     Setup {
         app,
@@ -209,12 +209,13 @@ async fn own_lease_is_listed_and_released_from_another_session(kind: Kind) {
     assert_eq!(again.state(), HandleState::Held);
     assert!(s
         .app
+        .seats()
         .mine(&s.alice_id)
         .await
         .unwrap()
         .iter()
         .all(|l| l.holder == s.alice_id),);
-    assert!(s.app.mine(&s.bob_id).await.unwrap().len() == 1);
+    assert!(s.app.seats().mine(&s.bob_id).await.unwrap().len() == 1);
 }
 
 fn grant_req(holder: &str, rid: &str) -> GrantRequest {
@@ -237,18 +238,31 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
     let s = setup(kind, 1).await;
     let app = &s.app;
     let (alice, bob) = (s.alice_id.as_str(), s.bob_id.as_str());
-    let first = app.grant(&grant_req(alice, "a:1")).await.unwrap().lease;
-    assert!(app.release(alice, first).await.unwrap());
-    let second = app.grant(&grant_req(alice, "a:2")).await.unwrap().lease;
+    let first = app
+        .seats()
+        .grant(&grant_req(alice, "a:1"))
+        .await
+        .unwrap()
+        .lease;
+    assert!(app.seats().release(alice, first).await.unwrap());
+    let second = app
+        .seats()
+        .grant(&grant_req(alice, "a:2"))
+        .await
+        .unwrap()
+        .lease;
     assert_eq!(
         (first.feature_id, first.slot_no),
         (second.feature_id, second.slot_no)
     );
     assert_ne!(first, second);
     // The old lease id and its seat reference name nothing live any more.
-    assert_eq!(app.release_mine(alice, first).await.unwrap(), None);
+    assert_eq!(app.seats().release_mine(alice, first).await.unwrap(), None);
     assert_eq!(
-        app.release_mine(alice, first.seat_ref()).await.unwrap(),
+        app.seats()
+            .release_mine(alice, first.seat_ref())
+            .await
+            .unwrap(),
         None
     );
     // The same slot and generation with a forged last part: nothing.
@@ -256,60 +270,70 @@ async fn a_release_matches_the_full_lease_and_its_identity(kind: Kind) {
         nonce: second.nonce ^ 1,
         ..second
     };
-    assert_eq!(app.release_mine(alice, forged).await.unwrap(), None);
+    assert_eq!(app.seats().release_mine(alice, forged).await.unwrap(), None);
     // Another identity: nothing, by either name.
-    assert_eq!(app.release_mine(bob, second).await.unwrap(), None);
+    assert_eq!(app.seats().release_mine(bob, second).await.unwrap(), None);
     assert_eq!(
-        app.release_mine(bob, second.seat_ref()).await.unwrap(),
+        app.seats()
+            .release_mine(bob, second.seat_ref())
+            .await
+            .unwrap(),
         None
     );
-    assert!(app.mine(bob).await.unwrap().is_empty());
+    assert!(app.seats().mine(bob).await.unwrap().is_empty());
     // `mine` shows the seat reference; a logout by it frees nothing (a
     // logout frees the slot at once, so it needs the lease id itself).
-    let listed = app.mine(alice).await.unwrap();
+    let listed = app.seats().mine(alice).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].lease, second);
-    assert!(!app.release(alice, second.seat_ref()).await.unwrap());
+    assert!(!app.seats().release(alice, second.seat_ref()).await.unwrap());
     assert!(matches!(
-        app.renew(alice, &[second]).await.unwrap()[0],
+        app.seats().renew(alice, &[second]).await.unwrap()[0],
         Renewal::Renewed(_)
     ));
 
     // By its seat reference: released; the holder is lost at once, the seat
     // stays taken until the promise ran out.
     let free_at = app
+        .seats()
         .release_mine(alice, second.seat_ref())
         .await
         .unwrap()
         .expect("alice's live lease is released");
-    assert_eq!(app.renew(alice, &[second]).await.unwrap()[0], Renewal::Lost);
-    match app.grant(&grant_req(bob, "b:1")).await {
+    assert_eq!(
+        app.seats().renew(alice, &[second]).await.unwrap()[0],
+        Renewal::Lost
+    );
+    match app.seats().grant(&grant_req(bob, "b:1")).await {
         Err(floatlm::app::SeatFailure::Refused(SeatError::NoSeat { .. })) => {}
         Err(e) => panic!("the seat must stay taken until {free_at}: {e}"),
         Ok(g) => panic!("granted {} before {free_at}", g.lease),
     }
     // The holder's login resent (same request id, a failover): the lease
     // has ended, so it is `lease_ended`, never the seat again.
-    match app.grant(&grant_req(alice, "a:2")).await {
+    match app.seats().grant(&grant_req(alice, "a:2")).await {
         Err(floatlm::app::SeatFailure::Refused(SeatError::LeaseEnded(_))) => {}
         Err(e) => panic!("a resent login of a released lease must be lease_ended: {e}"),
         Ok(g) => panic!("a resent login of a released lease got {}", g.lease),
     }
     // Resent, by either name, and a logout after it: nothing more happens.
-    assert_eq!(app.release_mine(alice, second).await.unwrap(), None);
+    assert_eq!(app.seats().release_mine(alice, second).await.unwrap(), None);
     assert_eq!(
-        app.release_mine(alice, second.seat_ref()).await.unwrap(),
+        app.seats()
+            .release_mine(alice, second.seat_ref())
+            .await
+            .unwrap(),
         None
     );
-    assert!(!app.release(alice, second).await.unwrap());
+    assert!(!app.seats().release(alice, second).await.unwrap());
     // Not a grant before free_at, whatever was resent meanwhile.
     let granted = wait_for(
         "the seat to be free again",
         Duration::from_secs(15),
-        || async { app.grant(&grant_req(bob, "b:2")).await.ok() },
+        || async { app.seats().grant(&grant_req(bob, "b:2")).await.ok() },
     )
     .await;
-    let now = app.storage.now().await.unwrap();
+    let now = app.storage().now().await.unwrap();
     assert!(
         now >= free_at,
         "granted {} at {now}, before {free_at}",
@@ -331,7 +355,7 @@ async fn mine_fits_one_envelope_whatever_the_identity_holds(kind: Kind) {
             client_info: long.clone(),
             ..grant_req(&s.alice_id, &format!("many:{i}"))
         };
-        s.app.grant(&req).await.unwrap();
+        s.app.seats().grant(&req).await.unwrap();
     }
     let laptop = Client::connect(&[&s.alice], opts("ann", "laptop"))
         .await

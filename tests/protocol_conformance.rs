@@ -511,7 +511,7 @@ impl Ctx {
         let create = |name: &'static str, expires: Option<chrono::DateTime<chrono::Utc>>| {
             let app = main.app.clone();
             async move {
-                let (_, s) = app.create_identity(name, expires).await.unwrap();
+                let (_, s) = app.access().create_identity(name, expires).await.unwrap();
                 Ident {
                     id: s.id.clone(),
                     secret: s.secret.expose().to_string(),
@@ -526,10 +526,18 @@ impl Ctx {
         )
         .await;
         let revoked_later = create("revoked-later", None).await;
-        main.app.revoke_identity(&revoked.id).await.unwrap();
+        main.app
+            .access()
+            .revoke_identity(&revoked.id)
+            .await
+            .unwrap();
         let (_, ticket) = confirmed(&main.addr, &usable).await;
         let (_, revoked_ticket) = confirmed(&main.addr, &revoked_later).await;
-        main.app.revoke_identity(&revoked_later.id).await.unwrap();
+        main.app
+            .access()
+            .revoke_identity(&revoked_later.id)
+            .await
+            .unwrap();
 
         let full = server(&db.url, Some(1)).await;
         let (full_pending, _) = handshake(&full.addr, &usable).await;
@@ -537,7 +545,7 @@ impl Ctx {
 
         let draining = server(&db.url, None).await;
         let (draining_session, _) = confirmed(&draining.addr, &usable).await;
-        draining.app.set_draining();
+        draining.app.cluster().set_draining();
 
         let (upstream, _) = through(&db.url, "unused");
         let proxy = Proxy::start(upstream).await;

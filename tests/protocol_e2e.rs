@@ -534,6 +534,7 @@ async fn the_server_accepts_the_test_vector_handshake() {
     let t = TestApp::new(Kind::Sqlite).await;
     let v = vectors::shipped().handshake;
     t.app
+        .access()
         .import_identity(
             &v.identity_id,
             "vector",
@@ -657,16 +658,16 @@ async fn the_session_table_is_bounded() {
     let mut l = common::layers(dir.path(), None, MASTER_KEY_1, &vendor);
     l.flag("max_sessions", Some("2"));
     let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
-    let (_, ident) = app.create_identity("x", None).await.unwrap();
+    let (_, ident) = app.access().create_identity("x", None).await.unwrap();
     let (lic, _, _stop) = common::serve_in_process(app.clone()).await;
     let ident = format!("{}:{}@{lic}", ident.id, ident.secret.expose());
     let _a = Client::connect(&[&ident], opts("")).await.unwrap();
     let _b = Client::connect(&[&ident], opts("")).await.unwrap();
     // A session counts once its first request confirmed it.
-    assert_eq!(app.session_counts().active, 0);
+    assert_eq!(app.admission().session_counts().active, 0);
     _a.query(&[]).await.unwrap();
     _b.query(&[]).await.unwrap();
-    assert_eq!(app.session_counts().active, 2);
+    assert_eq!(app.admission().session_counts().active, 2);
     let (_, hello) = ClientHandshake::start(
         ident.split(':').next().unwrap(),
         b"whatever-secret-here",
@@ -709,7 +710,7 @@ async fn replayed_hellos_cost_no_session_and_no_ticket() {
     let mut l = common::layers(dir.path(), None, MASTER_KEY_1, &vendor);
     l.flag("max_sessions", Some(&MAX.to_string()));
     let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
-    let (_, ident) = app.create_identity("x", None).await.unwrap();
+    let (_, ident) = app.access().create_identity("x", None).await.unwrap();
     let (lic, _, _stop) = common::serve_in_process(app.clone()).await;
     let (id, secret) = (ident.id.clone(), ident.secret.expose().to_string());
     let http = reqwest::Client::new();
@@ -768,13 +769,13 @@ async fn replayed_hellos_cost_no_session_and_no_ticket() {
     )
     .unwrap();
     let grant = first.resume.expect("the first answer carries the ticket");
-    let c = app.session_counts();
+    let c = app.admission().session_counts();
     assert_eq!((c.active, c.tickets_issued), (1, 1), "{c:?}");
 
     // The recorded ClientHello, 1,000 times: each is answered (the server
     // cannot tell), none counts, none earns a ticket.
     let answers = replay(PATH_HANDSHAKE, hello).await;
-    let c = app.session_counts();
+    let c = app.admission().session_counts();
     assert_eq!((c.active, c.tickets_issued), (1, 1), "{c:?}");
     assert_eq!(c.hellos, 1 + REPLAYS as u64, "{c:?}");
     assert!(c.pending <= floatlm::sessions::MAX_PENDING, "{c:?}");
@@ -793,7 +794,7 @@ async fn replayed_hellos_cost_no_session_and_no_ticket() {
         let (hs, _) = ClientHandshake::resume(&ticket, &rsecret, Some(&eph)).unwrap();
         assert!(hs.finish(body).unwrap().1.resume.is_none());
     }
-    let c = app.session_counts();
+    let c = app.admission().session_counts();
     assert_eq!((c.active, c.tickets_issued, c.resumes), (1, 1, 0), "{c:?}");
     assert_eq!(c.hellos, 1 + 2 * REPLAYS as u64, "{c:?}");
 
@@ -807,7 +808,7 @@ async fn replayed_hellos_cost_no_session_and_no_ticket() {
         cl.query(&[]).await.unwrap();
         clients.push(cl);
     }
-    let c = app.session_counts();
+    let c = app.admission().session_counts();
     assert_eq!((c.active, c.tickets_issued), (MAX, MAX as u64), "{c:?}");
     // Full now: one more is refused.
     match Client::connect(&[format!("{id}:{secret}@{lic}")], opts("")).await {

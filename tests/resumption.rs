@@ -125,7 +125,7 @@ async fn a_ticket_from_one_instance_resumes_on_another_until_revoked() {
     let vendor = VendorSigningKey::generate();
     let a = node(&db, &vendor, &[("instance_id", "a")]).await;
     let b = node(&db, &vendor, &[("instance_id", "b")]).await;
-    let (_, created) = a.app.create_identity("ws1", None).await.unwrap();
+    let (_, created) = a.app.access().create_identity("ws1", None).await.unwrap();
     let (id, secret) = (created.id.clone(), created.secret.expose().to_string());
 
     let (_, hello) = handshake(&a.addr, &id, &secret).await;
@@ -147,7 +147,7 @@ async fn a_ticket_from_one_instance_resumes_on_another_until_revoked() {
             resume: None,
         }
     ));
-    let counts = b.app.session_counts();
+    let counts = b.app.admission().session_counts();
     assert_eq!((counts.handshakes, counts.resumes), (0, 1));
     // The resumed session carries a fresh ticket, and the old one still works.
     let fresh = resumed
@@ -183,14 +183,14 @@ async fn a_ticket_from_one_instance_resumes_on_another_until_revoked() {
     );
 
     // Revoked on a: b refuses the ticket at once (it reads the identity row).
-    a.app.revoke_identity(&id).await.unwrap();
+    a.app.access().revoke_identity(&id).await.unwrap();
     for n in [&a, &b] {
         assert_eq!(
             resume(&n.addr, &fresh).await.unwrap_err(),
             (401, "ticket_refused".into())
         );
     }
-    assert!(b.app.session_counts().resumes_refused >= 2);
+    assert!(b.app.admission().session_counts().resumes_refused >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,7 +205,7 @@ async fn tickets_expire_and_keys_rotate_across_instances() {
     ];
     let a = node(&db, &vendor, &flags).await;
     let b = node(&db, &vendor, &flags).await;
-    let (_, created) = a.app.create_identity("ws2", None).await.unwrap();
+    let (_, created) = a.app.access().create_identity("ws2", None).await.unwrap();
     let (id, secret) = (created.id.clone(), created.secret.expose().to_string());
 
     let (_, first) = handshake(&a.addr, &id, &secret).await;
@@ -264,7 +264,7 @@ async fn the_client_resumes_instead_of_logging_in_again() {
     let vendor = VendorSigningKey::generate();
     let a = node(&db, &vendor, &[("instance_id", "a")]).await;
     let b = node(&db, &vendor, &[("instance_id", "b")]).await;
-    let (_, created) = a.app.create_identity("ws3", None).await.unwrap();
+    let (_, created) = a.app.access().create_identity("ws3", None).await.unwrap();
     let cred = format!("{}:{}", created.id, created.secret.expose());
     let ids = [format!("{cred}@{}", a.addr), format!("{cred}@{}", b.addr)];
     let client = floatlm_client::Client::connect(&ids, floatlm_client::Options::default())
@@ -276,7 +276,7 @@ async fn the_client_resumes_instead_of_logging_in_again() {
     // Forget every session on both instances (as after a restart): the next
     // call gets 401 session_unknown and resumes instead of logging in.
     for n in [&a, &b] {
-        n.app.forget_sessions();
+        n.app.admission().forget_sessions();
     }
     client.query(&[]).await.unwrap();
     // Both instances are raced; the loser's resumption may finish too.
@@ -288,12 +288,12 @@ async fn the_client_resumes_instead_of_logging_in_again() {
     assert!(stats.resumes > before.resumes, "{stats:?}");
     // A refused ticket (identity revoked) falls back to a handshake, which
     // then reports the revocation.
-    a.app.revoke_identity(&created.id).await.unwrap();
+    a.app.access().revoke_identity(&created.id).await.unwrap();
     // What b's next cluster heartbeat does (within one `cluster_heartbeat`):
     // until then b's identity cache may still admit a handshake.
-    b.app.follow_identity_changes().await.unwrap();
+    b.app.access().follow_identity_changes().await.unwrap();
     for n in [&a, &b] {
-        n.app.forget_sessions();
+        n.app.admission().forget_sessions();
     }
     match client.query(&[]).await {
         Err(floatlm_client::ClientError::IdentityRefused { reason, .. }) => {

@@ -90,10 +90,11 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
                 expires: None,
             }],
         };
-        app.apply_license(&vendor.sign(&def).unwrap())
+        app.licenses()
+            .apply_license(&vendor.sign(&def).unwrap())
             .await
             .unwrap();
-        let (view, _) = app.create_identity("fuzz", None).await.unwrap();
+        let (view, _) = app.access().create_identity("fuzz", None).await.unwrap();
         (app, view.id)
     });
     let router = floatlm::http::licensing_router(&app);
@@ -172,8 +173,8 @@ fn operation(u: &mut Unstructured) -> Result<Vec<u8>> {
 fn run(data: &[u8]) -> Result<()> {
     let h = &*HARNESS;
     let mut u = Unstructured::new(data);
-    h.app.end_session(SESSION);
-    h.app.insert_pending_session(
+    h.app.admission().end_session(SESSION);
+    h.app.admission().insert_pending_session(
         SESSION.into(),
         Session::new(h.identity.clone(), None, Opened::Handshake, keys()),
     );

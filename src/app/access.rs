@@ -64,19 +64,125 @@ pub(super) struct LeasesEnded {
     free_at: Option<DateTime<Utc>>,
 }
 
-/// What a request on an open session may do (see [`App::admit_request`]).
-pub enum Admission {
-    /// Serve it; `ticket` is the session's resumption ticket when this is
-    /// its first request.
-    Serve { ticket: Option<ResumeGrant> },
-    /// Answer the identity's refusal, sealed; the session is gone.
-    Refuse(IdentityRefusal),
-    /// The live table is full (it holds `max_sessions`): 503, like a
-    /// handshake would get.
-    Full { max_sessions: usize },
+/// Who may use this instance: client identities (with the cache behind
+/// handshakes and the revocations this instance knows), admin tokens, and
+/// the operator's auth script.
+pub struct Access {
+    /// Identities as handshakes and resumptions need them (secrets opened),
+    /// known and unknown ids alike; cleared when identities change.
+    identity_cache: IdentityCache,
+    /// Identities this instance has seen revoked: their sessions stop.
+    revoked: RevokedIdentities,
+    /// The cluster-wide identity revision this instance has caught up with.
+    identity_revision: AtomicI64,
+    /// Derives stand-in secrets for unknown identity ids, so they fail the
+    /// handshake exactly like a wrong secret.
+    dummy_key: zeroize::Zeroizing<[u8; 32]>,
+    /// A stand-in secret sealed at start, opened for an identity id the
+    /// database does not hold, so that it costs the unsealing a known id's
+    /// secret costs.
+    stand_in_sealed: Vec<u8>,
+    /// The operator's auth script, if configured.
+    auth_hook: Option<crate::auth_hook::AuthHook>,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    gate: Arc<DbGate>,
+    /// The session table (admission's): a revoked identity's sessions end
+    /// here at once.
+    sessions: Arc<Sessions>,
+    clock: Arc<Clock>,
+    keys: Arc<Keys>,
+    /// Ending a revoked identity's leases changes the seat counts.
+    licenses: Arc<Licenses>,
 }
 
-impl App {
+impl Access {
+    pub(super) async fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        gate: Arc<DbGate>,
+        sessions: Arc<Sessions>,
+        clock: Arc<Clock>,
+        keys: Arc<Keys>,
+        licenses: Arc<Licenses>,
+    ) -> Result<Access, StartError> {
+        let stand_in_sealed = keys.keyring().seal(
+            SealedColumn::Identity.at(STAND_IN_IDENTITY),
+            new_identity_secret().expose().as_bytes(),
+        );
+        Ok(Access {
+            identity_cache: IdentityCache::new(
+                crate::identities::CACHE_CAPACITY,
+                crate::identities::CACHE_TTL,
+            ),
+            revoked: RevokedIdentities::default(),
+            identity_revision: AtomicI64::new(storage.identity_revision().await?),
+            dummy_key: zeroize::Zeroizing::new(
+                crate::crypto::random_bytes(32)
+                    .try_into()
+                    .expect("32 bytes"),
+            ),
+            stand_in_sealed,
+            auth_hook: config.auth_script.clone().map(|p| {
+                crate::auth_hook::AuthHook::new(p, config.auth_timeout, config.auth_max_concurrent)
+            }),
+            storage,
+            config,
+            gate,
+            sessions,
+            clock,
+            keys,
+            licenses,
+        })
+    }
+
+    /// Writes the first admin token to DATA_DIR/admin.token when the
+    /// database holds none and none is configured.
+    pub(super) async fn bootstrap_token(&self) -> Result<(), StartError> {
+        if self.config.admin_token.is_some() {
+            return Ok(());
+        }
+        let (id, token) = new_token();
+        let row = TokenRow {
+            id,
+            name: "bootstrap".into(),
+            role: Role::Admin,
+            token_hash: sha256_hex(token.expose().as_bytes()),
+            created_at: Utc::now(),
+            revoked_at: None,
+        };
+        if self.storage.insert_first_token(&row).await? {
+            let path = self.config.data_dir.join("admin.token");
+            let _ = std::fs::remove_file(&path);
+            write_private_file(&path, &format!("{}\n", token.expose()))
+                .map_err(|e| StartError::Io(format!("cannot write {}: {e}", path.display())))?;
+            tracing::warn!(path = %path.display(), "generated the first admin token (role admin); `floatlm admin` reads it from there");
+        }
+        Ok(())
+    }
+
+    /// Runs the operator's auth script on a login, if one is configured;
+    /// the error is the script's refusal.
+    pub(super) async fn check_auth(
+        &self,
+        input: &crate::auth_hook::AuthInput,
+    ) -> Result<(), String> {
+        match &self.auth_hook {
+            Some(hook) => hook.check(input).await.map_err(|why| why.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// Why identity `id` is refused because this instance saw it revoked.
+    pub(super) fn revoked(&self, id: &str) -> Option<IdentityRefusal> {
+        self.revoked.get(id)
+    }
+
+    /// Forgets revocations older than `age` (their sessions are all gone).
+    pub(super) fn prune_revoked(&self, age: Duration) {
+        self.revoked.prune(age);
+    }
+
     /// Creates an identity; the returned string is the only copy of the secret
     /// outside the sealed row.
     pub async fn create_identity(
@@ -93,7 +199,8 @@ impl App {
         let secret = new_identity_secret();
         let row = IdentityRow {
             sealed: self
-                .keyring
+                .keys
+                .keyring()
                 .seal(SealedColumn::Identity.at(&id), secret.expose().as_bytes()),
             id: id.clone(),
             name: name.to_string(),
@@ -141,7 +248,8 @@ impl App {
         }
         let row = IdentityRow {
             sealed: self
-                .keyring
+                .keys
+                .keyring()
                 .seal(SealedColumn::Identity.at(id), secret.expose().as_bytes()),
             id: id.to_string(),
             name: name.to_string(),
@@ -185,7 +293,8 @@ impl App {
             )
         };
         let secret = self
-            .keyring
+            .keys
+            .keyring()
             .open(SealedColumn::Identity.at(id), sealed)
             .map_err(|e| damaged(&format!("does not open ({e})")))?;
         String::from_utf8(secret.to_vec())
@@ -202,7 +311,7 @@ impl App {
         if !valid_identity_id(id) {
             return Ok(None);
         }
-        let Some(row) = self.gated(|| self.storage.identity(id)).await? else {
+        let Some(row) = gated(&self.gate, || self.storage.identity(id)).await? else {
             return Ok(None);
         };
         Ok(self.open_identity_secret(&row).ok().map(|s| (row, s)))
@@ -230,7 +339,7 @@ impl App {
         // one unsealing (the row's secret, or the stand-in sealed at start)
         // and one stand-in derivation. tests/handshake_work.rs compares the
         // database statements of both.
-        let row = self.gated(|| self.storage.identity(id)).await?;
+        let row = gated(&self.gate, || self.storage.identity(id)).await?;
         let stand_in = self.dummy_secret(id);
         let opened = match &row {
             Some(row) => self.open_identity_secret(row),
@@ -281,7 +390,7 @@ impl App {
     /// its open sessions on this instance end at once (each answers its
     /// next request `identity_revoked`, sealed) and on every other instance
     /// within one cluster heartbeat, and its leases end like an operator's
-    /// force release ([`App::force_release`]).
+    /// force release ([`Seats::force_release`]).
     pub async fn revoke_identity(&self, id: &str) -> Result<RevokeReport, AppError> {
         if !self.storage.revoke_identity(id).await? {
             return Err(AppError::NotFound(format!(
@@ -296,7 +405,7 @@ impl App {
             .ok()
             .flatten()
             .and_then(|r| r.revoked_at)
-            .unwrap_or_else(|| self.db_now());
+            .unwrap_or_else(|| self.clock.db_now());
         // Memory first, then the leases: a login on this instance that
         // commits after the sweep read the slots sees the refusal (and ends
         // its own lease); one that committed before is in the sweep.
@@ -341,7 +450,7 @@ impl App {
             }
         }
         if ended.leases > 0 {
-            self.usage_cache.clear();
+            self.licenses.seats_changed();
         }
         Ok(ended)
     }
@@ -385,7 +494,7 @@ impl App {
         }
         session
             .identity_expires
-            .filter(|e| *e <= self.db_now())
+            .filter(|e| *e <= self.clock.db_now())
             .map(|e| IdentityRefusal::expired(&session.identity_id, e))
     }
 
@@ -395,44 +504,7 @@ impl App {
     pub fn identity_time_left(&self, session: &crate::sessions::Session) -> Option<Duration> {
         session
             .identity_expires
-            .map(|e| (e - self.db_now()).to_std().unwrap_or(Duration::ZERO))
-    }
-
-    /// Decides what a request on `session_id` may do once its envelope
-    /// opened: a refused identity ends the session; a pending session
-    /// becomes live and earns its resumption ticket.
-    pub fn admit_request(&self, session_id: &str, found: &Found) -> Admission {
-        let session = found.session();
-        let why = match found {
-            Found::Ended(_, why) => Some(why.clone()),
-            _ => self
-                .identity_refusal(session)
-                .inspect(|_| self.sessions.count_refused()),
-        };
-        if let Some(why) = why {
-            self.sessions.end(session_id);
-            return Admission::Refuse(why);
-        }
-        let Found::Pending(_) = found else {
-            return Admission::Serve { ticket: None };
-        };
-        match self.sessions.promote(session_id, session) {
-            Promotion::Promoted => {
-                let ticket = self.issue_ticket(&session.identity_id, session.identity_expires);
-                if ticket.is_some() {
-                    self.sessions.count_ticket();
-                }
-                Admission::Serve { ticket }
-            }
-            Promotion::AlreadyLive => Admission::Serve { ticket: None },
-            Promotion::Ended(why) => {
-                self.sessions.end(session_id);
-                Admission::Refuse(why)
-            }
-            Promotion::Full => Admission::Full {
-                max_sessions: self.config.max_sessions,
-            },
-        }
+            .map(|e| (e - self.clock.db_now()).to_std().unwrap_or(Duration::ZERO))
     }
 
     /// Which role a bearer token carries, if any.
@@ -515,6 +587,4 @@ impl App {
             )))
         }
     }
-
-    // --------------------------------------------------------------- rotation
 }

@@ -2,7 +2,7 @@
 //! of sessions (pending, live, ended) behind the handlers, and what the
 //! server believes about a client (its address, the lease length it is
 //! told). Handlers call these methods; the session table and the
-//! configuration stay inside the App.
+//! configuration stay inside the service.
 
 use super::*;
 use crate::sessions::{Session, SessionCounts};
@@ -18,12 +18,61 @@ pub enum SessionRefusal {
     Full { max_sessions: usize },
 }
 
-impl App {
+/// What a request on an open session may do (see [`Admission::admit_request`]).
+pub enum RequestAdmission {
+    /// Serve it; `ticket` is the session's resumption ticket when this is
+    /// its first request.
+    Serve { ticket: Option<ResumeGrant> },
+    /// Answer the identity's refusal, sealed; the session is gone.
+    Refuse(IdentityRefusal),
+    /// The live table is full (it holds `max_sessions`): 503, like a
+    /// handshake would get.
+    Full { max_sessions: usize },
+}
+
+/// Who may open a protocol session here and what a request on one may do;
+/// owns this instance's session table.
+pub struct Admission {
+    /// Protocol sessions of this instance (shared with access, which ends
+    /// a revoked identity's sessions).
+    sessions: Arc<Sessions>,
+    config: Arc<Config>,
+    clock: Arc<Clock>,
+    /// A draining instance takes no new session.
+    cluster: Arc<Cluster>,
+    access: Arc<Access>,
+    tickets: Arc<Tickets>,
+}
+
+impl Admission {
+    pub(super) fn new(
+        config: Arc<Config>,
+        sessions: Arc<Sessions>,
+        clock: Arc<Clock>,
+        cluster: Arc<Cluster>,
+        access: Arc<Access>,
+        tickets: Arc<Tickets>,
+    ) -> Admission {
+        Admission {
+            sessions,
+            config,
+            clock,
+            cluster,
+            access,
+            tickets,
+        }
+    }
+
+    /// This instance's id (named in a ServerHello).
+    pub fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
     /// Whether a new session may start here: not while draining (proxies
     /// retry a 503 on the next instance; existing sessions are still
     /// served), not while the session table is full.
     pub fn admit_session(&self) -> Result<(), SessionRefusal> {
-        if self.is_draining() {
+        if self.cluster.is_draining() {
             return Err(SessionRefusal::Draining);
         }
         if !self.sessions.has_room() {
@@ -34,7 +83,7 @@ impl App {
         Ok(())
     }
 
-    /// What a handshake needs of identity `id` ([`App::identity_lookup`]:
+    /// What a handshake needs of identity `id` ([`Access::identity_lookup`]:
     /// a stand-in for an unknown id) and why the identity is refused now, if
     /// it is: expiry is judged by the database clock estimate, without a
     /// round trip.
@@ -42,8 +91,8 @@ impl App {
         &self,
         id: &str,
     ) -> Result<(Arc<Lookup>, Option<IdentityRefusal>), AppError> {
-        let lookup = self.identity_lookup(id).await?;
-        let now = self.db_now();
+        let lookup = self.access.identity_lookup(id).await?;
+        let now = self.clock.db_now();
         let refused = lookup.identity.as_ref().and_then(|i| i.refusal(now));
         Ok((lookup, refused))
     }
@@ -87,9 +136,76 @@ impl App {
     pub fn client_addr(&self, peer: SocketAddr, forwarded_for: Option<&str>) -> String {
         client_addr(&self.config.trusted_proxies, peer, forwarded_for)
     }
+
+    /// Decides what a request on `session_id` may do once its envelope
+    /// opened: a refused identity ends the session; a pending session
+    /// becomes live and earns its resumption ticket.
+    pub fn admit_request(&self, session_id: &str, found: &Found) -> RequestAdmission {
+        let session = found.session();
+        let why = match found {
+            Found::Ended(_, why) => Some(why.clone()),
+            _ => self
+                .access
+                .identity_refusal(session)
+                .inspect(|_| self.sessions.count_refused()),
+        };
+        if let Some(why) = why {
+            self.sessions.end(session_id);
+            return RequestAdmission::Refuse(why);
+        }
+        let Found::Pending(_) = found else {
+            return RequestAdmission::Serve { ticket: None };
+        };
+        match self.sessions.promote(session_id, session) {
+            Promotion::Promoted => {
+                let ticket = self
+                    .tickets
+                    .issue_ticket(&session.identity_id, session.identity_expires);
+                if ticket.is_some() {
+                    self.sessions.count_ticket();
+                }
+                RequestAdmission::Serve { ticket }
+            }
+            Promotion::AlreadyLive => RequestAdmission::Serve { ticket: None },
+            Promotion::Ended(why) => {
+                self.sessions.end(session_id);
+                RequestAdmission::Refuse(why)
+            }
+            Promotion::Full => RequestAdmission::Full {
+                max_sessions: self.config.max_sessions,
+            },
+        }
+    }
+
+    /// The ticket a resumption presents, checked ([`Tickets::check_ticket`]);
+    /// None when it is refused (the reason is logged and counted, the
+    /// client only learns "refused"). An error only when the database could
+    /// not be asked: nothing was refused.
+    pub async fn resume_ticket(
+        &self,
+        ticket: &[u8],
+    ) -> Result<Option<(IdentityInfo, OpenedTicket)>, AppError> {
+        match self.tickets.check_ticket(ticket).await {
+            Ok(t) => Ok(Some(t)),
+            Err(AppError::Unauthorized(why)) => {
+                tracing::info!(reason = %why, "resumption ticket refused");
+                self.sessions.count_resume_refused();
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Forgets the sessions idle past `session_idle` (maintenance).
+    pub(super) fn sweep_idle(&self) {
+        let swept = self.sessions.sweep(self.clock.db_now());
+        if swept > 0 {
+            tracing::debug!(swept, "forgot idle protocol sessions");
+        }
+    }
 }
 
-/// [`App::client_addr`] with the trusted proxies given.
+/// [`Admission::client_addr`] with the trusted proxies given.
 fn client_addr(trusted: &[IpAddr], peer: SocketAddr, forwarded_for: Option<&str>) -> String {
     if trusted.contains(&peer.ip()) {
         if let Some(ip) = forwarded_for

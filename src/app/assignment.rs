@@ -6,7 +6,33 @@ use super::*;
 use crate::config::Assignment;
 use crate::metrics::DenialReason;
 
-impl App {
+/// Which features each identity may use (`assignment = manual`).
+pub struct Assignments {
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    gate: Arc<DbGate>,
+    metrics: Arc<Metrics>,
+    /// The features clients are told of.
+    licenses: Arc<Licenses>,
+}
+
+impl Assignments {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        gate: Arc<DbGate>,
+        metrics: Arc<Metrics>,
+        licenses: Arc<Licenses>,
+    ) -> Assignments {
+        Assignments {
+            storage,
+            config,
+            gate,
+            metrics,
+            licenses,
+        }
+    }
+
     /// Whether features are assigned per identity.
     pub fn assignment(&self) -> Assignment {
         self.config.assignment
@@ -18,8 +44,7 @@ impl App {
             return Ok(None);
         }
         Ok(Some(
-            self.gated(|| self.storage.assigned_features(identity))
-                .await?,
+            gated(&self.gate, || self.storage.assigned_features(identity)).await?,
         ))
     }
 
@@ -39,6 +64,7 @@ impl App {
             Ok(Some(list)) if list.iter().any(|f| f == feature) => Ok(()),
             Ok(Some(_)) => {
                 let licensed = self
+                    .licenses
                     .features_cached()
                     .await
                     .ok()
@@ -56,7 +82,7 @@ impl App {
     /// Seat counts for a client's `info`: every feature (auto), or only
     /// those assigned to `identity` (manual).
     pub async fn features_for(&self, identity: &str) -> Result<Vec<FeatureView>, AppError> {
-        let all = self.features_cached().await?;
+        let all = self.licenses.features_cached().await?;
         Ok(match self.assigned(identity).await? {
             None => all.as_ref().clone(),
             Some(list) => all
@@ -72,22 +98,18 @@ impl App {
     /// need not be licensed yet.
     pub async fn assign_features(&self, id: &str, features: &[String]) -> Result<u64, AppError> {
         self.check_assignment(id, features).await?;
-        Ok(self
-            .gated(|| self.storage.assign_features(id, features))
-            .await?)
+        Ok(gated(&self.gate, || self.storage.assign_features(id, features)).await?)
     }
 
     /// Takes `features` from identity `id`; how many it had.
     pub async fn unassign_features(&self, id: &str, features: &[String]) -> Result<u64, AppError> {
         self.check_assignment(id, features).await?;
-        Ok(self
-            .gated(|| self.storage.unassign_features(id, features))
-            .await?)
+        Ok(gated(&self.gate, || self.storage.unassign_features(id, features)).await?)
     }
 
     /// The features assigned to identity `id`.
     pub async fn assigned_features(&self, id: &str) -> Result<Vec<String>, AppError> {
-        Ok(self.gated(|| self.storage.assigned_features(id)).await?)
+        Ok(gated(&self.gate, || self.storage.assigned_features(id)).await?)
     }
 
     async fn check_assignment(&self, id: &str, features: &[String]) -> Result<(), AppError> {
@@ -100,7 +122,10 @@ impl App {
                 bad.chars().take(64).collect::<String>()
             )));
         }
-        if self.gated(|| self.storage.identity(id)).await?.is_none() {
+        if gated(&self.gate, || self.storage.identity(id))
+            .await?
+            .is_none()
+        {
             return Err(AppError::NotFound(format!(
                 "no identity '{}'",
                 id.chars().take(64).collect::<String>()

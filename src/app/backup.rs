@@ -43,14 +43,43 @@ fn stale_after(interval: Duration) -> Duration {
     interval.clamp(Duration::from_secs(30), Duration::from_secs(600))
 }
 
-impl App {
+/// Backups of the cluster's licensing state: on demand and on a schedule.
+pub struct Backups {
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    gate: Arc<DbGate>,
+    metrics: Arc<Metrics>,
+    clock: Arc<Clock>,
+    /// A backup is encrypted with the master keys.
+    keys: Arc<Keys>,
+}
+
+impl Backups {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        gate: Arc<DbGate>,
+        metrics: Arc<Metrics>,
+        clock: Arc<Clock>,
+        keys: Arc<Keys>,
+    ) -> Backups {
+        Backups {
+            storage,
+            config,
+            gate,
+            metrics,
+            clock,
+            keys,
+        }
+    }
+
     /// Reads every restorable row in one snapshot and encrypts it into a
     /// backup file (the CPU work off the runtime).
     async fn build_backup(&self) -> Result<crate::backup::Built, AppError> {
-        let snap = self.gated(|| self.storage.snapshot()).await?;
-        let ring = self.keyring.clone();
-        let instance = self.instance_id().to_string();
-        let backend = match self.backend() {
+        let snap = gated(&self.gate, || self.storage.snapshot()).await?;
+        let ring = self.keys.keyring().clone();
+        let instance = self.config.instance_id.clone();
+        let backend = match self.storage.backend() {
             Backend::Mysql => "mysql",
             Backend::Sqlite => "sqlite",
         };
@@ -68,7 +97,7 @@ impl App {
         crate::backup::backup_finished(
             &self.metrics,
             built.is_ok(),
-            self.db_now(),
+            self.clock.db_now(),
             built.as_ref().map_or(0, |b| b.bytes.len() as u64),
         );
         let built = built?;
@@ -121,7 +150,7 @@ impl App {
                 _ = stop.changed() => return,
             }
             let ms = interval.as_millis().max(1) as i64;
-            let slot = self.db_now().timestamp_millis().div_euclid(ms);
+            let slot = self.clock.db_now().timestamp_millis().div_euclid(ms);
             if done == Some(slot)
                 || next_try.is_some_and(|(s, at)| s == slot && std::time::Instant::now() < at)
             {
@@ -141,10 +170,10 @@ impl App {
     /// Claims and takes the backup of `slot`; false when another instance
     /// holds the claim.
     async fn scheduled_backup(&self, slot: i64, interval: Duration) -> Result<bool, AppError> {
-        let me = self.instance_id().to_string();
+        let me = self.config.instance_id.clone();
         if !self
             .storage
-            .claim_backup(slot, &me, self.down_after(), stale_after(interval))
+            .claim_backup(slot, &me, down_after(&self.config), stale_after(interval))
             .await?
         {
             return Ok(false);
@@ -191,7 +220,7 @@ impl App {
         crate::backup::backup_finished(
             &self.metrics,
             done.ok,
-            self.db_now(),
+            self.clock.db_now(),
             done.bytes.unwrap_or(0) as u64,
         );
         match &outcome {

@@ -39,7 +39,145 @@ pub struct ClusterMember {
     pub state: &'static str,
 }
 
-impl App {
+/// Every recorded instance, with its state by the database clock (down
+/// after three silent cluster heartbeats). A free function because key
+/// rotation needs the view too, and the cluster service needs the keys.
+pub(super) async fn members(
+    storage: &dyn Storage,
+    config: &Config,
+) -> Result<Vec<ClusterMember>, StorageError> {
+    let down_after = down_after(config).as_secs_f64();
+    Ok(storage
+        .instances()
+        .await?
+        .into_iter()
+        .map(|row| ClusterMember {
+            state: if row.silent_for_s > down_after {
+                "down"
+            } else if row.drain_requested {
+                "draining"
+            } else {
+                "up"
+            },
+            row,
+        })
+        .collect())
+}
+
+/// How long an instance may be silent before it counts as down.
+pub(super) fn down_after(config: &Config) -> Duration {
+    config.cluster_heartbeat * 3
+}
+
+/// This instance in the cluster: whether it can serve (healthz), whether it
+/// drains, its row in the cluster view, and the watch on the database
+/// behind the outage gate.
+pub struct Cluster {
+    draining: AtomicBool,
+    started_at: DateTime<Utc>,
+    /// The database probe behind healthz, so probes cost no round trip each.
+    health_cache: crate::cache::Cached<Result<(), String>>,
+    /// Whether the database answers: requests fail fast while it does not.
+    gate: Arc<DbGate>,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    keys: Arc<Keys>,
+}
+
+impl Cluster {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        gate: Arc<DbGate>,
+        keys: Arc<Keys>,
+    ) -> Cluster {
+        Cluster {
+            draining: AtomicBool::new(false),
+            started_at: Utc::now(),
+            health_cache: crate::cache::Cached::new(HEALTH_CACHE),
+            gate,
+            storage,
+            config,
+            keys,
+        }
+    }
+
+    /// This instance's id (answered in a header and in healthz).
+    pub fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    /// Which database backend this instance runs on.
+    pub fn backend(&self) -> Backend {
+        self.storage.backend()
+    }
+
+    /// When this instance started (its own clock).
+    pub fn started_at(&self) -> DateTime<Utc> {
+        self.started_at
+    }
+
+    /// Starts draining: healthz answers 503 and new sessions are refused.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this instance is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Ok when this instance can serve; otherwise why not.
+    pub async fn health(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining: this instance is shutting down".into());
+        }
+        if let Some(why) = self.keys.problem() {
+            return Err(why);
+        }
+        // Healthz answers anyone who can reach the licensing port: the
+        // database's words stay in the log, under the outage's incident.
+        if self.gate.fault() == Some(crate::dbgate::Fault::WritesFail) {
+            // Reads still work, so the ping below would say nothing: the
+            // gate opens when a write commits (the watch probes with one).
+            let id = self
+                .gate
+                .incident()
+                .map(|i| i.id().to_string())
+                .unwrap_or_default();
+            return Err(format!("database writes fail (incident {id})"));
+        }
+        let unreachable = |i: Incident| format!("database unreachable (incident {})", i.id());
+        if let Err(id) = self.gate.admit_read() {
+            return Err(unreachable(Incident::logged(id)));
+        }
+        let probe = self
+            .health_cache
+            .get(|| async {
+                Ok::<_, std::convert::Infallible>(
+                    match tokio::time::timeout(Duration::from_secs(2), self.storage.ping()).await {
+                        Ok(r) => {
+                            self.gate.observe(&r);
+                            r.map_err(|e| {
+                                unreachable(self.gate.incident().unwrap_or_else(|| {
+                                    Incident::of_storage("the health probe failed", &e)
+                                }))
+                            })
+                        }
+                        Err(_) => {
+                            self.gate.failed("the database did not answer within 2 s");
+                            Err("database did not answer within 2 s".into())
+                        }
+                    },
+                )
+            })
+            .await;
+        match probe {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
     /// The licensing address this instance records in the cluster view:
     /// `public_address` when it is configured, else the address the
     /// licensing listener is bound to (`listening`).
@@ -51,87 +189,49 @@ impl App {
         }
     }
 
-    /// Keeps this instance's row in the cluster view fresh and honours an
-    /// operator's drain request, until `stop`.
-    pub async fn cluster_heartbeat(
-        self: Arc<Self>,
-        licensing: String,
-        admin: String,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(self.config.cluster_heartbeat);
-        let mut fresh = true;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            // First, so a revocation elsewhere reaches this instance within
-            // one cluster heartbeat (plus this read).
-            if let Err(e) = self.follow_identity_changes().await {
-                tracing::warn!(error = %e, "could not catch up with changes to identities");
-            }
-            let version = env!("CARGO_PKG_VERSION");
-            // Not gated: this is the probe that notices the database's return.
-            let beat = self
-                .storage
-                .instance_heartbeat(&InstanceBeat {
-                    id: self.instance_id(),
-                    address: &licensing,
-                    admin_address: &admin,
-                    version,
-                    key_ids: &self.keyring.fingerprints(),
-                    lease_ttl_ms: self.config.lease_ttl.as_millis() as i64,
-                    fresh,
-                })
-                .await;
-            self.gate.observe_write(&beat);
-            match beat {
-                Ok(drain) => {
-                    fresh = false;
-                    if drain && !self.is_draining() {
-                        tracing::warn!(
-                            "an operator asked this instance to drain: healthz now answers 503"
-                        );
-                        self.set_draining();
-                    }
+    /// Refreshes this instance's row in the cluster view and honours an
+    /// operator's drain request (one cluster heartbeat's write). `fresh`:
+    /// the first beat of this run.
+    pub(super) async fn beat(&self, licensing: &str, admin: &str, fresh: bool) -> bool {
+        let version = env!("CARGO_PKG_VERSION");
+        // Not gated: this is the probe that notices the database's return.
+        let beat = self
+            .storage
+            .instance_heartbeat(&InstanceBeat {
+                id: self.instance_id(),
+                address: licensing,
+                admin_address: admin,
+                version,
+                key_ids: &self.keys.keyring().fingerprints(),
+                lease_ttl_ms: self.config.lease_ttl.as_millis() as i64,
+                fresh,
+            })
+            .await;
+        self.gate.observe_write(&beat);
+        match beat {
+            Ok(drain) => {
+                if drain && !self.is_draining() {
+                    tracing::warn!(
+                        "an operator asked this instance to drain: healthz now answers 503"
+                    );
+                    self.set_draining();
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not refresh this instance in the cluster view")
-                }
+                true
             }
-            if let Err(e) = self.sync_clock().await {
-                tracing::warn!(error = %e, "could not read the database clock");
-            }
-            if let Err(e) = self.refresh_ticket_keys().await {
-                tracing::warn!(error = %e, "could not refresh the resumption ticket keys");
+            Err(e) => {
+                tracing::warn!(error = %e, "could not refresh this instance in the cluster view");
+                false
             }
         }
     }
 
     /// Every recorded instance, with its state by the database clock.
-    pub async fn cluster(&self) -> Result<Vec<ClusterMember>, AppError> {
-        let down_after = self.down_after().as_secs_f64();
-        Ok(self
-            .storage
-            .instances()
-            .await?
-            .into_iter()
-            .map(|row| ClusterMember {
-                state: if row.silent_for_s > down_after {
-                    "down"
-                } else if row.drain_requested {
-                    "draining"
-                } else {
-                    "up"
-                },
-                row,
-            })
-            .collect())
+    pub async fn members(&self) -> Result<Vec<ClusterMember>, AppError> {
+        Ok(members(self.storage.as_ref(), &self.config).await?)
     }
 
-    pub(super) fn down_after(&self) -> Duration {
-        self.config.cluster_heartbeat * 3
+    fn down_after(&self) -> Duration {
+        down_after(&self.config)
     }
 
     /// Asks instance `id` to drain (it sees the request on its next cluster
@@ -200,49 +300,6 @@ impl App {
                     crate::dbgate::PROBE_TIMEOUT
                 )),
             }
-        }
-    }
-
-    /// Periodic upkeep: integrity check, request-id purge and usage records
-    /// (app/usage.rs), until `stop`.
-    pub async fn maintenance(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.config.integrity_interval);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            match verify_canary(self.storage.as_ref(), &self.keyring).await {
-                Ok(problem) => {
-                    if let Some(e) = &problem {
-                        tracing::error!(error = %e, "key canary check failed");
-                    }
-                    *self.key_problem.write().expect("lock") =
-                        problem.map(|e| format!("key canary: {e}"));
-                }
-                // The database is away: that is the gate's to report, and the
-                // key is judged again once it answers.
-                Err(e) => {
-                    tracing::warn!(error = %e, "key canary check could not read the database")
-                }
-            }
-            // Logs (and counts) what it refuses.
-            if let Err(e) = self.verify_integrity().await {
-                tracing::warn!(error = %e, "integrity check could not run");
-            }
-            let swept = self.sessions.sweep(self.db_now());
-            if swept > 0 {
-                tracing::debug!(swept, "forgot idle protocol sessions");
-            }
-            // Past this, every session of a revoked identity was refused at
-            // a request or forgotten as idle.
-            self.revoked
-                .prune(self.config.session_idle + Duration::from_secs(300));
-            if let Err(e) = self.storage.purge_requests(REQUEST_ID_RETENTION).await {
-                tracing::warn!(error = %e, "could not purge old request ids");
-            }
-            self.usage_upkeep().await;
         }
     }
 }

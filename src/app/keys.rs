@@ -255,17 +255,56 @@ pub struct RotateReport {
     pub already_current: usize,
 }
 
-impl App {
+/// The master keys this instance holds, and whether the database's key
+/// canary still opens with them.
+pub struct Keys {
+    keyring: Keyring,
+    /// Why the key canary no longer opens, if it stopped (checked periodically).
+    problem: RwLock<Option<String>>,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+}
+
+impl Keys {
+    pub(super) fn new(keyring: Keyring, storage: Arc<dyn Storage>, config: Arc<Config>) -> Keys {
+        Keys {
+            keyring,
+            problem: RwLock::new(None),
+            storage,
+            config,
+        }
+    }
+
+    /// The keyring that seals and opens every sealed column.
+    pub(super) fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
     /// The ids of the master keys this instance holds.
     pub fn key_ids(&self) -> Vec<String> {
         self.keyring.key_ids()
     }
 
-    /// Trusts one more vendor key (the demo key of `serve --demo`).
-    pub fn trust_vendor_key(&self, key: VendorKey) {
-        let mut keys = self.vendor_keys.write().expect("lock");
-        if !keys.contains(&key) {
-            keys.push(key);
+    /// Why the key canary no longer opens, if it stopped.
+    pub fn problem(&self) -> Option<String> {
+        self.problem.read().expect("lock").clone()
+    }
+
+    /// Checks the key canary again (periodic maintenance) and keeps what it
+    /// found for healthz.
+    pub(super) async fn check_canary(&self) {
+        match verify_canary(self.storage.as_ref(), &self.keyring).await {
+            Ok(problem) => {
+                if let Some(e) = &problem {
+                    tracing::error!(error = %e, "key canary check failed");
+                }
+                *self.problem.write().expect("lock") = problem.map(|e| format!("key canary: {e}"));
+            }
+            // The database is away: that is the gate's to report, and the
+            // key is judged again once it answers.
+            Err(e) => {
+                tracing::warn!(error = %e, "key canary check could not read the database")
+            }
         }
     }
 
@@ -281,8 +320,7 @@ impl App {
             .find(|k| k.starts_with(&format!("{sealing}:")))
             .map(str::to_string)
             .unwrap_or_default();
-        let lacking: Vec<String> = self
-            .cluster()
+        let lacking: Vec<String> = members(self.storage.as_ref(), &self.config)
             .await?
             .into_iter()
             .filter(|m| m.state != "down" && !m.row.holds_key(&ours))
@@ -347,6 +385,4 @@ impl App {
             already_current,
         })
     }
-
-    // ------------------------------------------------------ clock and tickets
 }

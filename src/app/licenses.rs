@@ -45,7 +45,71 @@ pub struct IntegrityReport {
     pub untrusted: std::collections::BTreeSet<String>,
 }
 
-impl App {
+/// The licenses this instance trusts and serves: the vendor keys, the
+/// features the integrity check refuses, and the seat counts clients see.
+pub struct Licenses {
+    vendor_keys: RwLock<Vec<VendorKey>>,
+    refused: RwLock<Refusals>,
+    /// Features the integrity check found mismatched since start.
+    integrity_mismatches: AtomicU64,
+    /// Of those, the features refused only because this instance does not
+    /// trust the vendor key that signed them (a vendor key being added during
+    /// a rolling change): nothing says their rows are wrong, so their
+    /// heartbeats are still answered; only grants wait for the key.
+    untrusted: RwLock<std::collections::BTreeSet<String>>,
+    /// Seat counts for clients' `info` requests (counting scans every slot).
+    usage_cache: crate::cache::Cached<Arc<Vec<FeatureView>>>,
+    storage: Arc<dyn Storage>,
+    gate: Arc<DbGate>,
+    keys: Arc<Keys>,
+}
+
+impl Licenses {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        gate: Arc<DbGate>,
+        keys: Arc<Keys>,
+    ) -> Licenses {
+        Licenses {
+            vendor_keys: RwLock::new(config.vendor_keys.clone()),
+            refused: RwLock::new(Refusals::new()),
+            integrity_mismatches: AtomicU64::new(0),
+            untrusted: RwLock::default(),
+            usage_cache: crate::cache::Cached::new(USAGE_CACHE),
+            storage,
+            gate,
+            keys,
+        }
+    }
+
+    /// Trusts one more vendor key (the demo key of `serve --demo`).
+    pub fn trust_vendor_key(&self, key: VendorKey) {
+        let mut keys = self.vendor_keys.write().expect("lock");
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+
+    /// Seats changed through this instance: its own clients see the new
+    /// counts at once (others' changes show within [`USAGE_CACHE`]).
+    pub(super) fn seats_changed(&self) {
+        self.usage_cache.clear();
+    }
+
+    /// Why the integrity check refuses `feature`, if it does.
+    pub(super) fn refusal(&self, feature: &str) -> Option<String> {
+        self.refused.read().expect("lock").get(feature).cloned()
+    }
+
+    /// The features refused now, and of those the ones refused only for an
+    /// untrusted vendor key (whose leases are still renewed).
+    pub(super) fn refusals(&self) -> (Refusals, std::collections::BTreeSet<String>) {
+        let refused = self.refused.read().expect("lock").clone();
+        let untrusted = self.untrusted.read().expect("lock").clone();
+        (refused, untrusted)
+    }
+
     /// Verifies, seals and stores a license file; creates or resizes slots.
     pub async fn apply_license(
         &self,
@@ -79,7 +143,8 @@ impl App {
                 self.open_license(&st.license_id, &st.sealed, &st.digest)
                     .is_err()
                     && self
-                        .keyring
+                        .keys
+                        .keyring()
                         .open(SealedColumn::License.at(&st.license_id), &st.sealed)
                         .map_or(true, |text| text.as_slice() == v.raw.as_bytes())
             }
@@ -95,7 +160,7 @@ impl App {
             customer: v.def.customer.clone(),
             vendor_key_id: v.vendor_key_id.clone(),
             digest: v.digest.clone(),
-            sealed: self.keyring.seal(
+            sealed: self.keys.keyring().seal(
                 SealedColumn::License.at(&v.def.license_id),
                 v.raw.as_bytes(),
             ),
@@ -142,7 +207,8 @@ impl App {
     /// this instance does not trust.
     pub(super) fn only_vendor_key_untrusted(&self, license_id: &str, sealed: &[u8]) -> bool {
         let Ok(text) = self
-            .keyring
+            .keys
+            .keyring()
             .open(SealedColumn::License.at(license_id), sealed)
         else {
             return false;
@@ -165,7 +231,8 @@ impl App {
         digest: &str,
     ) -> Result<license::VerifiedLicense, String> {
         let text = self
-            .keyring
+            .keys
+            .keyring()
             .open(SealedColumn::License.at(license_id), sealed)
             .map_err(|e: SealError| format!("stored license {license_id} refused: {e}"))?;
         let text = std::str::from_utf8(&text)
@@ -330,7 +397,7 @@ impl App {
     /// Seat counts per feature, fresh from the database (admin views), with
     /// why the integrity check refuses a feature, if it does.
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
-        let rows = self.gated(|| self.storage.feature_rows()).await?;
+        let rows = gated(&self.gate, || self.storage.feature_rows()).await?;
         let refused = self.refused.read().expect("lock").clone();
         Ok(usage_by_name(&rows)
             .into_iter()
@@ -340,6 +407,4 @@ impl App {
             })
             .collect())
     }
-
-    // ------------------------------------------------------------------ seats
 }

@@ -11,7 +11,39 @@ use crate::metrics::{DbCall, DbRetry, DbView, FeatureSeats, ScrapeView, SessionV
 /// database's part (`floatlm_scrape_database_up 0`).
 const SCRAPE_DB_WAIT: Duration = Duration::from_secs(2);
 
-impl App {
+/// What one scrape of `GET /metrics` reads, besides the metrics kept as
+/// they happen.
+pub struct Scrape {
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    /// The session table, counted.
+    sessions: Arc<Sessions>,
+    /// Seat counts as `admin features` shows them.
+    licenses: Arc<Licenses>,
+    /// Instances by state, this one's start and whether it drains.
+    cluster: Arc<Cluster>,
+}
+
+impl Scrape {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        sessions: Arc<Sessions>,
+        licenses: Arc<Licenses>,
+        cluster: Arc<Cluster>,
+    ) -> Scrape {
+        Scrape {
+            storage,
+            config,
+            metrics,
+            sessions,
+            licenses,
+            cluster,
+        }
+    }
+
     /// Whether `GET /metrics` answers without a token (`metrics_public`).
     pub fn metrics_public(&self) -> bool {
         self.config.metrics_public
@@ -34,13 +66,13 @@ impl App {
         };
         let c = self.sessions.counts();
         let view = ScrapeView {
-            instance_id: self.instance_id().to_string(),
-            backend: match self.backend() {
+            instance_id: self.config.instance_id.clone(),
+            backend: match self.storage.backend() {
                 Backend::Sqlite => "sqlite",
                 Backend::Mysql => "mysql",
             },
-            started_at: self.started_at.timestamp(),
-            draining: self.is_draining(),
+            started_at: self.cluster.started_at().timestamp(),
+            draining: self.cluster.is_draining(),
             db,
             pools: self.storage.pool_use(),
             db_retries: self.db_retries(),
@@ -75,8 +107,10 @@ impl App {
     /// Seat counts as `admin features` shows them, and instances by state.
     async fn scrape_db(&self) -> Result<Arc<DbView>, AppError> {
         let m = &self.metrics;
-        let features = m.timed(DbCall::FeatureRows, self.features()).await?;
-        let members = m.timed(DbCall::Instances, self.cluster()).await?;
+        let features = m
+            .timed(DbCall::FeatureRows, self.licenses.features())
+            .await?;
+        let members = m.timed(DbCall::Instances, self.cluster.members()).await?;
         let instances = ["up", "draining", "down"]
             .into_iter()
             .map(|state| {

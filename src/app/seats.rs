@@ -15,7 +15,7 @@ pub struct Login {
     pub request_id: RequestId,
     /// What the client reports about itself, within the protocol's limits.
     pub auth: AuthInfo,
-    /// The client's address as believed ([`App::client_addr`]).
+    /// The client's address as believed ([`Admission::client_addr`]).
     pub addr: String,
     /// The client's X-LDK-Instance ("" when absent).
     pub instance: String,
@@ -41,18 +41,102 @@ pub enum Refused {
     Failed(AppError),
 }
 
-impl App {
+/// Heartbeat answers per lease since start, by how they were reached.
+#[derive(Default)]
+struct HeartbeatStats {
+    /// Answered from the check read alone (no write).
+    read_only: AtomicU64,
+    /// Of those, extended in the background afterwards.
+    refreshed: AtomicU64,
+    /// Extended before the answer (the lease was nearly out).
+    written: AtomicU64,
+    /// Answered lost.
+    lost: AtomicU64,
+}
+
+/// What the seat service is built from (the services it calls included).
+pub(super) struct Parts {
+    pub storage: Arc<dyn Storage>,
+    pub config: Arc<Config>,
+    pub gate: Arc<DbGate>,
+    pub metrics: Arc<Metrics>,
+    pub batches: Arc<crate::batch::SeatBatchers>,
+    pub licenses: Arc<Licenses>,
+    pub access: Arc<Access>,
+    pub assignments: Arc<Assignments>,
+    pub usage: Arc<Usage>,
+}
+
+/// Seats: logins, grants, heartbeats, releases; the invariant's answers
+/// are made here (docs/seats.md).
+pub struct Seats {
+    /// Group commit of grants, heartbeat checks, extensions and releases.
+    batches: Arc<crate::batch::SeatBatchers>,
+    /// How heartbeats were answered, per lease (for `admin status`).
+    heartbeat_stats: HeartbeatStats,
+    /// When a heartbeat last named a lease newer than its slot (logged once a minute).
+    went_back_logged: std::sync::Mutex<Option<std::time::Instant>>,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    gate: Arc<DbGate>,
+    metrics: Arc<Metrics>,
+    /// Refused features, and the seat counts a change invalidates.
+    licenses: Arc<Licenses>,
+    /// The identity's refusal and expiry, the auth script.
+    access: Arc<Access>,
+    assignments: Arc<Assignments>,
+    usage: Arc<Usage>,
+}
+
+impl Seats {
+    pub(super) fn new(p: Parts) -> Seats {
+        Seats {
+            batches: p.batches,
+            heartbeat_stats: HeartbeatStats::default(),
+            went_back_logged: std::sync::Mutex::new(None),
+            storage: p.storage,
+            config: p.config,
+            gate: p.gate,
+            metrics: p.metrics,
+            licenses: p.licenses,
+            access: p.access,
+            assignments: p.assignments,
+            usage: p.usage,
+        }
+    }
+
+    /// A client's login: refused when the feature is not assigned to the
+    /// identity (app/assignment.rs), else [`Seats::grant_login`]; a refusal
+    /// is noted as a usage denial (app/usage.rs).
+    pub async fn login(&self, session: &Session, login: Login) -> Result<LoginGrant, Refused> {
+        let noted = (
+            login.feature.clone(),
+            login.auth.user.clone(),
+            login.auth.host.clone(),
+            login.addr.clone(),
+        );
+        let r = match self
+            .assignments
+            .assignment_refusal(&session.identity_id, &login.feature)
+            .await
+        {
+            Ok(()) => self.grant_login(session, login).await,
+            Err(refused) => Err(refused),
+        };
+        if let Err(why) = &r {
+            self.usage
+                .note_refused_login(&session.identity_id, noted, why);
+        }
+        r
+    }
+
     /// A client's login on `session`: the feature name checked, the auth
     /// script run (if configured), a seat granted for `lease_hold` and
     /// promised for `lease_ttl` (capped at the identity's expiry). An
     /// identity refused while the grant ran is never told of its lease: the
     /// lease ends like an operator's force release (a resent login of it on
     /// another instance may have promised it).
-    pub(super) async fn grant_login(
-        &self,
-        session: &Session,
-        login: Login,
-    ) -> Result<LoginGrant, Refused> {
+    async fn grant_login(&self, session: &Session, login: Login) -> Result<LoginGrant, Refused> {
         let Login {
             feature,
             request_id,
@@ -73,19 +157,17 @@ impl App {
                 ),
             )));
         }
-        if let Some(hook) = &self.auth_hook {
-            let input = AuthInput {
-                mech: auth.mech.clone(),
-                data: auth.data.clone(),
-                addr,
-                user: auth.user.clone(),
-                groups: auth.groups.clone(),
-            };
-            if let Err(why) = hook.check(&input).await {
-                tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
-                self.metrics.denied(None, DenialReason::AuthDenied);
-                return Err(Refused::AuthDenied(why.to_string()));
-            }
+        let input = AuthInput {
+            mech: auth.mech.clone(),
+            data: auth.data.clone(),
+            addr,
+            user: auth.user.clone(),
+            groups: auth.groups.clone(),
+        };
+        if let Err(why) = self.access.check_auth(&input).await {
+            tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
+            self.metrics.denied(None, DenialReason::AuthDenied);
+            return Err(Refused::AuthDenied(why));
         }
         let req = GrantRequest {
             feature,
@@ -97,11 +179,11 @@ impl App {
                 .collect(),
             hold: self.config.lease_hold,
             promise: self.config.lease_ttl,
-            instance_id: self.instance_id().to_string(),
+            instance_id: self.config.instance_id.clone(),
         };
         let g = self.grant(&req).await.map_err(Refused::Seat)?;
         let ttl_ms = self.capped(session, g.promise.as_millis() as u64);
-        match (self.identity_refusal(session), ttl_ms) {
+        match (self.access.identity_refusal(session), ttl_ms) {
             (None, Some(ttl_ms)) => Ok(LoginGrant { grant: g, ttl_ms }),
             (refusal, _) => {
                 self.metrics.denied(None, DenialReason::IdentityRefused);
@@ -114,7 +196,7 @@ impl App {
     }
 
     /// A heartbeat of `session` for `leases` (None: a lease id that did not
-    /// parse): per lease, the promise in milliseconds ([`App::renew`], capped
+    /// parse): per lease, the promise in milliseconds ([`Seats::renew`], capped
     /// at the identity's expiry), or None when it is lost.
     pub async fn heartbeat(
         &self,
@@ -126,7 +208,7 @@ impl App {
             .renew(&session.identity_id, &valid)
             .await
             .map_err(Refused::Failed)?;
-        if let Some(why) = self.identity_refusal(session) {
+        if let Some(why) = self.access.identity_refusal(session) {
             return Err(Refused::Identity(why));
         }
         let mut it = renewed.into_iter();
@@ -144,7 +226,7 @@ impl App {
     /// Caps a promise at what is left of the identity's own validity: no
     /// identity holds a seat past its expiry. None: it has expired meanwhile.
     fn capped(&self, session: &Session, ttl_ms: u64) -> Option<u64> {
-        match self.identity_time_left(session) {
+        match self.access.identity_time_left(session) {
             None => Some(ttl_ms),
             Some(left) if left.is_zero() => None,
             Some(left) => Some(ttl_ms.min(left.as_millis().max(1) as u64)),
@@ -177,13 +259,13 @@ impl App {
         if !crate::domain::valid_name(&req.feature) {
             return Err(SeatError::UnknownFeature(req.feature.chars().take(64).collect()).into());
         }
-        if let Some(why) = self.refused.read().expect("lock").get(&req.feature) {
-            return Err(SeatError::Refused(req.feature.clone(), why.clone()).into());
+        if let Some(why) = self.licenses.refusal(&req.feature) {
+            return Err(SeatError::Refused(req.feature.clone(), why).into());
         }
         let g = self.batches.grant(req.clone()).await?;
         // This instance's own clients see their change at once; others'
         // changes show within USAGE_CACHE.
-        self.usage_cache.clear();
+        self.licenses.seats_changed();
         Ok(g)
     }
 
@@ -205,9 +287,8 @@ impl App {
             .batches
             .check(holder, leases)
             .await
-            .map_err(|e| self.database_failed("a heartbeat's lease check failed", &e))?;
-        let refused = self.refused.read().expect("lock").clone();
-        let untrusted = self.untrusted.read().expect("lock").clone();
+            .map_err(|e| database_failed(&self.gate, "a heartbeat's lease check failed", &e))?;
+        let (refused, untrusted) = self.licenses.refusals();
         let mut out: Vec<Option<Renewal>> = Vec::with_capacity(leases.len());
         let (mut urgent, mut due) = (Vec::new(), Vec::new());
         for (lease, check) in leases.iter().zip(checks) {
@@ -331,13 +412,13 @@ impl App {
             .batches
             .release(holder, lease)
             .await
-            .map_err(|e| self.database_failed("a release failed", &e))?
+            .map_err(|e| database_failed(&self.gate, "a release failed", &e))?
             .is_some();
         self.metrics.released(match released {
             true => ReleaseOutcome::Released,
             false => ReleaseOutcome::NotLive,
         });
-        self.usage_cache.clear();
+        self.licenses.seats_changed();
         Ok(released)
     }
 
@@ -383,7 +464,7 @@ impl App {
                 self.storage.release_own(holder, lease),
             )
             .await?;
-        self.usage_cache.clear();
+        self.licenses.seats_changed();
         if let Some(at) = free_at {
             self.metrics.force_released();
             tracing::info!(%lease, identity = %holder, free_at = %at, "lease released by a session of its own identity");
@@ -404,7 +485,7 @@ impl App {
             .metrics
             .timed(DbCall::ForceRelease, self.storage.force_release(lease))
             .await?;
-        self.usage_cache.clear();
+        self.licenses.seats_changed();
         match free_at {
             Some(at) => {
                 self.metrics.force_released();
@@ -442,7 +523,7 @@ impl App {
         let n = self.storage.quarantine(hold).await?;
         let until =
             self.storage.now().await? + chrono::Duration::from_std(hold).unwrap_or_default();
-        self.usage_cache.clear();
+        self.licenses.seats_changed();
         tracing::warn!(
             slots = n,
             hold_s = hold.as_secs_f64(),
@@ -452,20 +533,16 @@ impl App {
         Ok((n, until))
     }
 
-    // -------------------------------------------------------------- identities
-
     /// Ends a lease granted to an identity that was refused while the grant
     /// ran (its client is never told of it), like an operator would.
     pub async fn end_refused_grant(&self, lease: LeaseRef) {
         match self.storage.force_release(lease).await {
-            Ok(_) => self.usage_cache.clear(),
+            Ok(_) => self.licenses.seats_changed(),
             Err(e) => {
                 tracing::warn!(%lease, error = %e, "could not end the lease of a refused identity; it runs out by itself")
             }
         }
     }
-
-    // ------------------------------------------------------------------ tokens
 }
 
 /// The refusal of an identity that expired just now (between the request's

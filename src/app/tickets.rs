@@ -3,10 +3,46 @@
 
 use super::*;
 
-impl App {
+/// Resumption tickets: the cluster-wide keys that seal them, issuing and
+/// checking them.
+pub struct Tickets {
+    /// Cluster-wide keys that seal resumption tickets (from the database).
+    ticket_keys: TicketKeys,
+    /// Serialises reloads of the ticket keys; holds when the last one ran.
+    ticket_reload: tokio::sync::Mutex<Option<std::time::Instant>>,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    gate: Arc<DbGate>,
+    clock: Arc<Clock>,
+    keys: Arc<Keys>,
+    /// A ticket of an identity this instance saw revoked is refused.
+    access: Arc<Access>,
+}
+
+impl Tickets {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        gate: Arc<DbGate>,
+        clock: Arc<Clock>,
+        keys: Arc<Keys>,
+        access: Arc<Access>,
+    ) -> Tickets {
+        Tickets {
+            ticket_keys: TicketKeys::default(),
+            ticket_reload: tokio::sync::Mutex::new(None),
+            storage,
+            config,
+            gate,
+            clock,
+            keys,
+            access,
+        }
+    }
+
     /// The ticket keys this instance holds (ids: Unix second each period starts).
     pub fn ticket_key_ids(&self) -> Vec<i64> {
-        self.tickets.ids()
+        self.ticket_keys.ids()
     }
 
     pub(super) fn ticket_rotation_s(&self) -> i64 {
@@ -16,12 +52,13 @@ impl App {
     /// Makes sure the current period's ticket key exists (the first instance
     /// to need it creates it) and that this instance knows it.
     pub async fn refresh_ticket_keys(&self) -> Result<(), AppError> {
-        let current = crate::crypto::tickets::period_start(self.db_now(), self.ticket_rotation_s());
-        if self.tickets.contains(current) {
+        let current =
+            crate::crypto::tickets::period_start(self.clock.db_now(), self.ticket_rotation_s());
+        if self.ticket_keys.contains(current) {
             return Ok(());
         }
         let key = zeroize::Zeroizing::new(crate::crypto::random_bytes(32));
-        let sealed = self.keyring.seal(
+        let sealed = self.keys.keyring().seal(
             SealedColumn::TicketKey.at(&current.to_string()),
             key.as_ref(),
         );
@@ -39,7 +76,7 @@ impl App {
     /// older ones: a key seals during its period, and its tickets live at
     /// most `ticket_lifetime` after that.
     pub(super) async fn reload_ticket_keys(&self) -> Result<(), AppError> {
-        let oldest_useful = self.db_now().timestamp()
+        let oldest_useful = self.clock.db_now().timestamp()
             - self.ticket_rotation_s()
             - self.config.ticket_lifetime.as_secs() as i64;
         let mut keys = BTreeMap::new();
@@ -48,7 +85,8 @@ impl App {
                 continue;
             }
             let opened = self
-                .keyring
+                .keys
+                .keyring()
                 .open(SealedColumn::TicketKey.at(&id.to_string()), &sealed);
             match opened.map(|k| <[u8; 32]>::try_from(k.as_slice())) {
                 Ok(Ok(k)) => {
@@ -60,7 +98,7 @@ impl App {
                 }
             }
         }
-        self.tickets.replace(keys);
+        self.ticket_keys.replace(keys);
         match self.storage.purge_ticket_keys(oldest_useful).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "deleted expired resumption ticket keys"),
@@ -77,10 +115,10 @@ impl App {
         identity_id: &str,
         identity_expires: Option<DateTime<Utc>>,
     ) -> Option<ResumeGrant> {
-        let now = self.db_now();
+        let now = self.clock.db_now();
         let lifetime = chrono::Duration::from_std(self.config.ticket_lifetime).ok()?;
         let expires = identity_expires.map_or(now + lifetime, |e| e.min(now + lifetime));
-        let (ticket, secret) = self.tickets.issue(now, expires, identity_id)?;
+        let (ticket, secret) = self.ticket_keys.issue(now, expires, identity_id)?;
         Some(ResumeGrant {
             ticket: hex::encode(ticket),
             secret: hex::encode(secret.as_ref()),
@@ -97,13 +135,13 @@ impl App {
         ticket: &[u8],
     ) -> Result<OpenedTicket, Result<TicketError, AppError>> {
         let mut lookup_failed = None;
-        let opened = match self.tickets.open(ticket) {
+        let opened = match self.ticket_keys.open(ticket) {
             Err(TicketError::UnknownKey(id))
-                if self.tickets.newest().is_none_or(|n| id > n)
-                    && id <= self.db_now().timestamp() + 60 =>
+                if self.ticket_keys.newest().is_none_or(|n| id > n)
+                    && id <= self.clock.db_now().timestamp() + 60 =>
             {
                 let mut last = self.ticket_reload.lock().await;
-                if !self.tickets.contains(id)
+                if !self.ticket_keys.contains(id)
                     && last.is_none_or(|t| t.elapsed() >= Duration::from_millis(250))
                 {
                     *last = Some(std::time::Instant::now());
@@ -112,7 +150,7 @@ impl App {
                         lookup_failed = Some(e);
                     }
                 }
-                self.tickets.open(ticket)
+                self.ticket_keys.open(ticket)
             }
             other => other,
         };
@@ -138,7 +176,7 @@ impl App {
             // Its key could not be looked up: the ticket may be good.
             Err(Err(e)) => return Err(e),
         };
-        let now = self.db_now();
+        let now = self.clock.db_now();
         if t.expires_at <= now {
             return Err(refused(format!(
                 "ticket of identity {} expired at {}",
@@ -148,8 +186,7 @@ impl App {
         // The row itself, not the identity cache: a resumption is rare (a
         // failover, a forgotten session), and so a revocation anywhere is
         // refused here at once.
-        let row = self
-            .gated(|| self.storage.identity(&t.identity_id))
+        let row = gated(&self.gate, || self.storage.identity(&t.identity_id))
             .await?
             .ok_or_else(|| refused(format!("identity {} no longer exists", t.identity_id)))?;
         let identity = IdentityInfo {
@@ -158,31 +195,12 @@ impl App {
             revoked_at: row.revoked_at,
         };
         if let Some(why) = self
-            .revoked
-            .get(&identity.id)
+            .access
+            .revoked(&identity.id)
             .or_else(|| identity.refusal(now))
         {
             return Err(refused(why.message));
         }
         Ok((identity, t))
-    }
-
-    /// The ticket a resumption presents, checked ([`App::check_ticket`]);
-    /// None when it is refused (the reason is logged and counted, the
-    /// client only learns "refused"). An error only when the database could
-    /// not be asked: nothing was refused.
-    pub async fn resume_ticket(
-        &self,
-        ticket: &[u8],
-    ) -> Result<Option<(IdentityInfo, OpenedTicket)>, AppError> {
-        match self.check_ticket(ticket).await {
-            Ok(t) => Ok(Some(t)),
-            Err(AppError::Unauthorized(why)) => {
-                tracing::info!(reason = %why, "resumption ticket refused");
-                self.sessions.count_resume_refused();
-                Ok(None)
-            }
-            Err(other) => Err(other),
-        }
     }
 }

@@ -8,7 +8,6 @@
 use super::*;
 use crate::domain::usage::{self, Denial, UsageBy, UsageLine};
 use crate::metrics::DenialReason;
-use crate::sessions::Session;
 
 /// Denials kept in memory before a flush; past it, new ones are dropped
 /// (and counted in the log): a flood of refusals must not grow memory.
@@ -44,48 +43,57 @@ fn clip(s: &str, n: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(n).collect()
 }
 
-impl App {
-    /// A client's login: refused when the feature is not assigned to the
-    /// identity (app/assignment.rs), else [`App::grant_login`]; a refusal is
-    /// noted as a usage denial.
-    pub async fn login(
-        &self,
-        session: &Session,
-        login: seats::Login,
-    ) -> Result<seats::LoginGrant, Refused> {
-        let noted = (
-            login.feature.clone(),
-            login.auth.user.clone(),
-            login.auth.host.clone(),
-            login.addr.clone(),
-        );
-        let r = match self
-            .assignment_refusal(&session.identity_id, &login.feature)
-            .await
-        {
-            Ok(()) => self.grant_login(session, login).await,
-            Err(refused) => Err(refused),
-        };
-        if let Err(why) = &r {
-            if let Some(reason) = denial_reason(why) {
-                let (feature, user, host, addr) = noted;
-                self.note_denial(Denial {
-                    at: self.db_now(),
-                    feature: feature
-                        .chars()
-                        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-                        .take(64)
-                        .collect(),
-                    identity: session.identity_id.clone(),
-                    user: clip(&user, 255),
-                    host: clip(&host, 255),
-                    address: clip(&addr, 64),
-                    instance: self.instance_id().to_string(),
-                    reason: reason.to_string(),
-                });
-            }
+/// What a login said of itself, kept for its usage record should it be
+/// refused: (feature, user, host, address).
+pub(super) type LoginNote = (String, String, String, String);
+
+/// Usage records: denials noted and written in batches, the upkeep of the
+/// usage tables, and the report.
+pub struct Usage {
+    /// Refused logins not yet written as usage records.
+    denials: std::sync::Mutex<Vec<Denial>>,
+    storage: Arc<dyn Storage>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    clock: Arc<Clock>,
+}
+
+impl Usage {
+    pub(super) fn new(
+        storage: Arc<dyn Storage>,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        clock: Arc<Clock>,
+    ) -> Usage {
+        Usage {
+            denials: Default::default(),
+            storage,
+            config,
+            metrics,
+            clock,
         }
-        r
+    }
+
+    /// Notes a login of `identity` answered with `why` as a usage denial
+    /// (a database failure is no denial, and is not noted).
+    pub(super) fn note_refused_login(&self, identity: &str, noted: LoginNote, why: &Refused) {
+        if let Some(reason) = denial_reason(why) {
+            let (feature, user, host, addr) = noted;
+            self.note_denial(Denial {
+                at: self.clock.db_now(),
+                feature: feature
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                    .take(64)
+                    .collect(),
+                identity: identity.to_string(),
+                user: clip(&user, 255),
+                host: clip(&host, 255),
+                address: clip(&addr, 64),
+                instance: self.config.instance_id.clone(),
+                reason: reason.to_string(),
+            });
+        }
     }
 
     fn note_denial(&self, d: Denial) {
@@ -129,7 +137,7 @@ impl App {
         let Ok(keep) = chrono::Duration::from_std(self.config.usage_retention) else {
             return;
         };
-        let before = self.db_now() - keep;
+        let before = self.clock.db_now() - keep;
         for _ in 0..CHUNKS_PER_ROUND {
             match self.storage.purge_usage(before, USAGE_CHUNK).await {
                 Ok(n) if n < u64::from(USAGE_CHUNK) => break,
@@ -158,6 +166,6 @@ impl App {
         }
         self.flush_denials().await;
         let events = self.storage.usage_window(from, to, REPORT_ROWS).await?;
-        Ok(usage::report(&events, from, to, self.db_now(), by))
+        Ok(usage::report(&events, from, to, self.clock.db_now(), by))
     }
 }

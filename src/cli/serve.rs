@@ -55,10 +55,10 @@ async fn demo_setup(app: &App) -> anyhow::Result<()> {
         std::fs::write(dir.join("vendor.pub"), k.public().to_text())?;
         k
     };
-    app.trust_vendor_key(key.public());
+    app.licenses().trust_vendor_key(key.public());
     // The start-up integrity check ran before the demo key was trusted: run
     // it again now, or the demo license stays refused until the next one.
-    app.verify_integrity().await?;
+    app.licenses().verify_integrity().await?;
     let ident_path = app.config().data_dir.join("demo-identity.txt");
     if ident_path.exists() {
         println!(
@@ -79,8 +79,8 @@ async fn demo_setup(app: &App) -> anyhow::Result<()> {
             expires: None,
         }],
     };
-    app.apply_license(&key.sign(&def)?).await?;
-    let (_, ident) = app.create_identity("demo", None).await?;
+    app.licenses().apply_license(&key.sign(&def)?).await?;
+    let (_, ident) = app.access().create_identity("demo", None).await?;
     write_private_file(&ident_path, &format!("{}\n", ident.reveal()))?;
     println!(
         "floatlm: DEMO MODE: created a demo vendor key in {}, applied demo license DEMO (feature 'demo', 5 seats) \

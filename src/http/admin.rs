@@ -3,7 +3,7 @@
 //! instances, admin does everything. `GET /metrics` (Prometheus) is here too: monitor, or anyone
 //! when `metrics_public = true`.
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -15,16 +15,25 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::App;
+use crate::app::{
+    Access, Admission, App, Assignments, Backups, Cluster, Keys, Licenses, Scrape, Seats, Tickets,
+    Usage,
+};
 use crate::domain::seats::{LeaseRef, Role};
 
 /// The caller's role, from `Authorization: Bearer …`.
 pub struct Caller(pub Role);
 
-impl FromRequestParts<Arc<App>> for Caller {
+/// Needs only the access service (which knows the tokens).
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<Access>: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let access = Arc::<Access>::from_ref(state);
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -43,7 +52,7 @@ impl FromRequestParts<Arc<App>> for Caller {
                 "Authorization must be 'Bearer <token>'",
             )
         })?;
-        match app.authenticate(token.trim()).await? {
+        match access.authenticate(token.trim()).await? {
             Some(role) => Ok(Caller(role)),
             None => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -74,7 +83,9 @@ impl Caller {
 
 type Res = Result<Json<Value>, ApiError>;
 
-pub fn routes() -> Router<Arc<App>> {
+/// The admin API's routes; the state is the [`App`], from which each
+/// handler takes the services it needs.
+pub fn routes() -> Router<App> {
     Router::new()
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/licenses", get(licenses).post(apply_license))
@@ -108,13 +119,13 @@ pub fn routes() -> Router<Arc<App>> {
 
 /// Prometheus text format; docs/operations.md ("Metrics") lists the metrics.
 async fn metrics(
-    State(app): State<Arc<App>>,
+    State(scrape): State<Arc<Scrape>>,
     caller: Result<Caller, ApiError>,
 ) -> Result<axum::response::Response, ApiError> {
-    if !app.metrics_public() {
+    if !scrape.metrics_public() {
         caller?.need(Role::Monitor)?;
     }
-    let body = app.metrics_text().await;
+    let body = scrape.metrics_text().await;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -125,44 +136,55 @@ async fn metrics(
         .into_response())
 }
 
-async fn status(State(app): State<Arc<App>>, caller: Caller) -> Res {
+/// What `admin status` shows: each part from the service that owns it.
+#[allow(clippy::too_many_arguments)]
+async fn status(
+    State(cluster): State<Arc<Cluster>>,
+    State(keys): State<Arc<Keys>>,
+    State(seats): State<Arc<Seats>>,
+    State(licenses): State<Arc<Licenses>>,
+    State(admission): State<Arc<Admission>>,
+    State(tickets): State<Arc<Tickets>>,
+    State(scrape): State<Arc<Scrape>>,
+    caller: Caller,
+) -> Res {
     caller.need(Role::Monitor)?;
-    let health = app.health().await;
+    let health = cluster.health().await;
     Ok(Json(json!({
-        "instance": app.instance_id(),
+        "instance": cluster.instance_id(),
         "version": env!("CARGO_PKG_VERSION"),
-        "backend": app.backend(),
-        "started_at": app.started_at(),
+        "backend": cluster.backend(),
+        "started_at": cluster.started_at(),
         "healthy": health.is_ok(),
         "reason": health.err(),
-        "draining": app.is_draining(),
-        "key_ids": app.key_ids(),
-        "lease_ttl_s": app.lease_ttl().as_secs_f64(),
-        "lease_hold_s": app.lease_hold().as_secs_f64(),
-        "heartbeats": app.heartbeat_counts(),
-        "db_retries": app.db_retries().iter().map(|r| json!({
+        "draining": cluster.is_draining(),
+        "key_ids": keys.key_ids(),
+        "lease_ttl_s": seats.lease_ttl().as_secs_f64(),
+        "lease_hold_s": seats.lease_hold().as_secs_f64(),
+        "heartbeats": seats.heartbeat_counts(),
+        "db_retries": scrape.db_retries().iter().map(|r| json!({
             "statement": r.statement,
             "cause": r.cause,
             "errors": r.errors,
             "retried": r.retried,
         })).collect::<Vec<_>>(),
-        "integrity_mismatches": app.integrity_mismatches(),
-        "integrity_refused": app.refused_features(),
-        "sessions": app.session_counts(),
-        "ticket_keys": app.ticket_key_ids(),
+        "integrity_mismatches": licenses.integrity_mismatches(),
+        "integrity_refused": licenses.refused_features(),
+        "sessions": admission.session_counts(),
+        "ticket_keys": tickets.ticket_key_ids(),
         "role": caller.0,
     })))
 }
 
-async fn licenses(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn licenses(State(licenses): State<Arc<Licenses>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
-    Ok(Json(json!({ "licenses": app.licenses().await? })))
+    Ok(Json(json!({ "licenses": licenses.licenses().await? })))
 }
 
 /// Body: the license file text as it is.
-async fn apply_license(State(app): State<Arc<App>>, caller: Caller, body: String) -> Res {
+async fn apply_license(State(licenses): State<Arc<Licenses>>, caller: Caller, body: String) -> Res {
     caller.need(Role::Admin)?;
-    let (outcome, v) = app.apply_license(&body).await?;
+    let (outcome, v) = licenses.apply_license(&body).await?;
     Ok(Json(json!({
         "license_id": v.def.license_id,
         "serial": v.def.serial,
@@ -172,32 +194,32 @@ async fn apply_license(State(app): State<Arc<App>>, caller: Caller, body: String
 }
 
 async fn remove_license(
-    State(app): State<Arc<App>>,
+    State(licenses): State<Arc<Licenses>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Res {
     caller.need(Role::Admin)?;
-    Ok(Json(app.remove_license(&id).await?))
+    Ok(Json(licenses.remove_license(&id).await?))
 }
 
-async fn features(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn features(State(licenses): State<Arc<Licenses>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
-    Ok(Json(json!({ "features": app.features().await? })))
+    Ok(Json(json!({ "features": licenses.features().await? })))
 }
 
-async fn leases(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn leases(State(seats): State<Arc<Seats>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
-    Ok(Json(json!({ "leases": app.leases().await? })))
+    Ok(Json(json!({ "leases": seats.leases().await? })))
 }
 
 async fn release_lease(
-    State(app): State<Arc<App>>,
+    State(seats): State<Arc<Seats>>,
     caller: Caller,
     Path(lease): Path<String>,
 ) -> Res {
     caller.need(Role::Operator)?;
     let lease: LeaseRef = lease.parse().map_err(ApiError::bad_request)?;
-    let free_at = app.force_release(lease).await?;
+    let free_at = seats.force_release(lease).await?;
     Ok(Json(json!({ "released": lease, "seat_free_at": free_at })))
 }
 
@@ -211,7 +233,7 @@ struct QuarantineBody {
 /// After the database was restored from a backup (or lost transactions in
 /// a failover): hold every seat until promises given before have run out.
 async fn quarantine(
-    State(app): State<Arc<App>>,
+    State(seats): State<Arc<Seats>>,
     caller: Caller,
     Json(body): Json<QuarantineBody>,
 ) -> Res {
@@ -227,13 +249,13 @@ async fn quarantine(
             ))
         }
     };
-    let (slots, until) = app.quarantine(hold).await?;
+    let (slots, until) = seats.quarantine(hold).await?;
     Ok(Json(json!({ "slots_held": slots, "seats_free_at": until })))
 }
 
-async fn identities(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn identities(State(access): State<Arc<Access>>, caller: Caller) -> Res {
     caller.need(Role::Admin)?;
-    Ok(Json(json!({ "identities": app.identities().await? })))
+    Ok(Json(json!({ "identities": access.identities().await? })))
 }
 
 #[derive(Deserialize)]
@@ -245,25 +267,25 @@ struct NewIdentity {
 }
 
 async fn create_identity(
-    State(app): State<Arc<App>>,
+    State(access): State<Arc<Access>>,
     caller: Caller,
     body: Result<Json<NewIdentity>, axum::extract::rejection::JsonRejection>,
 ) -> Res {
     caller.need(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (view, ident) = app.create_identity(&req.name, req.expires_at).await?;
+    let (view, ident) = access.create_identity(&req.name, req.expires_at).await?;
     Ok(Json(
         json!({ "identity": view, "identity_string": ident.reveal() }),
     ))
 }
 
 async fn revoke_identity(
-    State(app): State<Arc<App>>,
+    State(access): State<Arc<Access>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Res {
     caller.need(Role::Admin)?;
-    let report = app.revoke_identity(&id).await?;
+    let report = access.revoke_identity(&id).await?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
@@ -274,53 +296,53 @@ struct FeatureList {
 }
 
 async fn identity_features(
-    State(app): State<Arc<App>>,
+    State(assignments): State<Arc<Assignments>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Res {
     caller.need(Role::Monitor)?;
     Ok(Json(json!({
         "identity": id,
-        "assignment": app.assignment(),
-        "features": app.assigned_features(&id).await?,
+        "assignment": assignments.assignment(),
+        "features": assignments.assigned_features(&id).await?,
     })))
 }
 
 async fn assign_features(
-    State(app): State<Arc<App>>,
+    State(assignments): State<Arc<Assignments>>,
     caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<FeatureList>,
 ) -> Res {
     caller.need(Role::Admin)?;
-    let added = app.assign_features(&id, &body.features).await?;
+    let added = assignments.assign_features(&id, &body.features).await?;
     Ok(Json(json!({
         "identity": id,
-        "assignment": app.assignment(),
+        "assignment": assignments.assignment(),
         "added": added,
-        "features": app.assigned_features(&id).await?,
+        "features": assignments.assigned_features(&id).await?,
     })))
 }
 
 async fn unassign_features(
-    State(app): State<Arc<App>>,
+    State(assignments): State<Arc<Assignments>>,
     caller: Caller,
     Path(id): Path<String>,
     Json(body): Json<FeatureList>,
 ) -> Res {
     caller.need(Role::Admin)?;
-    let removed = app.unassign_features(&id, &body.features).await?;
+    let removed = assignments.unassign_features(&id, &body.features).await?;
     Ok(Json(json!({
         "identity": id,
-        "assignment": app.assignment(),
+        "assignment": assignments.assignment(),
         "removed": removed,
-        "features": app.assigned_features(&id).await?,
+        "features": assignments.assigned_features(&id).await?,
     })))
 }
 
-async fn tokens(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn tokens(State(access): State<Arc<Access>>, caller: Caller) -> Res {
     caller.need(Role::Admin)?;
-    Ok(Json(json!({ "tokens": app.tokens().await? })))
+    Ok(Json(json!({ "tokens": access.tokens().await? })))
 }
 
 #[derive(Deserialize)]
@@ -331,58 +353,62 @@ struct NewToken {
 }
 
 async fn create_token(
-    State(app): State<Arc<App>>,
+    State(access): State<Arc<Access>>,
     caller: Caller,
     body: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
 ) -> Res {
     caller.need(Role::Admin)?;
     let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (view, token) = app.create_token(&req.name, req.role).await?;
+    let (view, token) = access.create_token(&req.name, req.role).await?;
     Ok(Json(json!({ "token": view, "secret": token.expose() })))
 }
 
-async fn revoke_token(State(app): State<Arc<App>>, caller: Caller, Path(id): Path<String>) -> Res {
+async fn revoke_token(
+    State(access): State<Arc<Access>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Res {
     caller.need(Role::Admin)?;
-    app.revoke_token(&id).await?;
+    access.revoke_token(&id).await?;
     Ok(Json(json!({ "revoked": id })))
 }
 
-async fn cluster(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn cluster(State(cluster): State<Arc<Cluster>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
-    Ok(Json(json!({ "instances": app.cluster().await? })))
+    Ok(Json(json!({ "instances": cluster.members().await? })))
 }
 
 async fn drain_instance(
-    State(app): State<Arc<App>>,
+    State(cluster): State<Arc<Cluster>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Res {
     caller.need(Role::Operator)?;
-    app.drain_instance(&id).await?;
+    cluster.drain_instance(&id).await?;
     Ok(Json(json!({ "draining": id })))
 }
 
 async fn remove_instance(
-    State(app): State<Arc<App>>,
+    State(cluster): State<Arc<Cluster>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Res {
     caller.need(Role::Admin)?;
-    app.remove_instance(&id).await?;
+    cluster.remove_instance(&id).await?;
     Ok(Json(json!({ "removed": id })))
 }
 
-async fn rotate_key(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn rotate_key(State(keys): State<Arc<Keys>>, caller: Caller) -> Res {
     caller.need(Role::Admin)?;
     Ok(Json(
-        serde_json::to_value(app.rotate_key().await?).unwrap_or_default(),
+        serde_json::to_value(keys.rotate_key().await?).unwrap_or_default(),
     ))
 }
 
-async fn verify(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn verify(State(licenses): State<Arc<Licenses>>, caller: Caller) -> Res {
     caller.need(Role::Operator)?;
     Ok(Json(
-        serde_json::to_value(app.verify_integrity().await?).unwrap_or_default(),
+        serde_json::to_value(licenses.verify_integrity().await?).unwrap_or_default(),
     ))
 }
 
@@ -390,13 +416,13 @@ async fn verify(State(app): State<Arc<App>>, caller: Caller) -> Res {
 /// body (`application/octet-stream`); its suggested name in
 /// `Content-Disposition`, its manifest digest in `X-Floatlm-Backup-Digest`.
 async fn create_backup(
-    State(app): State<Arc<App>>,
+    State(backups): State<Arc<Backups>>,
     caller: Caller,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::http::header;
     use axum::response::IntoResponse;
     caller.need(Role::Operator)?;
-    let b = app.create_backup().await?;
+    let b = backups.create_backup().await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -424,7 +450,7 @@ struct UsageQuery {
 }
 
 async fn usage_report(
-    State(app): State<Arc<App>>,
+    State(usage): State<Arc<Usage>>,
     caller: Caller,
     Query(q): Query<UsageQuery>,
 ) -> Result<axum::response::Response, ApiError> {
@@ -440,7 +466,7 @@ async fn usage_report(
         .unwrap_or("json")
         .parse()
         .map_err(ApiError::bad_request)?;
-    let lines = app.usage_report(from, to, by).await?;
+    let lines = usage.usage_report(from, to, by).await?;
     if format == UsageFormat::Json {
         return Ok(Json(json!({
             "from": from,
@@ -462,9 +488,9 @@ async fn usage_report(
         .into_response())
 }
 
-async fn backups(State(app): State<Arc<App>>, caller: Caller) -> Res {
+async fn backups(State(backups): State<Arc<Backups>>, caller: Caller) -> Res {
     caller.need(Role::Monitor)?;
     Ok(Json(
-        serde_json::to_value(app.backup_listing().await?).unwrap_or_default(),
+        serde_json::to_value(backups.backup_listing().await?).unwrap_or_default(),
     ))
 }

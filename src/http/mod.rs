@@ -1,5 +1,7 @@
-//! HTTP: the licensing listener (healthz now, protocol routes later) and the
-//! admin listener, each an axum router; serving with drain on SIGTERM.
+//! HTTP: the licensing listener (healthz, the protocol routes) and the
+//! admin listener, each an axum router whose state is the [`App`]; each
+//! handler takes only the service it needs (`State<Arc<Seats>>`, …, through
+//! `FromRef`). Serving with drain on SIGTERM.
 
 pub mod admin;
 pub mod console;
@@ -20,7 +22,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::app::App;
+use crate::app::{App, Cluster};
+use crate::metrics::Metrics;
 pub use error::ApiError;
 
 /// Response header naming the instance that answered.
@@ -29,17 +32,17 @@ pub const INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-ldk-server-in
 pub const CLIENT_INSTANCE_HEADER: HeaderName = HeaderName::from_static("x-ldk-instance");
 pub const HEALTHZ_PATH: &str = "/sentinel/ldk/v1/healthz";
 
-async fn healthz(State(app): State<Arc<App>>) -> Response {
+async fn healthz(State(cluster): State<Arc<Cluster>>) -> Response {
     let body = |status: &str, reason: Option<String>| {
         json!({
             "status": status,
-            "instance": app.instance_id(),
+            "instance": cluster.instance_id(),
             "version": env!("CARGO_PKG_VERSION"),
-            "backend": app.backend(),
+            "backend": cluster.backend(),
             "reason": reason,
         })
     };
-    match app.health().await {
+    match cluster.health().await {
         Ok(()) => (StatusCode::OK, Json(body("ok", None))).into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -56,19 +59,19 @@ async fn not_found() -> ApiError {
 /// Times every request and counts plain error answers by code
 /// (`floatlm_request_duration_seconds`, `floatlm_request_errors_total`). A
 /// sealed request's handler names its operation on the response.
-async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
     let op = crate::metrics::Operation::of_path(req.uri().path());
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let op = resp.extensions().get().copied().unwrap_or(op);
     let error = resp.extensions().get().map(|e: &error::ErrorCode| e.0);
-    app.metrics.request(op, started.elapsed(), error);
+    metrics.request(op, started.elapsed(), error);
     resp
 }
 
-async fn stamp_instance(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn stamp_instance(State(cluster): State<Arc<Cluster>>, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(app.instance_id()) {
+    if let Ok(v) = HeaderValue::from_str(cluster.instance_id()) {
         resp.headers_mut().insert(INSTANCE_HEADER, v);
     }
     resp
@@ -76,11 +79,17 @@ async fn stamp_instance(State(app): State<Arc<App>>, req: Request, next: Next) -
 
 /// Layers every router shares: body limit, panics as 500 JSON, tracing,
 /// instance header, metrics.
-fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
+fn common(router: Router<App>, app: &App) -> Router {
     router
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(app.clone(), stamp_instance))
-        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .layer(middleware::from_fn_with_state(
+            app.cluster().clone(),
+            stamp_instance,
+        ))
+        .layer(middleware::from_fn_with_state(
+            app.metrics().clone(),
+            observe,
+        ))
         .layer(RequestBodyLimitLayer::new(app.max_body_bytes()))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
@@ -102,7 +111,7 @@ fn common(router: Router<Arc<App>>, app: &Arc<App>) -> Router {
 }
 
 /// The licensing listener's router.
-pub fn licensing_router(app: &Arc<App>) -> Router {
+pub fn licensing_router(app: &App) -> Router {
     common(
         Router::new()
             .route(HEALTHZ_PATH, get(healthz))
@@ -117,7 +126,7 @@ pub fn licensing_router(app: &Arc<App>) -> Router {
 /// The admin listener's router: the admin API, and the web console when
 /// `ui` is on; security headers on every answer, cross-site state changes
 /// refused ([`console::same_origin_writes`]).
-pub fn admin_router(app: &Arc<App>) -> Router {
+pub fn admin_router(app: &App) -> Router {
     let mut routes = admin::routes();
     if app.console_on() {
         routes = routes.merge(console::routes());
@@ -143,7 +152,7 @@ pub async fn serve(
     let drain_app = app.clone();
     tokio::spawn(async move {
         shutdown.await;
-        drain_app.set_draining();
+        drain_app.cluster().set_draining();
         tracing::info!(
             delay_s = drain_app.drain_delay().as_secs_f64(),
             "draining: healthz now answers 503; serving until the drain delay ends"
@@ -153,10 +162,10 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     });
     let maintenance = tokio::spawn(app.clone().maintenance(stop_rx.clone()));
-    let db_watch = tokio::spawn(app.clone().watch_database(stop_rx.clone()));
-    let backups = tokio::spawn(app.clone().backup_schedule(stop_rx.clone()));
+    let db_watch = tokio::spawn(app.cluster().clone().watch_database(stop_rx.clone()));
+    let backups = tokio::spawn(app.backups().clone().backup_schedule(stop_rx.clone()));
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let advertised = app.advertised_address(addr(&licensing));
+    let advertised = app.cluster().advertised_address(addr(&licensing));
     let heartbeat = tokio::spawn(app.clone().cluster_heartbeat(
         advertised,
         addr(&admin),

@@ -21,7 +21,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::ApiError;
-use crate::app::{Admission, App, AppError, Login, Refused, SeatFailure, SessionRefusal};
+use crate::app::{
+    Admission, AppError, Assignments, Cluster, Login, Refused, RequestAdmission, SeatFailure,
+    Seats, SessionRefusal,
+};
 use crate::domain::seats::{LeaseRef, RequestId, SeatError};
 use crate::identities::IdentityRefusal;
 use crate::incident::Incident;
@@ -49,9 +52,9 @@ fn protocol_error(e: ProtocolError) -> ApiError {
 }
 
 /// `GET /sentinel/ldk/v1/ping`: no session needed.
-pub async fn ping(State(app): State<Arc<App>>) -> Response {
+pub async fn ping(State(cluster): State<Arc<Cluster>>) -> Response {
     Json(json!({
-        "instance": app.instance_id(),
+        "instance": cluster.instance_id(),
         "version": env!("CARGO_PKG_VERSION"),
         "protocol": floatlm_protocol::VERSION,
     }))
@@ -59,8 +62,8 @@ pub async fn ping(State(app): State<Arc<App>>) -> Response {
 }
 
 /// Refuses new sessions while draining or full (before any key work).
-fn admit(app: &App) -> Result<(), ApiError> {
-    app.admit_session().map_err(|why| match why {
+fn admit(admission: &Admission) -> Result<(), ApiError> {
+    admission.admit_session().map_err(|why| match why {
         // New sessions go elsewhere (proxies retry a 503 on the next instance,
         // the client library fails over); existing sessions are still served.
         SessionRefusal::Draining => ApiError::new(
@@ -84,11 +87,15 @@ fn too_many_sessions(max_sessions: usize) -> ApiError {
 
 /// A ServerHello's payload. It carries no resumption ticket: the session
 /// earns one with its first valid request (a replayed hello never does).
-fn hello_payload(app: &App, session: &str, refused: Option<String>) -> ServerHelloPayload {
+fn hello_payload(
+    admission: &Admission,
+    session: &str,
+    refused: Option<String>,
+) -> ServerHelloPayload {
     ServerHelloPayload {
         session: session.to_string(),
-        instance: app.instance_id().to_string(),
-        lease_ttl_ms: app.announced_lease_ttl_ms(),
+        instance: admission.instance_id().to_string(),
+        lease_ttl_ms: admission.announced_lease_ttl_ms(),
         refused,
         resume: None,
     }
@@ -96,17 +103,20 @@ fn hello_payload(app: &App, session: &str, refused: Option<String>) -> ServerHel
 
 /// `POST /sentinel/ldk/v1/handshake`: ClientHello in, ServerHello out. The
 /// session stays pending (not counted, no ticket) until its first request.
-pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn handshake(
+    State(admission): State<Arc<Admission>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let hello = handshake::parse_client_hello(&body).map_err(protocol_error)?;
-    admit(&app)?;
+    admit(&admission)?;
     // Unknown ids take the same path with a stand-in secret: same work, same
     // error. Both come from the identity cache (a database read on a miss),
     // and expiry is judged by the database clock estimate, without a round
     // trip, whether the identity has an expiry or not.
-    let (lookup, refused) = app.handshake_identity(hello.identity_id).await?;
+    let (lookup, refused) = admission.handshake_identity(hello.identity_id).await?;
     let session_id = crate::crypto::random_hex(16);
     let payload = hello_payload(
-        &app,
+        &admission,
         &session_id,
         refused.as_ref().map(|r| r.message.clone()),
     );
@@ -118,7 +128,7 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
         return Err(protocol_error(ProtocolError::AuthFailed));
     };
     if refused.is_none() {
-        app.insert_pending_session(
+        admission.insert_pending_session(
             session_id,
             Session::new(
                 identity.id.clone(),
@@ -134,11 +144,14 @@ pub async fn handshake(State(app): State<Arc<App>>, body: Bytes) -> Result<Respo
 /// `POST /sentinel/ldk/v1/resume`: ResumeHello in, ServerHello out. Any
 /// instance continues a session from the ticket another one issued; the new
 /// session is pending until its first request, like a handshake's.
-pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn resume(
+    State(admission): State<Arc<Admission>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let hello = handshake::parse_resume_hello(&body).map_err(protocol_error)?;
-    admit(&app)?;
+    admit(&admission)?;
     // An error: the database could not be asked, nothing was refused.
-    let Some((identity, ticket)) = app.resume_ticket(hello.ticket).await? else {
+    let Some((identity, ticket)) = admission.resume_ticket(hello.ticket).await? else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "ticket_refused",
@@ -146,10 +159,10 @@ pub async fn resume(State(app): State<Arc<App>>, body: Bytes) -> Result<Response
         ));
     };
     let session_id = crate::crypto::random_hex(16);
-    let payload = hello_payload(&app, &session_id, None);
+    let payload = hello_payload(&admission, &session_id, None);
     let (keys, reply) = handshake::respond_resume(&hello, ticket.secret.as_ref(), &payload, None)
         .map_err(protocol_error)?;
-    app.insert_pending_session(
+    admission.insert_pending_session(
         session_id,
         Session::new(identity.id, identity.expires_at, Opened::Resume, keys),
     );
@@ -186,7 +199,11 @@ impl Incoming {
 /// (the replay window moves only for one that opens). No network and no
 /// database: the fuzz target `request` drives it. An error is the plain
 /// JSON answer, because nothing sealed can be trusted yet.
-pub fn open_request(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Incoming, ApiError> {
+pub fn open_request(
+    admission: &Admission,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Incoming, ApiError> {
     let session_id = headers
         .get(HEADER_SESSION)
         .and_then(|v| v.to_str().ok())
@@ -204,7 +221,7 @@ pub fn open_request(app: &App, headers: &HeaderMap, body: &[u8]) -> Result<Incom
             }
         },
     };
-    let found = app.find_session(&session_id).ok_or_else(|| {
+    let found = admission.find_session(&session_id).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "session_unknown",
@@ -251,26 +268,29 @@ pub fn decode(plaintext: &[u8]) -> Result<Request, Reply> {
 
 /// `POST /sentinel/ldk/v1/request`: one sealed request, one sealed response.
 pub async fn request(
-    State(app): State<Arc<App>>,
+    State(admission): State<Arc<Admission>>,
+    State(seats): State<Arc<Seats>>,
+    State(assignments): State<Arc<Assignments>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let incoming = open_request(&app, &headers, &body)?;
+    let incoming = open_request(&admission, &headers, &body)?;
     let (session_id, session) = (&incoming.session_id, &incoming.session);
     let mut operation = Operation::Request;
     // The envelope opened: from here on every answer is sealed.
-    let sealed = match app.admit_request(session_id, &incoming.found) {
-        Admission::Full { max_sessions } => return Err(too_many_sessions(max_sessions)),
-        Admission::Refuse(why) => SealedResponse::from(refusal(&why)),
-        Admission::Serve { ticket } => {
+    let sealed = match admission.admit_request(session_id, &incoming.found) {
+        RequestAdmission::Full { max_sessions } => return Err(too_many_sessions(max_sessions)),
+        RequestAdmission::Refuse(why) => SealedResponse::from(refusal(&why)),
+        RequestAdmission::Serve { ticket } => {
             let reply = match decode(&incoming.plaintext) {
                 Ok(req) => {
                     operation = Operation::of(&req);
                     handle(
-                        &app,
+                        &seats,
+                        &assignments,
                         session,
-                        app.client_addr(
+                        admission.client_addr(
                             peer,
                             headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
                         ),
@@ -283,7 +303,7 @@ pub async fn request(
             };
             if matches!(&reply, Reply::Error { code, .. } if code.is_identity_refusal()) {
                 // Refused while the operation ran: the session ends too.
-                app.end_session(session_id);
+                admission.end_session(session_id);
             }
             SealedResponse {
                 response: reply,
@@ -377,10 +397,17 @@ fn refused(r: Refused) -> Reply {
     }
 }
 
-async fn handle(app: &App, session: &Session, addr: String, instance: &str, req: Request) -> Reply {
+async fn handle(
+    seats: &Seats,
+    assignments: &Assignments,
+    session: &Session,
+    addr: String,
+    instance: &str,
+    req: Request,
+) -> Reply {
     let identity = session.identity_id.as_str();
     match req {
-        Request::Info { features } => match app.features_for(identity).await {
+        Request::Info { features } => match assignments.features_for(identity).await {
             Ok(all) => Reply::Info {
                 features: all
                     .iter()
@@ -428,7 +455,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 addr,
                 instance: instance.to_string(),
             };
-            match app.login(session, login).await {
+            match seats.login(session, login).await {
                 Ok(g) => Reply::Granted {
                     lease: g.grant.lease.to_string(),
                     feature: g.grant.feature,
@@ -448,7 +475,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                 };
             }
             let parsed: Vec<Option<LeaseRef>> = leases.iter().map(|l| l.parse().ok()).collect();
-            let promises = match app.heartbeat(session, &parsed).await {
+            let promises = match seats.heartbeat(session, &parsed).await {
                 Ok(p) => p,
                 Err(r) => return refused(r),
             };
@@ -464,7 +491,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
                     .collect(),
             }
         }
-        Request::Mine {} => match app.mine(identity).await {
+        Request::Mine {} => match seats.mine(identity).await {
             Ok(leases) => {
                 // As many as fit one envelope; the count of the rest.
                 let (mut shown, mut used) = (Vec::new(), 0);
@@ -483,7 +510,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
             Err(e) => unavailable(e),
         },
         Request::Release { lease } => match lease.parse::<LeaseRef>() {
-            Ok(l) => match app.release_mine(identity, l).await {
+            Ok(l) => match seats.release_mine(identity, l).await {
                 Ok(free_at) => Reply::SeatReleased {
                     lease,
                     released: free_at.is_some(),
@@ -498,7 +525,7 @@ async fn handle(app: &App, session: &Session, addr: String, instance: &str, req:
             },
         },
         Request::Logout { lease } => match lease.parse::<LeaseRef>() {
-            Ok(l) => match app.release(identity, l).await {
+            Ok(l) => match seats.release(identity, l).await {
                 Ok(released) => Reply::Released { lease, released },
                 Err(e) => unavailable(e),
             },
