@@ -5,9 +5,10 @@
 //! storage backend imports the other. Read from the source, so a `use` that
 //! runs the wrong way fails here before it tangles the layers. Handlers also
 //! never reach inside the App (its storage, configuration, session table or
-//! auth hook): the fields are private, and their read-only accessors are for
-//! the CLI and tests. Files of
-//! storage and domain stay short enough to read beside each other.
+//! auth hook): each handler takes the service it needs (`State<Arc<Seats>>`,
+//! through axum `FromRef`), never the whole App, and the App's read-only
+//! accessors are for the CLI and tests. Files under src/ stay short enough
+//! to read beside each other.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -146,6 +147,41 @@ fn layers_import_in_one_direction() {
             known_seen.contains(&(file.to_string(), module.to_string())),
             "{file} no longer imports crate::{module}: remove it from KNOWN"
         );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// How a handler would name the whole App as its state: handlers take the
+/// service they need instead (issue 14; bors hands each handler its part
+/// of the state the same way).
+const WHOLE_APP: &[&str] = &["State<Arc<App>>", "State<App>", "State(app)"];
+
+#[test]
+fn handlers_take_services_not_the_app() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/http"), &mut files);
+    let mut problems = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code: String = line
+                .split("//")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            for whole in WHOLE_APP {
+                if code.contains(whole) {
+                    problems.push(format!(
+                        "{}:{}: a handler takes the whole App ({whole}): take the service it needs (State<Arc<Seats>>, …)",
+                        f.strip_prefix(root).unwrap().display(),
+                        n + 1
+                    ));
+                }
+            }
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
