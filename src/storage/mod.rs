@@ -17,6 +17,7 @@
 //! pure rules (slot states, resize plan) are in `domain::slots`.
 
 pub mod backup;
+pub mod membership;
 pub mod mysql;
 mod retry;
 mod rows;

@@ -8,17 +8,20 @@
 //!
 //! One file per role, beside the same names under `sqlite/`: `seats.rs`
 //! (grants), `leases.rs` (checks, extensions, releases), `licenses.rs`,
-//! `access.rs`, `cluster.rs`, `keys.rs`; this file connects and holds what
-//! they share (the clock, the batched slot read).
+//! `access.rs`, `cluster.rs`, `keys.rs`; this file reads the node list and
+//! what each node says about itself, connects, fails over, migrates and
+//! holds what the others share (the clock, the batched slot read).
 //!
-//! ## Several nodes of one cluster (Galera)
+//! ## Several nodes of one cluster (Galera, Group Replication)
 //!
 //! `database_url` may name several hosts of one synchronous cluster
 //! (`mysql://u:p@h1:3306,h2:3306,h3:3306/db`). The pool talks to one node at
 //! a time (the first healthy one at start). Every new connection is checked
 //! (`after_connect`): on a Galera node (`wsrep_ready` exists) it must be
-//! ready and Synced (`wsrep_local_state` 4), else the connection is refused
-//! as an outage, and its reads are made causal (`wsrep_sync_wait = 1`) so a
+//! ready and Synced (`wsrep_local_state` 4), on a Group Replication member
+//! ONLINE and writable (the PRIMARY in single-primary mode), else the
+//! connection is refused as an outage, and its reads are made causal
+//! (`wsrep_sync_wait = 1`, `group_replication_consistency`) so a
 //! lease check on one node sees every commit made through another before it
 //! (without it, a node could answer from a row another node already
 //! changed). The instance's database watch runs [`StoreBase::probe`] every
@@ -49,6 +52,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::membership::Membership;
 use super::*;
 use crate::domain::seats::CLOCK_MARGIN;
 
@@ -63,6 +67,34 @@ pub const FAILOVER_BOUND: Duration = Duration::from_millis(
         + NODE_PROBE.as_millis() as u64
         + NODE_CONNECT.as_millis() as u64,
 );
+
+/// How long an instance waits for another one's migration (through another
+/// Galera node) to finish, how often it looks, and how often it reads the
+/// applied migrations again.
+const MIGRATE_WAIT: Duration = Duration::from_secs(120);
+const MIGRATE_POLL: Duration = Duration::from_millis(200);
+const MIGRATE_ATTEMPTS: u32 = 10;
+
+/// Whether a failed migration run is what a concurrent run through another
+/// node leaves: the migration marked unfinished, or a statement that lost to
+/// the other run (its `_sqlx_migrations` row or table already there, a
+/// certification conflict, the node briefly not ready).
+fn raced(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError as M;
+    let db = match e {
+        M::Dirty(_) => return true,
+        M::Execute(e) | M::ExecuteMigration(e, _) => e,
+        _ => return false,
+    };
+    let code = db
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .map(|d| d.number());
+    // 1050 table exists, 1060 duplicate column, 1061 duplicate key name,
+    // 1062 duplicate entry, 1213 deadlock / certification conflict,
+    // 1047 Galera node not ready.
+    matches!(code, Some(1050 | 1060 | 1061 | 1062 | 1213 | 1047))
+}
 
 /// Leases per renewal statement (4 placeholders each, far below the limit).
 const RENEW_CHUNK: usize = 1024;
@@ -239,10 +271,12 @@ fn node_options(url: &str) -> Result<Vec<Node>> {
         .collect()
 }
 
-/// Galera's view of a node: None when the server is not a Galera node
-/// (MariaDB shows the `wsrep_*` status without a provider too, with an empty
-/// `wsrep_provider_name`; MySQL shows none).
-async fn wsrep_state(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<Option<(bool, i64)>> {
+/// Reads the node's [`Membership`]. Galera is seen in `SHOW STATUS` (MariaDB
+/// shows the `wsrep_*` status without a provider too, with an empty
+/// `wsrep_provider_name`; MySQL shows none). Group Replication is detected
+/// first in information_schema.PLUGINS (a MariaDB server has no such plugin,
+/// so the performance_schema query below never runs there).
+async fn membership(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<Membership> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SHOW STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state', 'wsrep_provider_name')",
     )
@@ -253,29 +287,57 @@ async fn wsrep_state(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<Option<(b
             .find(|(k, _)| k.eq_ignore_ascii_case(n))
             .map(|(_, v)| v.as_str())
     };
-    if get("wsrep_provider_name").is_none_or(|p| p.is_empty()) {
-        return Ok(None);
+    if get("wsrep_provider_name").is_some_and(|p| !p.is_empty()) {
+        return Ok(Membership::Galera {
+            ready: get("wsrep_ready").is_some_and(|v| v.eq_ignore_ascii_case("ON")),
+            state: get("wsrep_local_state")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        });
     }
-    let ready = get("wsrep_ready").is_some_and(|v| v.eq_ignore_ascii_case("ON"));
-    let state = get("wsrep_local_state")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok(Some((ready, state)))
+    let gr: Option<String> = sqlx::query_scalar(
+        "SELECT PLUGIN_STATUS FROM information_schema.PLUGINS WHERE PLUGIN_NAME = 'group_replication'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if !gr.is_some_and(|s| s.eq_ignore_ascii_case("ACTIVE")) {
+        return Ok(Membership::Plain);
+    }
+    let (super_read_only, single_primary): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(@@global.super_read_only AS SIGNED), \
+         CAST(@@global.group_replication_single_primary_mode AS SIGNED)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let member: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT MEMBER_STATE, MEMBER_ROLE FROM performance_schema.replication_group_members \
+         WHERE MEMBER_ID = @@server_uuid",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (member_state, role) = member.unwrap_or_default();
+    Ok(Membership::GroupReplication {
+        member_state,
+        role,
+        super_read_only: super_read_only != 0,
+        single_primary: single_primary != 0,
+    })
 }
 
-/// Refuses a node that may not be written through: a Galera node that is
-/// not ready or not Synced (joining, a donor, outside the primary
-/// component). The error is an I/O error, so it counts as an outage.
-async fn check_node(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<bool> {
-    match wsrep_state(conn).await? {
-        None => Ok(false),
-        Some((true, 4)) => Ok(true),
-        Some((ready, state)) => Err(sqlx::Error::Io(std::io::Error::new(
+/// Reads the node's [`Membership`] and refuses a node that may not be
+/// written through: a Galera node that is not ready or not Synced (joining,
+/// a donor, outside the primary component), a Group Replication member that
+/// is not ONLINE or is read-only. The error is an I/O error, so it counts as
+/// an outage (the pool, the probe and failover treat the node as down).
+async fn check_node(conn: &mut sqlx::MySqlConnection) -> sqlx::Result<Membership> {
+    let m = membership(conn).await?;
+    m.writable().map_err(|why| {
+        sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
-            format!("this Galera node cannot take writes now (wsrep_ready {}, wsrep_local_state {state}; 4 is Synced)",
-                if ready { "ON" } else { "OFF" }),
-        ))),
-    }
+            why,
+        ))
+    })?;
+    Ok(m)
 }
 
 /// Opens a connection of its own to `node` and checks it.
@@ -363,10 +425,10 @@ impl MySqlStorage {
                     if let Err(e) = conn.execute("SET SESSION idle_transaction_timeout = 5").await {
                         tracing::debug!(error = %e, "this server has no idle_transaction_timeout (MySQL): a stalled instance keeps its row locks until wait_timeout");
                     }
-                    if check_node(conn).await? {
-                        // Causal reads: a lease check sees every commit made
-                        // through another node before it started.
-                        conn.execute("SET SESSION wsrep_sync_wait = 1").await?;
+                    // On a cluster node: causal reads, so a lease check
+                    // sees every commit made through another node before it.
+                    if let Some(set) = check_node(conn).await?.session_setting() {
+                        conn.execute(set).await?;
                     }
                     sqlx::query("SET @floatlm_node_gen = ?")
                         .bind(generation)
@@ -402,6 +464,49 @@ impl MySqlStorage {
             nodes,
             probe: tokio::sync::Mutex::new(Some(probe)),
         })
+    }
+
+    /// Runs the migrations, healing a race with another instance that
+    /// migrates through another node of a Galera cluster at the same moment
+    /// (GET_LOCK is per node there). Each migration's row in
+    /// `_sqlx_migrations` is inserted before its statements run, so of two
+    /// instances applying one migration at once, one loses on that row
+    /// (duplicate key, or a certification conflict at the implicit commit
+    /// before the DDL) or finds it marked unfinished (`Dirty`) while the
+    /// other is still applying it. The loser waits until no migration is
+    /// unfinished, reads the applied ones again and goes on; a migration
+    /// that fails on its own fails at once.
+    async fn run_migrations(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + MIGRATE_WAIT;
+        for attempt in 1.. {
+            let err = match sqlx::migrate!("./migrations/mysql").run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !raced(&err) || attempt >= MIGRATE_ATTEMPTS {
+                return Err(err.into());
+            }
+            tracing::info!(error = %err, attempt, "database migration met another instance migrating at the same moment (a Galera cluster's nodes do not share GET_LOCK): waiting for it to finish, then reading the applied migrations again");
+            loop {
+                let unfinished: std::result::Result<i64, sqlx::Error> = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM _sqlx_migrations WHERE success = FALSE",
+                )
+                .fetch_one(&self.pool)
+                .await;
+                match unfinished {
+                    Ok(0) => break,
+                    Ok(_) | Err(_) if std::time::Instant::now() >= deadline => {
+                        return Err(StorageError::LockTimeout(format!(
+                            "a database migration is still marked unfinished after {MIGRATE_WAIT:?} ({err}): \
+                             if no other floatlm instance is migrating, one failed midway; see the \
+                             upgrade notes in docs/operations.md"
+                        )));
+                    }
+                    _ => tokio::time::sleep(MIGRATE_POLL).await,
+                }
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// The current node failed: checks every other node at once and moves
@@ -468,7 +573,8 @@ impl StoreBase for MySqlStorage {
     async fn migrate(&self) -> Result<()> {
         let mut conn = self.pool.acquire().await?;
         // Several instances may start at once on a fresh database: one migrates,
-        // the others wait here and then find nothing left to do.
+        // the others wait here and then find nothing left to do. (Not on
+        // Galera, whose nodes do not share named locks: see `run_migrations`.)
         let got: Option<i64> =
             sqlx::query_scalar("SELECT GET_LOCK(CONCAT('floatlm.migrate.', DATABASE()), 120)")
                 .fetch_one(&mut *conn)
@@ -480,11 +586,11 @@ impl StoreBase for MySqlStorage {
             ));
         }
         // Our named lock is held on `conn`; the migrator takes its own lock too.
-        let res = sqlx::migrate!("./migrations/mysql").run(&self.pool).await;
+        let res = self.run_migrations().await;
         sqlx::query("SELECT RELEASE_LOCK(CONCAT('floatlm.migrate.', DATABASE()))")
             .execute(&mut *conn)
             .await?;
-        Ok(res?)
+        res
     }
 
     async fn ping(&self) -> Result<()> {
