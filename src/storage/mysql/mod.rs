@@ -419,7 +419,9 @@ impl MySqlStorage {
                     // Batched reads name up to a thousand primary keys; every
                     // one is an exact key, so estimating each range with an
                     // index dive (the default below 200 ranges) is wasted
-                    // work: statistics are enough.
+                    // work: statistics are enough. Statistics cannot see
+                    // how rare a slot state is, so reads of slots by state
+                    // name the pick index (seats.rs).
                     conn.execute("SET SESSION eq_range_index_dive_limit = 1")
                         .await?;
                     if let Err(e) = conn.execute("SET SESSION idle_transaction_timeout = 5").await {

@@ -6,6 +6,19 @@
 
 use super::*;
 
+// Reads of slots by state name the pick index (feature_id, state,
+// expires_at). The pool's connections run with `eq_range_index_dive_limit
+// = 1` (mod.rs), so MariaDB plans an equality range such as `feature_id IN
+// (…) AND state = 1` from index statistics alone, which cannot see that
+// retiring slots are rare: it read every slot of the feature (through the
+// primary key, or the whole pick index even when forced to it) to find none
+// retiring, in every grant batch (100,000 rows for the bench's feature;
+// checkouts fell from ~3,000/s to ~900/s). So the retiring checks ask for
+// `state > 0 AND state < 2`: the same slots (states are 0, 1, 2), but not an
+// equality range, so the optimizer looks into the index (an index dive)
+// and sees there are none. tests/grant_plans.rs counts the rows a grant
+// reads.
+
 /// How many seats of `feature` a grant may take, counted over every license
 /// of the feature, when a shrink still owes some: free active slots of the
 /// licenses whose window is open, less the leases still held on retiring
@@ -31,7 +44,7 @@ async fn seats_to_spare(tx: &mut Tx<'_>, rows: &[FeatureNow]) -> Result<Option<i
         .map(|r| r.id)
         .collect();
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT feature_id, CAST(slot_no AS SIGNED) FROM slots WHERE state = 1 AND expires_at > NOW(6) AND feature_id IN (",
+        "SELECT feature_id, CAST(slot_no AS SIGNED) FROM slots FORCE INDEX (slots_pick) WHERE state = 1 AND expires_at > NOW(6) AND feature_id IN (",
     );
     push_ids(&mut q, &owing);
     q.push(") ORDER BY feature_id, slot_no FOR UPDATE");
@@ -54,7 +67,7 @@ async fn seats_to_spare(tx: &mut Tx<'_>, rows: &[FeatureNow]) -> Result<Option<i
     // grant is taking. Counting too few only refuses a login while a shrink
     // is being paid for.
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT feature_id FROM slots WHERE state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6)) AND feature_id IN (",
+        "SELECT feature_id FROM slots FORCE INDEX (slots_pick) WHERE state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6)) AND feature_id IN (",
     );
     push_ids(&mut q, &open);
     q.push(") FOR UPDATE SKIP LOCKED");
@@ -81,7 +94,7 @@ fn push_ids(q: &mut QueryBuilder<'_, MySql>, ids: &[i64]) {
 /// per row (the pick index leads with feature_id, state).
 async fn any_retiring(tx: &mut Tx<'_>, ids: &[i64]) -> Result<bool> {
     let mut q = QueryBuilder::<MySql>::new(
-        "SELECT EXISTS (SELECT 1 FROM slots WHERE state = 1 AND feature_id IN (",
+        "SELECT EXISTS (SELECT 1 FROM slots FORCE INDEX (slots_pick) WHERE state > 0 AND state < 2 AND feature_id IN (",
     );
     push_ids(&mut q, ids);
     q.push("))");
@@ -246,7 +259,7 @@ impl MySqlStorage {
             // held. Ordering by slot number would step over every live lease.
             for _ in 0..(MAX_SEATS_PASSES) {
                 let cand: Option<(i64, i64)> = sqlx::query_as(
-                    "SELECT slot_no, lease_gen FROM slots
+                    "SELECT slot_no, lease_gen FROM slots FORCE INDEX (slots_pick)
                      WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
                      ORDER BY expires_at, slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
                 )
@@ -267,7 +280,7 @@ impl MySqlStorage {
                     // ordering by slot number walked the primary key and
                     // locked every row on the way, deadlocking concurrent
                     // grants).
-                    "SELECT slot_no, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED) FROM slots
+                    "SELECT slot_no, CAST(expires_at IS NOT NULL AND expires_at > ? AS SIGNED) FROM slots FORCE INDEX (slots_pick)
                      WHERE feature_id = ? AND state = 1 ORDER BY expires_at, slot_no LIMIT 1 FOR UPDATE",
                 )
                 .bind(now)
@@ -457,7 +470,7 @@ impl MySqlStorage {
                 // The pick index, as for one grant: never used first, then
                 // the longest free; one index entry read per slot taken.
                 let cands: Vec<(i64, i64)> = sqlx::query_as(
-                    "SELECT slot_no, lease_gen FROM slots
+                    "SELECT slot_no, lease_gen FROM slots FORCE INDEX (slots_pick)
                      WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
                      ORDER BY expires_at, slot_no LIMIT ? FOR UPDATE SKIP LOCKED",
                 )
@@ -477,7 +490,7 @@ impl MySqlStorage {
                 // Any license of the feature counts: a shrink of one is paid
                 // for before another's free seats are handed out.
                 let mut q = QueryBuilder::<MySql>::new(
-                    "SELECT NOW(6), EXISTS (SELECT 1 FROM slots WHERE state = 1 AND feature_id IN (",
+                    "SELECT NOW(6), EXISTS (SELECT 1 FROM slots FORCE INDEX (slots_pick) WHERE state > 0 AND state < 2 AND feature_id IN (",
                 );
                 let ids: Vec<i64> = all_rows
                     .iter()
