@@ -391,3 +391,94 @@ async fn a_request_retried_after_the_upstream_died_mid_request_grants_once() {
         .unwrap();
     assert_eq!(requests, 1);
 }
+
+/// A full instance (its `max_sessions` reached) stays in the pool behind
+/// the shipped `floatlm-hash.conf` with its own `max_fails=1
+/// fail_timeout=5s`: one client too many is refused `429
+/// too_many_sessions`, passed on by NGINX, and the clients the full
+/// instance serves are answered there right after. When the refusal was a
+/// 503, NGINX retried it elsewhere and counted it as a failure, so the full
+/// instance was out for 5 s and every client it served got
+/// `session_unknown` from the other instance (the benchmark's errors after
+/// its 100,000-lease scenario, docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_stays_in_the_pool() {
+    use common::raw::{Answer, Raw};
+    use floatlm_protocol::messages::Request;
+    const FULL: usize = 2;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (pubkey, lic) = cli_license(d, "FUL", "cad", 4);
+    let max = FULL.to_string();
+    let full = cluster_instance(
+        d,
+        &db,
+        "full-1",
+        "127.0.0.1:0",
+        &["--vendor-key", &pubkey],
+        &[("FLOATLM_MAX_SESSIONS", &max)],
+    );
+    let other = instance(d, &db, "other-2", "127.0.0.1:0", &pubkey);
+    let upstreams = [full.licensing.clone(), other.licensing.clone()];
+    let (_nginx, proxy) = start_nginx(
+        "floatlm-hash.conf",
+        &upstreams,
+        d,
+        true,
+        ServerParams::Shipped,
+    );
+    admin_cli(&full, &["apply", &lic]);
+    let out = admin_cli(&full, &["identity", "create", "--name", "full"]);
+    let ident = format!("{}@{proxy}", created_credential(&out));
+    let info = Request::Info { features: vec![] };
+
+    // Client ids NGINX hashes to the small instance: a handshake's answer
+    // names its instance, and a session still pending counts nothing.
+    let mut hashed_there: Vec<(Raw, String)> = Vec::new();
+    for _ in 0..400 {
+        if hashed_there.len() == FULL + 1 {
+            break;
+        }
+        let key = format!("{:024x}", rand::random::<u128>() >> 32);
+        let (raw, at) = Raw::connect_as(&proxy, &ident, &key)
+            .await
+            .unwrap_or_else(|e| panic!("a handshake before the instance was full: {e:?}"));
+        if at == "full-1" {
+            hashed_there.push((raw, key));
+        }
+    }
+    assert_eq!(
+        hashed_there.len(),
+        FULL + 1,
+        "too few client ids hashed to full-1"
+    );
+    let (_, extra) = hashed_there.pop().unwrap();
+    // Their first requests make FULL sessions live: the instance is full.
+    for (raw, key) in &hashed_there {
+        match raw.call(key, &info).await {
+            Answer::Sealed(_) => {}
+            Answer::Plain(s, v) => panic!("a first request was refused: {s} {v}"),
+        }
+    }
+
+    match Raw::connect_as(&proxy, &ident, &extra).await {
+        Err((429, v)) => assert_eq!(v["error"], "too_many_sessions", "{v}"),
+        Err((s, v)) => panic!("one client too many got {s} {v}, not 429 too_many_sessions"),
+        Ok((_, at)) => panic!(
+            "one client too many got a session on {at}: NGINX retried the refusal on \
+             another instance, so it counted it against full-1"
+        ),
+    }
+    // At once, with no wait: the full instance still serves its clients.
+    for (raw, key) in &hashed_there {
+        match raw.call(key, &info).await {
+            Answer::Sealed(_) => {}
+            Answer::Plain(s, v) => panic!(
+                "a client of the full instance got {s} {v} right after one client too many \
+                 was refused: NGINX took the full instance out of the pool"
+            ),
+        }
+    }
+    drop(other);
+}

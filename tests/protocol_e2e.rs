@@ -680,7 +680,9 @@ async fn the_session_table_is_bounded() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503);
+    // 429, not 503: a full instance is healthy, and proxies must not take it
+    // out of the pool for it (nginx/README.md).
+    assert_eq!(r.status(), 429);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"], "too_many_sessions");
     assert!(
@@ -692,7 +694,7 @@ async fn the_session_table_is_bounded() {
     );
     match Client::connect(&[&ident], opts("")).await {
         Err(ClientError::Unreachable(m)) => assert!(m.contains("maximum"), "{m}"),
-        other => panic!("expected 503 to surface, got {:?}", other.err()),
+        other => panic!("expected 429 to surface, got {:?}", other.err()),
     }
 }
 

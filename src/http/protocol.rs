@@ -64,8 +64,9 @@ pub async fn ping(State(cluster): State<Arc<Cluster>>) -> Response {
 /// Refuses new sessions while draining or full (before any key work).
 fn admit(admission: &Admission) -> Result<(), ApiError> {
     admission.admit_session().map_err(|why| match why {
-        // New sessions go elsewhere (proxies retry a 503 on the next instance,
-        // the client library fails over); existing sessions are still served.
+        // Draining: new sessions go elsewhere (proxies retry a 503 on the next
+        // instance and count it against the instance, which is leaving; the
+        // client library fails over); existing sessions are still served.
         SessionRefusal::Draining => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -75,9 +76,15 @@ fn admit(admission: &Admission) -> Result<(), ApiError> {
     })
 }
 
+/// A full session table is a healthy instance at capacity, not a failed
+/// one: 429, which the shipped proxy configurations pass to the client
+/// without counting it against the instance. A 503 here made NGINX
+/// (`max_fails=1`) take the instance out for `fail_timeout`, moving every
+/// client it served to other instances (`session_unknown`, resumptions
+/// there) because of one client too many.
 fn too_many_sessions(max_sessions: usize) -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::TOO_MANY_REQUESTS,
         "too_many_sessions",
         format!(
             "this instance holds its maximum of {max_sessions} sessions; try another instance or later"

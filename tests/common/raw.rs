@@ -47,6 +47,43 @@ impl Raw {
         }
     }
 
+    /// Handshakes with `addr` as `identity`, sending X-LDK-Instance
+    /// `instance` (a proxy hashes it): the session and the instance that
+    /// answered, or the status and plain JSON error of a refusal.
+    pub async fn connect_as(
+        addr: &str,
+        identity: &str,
+        instance: &str,
+    ) -> Result<(Raw, String), (u16, serde_json::Value)> {
+        let (id, secret) = identity.split_once('@').unwrap().0.split_once(':').unwrap();
+        let (hs, hello) = ClientHandshake::start(id, secret.as_bytes(), None).unwrap();
+        let http = reqwest::Client::new();
+        let reply = http
+            .post(format!("http://{addr}{PATH_HANDSHAKE}"))
+            .header(HEADER_INSTANCE, instance)
+            .body(hello)
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status().as_u16();
+        let bytes = reply.bytes().await.unwrap();
+        if status != 200 {
+            return Err((
+                status,
+                serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            ));
+        }
+        let (keys, payload) = hs.finish(&bytes).unwrap();
+        let raw = Raw {
+            http,
+            addr: addr.into(),
+            session: payload.session,
+            keys,
+            seq: AtomicU64::new(0),
+        };
+        Ok((raw, payload.instance))
+    }
+
     /// Sends `req` with X-LDK-Instance `instance`.
     pub async fn call(&self, instance: &str, req: &Request) -> Answer {
         self.call_json(instance, &serde_json::to_vec(req).unwrap())
