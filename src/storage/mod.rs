@@ -389,7 +389,21 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// free again (database clock), or None when the lease was not live.
     ///
     /// [`CLOCK_MARGIN`]: crate::domain::seats::CLOCK_MARGIN
-    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
+    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        end_lease(self, None, lease).await
+    }
+    /// First step of a force release or own release (call those, not this):
+    /// the lease ends (no holder), but the slot keeps its expiry, so nobody
+    /// is granted it yet. With `holder` only while that identity holds it;
+    /// without, whoever holds it. Whether the lease was live and ended.
+    async fn revoke_lease(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool>;
+    /// Second step, in a statement that starts after the first committed:
+    /// every promise given from a read before that commit ends by this
+    /// statement's clock plus the lease's cap and [`CLOCK_MARGIN`]. The
+    /// slot's expiry after it.
+    ///
+    /// [`CLOCK_MARGIN`]: crate::domain::seats::CLOCK_MARGIN
+    async fn bound_revoked(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
     /// Ends every lease and holds every seat for at least `hold` from now (by
     /// nobody). Run after the database went back in time: no lease in the
     /// restored state can be trusted (its holder may have given it up since,
@@ -416,7 +430,24 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// nonce) for `holder`. The holder may still run on a promise, so the
     /// seat is free only once it has run out. Returns when (database
     /// clock), or None when the lease was not live or not `holder`'s.
-    async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>>;
+    async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
+        end_lease(self, Some(holder), lease).await
+    }
+}
+
+/// A force or own release in its two steps ([`LeaseStore::revoke_lease`],
+/// then [`LeaseStore::bound_revoked`]): when the seat is free, or None when
+/// the lease (of `holder`, when given) was not live.
+async fn end_lease<S: LeaseStore + ?Sized>(
+    store: &S,
+    holder: Option<&str>,
+    lease: LeaseRef,
+) -> Result<Option<DateTime<Utc>>> {
+    if !with_retry(|| store.revoke_lease(holder, lease)).await? {
+        return Ok(None);
+    }
+    let free_at = with_retry(|| store.bound_revoked(lease)).await?;
+    Ok(Some(free_at.unwrap_or_else(Utc::now)))
 }
 
 /// Licenses and their features' slot rows (`*/licenses.rs`).

@@ -139,6 +139,23 @@ impl SealedRow {
     }
 }
 
+/// The compare-and-set UPDATE that re-seals one row of `column` (binds: new
+/// blob, row id as text, old blob), for both backends: `integer` is the
+/// dialect's integer type the text id of a ticket key is cast to.
+pub(crate) fn reseal_sql(column: SealedColumn, integer: &str) -> String {
+    let id = match column {
+        SealedColumn::TicketKey => format!("CAST(? AS {integer})"),
+        _ => "?".to_string(),
+    };
+    format!(
+        "UPDATE {} SET {} = ? WHERE {} = {id} AND {} = ?",
+        column.table(),
+        column.column(),
+        column.row_column(),
+        column.column()
+    )
+}
+
 /// One holder's leases in a batched renewal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewItem {

@@ -58,12 +58,11 @@ impl MySqlStorage {
         tx.commit().await?;
         Ok((r.rows_affected() == 1).then(|| utc(now)))
     }
+}
 
-    /// First step of a force release: the lease ends (no holder), but the
-    /// slot keeps its expiry, so nobody is granted it yet. With `holder`
-    /// (a release by the lease's own identity) only while that identity
-    /// holds it; without, whoever holds it.
-    async fn revoke_once(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool> {
+#[async_trait]
+impl LeaseStore for MySqlStorage {
+    async fn revoke_lease(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
              WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND lease_nonce = ?
@@ -79,24 +78,6 @@ impl MySqlStorage {
         Ok(r.rows_affected() == 1)
     }
 
-    /// A force release in its two steps (see [`Self::revoke_once`] and
-    /// [`Self::bound_revoked`]): when the seat is free, or None when the
-    /// lease (of `holder`, when given) was not live.
-    async fn end_lease(
-        &self,
-        holder: Option<&str>,
-        lease: LeaseRef,
-    ) -> Result<Option<DateTime<Utc>>> {
-        if !with_retry(|| self.revoke_once(holder, lease)).await? {
-            return Ok(None);
-        }
-        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
-        Ok(Some(free_at.unwrap_or_else(Utc::now)))
-    }
-
-    /// Second step, in a statement that starts after the first committed:
-    /// every promise given from a read before that commit ends by this
-    /// statement's clock plus the lease's cap (and the clock margin).
     async fn bound_revoked(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         sqlx::query(
             "UPDATE slots SET expires_at = LEAST(expires_at, NOW(6) + INTERVAL (promise_ms * 1000 + ?) MICROSECOND)
@@ -121,10 +102,7 @@ impl MySqlStorage {
         .await?;
         Ok(free_at.flatten().map(utc))
     }
-}
 
-#[async_trait]
-impl LeaseStore for MySqlStorage {
     async fn check_batch(&self, items: &[RenewItem]) -> Result<Vec<Vec<Check>>> {
         let all = batch_leases(items);
         let mut found: HashMap<HeldLease<'_>, Check> = HashMap::with_capacity(all.len());
@@ -277,10 +255,6 @@ impl LeaseStore for MySqlStorage {
         out
     }
 
-    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        self.end_lease(None, lease).await
-    }
-
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL, lease_nonce = 0,
@@ -351,9 +325,5 @@ impl LeaseStore for MySqlStorage {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(LeaseInfo::from).collect())
-    }
-
-    async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        self.end_lease(Some(holder), lease).await
     }
 }

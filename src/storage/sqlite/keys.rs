@@ -95,21 +95,8 @@ impl KeyStore for SqliteStorage {
         old: &[u8],
         new: &[u8],
     ) -> Result<bool> {
-        let sql = match column {
-            SealedColumn::Canary => {
-                "UPDATE keyring_canary SET sealed = ? WHERE key_id = ? AND sealed = ?"
-            }
-            SealedColumn::License => {
-                "UPDATE licenses SET sealed = ? WHERE license_id = ? AND sealed = ?"
-            }
-            SealedColumn::Identity => {
-                "UPDATE identities SET sealed = ? WHERE id = ? AND sealed = ?"
-            }
-            SealedColumn::TicketKey => {
-                "UPDATE ticket_keys SET sealed = ? WHERE id = CAST(? AS INTEGER) AND sealed = ?"
-            }
-        };
-        let r = sqlx::query(sql)
+        let sql = reseal_sql(column, "INTEGER");
+        let r = sqlx::query(&sql)
             .bind(new)
             .bind(row_id)
             .bind(old)

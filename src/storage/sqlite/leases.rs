@@ -27,10 +27,11 @@ impl SqliteStorage {
         tx.commit().await?;
         Ok((r.rows_affected() == 1).then(|| utc(now)))
     }
+}
 
-    /// First step of a force release (see the MySQL backend): the lease ends,
-    /// the slot keeps its expiry; with `holder`, only while it holds it.
-    async fn revoke_once(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool> {
+#[async_trait]
+impl LeaseStore for SqliteStorage {
+    async fn revoke_lease(&self, holder: Option<&str>, lease: LeaseRef) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL
              WHERE feature_id = ?1 AND slot_no = ?2 AND lease_gen = ?3 AND lease_nonce = ?4
@@ -47,22 +48,6 @@ impl SqliteStorage {
         Ok(r.rows_affected() == 1)
     }
 
-    /// A force release in its two steps: when the seat is free, or None
-    /// when the lease (of `holder`, when given) was not live.
-    async fn end_lease(
-        &self,
-        holder: Option<&str>,
-        lease: LeaseRef,
-    ) -> Result<Option<DateTime<Utc>>> {
-        if !with_retry(|| self.revoke_once(holder, lease)).await? {
-            return Ok(None);
-        }
-        let free_at = with_retry(|| self.bound_revoked(lease)).await?;
-        Ok(Some(free_at.unwrap_or_else(Utc::now)))
-    }
-
-    /// Second step, after the first committed: a read that saw the lease
-    /// before the revocation promised at most the cap past that commit.
     async fn bound_revoked(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
         let free_at: Option<Option<i64>> = sqlx::query_scalar(
             "UPDATE slots SET expires_at = MIN(expires_at, ?5 + promise_ms * 1000 + ?6)
@@ -84,10 +69,7 @@ impl SqliteStorage {
         .await?;
         Ok(free_at.flatten().map(utc))
     }
-}
 
-#[async_trait]
-impl LeaseStore for SqliteStorage {
     async fn check_batch(&self, items: &[RenewItem]) -> Result<Vec<Vec<Check>>> {
         let all = batch_leases(items);
         let mut found: HashMap<HeldLease<'_>, Check> = HashMap::with_capacity(all.len());
@@ -164,10 +146,6 @@ impl LeaseStore for SqliteStorage {
         with_retry(|| self.release_once(holder, lease)).await
     }
 
-    async fn force_release(&self, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        self.end_lease(None, lease).await
-    }
-
     async fn quarantine(&self, hold: Duration) -> Result<u64> {
         let r = sqlx::query(
             "UPDATE slots SET holder = NULL, client_info = NULL, request_id = NULL, lease_nonce = 0,
@@ -242,9 +220,5 @@ impl LeaseStore for SqliteStorage {
         .fetch_all(&self.reader)
         .await?;
         Ok(rows.into_iter().map(LeaseInfo::from).collect())
-    }
-
-    async fn release_own(&self, holder: &str, lease: LeaseRef) -> Result<Option<DateTime<Utc>>> {
-        self.end_lease(Some(holder), lease).await
     }
 }
