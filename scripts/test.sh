@@ -14,6 +14,9 @@
 #
 # Use another MySQL/MariaDB server with FLOATLM_TEST_MYSQL_URL=mysql://USER:PASS@HOST:PORT
 # FLOATLM_FUZZ=0 skips fuzzing; FLOATLM_FUZZ_SECONDS=N runs every target N s.
+# FLOATLM_CI=1 (set by .ci/run) keeps the disk footprint small for a one-off
+# build on a fresh clone: no incremental compilation data, and the fuzz build
+# is deleted once the fuzz runs are over (about half the space a local run uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,8 +58,15 @@ fuzz() {
     grep -E '^Done [0-9]+ runs' "$log" || tail -n 2 "$log"
   done
   rm -f "$log"
+  if [ "${FLOATLM_CI:-0}" = 1 ]; then
+    say "removing fuzz/target (FLOATLM_CI=1)"
+    rm -rf fuzz/target
+  fi
 }
 
+if [ "${FLOATLM_CI:-0}" = 1 ]; then
+  export CARGO_INCREMENTAL=0
+fi
 ensure_mariadb
 ensure_nginx
 ensure_galera
