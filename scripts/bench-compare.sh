@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# No-regression comparison (docs/benchmarks.md, "No regression from the
-# restructuring"): builds floatlm at an older commit in a worktree of its own
+# No-regression comparison (docs/benchmarks.md, "No regression against an
+# older build"): builds floatlm at an older commit in a worktree of its own
 # (default f6f7d48, the last commit before issue 14), keeps only its binary,
 # and runs `floatlm-bench --compare` against this checkout's release build.
 #

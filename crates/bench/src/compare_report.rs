@@ -139,17 +139,17 @@ pub(crate) fn to_json(c: &Comparison) -> Value {
 
 /// The section of docs/benchmarks.md, markers included.
 pub(crate) fn markdown(c: &Comparison) -> String {
-    let mut md = format!("{BEGIN}\n## No regression from the restructuring (issue 14)\n\n");
+    let mut md = format!("{BEGIN}\n## No regression against an older build\n\n");
     let v = &c.variants;
     md.push_str(&format!(
         "The single-instance scenarios on MariaDB, run in one session against \
-         `{}` ({}, the last commit before the restructuring) and this build ({}), \
+         `{}` ({}) and this build ({}), \
          {} rounds, each variant on a fresh database, in the order {} and then \
          reversed, so a slow stretch of the machine hits every variant alike. \
          `{}` is this build with `DROP TRIGGER usage_on_slots` run on its database \
-         after start: the usage records (issue 15) landed after the old binary \
-         and cost checkouts (*Usage records*, below), so that column compares \
-         the structure alone. {:.0} s per scenario, {} clients, {} held leases for \
+         after start: the usage records (issue 15) cost checkouts (*Usage \
+         records*, below) and builds before them have none, so that column \
+         compares the structure alone. {} s per scenario, {} clients, {} held leases for \
          `heartbeat`; median of the rounds, lowest-highest in brackets. Load \
          average (1, 5, 15 min) {} before and {} after: the machine is shared, \
          and a difference counts only when every round of one variant is beyond \
@@ -328,7 +328,7 @@ mod tests {
             command: "floatlm-bench --compare /x/floatlm".into(),
             scenarios: vec!["checkout", "query"],
             rounds: 2,
-            seconds: 1.0,
+            seconds: 0.5,
             clients: 1,
             leases: 10,
             machine: Vec::new(),
@@ -374,6 +374,8 @@ mod tests {
         assert!(md.contains("| query | 1,050 (1,000-1,100) |"), "{md}");
         assert!(!md.contains("| heartbeat |"));
         assert!(md.contains("Exact command: `floatlm-bench --compare /x/floatlm`"));
+        assert!(md.contains("against `f6f7d48` (floatlm 0.2.0) and this build"));
+        assert!(md.contains(" 0.5 s per scenario, 1 clients, 10 held leases"));
         assert_eq!(section_of(&md), Some(md.trim_end()));
     }
 
