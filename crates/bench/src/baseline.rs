@@ -34,6 +34,18 @@ impl TempDb {
         Ok(TempDb { server, name, url })
     }
 
+    /// Runs one statement in this database, on a connection of its own.
+    pub async fn execute(&self, sql: &str) -> anyhow::Result<()> {
+        use sqlx::Connection;
+        let opts = MySqlConnectOptions::from_str(&self.url)?.disable_statement_logging();
+        let mut conn = sqlx::MySqlConnection::connect_with(&opts).await?;
+        conn.execute(sql)
+            .await
+            .map_err(|e| anyhow::anyhow!("{sql} in {}: {e}", self.name))?;
+        conn.close().await?;
+        Ok(())
+    }
+
     pub async fn drop_now(self) {
         let _ = self
             .server

@@ -17,7 +17,8 @@ use sqlx::Connection;
 use std::time::Instant;
 
 use crate::procs::{self, Instance};
-use crate::scenarios::{standard_scenarios, Measured, Setup, Watch, GALERA_FEATURES};
+use crate::scenarios::{standard_scenarios, Measured, Watch, GALERA_FEATURES};
+use crate::setup::{repo_file, Setup};
 use crate::Args;
 
 /// The target column of the Galera rows (and the prefix the report looks for).
@@ -185,7 +186,7 @@ async fn measure(
     let ident = setup.seed(&instances[0], &setup.lic_galera).await?;
     let upstreams: Vec<String> = instances.iter().map(|i| i.licensing.clone()).collect();
     let nginx = procs::start_nginx(
-        &crate::scenarios::repo_file("nginx/floatlm-hash.conf"),
+        &repo_file("nginx/floatlm-hash.conf"),
         &upstreams,
         &setup.dir,
     )?;

@@ -6,14 +6,20 @@
 //! the baselines (raw database transaction, NGINX proxying a trivial
 //! upstream) and every scenario in the same run, and writes a table, a JSON
 //! file and, with `--doc`, docs/benchmarks.md. `scripts/bench.sh` runs it.
-//! With `--identity ID:SECRET@HOST:PORT` it only loads that server.
+//! With `--identity ID:SECRET@HOST:PORT` it only loads that server. With
+//! `--compare OLD_BINARY` it compares an older floatlm with this one
+//! (`compare.rs`, `scripts/bench-compare.sh`) and rewrites only that
+//! section of the document.
 
 mod baseline;
+mod compare;
+mod compare_report;
 mod galera;
 mod load;
 mod procs;
 mod report;
 mod scenarios;
+mod setup;
 mod vclient;
 
 use anyhow::{bail, Context};
@@ -84,6 +90,26 @@ pub struct Args {
     /// With --identity: the feature to check out.
     #[arg(long, default_value = "bench")]
     pub feature: String,
+    /// Compare this older floatlm binary with --floatlm instead of the full
+    /// run: the single-instance scenarios on --mysql, alternately, round
+    /// after round, each run on a fresh database (--floatlm also with the
+    /// usage trigger dropped); with --doc only the comparison section of
+    /// the page changes.
+    #[arg(long, value_name = "OLD_FLOATLM_BINARY", conflicts_with = "identity")]
+    pub compare: Option<PathBuf>,
+    /// What to call the older binary in the comparison (its commit, say)
+    /// [default: old].
+    #[arg(long, requires = "compare")]
+    pub compare_label: Option<String>,
+    /// Rounds of the comparison, at most 20 [default: 2 quick, 3 full].
+    #[arg(long, requires = "compare")]
+    pub rounds: Option<usize>,
+    /// `max_sessions` of every started instance [default: room for every
+    /// session the run opens on any one instance, so that the sessions one
+    /// scenario leaves behind (they live until `session_idle`) never refuse
+    /// the next one's]. Smaller values show what a full instance does.
+    #[arg(long, conflicts_with = "identity")]
+    pub max_sessions: Option<usize>,
 }
 
 impl Args {
@@ -122,6 +148,18 @@ impl Args {
             .unwrap_or(if self.quick { 1000 } else { 5000 })
             .clamp(1, 10_000)
     }
+    /// Sessions a run opens, all of which could land on one instance: the
+    /// live leases, the heartbeat scenario's, and a few per client (query,
+    /// checkout, checkout_release), per phase, with room to spare.
+    pub fn max_sessions(&self) -> usize {
+        self.max_sessions
+            .unwrap_or(self.live_leases() + 2 * (self.leases() + 4 * self.clients()) + 1000)
+    }
+    pub fn rounds(&self) -> usize {
+        self.rounds
+            .unwrap_or(if self.quick { 2 } else { 3 })
+            .clamp(1, 20)
+    }
     pub fn live_leases(&self) -> usize {
         self.live_leases
             .unwrap_or(if self.quick { 5000 } else { 100_000 })
@@ -154,6 +192,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if let Some(old) = &args.compare {
+            return compare_only(&args, old).await;
+        }
         let results = match &args.identity {
             Some(id) => scenarios::external(&args, id).await?,
             None => scenarios::full_run(&args).await?,
@@ -166,12 +207,40 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", args.out.display()))?;
         println!("results: {}", args.out.display());
         if let Some(doc) = &args.doc {
-            std::fs::write(doc, report::markdown(&results))
-                .with_context(|| format!("cannot write {}", doc.display()))?;
+            let previous = std::fs::read_to_string(doc).unwrap_or_default();
+            let md = compare_report::keep_section(&report::markdown(&results), &previous);
+            std::fs::write(doc, md).with_context(|| format!("cannot write {}", doc.display()))?;
             println!("rewrote {}", doc.display());
         }
         Ok(())
     })
+}
+
+/// `--compare`: the comparison alone; with --doc only its section changes.
+async fn compare_only(args: &Args, old: &std::path::Path) -> anyhow::Result<()> {
+    let c = compare::run(args, old).await?;
+    compare_report::print(&c);
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&compare_report::to_json(&c))?,
+    )
+    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("results: {}", args.out.display());
+    if let Some(doc) = &args.doc {
+        let previous = std::fs::read_to_string(doc).with_context(|| {
+            format!("cannot read {} (run scripts/bench.sh first)", doc.display())
+        })?;
+        std::fs::write(
+            doc,
+            compare_report::splice(&previous, &compare_report::markdown(&c)),
+        )
+        .with_context(|| format!("cannot write {}", doc.display()))?;
+        println!("rewrote the comparison in {}", doc.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,6 +266,57 @@ mod tests {
         assert!(both.wants("heartbeat") && !both.wants("checkout"));
         let one = a(&["checkout"]);
         assert!(one.runs_single_server() && !one.runs_part("galera"));
+    }
+
+    #[test]
+    fn compare_flags() {
+        let p = |argv: &[&str]| super::Args::try_parse_from([&["floatlm-bench"], argv].concat());
+        let a = p(&["--compare", "/old/floatlm", "--compare-label", "f6f7d48"]).unwrap();
+        assert_eq!(
+            a.compare.as_deref(),
+            Some(std::path::Path::new("/old/floatlm"))
+        );
+        assert_eq!(a.compare_label.as_deref(), Some("f6f7d48"));
+        assert_eq!(a.rounds(), 3);
+        let quick = p(&["--compare", "/old/floatlm", "--quick"]).unwrap();
+        assert_eq!((quick.rounds(), quick.compare_label), (2, None));
+        assert_eq!(
+            p(&["--compare", "o", "--rounds", "50"]).unwrap().rounds(),
+            20
+        );
+        assert_eq!(p(&["--compare", "o", "--rounds", "0"]).unwrap().rounds(), 1);
+        // The label and rounds mean nothing without --compare, and a
+        // comparison starts its own instances.
+        assert!(p(&["--compare-label", "x"]).is_err());
+        assert!(p(&["--rounds", "2"]).is_err());
+        assert!(p(&["--compare", "o", "--identity", "a:b@127.0.0.1:1"]).is_err());
+        assert!(p(&["--compare"]).is_err());
+    }
+
+    #[test]
+    fn every_session_of_a_run_has_room() {
+        let p = |argv: &[&str]| {
+            super::Args::try_parse_from([&["floatlm-bench"], argv].concat()).unwrap()
+        };
+        // 100,000 live leases, 5,000 held twice (one and three instances),
+        // 4 x 64 per client twice, 1,000 to spare.
+        assert_eq!(
+            p(&[]).max_sessions(),
+            100_000 + 2 * (5_000 + 4 * 64) + 1_000
+        );
+        assert_eq!(
+            p(&["--quick"]).max_sessions(),
+            5_000 + 2 * (1_000 + 4 * 32) + 1_000
+        );
+        assert_eq!(p(&["--max-sessions", "50"]).max_sessions(), 50);
+        assert!(super::Args::try_parse_from([
+            "floatlm-bench",
+            "--max-sessions",
+            "5",
+            "--identity",
+            "a:b@127.0.0.1:1"
+        ])
+        .is_err());
     }
 
     #[test]

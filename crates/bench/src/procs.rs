@@ -32,6 +32,8 @@ pub struct InstanceSpec<'a> {
     pub lease_ttl: &'a str,
     pub lease_hold: &'a str,
     pub log_level: &'a str,
+    /// `max_sessions` of each instance.
+    pub max_sessions: usize,
 }
 
 pub fn start_instance(spec: &InstanceSpec<'_>, id: &str) -> anyhow::Result<Instance> {
@@ -51,6 +53,7 @@ pub fn start_instance(spec: &InstanceSpec<'_>, id: &str) -> anyhow::Result<Insta
         .env("FLOATLM_MASTER_KEY", spec.master_key)
         .env("FLOATLM_ADMIN_TOKEN", spec.admin_token)
         .env("FLOATLM_MAX_CONNECTIONS", "32")
+        .env("FLOATLM_MAX_SESSIONS", spec.max_sessions.to_string())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
         .spawn()

@@ -206,7 +206,7 @@ impl Results {
 }
 
 /// Server CPU per operation, in milliseconds, where it was measured.
-fn cpu_ms_per_op(m: &Measured) -> Option<f64> {
+pub(crate) fn cpu_ms_per_op(m: &Measured) -> Option<f64> {
     let s = m.server.as_ref()?;
     let rate = m.stats.per_second();
     (rate > 0.0).then(|| s.cpu_cores * 1000.0 / rate)
@@ -287,6 +287,7 @@ pub fn markdown(r: &Results) -> String {
     md.push('\n');
     md.push_str(&galera_section(r));
     md.push_str(&analysis(r));
+    md.push_str(FINDINGS);
     md.push_str(NOTES);
     md.push('\n');
     md.push_str(USAGE_NOTES);
@@ -412,6 +413,69 @@ fn analysis(r: &Results) -> String {
     out
 }
 
+/// What the findings of earlier runs turned out to be (measured apart).
+const FINDINGS: &str = r#"## Findings of earlier runs, explained
+
+- **Checkouts fell from ~3,000/s to ~930-1,200/s on one instance** (the
+  run of 2026-11-28) with the instances nearly idle. The cause was in
+  floatlm: since cf84e28 the pool's connections run with
+  `eq_range_index_dive_limit = 1` (good for the heartbeats' batched
+  primary-key reads), so MariaDB planned every `state = … AND feature_id IN
+  (…)` read of `slots` from index statistics alone, which cannot see that
+  retiring slots are rare. The check every grant batch makes for retiring
+  slots (`SELECT NOW(6), EXISTS (… state = 1 …)`) then chose the primary key
+  or a full index scan and read every slot of the feature: 100,000 rows per
+  batch for the `checkout` scenario's feature (EXPLAIN: `PRIMARY`, 76,624
+  rows estimated, `Handler_read_next` 100,000; with dives: `slots_pick`, 0
+  rows). In SHOW PROCESSLIST samples during the run it was the statement seen
+  most often after COMMIT (`Sending data`). Every read of slots by state now names the pick
+  index (`FORCE INDEX (slots_pick)`); `tests/grant_plans.rs` counts the rows
+  a grant reads (`Handler_read_*` on a MariaDB of its own: at most 1,000
+  for a 20,000-seat feature; it read 20,131 rows per batch of 16 grants
+  and 20,013 for one grant before, 132 and 14 after). Forcing the index was
+  not enough: with one feature MariaDB then scanned the whole pick index, so
+  the checks ask for `state > 0 AND state < 2` (the same slots, but no
+  equality range, so MariaDB looks into the index and sees none).
+  `checkout_release` moved less because its feature has 10,000 slots.
+- **Errors through NGINX after the 100,000-lease scenario** (`query`:
+  102,042 × 502, `checkout`: 47,170 × `session_unknown`). Reproduced
+  without any live leases: `--only checkout` through NGINX gave 49,550
+  `session_unknown` at 42 checkouts/s. NGINX's error log had 67 `upstream
+  timed out … while reading response header` and then 36,051 `no live
+  upstreams` (its 502): checkouts slowed past the shipped 1 s
+  `proxy_read_timeout` by the plan above took each instance out for 5 s
+  (`max_fails=1`), the sessions hashed to it landed on an instance that did
+  not know them (the bench's virtual clients do not resume; the client
+  library does), and with every instance out NGINX answered 502 at once.
+  `info` waits for a full count of the slots table once a second per
+  instance (0.45-0.6 s for 230,000 slots on this loaded machine): the
+  likely cause of the `query` 502s after the live-lease scenario left
+  230,000 slot rows and a busy database (not reproduced at that scale). The suspected cause, `503
+  too_many_sessions` counted by NGINX as a failure, was not what happened
+  here (33,900 sessions per instance against the default `max_sessions`
+  100,000), but it was a real hazard and is fixed too: a full session
+  table now answers 429, which the shipped configurations pass on without
+  taking the instance out (nginx/README.md, *Which answers take an instance
+  out*; `tests/nginx_failover.rs` checks it), and the bench gives every
+  instance room for all the sessions a run opens (`--max-sessions`), so the
+  sessions one scenario leaves behind (they live until `session_idle`)
+  never refuse the next one's. Left: `info` still waits for that full
+  count when its one-second cache runs out (the `query` scenario's p99 is
+  about 1 s on a loaded machine, old binary and new alike).
+- **The restructuring (issue 14) against f6f7d48** (the comparison below;
+  two sessions of two rounds, both with the machine shared at load 12-13 on
+  two cores, so a 20% swing between rounds is common: `heartbeat` of this
+  build with and without the trigger, which heartbeats never fire, differed
+  by 25% in one session). `checkout` is faster (the plan fix above, which
+  f6f7d48 did not have), `checkout_release` within noise. `handshake`
+  (0.84x, 0.88x) and `query` (0.83x, 0.53x) were below the old binary in
+  every round of both sessions; server CPU per query 0.078 against 0.060-0.073
+  ms, per handshake about the same (0.22-0.26 ms). Not yet explained: to be
+  re-measured on a quiet machine with more rounds and profiled with perf
+  before the next release.
+
+"#;
+
 /// The usage-record cost, measured apart (scripts/bench-usage.sh).
 const USAGE_NOTES: &str = r#"## Usage records
 
@@ -443,7 +507,7 @@ per-row trigger.
 "#;
 
 /// Where the time goes: the parts of the analysis that do not change per run.
-const NOTES: &str = r#"## Where the time goes
+pub(crate) const NOTES: &str = r#"## Where the time goes
 
 - **Every heartbeat is answered from a database read, never from memory.**
   An answer that says "you hold this lease" must stay true when another

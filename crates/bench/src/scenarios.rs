@@ -2,29 +2,28 @@
 //! baselines.
 
 use anyhow::{bail, Context};
-use base64::Engine;
 use floatlm_client::{Client, Options};
 use floatlm_protocol::messages::Request;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::baseline::{self, TempDb};
 use crate::load::{closed_loop, paced, Stats};
-use crate::procs::{self, Instance, InstanceSpec};
+use crate::procs::{self, Instance};
+use crate::setup::{repo_file, Setup};
 use crate::vclient::{self, client_id, Identity, VSession};
 use crate::Args;
 
 /// Features of the benchmark license: checkout cycles, the heartbeat
 /// scenario's leases (both phases), and the paced live-lease scenario.
-const CYCLE: &str = "cycle";
-const HELD: &str = "held";
-const LIVE: &str = "live";
+pub(crate) const CYCLE: &str = "cycle";
+pub(crate) const HELD: &str = "held";
+pub(crate) const LIVE: &str = "live";
 /// Checkouts that are never released in the run: each phase takes at most
 /// BURST_CAP of its BURST_SEATS seats.
-const BURST: &str = "burst";
+pub(crate) const BURST: &str = "burst";
 const BURST_CAP: u64 = 50_000;
-const BURST_SEATS: u64 = 2 * BURST_CAP;
+pub(crate) const BURST_SEATS: u64 = 2 * BURST_CAP;
 pub(crate) const BENCH_FEATURES: Features = Features {
     cycle: CYCLE,
     held: HELD,
@@ -201,7 +200,7 @@ pub(crate) struct Features {
     held: &'static str,
     /// Checked out and kept (checkout), at most `burst_cap` times.
     burst: &'static str,
-    burst_cap: u64,
+    pub burst_cap: u64,
 }
 
 /// Every scenario [`standard_scenarios`] knows.
@@ -377,49 +376,6 @@ pub async fn external(args: &Args, identity: &str) -> anyhow::Result<Results> {
     })
 }
 
-pub(crate) fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(rel)
-}
-
-fn run(bin: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(bin).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "{} {}: {}",
-            bin.display(),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn admin(
-    http: &reqwest::Client,
-    inst: &Instance,
-    token: &str,
-    path: &str,
-    body: reqwest::Body,
-    json: bool,
-) -> anyhow::Result<serde_json::Value> {
-    let mut rb = http
-        .post(format!("http://{}{path}", inst.admin))
-        .bearer_auth(token)
-        .body(body);
-    if json {
-        rb = rb.header("content-type", "application/json");
-    }
-    let r = rb.send().await?;
-    let status = r.status();
-    let v: serde_json::Value = r.json().await?;
-    if !status.is_success() {
-        bail!("admin {path}: HTTP {status}: {v}");
-    }
-    Ok(v)
-}
-
 /// Lease renewals the instances answered from a check read alone, and the
 /// extensions they wrote (in the background or before the answer), summed.
 async fn renewals(
@@ -443,126 +399,6 @@ async fn renewals(
     Ok(sum)
 }
 
-/// What every part of a run shares: the license and keys its instances
-/// start with.
-pub(crate) struct Setup {
-    pub dir: PathBuf,
-    pub lic: PathBuf,
-    /// The smaller license of the Galera part.
-    pub lic_galera: PathBuf,
-    pub vendor_pub: PathBuf,
-    pub master_key: String,
-    pub token: String,
-    pub http: reqwest::Client,
-}
-
-impl Setup {
-    /// A vendor key and the licenses of the bench's features, in `dir`.
-    fn new(args: &Args, dir: PathBuf, http: reqwest::Client) -> anyhow::Result<Setup> {
-        let bin = args.floatlm.as_path();
-        let vendor = dir.join("vendor");
-        run(
-            bin,
-            &["vendor", "keygen", "--out", &vendor.display().to_string()],
-        )?;
-        let sign = |name: &str, features: &[(&str, u64)]| -> anyhow::Result<PathBuf> {
-            let def = dir.join(format!("{name}.toml"));
-            let mut text = "license_id = \"BENCH\"\nserial = 1\ncustomer = \"bench\"\n".to_string();
-            for (f, seats) in features {
-                text.push_str(&format!("[[feature]]\nname = \"{f}\"\nseats = {seats}\n"));
-            }
-            std::fs::write(&def, text)?;
-            let lic = dir.join(format!("{name}.lic"));
-            run(
-                bin,
-                &[
-                    "vendor",
-                    "sign",
-                    "--key",
-                    &vendor.join("vendor.key").display().to_string(),
-                    "--out",
-                    &lic.display().to_string(),
-                    &def.display().to_string(),
-                ],
-            )?;
-            Ok(lic)
-        };
-        Ok(Setup {
-            lic: sign(
-                "bench",
-                &[
-                    (CYCLE, 10_000),
-                    (HELD, 20_000),
-                    (LIVE, 100_000),
-                    (BURST, BURST_SEATS),
-                ],
-            )?,
-            // Galera replicates the license's slot rows in one write set:
-            // only what its three scenarios need.
-            lic_galera: sign(
-                "bench-galera",
-                &[
-                    (CYCLE, 2_000),
-                    (HELD, 10_000),
-                    (BURST, GALERA_FEATURES.burst_cap),
-                ],
-            )?,
-            vendor_pub: vendor.join("vendor.pub"),
-            master_key: format!(
-                "k1:{}",
-                base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
-            ),
-            token: format!("bench-admin-{:016x}", rand::random::<u64>()),
-            dir,
-            http,
-        })
-    }
-
-    /// How the instances of a run start, on `database_url`.
-    pub fn spec<'a>(&'a self, args: &'a Args, database_url: &'a str) -> InstanceSpec<'a> {
-        InstanceSpec {
-            bin: args.floatlm.as_path(),
-            dir: &self.dir,
-            database_url,
-            master_key: &self.master_key,
-            admin_token: &self.token,
-            vendor_pub: &self.vendor_pub,
-            // Long enough that leases survive the set-up of the largest scenario.
-            lease_ttl: "600s",
-            // 90 s above the TTL: a lease is not extended for 89 s after each
-            // write (its heartbeats are answered from reads), so with heartbeats
-            // every 30 s one in three writes, as with the defaults (60 s TTL,
-            // heartbeat every 20 s, 120 s hold).
-            lease_hold: "690s",
-            log_level: &args.server_log_level,
-        }
-    }
-
-    /// Applies license `lic` through `first` and creates the bench identity.
-    pub async fn seed(&self, first: &Instance, lic: &Path) -> anyhow::Result<Identity> {
-        let (http, token) = (&self.http, &self.token);
-        admin(
-            http,
-            first,
-            token,
-            "/admin/v1/licenses",
-            std::fs::read_to_string(lic)?.into(),
-            false,
-        )
-        .await?;
-        let v = admin(
-            http,
-            first,
-            token,
-            "/admin/v1/identities",
-            r#"{"name":"bench"}"#.into(),
-            true,
-        )
-        .await?;
-        Identity::parse(v["identity_string"].as_str().unwrap_or_default())
-    }
-}
-
 /// The whole run: baselines, one instance, three instances behind NGINX,
 /// and three instances on a 3-node Galera cluster (`--only` picks parts).
 pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
@@ -577,7 +413,7 @@ pub async fn full_run(args: &Args) -> anyhow::Result<Results> {
         std::env::temp_dir().join(format!("floatlm-bench-{:08x}", rand::random::<u32>()))
     });
     std::fs::create_dir_all(&dir)?;
-    let setup = Setup::new(args, dir.clone(), http_client(clients)?)?;
+    let setup = Setup::new(&args.floatlm, dir.clone(), http_client(clients)?)?;
     let mut rows = Vec::new();
     let mut live = None;
     if args.runs_single_server() {
@@ -756,7 +592,7 @@ async fn single_server(
 }
 
 /// What the figures were measured on.
-async fn machine(mysql: Option<&str>) -> Vec<(String, String)> {
+pub(crate) async fn machine(mysql: Option<&str>) -> Vec<(String, String)> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
