@@ -16,12 +16,15 @@ const MAX_TX_ATTEMPTS: u32 = 8;
 /// Whether a database error means "run the whole transaction again":
 /// MySQL deadlock (1213), lock wait timeout (1205), Group Replication
 /// certification failure (3101), Galera "WSREP has not yet prepared node"
-/// (1047), and SQLite busy/locked.
+/// (1047), InnoDB's table-level AUTO-INC lock lost to a deadlock or timeout
+/// (1467, "Failed to read auto-increment value": the usage trigger's insert
+/// during a release met the usage sweep's INSERT … SELECT), and SQLite
+/// busy/locked.
 pub fn is_retryable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
             if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-                return matches!(my.number(), 1213 | 1205 | 3101 | 1047);
+                return matches!(my.number(), 1213 | 1205 | 3101 | 1047 | 1467);
             }
             matches!(db.code().as_deref(), Some("5") | Some("6") | Some("517"))
         }
@@ -56,7 +59,8 @@ pub fn is_duplicate_key(err: &sqlx::Error) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RetryCause {
     /// MySQL 1213 (deadlock; on Galera also a certification conflict: a
-    /// write set that lost against another node's), Group Replication 3101.
+    /// write set that lost against another node's), Group Replication 3101,
+    /// InnoDB 1467 (the AUTO-INC table lock lost to a deadlock).
     Conflict,
     /// Galera 1047: the node is not ready (not in the primary component).
     NotReady,
@@ -125,7 +129,7 @@ fn cause_of(err: &sqlx::Error) -> Option<RetryCause> {
     };
     if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
         return match my.number() {
-            1213 | 3101 => Some(RetryCause::Conflict),
+            1213 | 3101 | 1467 => Some(RetryCause::Conflict),
             1047 => Some(RetryCause::NotReady),
             1205 => Some(RetryCause::LockWait),
             _ => None,
