@@ -3,10 +3,8 @@
 //! from `info`; `admin identity assign` / `unassign` (the CLI) change that
 //! at once; the refusals are usage denials in `admin usage report`.
 
-mod common;
-
-use common::{floatlm_ok, DemoServer, Kind, TestDb, MASTER_KEY_1};
 use floatlm_client::{Client, ClientError, NoLicenseReason, Options};
+use testkit::{floatlm_ok, DemoServer, Kind, TestDb, MASTER_KEY_1};
 
 fn opts() -> Options {
     Options {
@@ -115,13 +113,13 @@ async fn manual_assignment(kind: Kind) {
 mod sqlite_backend {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn manual_assignment() {
-        super::manual_assignment(super::common::Kind::Sqlite).await
+        super::manual_assignment(testkit::Kind::Sqlite).await
     }
 }
 
 mod mysql_backend {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn manual_assignment() {
-        super::manual_assignment(super::common::Kind::Mysql).await
+        super::manual_assignment(testkit::Kind::Mysql).await
     }
 }

@@ -4,12 +4,10 @@
 //! latin1 database and on one whose tables an earlier version created
 //! latin1 (rows written then keep their text).
 
-mod common;
-
-use common::{floatlm_ok, mysql_server_url, DemoServer, TestDb, MASTER_KEY_1};
 use floatlm_client::{AuthInfo, Client, Options};
 use sqlx::Connection;
 use std::time::Duration;
+use testkit::{floatlm_ok, mysql_server_url, DemoServer, TestDb, MASTER_KEY_1};
 
 /// A database of its own created latin1 (dropped afterwards).
 async fn latin1_db() -> TestDb {
@@ -37,7 +35,7 @@ async fn names_in_any_script_log_in(db: &TestDb) {
         &[
             ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
             // The earlier version's database has its admin tokens already.
-            ("FLOATLM_ADMIN_TOKEN", common::CLUSTER_TOKEN),
+            ("FLOATLM_ADMIN_TOKEN", testkit::CLUSTER_TOKEN),
         ],
     );
     let opts = Options {

@@ -2,11 +2,9 @@
 //! NGINX config, the secrets script and the `floatlm health` check they use.
 //! No Docker daemon is needed; the compose file is validated by Compose.
 
-mod common;
-
-use common::{ServerProc, BIN};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::{bin, Serve};
 
 /// Asserts a command succeeded, showing its output when not.
 fn assert_ok(out: &std::process::Output, what: &str) {
@@ -154,7 +152,7 @@ fn the_secrets_script_makes_a_config_that_passes_config_check_and_keeps_existing
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(secrets.join("master_key")).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o400);
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["config", "check"])
         .env_clear()
         .env("FLOATLM_MASTER_KEY_FILE", secrets.join("master_key"))
@@ -212,28 +210,15 @@ fn the_compose_nginx_config_passes_nginx_t() {
 #[test]
 fn floatlm_health_exits_0_for_a_serving_instance_and_1_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data").display().to_string();
-    let server = ServerProc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-        ],
-        &[],
-        dir.path(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(BIN)
+    let server = Serve::in_dir(dir.path()).start();
+    let out = Command::new(bin())
         .args(["health", "-s", &server.licensing])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\":\"ok\""));
     // Nothing listens on port 1.
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["health", "-s", "127.0.0.1:1", "--timeout", "2"])
         .output()
         .unwrap();
