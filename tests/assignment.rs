@@ -4,7 +4,7 @@
 //! at once; the refusals are usage denials in `admin usage report`.
 
 use floatlm_client::{Client, ClientError, NoLicenseReason, Options};
-use testkit::{floatlm_ok, DemoServer, Kind, TestDb, MASTER_KEY_1};
+use testkit::{floatlm_ok, DemoServer, Kind, TestDb};
 
 fn opts() -> Options {
     Options {
@@ -48,13 +48,11 @@ async fn manual_assignment(kind: Kind) {
         Kind::Mysql => Some(TestDb::new().await),
         Kind::Sqlite => None,
     };
-    let mut extra = vec!["--lease-ttl", "5s"];
-    let mut env = vec![("FLOATLM_ASSIGNMENT", "manual")];
-    if let Some(db) = &db {
-        extra.extend(["--database-url", db.url.as_str()]);
-        env.push(("FLOATLM_MASTER_KEY", MASTER_KEY_1));
-    }
-    let d = DemoServer::start_with(&extra, &env);
+    let d = DemoServer::start_on(
+        db.as_ref(),
+        &["--lease-ttl", "5s"],
+        &[("FLOATLM_ASSIGNMENT", "manual")],
+    );
     let id = d.identity.split(':').next().unwrap().to_string();
     let client = Client::connect(&[&d.identity], opts()).await.unwrap();
 

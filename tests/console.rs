@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use testkit::{DemoServer, TestDb, MASTER_KEY_1};
+use testkit::{DemoServer, TestDb};
 
 /// The longest any single wait in this file lasts.
 const WAIT: Duration = Duration::from_secs(20);
@@ -831,10 +831,7 @@ async fn the_console_in_chromium_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_chromium_on_mariadb() {
     let db = TestDb::new().await;
-    let server = DemoServer::start_with(
-        &["--lease-ttl", "5s", "--database-url", &db.url],
-        &[("FLOATLM_MASTER_KEY", MASTER_KEY_1)],
-    );
+    let server = DemoServer::start_on(Some(&db), &["--lease-ttl", "5s"], &[]);
     tokio::time::timeout(Duration::from_secs(180), walk(&server, false))
         .await
         .expect("the console walk took over 180 s");

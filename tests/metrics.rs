@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::{DemoServer, Kind, TestDb, MASTER_KEY_1};
+use testkit::{DemoServer, Kind, TestDb};
 
 /// Distinctive names the clients report: they must never show in /metrics.
 const USER: &str = "metrics-user-q7zk";
@@ -257,13 +257,7 @@ async fn scraped_during_load(kind: Kind) {
         Kind::Mysql => Some(TestDb::new().await),
         Kind::Sqlite => None,
     };
-    let server = match &db {
-        Some(db) => DemoServer::start_with(
-            &["--lease-ttl", "5s", "--database-url", &db.url],
-            &[("FLOATLM_MASTER_KEY", MASTER_KEY_1)],
-        ),
-        None => DemoServer::start(&["--lease-ttl", "5s"]),
-    };
+    let server = DemoServer::start_on(db.as_ref(), &["--lease-ttl", "5s"], &[]);
     let seen = Arc::new(Seen::default());
     let mut load = tokio::task::JoinSet::new();
     for n in 0..CLIENTS {

@@ -693,8 +693,9 @@ pub fn admin_cli(p: &ServerProc, args: &[&str]) -> String {
     floatlm_ok(&all)
 }
 
-/// A `floatlm serve --demo` process on SQLite, port 0 (feature `demo`, 5
-/// seats), with its demo identity string and admin token.
+/// A `floatlm serve --demo` process on SQLite (or a MariaDB database of
+/// the test's, [`DemoServer::start_on`]), port 0 (feature `demo`, 5 seats),
+/// with its demo identity string and admin token.
 pub struct DemoServer {
     pub proc: ServerProc,
     pub identity: String,
@@ -708,16 +709,21 @@ impl DemoServer {
         Self::start_with(extra, &[])
     }
 
-    /// Starts it with `extra` flags and environment (e.g. on MariaDB:
-    /// `--database-url URL` and `FLOATLM_MASTER_KEY`).
+    /// Starts it with `extra` flags and environment.
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> DemoServer {
+        Self::start_on(None, extra, env)
+    }
+
+    /// Starts it on `db` (a MariaDB database, with master key 1) or, given
+    /// none, on SQLite, with `extra` flags and environment.
+    pub fn start_on(db: Option<&TestDb>, extra: &[&str], env: &[(&str, &str)]) -> DemoServer {
         let dir = tempfile::tempdir().unwrap();
-        let proc = Serve::in_dir(dir.path())
-            .demo()
-            .no_drain_delay()
-            .args(extra)
-            .envs(env)
-            .start();
+        let serve = Serve::in_dir(dir.path()).demo().no_drain_delay();
+        let serve = match db {
+            Some(db) => serve.mysql(db),
+            None => serve,
+        };
+        let proc = serve.args(extra).envs(env).start();
         let read = |f: &str| {
             std::fs::read_to_string(dir.path().join("data").join(f))
                 .unwrap()
