@@ -132,6 +132,27 @@ fn the_dockerfile_builds_from_files_that_exist_and_runs_as_non_root() {
 }
 
 #[test]
+fn the_dockerfile_fetches_with_every_workspace_member() {
+    // Its dependency stage copies the manifests before the sources; cargo
+    // refuses a workspace with a member's manifest missing.
+    let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let fetch = &text[..text.find("cargo fetch").expect("a cargo fetch stage")];
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo("Cargo.toml")).unwrap()).unwrap();
+    let members = manifest["workspace"]["members"].as_array().unwrap();
+    let missing: Vec<&str> = members
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .filter(|m| *m != ".")
+        .filter(|m| !fetch.contains(&format!("COPY {m}/Cargo.toml {m}/Cargo.toml")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile copies no manifest of {missing:?} before `cargo fetch`"
+    );
+}
+
+#[test]
 fn the_secrets_script_makes_a_config_that_passes_config_check_and_keeps_existing_files() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("s");
