@@ -44,10 +44,7 @@ async fn refused_not_assigned(client: &Client) {
 }
 
 async fn manual_assignment(kind: Kind) {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let d = DemoServer::start_on(
         db.as_ref(),
         &["--lease-ttl", "5s"],

@@ -40,10 +40,7 @@ struct Setup {
 }
 
 async fn setup(kind: Kind, seats: u32) -> Setup {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let vendor = VendorSigningKey::generate();
     let url = db.as_ref().map(|d| d.url.clone());

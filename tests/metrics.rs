@@ -253,10 +253,7 @@ async fn client_load(identity: String, seen: Arc<Seen>, n: usize) {
 }
 
 async fn scraped_during_load(kind: Kind) {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let server = DemoServer::start_on(db.as_ref(), &["--lease-ttl", "5s"], &[]);
     let seen = Arc::new(Seen::default());
     let mut load = tokio::task::JoinSet::new();

@@ -20,10 +20,7 @@ struct Demo {
 
 /// A `serve --demo` server (feature `demo`, 5 seats) with a 5 s lease TTL.
 async fn demo(kind: Kind, extra: &[&str], env: &[(&str, &str)]) -> Demo {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let proc = Serve::in_dir(dir.path())
         .demo()

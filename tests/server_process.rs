@@ -17,13 +17,6 @@ fn spawn(kind: Kind, dir: &Path, db: Option<&TestDb>, extra: &[&str]) -> ServerP
         .start()
 }
 
-async fn db_for(kind: Kind) -> Option<TestDb> {
-    match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    }
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -77,7 +70,7 @@ async fn two_instances_started_together_on_a_fresh_database_both_become_healthy(
 }
 
 async fn drain_finishes_in_flight_requests(kind: Kind) {
-    let db = db_for(kind).await;
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(kind, dir.path(), db.as_ref(), &["--drain-delay", "1s"]);
     let token = admin_token(dir.path());
@@ -145,7 +138,7 @@ async fn drain_finishes_in_flight_requests(kind: Kind) {
 }
 
 async fn admin_api_roles_errors_and_headers(kind: Kind) {
-    let db = db_for(kind).await;
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(kind, dir.path(), db.as_ref(), &["--demo"]);
     let admin = admin_token(dir.path());
@@ -372,7 +365,7 @@ fn floatlm(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 async fn cli_vendor_and_admin_round_trip(kind: Kind) {
-    let db = db_for(kind).await;
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (code, out, err) = floatlm(

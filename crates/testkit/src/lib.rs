@@ -42,6 +42,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database of its own for a test on `kind`: one on MariaDB, none on
+    /// SQLite (whose file lives in the test's data dir).
+    pub async fn for_kind(kind: Kind) -> Option<TestDb> {
+        match kind {
+            Kind::Mysql => Some(TestDb::new().await),
+            Kind::Sqlite => None,
+        }
+    }
+
     pub async fn new() -> TestDb {
         use sqlx::Connection;
         let server = mysql_server_url();
@@ -220,10 +229,7 @@ impl TestApp {
     }
 
     pub async fn new(kind: Kind) -> TestApp {
-        let db = match kind {
-            Kind::Mysql => Some(TestDb::new().await),
-            Kind::Sqlite => None,
-        };
+        let db = TestDb::for_kind(kind).await;
         Self::on(kind, db, VendorSigningKey::generate()).await
     }
 
