@@ -12,9 +12,16 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates/protocol/Cargo.toml crates/protocol/Cargo.toml
 COPY crates/client/Cargo.toml crates/client/Cargo.toml
 COPY crates/bench/Cargo.toml crates/bench/Cargo.toml
+# Every workspace member's manifest, or cargo cannot load the workspace
+# (tests/containers.rs checks the list against Cargo.toml).
+COPY crates/client-ffi/Cargo.toml crates/client-ffi/Cargo.toml
+COPY crates/mariadb-harness/Cargo.toml crates/mariadb-harness/Cargo.toml
+COPY crates/testkit/Cargo.toml crates/testkit/Cargo.toml
 RUN mkdir -p src crates/protocol/src crates/client/src crates/bench/src crates/protocol/examples \
+    crates/client-ffi/src crates/mariadb-harness/src crates/testkit/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
  && touch crates/protocol/src/lib.rs crates/client/src/lib.rs \
+    crates/client-ffi/src/lib.rs crates/mariadb-harness/src/lib.rs crates/testkit/src/lib.rs \
  && echo 'fn main() {}' > crates/bench/src/main.rs \
  && echo 'fn main() {}' > crates/protocol/examples/gen_vectors.rs \
  && cargo fetch --locked

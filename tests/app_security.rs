@@ -1,16 +1,14 @@
 //! Sealing, tampering, keys and licenses, through the App on both backends.
 
-mod common;
-
-use common::{
-    def, layers, license_blob, raw_exec, set_license_blob, Kind, TestApp, TestDb, MASTER_KEY_1,
-    MASTER_KEY_2,
-};
 use floatlm::app::SeatFailure;
 use floatlm::app::{App, AppError, StartError};
 use floatlm::domain::license::{LicenseError, VendorSigningKey};
 use floatlm::domain::seats::{GrantRequest, RequestId, SeatError};
 use std::time::Duration;
+use testkit::{
+    def, layers, raw_exec, sealed_blob, set_sealed_blob, Kind, SealedColumn, TestApp, TestDb,
+    MASTER_KEY_1, MASTER_KEY_2,
+};
 
 fn req(feature: &str, rid: &str) -> GrantRequest {
     GrantRequest {
@@ -36,10 +34,10 @@ async fn flipped_byte_in_a_stored_license_is_refused(kind: Kind) {
     let t = TestApp::new(kind).await;
     apply(&t, "L1", 1, "cad", 3).await;
     t.app.seats().grant(&req("cad", "a")).await.unwrap();
-    let mut blob = license_blob(&t, "L1").await;
+    let mut blob = sealed_blob(&t.db_url(), SealedColumn::License, "L1").await;
     let mid = blob.len() / 2;
     blob[mid] ^= 0x20;
-    set_license_blob(&t, "L1", &blob).await;
+    set_sealed_blob(&t.db_url(), SealedColumn::License, "L1", &blob).await;
 
     let report = t.app.licenses().verify_integrity().await.unwrap();
     let why = report.refused.get("cad").expect("feature refused");
@@ -60,8 +58,8 @@ async fn a_blob_moved_to_another_row_does_not_open(kind: Kind) {
     let t = TestApp::new(kind).await;
     apply(&t, "L1", 1, "cad", 1).await;
     apply(&t, "L2", 1, "cam", 1).await;
-    let b1 = license_blob(&t, "L1").await;
-    set_license_blob(&t, "L2", &b1).await;
+    let b1 = sealed_blob(&t.db_url(), SealedColumn::License, "L1").await;
+    set_sealed_blob(&t.db_url(), SealedColumn::License, "L2", &b1).await;
     let report = t.app.licenses().verify_integrity().await.unwrap();
     assert!(
         report
@@ -347,7 +345,7 @@ async fn license_applied_on_one_instance_serves_on_another() {
     assert_eq!(t1.app.licenses().licenses().await.unwrap()[0].status, "ok");
 }
 
-both_backends!(
+testkit::both_backends!(
     flipped_byte_in_a_stored_license_is_refused,
     a_blob_moved_to_another_row_does_not_open,
     edited_seat_rows_are_refused_and_repaired_by_reapplying,

@@ -3,10 +3,8 @@
 //! from `info`; `admin identity assign` / `unassign` (the CLI) change that
 //! at once; the refusals are usage denials in `admin usage report`.
 
-mod common;
-
-use common::{floatlm_ok, DemoServer, Kind, TestDb, MASTER_KEY_1};
 use floatlm_client::{Client, ClientError, NoLicenseReason, Options};
+use testkit::{floatlm_ok, DemoServer, Kind, TestDb};
 
 fn opts() -> Options {
     Options {
@@ -46,17 +44,12 @@ async fn refused_not_assigned(client: &Client) {
 }
 
 async fn manual_assignment(kind: Kind) {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
-    let mut extra = vec!["--lease-ttl", "5s"];
-    let mut env = vec![("FLOATLM_ASSIGNMENT", "manual")];
-    if let Some(db) = &db {
-        extra.extend(["--database-url", db.url.as_str()]);
-        env.push(("FLOATLM_MASTER_KEY", MASTER_KEY_1));
-    }
-    let d = DemoServer::start_with(&extra, &env);
+    let db = TestDb::for_kind(kind).await;
+    let d = DemoServer::start_on(
+        db.as_ref(),
+        &["--lease-ttl", "5s"],
+        &[("FLOATLM_ASSIGNMENT", "manual")],
+    );
     let id = d.identity.split(':').next().unwrap().to_string();
     let client = Client::connect(&[&d.identity], opts()).await.unwrap();
 
@@ -115,13 +108,13 @@ async fn manual_assignment(kind: Kind) {
 mod sqlite_backend {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn manual_assignment() {
-        super::manual_assignment(super::common::Kind::Sqlite).await
+        super::manual_assignment(testkit::Kind::Sqlite).await
     }
 }
 
 mod mysql_backend {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn manual_assignment() {
-        super::manual_assignment(super::common::Kind::Mysql).await
+        super::manual_assignment(testkit::Kind::Mysql).await
     }
 }

@@ -8,12 +8,10 @@
 //! expired by the database's own rows — "No sweeper has to run for seats to
 //! come back" does not hold while any instance is frozen.
 
-mod common;
-
-use common::promise::{Findings, InstanceSpec, PromiseCluster, Recorder};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::promise::{Findings, InstanceSpec, PromiseCluster, Recorder};
 
 /// Whether slot (feature 1, slot 0) is locked by another transaction.
 async fn slot_locked(db: &sqlx::MySqlPool) -> bool {

@@ -4,10 +4,8 @@
 //! revocation goes on checking out new seats — for as long as it is used
 //! at least once per `session_idle`, i.e. indefinitely.
 
-mod common;
-
-use common::promise::{InstanceSpec, PromiseCluster, Recorder};
 use std::time::Duration;
+use testkit::promise::{InstanceSpec, PromiseCluster, Recorder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_identity_keeps_checking_out_seats_on_its_open_session() {
@@ -19,7 +17,7 @@ async fn a_revoked_identity_keeps_checking_out_seats_on_its_open_session() {
     let first = a.login(&x, "cad").await;
     assert!(first.granted().is_some(), "setup: {}", first.line(t0));
     let id = cl.credentials[0].split(':').next().unwrap().to_string();
-    let out = common::admin_cli(&cl.servers[0], &["identity", "revoke", &id]);
+    let out = testkit::admin_cli(&cl.servers[0], &["identity", "revoke", &id]);
     eprintln!("revoke: {}", out.trim());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let after = a.login(&x, "cad").await;

@@ -9,10 +9,8 @@
 //! per license (per feature row). The checker gets N = the seats licensed
 //! after the change, which the tests keep constant over the run.
 
-mod common;
-
-use common::promise::{Findings, InstanceSpec, PromiseCluster, Record, Recorder};
 use std::time::{Duration, Instant};
+use testkit::promise::{Findings, InstanceSpec, PromiseCluster, Record, Recorder};
 
 fn granted(r: &Record, rec: &Recorder) -> String {
     r.granted()
@@ -23,7 +21,7 @@ fn granted(r: &Record, rec: &Recorder) -> String {
 /// Signs `toml` with the cluster's vendor key and applies it.
 fn apply(cl: &PromiseCluster, name: &str, toml: &str) -> String {
     let lic = sign(cl, name, toml);
-    common::admin_cli(&cl.servers[0], &["apply", &lic])
+    testkit::admin_cli(&cl.servers[0], &["apply", &lic])
 }
 
 /// Signs a license definition with the cluster's vendor key; the .lic path.
@@ -32,7 +30,7 @@ fn sign(cl: &PromiseCluster, name: &str, toml: &str) -> String {
     let def = d.join(format!("{name}.toml"));
     std::fs::write(&def, toml).unwrap();
     let lic = d.join(format!("{name}.lic")).display().to_string();
-    common::floatlm_ok(&[
+    testkit::floatlm_ok(&[
         "vendor",
         "sign",
         "--key",
@@ -92,7 +90,7 @@ async fn a_shrink_of_one_license_is_not_paid_for_by_another_license_of_the_featu
         ),
     );
     // Everybody heartbeats for a while: all four stay alive.
-    let leases: Vec<(String, &common::promise::RecClient)> = [
+    let leases: Vec<(String, &testkit::promise::RecClient)> = [
         (Some(la), &a),
         (Some(lb), &b),
         (gc.granted().map(String::from), &c),
@@ -149,13 +147,13 @@ async fn a_window_shortened_below_live_promises_is_refused() {
         &format!("license_id = \"PROMISE\"\nserial = 2\ncustomer = \"test\"\n[[feature]]\nname = \"cad\"\nseats = 1\nexpires = \"{t}\"\n"),
     );
     let url = format!("http://{}", cl.servers[0].admin);
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(testkit::bin())
         .args([
             "admin",
             "--url",
             &url,
             "--token",
-            common::CLUSTER_TOKEN,
+            testkit::CLUSTER_TOKEN,
             "apply",
             &lic,
         ])
@@ -250,13 +248,13 @@ async fn an_integrity_refusal_is_bypassed_by_the_spelling_of_the_feature() {
         .await
         .unwrap();
     // verify exits 1 when it refuses a feature, and says so.
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(testkit::bin())
         .args([
             "admin",
             "--url",
             &format!("http://{}", cl.servers[0].admin),
             "--token",
-            common::CLUSTER_TOKEN,
+            testkit::CLUSTER_TOKEN,
             "verify",
         ])
         .output()

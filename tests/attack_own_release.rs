@@ -21,15 +21,13 @@
 //!   hold short); a quarantine now clears each slot's lease nonce, so the
 //!   second statement never matches a quarantined row.
 
-mod common;
-
-use common::{def, layers, Kind, TestDb, MASTER_KEY_1};
 use floatlm::app::App;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{def, layers, Kind, TestDb, MASTER_KEY_1};
 
 struct Setup {
     app: Arc<App>,
@@ -42,10 +40,7 @@ struct Setup {
 }
 
 async fn setup(kind: Kind, seats: u32) -> Setup {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let vendor = VendorSigningKey::generate();
     let url = db.as_ref().map(|d| d.url.clone());
@@ -360,7 +355,7 @@ async fn usage_records_one_ending_per_lease(kind: Kind) {
     assert_eq!(app.seats().release_mine(&s.alice, a).await.unwrap(), None);
     assert!(!app.seats().release(&s.alice, a).await.unwrap());
     app.storage().sweep_expired(100).await.unwrap();
-    let b = common::wait_for("the seat free again", Duration::from_secs(20), || async {
+    let b = testkit::wait_for("the seat free again", Duration::from_secs(20), || async {
         app.seats()
             .grant(&req("cad", &s.bob, "b:1", hold))
             .await
@@ -498,7 +493,7 @@ async fn a_quarantine_between_the_two_steps_of_a_release_is_kept(kind: Kind) {
     }
 }
 
-both_backends!(
+testkit::both_backends!(
     a_release_racing_an_extending_heartbeat_covers_its_promise,
     two_releases_and_borrowed_numbers,
     a_release_during_a_shrink_keeps_the_seat_taken,

@@ -20,10 +20,8 @@
 //!   own `promise_ms`, which says nothing about the lost lease's promise
 //!   (granted by an instance with a longer `lease_ttl`).
 
-mod common;
-
-use common::promise::{force_release, Findings, InstanceSpec, PromiseCluster, Record, Recorder};
 use std::time::{Duration, Instant};
+use testkit::promise::{force_release, Findings, InstanceSpec, PromiseCluster, Record, Recorder};
 
 fn granted(r: &Record, rec: &Recorder) -> String {
     r.granted()
@@ -78,7 +76,7 @@ async fn a_lease_released_in_lost_transactions_is_served_again_after_quarantine(
     assert_eq!(out.released(), Some(true), "setup: {}", out.line(t0));
     let l2 = granted(&d.login(x, "cad").await, &rec);
     restore(&db).await;
-    let q = common::admin_cli(&cl.servers[0], &["quarantine"]);
+    let q = testkit::admin_cli(&cl.servers[0], &["quarantine"]);
     eprintln!("quarantine: {}", q.trim());
 
     let hb = a.heartbeat(x, std::slice::from_ref(&l1)).await;
@@ -124,7 +122,7 @@ async fn a_repeated_logout_after_a_restore_undoes_the_quarantine() {
     assert_eq!(out.released(), Some(true), "setup: {}", out.line(t0));
     granted(&d.login(x, "cad").await, &rec);
     restore(&db).await;
-    let q = common::admin_cli(&cl.servers[0], &["quarantine"]);
+    let q = testkit::admin_cli(&cl.servers[0], &["quarantine"]);
     eprintln!("quarantine: {}", q.trim());
 
     let again = a.logout(x, &l1).await;
@@ -176,7 +174,7 @@ async fn a_force_release_after_quarantine_frees_the_seat_under_a_lost_promise() 
     let dg = d.login(l, "cad").await;
     granted(&dg, &rec);
     restore(&db).await;
-    let q = common::admin_cli(&cl.servers[1], &["quarantine", "--hold", "61s"]);
+    let q = testkit::admin_cli(&cl.servers[1], &["quarantine", "--hold", "61s"]);
     eprintln!("quarantine: {}", q.trim());
     let fr = force_release(&rec, l, &l1).await;
     eprintln!("force release: {}", fr.line(t0));

@@ -31,14 +31,12 @@
 //! (well under MariaDB's 5 s `idle_transaction_timeout`). The timing is
 //! exact, so the tests are deterministic.
 
-mod common;
-
-use common::promise::{
-    Findings, InstanceSpec, PromiseCluster, RecClient, Record, Recorder, Target,
-};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::promise::{
+    Findings, InstanceSpec, PromiseCluster, RecClient, Record, Recorder, Target,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -184,7 +182,7 @@ fn apply(cl: &PromiseCluster, name: &str, toml: &str) -> String {
     let def = d.join(format!("{name}.toml"));
     std::fs::write(&def, toml).unwrap();
     let lic = d.join(format!("{name}.lic")).display().to_string();
-    common::floatlm_ok(&[
+    testkit::floatlm_ok(&[
         "vendor",
         "sign",
         "--key",
@@ -193,7 +191,7 @@ fn apply(cl: &PromiseCluster, name: &str, toml: &str) -> String {
         "-o",
         &lic,
     ]);
-    common::admin_cli(&cl.servers[0], &["apply", &lic])
+    testkit::admin_cli(&cl.servers[0], &["apply", &lic])
 }
 
 fn license(id: &str, serial: u32, seats: u32) -> String {
@@ -207,7 +205,7 @@ fn license(id: &str, serial: u32, seats: u32) -> String {
 async fn slow_instance(
     cl: &PromiseCluster,
     hold: &'static str,
-) -> (StallProxy, common::ServerProc) {
+) -> (StallProxy, testkit::ServerProc) {
     slow_instance_with(cl, "5s", hold).await
 }
 
@@ -216,9 +214,9 @@ async fn slow_instance_with(
     cl: &PromiseCluster,
     ttl: &'static str,
     hold: &'static str,
-) -> (StallProxy, common::ServerProc) {
+) -> (StallProxy, testkit::ServerProc) {
     let proxy = StallProxy::start("127.0.0.1:3306".into()).await;
-    let url = common::mysql_server_url();
+    let url = testkit::mysql_server_url();
     let host = url.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
     assert_eq!(
         host, "127.0.0.1:3306",
@@ -228,7 +226,7 @@ async fn slow_instance_with(
     let dir = cl.dir.path().to_path_buf();
     let pubkey = dir.join("vendor/vendor.pub").display().to_string();
     let s = tokio::task::spawn_blocking(move || {
-        common::cluster_instance(
+        testkit::cluster_instance(
             &dir,
             &db_url,
             "s",

@@ -7,18 +7,16 @@
 //! The promise: a restore never brings a lease back. A client that held a
 //! lease before is told it lost it, and no seat is granted while a promise
 //! given before the restore may still run (the recorded promises are
-//! checked by tests/common/promise.rs).
+//! checked by crates/testkit/src/promise.rs).
 
-mod common;
-
-use common::promise::{Findings, InstanceSpec, PromiseCluster, RecClient, Recorder, Target};
-use common::{
-    admin_cli, cli_license, cluster_instance, created_credential, Kind, ServerProc, TestDb, BIN,
-    CLUSTER_TOKEN, MASTER_KEY_1, MASTER_KEY_2,
-};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use testkit::promise::{Findings, InstanceSpec, PromiseCluster, RecClient, Recorder, Target};
+use testkit::{
+    admin_cli, bin, cli_license, cluster_instance, created_credential, Kind, ServerProc, TestDb,
+    CLUSTER_TOKEN, MASTER_KEY_1, MASTER_KEY_2,
+};
 
 /// The same id as MASTER_KEY_1, other bytes.
 const MASTER_KEY_1_OTHER: &str = "k1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
@@ -28,7 +26,7 @@ const HOLD: &str = "10s";
 
 /// Runs the CLI with `env` (and nothing else of ours); returns its output.
 fn floatlm(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -341,7 +339,7 @@ async fn an_sqlite_backup_restores_into_a_new_file_without_its_leases() {
         .to_string();
     // Without -o: the suggested name, in the working directory.
     let url = format!("http://{}", s.admin);
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .current_dir(d)
         .args([
             "admin", "--url", &url, "--token", &token, "backup", "create",
@@ -440,11 +438,7 @@ async fn target(kind: Kind, dir: &Path, name: &str) -> Target2 {
 
 /// Every restorable row of the database at `url` (read in-process).
 async fn rows(url: &str) -> Vec<Vec<Vec<floatlm::storage::backup::Cell>>> {
-    let mut l = floatlm::config::Layers::default();
-    l.flag("database_url", Some(url));
-    l.flag("master_key", Some(MASTER_KEY_1));
-    let cfg = l.build().unwrap();
-    let storage = floatlm::app::open_storage(&cfg).await.unwrap();
+    let storage = testkit::open_storage(url).await;
     storage
         .snapshot()
         .await
@@ -458,21 +452,13 @@ async fn rows(url: &str) -> Vec<Vec<Vec<floatlm::storage::backup::Cell>>> {
 /// Rows per restorable table of the database at `url` (0 for a table not
 /// yet created).
 async fn counts(url: &str) -> Vec<(&'static str, i64)> {
-    let mut l = floatlm::config::Layers::default();
-    l.flag("database_url", Some(url));
-    l.flag("master_key", Some(MASTER_KEY_1));
-    let cfg = l.build().unwrap();
-    let storage = floatlm::app::open_storage(&cfg).await.unwrap();
+    let storage = testkit::open_storage(url).await;
     storage.restorable_rows().await.unwrap()
 }
 
 /// Usage rows a restore added to end the leases it did not bring back.
 async fn restore_ends(url: &str) -> u64 {
-    let mut l = floatlm::config::Layers::default();
-    l.flag("database_url", Some(url));
-    l.flag("master_key", Some(MASTER_KEY_1));
-    let cfg = l.build().unwrap();
-    let storage = floatlm::app::open_storage(&cfg).await.unwrap();
+    let storage = testkit::open_storage(url).await;
     let from = chrono::DateTime::<chrono::Utc>::from_timestamp(0, 0).unwrap();
     let to = chrono::Utc::now() + chrono::Duration::days(1);
     let rows = storage.usage_window(from, to, 1_000_000).await.unwrap();
@@ -862,4 +848,4 @@ async fn scheduled_backups_are_taken_once_per_interval_by_one_instance() {
     pool.close().await;
 }
 
-both_backends!(refused_files_change_nothing);
+testkit::both_backends!(refused_files_change_nothing);

@@ -4,12 +4,10 @@
 //! latin1 database and on one whose tables an earlier version created
 //! latin1 (rows written then keep their text).
 
-mod common;
-
-use common::{floatlm_ok, mysql_server_url, DemoServer, TestDb, MASTER_KEY_1};
 use floatlm_client::{AuthInfo, Client, Options};
 use sqlx::Connection;
 use std::time::Duration;
+use testkit::{floatlm_ok, mysql_server_url, DemoServer, TestDb};
 
 /// A database of its own created latin1 (dropped afterwards).
 async fn latin1_db() -> TestDb {
@@ -32,12 +30,12 @@ async fn latin1_db() -> TestDb {
 /// Checks out `demo` as user 田中 on host dev😀, and finds them in
 /// `admin lease list`.
 async fn names_in_any_script_log_in(db: &TestDb) {
-    let server = DemoServer::start_with(
-        &["--database-url", &db.url],
+    let server = DemoServer::start_on(
+        Some(db),
+        &[],
         &[
-            ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
             // The earlier version's database has its admin tokens already.
-            ("FLOATLM_ADMIN_TOKEN", common::CLUSTER_TOKEN),
+            ("FLOATLM_ADMIN_TOKEN", testkit::CLUSTER_TOKEN),
         ],
     );
     let opts = Options {

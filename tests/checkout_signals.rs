@@ -3,15 +3,11 @@
 //! CMD's status; a lost seat stops CMD (or, with `--on-loss ignore`, does
 //! not). A real `floatlm serve --demo` and the real client binary.
 
-mod common;
-
-use common::{wait_for, DemoServer};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+use testkit::{wait_for, DemoServer};
 
 /// Exit code of the test command when a trapped signal ends it.
 const CMD_EXIT: i32 = 7;
@@ -64,7 +60,7 @@ impl Checkout {
             );
             args.extend(["--", sh, &s, &p]);
         }
-        let child = Command::new(BIN)
+        let child = Command::new(testkit::bin())
             .args(&args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())

@@ -4,14 +4,12 @@
 //! its seat moves to us with no loss (same lease, the handle stays held);
 //! when eu is restarted, the client is back on eu within the retry interval.
 
-mod common;
-
-use common::{
-    admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
-};
 use floatlm_client::{Client, HandleState, Options, ServerState};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use testkit::{
+    admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
+};
 
 const RETRY: Duration = Duration::from_secs(3);
 
@@ -183,7 +181,7 @@ async fn a_group_without_servers_is_a_clear_error() {
 /// than `max_retries` times; meanwhile the seat lives on the other group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_is_retried_up_to_the_retry_count() {
-    let demo = common::DemoServer::start(&[]);
+    let demo = testkit::DemoServer::start(&[]);
     let (cred, addr) = demo.identity.rsplit_once('@').unwrap();
     // Two addresses where nothing listens: the eu group is down.
     let closed: Vec<String> = (0..2)

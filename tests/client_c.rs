@@ -6,8 +6,6 @@
 //! dev-dependency of this package, so cargo builds
 //! libfloatlm_client_ffi.{so,a} into target/*/deps before these tests run.
 
-mod common;
-
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,8 +13,8 @@ use std::ptr::{null, null_mut};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc, BIN};
 use floatlm_client_ffi::*;
+use testkit::{admin_cli, bin, cli_license, cluster_instance, created_credential, ServerProc};
 
 const FEATURE: &str = "cad";
 const SEATS: u32 = 2;
@@ -70,7 +68,7 @@ fn used(identity: &str) -> i64 {
 /// floatlm binary (a dependency's cdylib and staticlib keep their plain
 /// names there).
 fn lib_dir() -> PathBuf {
-    let deps = Path::new(BIN).parent().unwrap().join("deps");
+    let deps = Path::new(bin()).parent().unwrap().join("deps");
     for lib in ["libfloatlm_client_ffi.so", "libfloatlm_client_ffi.a"] {
         assert!(
             deps.join(lib).exists(),

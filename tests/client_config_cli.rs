@@ -4,13 +4,11 @@
 //! `checkout` connect as the file says, and `checkout` shows each server's
 //! group and the group in use.
 
-mod common;
-
-use common::{DemoServer, BIN};
 use std::process::Command;
+use testkit::{bin, DemoServer};
 
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("FLOATLM_IDENTITY")
         .env("HOME", "/nonexistent")

@@ -5,13 +5,11 @@
 //! in the database or the log; the client library trims, replaces and
 //! truncates what it sends so that a legitimate client is never refused.
 
-mod common;
-
-use common::raw::{Answer, Raw};
-use common::DemoServer;
 use floatlm_client::{AuthInfo, Client, Options};
 use floatlm_protocol::messages::{limits, ErrorCode, Request, Response};
 use std::time::Duration;
+use testkit::raw::{Answer, Raw};
+use testkit::DemoServer;
 
 fn login(rid: &str, auth: AuthInfo) -> Request {
     Request::Login {

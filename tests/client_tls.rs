@@ -5,13 +5,11 @@
 //! client file, variable); a certificate of another CA is refused with an
 //! error naming the problem; the insecure option works and warns.
 
-mod common;
-
-use common::nginx::{start_nginx_tls, test_ca};
-use common::{DemoServer, BIN};
 use floatlm_client::{Client, ClientError, Options, INSECURE_WARNING};
 use std::process::Command;
 use std::time::Duration;
+use testkit::nginx::{start_nginx_tls, test_ca};
+use testkit::{bin, DemoServer};
 
 fn opts() -> Options {
     Options {
@@ -23,7 +21,7 @@ fn opts() -> Options {
 
 /// `floatlm ARGS` with ENV and no client file of the machine's: (exit code, stdout, stderr).
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("FLOATLM_IDENTITY")
         .env("HOME", "/nonexistent")

@@ -1,13 +1,13 @@
 //! An instance whose own clock is ten minutes off (libfaketime) grants and
 //! expires leases correctly, because only the database clock counts.
 
-mod common;
-
-use common::{admin_cli, cli_license, cluster_instance, created_credential, wait_for, TestDb, BIN};
 use floatlm_client::{Client, ClientError, Options};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use testkit::{
+    admin_cli, bin, cli_license, cluster_instance, created_credential, wait_for, TestDb,
+};
 
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
@@ -51,7 +51,7 @@ async fn a_skewed_instance_grants_and_expires_by_the_database_clock() {
     // A lease granted through b is held lease_hold (2 × TTL) after the
     // database's now, not b's.
     let pool = sqlx::MySqlPool::connect(&db.url).await.unwrap();
-    let mut holder = Command::new(BIN)
+    let mut holder = Command::new(bin())
         .args(["checkout", "-s", &via_b, "cad", "--hold", "300"])
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -13,15 +13,13 @@
 //!
 //! Needs `chromium` and `chromium-driver` (scripts/ensure.sh installs them).
 
-mod common;
-
-use common::{DemoServer, TestDb, MASTER_KEY_1};
 use floatlm_client::{AuthInfo, Client, LossReason, Options, SeatHandle};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use testkit::{DemoServer, TestDb};
 
 /// The longest any single wait in this file lasts.
 const WAIT: Duration = Duration::from_secs(20);
@@ -65,7 +63,7 @@ impl Browser {
             .build()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        common::wait_for("chromedriver to be ready", WAIT, || {
+        testkit::wait_for("chromedriver to be ready", WAIT, || {
             let http = http.clone();
             let base = base.clone();
             async move {
@@ -833,10 +831,7 @@ async fn the_console_in_chromium_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_chromium_on_mariadb() {
     let db = TestDb::new().await;
-    let server = DemoServer::start_with(
-        &["--lease-ttl", "5s", "--database-url", &db.url],
-        &[("FLOATLM_MASTER_KEY", MASTER_KEY_1)],
-    );
+    let server = DemoServer::start_on(Some(&db), &["--lease-ttl", "5s"], &[]);
     tokio::time::timeout(Duration::from_secs(180), walk(&server, false))
         .await
         .expect("the console walk took over 180 s");
@@ -945,7 +940,7 @@ async fn the_ui_setting() {
     assert!(text.contains("/ui/app.js"), "{text}");
     let dir = tempfile::tempdir().unwrap();
     let check = |env: &[(&str, &str)]| {
-        let out = Command::new(common::BIN)
+        let out = Command::new(testkit::bin())
             .args(["config", "check"])
             .env_clear()
             .env("FLOATLM_DATA_DIR", dir.path())

@@ -2,11 +2,9 @@
 //! NGINX config, the secrets script and the `floatlm health` check they use.
 //! No Docker daemon is needed; the compose file is validated by Compose.
 
-mod common;
-
-use common::{ServerProc, BIN};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use testkit::{bin, Serve};
 
 /// Asserts a command succeeded, showing its output when not.
 fn assert_ok(out: &std::process::Output, what: &str) {
@@ -134,6 +132,27 @@ fn the_dockerfile_builds_from_files_that_exist_and_runs_as_non_root() {
 }
 
 #[test]
+fn the_dockerfile_fetches_with_every_workspace_member() {
+    // Its dependency stage copies the manifests before the sources; cargo
+    // refuses a workspace with a member's manifest missing.
+    let text = std::fs::read_to_string(repo("Dockerfile")).unwrap();
+    let fetch = &text[..text.find("cargo fetch").expect("a cargo fetch stage")];
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo("Cargo.toml")).unwrap()).unwrap();
+    let members = manifest["workspace"]["members"].as_array().unwrap();
+    let missing: Vec<&str> = members
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .filter(|m| *m != ".")
+        .filter(|m| !fetch.contains(&format!("COPY {m}/Cargo.toml {m}/Cargo.toml")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the Dockerfile copies no manifest of {missing:?} before `cargo fetch`"
+    );
+}
+
+#[test]
 fn the_secrets_script_makes_a_config_that_passes_config_check_and_keeps_existing_files() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = dir.path().join("s");
@@ -154,7 +173,7 @@ fn the_secrets_script_makes_a_config_that_passes_config_check_and_keeps_existing
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(secrets.join("master_key")).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o400);
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["config", "check"])
         .env_clear()
         .env("FLOATLM_MASTER_KEY_FILE", secrets.join("master_key"))
@@ -212,28 +231,15 @@ fn the_compose_nginx_config_passes_nginx_t() {
 #[test]
 fn floatlm_health_exits_0_for_a_serving_instance_and_1_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data").display().to_string();
-    let server = ServerProc::spawn(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-        ],
-        &[],
-        dir.path(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let out = Command::new(BIN)
+    let server = Serve::in_dir(dir.path()).start();
+    let out = Command::new(bin())
         .args(["health", "-s", &server.licensing])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\":\"ok\""));
     // Nothing listens on port 1.
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["health", "-s", "127.0.0.1:1", "--timeout", "2"])
         .output()
         .unwrap();

@@ -23,13 +23,11 @@
 //! The test records every observation and checks every requirement before
 //! failing, so one run shows all that is wrong.
 
-mod common;
-
-use common::own_mariadb::OwnMariaDb;
-use common::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc};
 use floatlm_client::{Client, ClientError, HandleState, Options, SeatHandle};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::own_mariadb::OwnMariaDb;
+use testkit::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc};
 
 const FEATURE: &str = "cad";
 const SEATS: usize = 3;
@@ -388,7 +386,7 @@ async fn admin_leases(p: &ServerProc) -> Result<Vec<Live>, String> {
         .build()
         .unwrap()
         .get(format!("http://{}/admin/v1/leases", p.admin))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .send()
         .await
         .map_err(|e| e.to_string())?;

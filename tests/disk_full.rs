@@ -23,10 +23,6 @@
 //! * the instance never logs the wedge of issue 12 ("non-zero transaction
 //!   depth") and keeps running.
 
-mod common;
-
-use common::promise::{Answer, Findings, RecClient, Recorder, Target};
-use common::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc};
 use floatlm_protocol::messages::{reason, ErrorCode, Response};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -35,6 +31,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::promise::{Answer, Findings, RecClient, Recorder, Target};
+use testkit::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc};
 
 const FEATURE: &str = "cad";
 const SEATS: u32 = 3;
@@ -167,7 +165,7 @@ fn heartbeats(
 async fn expiry_of(p: &ServerProc, lease: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     let v: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{}/admin/v1/leases", p.admin))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .timeout(Duration::from_secs(3))
         .send()
         .await

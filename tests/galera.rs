@@ -1,9 +1,9 @@
 //! Galera as a backend (issue 18), on a real 3-node MariaDB Galera cluster
-//! the test starts itself (tests/common/galera.rs).
+//! the test starts itself (crates/testkit/src/galera.rs).
 //!
 //! Instance A talks to node 0 first, instance B to node 1 first, each with
 //! all three nodes in its `database_url`. Recording clients (the promise
-//! checker, tests/common/promise.rs) log in, heartbeat and log out at random
+//! checker, crates/testkit/src/promise.rs) log in, heartbeat and log out at random
 //! through their home instance while node 1 is SIGKILLed and later
 //! restarted. Then every node is killed and both instances get SIGTERM.
 //!
@@ -18,16 +18,14 @@
 //! * with every node down, SIGTERM ends each instance within the drain delay
 //!   plus the shutdown grace (and a second for the runtime).
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use common::galera::Galera;
-use common::promise::{Answer, InstanceSpec, PromiseServers, RecClient, Recorder, Target};
+use testkit::galera::Galera;
+use testkit::promise::{Answer, InstanceSpec, PromiseServers, RecClient, Recorder, Target};
 
 /// The whole run: kill at KILL_AT, restart at RESTART_AT, stop at RUN.
 const KILL_AT: Duration = Duration::from_secs(6);
@@ -122,7 +120,7 @@ fn both_first_starts_come_up(g: &Galera) {
     let dir = tempfile::tempdir().unwrap();
     let urls = [g.url(&[0, 1, 2], &db), g.url(&[2, 0, 1], &db)];
     let gate = std::sync::Barrier::new(2);
-    let started: Vec<common::ServerProc> = std::thread::scope(|s| {
+    let started: Vec<testkit::ServerProc> = std::thread::scope(|s| {
         let runs: Vec<_> = urls
             .iter()
             .zip(["first-0", "first-2"])
@@ -130,7 +128,7 @@ fn both_first_starts_come_up(g: &Galera) {
                 let (gate, dir) = (&gate, dir.path());
                 s.spawn(move || {
                     gate.wait();
-                    common::cluster_instance(dir, url, id, "127.0.0.1:0", &[], &[])
+                    testkit::cluster_instance(dir, url, id, "127.0.0.1:0", &[], &[])
                 })
             })
             .collect();
@@ -160,7 +158,7 @@ fn retry_counts(cluster: &PromiseServers) -> String {
         .servers
         .iter()
         .map(|s| {
-            let m = blocking(|| common::admin_cli(s, &["status"]));
+            let m = blocking(|| testkit::admin_cli(s, &["status"]));
             let v: serde_json::Value = serde_json::from_str(&m).unwrap_or_default();
             format!("{}: {}\n", s.instance, v["db_retries"])
         })
@@ -213,7 +211,7 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
         .collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let b = blocking(|| {
-        common::cluster_instance(
+        testkit::cluster_instance(
             cluster.dir.path(),
             &url_b,
             "gb",

@@ -11,10 +11,6 @@
 //! `Handler_read_*` counters on a MariaDB of the test's own, so no other
 //! client reads rows meanwhile (the shared server on 3306 has other tests).
 
-mod common;
-
-use common::own_mariadb::OwnMariaDb;
-use common::{def, record, test_keyring};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, RequestId};
 use floatlm::storage::mysql::MySqlStorage;
@@ -22,6 +18,8 @@ use floatlm::storage::Storage;
 use sqlx::Connection;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::own_mariadb::OwnMariaDb;
+use testkit::{def, record, test_keyring};
 
 /// Large enough that reading every slot stands out from a grant's own rows.
 const SEATS: u32 = 20_000;

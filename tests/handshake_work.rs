@@ -5,15 +5,13 @@
 //! none when it has) and byte-identical answers. Compared by the statements
 //! sqlx reports inside the handshake, not by a stopwatch.
 
-mod common;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use common::{Kind, TestApp};
 use floatlm::app::App;
 use floatlm_protocol::handshake::ClientHandshake;
 use std::sync::{Arc, Mutex};
+use testkit::{Kind, TestApp};
 use tracing::Instrument;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;

@@ -3,14 +3,12 @@
 //! long and an instance writes only when less than a full `lease_ttl` (plus
 //! the clock margin) of the recorded expiry is left.
 
-mod common;
-
-use common::{def, layers, wait_for, Kind, TestApp, TestDb, MASTER_KEY_1};
 use floatlm::app::App;
 use floatlm::app::SeatFailure;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use std::time::Duration;
+use testkit::{def, layers, wait_for, Kind, TestApp, TestDb, MASTER_KEY_1};
 
 fn req(holder: &str, rid: &str, hold_s: u64) -> GrantRequest {
     GrantRequest {
@@ -209,4 +207,4 @@ async fn a_shorter_hold_never_lowers_a_longer_one() {
     assert!(p > Duration::from_secs(55), "{p:?}");
 }
 
-both_backends!(reads_answer_while_the_recorded_expiry_covers_the_ttl);
+testkit::both_backends!(reads_answer_while_the_recorded_expiry_covers_the_ttl);

@@ -37,10 +37,6 @@
 //! every holder on the frozen instance renews through the other one at
 //! least twice (a heartbeat every 20 s) and its first promise is past.
 
-mod common;
-
-use common::nginx::{start_nginx, ServerParams};
-use common::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc, TestDb};
 use floatlm_client::{
     Client, ClientError, HandleState, NoLicenseReason, Options, Released, SeatHandle, ServerState,
 };
@@ -48,6 +44,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::nginx::{start_nginx, ServerParams};
+use testkit::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc, TestDb};
 
 const FEATURE: &str = "cad";
 /// Per path (direct, proxy): holders on the instance that will freeze, and
@@ -386,7 +384,7 @@ async fn hung_instance(ttl_s: u64, hold_s: u64, renewals: u32, min_stall: Durati
     // are what is left of the recorded expiry, as short as half a TTL with
     // lease_hold = lease_ttl. The issue was lost seats with those.
     let mut seen: HashMap<String, (Instant, u32)> = HashMap::new();
-    common::wait_for(
+    testkit::wait_for(
         "every holder to renew",
         Duration::from_secs(10 * ttl_s),
         || {
@@ -485,7 +483,7 @@ async fn hung_instance(ttl_s: u64, hold_s: u64, renewals: u32, min_stall: Durati
     // every holder on the victim must have renewed through the other
     // instance), and at least `min_stall`.
     let thaw_at = (promised_at_freeze + Duration::from_secs(1)).max(t_freeze + min_stall);
-    common::wait_for("the stall", Duration::from_secs(90), || async {
+    testkit::wait_for("the stall", Duration::from_secs(90), || async {
         (Instant::now() >= thaw_at).then_some(())
     })
     .await;
@@ -535,7 +533,7 @@ async fn hung_instance(ttl_s: u64, hold_s: u64, renewals: u32, min_stall: Durati
     drop(frozen);
     let thawed = Instant::now();
     let victim_addr = servers[0].licensing.clone();
-    common::wait_for(
+    testkit::wait_for(
         "the thawed instance to answer healthz, and 3 s more",
         Duration::from_secs(30),
         || {

@@ -3,12 +3,10 @@
 //! lease of the identity on each, a second identity waiting for seats, and
 //! the promise checker over everything the clients were told.
 
-mod common;
-
-use common::promise::{Answer, Findings, InstanceSpec, PromiseCluster, RecClient, Record, Target};
-use common::{admin_cli, created_credential};
 use floatlm_protocol::messages::{ErrorCode, Response};
 use std::time::{Duration, Instant};
+use testkit::promise::{Answer, Findings, InstanceSpec, PromiseCluster, RecClient, Record, Target};
+use testkit::{admin_cli, created_credential};
 
 /// The instances' `cluster_heartbeat`: the bound of a revocation's reach.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -135,7 +133,7 @@ async fn session_counts(at: &Target) -> serde_json::Value {
             "http://{}/admin/v1/status",
             at.admin.as_deref().unwrap()
         ))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap()
@@ -150,7 +148,7 @@ async fn a_revoked_identity_stops_on_every_instance_within_one_cluster_heartbeat
     // Four seats: the victim holds three, one is free for a login in the
     // moment before an instance learns of the revocation.
     let cluster = cluster(2, 4).await;
-    let rec = common::promise::Recorder::new();
+    let rec = testkit::promise::Recorder::new();
     let t = &cluster.targets;
     let victim = cluster.client(&rec, "victim", 0);
     let other = cluster.client(&rec, "other", 1);
@@ -265,7 +263,7 @@ async fn a_revoked_identity_stops_on_every_instance_within_one_cluster_heartbeat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_identity_stops_on_every_instance_at_its_expiry() {
     let cluster = cluster(1, 3).await;
-    let rec = common::promise::Recorder::new();
+    let rec = testkit::promise::Recorder::new();
     let t = &cluster.targets;
     let other = cluster.client(&rec, "other", 0);
     let mut f = Findings::new();
@@ -366,13 +364,13 @@ async fn the_client_library_reports_a_revoked_identity_s_seat_lost_at_once() {
     use floatlm_client::{Client, ClientError, LossReason, Options};
     let dir = tempfile::tempdir().unwrap();
     let vendor = floatlm::domain::license::VendorSigningKey::generate();
-    let mut l = common::layers(dir.path(), None, common::MASTER_KEY_1, &vendor);
+    let mut l = testkit::layers(dir.path(), None, testkit::MASTER_KEY_1, &vendor);
     l.flag("lease_ttl", Some("5s"));
     let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
-    let lic = vendor.sign(&common::def("L", 1, FEATURE, 2)).unwrap();
+    let lic = vendor.sign(&testkit::def("L", 1, FEATURE, 2)).unwrap();
     app.licenses().apply_license(&lic).await.unwrap();
     let (_, ident) = app.access().create_identity("ws", None).await.unwrap();
-    let (addr, _, _stop) = common::serve_in_process(app.clone()).await;
+    let (addr, _, _stop) = testkit::serve_in_process(app.clone()).await;
     let client = Client::connect(
         &[format!("{}:{}@{addr}", ident.id, ident.secret.expose())],
         Options::default(),

@@ -4,19 +4,14 @@
 //! body, and the server's log holds the database's words under that id at
 //! error level.
 
-mod common;
-
-use common::raw::{Answer, Raw};
-use common::{wait_for, DemoServer, TestDb, MASTER_KEY_1};
 use floatlm_protocol::messages::{AuthInfo, ErrorCode, Request, Response};
 use std::time::Duration;
+use testkit::raw::{Answer, Raw};
+use testkit::{wait_for, DemoServer, TestDb};
 
 /// A `serve --demo` on its own MariaDB database, logging JSON lines.
 fn demo_on(db: &TestDb) -> DemoServer {
-    DemoServer::start_with(
-        &["--database-url", &db.url, "--log-format", "json"],
-        &[("FLOATLM_MASTER_KEY", MASTER_KEY_1)],
-    )
+    DemoServer::start_on(Some(db), &["--log-format", "json"], &[])
 }
 
 async fn exec(db: &TestDb, sql: &str) {

@@ -15,13 +15,11 @@
 //! * a login for the feature is refused; re-applying the license file lifts
 //!   the refusal.
 
-mod common;
-
-use common::promise::{RecClient, Recorder, Target};
-use common::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc};
 use floatlm_protocol::messages::{reason, ErrorCode, Response};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use testkit::promise::{RecClient, Recorder, Target};
+use testkit::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc};
 
 const FEATURE: &str = "cad";
 /// A mismatch must show this soon (checks run every second).
@@ -30,7 +28,7 @@ const ALERT_WITHIN: Duration = Duration::from_secs(5);
 async fn status(p: &ServerProc) -> serde_json::Value {
     reqwest::Client::new()
         .get(format!("http://{}/admin/v1/status", p.admin))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .timeout(Duration::from_secs(5))
         .send()
         .await
@@ -132,7 +130,7 @@ async fn seat_rows_edited_by_hand_raise_an_integrity_alert() {
     let c = RecClient::new(&rec, "c", &cred);
     let r = c.login(&Target::of(&server), FEATURE).await;
     assert!(
-        matches!(&r.answer, common::promise::Answer::Sealed(Response::Error {
+        matches!(&r.answer, testkit::promise::Answer::Sealed(Response::Error {
             code: ErrorCode::NoLicense, reason: Some(why), .. }) if why == reason::LICENSE_REFUSED),
         "a login for the edited feature is refused: {}",
         r.answer

@@ -8,7 +8,9 @@
 //! auth hook): each handler takes the service it needs (`State<Arc<Seats>>`,
 //! through axum `FromRef`), never the whole App, and the App's read-only
 //! accessors are for the CLI and tests. Files under src/ stay short enough
-//! to read beside each other.
+//! to read beside each other. The tests' harness, crates/testkit, is a
+//! dev-dependency only (never shipped), and it alone finds the binary
+//! under test.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -302,4 +304,116 @@ fn the_scanner_sees_app_insides_in_handlers() {
     assert!(!names_member("app.configure()", "config"));
     assert!(!names_member("app.session_counts()", "sessions"));
     assert!(!names_member("app.find_session(id)", "sessions"));
+}
+
+/// The tables of a manifest that are built into what ships (not
+/// `[dev-dependencies]`), target-specific ones included.
+fn shipped_dependency_tables(manifest: &toml::Table) -> Vec<&toml::Table> {
+    let targets = manifest
+        .get("target")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flat_map(|t| t.values().filter_map(toml::Value::as_table));
+    std::iter::once(manifest)
+        .chain(targets)
+        .flat_map(|t| {
+            ["dependencies", "build-dependencies"]
+                .into_iter()
+                .filter_map(|key| t.get(key).and_then(toml::Value::as_table))
+        })
+        .collect()
+}
+
+/// Whether `deps` names the package `floatlm-testkit`, under its own name
+/// or renamed (`testkit = { package = "floatlm-testkit", … }`).
+fn names_testkit(deps: &toml::Table) -> bool {
+    deps.iter().any(|(name, spec)| {
+        name == "floatlm-testkit"
+            || spec.get("package").and_then(toml::Value::as_str) == Some("floatlm-testkit")
+    })
+}
+
+#[test]
+fn the_test_harness_is_never_shipped() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &Path| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(p).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    let workspace = read(&root.join("Cargo.toml"));
+    let members: Vec<&str> = workspace["workspace"]["members"]
+        .as_array()
+        .expect("workspace.members")
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(members.contains(&"crates/testkit"), "{members:?}");
+    let mut wrong = Vec::new();
+    for m in &members {
+        let manifest = read(&root.join(m).join("Cargo.toml"));
+        if shipped_dependency_tables(&manifest)
+            .into_iter()
+            .any(names_testkit)
+        {
+            wrong.push(format!(
+                "{m}/Cargo.toml depends on floatlm-testkit outside [dev-dependencies]"
+            ));
+        }
+    }
+    let testkit = read(&root.join("crates/testkit/Cargo.toml"));
+    if testkit["package"]
+        .get("publish")
+        .and_then(toml::Value::as_bool)
+        != Some(false)
+    {
+        wrong.push("crates/testkit/Cargo.toml must say publish = false".into());
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn tests_find_the_binary_through_testkit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Split so that this file does not name them itself.
+    let bin_env = concat!("CARGO_BIN", "_EXE_");
+    let common = concat!("mod ", "common");
+    let dead_code = concat!("allow(", "dead_code)");
+    let mut wrong = Vec::new();
+    let mut files = Vec::new();
+    rust_files(&root.join("tests"), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let name = f.strip_prefix(root).unwrap().display();
+        if text.contains(bin_env) {
+            wrong.push(format!("{name} names {bin_env}*: use testkit::bin()"));
+        }
+        if text.contains(common) {
+            wrong.push(format!("{name} has `{common}`: use testkit::…"));
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&root.join("crates/testkit/src"), &mut files);
+    for f in files {
+        if std::fs::read_to_string(&f).unwrap().contains(dead_code) {
+            wrong.push(format!(
+                "{} has {dead_code}: what no test uses is private or gone",
+                f.strip_prefix(root).unwrap().display()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_manifest_scan_sees_a_renamed_testkit() {
+    let m: toml::Table = toml::from_str(
+        "[dependencies]\ntk = { package = \"floatlm-testkit\", path = \"x\" }\n\
+         [target.'cfg(unix)'.build-dependencies]\nfloatlm-testkit = \"1\"\n\
+         [dev-dependencies]\ntestkit = { package = \"floatlm-testkit\", path = \"x\" }\n",
+    )
+    .unwrap();
+    let shipped = shipped_dependency_tables(&m);
+    assert_eq!(shipped.len(), 2);
+    assert!(shipped.into_iter().all(names_testkit));
+    assert!(!names_testkit(&toml::from_str("serde = \"1\"").unwrap()));
 }

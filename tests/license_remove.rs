@@ -4,13 +4,11 @@
 //! it lives another license of the same feature grants only what the new
 //! total leaves; a re-apply brings the seats back.
 
-mod common;
-
-use common::{def, record, test_keyring, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
 use floatlm::storage::{RenewItem, SeatFailure, Storage};
 use std::time::Duration;
+use testkit::{def, record, test_keyring, Kind, TestStore};
 
 fn req(holder: &str, rid: &str) -> GrantRequest {
     GrantRequest {
@@ -86,4 +84,4 @@ async fn remove_stops_grants_and_keeps_leases(kind: Kind) {
     }
 }
 
-both_backends!(remove_stops_grants_and_keeps_leases);
+testkit::both_backends!(remove_stops_grants_and_keeps_leases);

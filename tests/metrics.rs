@@ -6,9 +6,6 @@
 //! user, a host or an identity. The role check: monitor tokens read it, no
 //! token is refused unless `metrics_public = true`.
 
-mod common;
-
-use common::{DemoServer, Kind, TestDb, MASTER_KEY_1};
 use floatlm_client::{AuthInfo, Client, ClientError, NoLicenseReason, Options};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -16,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::{DemoServer, Kind, TestDb};
 
 /// Distinctive names the clients report: they must never show in /metrics.
 const USER: &str = "metrics-user-q7zk";
@@ -255,17 +253,8 @@ async fn client_load(identity: String, seen: Arc<Seen>, n: usize) {
 }
 
 async fn scraped_during_load(kind: Kind) {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
-    let server = match &db {
-        Some(db) => DemoServer::start_with(
-            &["--lease-ttl", "5s", "--database-url", &db.url],
-            &[("FLOATLM_MASTER_KEY", MASTER_KEY_1)],
-        ),
-        None => DemoServer::start(&["--lease-ttl", "5s"]),
-    };
+    let db = TestDb::for_kind(kind).await;
+    let server = DemoServer::start_on(db.as_ref(), &["--lease-ttl", "5s"], &[]);
     let seen = Arc::new(Seen::default());
     let mut load = tokio::task::JoinSet::new();
     for n in 0..CLIENTS {
@@ -477,7 +466,7 @@ async fn scraped_during_load(kind: Kind) {
     drop(db);
 }
 
-both_backends!(scraped_during_load);
+testkit::both_backends!(scraped_during_load);
 
 /// Creates an admin token of `role`; returns its secret.
 async fn token(server: &DemoServer, role: &str) -> String {
@@ -527,7 +516,7 @@ async fn a_monitor_token_reads_metrics_and_no_token_is_refused_unless_public() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_public_takes_only_true_or_false() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(common::BIN)
+    let out = Command::new(testkit::bin())
         .args(["config", "check"])
         .env_clear()
         .env("FLOATLM_METRICS_PUBLIC", "yes")

@@ -3,18 +3,16 @@
 //! every client keeps its lease, the live count never exceeds N, and the
 //! restarted instance takes traffic again.
 
-mod common;
-
-use common::nginx::{start_nginx, ServerParams};
-use common::{
-    admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
-};
 use floatlm_client::{Client, HandleState, Options};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::nginx::{start_nginx, ServerParams};
+use testkit::{
+    admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
+};
 
 const CLIENTS: usize = 50;
 /// A killed instance is back in the pool 2 s after its last failure.
@@ -403,8 +401,8 @@ async fn a_request_retried_after_the_upstream_died_mid_request_grants_once() {
 /// its 100,000-lease scenario, docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_instance_stays_in_the_pool() {
-    use common::raw::{Answer, Raw};
     use floatlm_protocol::messages::Request;
+    use testkit::raw::{Answer, Raw};
     const FULL: usize = 2;
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();

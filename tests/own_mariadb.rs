@@ -2,11 +2,9 @@
 //! takes a database, dies by SIGKILL, stalls on SIGSTOP, comes back on the
 //! same port with its data, and leaves nothing behind.
 
-mod common;
-
-use common::own_mariadb::OwnMariaDb;
 use sqlx::Connection;
 use std::time::{Duration, Instant};
+use testkit::own_mariadb::OwnMariaDb;
 
 async fn connect(url: &str) -> Result<sqlx::MySqlConnection, String> {
     match tokio::time::timeout(Duration::from_secs(2), sqlx::MySqlConnection::connect(url)).await {

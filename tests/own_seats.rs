@@ -7,16 +7,14 @@
 //! on another instance, and a release of a lease id that was re-granted;
 //! the racing ones run under the promise checker.
 
-mod common;
-
-use common::promise::{InstanceSpec, PromiseCluster, Recorder};
-use common::{def, layers, wait_for, Kind, TestDb, BIN, MASTER_KEY_1};
 use floatlm::app::App;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, Renewal, RequestId, SeatError};
 use floatlm_client::{AuthInfo, Client, ClientError, HandleState, Options, SeatRelease};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use testkit::promise::{InstanceSpec, PromiseCluster, Recorder};
+use testkit::{bin, def, layers, wait_for, Kind, TestDb, MASTER_KEY_1};
 
 /// An in-process server: license `cad` of `seats` seats, identities alice
 /// and bob, lease TTL 5 s.
@@ -34,10 +32,7 @@ struct Setup {
 }
 
 async fn setup(kind: Kind, seats: u32) -> Setup {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let vendor = VendorSigningKey::generate();
     let url = db.as_ref().map(|d| d.url.clone());
@@ -48,7 +43,7 @@ async fn setup(kind: Kind, seats: u32) -> Setup {
     app.licenses().apply_license(&text).await.unwrap();
     let (_, alice) = app.access().create_identity("alice", None).await.unwrap();
     let (_, bob) = app.access().create_identity("bob", None).await.unwrap();
-    let (lic, _, stop) = common::serve_in_process(app.clone()).await;
+    let (lic, _, stop) = testkit::serve_in_process(app.clone()).await;
     Setup {
         app,
         alice: format!("{}:{}@{lic}", alice.id, alice.secret.expose()),
@@ -383,7 +378,7 @@ async fn mine_fits_one_envelope_whatever_the_identity_holds(kind: Kind) {
 
 /// Runs the CLI, returns (exit code, stdout, stderr).
 async fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(BIN)
+    let out = tokio::process::Command::new(bin())
         .args(args)
         .output()
         .await
@@ -450,7 +445,7 @@ async fn the_cli_lists_and_releases_own_seats(kind: Kind) {
         .expect("the handle learns of the release on its next heartbeat");
 }
 
-both_backends!(
+testkit::both_backends!(
     own_lease_is_listed_and_released_from_another_session,
     a_release_matches_the_full_lease_and_its_identity,
     the_cli_lists_and_releases_own_seats,

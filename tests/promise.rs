@@ -4,7 +4,7 @@
 //! ones: resent logins, heartbeats after logout, a heartbeat racing its own
 //! logout, operator force releases, users releasing their identity's seats
 //! from other sessions, twice at once), then the checker of
-//! `tests/common/promise.rs` over everything they were answered. The
+//! `crates/testkit/src/promise.rs` over everything they were answered. The
 //! checker's own tests on synthetic logs are here too.
 //!
 //! `FLOATLM_PROMISE_SEED=N` repeats a run's choices (the answers, and so
@@ -13,17 +13,15 @@
 //! out, to tell force releases from the other ways the promise breaks, and
 //! `FLOATLM_PROMISE_NO_RELEASE=1` the users' own releases.
 
-mod common;
-
-use common::promise::{
-    force_release, live_leases, Answer, InstanceSpec, Op, PromiseCluster, RecClient, Recorder,
-    Target,
-};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::promise::{
+    force_release, live_leases, Answer, InstanceSpec, Op, PromiseCluster, RecClient, Recorder,
+    Target,
+};
 
 // ------------------------------------------------- the checker's own tests
 
@@ -491,7 +489,7 @@ struct Held {
     via: Option<usize>,
 }
 
-fn request_id(r: &common::promise::Record) -> String {
+fn request_id(r: &testkit::promise::Record) -> String {
     match &r.op {
         Op::Login { request_id, .. } | Op::LoginResend { request_id, .. } => request_id.clone(),
         _ => String::new(),
@@ -579,7 +577,7 @@ async fn walk(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: Instant
 }
 
 /// Moves the leases a heartbeat found dead from `held` to `gone`.
-fn lose_dead(r: &common::promise::Record, held: &mut Vec<Held>, gone: &mut Vec<Held>) {
+fn lose_dead(r: &testkit::promise::Record, held: &mut Vec<Held>, gone: &mut Vec<Held>) {
     let (dead, alive): (Vec<Held>, Vec<Held>) = held
         .drain(..)
         .partition(|h| r.alive(&h.lease) == Some(false));
@@ -698,7 +696,7 @@ async fn random_clients_never_hold_more_promises_than_seats() {
         Err(e) => panic!("seed {seed} (rerun with FLOATLM_PROMISE_SEED={seed}):\n{e}"),
     }
     // The usage records of the run agree with the grants the checker saw.
-    match common::promise::usage_consistent(&cluster.db, &records, &cluster.seats).await {
+    match testkit::promise::usage_consistent(&cluster.db, &records, &cluster.seats).await {
         Ok(n) => eprintln!("promise run: {n} usage rows consistent with the answers"),
         Err(e) => panic!("seed {seed}: usage records disagree with the run:\n{e}"),
     }

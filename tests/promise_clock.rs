@@ -1,5 +1,5 @@
 //! Issue 11, an instance whose own clock steps: checked on promises
-//! (tests/common/promise.rs).
+//! (crates/testkit/src/promise.rs).
 //!
 //! Two instances share one MariaDB database with a 2-seat feature; one of
 //! them runs under libfaketime, its offset read at run time from a file
@@ -32,17 +32,15 @@
 //! the request's failure), so the lines a probe request adds show the
 //! instance's offset, with or without the database.
 
-mod common;
-
-use common::promise::{
-    Answer, Findings, InstanceSpec, PromiseCluster, RecClient, Recorder, Target,
-};
-use common::{ServerProc, CLUSTER_TOKEN};
 use floatlm_protocol::messages::{ErrorCode, Response};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testkit::promise::{
+    Answer, Findings, InstanceSpec, PromiseCluster, RecClient, Recorder, Target,
+};
+use testkit::{ServerProc, CLUSTER_TOKEN};
 
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 const FEATURE: &str = "cad";
@@ -390,7 +388,7 @@ async fn promises_hold_while_an_instance_clock_steps(fake_monotonic: bool) {
         let measured = instance_offset(&cl.servers[1], &stepping).await;
         steps.push(format!(
             "{} set {offset:+} s, measured {}",
-            common::promise::rel(t0, at),
+            testkit::promise::rel(t0, at),
             measured
                 .as_ref()
                 .map_or_else(|e| format!("nothing ({e})"), |m| format!("{m:+.3} s"))

@@ -1,5 +1,5 @@
 //! Issue 11, the database goes back in time: a restore from a backup while
-//! the instances keep serving, checked on promises (tests/common/promise.rs)
+//! the instances keep serving, checked on promises (crates/testkit/src/promise.rs)
 //! and against the procedure of docs/seats.md, "When the database goes back
 //! in time".
 //!
@@ -28,18 +28,16 @@
 //!   docs/seats.md says neither is ever answered so; that test fails (a gap
 //!   in the procedure, not in the test).
 
-mod common;
-
-use common::promise::{
-    Findings, InstanceSpec, PromiseCluster, RecClient, Record, Recorder, Target,
-};
-use common::{mysql_server_url, BIN, CLUSTER_TOKEN};
 use floatlm_protocol::messages::{ErrorCode, Response};
 use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::promise::{
+    Findings, InstanceSpec, PromiseCluster, RecClient, Record, Recorder, Target,
+};
+use testkit::{bin, mysql_server_url, CLUSTER_TOKEN};
 
 const FEATURE: &str = "cad";
 /// One test from start to end, cluster start included.
@@ -220,7 +218,7 @@ async fn admin(at: &Target, args: &[&str]) -> String {
     let url = format!("http://{}", at.admin.as_deref().expect("an admin address"));
     let out = tokio::time::timeout(
         TOOL_DEADLINE,
-        tokio::process::Command::new(BIN)
+        tokio::process::Command::new(bin())
             .args(["admin", "--url", &url, "--token", CLUSTER_TOKEN])
             .args(args)
             .kill_on_drop(true)
@@ -279,7 +277,7 @@ async fn log_in_after_quarantine(
                 r.sent + EDGE >= until,
                 format!(
                     "D was granted the seat while the quarantine ran (until {}): {}",
-                    common::promise::rel(t0, until),
+                    testkit::promise::rel(t0, until),
                     r.line(t0)
                 ),
             );
@@ -288,7 +286,7 @@ async fn log_in_after_quarantine(
         }
         let no_seat = matches!(
             r.answer,
-            common::promise::Answer::Sealed(Response::Error {
+            testkit::promise::Answer::Sealed(Response::Error {
                 code: ErrorCode::NoLicense,
                 ..
             })
@@ -306,8 +304,8 @@ async fn log_in_after_quarantine(
         false,
         format!(
             "D was never granted the free seat: the quarantine ended at {}, D tried until {}",
-            common::promise::rel(t0, until),
-            common::promise::rel(t0, until + GRANT_WITHIN)
+            testkit::promise::rel(t0, until),
+            testkit::promise::rel(t0, until + GRANT_WITHIN)
         ),
     );
     None
@@ -376,11 +374,11 @@ async fn after_a_restore_the_quarantine_holds_the_seat_until_old_promises_ran_ou
         let until = quarantine_ends(&pool).await;
         eprintln!(
             "dump {dumped:?}; restore {restored_in:?} (from {} to {}); `floatlm admin quarantine` said {:?} at {}; the seat is held until {}",
-            common::promise::rel(t0, restore_began),
-            common::promise::rel(t0, restored),
+            testkit::promise::rel(t0, restore_began),
+            testkit::promise::rel(t0, restored),
             out.trim(),
-            common::promise::rel(t0, quarantined),
-            common::promise::rel(t0, until),
+            testkit::promise::rel(t0, quarantined),
+            testkit::promise::rel(t0, until),
         );
         f.expect(
             out.contains("1 seat(s) held"),
@@ -454,8 +452,8 @@ async fn after_a_restore_the_quarantine_holds_the_seat_until_old_promises_ran_ou
         }
         eprintln!(
             "D granted {d_lease} at {}; C's lease {c_lease} promised until {}; {} of C's heartbeats answered after the restore",
-            common::promise::rel(t0, g.received.unwrap()),
-            promised_until(&rec, &c_lease).map_or("-".into(), |t| common::promise::rel(t0, t)),
+            testkit::promise::rel(t0, g.received.unwrap()),
+            promised_until(&rec, &c_lease).map_or("-".into(), |t| testkit::promise::rel(t0, t)),
             after.len()
         );
         if std::env::var_os("FLOATLM_PROMISE_LOG").is_some() {
@@ -509,8 +507,8 @@ async fn with_mixed_lease_ttls_the_default_quarantine_covers_the_longest_ttl() {
             by_default >= c_until,
             format!(
                 "the default hold (until {}) must outlast C's promise from the long instance (until {})",
-                common::promise::rel(t0, by_default),
-                common::promise::rel(t0, c_until)
+                testkit::promise::rel(t0, by_default),
+                testkit::promise::rel(t0, c_until)
             ),
         );
         // An explicit hold of the largest lease_ttl covers it as well.
@@ -518,16 +516,16 @@ async fn with_mixed_lease_ttls_the_default_quarantine_covers_the_longest_ttl() {
         let until = quarantine_ends(&pool).await;
         eprintln!(
             "C promised until {}; default hold until {}; --hold 15s until {}",
-            common::promise::rel(t0, c_until),
-            common::promise::rel(t0, by_default),
-            common::promise::rel(t0, until)
+            testkit::promise::rel(t0, c_until),
+            testkit::promise::rel(t0, by_default),
+            testkit::promise::rel(t0, until)
         );
         f.expect(
             until >= c_until,
             format!(
                 "--hold 15s should hold the seat (until {}) past C's promise (until {})",
-                common::promise::rel(t0, until),
-                common::promise::rel(t0, c_until)
+                testkit::promise::rel(t0, until),
+                testkit::promise::rel(t0, c_until)
             ),
         );
         if let Some(g) = log_in_after_quarantine(&d, &cl.targets, until, &mut f, t0).await {
@@ -581,7 +579,7 @@ async fn without_the_quarantine_a_restore_promises_one_seat_twice() {
             g.received.unwrap() < c_until,
             "D's grant {} should come while C's promise (until {}) runs; the restore was too slow for this test to show anything",
             g.line(t0),
-            common::promise::rel(t0, c_until)
+            testkit::promise::rel(t0, c_until)
         );
         assert_ne!(d_lease, c_lease, "the nonce tells the two leases apart");
         // Even without the quarantine, C's lease id does not come back.
@@ -592,8 +590,8 @@ async fn without_the_quarantine_a_restore_promises_one_seat_twice() {
         match rec.check(&cl.seats) {
             Ok(peak) => panic!(
                 "the checker held (peak {peak:?}), but D was told it holds the only seat at {} while C's promise ran until {}: the checker missed an overlap\n{}",
-                common::promise::rel(t0, g.received.unwrap()),
-                common::promise::rel(t0, c_until),
+                testkit::promise::rel(t0, g.received.unwrap()),
+                testkit::promise::rel(t0, c_until),
                 rec.dump()
             ),
             Err(e) => {

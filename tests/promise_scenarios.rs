@@ -1,12 +1,10 @@
-//! Deterministic regressions for the promise (see tests/common/promise.rs):
+//! Deterministic regressions for the promise (see crates/testkit/src/promise.rs):
 //! one feature with one seat, each scenario asserted through the checker
 //! and directly. Lease TTLs are 5 s, the smallest floatlm accepts.
 
-mod common;
-
-use common::promise::{Findings, InstanceSpec, PromiseCluster, Record, Recorder};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::promise::{Findings, InstanceSpec, PromiseCluster, Record, Recorder};
 
 /// The lease a login was granted; the scenario cannot go on without it.
 fn granted(r: &Record, rec: &Recorder) -> String {
@@ -230,8 +228,8 @@ async fn mixed_lease_holds_never_promise_one_seat_twice() {
                 g.received.unwrap() >= c_end,
                 format!(
                     "D was told it holds the only seat at {}, while C's lease {lease} was promised until {}: {}",
-                    common::promise::rel(t0, g.received.unwrap()),
-                    common::promise::rel(t0, c_end),
+                    testkit::promise::rel(t0, g.received.unwrap()),
+                    testkit::promise::rel(t0, c_end),
                     g.line(t0)
                 ),
             );

@@ -11,9 +11,6 @@
 //! database: a plain one, one full (`max_sessions` = 1), one draining, and
 //! one whose database connection runs through a proxy the test cuts.
 
-mod common;
-
-use common::{wait_for, TestDb, MASTER_KEY_1};
 use floatlm::app::App;
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::{ClientHandshake, ResumeGrant, ServerHelloPayload};
@@ -24,6 +21,7 @@ use floatlm_protocol::{
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testkit::{wait_for, TestDb, MASTER_KEY_1};
 
 const DOC: &str = include_str!("../docs/protocol.md");
 const HEADER: [&str; 3] = ["situation", "HTTP status", "code"];
@@ -415,13 +413,13 @@ struct Server {
 async fn server(db_url: &str, max_sessions: Option<usize>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let vendor = floatlm::domain::license::VendorSigningKey::generate();
-    let mut l = common::layers(dir.path(), Some(db_url), MASTER_KEY_1, &vendor);
+    let mut l = testkit::layers(dir.path(), Some(db_url), MASTER_KEY_1, &vendor);
     l.flag("drain_delay", Some("0s"));
     if let Some(n) = max_sessions {
         l.flag("max_sessions", Some(n));
     }
     let app = App::start(l.build().unwrap()).await.unwrap();
-    let (addr, _, stop) = common::serve_in_process(app.clone()).await;
+    let (addr, _, stop) = testkit::serve_in_process(app.clone()).await;
     Server {
         app,
         addr,

@@ -1,9 +1,6 @@
 //! The licensing protocol end to end: real servers on port 0, the client
 //! library, the CLI, auth scripts, tampering and replay, failover.
 
-mod common;
-
-use common::{wait_for, Kind, ServerProc, TestApp, TestDb, MASTER_KEY_1};
 use floatlm_client::{AuthInfo, Client, ClientError, HandleState, NoLicenseReason, Options};
 use floatlm_protocol::envelope::{self, Binding, Direction};
 use floatlm_protocol::handshake::ClientHandshake;
@@ -11,8 +8,7 @@ use floatlm_protocol::messages::{Request, Response};
 use floatlm_protocol::{vectors, HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_REQUEST};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+use testkit::{wait_for, Kind, Serve, ServerProc, TestApp, TestDb, MASTER_KEY_1};
 
 struct Demo {
     proc: ServerProc,
@@ -24,34 +20,16 @@ struct Demo {
 
 /// A `serve --demo` server (feature `demo`, 5 seats) with a 5 s lease TTL.
 async fn demo(kind: Kind, extra: &[&str], env: &[(&str, &str)]) -> Demo {
-    let db = match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    };
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data").display().to_string();
-    let mut args = vec![
-        "--demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--lease-ttl",
-        "5s",
-        "--drain-delay",
-        "0s",
-    ];
-    let url;
-    let mut envs: Vec<(&str, &str)> = env.to_vec();
-    if let Some(db) = &db {
-        url = db.url.clone();
-        args.extend(["--database-url", url.as_str()]);
-        envs.push(("FLOATLM_MASTER_KEY", MASTER_KEY_1));
-    }
-    args.extend_from_slice(extra);
-    let proc = ServerProc::spawn(&args, &envs, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let proc = Serve::in_dir(dir.path())
+        .demo()
+        .args(&["--lease-ttl", "5s"])
+        .no_drain_delay()
+        .envs(env)
+        .on(kind, db.as_ref())
+        .args(extra)
+        .start();
     let identity = std::fs::read_to_string(dir.path().join("data/demo-identity.txt"))
         .unwrap()
         .trim()
@@ -164,7 +142,7 @@ async fn seats_release_and_heartbeats(kind: Kind) {
 async fn a_vanished_client_loses_its_seat_after_the_ttl(kind: Kind) {
     let d = demo(kind, &[], &[]).await;
     let client = Client::connect(&[&d.identity], opts("")).await.unwrap();
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(testkit::bin())
         .args(["checkout", "-s", &d.identity, "demo", "--hold", "300"])
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -299,7 +277,7 @@ fn a_non_executable_auth_script_is_a_start_up_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("auth.sh");
     std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(testkit::bin())
         .args([
             "serve",
             "--data-dir",
@@ -542,7 +520,7 @@ async fn the_server_accepts_the_test_vector_handshake() {
         )
         .await
         .unwrap();
-    let (lic, _admin, _stop) = common::serve_in_process(t.app.clone()).await;
+    let (lic, _admin, _stop) = testkit::serve_in_process(t.app.clone()).await;
     let (hs, hello) = ClientHandshake::start(
         &v.identity_id,
         v.secret_text.as_bytes(),
@@ -574,15 +552,15 @@ async fn the_server_accepts_the_test_vector_handshake() {
 async fn failover_keeps_the_same_lease() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (pubkey, lic) = common::cli_license(dir.path(), "F", "cad", 2);
+    let (pubkey, lic) = testkit::cli_license(dir.path(), "F", "cad", 2);
     let extra = ["--vendor-key", pubkey.as_str(), "--lease-ttl", "5s"];
     let start =
-        |name: &str| common::cluster_instance(dir.path(), &db, name, "127.0.0.1:0", &extra, &[]);
+        |name: &str| testkit::cluster_instance(dir.path(), &db, name, "127.0.0.1:0", &extra, &[]);
     let mut servers = [start("a"), start("b")];
-    let admin = common::admin_cli;
+    let admin = testkit::admin_cli;
     admin(&servers[0], &["apply", &lic]);
     let out = admin(&servers[0], &["identity", "create", "--name", "ha"]);
-    let cred = common::created_credential(&out);
+    let cred = testkit::created_credential(&out);
     let ids = [
         format!("{cred}@{}", servers[0].licensing),
         format!("{cred}@{}", servers[1].licensing),
@@ -642,7 +620,7 @@ async fn failover_keeps_the_same_lease() {
     ));
 }
 
-both_backends!(
+testkit::both_backends!(
     seats_release_and_heartbeats,
     a_vanished_client_loses_its_seat_after_the_ttl,
     auth_script_allows_denies_times_out_and_crashes,
@@ -655,11 +633,11 @@ both_backends!(
 async fn the_session_table_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let vendor = floatlm::domain::license::VendorSigningKey::generate();
-    let mut l = common::layers(dir.path(), None, MASTER_KEY_1, &vendor);
+    let mut l = testkit::layers(dir.path(), None, MASTER_KEY_1, &vendor);
     l.flag("max_sessions", Some("2"));
     let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
     let (_, ident) = app.access().create_identity("x", None).await.unwrap();
-    let (lic, _, _stop) = common::serve_in_process(app.clone()).await;
+    let (lic, _, _stop) = testkit::serve_in_process(app.clone()).await;
     let ident = format!("{}:{}@{lic}", ident.id, ident.secret.expose());
     let _a = Client::connect(&[&ident], opts("")).await.unwrap();
     let _b = Client::connect(&[&ident], opts("")).await.unwrap();
@@ -709,11 +687,11 @@ async fn replayed_hellos_cost_no_session_and_no_ticket() {
     const MAX: usize = 4;
     let dir = tempfile::tempdir().unwrap();
     let vendor = floatlm::domain::license::VendorSigningKey::generate();
-    let mut l = common::layers(dir.path(), None, MASTER_KEY_1, &vendor);
+    let mut l = testkit::layers(dir.path(), None, MASTER_KEY_1, &vendor);
     l.flag("max_sessions", Some(&MAX.to_string()));
     let app = floatlm::app::App::start(l.build().unwrap()).await.unwrap();
     let (_, ident) = app.access().create_identity("x", None).await.unwrap();
-    let (lic, _, _stop) = common::serve_in_process(app.clone()).await;
+    let (lic, _, _stop) = testkit::serve_in_process(app.clone()).await;
     let (id, secret) = (ident.id.clone(), ident.secret.expose().to_string());
     let http = reqwest::Client::new();
     let post = |path: &'static str, body: Vec<u8>| {

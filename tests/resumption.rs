@@ -2,9 +2,6 @@
 //! another (shared MariaDB), keys rotate, and tickets of revoked identities,
 //! expired tickets and altered tickets are refused.
 
-mod common;
-
-use common::{wait_for, TestDb, MASTER_KEY_1};
 use floatlm::app::App;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm_protocol::envelope::{self, Binding, Direction};
@@ -14,6 +11,7 @@ use floatlm_protocol::messages::{Request, Response, SealedResponse};
 use floatlm_protocol::{HEADER_SESSION, PATH_HANDSHAKE, PATH_REQUEST, PATH_RESUME};
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::{wait_for, TestDb, MASTER_KEY_1};
 
 struct Node {
     app: Arc<App>,
@@ -25,12 +23,12 @@ struct Node {
 /// An in-process instance on `db` with extra config flags.
 async fn node(db: &TestDb, vendor: &VendorSigningKey, flags: &[(&'static str, &str)]) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let mut l = common::layers(dir.path(), Some(&db.url), MASTER_KEY_1, vendor);
+    let mut l = testkit::layers(dir.path(), Some(&db.url), MASTER_KEY_1, vendor);
     for (k, v) in flags {
         l.flag(k, Some(*v));
     }
     let app = App::start(l.build().unwrap()).await.unwrap();
-    let (addr, _, stop) = common::serve_in_process(app.clone()).await;
+    let (addr, _, stop) = testkit::serve_in_process(app.clone()).await;
     Node {
         app,
         addr,

@@ -3,12 +3,10 @@
 //! the loss when it happens (operator release, or no server in time).
 //! Real `floatlm serve --demo` processes on port 0.
 
-mod common;
-
-use common::{wait_for, DemoServer};
 use floatlm_client::{Client, HandleState, LossReason, Options};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::{wait_for, DemoServer};
 
 /// Short leases keep these tests quick: heartbeats every 5/3 s.
 const TTL: &str = "5s";

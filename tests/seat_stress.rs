@@ -4,10 +4,7 @@
 //! proves that at no moment more than N were valid and that lease_gen only
 //! rises; a poller checks the live table while the storm runs.
 
-mod common;
-
 use chrono::{DateTime, Utc};
-use common::{def, record, test_keyring, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{GrantRequest, LeaseRef, RequestId, SeatError};
 use floatlm::storage::SeatFailure;
@@ -16,6 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::{def, record, test_keyring, Kind, TestStore};
 
 const SEATS: u32 = 5;
 const TASKS: usize = 64;
@@ -276,4 +274,4 @@ async fn seat_stress(kind: Kind) {
     );
 }
 
-both_backends!(seat_stress);
+testkit::both_backends!(seat_stress);

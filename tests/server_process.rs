@@ -1,55 +1,20 @@
 //! The real binary: start-up, healthz, drain, admin API over HTTP, CLI, and
 //! configuration errors. Servers listen on 127.0.0.1 port 0.
 
-mod common;
-
-use common::{wait_for, Kind, ServerProc, TestDb, MASTER_KEY_1};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use testkit::{wait_for, Kind, Serve, ServerProc, TestDb, MASTER_KEY_1};
 
-const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
-
-/// Arguments and env for a server on `kind` with data in `dir`.
-fn server_args(
-    kind: Kind,
-    dir: &Path,
-    db: Option<&TestDb>,
-) -> (Vec<String>, Vec<(String, String)>) {
-    let mut args = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--admin-listen".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        dir.join("data").display().to_string(),
-        "--log-level".into(),
-        "info".into(),
-    ];
-    let mut env = vec![];
-    if kind == Kind::Mysql {
-        args.push("--database-url".into());
-        args.push(db.expect("mysql test db").url.clone());
-        env.push(("FLOATLM_MASTER_KEY".to_string(), MASTER_KEY_1.to_string()));
-    }
-    (args, env)
-}
-
+/// A server on `kind` with data in `dir/data`; `extra` flags on top.
 fn spawn(kind: Kind, dir: &Path, db: Option<&TestDb>, extra: &[&str]) -> ServerProc {
-    let (mut args, env) = server_args(kind, dir, db);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    ServerProc::spawn(&a, &e, dir).unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn db_for(kind: Kind) -> Option<TestDb> {
-    match kind {
-        Kind::Mysql => Some(TestDb::new().await),
-        Kind::Sqlite => None,
-    }
+    Serve::in_dir(dir)
+        .args(&["--log-level", "info"])
+        .on(kind, db)
+        .args(extra)
+        .start()
 }
 
 fn http() -> reqwest::Client {
@@ -105,7 +70,7 @@ async fn two_instances_started_together_on_a_fresh_database_both_become_healthy(
 }
 
 async fn drain_finishes_in_flight_requests(kind: Kind) {
-    let db = db_for(kind).await;
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = spawn(kind, dir.path(), db.as_ref(), &["--drain-delay", "1s"]);
     let token = admin_token(dir.path());
@@ -173,7 +138,7 @@ async fn drain_finishes_in_flight_requests(kind: Kind) {
 }
 
 async fn admin_api_roles_errors_and_headers(kind: Kind) {
-    let db = db_for(kind).await;
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let p = spawn(kind, dir.path(), db.as_ref(), &["--demo"]);
     let admin = admin_token(dir.path());
@@ -387,7 +352,7 @@ async fn admin_api_roles_errors_and_headers(kind: Kind) {
 }
 
 fn floatlm(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(testkit::bin())
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -400,7 +365,7 @@ fn floatlm(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 async fn cli_vendor_and_admin_round_trip(kind: Kind) {
-    let db = db_for(kind).await;
+    let db = TestDb::for_kind(kind).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (code, out, err) = floatlm(
@@ -492,7 +457,7 @@ async fn cluster_status_drain_and_remove() {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().unwrap();
     let start = |name: &str| {
-        common::cluster_instance(
+        testkit::cluster_instance(
             dir.path(),
             &db,
             name,
@@ -508,7 +473,7 @@ async fn cluster_status_drain_and_remove() {
         let c = c.clone();
         async move {
             c.get(format!("http://{admin}/admin/v1/cluster"))
-                .bearer_auth(common::CLUSTER_TOKEN)
+                .bearer_auth(testkit::CLUSTER_TOKEN)
                 .send()
                 .await
                 .unwrap()
@@ -548,7 +513,7 @@ async fn cluster_status_drain_and_remove() {
     // Drain b through a's admin API: b's healthz turns 503, a stays healthy.
     let r = c
         .post(format!("http://{}/admin/v1/cluster/lic-b/drain", a.admin))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap();
@@ -567,7 +532,7 @@ async fn cluster_status_drain_and_remove() {
     // A live instance cannot be removed; a dead one can.
     let r = c
         .delete(format!("http://{}/admin/v1/cluster/lic-b", a.admin))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap();
@@ -581,19 +546,19 @@ async fn cluster_status_drain_and_remove() {
     .await;
     let r = c
         .delete(format!("http://{}/admin/v1/cluster/lic-b", a.admin))
-        .bearer_auth(common::CLUSTER_TOKEN)
+        .bearer_auth(testkit::CLUSTER_TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(state_of(&cluster(a.admin.clone()).await, "lic-b").is_none());
-    let out = Command::new(BIN)
+    let out = Command::new(testkit::bin())
         .args([
             "admin",
             "--url",
             &format!("http://{}", a.admin),
             "--token",
-            common::CLUSTER_TOKEN,
+            testkit::CLUSTER_TOKEN,
             "cluster",
             "status",
         ])
@@ -690,7 +655,7 @@ fn configuration_errors_name_the_key_and_its_source() {
     );
 }
 
-both_backends!(
+testkit::both_backends!(
     drain_finishes_in_flight_requests,
     admin_api_roles_errors_and_headers,
     cli_vendor_and_admin_round_trip
@@ -704,22 +669,12 @@ async fn an_instance_with_the_wrong_master_key_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let good = spawn(Kind::Mysql, dir.path(), Some(&db), &[]);
     assert_eq!(healthz(&good.licensing).await.unwrap().0, 200);
-    let data = dir.path().join("other").display().to_string();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--database-url",
-        &db.url,
-    ];
-    let err = match ServerProc::spawn(
-        &args,
-        &[("FLOATLM_MASTER_KEY", common::MASTER_KEY_2)],
-        dir.path(),
-    ) {
+    let err = match Serve::in_dir(dir.path())
+        .data_dir(&dir.path().join("other"))
+        .mysql(&db)
+        .env("FLOATLM_MASTER_KEY", testkit::MASTER_KEY_2)
+        .spawn()
+    {
         Ok(_) => panic!("an instance with another master key must not start"),
         Err(e) => e,
     };

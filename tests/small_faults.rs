@@ -5,9 +5,6 @@
 //! `rotate-key` while an instance lacks the new key. Real `floatlm`
 //! processes on port 0.
 
-mod common;
-
-use common::{ServerProc, TestDb, BIN, MASTER_KEY_1, MASTER_KEY_2};
 use floatlm::crypto::keyring::Keyring;
 use floatlm_client::{Client, Options};
 use floatlm_protocol::handshake::ClientHandshake;
@@ -15,13 +12,17 @@ use floatlm_protocol::PATH_HANDSHAKE;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use testkit::{
+    bin, sealed_blob, set_sealed_blob, SealedColumn, Serve, ServerProc, TestDb, MASTER_KEY_1,
+    MASTER_KEY_2,
+};
 
 /// Master key `k2` with other bytes than [`MASTER_KEY_2`]: the wrong one.
 const WRONG_KEY_2: &str = "k2:AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
 
 /// Runs the floatlm CLI; returns (exit code, stdout, stderr).
 fn floatlm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = Command::new(bin()).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -43,23 +44,14 @@ impl Demo {
     }
 
     fn try_start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Demo, String> {
-        let data = dir.join("data").display().to_string();
-        let mut args = vec![
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-            "--drain-delay",
-            "0s",
-            "--log-level",
-            "info",
-        ];
-        args.extend_from_slice(extra);
         Ok(Demo {
-            proc: ServerProc::spawn(&args, env, dir)?,
+            proc: Serve::in_dir(dir)
+                .demo()
+                .no_drain_delay()
+                .args(&["--log-level", "info"])
+                .args(extra)
+                .envs(env)
+                .spawn()?,
             dir: dir.to_path_buf(),
         })
     }
@@ -133,33 +125,12 @@ async fn pool(url: &str) -> sqlx::AnyPool {
     sqlx::AnyPool::connect(url).await.unwrap()
 }
 
-/// The `column` blob of the row of `table` whose `key` is `id`.
-async fn blob(url: &str, table: &str, column: &str, key: &str, id: &str) -> Vec<u8> {
-    let p = pool(url).await;
-    let b = sqlx::query_scalar(&format!("SELECT {column} FROM {table} WHERE {key} = ?"))
-        .bind(id)
-        .fetch_one(&p)
-        .await
-        .unwrap();
-    p.close().await;
-    b
-}
-
 /// Flips the last byte of a sealed blob (in its authentication tag: the
 /// key id in front still reads); returns the damaged blob.
-async fn flip_last_byte(url: &str, table: &str, key: &str, id: &str) -> Vec<u8> {
-    let mut b = blob(url, table, "sealed", key, id).await;
+async fn flip_last_byte(url: &str, column: SealedColumn, id: &str) -> Vec<u8> {
+    let mut b = sealed_blob(url, column, id).await;
     *b.last_mut().unwrap() ^= 1;
-    let p = pool(url).await;
-    let n = sqlx::query(&format!("UPDATE {table} SET sealed = ? WHERE {key} = ?"))
-        .bind(b.clone())
-        .bind(id)
-        .execute(&p)
-        .await
-        .unwrap()
-        .rows_affected();
-    p.close().await;
-    assert_eq!(n, 1, "one {table} row damaged");
+    set_sealed_blob(url, column, id, &b).await;
     b
 }
 
@@ -167,7 +138,7 @@ async fn flip_last_byte(url: &str, table: &str, key: &str, id: &str) -> Vec<u8> 
 /// instance writes it at its first cluster heartbeat, just after it listens).
 async fn wait_row_holds(url: &str, id: &str, key_id: &str) {
     let needle = format!("{key_id}:");
-    common::wait_for(
+    testkit::wait_for(
         &format!("instance {id}'s row to record key {key_id}"),
         Duration::from_secs(20),
         || {
@@ -201,7 +172,7 @@ async fn admin_verify_exits_1_when_it_refuses_a_feature_and_0_when_all_is_well()
     assert!(out.contains("integrity ok"), "{out}");
     let idents_before = d.admin_ok(&["identity", "list"]);
 
-    flip_last_byte(&d.db_url(), "licenses", "license_id", "DEMO").await;
+    flip_last_byte(&d.db_url(), SealedColumn::License, "DEMO").await;
     let (code, out, err) = d.admin(&["verify"]);
     assert_eq!(code, 1, "verify must fail: {out}{err}");
     assert!(out.lines().any(|l| l.starts_with("REFUSED demo:")), "{out}");
@@ -223,10 +194,10 @@ async fn a_damaged_key_canary_is_repaired_not_blamed_on_the_master_key() {
     let d = Demo::start(dir.path(), &[]);
     d.checkout_demo().await.unwrap();
     let url = d.db_url();
-    let licence_before = blob(&url, "licenses", "sealed", "license_id", "DEMO").await;
+    let licence_before = sealed_blob(&url, SealedColumn::License, "DEMO").await;
     d.stop();
 
-    let damaged = flip_last_byte(&url, "keyring_canary", "key_id", "k1").await;
+    let damaged = flip_last_byte(&url, SealedColumn::Canary, "k1").await;
     let d = Demo::start(dir.path(), &[]);
     d.checkout_demo().await.unwrap();
     let log = d.stop();
@@ -238,11 +209,11 @@ async fn a_damaged_key_canary_is_repaired_not_blamed_on_the_master_key() {
     ] {
         assert!(!log.contains(blamed), "{blamed:?} in: {log}");
     }
-    let fresh = blob(&url, "keyring_canary", "sealed", "key_id", "k1").await;
+    let fresh = sealed_blob(&url, SealedColumn::Canary, "k1").await;
     assert_ne!(fresh, damaged, "a fresh canary was written");
     // Nothing else was rewritten.
     assert_eq!(
-        blob(&url, "licenses", "sealed", "license_id", "DEMO").await,
+        sealed_blob(&url, SealedColumn::License, "DEMO").await,
         licence_before
     );
     // The fresh canary opens: the next start has nothing to repair.
@@ -260,9 +231,9 @@ async fn a_damaged_identity_secret_fails_like_a_wrong_one_and_lists_as_damaged()
     let dir = tempfile::tempdir().unwrap();
     let d = Demo::start(dir.path(), &[]);
     let out = d.admin_ok(&["identity", "create", "--name", "ci"]);
-    let cred = common::created_credential(&out);
+    let cred = testkit::created_credential(&out);
     let (id, secret) = cred.split_once(':').unwrap();
-    flip_last_byte(&d.db_url(), "identities", "id", id).await;
+    flip_last_byte(&d.db_url(), SealedColumn::Identity, id).await;
 
     let (hs, hello) = ClientHandshake::start(id, secret.as_bytes(), None).unwrap();
     drop(hs);
@@ -336,7 +307,7 @@ async fn a_trial_start_with_a_wrong_extra_master_key_does_not_record_it_for_good
     };
     let d = start(MASTER_KEY_1).unwrap();
     let url = d.db_url();
-    let licence_before = blob(&url, "licenses", "sealed", "license_id", "DEMO").await;
+    let licence_before = sealed_blob(&url, SealedColumn::License, "DEMO").await;
     d.stop();
 
     let d = start(&format!("{MASTER_KEY_1},{WRONG_KEY_2}")).unwrap();
@@ -363,7 +334,7 @@ async fn a_trial_start_with_a_wrong_extra_master_key_does_not_record_it_for_good
     d.checkout_demo().await.unwrap();
     d.stop();
     assert_eq!(
-        blob(&url, "licenses", "sealed", "license_id", "DEMO").await,
+        sealed_blob(&url, SealedColumn::License, "DEMO").await,
         licence_before,
         "the license stays sealed under k1"
     );
@@ -395,7 +366,7 @@ async fn a_trial_start_under_another_instance_id_is_forgotten_within_10_s() {
         "{err}"
     );
     let t0 = std::time::Instant::now();
-    let d = common::wait_for(
+    let d = testkit::wait_for(
         "the intended keys to be accepted",
         Duration::from_secs(20),
         || {
@@ -426,7 +397,7 @@ async fn rotate_key_is_refused_while_a_live_instance_lacks_the_new_key() {
     let dir = tempfile::tempdir().unwrap();
     let both = format!("{MASTER_KEY_1},{MASTER_KEY_2}");
     let start = |id: &str, keys: &str| {
-        common::cluster_instance(
+        testkit::cluster_instance(
             dir.path(),
             &db,
             id,
@@ -438,17 +409,10 @@ async fn rotate_key_is_refused_while_a_live_instance_lacks_the_new_key() {
     let mut b = start("b", MASTER_KEY_1);
     let a = start("a", &both);
     // An identity created on b is sealed under k1: something to re-seal.
-    let out = common::admin_cli(&b, &["identity", "create", "--name", "old"]);
-    let cred = common::created_credential(&out);
+    let out = testkit::admin_cli(&b, &["identity", "create", "--name", "old"]);
+    let cred = testkit::created_credential(&out);
     let id = cred.split_once(':').unwrap().0.to_string();
-    let p = sqlx::MySqlPool::connect(&db.url).await.unwrap();
-    let sealed = || async {
-        sqlx::query_scalar::<_, Vec<u8>>("SELECT sealed FROM identities WHERE id = ?")
-            .bind(&id)
-            .fetch_one(&p)
-            .await
-            .unwrap()
-    };
+    let sealed = || sealed_blob(&db.url, SealedColumn::Identity, &id);
     let before = sealed().await;
     assert_eq!(Keyring::blob_key_id(&before).unwrap(), "k1");
 
@@ -460,7 +424,7 @@ async fn rotate_key_is_refused_while_a_live_instance_lacks_the_new_key() {
             "--url",
             &url,
             "--token",
-            common::CLUSTER_TOKEN,
+            testkit::CLUSTER_TOKEN,
             "rotate-key",
         ])
     };
@@ -488,11 +452,10 @@ async fn rotate_key_is_refused_while_a_live_instance_lacks_the_new_key() {
         "re-sealed under k2"
     );
     // b still opens it: the identity lists as ok there.
-    let out = common::admin_cli(&b, &["identity", "list"]);
+    let out = testkit::admin_cli(&b, &["identity", "list"]);
     assert!(
         out.lines()
             .any(|l| l.contains(" old ") && l.trim_end().ends_with("ok")),
         "{out}"
     );
-    p.close().await;
 }

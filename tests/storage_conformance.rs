@@ -1,9 +1,6 @@
 //! One conformance suite for the Storage trait, run on SQLite and MariaDB.
 
-mod common;
-
 use chrono::{DateTime, Utc};
-use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::crypto::SealedColumn;
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
@@ -12,6 +9,7 @@ use floatlm::storage::{
     usage_by_name, ApplyOutcome, Extension, InstanceBeat, RenewItem, Storage, StorageError,
 };
 use std::time::Duration;
+use testkit::{def, record, test_keyring, wait_for, Kind, TestStore};
 
 fn req(feature: &str, holder: &str, rid: &str, ttl: Duration) -> GrantRequest {
     GrantRequest {
@@ -738,7 +736,7 @@ async fn ticket_keys_insert_once_list_and_purge(kind: Kind) {
     );
 }
 
-both_backends!(
+testkit::both_backends!(
     ticket_keys_insert_once_list_and_purge,
     instances_register_drain_and_remove,
     grants_up_to_n_then_refuses,

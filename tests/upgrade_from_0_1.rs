@@ -5,10 +5,8 @@
 //! binary). So an instance refuses to start, and to migrate, while a 0.1
 //! instance is alive on the database, and says what to do.
 
-mod common;
-
-use common::{cli_license, cluster_instance, ServerProc, TestDb, MASTER_KEY_1};
 use std::time::Duration;
+use testkit::{cli_license, cluster_instance, Serve, TestDb};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_refuses_to_start_beside_a_live_0_1_instance() {
@@ -32,26 +30,12 @@ async fn an_instance_refuses_to_start_beside_a_live_0_1_instance() {
     .execute(&pool)
     .await
     .unwrap();
-    let data = dir.path().join("new-2").display().to_string();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--database-url",
-        &db.url,
-        "--instance-id",
-        "new-2",
-        "--vendor-key",
-        &pubkey,
-    ];
-    let env = [
-        ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
-        ("FLOATLM_ADMIN_TOKEN", common::CLUSTER_TOKEN),
-    ];
-    let err = match ServerProc::spawn(&args, &env, dir.path()) {
+    let new_2 = Serve::in_dir(dir.path())
+        .data_dir(&dir.path().join("new-2"))
+        .mysql(&db)
+        .args(&["--instance-id", "new-2", "--vendor-key", &pubkey])
+        .env("FLOATLM_ADMIN_TOKEN", testkit::CLUSTER_TOKEN);
+    let err = match new_2.spawn() {
         Ok(_) => panic!("an instance started beside a live 0.1 instance"),
         Err(e) => e,
     };
@@ -64,7 +48,7 @@ async fn an_instance_refuses_to_start_beside_a_live_0_1_instance() {
         .execute(&pool)
         .await
         .unwrap();
-    let b = ServerProc::spawn(&args, &env, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let b = new_2.start();
     drop((a, b));
     let _ = Duration::ZERO;
 }

@@ -4,15 +4,13 @@
 //! gives exactly the expected events, and the report's checkouts,
 //! seat-hours and peak concurrency match the script.
 
-mod common;
-
 use chrono::{DateTime, Utc};
-use common::{def, record, test_keyring, wait_for, Kind, TestStore};
 use floatlm::domain::license::VendorSigningKey;
 use floatlm::domain::seats::{Grant, GrantRequest, RequestId};
 use floatlm::domain::usage::{report, Denial, UsageBy, UsageEvent};
 use floatlm::storage::Storage;
 use std::time::Duration;
+use testkit::{def, record, test_keyring, wait_for, Kind, TestStore};
 
 fn req(
     feature: &str,
@@ -248,4 +246,4 @@ async fn scripted_sequence(kind: Kind) {
     assert_eq!(purged as usize, got.len());
 }
 
-both_backends!(scripted_sequence);
+testkit::both_backends!(scripted_sequence);

@@ -4,13 +4,11 @@
 //! the sweep gives exactly the expected rows, and the report's checkouts,
 //! peak concurrency and seat-hours agree with the script's own timing.
 
-mod common;
-
-use common::promise::{force_release, Findings, InstanceSpec, PromiseCluster, Record, Recorder};
-use common::wait_for;
 use floatlm::domain::usage::{report, UsageBy, UsageEvent};
 use floatlm::storage::UsageStore;
 use std::time::{Duration, Instant};
+use testkit::promise::{force_release, Findings, InstanceSpec, PromiseCluster, Record, Recorder};
+use testkit::wait_for;
 
 fn granted(r: &Record) -> String {
     r.granted()

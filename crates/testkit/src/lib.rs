@@ -1,25 +1,25 @@
-//! Shared test harness: real MariaDB (a fresh database per test), real
-//! SQLite files, signed licenses, and real `floatlm` processes on port 0.
-#![allow(dead_code)]
+//! floatlm's integration-test harness (`use testkit::…` in tests/*.rs):
+//! real MariaDB (a fresh database per test), real SQLite files, signed
+//! licenses, in-process Apps, and real `floatlm serve` processes on port 0,
+//! started through one command-line builder, [`Serve`].
 
-pub mod nginx;
-// Own MariaDB servers and Galera clusters: shared with crates/bench. Not
-// every test binary uses them.
-#[allow(unused_imports)]
+// MariaDB servers and Galera clusters of a test's own: crates/mariadb-harness,
+// shared with crates/bench's Galera scenario.
 pub use floatlm_mariadb_harness::{galera, own_mariadb};
+pub mod nginx;
 pub mod promise;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use floatlm::app::App;
 use floatlm::config::Layers;
 use floatlm::crypto::keyring::{Keyring, MasterKey};
-use floatlm::crypto::SealedColumn;
+pub use floatlm::crypto::SealedColumn;
 use floatlm::domain::license::{parse_definition, LicenseDef, VendorSigningKey};
 use floatlm::storage::mysql::MySqlStorage;
 use floatlm::storage::sqlite::SqliteStorage;
@@ -42,6 +42,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database of its own for a test on `kind`: one on MariaDB, none on
+    /// SQLite (whose file lives in the test's data dir).
+    pub async fn for_kind(kind: Kind) -> Option<TestDb> {
+        match kind {
+            Kind::Mysql => Some(TestDb::new().await),
+            Kind::Sqlite => None,
+        }
+    }
+
     pub async fn new() -> TestDb {
         use sqlx::Connection;
         let server = mysql_server_url();
@@ -105,6 +114,16 @@ pub struct TestStore {
     pub kind: Kind,
     pub db: Option<TestDb>,
     pub dir: tempfile::TempDir,
+}
+
+/// The storage of the database at `url` (either backend), opened the way
+/// an instance opens it, without migrating it.
+pub async fn open_storage(url: &str) -> Arc<dyn Storage> {
+    let mut l = Layers::default();
+    l.flag("database_url", Some(url));
+    l.flag("master_key", Some(MASTER_KEY_1));
+    let cfg = l.build().unwrap();
+    floatlm::app::open_storage(&cfg).await.unwrap()
 }
 
 impl TestStore {
@@ -198,11 +217,19 @@ pub fn layers(
 }
 
 impl TestApp {
+    /// The URL of its database (either backend), for tampering with rows.
+    pub fn db_url(&self) -> String {
+        match &self.db {
+            Some(db) => db.url.clone(),
+            None => format!(
+                "sqlite://{}",
+                self.dir.path().join("data/floatlm.db").display()
+            ),
+        }
+    }
+
     pub async fn new(kind: Kind) -> TestApp {
-        let db = match kind {
-            Kind::Mysql => Some(TestDb::new().await),
-            Kind::Sqlite => None,
-        };
+        let db = TestDb::for_kind(kind).await;
         Self::on(kind, db, VendorSigningKey::generate()).await
     }
 
@@ -222,6 +249,110 @@ impl TestApp {
     }
 }
 
+/// The command line of one `floatlm serve`, the one place a test builds
+/// it: both listeners on 127.0.0.1 port 0, data in `DIR/data` and the
+/// server's log in `DIR`, unless the test says otherwise; then what the
+/// test adds (the demo, a MariaDB database, flags, environment).
+#[derive(Debug, Clone)]
+pub struct Serve {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log_dir: PathBuf,
+}
+
+impl Serve {
+    /// `floatlm serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0
+    /// --data-dir DIR/data`, its log in `dir`.
+    pub fn in_dir(dir: &Path) -> Serve {
+        Serve {
+            args: vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--admin-listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                dir.join("data").display().to_string(),
+            ],
+            env: Vec::new(),
+            log_dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Data in `data` instead of `DIR/data`.
+    pub fn data_dir(mut self, data: &Path) -> Serve {
+        let i = self.args.iter().position(|a| a == "--data-dir").unwrap();
+        self.args[i + 1] = data.display().to_string();
+        self
+    }
+
+    /// Licensing listener on `addr` instead of port 0.
+    pub fn listen(mut self, addr: &str) -> Serve {
+        self.args[1] = addr.to_string();
+        self
+    }
+
+    /// `serve --demo`: feature `demo` with 5 seats, an identity written to
+    /// DATA/demo-identity.txt.
+    pub fn demo(self) -> Serve {
+        self.args(&["--demo"])
+    }
+
+    /// SIGTERM stops it at once (`--drain-delay 0s`).
+    pub fn no_drain_delay(self) -> Serve {
+        self.args(&["--drain-delay", "0s"])
+    }
+
+    /// On the MariaDB database `db`, with master key 1 (every instance of a
+    /// database holds the same keys; [`Serve::env`] sets another).
+    pub fn mysql(self, db: &(impl DatabaseUrl + ?Sized)) -> Serve {
+        self.args(&["--database-url", db.database_url()])
+            .env("FLOATLM_MASTER_KEY", MASTER_KEY_1)
+    }
+
+    /// On `kind`: SQLite in the data dir, or `db` (which a MariaDB test
+    /// must give) with master key 1.
+    pub fn on(self, kind: Kind, db: Option<&TestDb>) -> Serve {
+        match kind {
+            Kind::Sqlite => self,
+            Kind::Mysql => self.mysql(db.expect("a MariaDB test needs its TestDb")),
+        }
+    }
+
+    /// More flags.
+    pub fn args(mut self, args: &[&str]) -> Serve {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// An environment variable (replacing an earlier value of it).
+    pub fn env(mut self, key: &str, value: &str) -> Serve {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// More environment variables.
+    pub fn envs(self, env: &[(&str, &str)]) -> Serve {
+        env.iter().fold(self, |s, (k, v)| s.env(k, v))
+    }
+
+    /// Starts it; Err with its log when it does not start.
+    pub fn spawn(&self) -> Result<ServerProc, String> {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        ServerProc::spawn(&args, &env, &self.log_dir)
+    }
+
+    /// Starts it; panics with its log when it does not start.
+    pub fn start(&self) -> ServerProc {
+        self.spawn().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 /// A real `floatlm serve` process.
 pub struct ServerProc {
     pub child: Child,
@@ -232,14 +363,11 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
-    /// Starts `floatlm serve ARGS` with ENV and waits for its listening line.
-    pub fn spawn(
-        args: &[&str],
-        env: &[(&str, &str)],
-        log_dir: &Path,
-    ) -> Result<ServerProc, String> {
+    /// Starts `floatlm serve ARGS` with ENV and waits for its listening
+    /// line; tests build ARGS and ENV with [`Serve`].
+    fn spawn(args: &[&str], env: &[(&str, &str)], log_dir: &Path) -> Result<ServerProc, String> {
         let stderr_log = log_dir.join(format!("server-{}.log", floatlm::crypto::random_hex(4)));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_floatlm"));
+        let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .args(args)
             .env_clear()
@@ -346,35 +474,23 @@ macro_rules! both_backends {
         mod sqlite_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::common::Kind::Sqlite).await }
+                async fn $name() { super::$name($crate::Kind::Sqlite).await }
             )*
         }
         mod mysql_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(super::common::Kind::Mysql).await }
+                async fn $name() { super::$name($crate::Kind::Mysql).await }
             )*
         }
     };
 }
 
-/// A pool on a TestApp's database (either backend), for tampering like an
-/// operator with database access would.
-pub async fn raw_pool(t: &TestApp) -> sqlx::AnyPool {
-    sqlx::any::install_default_drivers();
-    let url = match &t.db {
-        Some(db) => db.url.clone(),
-        None => format!(
-            "sqlite://{}",
-            t.dir.path().join("data/floatlm.db").display()
-        ),
-    };
-    sqlx::AnyPool::connect(&url).await.unwrap()
-}
-
-/// Runs one statement; returns rows affected.
+/// Runs one statement on a TestApp's database (either backend), as an
+/// operator with database access would; returns rows affected.
 pub async fn raw_exec(t: &TestApp, sql: &str) -> u64 {
-    let pool = raw_pool(t).await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&t.db_url()).await.unwrap();
     let n = sqlx::query(sql)
         .execute(&pool)
         .await
@@ -384,28 +500,51 @@ pub async fn raw_exec(t: &TestApp, sql: &str) -> u64 {
     n
 }
 
-/// Reads `licenses.sealed` of one license.
-pub async fn license_blob(t: &TestApp, license_id: &str) -> Vec<u8> {
-    let pool = raw_pool(t).await;
-    let blob = sqlx::query_scalar("SELECT sealed FROM licenses WHERE license_id = ?")
-        .bind(license_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    blob
+/// The blob in `column` of row `row_id`, read like an operator with
+/// database access would, from the database at `url` (either backend).
+pub async fn sealed_blob(url: &str, column: SealedColumn, row_id: &str) -> Vec<u8> {
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} = ?",
+        column.column(),
+        column.table(),
+        column.row_column()
+    );
+    // Each backend's own driver: the Any driver decodes some MariaDB
+    // binary columns as text.
+    let blob = if url.starts_with("mysql:") {
+        let pool = sqlx::MySqlPool::connect(url).await.unwrap();
+        let blob = sqlx::query_scalar(&sql).bind(row_id).fetch_one(&pool).await;
+        pool.close().await;
+        blob
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let blob = sqlx::query_scalar(&sql).bind(row_id).fetch_one(&pool).await;
+        pool.close().await;
+        blob
+    };
+    blob.unwrap_or_else(|e| panic!("{sql} ({row_id}): {e}"))
 }
 
-/// Overwrites `licenses.sealed` of one license.
-pub async fn set_license_blob(t: &TestApp, license_id: &str, blob: &[u8]) {
-    let pool = raw_pool(t).await;
-    sqlx::query("UPDATE licenses SET sealed = ? WHERE license_id = ?")
+/// Overwrites the blob in `column` of row `row_id` of the database at
+/// `url`; panics unless exactly that row changed.
+pub async fn set_sealed_blob(url: &str, column: SealedColumn, row_id: &str, blob: &[u8]) {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    let sql = format!(
+        "UPDATE {} SET {} = ? WHERE {} = ?",
+        column.table(),
+        column.column(),
+        column.row_column()
+    );
+    let n = sqlx::query(&sql)
         .bind(blob.to_vec())
-        .bind(license_id)
+        .bind(row_id)
         .execute(&pool)
         .await
-        .unwrap();
+        .unwrap()
+        .rows_affected();
     pool.close().await;
+    assert_eq!(n, 1, "{sql} ({row_id})");
 }
 
 /// Serves `app` in this process on 127.0.0.1 port 0; returns (licensing, admin)
@@ -424,12 +563,40 @@ pub async fn serve_in_process(app: Arc<App>) -> (String, String, tokio::sync::on
     (addrs.0, addrs.1, tx)
 }
 
-/// The floatlm binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_floatlm");
+/// The `floatlm` binary under test. Cargo builds it for the integration
+/// tests, beside them (`target/<profile>/floatlm`, the tests in
+/// `target/<profile>/deps/`); nextest also names it in
+/// `NEXTEST_BIN_EXE_floatlm`. (`env!("CARGO_BIN_EXE_floatlm")` is set only
+/// while compiling the root package's own tests, not this crate.)
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let path = std::env::var_os("NEXTEST_BIN_EXE_floatlm")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let exe = std::env::current_exe().expect("the test executable's path");
+                exe.parent()
+                    .and_then(Path::parent)
+                    .expect("tests run from target/<profile>/deps/")
+                    .join("floatlm")
+            });
+        assert!(
+            path.is_file(),
+            "the floatlm binary is not at {}: run the tests with `cargo test` or `cargo nextest run`, which build it",
+            path.display()
+        );
+        path.display().to_string()
+    })
+}
+
+/// The repository's root (nginx configs, migrations and docs live there).
+fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
 
 /// Runs the floatlm CLI; panics with its stderr on failure; returns stdout.
 pub fn floatlm_ok(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = Command::new(bin()).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "floatlm {args:?}: {}",
@@ -512,28 +679,16 @@ pub fn cluster_instance(
     extra_args: &[&str],
     extra_env: &[(&str, &str)],
 ) -> ServerProc {
-    let data = dir.join(id).display().to_string();
-    let mut args = vec![
-        "--listen",
-        listen,
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        &data,
-        "--database-url",
-        db.database_url(),
-        "--instance-id",
-        id,
-        "--drain-delay",
-        "0s",
-    ];
-    args.extend_from_slice(extra_args);
-    let mut env = vec![
-        ("FLOATLM_MASTER_KEY", MASTER_KEY_1),
-        ("FLOATLM_ADMIN_TOKEN", CLUSTER_TOKEN),
-    ];
-    env.extend_from_slice(extra_env);
-    ServerProc::spawn(&args, &env, dir).unwrap_or_else(|e| panic!("{e}"))
+    Serve::in_dir(dir)
+        .data_dir(&dir.join(id))
+        .listen(listen)
+        .mysql(db)
+        .args(&["--instance-id", id])
+        .no_drain_delay()
+        .env("FLOATLM_ADMIN_TOKEN", CLUSTER_TOKEN)
+        .args(extra_args)
+        .envs(extra_env)
+        .start()
 }
 
 /// `floatlm admin --url … --token CLUSTER_TOKEN ARGS` against `p`; returns stdout.
@@ -544,8 +699,9 @@ pub fn admin_cli(p: &ServerProc, args: &[&str]) -> String {
     floatlm_ok(&all)
 }
 
-/// A `floatlm serve --demo` process on SQLite, port 0 (feature `demo`, 5
-/// seats), with its demo identity string and admin token.
+/// A `floatlm serve --demo` process on SQLite (or a MariaDB database of
+/// the test's, [`DemoServer::start_on`]), port 0 (feature `demo`, 5 seats),
+/// with its demo identity string and admin token.
 pub struct DemoServer {
     pub proc: ServerProc,
     pub identity: String,
@@ -559,24 +715,21 @@ impl DemoServer {
         Self::start_with(extra, &[])
     }
 
-    /// Starts it with `extra` flags and environment (e.g. on MariaDB:
-    /// `--database-url URL` and `FLOATLM_MASTER_KEY`).
+    /// Starts it with `extra` flags and environment.
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> DemoServer {
+        Self::start_on(None, extra, env)
+    }
+
+    /// Starts it on `db` (a MariaDB database, with master key 1) or, given
+    /// none, on SQLite, with `extra` flags and environment.
+    pub fn start_on(db: Option<&TestDb>, extra: &[&str], env: &[(&str, &str)]) -> DemoServer {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data").display().to_string();
-        let mut args = vec![
-            "--demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &data,
-            "--drain-delay",
-            "0s",
-        ];
-        args.extend_from_slice(extra);
-        let proc = ServerProc::spawn(&args, env, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let serve = Serve::in_dir(dir.path()).demo().no_drain_delay();
+        let serve = match db {
+            Some(db) => serve.mysql(db),
+            None => serve,
+        };
+        let proc = serve.args(extra).envs(env).start();
         let read = |f: &str| {
             std::fs::read_to_string(dir.path().join("data").join(f))
                 .unwrap()

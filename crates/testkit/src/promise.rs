@@ -62,7 +62,6 @@
 //!
 //! Intervals are half-open `[r, s + ttl)`: at equal instants the sweep
 //! handles ends before starts.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
@@ -82,7 +81,7 @@ use super::{
 
 /// How long the recording client waits for any HTTP answer; past it the
 /// request is recorded as unanswered.
-pub const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 
 // ------------------------------------------------------------------- the log
 

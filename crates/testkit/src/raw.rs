@@ -91,7 +91,7 @@ impl Raw {
     }
 
     /// Sends `json` (any bytes) sealed, with X-LDK-Instance `instance`.
-    pub async fn call_json(&self, instance: &str, json: &[u8]) -> Answer {
+    async fn call_json(&self, instance: &str, json: &[u8]) -> Answer {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let b = Binding {
             method: "POST",

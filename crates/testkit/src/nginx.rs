@@ -58,12 +58,7 @@ pub fn start_nginx(
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
         panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
     });
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("nginx")
-            .join(policy),
-    )
-    .unwrap();
+    let shipped = std::fs::read_to_string(crate::repo_root().join("nginx").join(policy)).unwrap();
     let port = free_port();
     let mut out = String::new();
     let mut upstream_done = false;
@@ -148,10 +143,8 @@ pub fn start_nginx_tls(
     let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
         panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
     });
-    let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/floatlm-tls.conf"),
-    )
-    .unwrap();
+    let shipped =
+        std::fs::read_to_string(crate::repo_root().join("nginx/floatlm-tls.conf")).unwrap();
     let port = free_port();
     let mut server_block = String::new();
     for line in shipped.lines() {
