@@ -22,6 +22,7 @@ export FLOATLM_BENCH_MYSQL="${FLOATLM_BENCH_MYSQL:-${FLOATLM_TEST_MYSQL_URL:-mys
 
 say "building release binaries"
 cargo build --release --locked -p floatlm -p floatlm-bench
-mkdir -p target/bench
-exec target/release/floatlm-bench --floatlm target/release/floatlm \
-  --out target/bench/results.json --doc docs/benchmarks.md "$@"
+target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target/bench"
+exec "$target/release/floatlm-bench" --floatlm "$target/release/floatlm" \
+  --out "$target/bench/results.json" --doc docs/benchmarks.md "$@"

@@ -247,3 +247,69 @@ async fn scripted_sequence(kind: Kind) {
 }
 
 testkit::both_backends!(scripted_sequence);
+
+/// A transaction that loses InnoDB's table-level AUTO-INC lock in a
+/// deadlock (a release's usage-trigger insert against an INSERT … SELECT
+/// such as the usage sweep's) gets error 1467, not 1213; it was rolled back
+/// like any deadlock victim, so the storage layer must run it again.
+#[tokio::test]
+async fn an_auto_inc_deadlock_is_retried_like_any_deadlock() {
+    use sqlx::{Connection, Executor};
+    let db = testkit::TestDb::new().await;
+    let mut setup = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    setup
+        .execute(
+            "CREATE TABLE s (id INT PRIMARY KEY, v INT) ENGINE=InnoDB;
+             INSERT INTO s VALUES (1, 1), (2, 2);
+             CREATE TABLE t (id BIGINT AUTO_INCREMENT PRIMARY KEY, v INT) ENGINE=InnoDB;",
+        )
+        .await
+        .unwrap();
+    let mut a = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    let mut b = sqlx::MySqlConnection::connect(&db.url).await.unwrap();
+    // B holds row 2; A holds row 1, then takes the AUTO-INC lock and waits
+    // for row 2; B's insert then waits for the AUTO-INC lock: a deadlock.
+    b.execute("BEGIN").await.unwrap();
+    b.execute("UPDATE s SET v = 20 WHERE id = 2").await.unwrap();
+    a.execute("BEGIN").await.unwrap();
+    a.execute("UPDATE s SET v = 10 WHERE id = 1").await.unwrap();
+    let a_insert = tokio::spawn(async move {
+        let r = a
+            .execute("INSERT INTO t (v) SELECT v FROM s WHERE id IN (1, 2) LOCK IN SHARE MODE")
+            .await
+            .map(|_| ());
+        (a, r)
+    });
+    // A is waiting for row 2 once the server lists its lock wait.
+    testkit::wait_for(
+        "the INSERT … SELECT to wait for row 2",
+        Duration::from_secs(10),
+        || {
+            let url = db.url.clone();
+            async move {
+                let mut c = sqlx::MySqlConnection::connect(&url).await.ok()?;
+                let n: i64 =
+                    sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS")
+                        .fetch_one(&mut c)
+                        .await
+                        .ok()?;
+                (n > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    let b_insert = b
+        .execute("INSERT INTO t (v) SELECT v FROM s WHERE id = 2")
+        .await
+        .map(|_| ());
+    let (_a, a_result) = a_insert.await.unwrap();
+    let err = b_insert
+        .err()
+        .or(a_result.err())
+        .expect("one of the two transactions is the deadlock's victim");
+    eprintln!("deadlock victim: {err}");
+    assert!(
+        floatlm::storage::is_retryable(&err),
+        "the victim's error must be retried: {err}"
+    );
+}
