@@ -25,8 +25,8 @@ pub enum RequestAdmission {
     Serve { ticket: Option<ResumeGrant> },
     /// Answer the identity's refusal, sealed; the session is gone.
     Refuse(IdentityRefusal),
-    /// The live table is full (it holds `max_sessions`): 503, like a
-    /// handshake would get.
+    /// The live table is full (it holds `max_sessions`): 429, like a
+    /// handshake would get (the client library tries its next server).
     Full { max_sessions: usize },
 }
 

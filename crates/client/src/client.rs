@@ -571,7 +571,10 @@ impl Client {
         if status.as_u16() == 401 {
             return Err(Attempt::Rehandshake);
         }
-        if status.is_server_error() {
+        // 429: the instance's session table filled between our handshake
+        // and this first request (a session counts from its first request):
+        // a healthy instance at capacity, so another server may serve us.
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(failover(status, &bytes));
         }
         if !status.is_success() {
