@@ -3,6 +3,9 @@
 //! tests/galera.rs uses too), one floatlm instance per node (each lists all
 //! three nodes, its own first), NGINX in front as in the single-server part,
 //! and the scenarios that write: checkout, checkout_release, heartbeat.
+//! Then the same again on a fresh database with every instance listing the
+//! nodes in the same order, so all of them write through node 0: what
+//! sticking every grant to one writer node would gain (issue 18).
 //!
 //! Around each scenario it reads the certification conflicts two ways: the
 //! instances' `floatlm_db_conflicts_total{cause="conflict"}` (every
@@ -21,12 +24,19 @@ use crate::scenarios::{standard_scenarios, Measured, Watch, GALERA_FEATURES};
 use crate::setup::{repo_file, Setup};
 use crate::Args;
 
-/// The target column of the Galera rows (and the prefix the report looks for).
-pub const TARGET: &str = "Galera: 3 instances on 3 nodes, NGINX";
+/// The prefix of the Galera rows' target column (the report looks for it).
+pub const TARGET: &str = "Galera: ";
+/// Each instance writes through its own node.
+pub const SPREAD: &str = "Galera: 3 instances on 3 nodes, NGINX";
+/// Every instance writes through node 0.
+pub const ONE_WRITER: &str = "Galera: 3 instances on 1 writer node, NGINX";
 /// What the Galera part measures: the scenarios that write to the database.
 const SCENARIOS: &[&str] = &["checkout", "checkout_release", "heartbeat"];
 /// Each instance's node order: its own node first, then the others.
 const ORDERS: [[usize; 3]; 3] = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
+/// Every instance's node order when they all write through node 0 (the
+/// others remain its failover nodes).
+const ONE_WRITER_ORDERS: [[usize; 3]; 3] = [[0, 1, 2]; 3];
 
 /// Certification conflicts counted over one scenario.
 #[derive(Debug, Clone, Copy, Default)]
@@ -152,7 +162,7 @@ pub async fn run(args: &Args, setup: &Setup) -> anyhow::Result<Vec<Measured>> {
         Galera::start,
     )
     .await?;
-    let (cluster, db) = blocking("creating the bench database on the cluster", move || {
+    let (mut cluster, db) = blocking("creating the bench database on the cluster", move || {
         let db = cluster.create_database();
         (cluster, db)
     })
@@ -161,10 +171,24 @@ pub async fn run(args: &Args, setup: &Setup) -> anyhow::Result<Vec<Measured>> {
         "galera: 3 nodes Synced, database {db} created in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    let result = measure(args, setup, &cluster, &db).await;
+    let mut rows = Vec::new();
+    let mut result = measure(args, setup, &cluster, &db, &ORDERS, SPREAD).await;
+    if let Ok(spread) = result {
+        rows.extend(spread);
+        // A fresh database, so the second variant starts as the first did.
+        let (back, db) = blocking("creating the second bench database", move || {
+            let db = cluster.create_database();
+            (cluster, db)
+        })
+        .await?;
+        println!("galera: every instance writing through node 0 (database {db})");
+        result = measure(args, setup, &back, &db, &ONE_WRITER_ORDERS, ONE_WRITER).await;
+        cluster = back;
+    }
     // Stopping the nodes waits for each to exit.
     blocking("stopping the Galera cluster", move || drop(cluster)).await?;
-    result
+    rows.extend(result?);
+    Ok(rows)
 }
 
 async fn measure(
@@ -172,8 +196,10 @@ async fn measure(
     setup: &Setup,
     cluster: &Galera,
     db: &str,
+    orders: &[[usize; 3]; 3],
+    target: &'static str,
 ) -> anyhow::Result<Vec<Measured>> {
-    let urls: Vec<String> = ORDERS.iter().map(|o| cluster.url(o, db)).collect();
+    let urls: Vec<String> = orders.iter().map(|o| cluster.url(o, db)).collect();
     // The first instance migrates the fresh database and takes the license.
     let mut instances: Vec<Instance> = Vec::new();
     for (i, url) in urls.iter().enumerate() {
@@ -210,7 +236,7 @@ async fn measure(
         args,
         &setup.http,
         &ident.at(&nginx.address),
-        TARGET,
+        target,
         &watch,
         &GALERA_FEATURES,
         SCENARIOS,
