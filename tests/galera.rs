@@ -5,15 +5,13 @@
 //! all three nodes in its `database_url`. Recording clients (the promise
 //! checker, crates/testkit/src/promise.rs) log in, heartbeat and log out at random
 //! through their home instance while node 1 is SIGKILLed and later
-//! restarted, and gb moves back to it. Then every node is killed and both
-//! instances get SIGTERM.
+//! restarted. Then every node is killed and both instances get SIGTERM.
 //!
 //! Requirements checked:
 //! * the promise holds across instances on different nodes;
 //! * no seat is lost: no heartbeat answers a held lease dead;
 //! * B's clients keep working through B (its pool moves to another node);
-//! * the killed node rejoins (Synced, cluster of 3), and B moves back to it
-//!   (its first node) within its 10 s look for an earlier node;
+//! * the killed node rejoins (Synced, cluster of 3);
 //! * two instances started at the same moment on a fresh database through
 //!   different nodes both come up (migrations heal the race: GET_LOCK is
 //!   per node on Galera);
@@ -308,25 +306,6 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
     );
 
     let mut problems = Vec::new();
-    // gb lists node 1 first: once node 1 takes writes again, gb moves back
-    // to it within its 10 s look for an earlier node (so instances that
-    // list the nodes in one order write through one node).
-    let back_by = Instant::now() + Duration::from_secs(15);
-    while !cluster.servers[1].log().contains("moved back to it") {
-        if Instant::now() > back_by {
-            problems.push(format!(
-                "gb did not move back to node 1 within 15 s of the run's end ({:?} after node 1 was Synced)",
-                restarted.elapsed()
-            ));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!(
-        "galera: gb back on node 1: {} ({:?} after node 1 restarted)",
-        cluster.servers[1].log().contains("moved back to it"),
-        restarted.elapsed()
-    );
     if let Err(e) = rec.check(&cluster.seats) {
         problems.push(format!("the promise was broken:\n{e}"));
     }

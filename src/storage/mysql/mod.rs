@@ -60,12 +60,6 @@ use crate::domain::seats::CLOCK_MARGIN;
 const NODE_PROBE: Duration = Duration::from_millis(400);
 /// How long a candidate node may take to connect and answer its checks.
 const NODE_CONNECT: Duration = Duration::from_millis(700);
-/// How often an instance on a node other than the first healthy one in
-/// `database_url` order looks whether an earlier node takes writes again,
-/// and moves back: instances that list the nodes in the same order write
-/// through one node, which avoids certification conflicts (docs/operations.md,
-/// "Galera": one writer node gave 1.6x the checkouts of one node per instance).
-const PREFER_EVERY: Duration = Duration::from_secs(10);
 /// The longest a failed node stays in use: the database watch's period plus
 /// the probe of the current node and of the candidates (docs/operations.md).
 pub const FAILOVER_BOUND: Duration = Duration::from_millis(
@@ -231,8 +225,6 @@ struct Nodes {
     /// Rises on every move to another node; each pooled connection carries
     /// the generation it was opened in (`@floatlm_node_gen`).
     generation: AtomicU64,
-    /// When the probe last looked for an earlier node to move back to.
-    preferred_checked: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Nodes {
@@ -399,7 +391,6 @@ impl MySqlStorage {
             list,
             current: AtomicUsize::new(current),
             generation: AtomicU64::new(0),
-            preferred_checked: std::sync::Mutex::new(std::time::Instant::now()),
         });
         let on_connect = nodes.clone();
         let mut pool = MySqlPoolOptions::new()
@@ -554,8 +545,11 @@ impl MySqlStorage {
         for (i, r) in done {
             match r {
                 Ok(c) => {
-                    self.move_to(i);
-                    tracing::warn!(from = %self.nodes.list[from].name, to = %self.nodes.list[i].name, error = %why, "database: the node in use failed; moved to another node of the cluster");
+                    let to = &self.nodes.list[i];
+                    self.pool.set_connect_options(to.opts.clone());
+                    self.nodes.current.store(i, Ordering::Release);
+                    self.nodes.generation.fetch_add(1, Ordering::AcqRel);
+                    tracing::warn!(from = %self.nodes.list[from].name, to = %to.name, error = %why, "database: the node in use failed; moved to another node of the cluster");
                     return Ok(c);
                 }
                 Err(e) => failures.push(format!("{}: {e}", self.nodes.list[i].name)),
@@ -565,45 +559,6 @@ impl MySqlStorage {
             "no node of the cluster can take writes: {}",
             failures.join("; ")
         )))
-    }
-
-    /// Points the pool at node `i`; pooled connections to the old node are
-    /// closed at their next use (their generation is behind).
-    fn move_to(&self, i: usize) {
-        self.pool
-            .set_connect_options(self.nodes.list[i].opts.clone());
-        self.nodes.current.store(i, Ordering::Release);
-        self.nodes.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// On a healthy node that is not the first in `database_url` order, at
-    /// most every [`PREFER_EVERY`]: the first earlier node that takes writes
-    /// again becomes the node in use, with its checked connection.
-    async fn prefer_earlier(&self) -> Option<sqlx::MySqlConnection> {
-        let current = self.nodes.current.load(Ordering::Acquire);
-        if current == 0 {
-            return None;
-        }
-        {
-            let mut at = self
-                .nodes
-                .preferred_checked
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if at.elapsed() < PREFER_EVERY {
-                return None;
-            }
-            *at = std::time::Instant::now();
-        }
-        for i in 0..current {
-            let node = &self.nodes.list[i];
-            if let Ok(Ok(c)) = tokio::time::timeout(NODE_CONNECT, open_checked(node)).await {
-                self.move_to(i);
-                tracing::info!(from = %self.nodes.list[current].name, to = %node.name, "database: an earlier node of database_url takes writes again; moved back to it");
-                return Some(c);
-            }
-        }
-        None
     }
 }
 
@@ -673,10 +628,7 @@ impl StoreBase for MySqlStorage {
         };
         let err = match tokio::time::timeout(NODE_PROBE, current).await {
             Ok(Ok(c)) => {
-                *conn = Some(match self.prefer_earlier().await {
-                    Some(earlier) => earlier,
-                    None => c,
-                });
+                *conn = Some(c);
                 return Ok(());
             }
             Ok(Err(e)) => e,
