@@ -23,7 +23,7 @@ source scripts/ensure.sh
 ensure_mariadb
 export FLOATLM_BENCH_MYSQL="${FLOATLM_BENCH_MYSQL:-${FLOATLM_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306}}"
 
-OLD="${OLD_FLOATLM:-target/bench/floatlm-$REV}"
+OLD="${OLD_FLOATLM:-$TARGET/bench/floatlm-$REV}"
 if [ ! -x "$OLD" ]; then
   say "building floatlm at $REV (a worktree of its own, removed afterwards)"
   WT="$(mktemp -d)/floatlm-$REV"
@@ -36,7 +36,7 @@ fi
 
 say "building release binaries"
 cargo build --release --locked -p floatlm -p floatlm-bench
-mkdir -p target/bench
+mkdir -p "$TARGET/bench"
 # Not exec: the trap above removes the older revision's worktree on exit.
 "$TARGET/release/floatlm-bench" --floatlm "$TARGET/release/floatlm" --compare "$OLD" \
-  --compare-label "$REV" --out target/bench/compare.json --doc docs/benchmarks.md "$@"
+  --compare-label "$REV" --out "$TARGET/bench/compare.json" --doc docs/benchmarks.md "$@"

@@ -4,8 +4,9 @@
 # checkout` with the usage trigger, after DROP TRIGGER, and re-created.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=target/release/floatlm
-D=target/bench/usage; rm -rf $D; mkdir -p $D
+T_DIR="${CARGO_TARGET_DIR:-target}"
+B=$T_DIR/release/floatlm
+D=$T_DIR/bench/usage; rm -rf $D; mkdir -p $D
 mariadb -uroot -e "DROP DATABASE IF EXISTS usagebench; CREATE DATABASE usagebench"
 $B vendor keygen --out $D/vendor >/dev/null
 printf 'license_id = "B1"\nserial = 1\ncustomer = "bench"\n[[feature]]\nname = "bench"\nseats = 20000\n' > $D/b.toml
@@ -20,12 +21,12 @@ $B admin --url http://127.0.0.1:18991 --token "$T" apply $D/b.lic
 ID=$($B admin --url http://127.0.0.1:18991 --token "$T" --json identity create --name bench | grep -o '"identity_string": *"[^"]*"' | sed 's/.*: *"//; s/"$//')
 run() { # $1 label
   mariadb -uroot usagebench -e "UPDATE slots SET holder=NULL, client_info=NULL, request_id=NULL, expires_at=NULL"
-  target/release/floatlm-bench --identity "$ID" --feature bench --only checkout --seconds 8 --leases 10000 --out $D/$1.json | tee $D/$1.txt
+  "$T_DIR/release/floatlm-bench" --identity "$ID" --feature bench --only checkout --seconds 8 --leases 10000 --out $D/$1.json | tee $D/$1.txt
 }
 run with1
 mariadb -uroot usagebench -e "DROP TRIGGER usage_on_slots"
 run without
-sed -n '/^CREATE TRIGGER/,$p' migrations/mysql/0010_usage_events.sql | mariadb -uroot usagebench
+(cat migrations/mysql/0012_usage_trigger_guard.sql; echo '$$') | mariadb -uroot --delimiter='$$' usagebench
 run with2
 mariadb -uroot usagebench -e "SELECT COUNT(*) AS usage_rows FROM usage_events"
 kill $(cat $D/server.pid)

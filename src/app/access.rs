@@ -161,14 +161,14 @@ impl Access {
         Ok(())
     }
 
-    /// Runs the operator's auth script on a login, if one is configured;
-    /// the error is the script's refusal.
+    /// Runs the operator's auth script on a login, if one is configured
+    /// (`input` is only built then); the error is the script's refusal.
     pub(super) async fn check_auth(
         &self,
-        input: &crate::auth_hook::AuthInput,
+        input: impl FnOnce() -> crate::auth_hook::AuthInput,
     ) -> Result<(), String> {
         match &self.auth_hook {
-            Some(hook) => hook.check(input).await.map_err(|why| why.to_string()),
+            Some(hook) => hook.check(&input()).await.map_err(|why| why.to_string()),
             None => Ok(()),
         }
     }

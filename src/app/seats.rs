@@ -157,14 +157,14 @@ impl Seats {
                 ),
             )));
         }
-        let input = AuthInput {
+        let input = || AuthInput {
             mech: auth.mech.clone(),
             data: auth.data.clone(),
             addr,
             user: auth.user.clone(),
             groups: auth.groups.clone(),
         };
-        if let Err(why) = self.access.check_auth(&input).await {
+        if let Err(why) = self.access.check_auth(input).await {
             tracing::info!(%identity, %feature, user = %auth.user, reason = %why, "login denied by the auth script");
             self.metrics.denied(None, DenialReason::AuthDenied);
             return Err(Refused::AuthDenied(why));

@@ -189,12 +189,16 @@ pub fn load_master_keys(source: KeySource<'_>) -> Result<Vec<MasterKey>, KeyLoad
     })
 }
 
-/// Parses a list of `ID:BASE64` keys separated by commas, whitespace or newlines.
+/// Parses a list of `ID:BASE64` keys separated by commas, whitespace or
+/// newlines. `#` starts a comment that runs to the end of its line (neither
+/// key ids nor base64 contain it), so a key file can say which key is which.
 fn parse_key_list(text: &str) -> Result<Vec<MasterKey>, KeySpecError> {
     let mut keys: Vec<MasterKey> = Vec::new();
     for spec in text
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty() && !s.starts_with('#'))
+        .lines()
+        .map(|line| line.split_once('#').map_or(line, |(keys, _comment)| keys))
+        .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
     {
         let k = MasterKey::parse(spec)?;
         if keys.iter().any(|o| o.id == k.id) {
@@ -411,6 +415,26 @@ mod tests {
         assert_eq!(
             old.open(ctx, &blob2).unwrap_err(),
             SealError::UnknownKey("k2".into())
+        );
+    }
+
+    #[test]
+    fn key_files_may_carry_comments() {
+        let a = MasterKey::new("k1", [1; 32]).unwrap();
+        let b = MasterKey::new("k2", [2; 32]).unwrap();
+        let text = format!(
+            "# floatlm master keys, oldest first\n{} # retired 2026-01, still opens old rows\n\n  {}\t# seals\n",
+            a.to_spec().as_str(),
+            b.to_spec().as_str()
+        );
+        let keys = parse_key_list(&text).unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.id()).collect::<Vec<_>>(),
+            ["k1", "k2"]
+        );
+        assert_eq!(
+            parse_key_list("# only a comment\n").unwrap_err(),
+            KeySpecError::Empty
         );
     }
 

@@ -748,18 +748,27 @@ impl DemoServer {
         }
     }
 
-    /// Seats of `demo` in use, from the admin API (`GET /admin/v1/features`).
-    pub async fn used(&self) -> i64 {
-        let v: serde_json::Value = reqwest::Client::new()
-            .get(format!("http://{}/admin/v1/features", self.proc.admin))
+    /// `method path` on the admin API with the admin token; panics with the
+    /// status and body unless the answer is a success, else its JSON body.
+    pub async fn admin_json(&self, method: reqwest::Method, path: &str) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .request(method.clone(), format!("http://{}{path}", self.proc.admin))
             .bearer_auth(&self.admin_token)
             .timeout(Duration::from_secs(10))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        assert!(status.is_success(), "{method} {path}: HTTP {status} {body}");
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Seats of `demo` in use, from the admin API (`GET /admin/v1/features`).
+    pub async fn used(&self) -> i64 {
+        let v = self
+            .admin_json(reqwest::Method::GET, "/admin/v1/features")
+            .await;
         v["features"]
             .as_array()
             .unwrap()
@@ -772,22 +781,11 @@ impl DemoServer {
 
     /// Force-releases `lease` as an operator (`DELETE /admin/v1/leases/{lease}`).
     pub async fn force_release(&self, lease: &str) {
-        let r = reqwest::Client::new()
-            .delete(format!(
-                "http://{}/admin/v1/leases/{lease}",
-                self.proc.admin
-            ))
-            .bearer_auth(&self.admin_token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            r.status().is_success(),
-            "force release of {lease}: HTTP {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        );
+        self.admin_json(
+            reqwest::Method::DELETE,
+            &format!("/admin/v1/leases/{lease}"),
+        )
+        .await;
     }
 
     /// The lease ids the server holds for `demo` (`GET /admin/v1/leases`).
@@ -801,16 +799,9 @@ impl DemoServer {
 
     /// The admin API's live lease rows, as JSON.
     pub async fn lease_rows(&self) -> Vec<serde_json::Value> {
-        let v: serde_json::Value = reqwest::Client::new()
-            .get(format!("http://{}/admin/v1/leases", self.proc.admin))
-            .bearer_auth(&self.admin_token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self
+            .admin_json(reqwest::Method::GET, "/admin/v1/leases")
+            .await;
         v["leases"].as_array().cloned().unwrap_or_default()
     }
 }
