@@ -1,7 +1,8 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: makes sure MariaDB answers
 # on 127.0.0.1:3306 (starting or installing it) and that nginx-light, faketime,
-# docker-compose, prometheus (for promtool) and chromium with its driver (the
-# console tests) are installed (apt-get, as root).
+# openssl, docker-compose, prometheus (for promtool), galera-4 with rsync (the
+# Galera test and bench) and chromium with its driver (the console tests) are
+# installed (apt-get, as root).
 
 say() { printf '==> %s\n' "$*"; }
 port_open() { (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; }

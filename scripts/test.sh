@@ -3,10 +3,12 @@
 #
 # 1. Makes sure MariaDB is reachable on 127.0.0.1:3306: starts it if it is
 #    installed and stopped, installs it with apt-get if it is absent (as root);
-#    installs nginx-light, faketime, openssl, docker-compose and prometheus if
-#    absent (the tests start their own nginx, run one instance under
-#    libfaketime, validate docker-compose.yml and check /metrics with
-#    promtool; no Docker daemon and no Prometheus server is used).
+#    installs nginx-light, faketime, openssl, docker-compose, prometheus,
+#    galera-4, rsync, chromium and chromium-driver if absent (the tests start
+#    their own nginx, run one instance under libfaketime, validate
+#    docker-compose.yml, check /metrics with promtool, start a 3-node Galera
+#    cluster of their own and drive the web console in headless Chromium; no
+#    Docker daemon and no Prometheus server is used).
 # 2. Runs cargo fmt --check, cargo clippy -D warnings, the network-facing
 #    cargo-fuzz targets for a bounded time each (installing cargo-fuzz if
 #    absent; a crash fails the run; docs/fuzzing.md), and every test on both

@@ -33,7 +33,7 @@ use std::time::Duration;
     about = "floatlm load generator (loopback only)"
 )]
 pub struct Args {
-    /// The short run (under two minutes): fewer clients, leases and seconds.
+    /// The short run (under three minutes): fewer clients, leases and seconds.
     #[arg(long)]
     pub quick: bool,
     /// Seconds per scenario [default: 4 quick, 15 full].
