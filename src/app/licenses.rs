@@ -76,7 +76,7 @@ impl Licenses {
             refused: RwLock::new(Refusals::new()),
             integrity_mismatches: AtomicU64::new(0),
             untrusted: RwLock::default(),
-            usage_cache: crate::cache::Cached::new(USAGE_CACHE),
+            usage_cache: crate::cache::Cached::sparing_slow_fetches(USAGE_CACHE),
             storage,
             gate,
             keys,
@@ -387,7 +387,10 @@ impl Licenses {
     }
 
     /// Seat counts for clients, at most [`USAGE_CACHE`] old: one instance
-    /// counts once per second however many clients ask.
+    /// counts once per second however many clients ask. When counting is
+    /// slow (a large slots table on a busy database), a count is not
+    /// repeated within ten times its duration and clients get the previous
+    /// one meanwhile, instead of waiting (crate::cache).
     pub async fn features_cached(&self) -> Result<Arc<Vec<FeatureView>>, AppError> {
         self.usage_cache
             .get(|| async { self.features().await.map(Arc::new) })

@@ -478,9 +478,12 @@ const FINDINGS: &str = r#"## Findings of earlier runs, explained
   out*; `tests/nginx_failover.rs` checks it), and the bench gives every
   instance room for all the sessions a run opens (`--max-sessions`), so the
   sessions one scenario leaves behind (they live until `session_idle`)
-  never refuse the next one's. Left: `info` still waits for that full
-  count when its one-second cache runs out (the `query` scenario's p99 is
-  about 1 s on a loaded machine, old binary and new alike).
+  never refuse the next one's. `info` no longer waits for that full
+  count: once a count takes 50 ms or more, the instance does not repeat it
+  within ten times its duration, and clients arriving while one runs get
+  the previous counts (before, the `query` scenario's p99 was about 1 s on
+  a loaded machine, and every grant through the instance made the next
+  `info` count again).
 - **The restructuring (issue 14) against f6f7d48** (the comparison below;
   two sessions of two rounds, both with the machine shared at load 12-13 on
   two cores, so a 20% swing between rounds is common: `heartbeat` of this
