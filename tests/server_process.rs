@@ -655,6 +655,133 @@ fn configuration_errors_name_the_key_and_its_source() {
     );
 }
 
+/// `floatlm serve --data-dir DIR --listen 127.0.0.1:0 --admin-listen
+/// 127.0.0.1:0 ARGS` with ENV, expected to refuse its configuration:
+/// returns its exit code and stderr; panics if it is still running after
+/// 20 s (it started) or was killed by a signal.
+fn serve_refused(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let data = dir.join("data").display().to_string();
+    let mut all = vec![
+        "serve",
+        "--data-dir",
+        &data,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ];
+    all.extend_from_slice(args);
+    let mut child = Command::new(testkit::bin())
+        .args(&all)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "floatlm {all:?} {env:?} started instead of refusing its configuration: {}",
+                std::fs::read_to_string(dir.join("stderr")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let code = status
+        .code()
+        .unwrap_or_else(|| panic!("floatlm {all:?} ended by a signal ({status}): {err}"));
+    (code, err)
+}
+
+/// Issue 12: values too large for a duration, and a log level that is not
+/// one, are configuration errors naming the setting and where it came from
+/// (exit 2), not a panic (101) or a server started with something else.
+#[test]
+fn out_of_range_durations_and_unknown_log_levels_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ini = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let huge_ttl = ini("ttl.ini", "[leases]\nlease_ttl = 99999999999999999999s\n");
+    let verbose = ini("log.ini", "[logging]\nlog_level = verbose\n");
+    /// What, the flags, the environment, what stderr must say.
+    type Case<'a> = (
+        &'a str,
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        &'a [&'a str],
+    );
+    let cases: [Case; 5] = [
+        (
+            "FLOATLM_DRAIN_DELAY=1e20",
+            vec![],
+            vec![("FLOATLM_DRAIN_DELAY", "1e20")],
+            &[
+                "drain_delay",
+                "FLOATLM_DRAIN_DELAY",
+                "'1e20'",
+                "not a duration",
+            ],
+        ),
+        (
+            "lease_ttl = 99999999999999999999s in a config file",
+            vec!["-c", &huge_ttl],
+            vec![],
+            &[
+                "lease_ttl",
+                "ttl.ini",
+                "99999999999999999999s",
+                "not a duration",
+            ],
+        ),
+        (
+            "log_level = verbose in a config file",
+            vec!["-c", &verbose],
+            vec![],
+            &["log_level", "log.ini", "'verbose' is not a log level"],
+        ),
+        (
+            "FLOATLM_LOG_LEVEL=verbose",
+            vec![],
+            vec![("FLOATLM_LOG_LEVEL", "verbose")],
+            &[
+                "log_level",
+                "FLOATLM_LOG_LEVEL",
+                "'verbose' is not a log level",
+            ],
+        ),
+        (
+            "--log-level verbose",
+            vec!["--log-level", "verbose"],
+            vec![],
+            &["log_level", "--log-level", "'verbose' is not a log level"],
+        ),
+    ];
+    for (what, args, env, says) in cases {
+        let (code, err) = serve_refused(d, &args, &env);
+        assert!(
+            code != 0 && code != 101,
+            "{what}: exit {code} (want a configuration error, not success or a panic): {err}"
+        );
+        assert_eq!(code, 2, "{what}: a configuration error exits 2: {err}");
+        assert!(
+            err.contains("configuration error") && says.iter().all(|s| err.contains(s)),
+            "{what}: stderr names the setting, its source and the problem ({says:?}): {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+}
+
 testkit::both_backends!(
     drain_finishes_in_flight_requests,
     admin_api_roles_errors_and_headers,

@@ -1,30 +1,141 @@
 //! A real NGINX in front of test instances, running a shipped config from
 //! nginx/ with the test's upstreams, port and paths swapped in.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running NGINX; stopped (with its workers) on drop.
-pub struct Nginx(Child);
+/// A running NGINX; stopped (with its workers) on drop. [`Nginx::stop`] and
+/// [`Nginx::start_again`] take it down and bring it back on the same port
+/// with the same configuration (a proxy outage).
+pub struct Nginx {
+    child: Option<Child>,
+    bin: &'static str,
+    dir: PathBuf,
+    conf: PathBuf,
+    addr: String,
+}
+
+impl Nginx {
+    /// `HOST:PORT` it listens on.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether it runs (started and not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Stops it as `nginx -s stop` would: SIGTERM to the master, which
+    /// stops its workers and exits (SIGKILL to the master alone would leave
+    /// the workers serving). Returns once the master exited and its port
+    /// refuses connections (SIGKILL after 5 s; a panic if the port still
+    /// accepts after 10 s). Nothing when it is not running.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut exited = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                exited = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&self.addr).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx's port {} still accepts connections 10 s after its master exited",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts it again with the same configuration on the same port, and
+    /// waits until it accepts connections. Panics (with its error log) when
+    /// it is already running or does not come up within 10 s.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "nginx is already running");
+        self.child = Some(spawn_and_wait(self.bin, &self.dir, &self.conf, &self.addr));
+    }
+}
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM: the master stops its workers before it exits (SIGKILL to
-        // the master alone would leave them running).
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+        if std::thread::panicking() {
+            // No second panic from stop()'s checks while unwinding.
+            if let Some(mut child) = self.child.take() {
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGTERM);
+                }
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            return;
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop();
     }
+}
+
+fn nginx_bin() -> &'static str {
+    ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
+        panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
+    })
+}
+
+/// Runs `bin` with `conf` in the foreground and waits until `addr` accepts
+/// connections; panics with the error log when it exits or does not come up
+/// within 10 s.
+fn spawn_and_wait(bin: &str, dir: &Path, conf: &Path, addr: &str) -> Child {
+    let mut child = Command::new(bin)
+        .args([
+            "-p",
+            &dir.display().to_string(),
+            "-c",
+            &conf.display().to_string(),
+            "-g",
+            "daemon off;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            if exited.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            panic!(
+                "nginx did not start on {addr} (exit {exited:?}); its error log ({}):\n{}",
+                dir.join("nginx-error.log").display(),
+                std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 fn free_port() -> u16 {
@@ -55,9 +166,7 @@ pub fn start_nginx(
     keepalive: bool,
     params: ServerParams<'_>,
 ) -> (Nginx, String) {
-    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
-        panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
-    });
+    let nginx = nginx_bin();
     let shipped = std::fs::read_to_string(crate::repo_root().join("nginx").join(policy)).unwrap();
     let port = free_port();
     let mut out = String::new();
@@ -104,30 +213,16 @@ pub fn start_nginx(
     }
     let conf = dir.join(format!("{policy}.run.conf"));
     std::fs::write(&conf, out).unwrap();
-    let child = Command::new(nginx)
-        .args([
-            "-p",
-            &dir.display().to_string(),
-            "-c",
-            &conf.display().to_string(),
-            "-g",
-            "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start; see {}/nginx-error.log",
-            dir.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Nginx(child), addr)
+    let child = spawn_and_wait(nginx, dir, &conf, &addr);
+    let nginx = Nginx {
+        child: Some(child),
+        bin: nginx,
+        dir: dir.to_path_buf(),
+        conf,
+        addr: addr.clone(),
+    };
+    (nginx, addr)
 }
 
 /// Runs the shipped TLS example (nginx/floatlm-tls.conf) on a free port of
@@ -140,9 +235,7 @@ pub fn start_nginx_tls(
     cert: &Path,
     key: &Path,
 ) -> (Nginx, String) {
-    let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx"].into_iter().find(|p| Path::new(p).exists()).unwrap_or_else(|| {
-        panic!("nginx is not installed: apt-get install -y nginx-light (scripts/test.sh installs it)")
-    });
+    let nginx = nginx_bin();
     let shipped =
         std::fs::read_to_string(crate::repo_root().join("nginx/floatlm-tls.conf")).unwrap();
     let port = free_port();
@@ -173,29 +266,16 @@ pub fn start_nginx_tls(
     );
     let path = dir.join("floatlm-tls.run.conf");
     std::fs::write(&path, conf).unwrap();
-    let child = Command::new(nginx)
-        .args([
-            "-p",
-            &d.to_string(),
-            "-c",
-            &path.display().to_string(),
-            "-g",
-            "daemon off;",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start; see {d}/nginx-error.log"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Nginx(child), addr)
+    let child = spawn_and_wait(nginx, dir, &path, &addr);
+    let nginx = Nginx {
+        child: Some(child),
+        bin: nginx,
+        dir: dir.to_path_buf(),
+        conf: path,
+        addr: addr.clone(),
+    };
+    (nginx, addr)
 }
 
 /// A test CA and a certificate it signs for 127.0.0.1 and localhost, made
