@@ -1,7 +1,9 @@
 //! `floatlm checkout -- CMD` as a supervisor: SIGTERM, SIGINT and SIGHUP
 //! reach CMD, the seat is free when checkout exits and checkout exits with
 //! CMD's status; a lost seat stops CMD (or, with `--on-loss ignore`, does
-//! not). A real `floatlm serve --demo` and the real client binary.
+//! not); a release that could not be made (the lease already ended, no
+//! server, no answer in time) is reported in words that say what happened.
+//! A real `floatlm serve --demo` and the real client binary.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -280,5 +282,106 @@ async fn no_server_before_the_promise_ends_stops_cmd() {
     assert!(
         err.contains("lost the seat of 'demo'") && err.contains("no server confirmed the lease"),
         "{err}"
+    );
+}
+
+/// How `floatlm checkout` reports a release that did not happen: CMD ends
+/// (SIGTERM passed on) after `spoil` did something to the server, checkout
+/// exits with CMD's status, and its stderr says `says`. Returns stderr and
+/// how long checkout took to exit after the signal. TTL 60 s: no heartbeat
+/// (every 20 s) comes between the checkout and the release, so the handle
+/// has not noticed anything.
+async fn release_after(
+    d: &mut DemoServer,
+    spoil: impl AsyncFnOnce(&mut DemoServer),
+    says: &[&str],
+) -> (String, Duration) {
+    let mut c = Checkout::start(d, &[], false);
+    c.cmd_ready().await;
+    assert_eq!(d.used().await, 1, "the seat is held while CMD runs");
+    spoil(d).await;
+    c.signal(libc::SIGTERM);
+    let t = std::time::Instant::now();
+    let status = c.exit(Duration::from_secs(20)).await;
+    let took = t.elapsed();
+    let err = c.stderr();
+    assert_eq!(
+        status.code(),
+        Some(CMD_EXIT),
+        "checkout exits with CMD's status: {err}"
+    );
+    assert!(
+        !err.contains("lost the seat"),
+        "the handle had not noticed anything: {err}"
+    );
+    for s in says {
+        assert!(err.contains(s), "stderr says {s:?}: {err}");
+    }
+    (err, took)
+}
+
+/// An operator released the lease while CMD ran: checkout's release finds
+/// it ended and says so, as a note (nothing is left to give back; the seat
+/// itself stays taken until the promise the holder had runs out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_finds_the_lease_ended_says_so() {
+    let mut d = DemoServer::start(&[]);
+    let (err, _) = release_after(
+        &mut d,
+        async |d: &mut DemoServer| d.force_release(&only_lease(d).await).await,
+        &["note: the lease had already ended on the server (it expired, or an operator released it) \
+           before checkout gave it back"],
+    )
+    .await;
+    assert!(!err.contains("could not give the seat back"), "{err}");
+}
+
+/// The server died while CMD ran: the release finds no server, and
+/// checkout says it could not give the seat back, why, and that the seat
+/// frees itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_no_server_answers_says_the_seat_frees_itself() {
+    let mut d = DemoServer::start(&[]);
+    let addr = d.proc.licensing.clone();
+    let (err, took) = release_after(
+        &mut d,
+        async |d: &mut DemoServer| {
+            d.proc.signal(libc::SIGKILL);
+            d.proc.wait_exit(Duration::from_secs(10)).unwrap();
+        },
+        &[
+            "could not give the seat back (no license server reachable: ",
+            &addr,
+            "connection refused",
+            "); it frees itself when its lease runs out",
+        ],
+    )
+    .await;
+    assert!(!err.contains("TLS"), "{err}");
+    eprintln!(
+        "server gone: checkout exited {} ms after SIGTERM",
+        took.as_millis()
+    );
+}
+
+/// The server hung (SIGSTOP) while CMD ran: checkout waits 5 s for the
+/// release's answer, then says none came and that the seat frees itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_no_server_confirms_in_time_says_so() {
+    let mut d = DemoServer::start(&[]);
+    let (_, took) = release_after(
+        &mut d,
+        async |d: &mut DemoServer| d.proc.signal(libc::SIGSTOP),
+        &["no server confirmed the release within 5 s; the seat frees itself when its lease runs out"],
+    )
+    .await;
+    d.proc.signal(libc::SIGCONT);
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(10),
+        "checkout waits 5 s for the release, then exits: {took:?}"
+    );
+    eprintln!(
+        "server hung: checkout exited {} ms after SIGTERM",
+        took.as_millis()
     );
 }
