@@ -1,7 +1,6 @@
 pub mod app;
 pub mod auth_hook;
 pub mod backup;
-pub mod batch;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -15,8 +15,11 @@
 //! * two instances started at the same moment on a fresh database through
 //!   different nodes both come up (migrations heal the race: GET_LOCK is
 //!   per node on Galera);
-//! * with every node down, SIGTERM ends each instance within the drain delay
-//!   plus the shutdown grace (and a second for the runtime).
+//! * `admin status` of every instance reports its conflicts and retries per
+//!   statement kind (`db_retries`);
+//! * with every node down, a login gets a sealed `unavailable` fast, and
+//!   SIGTERM ends each instance within the drain delay plus the shutdown
+//!   grace (and a second for the runtime).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +41,10 @@ const CHURN: Duration = Duration::from_secs(4);
 /// `floatlm::http::SHUTDOWN_GRACE` plus the runtime's 1 s shutdown timeout,
 /// plus a second for a loaded machine; the instances run with no drain delay.
 const EXIT_BOUND: Duration = Duration::from_secs(3 + 1 + 1);
+/// With every node down a login is answered a sealed `unavailable` within
+/// this (as tests/db_outage.rs bounds it for a single server: well under the
+/// client library's 5 s request timeout).
+const UNAVAILABLE_BOUND: Duration = Duration::from_millis(3500);
 
 /// What one client saw.
 #[derive(Default, Debug)]
@@ -153,13 +160,21 @@ fn both_first_starts_come_up(g: &Galera) {
 }
 
 /// `db_retries` of each instance's `admin status`.
-fn retry_counts(cluster: &PromiseServers) -> String {
+/// Each instance's `db_retries` from `admin status` (conflicts and retries
+/// per statement kind); an instance whose status lacks it is a problem.
+fn retry_counts(cluster: &PromiseServers, problems: &mut Vec<String>) -> String {
     cluster
         .servers
         .iter()
         .map(|s| {
             let m = blocking(|| testkit::admin_cli(s, &["status"]));
             let v: serde_json::Value = serde_json::from_str(&m).unwrap_or_default();
+            if !v["db_retries"].is_array() {
+                problems.push(format!(
+                    "{}: `admin status` shows no db_retries (conflicts and retries per statement kind): {m}",
+                    s.instance
+                ));
+            }
             format!("{}: {}\n", s.instance, v["db_retries"])
         })
         .collect()
@@ -252,7 +267,7 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
     let churned = rec.records().len();
     eprintln!(
         "galera: {churned} requests in the first {CHURN:?} (with {CHURNERS} churning clients); conflicts so far:\n{}",
-        retry_counts(&cluster)
+        retry_counts(&cluster, &mut Vec::new())
     );
 
     tokio::time::sleep_until((t0 + KILL_AT).into()).await;
@@ -300,12 +315,12 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
     eprintln!(
         "galera: {grants} grants; through gb while node 1 was down: {served_b_down} served, first one sent {first_served:?} after the kill; {failed_b} failed after the kill; {no_answer} requests got no answer at all; node 1 Synced {rejoin:?} after it accepted logins again"
     );
+    let mut problems = Vec::new();
     eprintln!(
         "galera: conflicts and retries per statement kind:\n{}",
-        retry_counts(&cluster)
+        retry_counts(&cluster, &mut problems)
     );
 
-    let mut problems = Vec::new();
     if let Err(e) = rec.check(&cluster.seats) {
         problems.push(format!("the promise was broken:\n{e}"));
     }
@@ -333,7 +348,8 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
     for i in 0..3 {
         blocking(|| g.node(i).kill());
     }
-    // Requests in flight while the database is gone.
+    // While no node answers, a login gets a fast, sealed `unavailable`
+    // (not a client timeout), on every instance.
     let rec2 = Recorder::new();
     let pokes: Vec<_> = cluster
         .targets
@@ -346,6 +362,29 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
             })
         })
         .collect();
+    for p in pokes {
+        let _ = p.await;
+    }
+    for r in rec2.records() {
+        let took = r.received.map(|at| at - r.sent);
+        let unavailable = matches!(
+            &r.answer,
+            Answer::Sealed(floatlm_protocol::messages::Response::Error {
+                code: floatlm_protocol::messages::ErrorCode::Unavailable,
+                ..
+            })
+        );
+        eprintln!(
+            "galera: every node down, a login through {} answered {:?} after {took:?}",
+            r.instance, r.answer
+        );
+        if !unavailable || took.is_none_or(|t| t > UNAVAILABLE_BOUND) {
+            problems.push(format!(
+                "with every node down, a login through {} got {:?} after {took:?}; expected a sealed `unavailable` within {UNAVAILABLE_BOUND:?}",
+                r.instance, r.answer
+            ));
+        }
+    }
     let stop = Instant::now();
     for s in &cluster.servers {
         s.signal(libc::SIGTERM);
@@ -363,9 +402,6 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
                 s.instance
             ));
         }
-    }
-    for p in pokes {
-        let _ = p.await;
     }
 
     if !problems.is_empty() {

@@ -76,7 +76,7 @@ async fn seat_stress(kind: Kind) {
     let started = Instant::now();
     // Half the tasks go through group commit (as the server's requests do),
     // so batched and single transactions race each other.
-    let batches = Arc::new(floatlm::batch::SeatBatchers::start(
+    let batches = Arc::new(floatlm::app::SeatBatchers::start(
         st.clone(),
         Arc::default(),
         Duration::from_millis(300),

@@ -54,6 +54,7 @@ pub use cluster::{Cluster, ClusterMember};
 pub use keys::{Keys, RotateReport};
 pub use licenses::{FeatureView, IntegrityReport, LicenseView, Licenses};
 pub use scrape::Scrape;
+pub use seats::batch::SeatBatchers;
 pub use seats::{Login, LoginGrant, Refused, Seats};
 pub use tickets::Tickets;
 pub use usage::Usage;
@@ -293,7 +294,7 @@ impl App {
             metrics.clone(),
             clock.clone(),
         ));
-        let batches = Arc::new(crate::batch::SeatBatchers::start(
+        let batches = Arc::new(seats::batch::SeatBatchers::start(
             storage.clone(),
             gate.clone(),
             config.lease_hold,

@@ -1,7 +1,7 @@
 //! Prometheus metrics: every metric floatlm exports is defined here, once.
 //!
 //! [`Metrics`] owns a `prometheus-client` registry and the typed handles the
-//! rest of the code counts with (one-line hooks in `app/`, `batch.rs` and
+//! rest of the code counts with (one-line hooks in `app/`, `app/seats/batch.rs` and
 //! `http/`). What only the scrape can know (seat counts read from the
 //! database, sessions, the connection pool, the cluster view, the last
 //! backup) is handed in as a [`ScrapeView`] and encoded by a collector, so it
@@ -158,7 +158,7 @@ label_values!(
 );
 
 label_values!(
-    /// The group-commit queues of `batch.rs`.
+    /// The group-commit queues of `app/seats/batch.rs`.
     BatchKind {
         Grant => "grant",
         Check => "check",

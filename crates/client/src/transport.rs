@@ -113,12 +113,18 @@ pub(crate) fn describe(e: &reqwest::Error) -> String {
         return "timed out".into();
     }
     let full = chain(e);
-    let lower = full.to_ascii_lowercase();
+    // Classified without the URL: the protocol's own paths (`…/handshake`)
+    // and host names (`tls.example.com`) are no TLS failure.
+    let lower = match e.url() {
+        Some(url) => full.replace(url.as_str(), ""),
+        None => full.clone(),
+    }
+    .to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         // The innermost message is rustls's ("invalid peer certificate: UnknownIssuer").
         let inner = full.rsplit(": ").next().unwrap_or(&full);
-        let detail = if lower.contains("invalid peer certificate") {
-            full[lower.find("invalid peer certificate").unwrap_or(0)..].to_string()
+        let detail = if let Some(at) = full.to_ascii_lowercase().find("invalid peer certificate") {
+            full[at..].to_string()
         } else {
             inner.to_string()
         };
@@ -159,4 +165,24 @@ pub(crate) fn http_error(status: reqwest::StatusCode, body: &[u8]) -> String {
         .and_then(|v| v["message"].as_str().map(str::to_string))
         .unwrap_or_default();
     format!("HTTP {status} {msg}").trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused connection to the handshake path is a refused connection,
+    /// not a TLS problem (the URL's `/handshake` once made it read as one).
+    #[tokio::test]
+    async fn a_refused_connection_is_not_called_a_tls_problem() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let e = reqwest::Client::new()
+            .post(format!("http://{addr}/sentinel/ldk/v1/handshake"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(describe(&e), "connection refused or unreachable");
+    }
 }

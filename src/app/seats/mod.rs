@@ -1,6 +1,9 @@
 //! Seats: grants, heartbeats (a check read, then an extension when due),
 //! releases, force releases and quarantine. The rules are in
-//! `domain::seats`, the SQL in `storage`; see docs/seats.md.
+//! `domain::seats`, the SQL in `storage`; see docs/seats.md. [`batch`]
+//! groups concurrent seat calls into one transaction or one read.
+
+pub mod batch;
 
 use super::*;
 use crate::auth_hook::AuthInput;
@@ -60,7 +63,7 @@ pub(super) struct Parts {
     pub config: Arc<Config>,
     pub gate: Arc<DbGate>,
     pub metrics: Arc<Metrics>,
-    pub batches: Arc<crate::batch::SeatBatchers>,
+    pub batches: Arc<batch::SeatBatchers>,
     pub licenses: Arc<Licenses>,
     pub access: Arc<Access>,
     pub assignments: Arc<Assignments>,
@@ -71,7 +74,7 @@ pub(super) struct Parts {
 /// are made here (docs/seats.md).
 pub struct Seats {
     /// Group commit of grants, heartbeat checks, extensions and releases.
-    batches: Arc<crate::batch::SeatBatchers>,
+    batches: Arc<batch::SeatBatchers>,
     /// How heartbeats were answered, per lease (for `admin status`).
     heartbeat_stats: HeartbeatStats,
     /// When a heartbeat last named a lease newer than its slot (logged once a minute).
