@@ -101,6 +101,35 @@ async fn any_retiring(tx: &mut Tx<'_>, ids: &[i64]) -> Result<bool> {
     Ok(q.build_query_scalar::<i64>().fetch_one(&mut **tx).await? != 0)
 }
 
+/// Whether a slot of `fids` looks free to a plain read (no lock, the latest
+/// committed rows). A `SKIP LOCKED` pick that found nothing passes over
+/// slots other transactions hold: one another grant is taking, one an
+/// extension is renewing, and also a free slot a statement holds for an
+/// instant (an extension or release whose WHERE no longer matches it locks
+/// the row while it checks). Only the last would be a wrong "no seat", so
+/// when this finds a free-looking slot the pick is tried again shortly
+/// (`SKIPPED_PICK_RETRIES`); a full feature costs this one index read.
+async fn free_looking(tx: &mut Tx<'_>, fids: &[i64]) -> Result<bool> {
+    for &fid in fids {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM slots FORCE INDEX (slots_pick)
+             WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6)) LIMIT 1",
+        )
+        .bind(fid)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if found.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How often a grant that found no unlocked free slot while one looked free
+/// picks again, and how long it waits first (doubling): 2 + 4 + 8 ms.
+const SKIPPED_PICK_RETRIES: u32 = 3;
+const SKIPPED_PICK_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// One feature row of a name, judged by the database clock: `open` (the
 /// license window is open), `not_expired` (its window has not ended).
 #[derive(sqlx::FromRow)]
@@ -252,13 +281,15 @@ impl MySqlStorage {
         } else {
             &valid
         };
-        for &(fid, window_end) in candidates {
-            // Bounded: each pass either grants, or retires one retiring slot.
-            // The free slot comes from the pick index (never used first, then
-            // the longest free): one index entry read, however many seats are
-            // held. Ordering by slot number would step over every live lease.
-            for _ in 0..(MAX_SEATS_PASSES) {
-                let cand: Option<(i64, i64)> = sqlx::query_as(
+        let mut skipped_retries = 0;
+        'pick: loop {
+            for &(fid, window_end) in candidates {
+                // Bounded: each pass either grants, or retires one retiring slot.
+                // The free slot comes from the pick index (never used first, then
+                // the longest free): one index entry read, however many seats are
+                // held. Ordering by slot number would step over every live lease.
+                for _ in 0..(MAX_SEATS_PASSES) {
+                    let cand: Option<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, lease_gen FROM slots FORCE INDEX (slots_pick)
                      WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
                      ORDER BY expires_at, slot_no LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -267,14 +298,14 @@ impl MySqlStorage {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
-                let Some((slot, gen_before)) = cand else {
-                    break;
-                };
-                // Read the clock only now that the slot is locked: a release we
-                // reclaim committed before this, so the new lease starts after it.
-                let now = db_now(&mut tx).await?;
-                let expires = add(now, req.hold);
-                let retiring: Option<(i64, i64)> = sqlx::query_as(
+                    let Some((slot, gen_before)) = cand else {
+                        break;
+                    };
+                    // Read the clock only now that the slot is locked: a release we
+                    // reclaim committed before this, so the new lease starts after it.
+                    let now = db_now(&mut tx).await?;
+                    let expires = add(now, req.hold);
+                    let retiring: Option<(i64, i64)> = sqlx::query_as(
                     // Any retiring slot, found through the pick index (only
                     // retiring rows are examined, so only they are locked;
                     // ordering by slot number walked the primary key and
@@ -288,24 +319,24 @@ impl MySqlStorage {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
-                if let Some((rslot, live)) = retiring {
-                    if live == 1 {
-                        // The license shrank while this slot was held: the free
-                        // slot retires in its place and the held one stays.
-                        retire_unheld(&mut tx, fid, slot, SlotState::Active, now).await?;
-                        sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ? AND slot_no = ? AND state = 1")
+                    if let Some((rslot, live)) = retiring {
+                        if live == 1 {
+                            // The license shrank while this slot was held: the free
+                            // slot retires in its place and the held one stays.
+                            retire_unheld(&mut tx, fid, slot, SlotState::Active, now).await?;
+                            sqlx::query("UPDATE slots SET state = 0 WHERE feature_id = ? AND slot_no = ? AND state = 1")
                             .bind(fid)
                             .bind(rslot)
                             .execute(&mut *tx)
                             .await
                             .map_err(StorageError::from)?;
-                    } else {
-                        retire_unheld(&mut tx, fid, rslot, SlotState::Retiring, now).await?;
+                        } else {
+                            retire_unheld(&mut tx, fid, rslot, SlotState::Retiring, now).await?;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                let nonce = LeaseRef::new_nonce();
-                let res = sqlx::query(
+                    let nonce = LeaseRef::new_nonce();
+                    let res = sqlx::query(
                     "UPDATE slots SET lease_gen = lease_gen + 1, lease_nonce = ?, promise_ms = ?, holder = ?,
                             client_info = ?, request_id = ?, granted_by = ?, granted_at = ?, expires_at = ?
                      WHERE feature_id = ? AND slot_no = ? AND lease_gen = ? AND state = 0
@@ -326,13 +357,13 @@ impl MySqlStorage {
                 .execute(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
-                if res.rows_affected() != 1 {
-                    continue;
-                }
-                // The slot was read locked (MySQL) or under the single writer (SQLite)
-                // and the UPDATE checked lease_gen, so the new value is known.
-                let lease_gen = gen_before + 1;
-                sqlx::query(
+                    if res.rows_affected() != 1 {
+                        continue;
+                    }
+                    // The slot was read locked (MySQL) or under the single writer (SQLite)
+                    // and the UPDATE checked lease_gen, so the new value is known.
+                    let lease_gen = gen_before + 1;
+                    sqlx::query(
                     "UPDATE grant_requests SET feature_id = ?, slot_no = ?, lease_gen = ?, lease_nonce = ?,
                             created_at = ?, expires_at = ?
                      WHERE holder = ? AND request_id = ?",
@@ -348,19 +379,30 @@ impl MySqlStorage {
                 .execute(&mut *tx)
                 .await
                 .map_err(StorageError::from)?;
-                tx.commit().await.map_err(StorageError::from)?;
-                return Ok(new_grant(
-                    req,
-                    LeaseRef {
-                        feature_id: fid,
-                        slot_no: slot,
-                        lease_gen,
-                        nonce,
-                    },
-                    utc(now),
-                    window_end.map(utc),
-                ));
+                    tx.commit().await.map_err(StorageError::from)?;
+                    return Ok(new_grant(
+                        req,
+                        LeaseRef {
+                            feature_id: fid,
+                            slot_no: slot,
+                            lease_gen,
+                            nonce,
+                        },
+                        utc(now),
+                        window_end.map(utc),
+                    ));
+                }
             }
+            let fids: Vec<i64> = candidates.iter().map(|c| c.0).collect();
+            if skipped_retries < SKIPPED_PICK_RETRIES
+                && !fids.is_empty()
+                && free_looking(&mut tx, &fids).await?
+            {
+                tokio::time::sleep(SKIPPED_PICK_WAIT * 2u32.pow(skipped_retries)).await;
+                skipped_retries += 1;
+                continue 'pick;
+            }
+            break;
         }
         let mut total = 0i64;
         for &(fid, _) in &valid {
@@ -576,6 +618,13 @@ impl MySqlStorage {
                 }
             }
             if alone || waiting.is_empty() {
+                continue;
+            }
+            // A free-looking slot the pick skipped: those left try alone,
+            // where the pick is tried again (`free_looking`).
+            let fids: Vec<i64> = valid.iter().map(|v| v.0).collect();
+            if free_looking(&mut tx, &fids).await? {
+                waiting.clear();
                 continue;
             }
             let mut q = QueryBuilder::<MySql>::new(
