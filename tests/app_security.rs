@@ -4,6 +4,7 @@ use floatlm::app::SeatFailure;
 use floatlm::app::{App, AppError, StartError};
 use floatlm::domain::license::{LicenseError, VendorSigningKey};
 use floatlm::domain::seats::{GrantRequest, RequestId, SeatError};
+use floatlm::storage::ApplyOutcome;
 use std::time::Duration;
 use testkit::{
     def, layers, raw_exec, sealed_blob, set_sealed_blob, Kind, SealedColumn, TestApp, TestDb,
@@ -30,14 +31,20 @@ async fn apply(t: &TestApp, license_id: &str, serial: u64, feature: &str, seats:
     t.app.licenses().apply_license(&text).await.unwrap();
 }
 
+/// Flips one bit in the middle of license `license_id`'s sealed blob, as
+/// someone with write access to the database could.
+async fn flip_a_byte_of_the_stored_license(t: &TestApp, license_id: &str) {
+    let mut blob = sealed_blob(&t.db_url(), SealedColumn::License, license_id).await;
+    let mid = blob.len() / 2;
+    blob[mid] ^= 0x20;
+    set_sealed_blob(&t.db_url(), SealedColumn::License, license_id, &blob).await;
+}
+
 async fn flipped_byte_in_a_stored_license_is_refused(kind: Kind) {
     let t = TestApp::new(kind).await;
     apply(&t, "L1", 1, "cad", 3).await;
     t.app.seats().grant(&req("cad", "a")).await.unwrap();
-    let mut blob = sealed_blob(&t.db_url(), SealedColumn::License, "L1").await;
-    let mid = blob.len() / 2;
-    blob[mid] ^= 0x20;
-    set_sealed_blob(&t.db_url(), SealedColumn::License, "L1", &blob).await;
+    flip_a_byte_of_the_stored_license(&t, "L1").await;
 
     let report = t.app.licenses().verify_integrity().await.unwrap();
     let why = report.refused.get("cad").expect("feature refused");
@@ -52,6 +59,53 @@ async fn flipped_byte_in_a_stored_license_is_refused(kind: Kind) {
     assert!(lic[0].status.contains("refused"), "{}", lic[0].status);
     let f = t.app.licenses().features().await.unwrap();
     assert!(f[0].refused.is_some());
+}
+
+/// The repair path of `apply_license`: the same file applied again over a
+/// row whose sealed blob was damaged is a repair (`Repaired`, not
+/// `Unchanged`), lifts the refusal, keeps the lease held before the damage,
+/// and the feature grants again.
+async fn reapplying_the_license_repairs_a_flipped_byte(kind: Kind) {
+    let t = TestApp::new(kind).await;
+    let text = t.vendor.sign(&def("L1", 1, "cad", 3)).unwrap();
+    t.app.licenses().apply_license(&text).await.unwrap();
+    t.app.seats().grant(&req("cad", "a")).await.unwrap();
+    flip_a_byte_of_the_stored_license(&t, "L1").await;
+    let report = t.app.licenses().verify_integrity().await.unwrap();
+    assert!(report.refused.contains_key("cad"), "{report:?}");
+    assert!(
+        matches!(
+            t.app.seats().grant(&req("cad", "b")).await,
+            Err(SeatFailure::Refused(SeatError::Refused(..)))
+        ),
+        "a grant of a refused feature"
+    );
+
+    let (outcome, _) = t.app.licenses().apply_license(&text).await.unwrap();
+    assert!(
+        matches!(outcome, ApplyOutcome::Repaired),
+        "re-applying the same file over a damaged row must repair it, not {outcome:?}"
+    );
+    let report = t.app.licenses().verify_integrity().await.unwrap();
+    assert!(
+        report.refused.is_empty(),
+        "the repair must lift the refusal: {report:?}"
+    );
+    let lic = t.app.licenses().licenses().await.unwrap();
+    assert_eq!(lic[0].status, "ok");
+    let f = t.app.licenses().features().await.unwrap();
+    assert!(f[0].refused.is_none(), "{:?}", f[0].refused);
+    t.app
+        .seats()
+        .grant(&req("cad", "c"))
+        .await
+        .unwrap_or_else(|e| panic!("after the repair cad must grant again: {e}"));
+    let f = t.app.licenses().features().await.unwrap();
+    assert_eq!(
+        (f[0].usage.total, f[0].usage.used, f[0].usage.free),
+        (3, 2, 1),
+        "the lease granted before the damage and the one after"
+    );
 }
 
 async fn a_blob_moved_to_another_row_does_not_open(kind: Kind) {
@@ -347,6 +401,7 @@ async fn license_applied_on_one_instance_serves_on_another() {
 
 testkit::both_backends!(
     flipped_byte_in_a_stored_license_is_refused,
+    reapplying_the_license_repairs_a_flipped_byte,
     a_blob_moved_to_another_row_does_not_open,
     edited_seat_rows_are_refused_and_repaired_by_reapplying,
     bad_licenses_change_nothing,

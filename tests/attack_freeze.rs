@@ -40,7 +40,7 @@ async fn a_frozen_instance_keeps_a_seat_from_every_other_instance() {
     let rec = Recorder::new();
     let t0 = rec.t0();
     let (x, y) = (cl.targets[0].clone(), cl.targets[1].clone());
-    let db = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+    let db = sqlx::MySqlPool::connect(&cl.db().url).await.unwrap();
     let mut f = Findings::new();
 
     // L keeps instance x busy with seat transactions on the only slot.
@@ -158,7 +158,7 @@ async fn a_frozen_instance_stalls_other_clients_heartbeats_on_a_healthy_instance
     let rec = Recorder::new();
     let t0 = rec.t0();
     let (x, y) = (cl.targets[0].clone(), cl.targets[1].clone());
-    let db = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+    let db = sqlx::MySqlPool::connect(&cl.db().url).await.unwrap();
     let k = Arc::new(cl.client(&rec, "K", 0));
     let m = Arc::new(cl.client(&rec, "M", 1));
     let mut f = Findings::new();

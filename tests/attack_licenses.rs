@@ -242,7 +242,7 @@ async fn an_integrity_refusal_is_bypassed_by_the_spelling_of_the_feature() {
     let rec = Recorder::new();
     let t0 = rec.t0();
     let x = cl.targets[0].clone();
-    let db = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+    let db = sqlx::MySqlPool::connect(&cl.db().url).await.unwrap();
     sqlx::query("INSERT INTO slots (feature_id, slot_no) VALUES (1, 1), (1, 2)")
         .execute(&db)
         .await

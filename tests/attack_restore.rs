@@ -30,7 +30,7 @@ fn granted(r: &Record, rec: &Recorder) -> String {
 }
 
 async fn pool(cl: &PromiseCluster) -> sqlx::MySqlPool {
-    sqlx::MySqlPool::connect(&cl.db.url).await.unwrap()
+    sqlx::MySqlPool::connect(&cl.db().url).await.unwrap()
 }
 
 /// A snapshot of the seat tables, as a replica would hold them.

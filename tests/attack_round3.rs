@@ -222,7 +222,7 @@ async fn slow_instance_with(
         host, "127.0.0.1:3306",
         "these tests proxy the default test MariaDB"
     );
-    let db_url = format!("mysql://root@127.0.0.1:{}/{}", proxy.port, cl.db.name);
+    let db_url = format!("mysql://root@127.0.0.1:{}/{}", proxy.port, cl.db().name);
     let dir = cl.dir.path().to_path_buf();
     let pubkey = dir.join("vendor/vendor.pub").display().to_string();
     let s = tokio::task::spawn_blocking(move || {
@@ -313,7 +313,7 @@ async fn an_extension_whose_clock_was_read_before_expiry_revives_a_seat_counted_
     let x = cl.targets[0].clone();
     let (proxy, s_proc) = slow_instance(&cl, "5s").await;
     let s = Target::of(&s_proc);
-    let db = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+    let db = sqlx::MySqlPool::connect(&cl.db().url).await.unwrap();
     let (a, b, c, xc) = (
         Arc::new(cl.client(&rec, "A", 0)),
         Arc::new(cl.client(&rec, "B", 1)),

@@ -1,9 +1,10 @@
 //! The promise, checked on what clients were told: three instances with
-//! different lease TTLs and holds on one MariaDB database, recording
-//! raw-protocol clients doing seeded random things (including the unkind
-//! ones: resent logins, heartbeats after logout, a heartbeat racing its own
-//! logout, operator force releases, users releasing their identity's seats
-//! from other sessions, twice at once), then the checker of
+//! different lease TTLs and holds on one MariaDB database (and, in a second
+//! test, the single instance of an SQLite file), recording raw-protocol
+//! clients doing seeded random things (including the unkind ones: resent
+//! logins, heartbeats after logout, a heartbeat racing its own logout,
+//! operator force releases, users releasing their identity's seats from
+//! other sessions, twice at once), then the checker of
 //! `crates/testkit/src/promise.rs` over everything they were answered. The
 //! checker's own tests on synthetic logs are here too.
 //!
@@ -22,6 +23,7 @@ use testkit::promise::{
     force_release, live_leases, Answer, InstanceSpec, Op, PromiseCluster, RecClient, Recorder,
     Target,
 };
+use testkit::Kind;
 
 // ------------------------------------------------- the checker's own tests
 
@@ -489,6 +491,15 @@ struct Held {
     via: Option<usize>,
 }
 
+/// An instance other than `i` of `n` (`i` itself when there is only one).
+fn another(rng: &mut StdRng, i: usize, n: usize) -> usize {
+    if n > 1 {
+        (i + rng.gen_range(1..n)) % n
+    } else {
+        i
+    }
+}
+
 fn request_id(r: &testkit::promise::Record) -> String {
     match &r.op {
         Op::Login { request_id, .. } | Op::LoginResend { request_id, .. } => request_id.clone(),
@@ -508,7 +519,7 @@ async fn walk(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: Instant
         }
         let i = rng.gen_range(0..n);
         let at = &targets[i];
-        let other = (i + rng.gen_range(1..n)) % n;
+        let other = another(&mut rng, i, n);
         let roll = rng.gen_range(0..100);
         if (held.is_empty() && roll < 70) || (roll < 20 && held.len() < 2) {
             // Log in with a new request id.
@@ -560,7 +571,7 @@ async fn walk(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: Instant
             // A heartbeat after logout, through another instance than the logout's.
             let h = &gone[rng.gen_range(0..gone.len())];
             let j = match h.via {
-                Some(v) => (v + rng.gen_range(1..n)) % n,
+                Some(v) => another(&mut rng, v, n),
                 None => i,
             };
             c.heartbeat(&targets[j], std::slice::from_ref(&h.lease))
@@ -622,7 +633,7 @@ async fn own_release(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: 
         }
         let lease = &listed[rng.gen_range(0..listed.len())];
         if rng.gen_bool(0.5) {
-            let j = (i + rng.gen_range(1..n)) % n;
+            let j = another(&mut rng, i, n);
             tokio::join!(c.release(&targets[i], lease), c.release(&targets[j], lease));
         } else {
             c.release(&targets[i], lease).await;
@@ -630,23 +641,42 @@ async fn own_release(c: RecClient, targets: Arc<Vec<Target>>, seed: u64, until: 
     }
 }
 
+/// Three instances with different lease TTLs and holds on one MariaDB
+/// database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_clients_never_hold_more_promises_than_seats() {
-    let seed: u64 = std::env::var("FLOATLM_PROMISE_SEED")
-        .ok()
-        .map(|s| s.parse().expect("FLOATLM_PROMISE_SEED is a u64"))
-        .unwrap_or_else(rand::random);
-    eprintln!("promise run: seed {seed} (FLOATLM_PROMISE_SEED={seed} repeats its choices)");
-    let cluster = PromiseCluster::start(
+    random_run(
+        Kind::Mysql,
         &[
             InstanceSpec::new("p1", "5s", "10s"),
             InstanceSpec::new("p2", "6s", "6s"),
             InstanceSpec::new("p3", "5s", "15s"),
         ],
-        &[("cad", 2), ("sim", 1)],
-        2,
     )
-    .await;
+    .await
+}
+
+/// The same clients on the single instance of an SQLite file (SQLite is
+/// single-node), its lease_hold equal to its lease_ttl so that every
+/// heartbeat extends its lease: every grant, extension and release goes
+/// through the one writer, racing the logouts and releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_clients_never_hold_more_promises_than_seats_on_sqlite() {
+    random_run(Kind::Sqlite, &[InstanceSpec::new("s1", "5s", "5s")]).await
+}
+
+/// The randomized run on `kind`: [`CLIENTS`] random walks, the operator and
+/// two users releasing their own seats, for [`RUN`]; then the checker and
+/// the usage records.
+async fn random_run(kind: Kind, instances: &[InstanceSpec]) {
+    let seed: u64 = std::env::var("FLOATLM_PROMISE_SEED")
+        .ok()
+        .map(|s| s.parse().expect("FLOATLM_PROMISE_SEED is a u64"))
+        .unwrap_or_else(rand::random);
+    eprintln!(
+        "promise run on {kind:?}: seed {seed} (FLOATLM_PROMISE_SEED={seed} repeats its choices)"
+    );
+    let cluster = PromiseCluster::start_on(kind, instances, &[("cad", 2), ("sim", 1)], 2).await;
     let rec = Recorder::new();
     let targets = Arc::new(cluster.targets.clone());
     let until = Instant::now() + RUN;
@@ -696,7 +726,7 @@ async fn random_clients_never_hold_more_promises_than_seats() {
         Err(e) => panic!("seed {seed} (rerun with FLOATLM_PROMISE_SEED={seed}):\n{e}"),
     }
     // The usage records of the run agree with the grants the checker saw.
-    match testkit::promise::usage_consistent(&cluster.db, &records, &cluster.seats).await {
+    match testkit::promise::usage_consistent(&cluster.db_url(), &records, &cluster.seats).await {
         Ok(n) => eprintln!("promise run: {n} usage rows consistent with the answers"),
         Err(e) => panic!("seed {seed}: usage records disagree with the run:\n{e}"),
     }

@@ -347,12 +347,12 @@ async fn after_a_restore_the_quarantine_holds_the_seat_until_old_promises_ran_ou
         let rec = Recorder::new();
         let t0 = rec.t0();
         let sql = MariaDbCli::for_test_server();
-        let pool = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+        let pool = sqlx::MySqlPool::connect(&cl.db().url).await.unwrap();
         let mut f = Findings::new();
 
         // The backup: license applied, identity created, the seat free.
         let backup = cl.dir.path().join("backup.sql");
-        let dumped = sql.dump(&cl.db.name, &backup).await;
+        let dumped = sql.dump(&cl.db().name, &backup).await;
 
         // C and D: one identity, two programs (two sessions).
         let c = Arc::new(cl.client(&rec, "C", 0));
@@ -366,7 +366,7 @@ async fn after_a_restore_the_quarantine_holds_the_seat_until_old_promises_ran_ou
 
         // The restore, while every instance serves C's heartbeats.
         let restore_began = Instant::now();
-        let restored_in = sql.restore(&cl.db.name, &backup).await;
+        let restored_in = sql.restore(&cl.db().name, &backup).await;
         let restored = Instant::now();
         // The procedure, against one instance.
         let out = admin(&cl.targets[1], &["quarantine"]).await;
@@ -486,18 +486,18 @@ async fn with_mixed_lease_ttls_the_default_quarantine_covers_the_longest_ttl() {
         let rec = Recorder::new();
         let t0 = rec.t0();
         let sql = MariaDbCli::for_test_server();
-        let pool = sqlx::MySqlPool::connect(&cl.db.url).await.unwrap();
+        let pool = sqlx::MySqlPool::connect(&cl.db().url).await.unwrap();
         let (short, long) = (&cl.targets[0], &cl.targets[1]);
         let (c, d) = (cl.client(&rec, "C", 0), cl.client(&rec, "D", 1));
         let mut f = Findings::new();
 
         let backup = cl.dir.path().join("backup.sql");
-        sql.dump(&cl.db.name, &backup).await;
+        sql.dump(&cl.db().name, &backup).await;
         let c_lease = granted(&c.login(long, FEATURE).await, &rec);
         let h = c.heartbeat(long, std::slice::from_ref(&c_lease)).await;
         assert_eq!(h.alive(&c_lease), Some(true), "setup: {}", h.line(t0));
         let c_until = promised_until(&rec, &c_lease).unwrap();
-        sql.restore(&cl.db.name, &backup).await;
+        sql.restore(&cl.db().name, &backup).await;
 
         // The default hold, run on the short instance: the longest lease_ttl
         // any instance recorded (the long one's 15 s) plus 2 s.
@@ -558,7 +558,7 @@ async fn without_the_quarantine_a_restore_promises_one_seat_twice() {
         let (a, b) = (&cl.targets[0], &cl.targets[1]);
 
         let backup = cl.dir.path().join("backup.sql");
-        sql.dump(&cl.db.name, &backup).await;
+        sql.dump(&cl.db().name, &backup).await;
         let c = cl.client(&rec, "C", 0);
         let d = cl.client(&rec, "D", 0);
         let c_lease = granted(&c.login(a, FEATURE).await, &rec);
@@ -566,7 +566,7 @@ async fn without_the_quarantine_a_restore_promises_one_seat_twice() {
         assert_eq!(hb.alive(&c_lease), Some(true), "setup: {}", hb.line(t0));
         let c_until = promised_until(&rec, &c_lease).unwrap();
 
-        sql.restore(&cl.db.name, &backup).await;
+        sql.restore(&cl.db().name, &backup).await;
         // No quarantine: D comes straight back.
         let g = d.login(b, FEATURE).await;
         let d_lease = g.granted().unwrap_or_else(|| {
@@ -634,14 +634,14 @@ async fn a_lease_given_up_after_the_backup_does_not_come_back_with_the_restore()
         let c_lease = granted(&c.login_with(a, FEATURE, "C-R").await, &rec);
         // The backup: C holds the seat.
         let backup = cl.dir.path().join("backup.sql");
-        sql.dump(&cl.db.name, &backup).await;
+        sql.dump(&cl.db().name, &backup).await;
         let out = c.logout(a, &c_lease).await;
         assert_eq!(out.released(), Some(true), "setup: {}", out.line(t0));
         let d_lease = granted(&d.login(b, FEATURE).await, &rec);
         let h = d.heartbeat(b, std::slice::from_ref(&d_lease)).await;
         assert_eq!(h.alive(&d_lease), Some(true), "setup: {}", h.line(t0));
 
-        sql.restore(&cl.db.name, &backup).await;
+        sql.restore(&cl.db().name, &backup).await;
         let said = admin(b, &["quarantine"]).await;
         eprintln!("`floatlm admin quarantine`: {}", said.trim());
 

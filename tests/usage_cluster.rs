@@ -108,7 +108,7 @@ async fn a_scripted_sequence_with_a_sigkill_gives_exactly_the_expected_rows() {
         "the expiry of E's lease and the denial in the usage records",
         Duration::from_secs(40),
         || async {
-            let r = rows(&cl.db.url).await;
+            let r = rows(&cl.db().url).await;
             (r.iter().any(|x| x.event == "expiry") && r.iter().any(|x| x.event == "denial"))
                 .then_some(r)
         },
@@ -117,7 +117,7 @@ async fn a_scripted_sequence_with_a_sigkill_gives_exactly_the_expected_rows() {
     assert_eq!(want(&got), expected, "rows: {got:#?}");
     // Still exactly these a moment later: nothing is recorded twice.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(want(&rows(&cl.db.url).await), expected);
+    assert_eq!(want(&rows(&cl.db().url).await), expected);
 
     // The leases named in the rows are the ones the clients were given.
     let lease_of = |ev: &str, k: usize| -> String {

@@ -305,6 +305,12 @@ impl Serve {
     /// On the MariaDB database `db`, with master key 1 (every instance of a
     /// database holds the same keys; [`Serve::env`] sets another).
     pub fn mysql(self, db: &(impl DatabaseUrl + ?Sized)) -> Serve {
+        self.database(db)
+    }
+
+    /// On the database `db` names (a MariaDB database, or an SQLite file's
+    /// `sqlite://PATH`), with master key 1.
+    pub fn database(self, db: &(impl DatabaseUrl + ?Sized)) -> Serve {
         self.args(&["--database-url", db.database_url()])
             .env("FLOATLM_MASTER_KEY", MASTER_KEY_1)
     }
@@ -669,7 +675,8 @@ impl DatabaseUrl for String {
 }
 
 /// A `floatlm serve` on the MariaDB database `db` (shared by the instances
-/// of a test): instance id `id`, data in `dir/id`, master key 1, admin token
+/// of a test; or an SQLite file's `sqlite://PATH`, under a single instance):
+/// instance id `id`, data in `dir/id`, master key 1, admin token
 /// [`CLUSTER_TOKEN`], no drain delay; `extra_args` and `extra_env` come on top.
 pub fn cluster_instance(
     dir: &Path,
@@ -682,7 +689,7 @@ pub fn cluster_instance(
     Serve::in_dir(dir)
         .data_dir(&dir.join(id))
         .listen(listen)
-        .mysql(db)
+        .database(db)
         .args(&["--instance-id", id])
         .no_drain_delay()
         .env("FLOATLM_ADMIN_TOKEN", CLUSTER_TOKEN)

@@ -76,7 +76,8 @@ use floatlm_protocol::messages::{LeaseStatus, Request, Response};
 use floatlm_protocol::{HEADER_INSTANCE, HEADER_SESSION, PATH_HANDSHAKE, PATH_REQUEST};
 
 use super::{
-    admin_cli, cluster_instance, created_credential, floatlm_ok, ServerProc, TestDb, CLUSTER_TOKEN,
+    admin_cli, cluster_instance, created_credential, floatlm_ok, Kind, ServerProc, TestDb,
+    CLUSTER_TOKEN,
 };
 
 /// How long the recording client waits for any HTTP answer; past it the
@@ -1250,7 +1251,9 @@ impl InstanceSpec {
     }
 }
 
-/// Instances on one fresh MariaDB database, a signed license and identities.
+/// Instances on one fresh database, a signed license and identities: a
+/// MariaDB database shared by any number of instances, or an SQLite file
+/// under one instance (SQLite is single-node).
 /// Fields drop in order: servers stop before their database goes.
 pub struct PromiseCluster {
     pub servers: Vec<ServerProc>,
@@ -1259,19 +1262,33 @@ pub struct PromiseCluster {
     pub credentials: Vec<String>,
     /// N per feature, for [`check`].
     pub seats: BTreeMap<String, usize>,
-    pub db: TestDb,
+    /// The backend the instances share.
+    pub kind: Kind,
+    /// The MariaDB database; `None` on SQLite (its file is in `dir`).
+    pub db: Option<TestDb>,
     pub dir: tempfile::TempDir,
 }
 
 impl PromiseCluster {
-    /// Starts `instances` (in parallel) on one new database, applies one
-    /// license with `features` (name, seats) and creates `identities`.
+    /// Starts `instances` (in parallel) on one new MariaDB database, applies
+    /// one license with `features` (name, seats) and creates `identities`.
     pub async fn start(
         instances: &[InstanceSpec],
         features: &[(&str, u32)],
         identities: usize,
     ) -> PromiseCluster {
-        Self::start_with_env(instances, &|_| Vec::new(), features, identities).await
+        Self::start_on(Kind::Mysql, instances, features, identities).await
+    }
+
+    /// [`start`](Self::start) on `kind`: on SQLite, `instances` must be one
+    /// instance, on a new SQLite file.
+    pub async fn start_on(
+        kind: Kind,
+        instances: &[InstanceSpec],
+        features: &[(&str, u32)],
+        identities: usize,
+    ) -> PromiseCluster {
+        Self::start_full(kind, instances, &|_| Vec::new(), features, identities).await
     }
 
     /// [`PromiseCluster::start`] with more environment for every instance
@@ -1297,16 +1314,59 @@ impl PromiseCluster {
         features: &[(&str, u32)],
         identities: usize,
     ) -> PromiseCluster {
-        let db = TestDb::new().await;
-        let url = db.url.clone();
-        let s = PromiseServers::start(instances, &|_| url.clone(), env, features, identities).await;
+        Self::start_full(Kind::Mysql, instances, env, features, identities).await
+    }
+
+    async fn start_full(
+        kind: Kind,
+        instances: &[InstanceSpec],
+        env: &(dyn Fn(&InstanceSpec) -> Vec<(String, String)> + Sync),
+        features: &[(&str, u32)],
+        identities: usize,
+    ) -> PromiseCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, url) = match kind {
+            Kind::Mysql => {
+                let db = TestDb::new().await;
+                let url = db.url.clone();
+                (Some(db), url)
+            }
+            Kind::Sqlite => {
+                assert_eq!(
+                    instances.len(),
+                    1,
+                    "SQLite is single-node: a promise cluster on SQLite has one instance"
+                );
+                let url = format!("sqlite://{}", dir.path().join("promise.db").display());
+                (None, url)
+            }
+        };
+        let s =
+            PromiseServers::start_in(dir, instances, &|_| url.clone(), env, features, identities)
+                .await;
         PromiseCluster {
             servers: s.servers,
             targets: s.targets,
             credentials: s.credentials,
             seats: s.seats,
+            kind,
             db,
             dir: s.dir,
+        }
+    }
+
+    /// The MariaDB database of a cluster started on MariaDB.
+    pub fn db(&self) -> &TestDb {
+        self.db
+            .as_ref()
+            .expect("this promise cluster runs on SQLite: it has no MariaDB database")
+    }
+
+    /// The URL of the database the instances share (either backend).
+    pub fn db_url(&self) -> String {
+        match &self.db {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.dir.path().join("promise.db").display()),
         }
     }
 
@@ -1346,6 +1406,19 @@ impl PromiseServers {
         identities: usize,
     ) -> PromiseServers {
         let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, instances, db_url, env, features, identities).await
+    }
+
+    /// [`start`](Self::start) with its files (license, instance data and
+    /// logs) in `dir`.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        instances: &[InstanceSpec],
+        db_url: &(dyn Fn(&InstanceSpec) -> String + Sync),
+        env: &(dyn Fn(&InstanceSpec) -> Vec<(String, String)> + Sync),
+        features: &[(&str, u32)],
+        identities: usize,
+    ) -> PromiseServers {
         let d = dir.path();
         let vdir = d.join("vendor").display().to_string();
         floatlm_ok(&["vendor", "keygen", "--out", &vdir]);
@@ -1437,16 +1510,13 @@ impl PromiseServers {
 /// overlap beyond each feature's seats. Grants whose answers were lost may
 /// have rows the checker never saw (they were committed): those are fine.
 pub async fn usage_consistent(
-    db: &TestDb,
+    db_url: &str,
     records: &[Record],
     seats: &BTreeMap<String, usize>,
 ) -> Result<usize, String> {
     use floatlm::domain::seats::LeaseRef;
     use floatlm::domain::usage::{report, UsageBy, UsageEvent};
-    use floatlm::storage::UsageStore;
-    let storage = floatlm::storage::mysql::MySqlStorage::connect(&db.url, 2)
-        .await
-        .map_err(|e| format!("cannot open the run's database: {e}"))?;
+    let storage = super::open_storage(db_url).await;
     let from = chrono::DateTime::<chrono::Utc>::from_timestamp(0, 0).unwrap();
     let to = chrono::Utc::now() + chrono::Duration::days(1);
     let events: Vec<UsageEvent> = storage
