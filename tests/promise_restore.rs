@@ -3,30 +3,42 @@
 //! and against the procedure of docs/seats.md, "When the database goes back
 //! in time".
 //!
-//! Three instances share one MariaDB database with a 1-seat feature. The
-//! database is backed up with `mariadb-dump` while the seat is free; client
-//! C logs in and heartbeats; the dump is restored into the same database as
-//! an operator would (`mariadb DB < dump.sql`: DROP TABLE, CREATE TABLE and
-//! INSERT, table by table) while the instances run. C's lease is gone from
-//! the database, but C still holds a promise for it.
+//! Two or three instances share one MariaDB database with a 1-seat feature.
+//! The database is backed up with `mariadb-dump` while the seat is free;
+//! client C logs in and heartbeats; the dump is restored into the same
+//! database as an operator would (`mariadb DB < dump.sql`: DROP TABLE,
+//! CREATE TABLE and INSERT, table by table) while the instances run. C's
+//! lease is gone from the database, but C still holds a promise for it.
+//! (The last test backs up while C holds the seat instead.)
 //!
-//! * With the procedure (`floatlm admin quarantine` right after the
-//!   restore), client D of the *same identity* is refused while the
-//!   quarantine runs and granted after it; C is told it lost the seat, and
-//!   its lease id is never answered alive again although D's lease names the
-//!   same feature, slot, lease_gen and holder (only the nonce differs).
-//! * Without it, D is granted the seat at once while C's promise runs: the
-//!   checker must report the overlap. That test passes when the checker
-//!   fails; it shows what the procedure protects against.
-//! * With instances of different lease TTLs, the default hold of the
-//!   instance the operator picked can end before a promise another instance
-//!   gave; `--hold` with the largest lease_ttl covers it.
-//! * A lease its holder gave up *after* the backup comes back with the
-//!   restore, and the quarantine keeps it ("held ones at least as long as
-//!   before"): a resent login or a heartbeat after the logout is answered as
-//!   if it never ended, while the seat's later holder still holds a promise.
-//!   docs/seats.md says neither is ever answered so; that test fails (a gap
-//!   in the procedure, not in the test).
+//! `floatlm admin quarantine` (src/storage/*/leases.rs, `quarantine`) ends
+//! every lease in one UPDATE of every active or retiring slot (holder,
+//! request id and client info cleared, the lease nonce set to 0, so no
+//! restored lease id matches again) and holds every seat by nobody until at
+//! least NOW + hold, never earlier than the expiry the row already had. The
+//! default hold is the longest `lease_ttl` any instance recorded plus 2 s
+//! (src/app/seats.rs); `--hold` chooses another.
+//!
+//! * With the procedure (the quarantine against one instance right after
+//!   the restore), client D of the *same identity* is refused with
+//!   `no_license` until the hold the database records ends and granted
+//!   within a few seconds after it; C's heartbeats after the restore are
+//!   answered `alive: false` on every instance, and C's lease id is never
+//!   alive again although D's lease names the same feature, slot, lease_gen
+//!   and holder (only the nonce differs).
+//! * With instances of different lease TTLs (5 s and 15 s), the quarantine
+//!   run against the short-TTL instance with its default hold outlasts the
+//!   promise C was given by the long-TTL one, and so does `--hold 15s`; D is
+//!   refused until the hold ends.
+//! * Without the quarantine, D is granted the seat at once while C's promise
+//!   runs: the checker must report exactly that overlap. That test passes
+//!   when the checker fails; it shows what the procedure protects against.
+//! * A lease its holder gave up *after* the backup (C logs in with request
+//!   id C-R before the backup and out after it; D takes the seat) comes back
+//!   live with the restore; the quarantine ends it with every other lease,
+//!   so C's resend of C-R is not granted and C's heartbeat of the old lease
+//!   is not answered alive, and the checker finds no overlap with D's
+//!   promise.
 
 use floatlm_protocol::messages::{ErrorCode, Response};
 use std::future::Future;
@@ -56,7 +68,8 @@ const RETRY: Duration = Duration::from_millis(250);
 /// the TTL), so that several heartbeats meet the restore half done.
 const BEAT: Duration = Duration::from_millis(150);
 
-/// Short leases: the default quarantine hold is lease_hold + 1 s = 11 s.
+/// Short leases: the default quarantine hold is the longest lease_ttl + 2 s
+/// = 7 s.
 const INSTANCES: [InstanceSpec; 3] = [
     InstanceSpec::new("a", "5s", "10s"),
     InstanceSpec::new("b", "5s", "10s"),
