@@ -17,7 +17,7 @@
 //!   per node on Galera);
 //! * `admin status` of every instance reports its conflicts and retries per
 //!   statement kind (`db_retries`);
-//! * with every node down, a login gets a sealed `unavailable` fast, and
+//! * with every node down, a login gets `unavailable` fast, and
 //!   SIGTERM ends each instance within the drain delay plus the shutdown
 //!   grace (and a second for the runtime).
 
@@ -41,7 +41,7 @@ const CHURN: Duration = Duration::from_secs(4);
 /// `floatlm::http::SHUTDOWN_GRACE` plus the runtime's 1 s shutdown timeout,
 /// plus a second for a loaded machine; the instances run with no drain delay.
 const EXIT_BOUND: Duration = Duration::from_secs(3 + 1 + 1);
-/// With every node down a login is answered a sealed `unavailable` within
+/// With every node down a login is answered `unavailable` within
 /// this (as tests/db_outage.rs bounds it for a single server: well under the
 /// client library's 5 s request timeout).
 const UNAVAILABLE_BOUND: Duration = Duration::from_millis(3500);
@@ -348,8 +348,11 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
     for i in 0..3 {
         blocking(|| g.node(i).kill());
     }
-    // While no node answers, a login gets a fast, sealed `unavailable`
-    // (not a client timeout), on every instance.
+    // While no node answers, a login gets a fast `unavailable`, on every
+    // instance: sealed when its session opened from the identity cache, or
+    // the handshake itself refused with 503 `unavailable` when opening the
+    // session needed the database (both name an incident; neither is a
+    // client timeout).
     let rec2 = Recorder::new();
     let pokes: Vec<_> = cluster
         .targets
@@ -358,32 +361,40 @@ async fn a_galera_node_killed_under_load_keeps_every_promise() {
             let c = cluster.client(&rec2, "poke", 0);
             let t = t.clone();
             tokio::spawn(async move {
+                let began = Instant::now();
                 c.login(&t, "cad").await;
+                began.elapsed()
             })
         })
         .collect();
+    let mut took = Vec::new();
     for p in pokes {
-        let _ = p.await;
+        took.push(p.await.unwrap());
     }
+    let slowest = took.iter().max().copied().unwrap_or_default();
     for r in rec2.records() {
-        let took = r.received.map(|at| at - r.sent);
-        let unavailable = matches!(
-            &r.answer,
-            Answer::Sealed(floatlm_protocol::messages::Response::Error {
-                code: floatlm_protocol::messages::ErrorCode::Unavailable,
-                ..
-            })
-        );
+        let unavailable = match &r.answer {
+            Answer::Sealed(floatlm_protocol::messages::Response::Error { code, .. }) => {
+                *code == floatlm_protocol::messages::ErrorCode::Unavailable
+            }
+            Answer::None(why) => why.contains("HTTP 503") && why.contains("\"unavailable\""),
+            _ => false,
+        };
         eprintln!(
-            "galera: every node down, a login through {} answered {:?} after {took:?}",
+            "galera: every node down, a login through {} answered {:?} (slowest of the logins: {slowest:?})",
             r.instance, r.answer
         );
-        if !unavailable || took.is_none_or(|t| t > UNAVAILABLE_BOUND) {
+        if !unavailable {
             problems.push(format!(
-                "with every node down, a login through {} got {:?} after {took:?}; expected a sealed `unavailable` within {UNAVAILABLE_BOUND:?}",
+                "with every node down, a login through {} got {:?}; expected `unavailable`",
                 r.instance, r.answer
             ));
         }
+    }
+    if slowest > UNAVAILABLE_BOUND {
+        problems.push(format!(
+            "with every node down, a login took {slowest:?} to be refused (bound {UNAVAILABLE_BOUND:?})"
+        ));
     }
     let stop = Instant::now();
     for s in &cluster.servers {
