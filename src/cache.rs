@@ -6,8 +6,8 @@
 //! more (a count over a large slots table on a busy server), it is not
 //! repeated within [`SLOW_FETCH_SPACING`] times its duration, cleared or not,
 //! and callers arriving while one runs get the previous value instead of
-//! waiting for it. Fast fetches keep the plain rule: a cleared value is
-//! fetched again by the next caller.
+//! waiting for it; never a value older than [`SPARED_MAX_AGE`]. Fast fetches
+//! keep the plain rule: a cleared value is fetched again by the next caller.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,10 @@ pub const SLOW_FETCH: Duration = Duration::from_millis(50);
 /// A slow fetch is not repeated within this many times its own duration: the
 /// database spends at most about 1/SPACING of one connection on it.
 pub const SLOW_FETCH_SPACING: u32 = 10;
+/// A spared value is never older than this: past it, callers wait for a
+/// fetch again (one that is held up, by a table lock say, is then waited
+/// for rather than hidden behind an ever older value).
+pub const SPARED_MAX_AGE: Duration = Duration::from_secs(5);
 
 struct Entry<T> {
     /// When the fetch that produced `value` ended.
@@ -52,7 +56,8 @@ impl<T: Clone> Cached<T> {
 
     /// The same, sparing the database slow fetches (see the module doc):
     /// for values that may be somewhat older under load (seat counts for
-    /// clients), never for health.
+    /// clients), never for health (nor anything that reports it, such as a
+    /// scrape's `database_up`).
     pub fn sparing_slow_fetches(ttl: Duration) -> Self {
         Cached {
             spare_slow: true,
@@ -67,7 +72,7 @@ impl<T: Clone> Cached<T> {
         let e = slot.as_ref()?;
         let age = e.at.elapsed();
         let fresh = e.epoch == self.epoch.load(Ordering::Acquire) && age < self.ttl;
-        let slow = self.spare_slow && e.took >= SLOW_FETCH;
+        let slow = self.spare_slow && e.took >= SLOW_FETCH && age < SPARED_MAX_AGE;
         let spared = slow && (waiting || age < e.took * SLOW_FETCH_SPACING);
         (fresh || spared).then(|| e.value.clone())
     }

@@ -390,7 +390,8 @@ impl Licenses {
     /// counts once per second however many clients ask. When counting is
     /// slow (a large slots table on a busy database), a count is not
     /// repeated within ten times its duration and clients get the previous
-    /// one meanwhile, instead of waiting (crate::cache).
+    /// one meanwhile, instead of waiting, never one older than 5 s
+    /// (crate::cache).
     pub async fn features_cached(&self) -> Result<Arc<Vec<FeatureView>>, AppError> {
         self.usage_cache
             .get(|| async { self.features().await.map(Arc::new) })

@@ -378,7 +378,7 @@ impl Metrics {
             registry: Registry::default(),
             scraped: Arc::default(),
             scrape: tokio::sync::Mutex::new(()),
-            db_cache: crate::cache::Cached::sparing_slow_fetches(SCRAPE_CACHE),
+            db_cache: crate::cache::Cached::new(SCRAPE_CACHE),
             grants: Family::default(),
             grant_replays: Counter::default(),
             denials: Family::default(),

@@ -481,7 +481,7 @@ const FINDINGS: &str = r#"## Findings of earlier runs, explained
   never refuse the next one's. `info` no longer waits for that full
   count: once a count takes 50 ms or more, the instance does not repeat it
   within ten times its duration, and clients arriving while one runs get
-  the previous counts (before, the `query` scenario's p99 was about 1 s on
+  the previous counts, never older than 5 s (before, the `query` scenario's p99 was about 1 s on
   a loaded machine, and every grant through the instance made the next
   `info` count again).
 - **The restructuring (issue 14) against f6f7d48** (the comparison below;

@@ -125,8 +125,9 @@ async fn free_looking(tx: &mut Tx<'_>, fids: &[i64]) -> Result<bool> {
     Ok(false)
 }
 
-/// How often a grant that found no unlocked free slot while one looked free
-/// picks again, and how long it waits first (doubling): 2 + 4 + 8 ms.
+/// How often a grant (or a batch of grants) that found no unlocked free slot
+/// while one looked free picks again, and how long it waits first
+/// (doubling): 2 + 4 + 8 ms at most per transaction.
 const SKIPPED_PICK_RETRIES: u32 = 3;
 const SKIPPED_PICK_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -505,13 +506,15 @@ impl MySqlStorage {
                 continue;
             }
             let mut alone = false;
-            for &(fid, window_end) in &valid {
-                if waiting.is_empty() {
-                    break;
-                }
-                // The pick index, as for one grant: never used first, then
-                // the longest free; one index entry read per slot taken.
-                let cands: Vec<(i64, i64)> = sqlx::query_as(
+            let mut skipped_retries = 0;
+            'pick: loop {
+                for &(fid, window_end) in &valid {
+                    if waiting.is_empty() {
+                        break;
+                    }
+                    // The pick index, as for one grant: never used first, then
+                    // the longest free; one index entry read per slot taken.
+                    let cands: Vec<(i64, i64)> = sqlx::query_as(
                     "SELECT slot_no, lease_gen FROM slots FORCE INDEX (slots_pick)
                      WHERE feature_id = ? AND state = 0 AND (expires_at IS NULL OR expires_at <= NOW(6))
                      ORDER BY expires_at, slot_no LIMIT ? FOR UPDATE SKIP LOCKED",
@@ -520,111 +523,118 @@ impl MySqlStorage {
                 .bind(waiting.len() as i64)
                 .fetch_all(&mut *tx)
                 .await?;
-                if cands.is_empty() {
-                    continue;
-                }
-                // A slot of the feature is retiring (a license shrank): such
-                // grants are made one at a time, which counts what is owed.
-                // The locked slots are ours, so a shrink still to come waits
-                // for this commit and counts these grants.
-                // The clock is read in the same statement, now that the slots
-                // are locked (as for one grant).
-                // Any license of the feature counts: a shrink of one is paid
-                // for before another's free seats are handed out.
-                let mut q = QueryBuilder::<MySql>::new(
+                    if cands.is_empty() {
+                        continue;
+                    }
+                    // A slot of the feature is retiring (a license shrank): such
+                    // grants are made one at a time, which counts what is owed.
+                    // The locked slots are ours, so a shrink still to come waits
+                    // for this commit and counts these grants.
+                    // The clock is read in the same statement, now that the slots
+                    // are locked (as for one grant).
+                    // Any license of the feature counts: a shrink of one is paid
+                    // for before another's free seats are handed out.
+                    let mut q = QueryBuilder::<MySql>::new(
                     "SELECT NOW(6), EXISTS (SELECT 1 FROM slots FORCE INDEX (slots_pick) WHERE state > 0 AND state < 2 AND feature_id IN (",
                 );
-                let ids: Vec<i64> = all_rows
-                    .iter()
-                    .filter(|r| r.name == name)
-                    .map(|r| r.id)
-                    .collect();
-                push_ids(&mut q, &ids);
-                q.push("))");
-                let (now, retiring): (NaiveDateTime, i64) =
-                    q.build_query_as().fetch_one(&mut *tx).await?;
-                if retiring != 0 {
-                    alone = true;
-                    break;
-                }
-                let takers: Vec<usize> = waiting.drain(..cands.len()).collect();
-                let nonces: Vec<i64> = takers.iter().map(|_| LeaseRef::new_nonce()).collect();
-                // ((slot, lease_gen before), request), nonce
-                type Taker<'r> = ((&'r (i64, i64), &'r GrantRequest), i64);
-                let pairs: Vec<Taker<'_>> = cands
-                    .iter()
-                    .zip(takers.iter().map(|&i| &reqs[i]))
-                    .zip(nonces.iter().copied())
-                    .collect();
-                let mut q = QueryBuilder::<MySql>::new(
+                    let ids: Vec<i64> = all_rows
+                        .iter()
+                        .filter(|r| r.name == name)
+                        .map(|r| r.id)
+                        .collect();
+                    push_ids(&mut q, &ids);
+                    q.push("))");
+                    let (now, retiring): (NaiveDateTime, i64) =
+                        q.build_query_as().fetch_one(&mut *tx).await?;
+                    if retiring != 0 {
+                        alone = true;
+                        break;
+                    }
+                    let takers: Vec<usize> = waiting.drain(..cands.len()).collect();
+                    let nonces: Vec<i64> = takers.iter().map(|_| LeaseRef::new_nonce()).collect();
+                    // ((slot, lease_gen before), request), nonce
+                    type Taker<'r> = ((&'r (i64, i64), &'r GrantRequest), i64);
+                    let pairs: Vec<Taker<'_>> = cands
+                        .iter()
+                        .zip(takers.iter().map(|&i| &reqs[i]))
+                        .zip(nonces.iter().copied())
+                        .collect();
+                    let mut q = QueryBuilder::<MySql>::new(
                     "UPDATE slots FORCE INDEX (PRIMARY) SET lease_gen = lease_gen + 1, granted_at = ",
                 );
-                q.push_bind(now);
-                for (col, value) in [
-                    ("holder", 0),
-                    ("client_info", 1),
-                    ("request_id", 2),
-                    ("granted_by", 3),
-                    ("expires_at", 4),
-                    ("lease_nonce", 5),
-                    ("promise_ms", 6),
-                ] {
-                    q.push(format!(", {col} = CASE slot_no"));
-                    for (((slot, _), r), nonce) in &pairs {
-                        q.push(" WHEN ").push_bind(*slot).push(" THEN ");
-                        match value {
-                            0 => q.push_bind(r.holder.as_str()),
-                            1 => q.push_bind(r.client_info.as_str()),
-                            2 => q.push_bind(r.request_id.as_str()),
-                            3 => q.push_bind(r.instance_id.as_str()),
-                            4 => q.push_bind(add(now, r.hold)),
-                            5 => q.push_bind(*nonce),
-                            _ => q.push_bind(millis(r.promise)),
-                        };
+                    q.push_bind(now);
+                    for (col, value) in [
+                        ("holder", 0),
+                        ("client_info", 1),
+                        ("request_id", 2),
+                        ("granted_by", 3),
+                        ("expires_at", 4),
+                        ("lease_nonce", 5),
+                        ("promise_ms", 6),
+                    ] {
+                        q.push(format!(", {col} = CASE slot_no"));
+                        for (((slot, _), r), nonce) in &pairs {
+                            q.push(" WHEN ").push_bind(*slot).push(" THEN ");
+                            match value {
+                                0 => q.push_bind(r.holder.as_str()),
+                                1 => q.push_bind(r.client_info.as_str()),
+                                2 => q.push_bind(r.request_id.as_str()),
+                                3 => q.push_bind(r.instance_id.as_str()),
+                                4 => q.push_bind(add(now, r.hold)),
+                                5 => q.push_bind(*nonce),
+                                _ => q.push_bind(millis(r.promise)),
+                            };
+                        }
+                        q.push(" END");
                     }
-                    q.push(" END");
+                    q.push(" WHERE feature_id = ")
+                        .push_bind(fid)
+                        .push(" AND state = 0 AND (expires_at IS NULL OR expires_at <= ")
+                        .push_bind(now)
+                        .push(") AND (");
+                    for (i, (((slot, gen), _), _)) in pairs.iter().enumerate() {
+                        q.push(if i == 0 { "(" } else { " OR (" })
+                            .push("slot_no = ")
+                            .push_bind(*slot)
+                            .push(" AND lease_gen = ")
+                            .push_bind(*gen)
+                            .push(")");
+                    }
+                    q.push(")");
+                    let r = q.build().execute(&mut *tx).await?;
+                    if r.rows_affected() as usize != pairs.len() {
+                        // Cannot happen with the rows locked; never guess.
+                        tracing::warn!(
+                            fid,
+                            "a batched grant matched fewer slots than it locked; granting alone"
+                        );
+                        return Ok(None);
+                    }
+                    for ((&i, (slot, gen)), nonce) in takers.iter().zip(&cands).zip(nonces) {
+                        let lease = LeaseRef {
+                            feature_id: fid,
+                            slot_no: *slot,
+                            lease_gen: gen + 1,
+                            nonce,
+                        };
+                        granted
+                            .push((i, new_grant(&reqs[i], lease, utc(now), window_end.map(utc))));
+                    }
                 }
-                q.push(" WHERE feature_id = ")
-                    .push_bind(fid)
-                    .push(" AND state = 0 AND (expires_at IS NULL OR expires_at <= ")
-                    .push_bind(now)
-                    .push(") AND (");
-                for (i, (((slot, gen), _), _)) in pairs.iter().enumerate() {
-                    q.push(if i == 0 { "(" } else { " OR (" })
-                        .push("slot_no = ")
-                        .push_bind(*slot)
-                        .push(" AND lease_gen = ")
-                        .push_bind(*gen)
-                        .push(")");
+                // A free-looking slot the pick skipped: the batch picks again for
+                // those left (`free_looking`), at most 14 ms per batch whatever
+                // holds the slot and however many are waiting.
+                if !alone && !waiting.is_empty() && skipped_retries < SKIPPED_PICK_RETRIES {
+                    let fids: Vec<i64> = valid.iter().map(|v| v.0).collect();
+                    if free_looking(&mut tx, &fids).await? {
+                        tokio::time::sleep(SKIPPED_PICK_WAIT * 2u32.pow(skipped_retries)).await;
+                        skipped_retries += 1;
+                        continue 'pick;
+                    }
                 }
-                q.push(")");
-                let r = q.build().execute(&mut *tx).await?;
-                if r.rows_affected() as usize != pairs.len() {
-                    // Cannot happen with the rows locked; never guess.
-                    tracing::warn!(
-                        fid,
-                        "a batched grant matched fewer slots than it locked; granting alone"
-                    );
-                    return Ok(None);
-                }
-                for ((&i, (slot, gen)), nonce) in takers.iter().zip(&cands).zip(nonces) {
-                    let lease = LeaseRef {
-                        feature_id: fid,
-                        slot_no: *slot,
-                        lease_gen: gen + 1,
-                        nonce,
-                    };
-                    granted.push((i, new_grant(&reqs[i], lease, utc(now), window_end.map(utc))));
-                }
+                break;
             }
             if alone || waiting.is_empty() {
-                continue;
-            }
-            // A free-looking slot the pick skipped: those left try alone,
-            // where the pick is tried again (`free_looking`).
-            let fids: Vec<i64> = valid.iter().map(|v| v.0).collect();
-            if free_looking(&mut tx, &fids).await? {
-                waiting.clear();
                 continue;
             }
             let mut q = QueryBuilder::<MySql>::new(
