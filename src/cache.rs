@@ -1,17 +1,18 @@
 //! A value cached for a short time, fetched by one caller at a time (the
 //! others wait for that fetch instead of repeating it).
 //!
-//! A cache built with [`Cached::sparing_slow_fetches`] also bounds what an
-//! expensive fetch costs the database: once a fetch took [`SLOW_FETCH`] or
-//! more (a count over a large slots table on a busy server), it is not
-//! repeated within [`SLOW_FETCH_SPACING`] times its duration, cleared or not,
-//! and callers arriving while one runs get the previous value instead of
-//! waiting for it; never a value older than [`SPARED_MAX_AGE`]. Fast fetches
-//! keep the plain rule: a cleared value is fetched again by the next caller.
+//! [`Cached::get_refreshing`] also keeps an expensive fetch off the callers'
+//! path and bounds what it costs the database: once a fetch took
+//! [`SLOW_FETCH`] or more (a count over a large slots table on a busy
+//! server), callers get the cached value at once, up to [`STALE_MAX`] old,
+//! and a refresh runs in the background when the value is older than
+//! [`SLOW_FETCH_SPACING`] times that fetch's duration (or the TTL), one at a
+//! time. Fast fetches keep the plain rule: a value past its TTL, or cleared,
+//! is fetched again by the next caller, who waits for it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A fetch that took this long or longer counts as slow.
@@ -19,10 +20,10 @@ pub const SLOW_FETCH: Duration = Duration::from_millis(50);
 /// A slow fetch is not repeated within this many times its own duration: the
 /// database spends at most about 1/SPACING of one connection on it.
 pub const SLOW_FETCH_SPACING: u32 = 10;
-/// A spared value is never older than this: past it, callers wait for a
-/// fetch again (one that is held up, by a table lock say, is then waited
-/// for rather than hidden behind an ever older value).
-pub const SPARED_MAX_AGE: Duration = Duration::from_secs(5);
+/// The oldest value [`Cached::get_refreshing`] serves without waiting: past
+/// it (a refresh held up or failing for that long), callers wait for a
+/// fetch of their own and get its answer or its error.
+pub const STALE_MAX: Duration = Duration::from_secs(30);
 
 struct Entry<T> {
     /// When the fetch that produced `value` ended.
@@ -33,83 +34,110 @@ struct Entry<T> {
     value: T,
 }
 
+type Slot<T> = Arc<Mutex<Option<Entry<T>>>>;
+
 pub struct Cached<T> {
     ttl: Duration,
-    spare_slow: bool,
     /// Bumped by [`Cached::clear`]; a value fetched under an older epoch is stale.
     epoch: AtomicU64,
-    slot: Mutex<Option<Entry<T>>>,
-    /// Held by the one caller fetching.
-    fetching: tokio::sync::Mutex<()>,
+    slot: Slot<T>,
+    /// Held by the one caller (or background refresh) fetching.
+    fetching: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<T: Clone> Cached<T> {
     pub fn new(ttl: Duration) -> Self {
         Cached {
             ttl,
-            spare_slow: false,
             epoch: AtomicU64::new(0),
-            slot: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
+            slot: Arc::new(Mutex::new(None)),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
-    /// The same, sparing the database slow fetches (see the module doc):
-    /// for values that may be somewhat older under load (seat counts for
-    /// clients), never for health (nor anything that reports it, such as a
-    /// scrape's `database_up`).
-    pub fn sparing_slow_fetches(ttl: Duration) -> Self {
-        Cached {
-            spare_slow: true,
-            ..Self::new(ttl)
-        }
-    }
-
-    /// The cached value if it may be served (`waiting`: whether another
-    /// caller's fetch is running).
-    fn servable(&self, waiting: bool) -> Option<T> {
+    /// The cached value if younger than the TTL and not cleared since.
+    fn fresh(&self) -> Option<T> {
         let slot = self.slot.lock().expect("cache lock");
         let e = slot.as_ref()?;
-        let age = e.at.elapsed();
-        let fresh = e.epoch == self.epoch.load(Ordering::Acquire) && age < self.ttl;
-        let slow = self.spare_slow && e.took >= SLOW_FETCH && age < SPARED_MAX_AGE;
-        let spared = slow && (waiting || age < e.took * SLOW_FETCH_SPACING);
-        (fresh || spared).then(|| e.value.clone())
+        (e.epoch == self.epoch.load(Ordering::Acquire) && e.at.elapsed() < self.ttl)
+            .then(|| e.value.clone())
     }
 
-    /// The cached value if younger than the TTL (or spared, above), else
-    /// `fetch()`'s (cached when it succeeds).
+    /// The cached value if younger than the TTL, else `fetch()`'s (cached
+    /// when it succeeds).
     pub async fn get<E, F, Fut>(&self, fetch: F) -> Result<T, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        if let Some(v) = self.servable(false) {
+        if let Some(v) = self.fresh() {
             return Ok(v);
         }
-        let _fetching = match self.fetching.try_lock() {
-            Ok(g) => g,
-            Err(_) => {
-                if let Some(v) = self.servable(true) {
-                    return Ok(v);
-                }
-                self.fetching.lock().await
-            }
-        };
+        let _fetching = self.fetching.lock().await;
         // The fetch we may have waited for may have produced what we need.
-        if let Some(v) = self.servable(false) {
+        if let Some(v) = self.fresh() {
             return Ok(v);
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let began = Instant::now();
         let value = fetch().await?;
-        *self.slot.lock().expect("cache lock") = Some(Entry {
-            at: Instant::now(),
-            epoch,
-            took: began.elapsed(),
-            value: value.clone(),
-        });
+        store(&self.slot, epoch, began, value.clone());
         Ok(value)
+    }
+
+    /// As [`Cached::get`], but once a fetch was slow the callers no longer
+    /// wait for the next one (see the module doc): for values that may be
+    /// somewhat older under load (seat counts for clients), never for health
+    /// (nor anything that reports it, such as a scrape's `database_up`).
+    pub async fn get_refreshing<E, F, Fut>(&self, fetch: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let spared = {
+            let slot = self.slot.lock().expect("cache lock");
+            slot.as_ref().and_then(|e| {
+                let age = e.at.elapsed();
+                let fresh = e.epoch == self.epoch.load(Ordering::Acquire) && age < self.ttl;
+                let slow = e.took >= SLOW_FETCH && age < STALE_MAX;
+                (fresh || slow).then(|| {
+                    let due = !fresh && age >= e.took * SLOW_FETCH_SPACING;
+                    (e.value.clone(), due)
+                })
+            })
+        };
+        match spared {
+            Some((value, due)) => {
+                if due {
+                    self.refresh_in_background(fetch);
+                }
+                Ok(value)
+            }
+            None => self.get(fetch).await,
+        }
+    }
+
+    /// Runs `fetch` on its own task unless a fetch is running already; its
+    /// value is stored when it succeeds (a failure leaves the old value to
+    /// age out).
+    fn refresh_in_background<E, F, Fut>(&self, fetch: F)
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let Ok(fetching) = self.fetching.clone().try_lock_owned() else {
+            return;
+        };
+        let (slot, epoch) = (self.slot.clone(), self.epoch.load(Ordering::Acquire));
+        tokio::spawn(async move {
+            let _fetching = fetching;
+            let began = Instant::now();
+            if let Ok(value) = fetch().await {
+                store(&slot, epoch, began, value);
+            }
+        });
     }
 
     /// Marks the value stale (after a change that must show at once). Never
@@ -117,6 +145,15 @@ impl<T: Clone> Cached<T> {
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
+}
+
+fn store<T>(slot: &Slot<T>, epoch: u64, began: Instant, value: T) {
+    *slot.lock().expect("cache lock") = Some(Entry {
+        at: Instant::now(),
+        epoch,
+        took: began.elapsed(),
+        value,
+    });
 }
 
 #[cfg(test)]
@@ -157,45 +194,59 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_slow_fetch_is_spaced_out_and_not_waited_for() {
-        let c = Arc::new(Cached::sparing_slow_fetches(Duration::from_millis(10)));
-        let fetches = Arc::new(AtomicU32::new(0));
-        let slow = |f: Arc<AtomicU32>| async move {
+    async fn after_a_slow_fetch_callers_never_wait_and_refreshes_are_spaced() {
+        let c = Cached::new(Duration::from_millis(10));
+        let slow = || async {
             tokio::time::sleep(Duration::from_millis(60)).await;
-            Ok::<_, ()>(f.fetch_add(1, Ordering::SeqCst))
+            Ok::<_, ()>(0)
         };
-        assert_eq!(c.get(|| slow(fetches.clone())).await, Ok(0));
-        // Cleared and past its TTL, but within 10x its 60 ms: served as is.
+        // The first fetch is waited for: there is nothing else to give.
+        assert_eq!(c.get_refreshing(slow).await, Ok(0));
+        // Cleared and past its TTL, but within 10x its 60 ms: served as is,
+        // nothing fetched.
         c.clear();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(c.get(|| async { Err::<u32, _>("not called") }).await, Ok(0));
-        // After the spacing the next caller fetches; one arriving meanwhile
-        // gets the previous value at once instead of waiting for it.
+        assert_eq!(
+            c.get_refreshing(|| async { Err::<u32, _>("not called") })
+                .await,
+            Ok(0)
+        );
+        // After the spacing a caller still gets the old value at once and
+        // starts a refresh; callers meanwhile start no second one.
         tokio::time::sleep(Duration::from_millis(650)).await;
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
-        let c2 = c.clone();
-        let fetcher = tokio::spawn(async move {
-            c2.get(|| async move {
-                started_tx.send(()).unwrap();
-                release_rx.await.unwrap();
-                Ok::<_, ()>(1)
-            })
-            .await
-        });
+        let refresh = || async move {
+            started_tx.send(()).unwrap();
+            release_rx.await.unwrap();
+            Ok::<_, &str>(1)
+        };
+        assert_eq!(c.get_refreshing(refresh).await, Ok(0));
         started.await.unwrap();
-        assert_eq!(c.get(|| async { Err::<u32, _>("not called") }).await, Ok(0));
-        assert!(!fetcher.is_finished());
+        assert_eq!(
+            c.get_refreshing(|| async { Err::<u32, _>("not called") })
+                .await,
+            Ok(0)
+        );
         release.send(()).unwrap();
-        assert_eq!(fetcher.await.unwrap(), Ok(1));
-        assert_eq!(c.get(|| async { Err::<u32, _>("not called") }).await, Ok(1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = c
+                .get_refreshing(|| async { Err::<u32, _>("not called") })
+                .await;
+            if v == Ok(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the refresh never landed: {v:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
-    async fn a_fast_fetch_is_repeated_after_clear_even_when_sparing() {
-        let c = Cached::sparing_slow_fetches(Duration::from_secs(60));
-        assert_eq!(c.get(|| async { Ok::<_, ()>(1) }).await, Ok(1));
+    async fn a_fast_fetch_is_repeated_after_clear() {
+        let c = Cached::new(Duration::from_secs(60));
+        assert_eq!(c.get_refreshing(|| async { Ok::<_, ()>(1) }).await, Ok(1));
         c.clear();
-        assert_eq!(c.get(|| async { Ok::<_, ()>(2) }).await, Ok(2));
+        assert_eq!(c.get_refreshing(|| async { Ok::<_, ()>(2) }).await, Ok(2));
     }
 }

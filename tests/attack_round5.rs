@@ -457,12 +457,15 @@ async fn full_feature_with_a_stalled_pick_answers_no_seat_slowly() {
 /// b3d8d9d as first found: once one count took 50 ms or more, a caller
 /// arriving while another count ran got the previous count however old it
 /// was, for as long as that count ran (here held up 3 s by a table lock).
-/// Now a caller gets the previous count at once only while it is younger
-/// than `SPARED_MAX_AGE` (5 s) and waits for the count after that. The
-/// count is advisory (`info`): nothing a login decides rests on it. When
-/// the lock goes, the count sees the seat taken meanwhile.
+/// Now, once a count was slow, callers get the previous count at once up to
+/// `STALE_MAX` (30 s) old while the next count runs in the background (a
+/// count that waits for a client's request is what made NGINX's 1 s read
+/// timeout take instances out in the bench); past that they wait for a
+/// count of their own. The count is advisory (`info`): nothing a login
+/// decides rests on it. When the lock goes, the count sees the seat taken
+/// meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn info_counts_during_a_slow_count_are_the_previous_ones_at_most_5_s_old() {
+async fn info_counts_during_a_slow_count_are_the_previous_ones_served_at_once() {
     let t = TestApp::new(Kind::Mysql).await;
     let st = t.app.storage().clone();
     st.apply_license(&record(&def("L1", 1, "cnt", 4), &t.vendor, &test_keyring()))
@@ -493,60 +496,38 @@ async fn info_counts_during_a_slow_count_are_the_previous_ones_at_most_5_s_old()
     // told), and nobody asks for 2.5 s.
     st.grant(&req("cnt", "h", "taken")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    // The next count is held up for 3 s.
+    // The next count (started by the first caller below, in the background)
+    // is held up for about 3 s: every caller meanwhile gets the previous
+    // count at once.
     sqlx::query("LOCK TABLES slots WRITE")
         .execute(&mut c)
         .await
         .unwrap();
-    let l = lic.clone();
-    let fetcher = tokio::spawn(async move { l.features_cached().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let begin = Instant::now();
-    let (mut stale, mut waited) = (0, 0);
-    for _ in 0..8 {
-        let age = counted.elapsed();
-        match tokio::time::timeout(Duration::from_secs(1), lic.features_cached()).await {
-            Ok(v) => {
-                // Served at once, so the previous count: never past its
-                // age limit.
-                assert_eq!(used(&v.unwrap()), Some(0));
-                assert!(
-                    age < floatlm::cache::SPARED_MAX_AGE + Duration::from_millis(300),
-                    "a count {age:?} old was served (limit {:?})",
-                    floatlm::cache::SPARED_MAX_AGE
-                );
-                stale += 1;
-            }
-            Err(_) => {
-                // Past the limit a caller waits for the count instead.
-                assert!(
-                    age > floatlm::cache::SPARED_MAX_AGE - Duration::from_millis(300),
-                    "a caller waited although the previous count was only {age:?} old"
-                );
-                waited += 1;
-            }
-        }
+    let mut served = 0;
+    for _ in 0..6 {
+        let v = tokio::time::timeout(Duration::from_secs(2), lic.features_cached())
+            .await
+            .expect("a caller waited for a held-up count")
+            .unwrap();
+        assert_eq!(used(&v), Some(0));
+        served += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let served_for = begin.elapsed();
+    let age = counted.elapsed();
     sqlx::query("UNLOCK TABLES").execute(&mut c).await.unwrap();
-    let fresh = fetcher.await.unwrap().unwrap();
+    // The background count lands.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fresh = loop {
+        let v = used(&lic.features_cached().await.unwrap());
+        if v == Some(1) || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     println!(
-        "while a count was held up: {stale} answers at once with the previous count (at most {:?} old), {waited} waited for the count, over {served_for:?}; the count that ran says used={:?}",
-        floatlm::cache::SPARED_MAX_AGE,
-        used(&fresh)
+        "while a count was held up: {served} answers at once with the previous count (up to {age:?} old); the count that ran says used={fresh:?}"
     );
-    assert!(stale > 0 && waited > 0, "{stale} {waited}");
-    assert_eq!(used(&fresh), Some(1));
-    assert_eq!(used(&lic.features_cached().await.unwrap()), Some(1));
-    // That count took ~3 s, so it is spared ~30 s: a grant through this
-    // very instance (which clears the cache) does not show 5 s later.
-    t.app.seats().grant(&req("cnt", "h", "own")).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let later = used(&lic.features_cached().await.unwrap());
-    println!("5 s after this instance's own grant, past the 1 s TTL: used={later:?} (2 held)");
-    // Measured at b3d8d9d: used=1 (the documented spacing of a slow count).
-    assert!(matches!(later, Some(1) | Some(2)), "{later:?}");
+    assert_eq!(fresh, Some(1));
 }
 
 /// b6cdb46 as a rolling upgrade meets it: a database an older floatlm

@@ -58,7 +58,7 @@ pub struct Licenses {
     /// heartbeats are still answered; only grants wait for the key.
     untrusted: RwLock<std::collections::BTreeSet<String>>,
     /// Seat counts for clients' `info` requests (counting scans every slot).
-    usage_cache: crate::cache::Cached<Arc<Vec<FeatureView>>>,
+    usage_cache: crate::cache::Cached<Arc<Vec<crate::storage::FeatureRow>>>,
     storage: Arc<dyn Storage>,
     gate: Arc<DbGate>,
     keys: Arc<Keys>,
@@ -76,7 +76,7 @@ impl Licenses {
             refused: RwLock::new(Refusals::new()),
             integrity_mismatches: AtomicU64::new(0),
             untrusted: RwLock::default(),
-            usage_cache: crate::cache::Cached::sparing_slow_fetches(USAGE_CACHE),
+            usage_cache: crate::cache::Cached::new(USAGE_CACHE),
             storage,
             gate,
             keys,
@@ -387,28 +387,39 @@ impl Licenses {
     }
 
     /// Seat counts for clients, at most [`USAGE_CACHE`] old: one instance
-    /// counts once per second however many clients ask. When counting is
-    /// slow (a large slots table on a busy database), a count is not
-    /// repeated within ten times its duration and clients get the previous
-    /// one meanwhile, instead of waiting, never one older than 5 s
-    /// (crate::cache).
+    /// counts once per second however many clients ask, and shows its own
+    /// clients' changes at once. When counting is slow (a large slots table
+    /// on a busy database), clients get the previous count without waiting
+    /// (at most 30 s old) while the next one runs in the background, no
+    /// sooner than ten times the last one's duration (crate::cache).
     pub async fn features_cached(&self) -> Result<Arc<Vec<FeatureView>>, AppError> {
-        self.usage_cache
-            .get(|| async { self.features().await.map(Arc::new) })
-            .await
+        let (storage, gate) = (self.storage.clone(), self.gate.clone());
+        let rows = self
+            .usage_cache
+            .get_refreshing(move || async move {
+                gated(&gate, || storage.feature_rows()).await.map(Arc::new)
+            })
+            .await?;
+        Ok(Arc::new(self.views(&rows)))
     }
 
     /// Seat counts per feature, fresh from the database (admin views), with
     /// why the integrity check refuses a feature, if it does.
     pub async fn features(&self) -> Result<Vec<FeatureView>, AppError> {
         let rows = gated(&self.gate, || self.storage.feature_rows()).await?;
+        Ok(self.views(&rows))
+    }
+
+    /// Seat counts per feature name from the rows of every license, with
+    /// the integrity check's refusals as they are now.
+    fn views(&self, rows: &[crate::storage::FeatureRow]) -> Vec<FeatureView> {
         let refused = self.refused.read().expect("lock").clone();
-        Ok(usage_by_name(&rows)
+        usage_by_name(rows)
             .into_iter()
             .map(|usage| FeatureView {
                 refused: refused.get(&usage.name).cloned(),
                 usage,
             })
-            .collect())
+            .collect()
     }
 }

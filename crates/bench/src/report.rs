@@ -479,9 +479,9 @@ const FINDINGS: &str = r#"## Findings of earlier runs, explained
   instance room for all the sessions a run opens (`--max-sessions`), so the
   sessions one scenario leaves behind (they live until `session_idle`)
   never refuse the next one's. `info` no longer waits for that full
-  count: once a count takes 50 ms or more, the instance does not repeat it
-  within ten times its duration, and clients arriving while one runs get
-  the previous counts, never older than 5 s (before, the `query` scenario's p99 was about 1 s on
+  count: once a count takes 50 ms or more, clients get the previous counts
+  at once (at most 30 s old) while the next count runs in the background,
+  no sooner than ten times the last one's duration (before, the `query` scenario's p99 was about 1 s on
   a loaded machine, and every grant through the instance made the next
   `info` count again).
 - **The restructuring (issue 14) against f6f7d48** (the comparison below;
