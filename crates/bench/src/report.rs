@@ -281,6 +281,9 @@ pub fn markdown(r: &Results) -> String {
     md.push_str("fixed rate (every lease heartbeats once per interval), latency counted from\n");
     md.push_str("the scheduled send time. Server CPU is the instances' own CPU time over the\n");
     md.push_str("wall time (not the database's or NGINX's).\n\n");
+    md.push_str(&errors_note(
+        r.rows.iter().filter(|m| !m.target.starts_with(GALERA)),
+    ));
     if let Some(l) = &r.live {
         md.push_str(&format!(
             "Live leases: {} sessions each holding one lease were opened through NGINX in {:.1} s;\n\
@@ -363,6 +366,43 @@ gain); the other nodes stay their failover nodes.
         ));
     }
     md.push('\n');
+    md.push_str(&errors_note(
+        r.rows.iter().filter(|m| m.target.starts_with(GALERA)),
+    ));
+    md
+}
+
+/// What the rows that had errors failed with (their first error), and why
+/// where the reason is known.
+fn errors_note<'r>(rows: impl Iterator<Item = &'r crate::scenarios::Measured>) -> String {
+    let mut md = String::new();
+    for m in rows.filter(|m| m.stats.errors > 0) {
+        let first: String = m
+            .stats
+            .first_error
+            .as_deref()
+            .unwrap_or("(not recorded)")
+            .chars()
+            .take(160)
+            .collect::<String>()
+            .replace(['\n', '|', '`'], " ");
+        md.push_str(&format!(
+            "- Errors of `{}` ({}): {}, the first: `{first}`",
+            m.scenario, m.target, m.stats.errors
+        ));
+        if first.contains("session_unknown") {
+            md.push_str(
+                ". NGINX took an instance out (one failed request does, `max_fails=1`: a \
+                 1 s timeout or a 503) and the clients hashed to it landed on another \
+                 instance that does not know their sessions; the client library resumes \
+                 there with its ticket, the bench's virtual clients do not",
+            );
+        }
+        md.push_str(".\n");
+    }
+    if !md.is_empty() {
+        md.push('\n');
+    }
     md
 }
 
@@ -483,18 +523,20 @@ const FINDINGS: &str = r#"## Findings of earlier runs, explained
   at once (at most 30 s old) while the next count runs in the background,
   no sooner than ten times the last one's duration (before, the `query` scenario's p99 was about 1 s on
   a loaded machine, and every grant through the instance made the next
-  `info` count again).
-- **The restructuring (issue 14) against f6f7d48** (the comparison below;
-  two sessions of two rounds, both with the machine shared at load 12-13 on
-  two cores, so a 20% swing between rounds is common: `heartbeat` of this
-  build with and without the trigger, which heartbeats never fire, differed
-  by 25% in one session). `checkout` is faster (the plan fix above, which
-  f6f7d48 did not have), `checkout_release` within noise. `handshake`
-  (0.84x, 0.88x) and `query` (0.83x, 0.53x) were below the old binary in
-  every round of both sessions; server CPU per query 0.078 against 0.060-0.073
-  ms, per handshake about the same (0.22-0.26 ms). Not yet explained: to be
-  re-measured on a quiet machine with more rounds and profiled with perf
-  before the next release.
+  `info` count again). The full run of 2026-12-07 after these fixes had no
+  errors in any row through NGINX, `query` included.
+- **The restructuring (issue 14) against f6f7d48** (the comparison below,
+  re-measured on 2026-12-07 with the machine otherwise idle, load 1.5-3).
+  Two earlier sessions at load 12-13 had `handshake` (0.84x, 0.88x) and
+  `query` (0.83x, 0.53x) below the old binary; on the quiet machine they
+  are within noise (0.99x, 1.04x), as is `heartbeat` (1.03x), while
+  `checkout` (2.76x, the plan fix above, which f6f7d48 did not have) and
+  `checkout_release` (1.20x) are faster beyond noise: no regression. The
+  usage trigger (issue 15) is what costs: with it, `checkout_release` is
+  0.66x and `heartbeat` 0.84x of the old binary (a heartbeat's extension
+  is an UPDATE of the slot row, which ran the trigger even though it
+  records nothing for it; migration 0012 guards the trigger so renewals
+  skip it, see "Usage records").
 
 "#;
 
