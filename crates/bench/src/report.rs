@@ -526,17 +526,18 @@ const FINDINGS: &str = r#"## Findings of earlier runs, explained
   `info` count again). The full run of 2026-12-07 after these fixes had no
   errors in any row through NGINX, `query` included.
 - **The restructuring (issue 14) against f6f7d48** (the comparison below,
-  re-measured on 2026-12-07 with the machine otherwise idle, load 1.5-3).
-  Two earlier sessions at load 12-13 had `handshake` (0.84x, 0.88x) and
-  `query` (0.83x, 0.53x) below the old binary; on the quiet machine they
-  are within noise (0.99x, 1.04x), as is `heartbeat` (1.03x), while
-  `checkout` (2.76x, the plan fix above, which f6f7d48 did not have) and
-  `checkout_release` (1.20x) are faster beyond noise: no regression. The
-  usage trigger (issue 15) is what costs: with it, `checkout_release` is
-  0.66x and `heartbeat` 0.84x of the old binary (a heartbeat's extension
-  is an UPDATE of the slot row, which ran the trigger even though it
-  records nothing for it; migration 0012 guards the trigger so renewals
-  skip it, see "Usage records").
+  three rounds, re-measured on 2026-12-07 after migration 0012). Earlier
+  sessions at load 12-13 had `handshake` (0.84x, 0.88x) and `query`
+  (0.83x, 0.53x) below the old binary; on a quieter machine the structure
+  alone (no usage trigger) is within noise for `handshake`, `query`,
+  `checkout_release` and `heartbeat` (0.91x-1.10x, the rounds overlap) and
+  `checkout` is faster beyond noise (2.49x, the plan fix above, which
+  f6f7d48 did not have): no regression. The usage trigger (issue 15) costs
+  seat changes (`checkout_release` 0.70x of the old binary with it). It no
+  longer costs heartbeats: before migration 0012 a heartbeat's extension ran
+  the trigger although it records nothing for it (`heartbeat` 0.84x with
+  the trigger against 1.03x without, one quiet session earlier); guarded,
+  `heartbeat` is 0.94x with and without it.
 
 "#;
 
