@@ -20,8 +20,7 @@
 //!   would give.
 
 use floatlm::domain::license::VendorSigningKey;
-use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, RequestId, SeatError};
-use floatlm::storage::mysql::MySqlStorage;
+use floatlm::domain::seats::{Check, GrantRequest, LeaseRef, SeatError};
 use floatlm::storage::{RenewItem, SeatFailure, Storage};
 use floatlm_client::{Client, Options};
 use std::collections::BTreeSet;
@@ -35,21 +34,7 @@ use testkit::{
 const TTL: Duration = Duration::from_secs(60);
 
 fn req(feature: &str, holder: &str, rid: &str) -> GrantRequest {
-    GrantRequest {
-        feature: feature.into(),
-        request_id: RequestId::new(rid).unwrap(),
-        holder: holder.into(),
-        client_info: "round4".into(),
-        hold: TTL,
-        promise: TTL,
-        instance_id: "i-round4".into(),
-    }
-}
-
-/// A second "instance": its own pool on the same database.
-async fn second(s: &TestStore) -> Arc<dyn Storage> {
-    let url = s.db.as_ref().expect("mysql").url.clone();
-    Arc::new(MySqlStorage::connect(&url, 8).await.unwrap())
+    testkit::grant_request(feature, holder, rid, TTL)
 }
 
 /// Fires `n` grant requests of `feature` at once, alternating between the
@@ -108,7 +93,7 @@ async fn live_in_db(st: &dyn Storage, feature: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_race_for_the_last_seats_and_take_each_once() {
     let s = TestStore::new(Kind::Mysql).await;
-    let stores = [s.storage.clone(), second(&s).await];
+    let stores = [s.storage.clone(), s.second_pool().await];
     let v = VendorSigningKey::generate();
     s.storage
         .apply_license(&record(&def("L1", 1, "race", 5), &v, &test_keyring()))
@@ -138,7 +123,7 @@ async fn two_instances_race_for_the_last_seats_and_take_each_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_through_a_two_license_shrink_never_pass_the_new_total() {
     let s = TestStore::new(Kind::Mysql).await;
-    let stores = [s.storage.clone(), second(&s).await];
+    let stores = [s.storage.clone(), s.second_pool().await];
     let (v, ring) = (VendorSigningKey::generate(), test_keyring());
     let st = s.storage.as_ref();
     st.apply_license(&record(&def("LA", 1, "cad", 4), &v, &ring))
@@ -194,7 +179,7 @@ async fn grants_through_a_two_license_shrink_never_pass_the_new_total() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_racing_grants_through_a_two_license_shrink_never_over_grant() {
     let s = TestStore::new(Kind::Mysql).await;
-    let stores = [s.storage.clone(), second(&s).await];
+    let stores = [s.storage.clone(), s.second_pool().await];
     let (v, ring) = (VendorSigningKey::generate(), test_keyring());
     for run in 0..3 {
         let st = s.storage.clone();
@@ -304,7 +289,7 @@ async fn a_revoke_whose_answer_was_lost_keeps_the_seat_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_force_releases_of_one_lease_end_it_once_and_bound_it_once() {
     let s = TestStore::new(Kind::Mysql).await;
-    let stores = [s.storage.clone(), second(&s).await];
+    let stores = [s.storage.clone(), s.second_pool().await];
     let v = VendorSigningKey::generate();
     let st = s.storage.as_ref();
     for round in 0..5 {

@@ -19,7 +19,7 @@
 //!   spares slow fetches).
 
 use floatlm::domain::license::VendorSigningKey;
-use floatlm::domain::seats::{GrantRequest, LeaseRef, RequestId, SeatError};
+use floatlm::domain::seats::{GrantRequest, LeaseRef, SeatError};
 use floatlm::storage::mysql::MySqlStorage;
 use floatlm::storage::{SeatFailure, Storage};
 use sqlx::Connection;
@@ -31,20 +31,7 @@ use testkit::{def, record, test_keyring, Kind, TestApp, TestStore};
 const TTL: Duration = Duration::from_secs(60);
 
 fn req(feature: &str, holder: &str, rid: &str) -> GrantRequest {
-    GrantRequest {
-        feature: feature.into(),
-        request_id: RequestId::new(rid).unwrap(),
-        holder: holder.into(),
-        client_info: "alice@pc1 (round5)".into(),
-        hold: TTL,
-        promise: TTL,
-        instance_id: "i-round5".into(),
-    }
-}
-
-async fn second(s: &TestStore) -> Arc<dyn Storage> {
-    let url = s.db.as_ref().expect("mysql").url.clone();
-    Arc::new(MySqlStorage::connect(&url, 8).await.unwrap())
+    testkit::grant_request(feature, holder, rid, TTL)
 }
 
 /// A tiny deterministic generator (no dependency on rand's API).
@@ -155,6 +142,48 @@ const EVENTS_SQLITE: &str =
         CASE WHEN event IN ('grant', 'expiry') THEN CAST(at AS TEXT) ELSE 'now' END
      FROM usage_events WHERE event <> 'denial' ORDER BY id";
 
+/// Applies the same 400 random slot UPDATEs to connections `$a` (0012's
+/// trigger) and `$b` (0010's) and asserts both wrote the same usage events
+/// (`$events` reads them). A macro: the two backends' connections share no
+/// type the test could name.
+macro_rules! replay_on_twins {
+    ($kind:expr, $a:ident, $b:ident, $slots:expr, $events:expr) => {{
+        let (mut oks, mut errs) = (0, 0);
+        for (i, sql) in random_updates($kind, &$slots, 0x5eed_0005, 400)
+            .iter()
+            .enumerate()
+        {
+            let ra = sqlx::query(sql)
+                .execute(&mut $a)
+                .await
+                .map(|r| r.rows_affected());
+            let rb = sqlx::query(sql)
+                .execute(&mut $b)
+                .await
+                .map(|r| r.rows_affected());
+            assert_eq!(ra.is_ok(), rb.is_ok(), "step {i}: {sql}: {ra:?} vs {rb:?}");
+            if ra.is_ok() {
+                oks += 1
+            } else {
+                errs += 1
+            }
+        }
+        let ea: Vec<Ev> = sqlx::query_as($events).fetch_all(&mut $a).await.unwrap();
+        let eb: Vec<Ev> = sqlx::query_as($events).fetch_all(&mut $b).await.unwrap();
+        println!(
+            "{:?}: {oks} updates applied, {errs} refused alike; {} events each",
+            $kind,
+            ea.len()
+        );
+        assert!(
+            ea.len() > 100,
+            "too few events to mean anything: {}",
+            ea.len()
+        );
+        assert_eq!(ea, eb, "the guarded trigger wrote other events than 0010's");
+    }};
+}
+
 /// b6cdb46 on MariaDB: migration 0012, applied by sqlx's multi-statement
 /// execution, really replaced the trigger (the `/*M!100104 …*/` comment ran),
 /// the stored body parses again after FLUSH TABLES, and on 400 random slot
@@ -225,44 +254,7 @@ async fn guarded_trigger_writes_what_0010_writes_mysql() {
     .await
     .unwrap();
     assert_eq!(slots, slots_b);
-    let (mut oks, mut errs) = (0, 0);
-    for (i, sql) in random_updates(Kind::Mysql, &slots, 0x5eed_0005, 400)
-        .iter()
-        .enumerate()
-    {
-        let ra = sqlx::query(sql)
-            .execute(&mut ca)
-            .await
-            .map(|r| r.rows_affected());
-        let rb = sqlx::query(sql)
-            .execute(&mut cb)
-            .await
-            .map(|r| r.rows_affected());
-        assert_eq!(ra.is_ok(), rb.is_ok(), "step {i}: {sql}: {ra:?} vs {rb:?}");
-        if ra.is_ok() {
-            oks += 1
-        } else {
-            errs += 1
-        }
-    }
-    let ea: Vec<Ev> = sqlx::query_as(EVENTS_MYSQL)
-        .fetch_all(&mut ca)
-        .await
-        .unwrap();
-    let eb: Vec<Ev> = sqlx::query_as(EVENTS_MYSQL)
-        .fetch_all(&mut cb)
-        .await
-        .unwrap();
-    println!(
-        "mysql: {oks} updates applied, {errs} refused alike; {} events each",
-        ea.len()
-    );
-    assert!(
-        ea.len() > 100,
-        "too few events to mean anything: {}",
-        ea.len()
-    );
-    assert_eq!(ea, eb, "the guarded trigger wrote other events than 0010's");
+    replay_on_twins!(Kind::Mysql, ca, cb, slots, EVENTS_MYSQL);
 }
 
 /// The same on SQLite (0012's WHEN clause against 0010's trigger).
@@ -302,44 +294,7 @@ async fn guarded_trigger_writes_what_0010_writes_sqlite() {
             .fetch_all(&mut ca)
             .await
             .unwrap();
-    let (mut oks, mut errs) = (0, 0);
-    for (i, sql) in random_updates(Kind::Sqlite, &slots, 0x5eed_0005, 400)
-        .iter()
-        .enumerate()
-    {
-        let ra = sqlx::query(sql)
-            .execute(&mut ca)
-            .await
-            .map(|r| r.rows_affected());
-        let rb = sqlx::query(sql)
-            .execute(&mut cb)
-            .await
-            .map(|r| r.rows_affected());
-        assert_eq!(ra.is_ok(), rb.is_ok(), "step {i}: {sql}: {ra:?} vs {rb:?}");
-        if ra.is_ok() {
-            oks += 1
-        } else {
-            errs += 1
-        }
-    }
-    let ea: Vec<Ev> = sqlx::query_as(EVENTS_SQLITE)
-        .fetch_all(&mut ca)
-        .await
-        .unwrap();
-    let eb: Vec<Ev> = sqlx::query_as(EVENTS_SQLITE)
-        .fetch_all(&mut cb)
-        .await
-        .unwrap();
-    println!(
-        "sqlite: {oks} updates applied, {errs} refused alike; {} events each",
-        ea.len()
-    );
-    assert!(
-        ea.len() > 100,
-        "too few events to mean anything: {}",
-        ea.len()
-    );
-    assert_eq!(ea, eb, "the guarded trigger wrote other events than 0010's");
+    replay_on_twins!(Kind::Sqlite, ca, cb, slots, EVENTS_SQLITE);
 }
 
 /// Grants `n` distinct requests of `feature` in one storage batch; the time
@@ -379,7 +334,7 @@ async fn timed_batch(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_feature_with_a_stalled_pick_answers_no_seat_slowly() {
     let s = TestStore::new(Kind::Mysql).await;
-    let other = second(&s).await;
+    let other = s.second_pool().await;
     let v = VendorSigningKey::generate();
     s.storage
         .apply_license(&record(&def("L1", 1, "full", 4), &v, &test_keyring()))
@@ -561,7 +516,7 @@ async fn upgrade_to_0012_under_seat_traffic_records_every_event_once() {
         .execute(&mut c)
         .await
         .unwrap();
-    let stores = [s.storage.clone(), second(&s).await];
+    let stores = [s.storage.clone(), s.second_pool().await];
     let deadline = Instant::now() + Duration::from_secs(4);
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..4usize {

@@ -44,8 +44,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::nginx::{start_nginx, ServerParams};
-use testkit::{admin_cli, cli_license, cluster_instance, created_credential, ServerProc, TestDb};
+use testkit::nginx::{front, ServerParams};
+use testkit::{cli_license, cluster_instance, ServerProc, TestDb};
 
 const FEATURE: &str = "cad";
 /// Per path (direct, proxy): holders on the instance that will freeze, and
@@ -301,19 +301,14 @@ async fn hung_instance(ttl_s: u64, hold_s: u64, renewals: u32, min_stall: Durati
             )
         })
         .collect();
-    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx(
+    let (_nginx, proxy, cred) = front(
+        &servers,
         "floatlm-hash.conf",
-        &upstreams,
         d,
-        true,
         ServerParams::Shipped,
+        &lic,
+        "hung",
     );
-    admin_cli(&servers[0], &["apply", &lic]);
-    let cred = created_credential(&admin_cli(
-        &servers[0],
-        &["identity", "create", "--name", "hung"],
-    ));
     let direct_ids: Vec<String> = servers
         .iter()
         .map(|s| format!("{cred}@{}", s.licensing))

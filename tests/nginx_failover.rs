@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::nginx::{start_nginx, ServerParams};
+use testkit::nginx::{front, start_nginx, ServerParams};
 use testkit::{
     admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
 };
@@ -40,12 +40,7 @@ async fn survive_sigkill_behind(policy: &str) {
         .iter()
         .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
         .collect();
-    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx(policy, &upstreams, d, true, FAIL_FAST);
-    let admin_at = &servers[0];
-    admin_cli(admin_at, &["apply", &lic]);
-    let out = admin_cli(admin_at, &["identity", "create", "--name", "nginx"]);
-    let cred = created_credential(&out);
+    let (_nginx, proxy, cred) = front(&servers, policy, d, FAIL_FAST, &lic, "nginx");
     let ident = format!("{cred}@{proxy}");
 
     // The auditor: the database's own count of valid leases, polled throughout.
@@ -185,12 +180,8 @@ async fn drain_under_load_fails_no_client_operation() {
         .iter()
         .map(|id| instance(d, &db, id, "127.0.0.1:0", &pubkey))
         .collect();
-    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (_nginx, proxy) = start_nginx("floatlm-hash.conf", &upstreams, d, true, FAIL_FAST);
-    let admin_at = &servers[0];
-    admin_cli(admin_at, &["apply", &lic]);
-    let out = admin_cli(admin_at, &["identity", "create", "--name", "drain"]);
-    let ident = format!("{}@{proxy}", created_credential(&out));
+    let (_nginx, proxy, cred) = front(&servers, "floatlm-hash.conf", d, FAIL_FAST, &lic, "drain");
+    let ident = format!("{cred}@{proxy}");
     let opts = || Options {
         retry_interval: Duration::from_millis(200),
         request_timeout: Duration::from_secs(3),
@@ -225,7 +216,7 @@ async fn drain_under_load_fails_no_client_operation() {
             bad
         })
     };
-    admin_cli(admin_at, &["cluster", "drain", ids[victim]]);
+    admin_cli(&servers[0], &["cluster", "drain", ids[victim]]);
     let lic_victim = servers[victim].licensing.clone();
     wait_for(
         "the drained instance's healthz to answer 503",

@@ -41,11 +41,8 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::nginx::{start_nginx, Nginx, ServerParams};
-use testkit::{
-    admin_cli, cli_license, cluster_instance, created_credential, wait_for, ServerProc, TestDb,
-    CLUSTER_TOKEN,
-};
+use testkit::nginx::{front, Nginx, ServerParams};
+use testkit::{cli_license, cluster_instance, wait_for, ServerProc, TestDb, CLUSTER_TOKEN};
 
 const FEATURE: &str = "cad";
 const TTL: Duration = Duration::from_secs(10);
@@ -80,19 +77,14 @@ async fn cluster(license_id: &str, seats: u32) -> Cluster {
             )
         })
         .collect();
-    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
-    let (nginx, proxy) = start_nginx(
+    let (nginx, proxy, cred) = front(
+        &servers,
         "floatlm-hash.conf",
-        &upstreams,
         d,
-        true,
         ServerParams::Shipped,
+        &lic,
+        "proxy-down",
     );
-    admin_cli(&servers[0], &["apply", &lic]);
-    let cred = created_credential(&admin_cli(
-        &servers[0],
-        &["identity", "create", "--name", "proxy-down"],
-    ));
     Cluster {
         nginx,
         servers,

@@ -413,7 +413,7 @@ impl Licenses {
     /// Seat counts per feature name from the rows of every license, with
     /// the integrity check's refusals as they are now.
     fn views(&self, rows: &[crate::storage::FeatureRow]) -> Vec<FeatureView> {
-        let refused = self.refused.read().expect("lock").clone();
+        let refused = self.refused.read().expect("lock");
         usage_by_name(rows)
             .into_iter()
             .map(|usage| FeatureView {

@@ -154,6 +154,31 @@ impl TestStore {
             dir,
         }
     }
+
+    /// A second "instance" on the same MariaDB database: a pool of its own.
+    pub async fn second_pool(&self) -> Arc<dyn Storage> {
+        let url = &self.db.as_ref().expect("a second pool needs MariaDB").url;
+        Arc::new(MySqlStorage::connect(url, 8).await.unwrap())
+    }
+}
+
+/// A grant request of `feature` for `holder` with request id `rid`, held
+/// and promised for `ttl`, as instance `i-test` makes it.
+pub fn grant_request(
+    feature: &str,
+    holder: &str,
+    rid: &str,
+    ttl: Duration,
+) -> floatlm::domain::seats::GrantRequest {
+    floatlm::domain::seats::GrantRequest {
+        feature: feature.into(),
+        request_id: floatlm::domain::seats::RequestId::new(rid).unwrap(),
+        holder: holder.into(),
+        client_info: "alice@pc1 (i-test)".into(),
+        hold: ttl,
+        promise: ttl,
+        instance_id: "i-test".into(),
+    }
 }
 
 pub fn test_keyring() -> Keyring {

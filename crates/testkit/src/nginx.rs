@@ -155,6 +155,28 @@ pub enum ServerParams<'a> {
     These(&'a str),
 }
 
+/// NGINX with the shipped `policy` in front of every licensing listener of
+/// `servers`, the license file `lic` applied and an identity `name` created
+/// through the first instance: (NGINX, its address, the identity's
+/// `ID:SECRET`).
+pub fn front(
+    servers: &[crate::ServerProc],
+    policy: &str,
+    dir: &Path,
+    params: ServerParams<'_>,
+    lic: &str,
+    name: &str,
+) -> (Nginx, String, String) {
+    let upstreams: Vec<String> = servers.iter().map(|s| s.licensing.clone()).collect();
+    let (nginx, proxy) = start_nginx(policy, &upstreams, dir, true, params);
+    crate::admin_cli(&servers[0], &["apply", lic]);
+    let cred = crate::created_credential(&crate::admin_cli(
+        &servers[0],
+        &["identity", "create", "--name", name],
+    ));
+    (nginx, proxy, cred)
+}
+
 /// Runs the shipped config `policy` (a file name in nginx/) with
 /// `upstreams`; without `keepalive`, NGINX sends one request per upstream
 /// connection. Returns NGINX and its address. Its error log is
