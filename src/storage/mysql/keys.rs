@@ -14,20 +14,31 @@ impl KeyStore for MySqlStorage {
         )
     }
 
+    // Instances starting at once through different Galera nodes write the
+    // same first canary and ticket key: the loser's certification conflict
+    // (1213) is retried like any, and INSERT IGNORE then finds the row.
     async fn insert_canary(&self, key_id: &str, sealed: &[u8]) -> Result<bool> {
-        let r = sqlx::query("INSERT IGNORE INTO keyring_canary (key_id, sealed) VALUES (?, ?)")
-            .bind(key_id)
-            .bind(sealed)
-            .execute(&self.pool)
-            .await?;
+        let r = with_retry(|| async {
+            sqlx::query("INSERT IGNORE INTO keyring_canary (key_id, sealed) VALUES (?, ?)")
+                .bind(key_id)
+                .bind(sealed)
+                .execute(&self.pool)
+                .await
+                .map_err(StorageError::from)
+        })
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
     async fn retain_canary(&self, keep: &str) -> Result<()> {
-        sqlx::query("DELETE FROM keyring_canary WHERE key_id <> ?")
-            .bind(keep)
-            .execute(&self.pool)
-            .await?;
+        with_retry(|| async {
+            sqlx::query("DELETE FROM keyring_canary WHERE key_id <> ?")
+                .bind(keep)
+                .execute(&self.pool)
+                .await
+                .map_err(StorageError::from)
+        })
+        .await?;
         Ok(())
     }
 
@@ -40,19 +51,27 @@ impl KeyStore for MySqlStorage {
     }
 
     async fn insert_ticket_key(&self, id: i64, sealed: &[u8]) -> Result<bool> {
-        let r = sqlx::query("INSERT IGNORE INTO ticket_keys (id, sealed) VALUES (?, ?)")
-            .bind(id)
-            .bind(sealed)
-            .execute(&self.pool)
-            .await?;
+        let r = with_retry(|| async {
+            sqlx::query("INSERT IGNORE INTO ticket_keys (id, sealed) VALUES (?, ?)")
+                .bind(id)
+                .bind(sealed)
+                .execute(&self.pool)
+                .await
+                .map_err(StorageError::from)
+        })
+        .await?;
         Ok(r.rows_affected() == 1)
     }
 
     async fn purge_ticket_keys(&self, below: i64) -> Result<u64> {
-        let r = sqlx::query("DELETE FROM ticket_keys WHERE id < ?")
-            .bind(below)
-            .execute(&self.pool)
-            .await?;
+        let r = with_retry(|| async {
+            sqlx::query("DELETE FROM ticket_keys WHERE id < ?")
+                .bind(below)
+                .execute(&self.pool)
+                .await
+                .map_err(StorageError::from)
+        })
+        .await?;
         Ok(r.rows_affected())
     }
 
