@@ -166,9 +166,21 @@ type Refusals = BTreeMap<String, String>;
 
 /// The running instance: the services, wired. It is the routers' state:
 /// each handler takes the service it needs through [`FromRef`], so none
-/// reaches through the App. Cloning it clones `Arc`s.
+/// reaches through the App. Cloning it (once per request) clones one `Arc`.
 #[derive(Clone)]
 pub struct App {
+    wired: Arc<Wired>,
+}
+
+impl std::ops::Deref for App {
+    type Target = Wired;
+    fn deref(&self) -> &Wired {
+        &self.wired
+    }
+}
+
+/// What an [`App`] holds: the configuration, the storage and each service.
+pub struct Wired {
     config: Arc<Config>,
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
@@ -340,21 +352,23 @@ impl App {
             .await
             .map_err(|e| StartError::Io(e.to_string()))?;
         Ok(Arc::new(App {
-            config,
-            storage,
-            metrics,
-            clock,
-            keys,
-            cluster,
-            licenses,
-            access,
-            tickets,
-            admission,
-            assignments,
-            usage,
-            seats,
-            backups,
-            scrape,
+            wired: Arc::new(Wired {
+                config,
+                storage,
+                metrics,
+                clock,
+                keys,
+                cluster,
+                licenses,
+                access,
+                tickets,
+                admission,
+                assignments,
+                usage,
+                seats,
+                backups,
+                scrape,
+            }),
         }))
     }
 
