@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::load::{closed_loop, Stats};
+use crate::procs::CpuSplit;
 
 const ROWS: i64 = 10_000;
 
@@ -61,7 +62,7 @@ pub async fn db_transactions(
     server_url: &str,
     workers: usize,
     duration: Duration,
-) -> anyhow::Result<Stats> {
+) -> anyhow::Result<(Stats, CpuSplit)> {
     let db = TempDb::create(server_url, "floatlm_bench_raw").await?;
     let opts = MySqlConnectOptions::from_str(&db.url)?.disable_statement_logging();
     let pool = MySqlPoolOptions::new()
@@ -88,6 +89,7 @@ pub async fn db_transactions(
     }
     let pool = Arc::new(pool);
     let p = pool.clone();
+    let cpu = CpuSplit::sample(&[]);
     let stats = closed_loop(workers, duration, u64::MAX, move |w, _| {
         let pool = p.clone();
         async move {
@@ -112,9 +114,10 @@ pub async fn db_transactions(
         }
     })
     .await;
+    let cpu = CpuSplit::sample(&[]).cores_since(&cpu, stats.seconds);
     pool.close().await;
     db.drop_now().await;
-    Ok(stats)
+    Ok((stats, cpu))
 }
 
 /// NGINX with the shipped consistent-hash configuration in front of three
@@ -125,7 +128,7 @@ pub async fn nginx_proxy(
     http: &reqwest::Client,
     workers: usize,
     duration: Duration,
-) -> anyhow::Result<Stats> {
+) -> anyhow::Result<(Stats, CpuSplit)> {
     let mut upstreams = Vec::new();
     for _ in 0..3 {
         upstreams.push(crate::procs::trivial_upstream().await?);
@@ -135,6 +138,7 @@ pub async fn nginx_proxy(
     let ids: Arc<Vec<String>> =
         Arc::new((0..workers).map(|_| crate::vclient::client_id()).collect());
     let http = http.clone();
+    let cpu = CpuSplit::sample(&[]);
     let stats = closed_loop(workers, duration, u64::MAX, move |w, _| {
         let (http, url, ids) = (http.clone(), url.clone(), ids.clone());
         async move {
@@ -152,6 +156,7 @@ pub async fn nginx_proxy(
         }
     })
     .await;
+    let cpu = CpuSplit::sample(&[]).cores_since(&cpu, stats.seconds);
     drop(nginx);
-    Ok(stats)
+    Ok((stats, cpu))
 }

@@ -316,6 +316,7 @@ mod tests {
             },
             server: None,
             conflicts: None,
+            cpu: None,
         };
         let run = |c: u64, q: u64| vec![m("checkout", c), m("query", q)];
         let variant = |label: &str| crate::compare::Variant {

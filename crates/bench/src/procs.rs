@@ -98,20 +98,105 @@ pub fn proc_usage(pid: u32) -> (u64, f64) {
         })
         .unwrap_or(0)
         * 1024;
-    // Fields 14 and 15 (utime, stime) in clock ticks, after the "(comm)" field.
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
-    (rss, ticks as f64 / USER_HZ)
+    (rss, comm_and_cpu(pid).map_or(0.0, |(_, secs)| secs))
 }
 
 /// Clock ticks per second in /proc (USER_HZ, fixed at 100 by the Linux ABI).
 const USER_HZ: f64 = 100.0;
+
+/// The machine's CPU time, in seconds, by who spent it: the floatlm
+/// instances watched, the database servers (mariadbd, mysqld), NGINX, this
+/// load generator (with the trivial upstream it serves in-process), the
+/// rest that was busy (other processes, interrupts and the kernel's
+/// network work not charged to a process), and idle. Differences of two
+/// samples over a scenario's wall time are cores.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuSplit {
+    pub floatlm: f64,
+    pub database: f64,
+    pub nginx: f64,
+    pub load: f64,
+    pub other: f64,
+    pub idle: f64,
+}
+
+impl CpuSplit {
+    /// Now, with `instances` counted as floatlm.
+    pub fn sample(instances: &[u32]) -> CpuSplit {
+        let mut split = CpuSplit::default();
+        let me = std::process::id();
+        let pids = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+        let mut charged = 0.0;
+        for pid in pids {
+            let Some((comm, secs)) = comm_and_cpu(pid) else {
+                continue;
+            };
+            let group = if instances.contains(&pid) {
+                &mut split.floatlm
+            } else if pid == me {
+                &mut split.load
+            } else if comm == "nginx" {
+                &mut split.nginx
+            } else if comm == "mariadbd" || comm == "mysqld" {
+                &mut split.database
+            } else {
+                continue;
+            };
+            *group += secs;
+            charged += secs;
+        }
+        let (busy, idle) = machine_cpu();
+        split.other = busy - charged;
+        split.idle = idle;
+        split
+    }
+
+    /// What was spent between `before` and `self`, over `wall` seconds: cores.
+    pub fn cores_since(&self, before: &CpuSplit, wall: f64) -> CpuSplit {
+        let w = wall.max(1e-9);
+        let d = |a: f64, b: f64| ((a - b) / w).max(0.0);
+        CpuSplit {
+            floatlm: d(self.floatlm, before.floatlm),
+            database: d(self.database, before.database),
+            nginx: d(self.nginx, before.nginx),
+            load: d(self.load, before.load),
+            other: d(self.other, before.other),
+            idle: d(self.idle, before.idle),
+        }
+    }
+}
+
+/// A process's command name and its user + system CPU seconds so far
+/// (fields 14 and 15 of /proc/PID/stat, in clock ticks, after "(comm)").
+fn comm_and_cpu(pid: u32) -> Option<(String, f64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (open, close) = (s.find('(')?, s.rfind(')')?);
+    let comm = s.get(open + 1..close)?.to_string();
+    let f: Vec<&str> = s.get(close + 2..)?.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((comm, ticks as f64 / USER_HZ))
+}
+
+/// The whole machine's busy and idle CPU seconds so far (/proc/stat).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let at = |i: usize| f.get(i).copied().unwrap_or(0) as f64 / USER_HZ;
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    (busy, at(3) + at(4))
+}
 
 /// A port free right now on loopback.
 pub fn free_port() -> u16 {

@@ -209,6 +209,14 @@ impl Results {
                 "server_instances": m.server.as_ref().map(|s| s.instances),
                 "conflicts_retried": m.conflicts.and_then(|c| c.floatlm),
                 "conflicts_wsrep": m.conflicts.and_then(|c| c.wsrep),
+                "machine_cpu_cores": m.cpu.map(|c| json!({
+                    "floatlm": c.floatlm,
+                    "database": c.database,
+                    "nginx": c.nginx,
+                    "load_generator": c.load,
+                    "other_busy": c.other,
+                    "idle": c.idle,
+                })),
             })).collect::<Vec<_>>(),
             "live_leases": self.live.as_ref().map(|l| json!({
                 "leases": l.leases,
@@ -309,12 +317,58 @@ pub fn markdown(r: &Results) -> String {
         md.push_str(&format!("| {what} | {value} | {target} |\n"));
     }
     md.push('\n');
+    md.push_str(&cpu_section(r));
     md.push_str(&galera_section(r));
     md.push_str(&analysis(r));
     md.push_str(FINDINGS);
     md.push_str(NOTES);
     md.push('\n');
     md.push_str(USAGE_NOTES);
+    md
+}
+
+/// CPU microseconds per operation of one group: `cores` spent at `per_s`.
+fn us_per_op(cores: f64, per_s: f64) -> f64 {
+    if per_s > 0.0 {
+        cores * 1e6 / per_s
+    } else {
+        0.0
+    }
+}
+
+/// The whole machine's CPU per operation, by who spent it, for every row.
+fn cpu_section(r: &Results) -> String {
+    let rows: Vec<&Measured> = r.rows.iter().filter(|m| m.cpu.is_some()).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "## Where the CPU went\n\n\
+         The whole machine's CPU during each scenario, in microseconds per operation, by\n\
+         process (from /proc): the floatlm instances; the database server(s); NGINX; the load\n\
+         generator (which also serves the trivial upstreams of the NGINX baseline); other busy\n\
+         time (the kernel's network work not charged to a process, interrupts, other\n\
+         processes); and idle. Busy + idle is the cores' whole time.\n\n\
+         | scenario | target | ops/s | floatlm | database | NGINX | load generator | other busy | idle |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for m in rows {
+        let (c, rate) = (m.cpu.expect("filtered"), m.stats.per_second());
+        let us = |cores: f64| format!("{:.0}", us_per_op(cores, rate));
+        md.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+            m.scenario,
+            m.target,
+            rate,
+            us(c.floatlm),
+            us(c.database),
+            us(c.nginx),
+            us(c.load),
+            us(c.other),
+            us(c.idle),
+        ));
+    }
+    md.push('\n');
     md
 }
 
@@ -406,6 +460,39 @@ fn errors_note<'r>(rows: impl Iterator<Item = &'r crate::scenarios::Measured>) -
     md
 }
 
+/// The arithmetic of the heartbeat target: the CPU per heartbeat the two
+/// cores have at 0.8x of NGINX's ceiling, against what the same run spent.
+fn heartbeat_budget(r: &Results, ceiling: f64) -> String {
+    let (Some(hb), Some(q)) = (
+        r.find("heartbeat", "3 instances"),
+        r.find("query", "3 instances"),
+    ) else {
+        return String::new();
+    };
+    let (Some(c), Some(qc)) = (hb.cpu, q.cpu) else {
+        return String::new();
+    };
+    let rate = hb.stats.per_second();
+    let all = c.floatlm + c.database + c.nginx + c.load + c.other + c.idle;
+    let budget = us_per_op(all, 0.8 * ceiling);
+    let us = |cores: f64| us_per_op(cores, rate);
+    format!(
+        "  The arithmetic: at 0.8x of the ceiling ({:.0}/s) the cores have {:.0} µs of CPU per \
+         heartbeat, busy and idle together. In this run NGINX and the load generator alone spent \
+         {:.0} µs per heartbeat, the kernel's network work and the rest {:.0}, MariaDB {:.0} and the \
+         instances {:.0} ({:.0} µs for a sealed `info` through NGINX, which reads no database); \
+         {:.0} µs stayed idle.\n",
+        0.8 * ceiling,
+        budget,
+        us(c.nginx + c.load),
+        us(c.other),
+        us(c.database),
+        us(c.floatlm),
+        us_per_op(qc.floatlm, q.stats.per_second()),
+        us(c.idle),
+    )
+}
+
 /// Per missed target: by how much, and the measured cost behind it.
 fn analysis(r: &Results) -> String {
     let mut out = String::from(
@@ -442,6 +529,7 @@ fn analysis(r: &Results) -> String {
                 100.0 * hb / ng,
                 cpu("heartbeat", "3 instances").map_or("?".into(), |v| format!("{v:.3}"))
             ));
+            out.push_str(&heartbeat_budget(r, ng));
         }
     }
     if let Some(h) = per_s("handshake", "1 instance") {

@@ -54,6 +54,8 @@ pub struct Measured {
     pub server: Option<ServerUsage>,
     /// On a Galera cluster: the certification conflicts met meanwhile.
     pub conflicts: Option<crate::galera::Conflicts>,
+    /// The machine's CPU during the scenario, in cores, by who spent it.
+    pub cpu: Option<procs::CpuSplit>,
 }
 
 /// What is watched around a scenario: the instances' processes and, on a
@@ -125,9 +127,11 @@ where
         None => None,
     };
     let before: Vec<(u64, f64)> = pids.iter().map(|p| procs::proc_usage(*p)).collect();
+    let split_before = procs::CpuSplit::sample(pids);
     let t0 = Instant::now();
     let stats = f.await;
     let wall = t0.elapsed().as_secs_f64();
+    let cpu = procs::CpuSplit::sample(pids).cores_since(&split_before, wall);
     let after: Vec<(u64, f64)> = pids.iter().map(|p| procs::proc_usage(*p)).collect();
     let conflicts = match (&watch.galera, conflicts_before) {
         (Some(g), Some(b)) => Some(g.read().await.since(&b)),
@@ -150,9 +154,31 @@ where
         stats,
         server,
         conflicts,
+        cpu: Some(cpu),
     };
     crate::report::print_row(&m);
     m
+}
+
+/// A baseline's row: what `run` measured, with the machine's CPU meanwhile.
+async fn baseline_row(
+    scenario: &'static str,
+    target: &str,
+    clients: usize,
+    run: impl std::future::Future<Output = anyhow::Result<(Stats, procs::CpuSplit)>>,
+) -> anyhow::Result<Measured> {
+    let (stats, cpu) = run.await?;
+    let m = Measured {
+        scenario,
+        target: target.to_string(),
+        clients,
+        stats,
+        server: None,
+        conflicts: None,
+        cpu: Some(cpu),
+    };
+    crate::report::print_row(&m);
+    Ok(m)
 }
 
 /// Opens `n` sessions on `address`, each checking out one seat of `feature`
@@ -467,28 +493,20 @@ async fn single_server(
         secs.as_secs_f64()
     );
     if args.wants("db_transaction") {
-        let db_raw = baseline::db_transactions(&args.mysql, clients, secs).await?;
-        rows.push(Measured {
-            scenario: "db_transaction",
-            target: "baseline: MariaDB, sqlx".into(),
-            clients,
-            stats: db_raw,
-            server: None,
-            conflicts: None,
-        });
-        crate::report::print_row(rows.last().expect("pushed"));
+        let raw = baseline::db_transactions(&args.mysql, clients, secs);
+        rows.push(baseline_row("db_transaction", "baseline: MariaDB, sqlx", clients, raw).await?);
     }
     if args.wants("nginx_proxy") {
-        let nginx_raw = baseline::nginx_proxy(&shipped_nginx, dir, http, clients, secs).await?;
-        rows.push(Measured {
-            scenario: "nginx_proxy",
-            target: "baseline: NGINX, trivial upstream".into(),
-            clients,
-            stats: nginx_raw,
-            server: None,
-            conflicts: None,
-        });
-        crate::report::print_row(rows.last().expect("pushed"));
+        let raw = baseline::nginx_proxy(&shipped_nginx, dir, http, clients, secs);
+        rows.push(
+            baseline_row(
+                "nginx_proxy",
+                "baseline: NGINX, trivial upstream",
+                clients,
+                raw,
+            )
+            .await?,
+        );
     }
 
     let db = TempDb::create(&args.mysql, "floatlm_bench").await?;
