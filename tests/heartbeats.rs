@@ -207,4 +207,51 @@ async fn a_shorter_hold_never_lowers_a_longer_one() {
     assert!(p > Duration::from_secs(55), "{p:?}");
 }
 
+/// A check read held up (here by a table lock another session holds; in
+/// production, say, a connection to a database host that vanished) answers
+/// its heartbeats with an error after its timeout (2 s) instead of holding
+/// every later heartbeat of the instance behind it (one check read is in
+/// flight per instance); once the lock goes, heartbeats are answered again
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_up_check_read_fails_its_heartbeats_and_the_instance_recovers() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    let url = db.url.clone();
+    let t = TestApp::on(Kind::Mysql, Some(db), VendorSigningKey::generate()).await;
+    apply(&t, 1).await;
+    let a = &t.app;
+    let g = a.seats().grant(&req("alice", "a1", 120)).await.unwrap();
+    promised(renew_one(a, "alice", g.lease).await);
+
+    let mut locker = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::query("LOCK TABLES slots WRITE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let held = tokio::time::timeout(Duration::from_secs(8), a.seats().renew("alice", &[g.lease]))
+        .await
+        .expect("the heartbeat waited for the lock instead of failing");
+    let took = t0.elapsed();
+    assert!(held.is_err(), "a held-up read answered: {held:?}");
+    assert!(took < Duration::from_secs(4), "failed only after {took:?}");
+
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    wait_for(
+        "heartbeats answered again",
+        Duration::from_secs(10),
+        || async {
+            match a.seats().renew("alice", &[g.lease]).await {
+                Ok(r) if matches!(r[0], Renewal::Renewed(_)) => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+}
+
 testkit::both_backends!(reads_answer_while_the_recorded_expiry_covers_the_ttl);

@@ -68,6 +68,15 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// A statement its caller stopped waiting for: like a connection that
+    /// timed out, an outage ([`StorageError::is_outage`]).
+    pub fn timed_out(what: String) -> StorageError {
+        StorageError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            what,
+        )))
+    }
+
     /// Whether this says the database cannot serve (rather than that it
     /// refused one statement): it cannot be reached (connection refused,
     /// reset or timed out, no pooled connection in time, a Galera node
