@@ -9,6 +9,11 @@
 //! [`SLOW_FETCH_SPACING`] times that fetch's duration (or the TTL), one at a
 //! time. Fast fetches keep the plain rule: a value past its TTL, or cleared,
 //! is fetched again by the next caller, who waits for it.
+//! [`Cached::keep_warm`], on a timer, refreshes the value whether or not
+//! anyone asks (a fast one every TTL, a slow one every [`WARM_SLOW`]), so
+//! that a fetch that became slow while nobody asked (a table that grew, a
+//! busy database) is known to be slow before the first caller comes, and a
+//! caller after a quiet spell finds a value young enough to be served.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +29,10 @@ pub const SLOW_FETCH_SPACING: u32 = 10;
 /// it (a refresh held up or failing for that long), callers wait for a
 /// fetch of their own and get its answer or its error.
 pub const STALE_MAX: Duration = Duration::from_secs(30);
+/// How often [`Cached::keep_warm`] refreshes a value whose fetch is slow,
+/// asked or not: well within [`STALE_MAX`], so that a caller after a quiet
+/// spell still finds one to be served at once.
+pub const WARM_SLOW: Duration = Duration::from_secs(20);
 
 struct Entry<T> {
     /// When the fetch that produced `value` ended.
@@ -118,6 +127,36 @@ impl<T: Clone> Cached<T> {
         }
     }
 
+    /// Refreshes the value in the background when there is none yet or it
+    /// is due: a fast one past the TTL, a slow one nearing [`STALE_MAX`]
+    /// ([`WARM_SLOW`]; callers asking meanwhile refresh it sooner, see
+    /// [`Cached::get_refreshing`]). Called on a timer, it keeps a value
+    /// ready for those callers, so none of them waits for a fetch that
+    /// turned slow while nobody asked, nor for one past `STALE_MAX` after a
+    /// quiet spell. Unasked, a slow fetch costs the database at most its
+    /// duration every [`WARM_SLOW`].
+    pub fn keep_warm<E, F, Fut>(&self, fetch: F)
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let due = {
+            let slot = self.slot.lock().expect("cache lock");
+            slot.as_ref().is_none_or(|e| {
+                let every = if e.took >= SLOW_FETCH {
+                    WARM_SLOW
+                } else {
+                    self.ttl
+                };
+                e.at.elapsed() >= every
+            })
+        };
+        if due {
+            self.refresh_in_background(fetch);
+        }
+    }
+
     /// Runs `fetch` on its own task unless a fetch is running already; its
     /// value is stored when it succeeds (a failure leaves the old value to
     /// age out).
@@ -138,6 +177,14 @@ impl<T: Clone> Cached<T> {
                 store(&slot, epoch, began, value);
             }
         });
+    }
+
+    /// Makes the cached value `by` older (tests of the schedule).
+    #[cfg(test)]
+    fn age_by(&self, by: Duration) {
+        if let Some(e) = self.slot.lock().expect("cache lock").as_mut() {
+            e.at -= by;
+        }
     }
 
     /// Marks the value stale (after a change that must show at once). Never
@@ -240,6 +287,83 @@ mod tests {
             assert!(Instant::now() < deadline, "the refresh never landed: {v:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits (bounded) until the cached value is `want`, asking nobody to fetch.
+    async fn lands(c: &Cached<u32>, want: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = c
+                .get_refreshing(|| async { Err::<u32, _>("not called") })
+                .await;
+            if v == Ok(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{want} never landed: {v:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kept_warm_a_fetch_that_turned_slow_is_never_waited_for() {
+        let c = Cached::new(Duration::from_millis(10));
+        // Nothing cached: the timer fetches, nobody waits.
+        c.keep_warm(|| async { Ok::<_, ()>(1) });
+        lands(&c, 1).await;
+        // Past the TTL: fetched again, and this fetch is slow (the table
+        // grew while nobody asked).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c.keep_warm(|| async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            Ok::<_, ()>(2)
+        });
+        lands(&c, 2).await;
+        // Known slow now: a caller past the TTL gets the value at once, and
+        // the timer does not fetch again within 10x the 60 ms.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            c.get_refreshing(|| async { Err::<u32, _>("not called") })
+                .await,
+            Ok(2)
+        );
+        let early = Arc::new(AtomicU32::new(0));
+        let e = early.clone();
+        c.keep_warm(move || async move { Err::<u32, _>(e.fetch_add(1, Ordering::SeqCst)) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            early.load(Ordering::SeqCst),
+            0,
+            "fetched long before WARM_SLOW"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kept_warm_a_slow_value_is_refreshed_before_it_is_too_old_to_serve() {
+        let c = Cached::new(Duration::from_secs(1));
+        c.keep_warm(|| async {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            Ok::<_, ()>(1)
+        });
+        lands(&c, 1).await;
+        let fetched = Arc::new(AtomicU32::new(0));
+        let count = |f: Arc<AtomicU32>| {
+            move || async move { Ok::<_, ()>(f.fetch_add(1, Ordering::SeqCst) + 2) }
+        };
+        // Slow, unasked, younger than WARM_SLOW: left alone.
+        c.age_by(WARM_SLOW - Duration::from_secs(1));
+        c.keep_warm(count(fetched.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched.load(Ordering::SeqCst), 0);
+        // Past WARM_SLOW, still within STALE_MAX: a caller is served at once,
+        // and the timer refreshes it.
+        c.age_by(Duration::from_secs(2));
+        assert_eq!(
+            c.get_refreshing(|| async { Err::<u32, _>("not called") })
+                .await,
+            Ok(1)
+        );
+        c.keep_warm(count(fetched.clone()));
+        lands(&c, 2).await;
     }
 
     #[tokio::test]

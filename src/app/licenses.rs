@@ -45,6 +45,12 @@ pub struct IntegrityReport {
     pub untrusted: std::collections::BTreeSet<String>,
 }
 
+/// The feature rows with their seat counts, as cached for clients.
+type Counted = Arc<Vec<crate::storage::FeatureRow>>;
+/// A count of them in flight.
+type CountFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Counted, StorageError>> + Send>>;
+
 /// The licenses this instance trusts and serves: the vendor keys, the
 /// features the integrity check refuses, and the seat counts clients see.
 pub struct Licenses {
@@ -58,7 +64,7 @@ pub struct Licenses {
     /// heartbeats are still answered; only grants wait for the key.
     untrusted: RwLock<std::collections::BTreeSet<String>>,
     /// Seat counts for clients' `info` requests (counting scans every slot).
-    usage_cache: crate::cache::Cached<Arc<Vec<crate::storage::FeatureRow>>>,
+    usage_cache: crate::cache::Cached<Counted>,
     storage: Arc<dyn Storage>,
     gate: Arc<DbGate>,
     keys: Arc<Keys>,
@@ -393,14 +399,32 @@ impl Licenses {
     /// (at most 30 s old) while the next one runs in the background, no
     /// sooner than ten times the last one's duration (crate::cache).
     pub async fn features_cached(&self) -> Result<Arc<Vec<FeatureView>>, AppError> {
-        let (storage, gate) = (self.storage.clone(), self.gate.clone());
-        let rows = self
-            .usage_cache
-            .get_refreshing(move || async move {
-                gated(&gate, || storage.feature_rows()).await.map(Arc::new)
-            })
-            .await?;
+        let rows = self.usage_cache.get_refreshing(self.count()).await?;
         Ok(Arc::new(self.views(&rows)))
+    }
+
+    /// The seat count behind [`Licenses::features_cached`], as a fetch.
+    fn count(&self) -> impl FnOnce() -> CountFuture + Send + 'static {
+        let (storage, gate) = (self.storage.clone(), self.gate.clone());
+        move || Box::pin(async move { gated(&gate, || storage.feature_rows()).await.map(Arc::new) })
+    }
+
+    /// Keeps the clients' seat counts counted, until `stop`, whether or not
+    /// a client asks: a fast count once a second, a slow one every 20 s
+    /// (crate::cache), so that no client waits for a count that became slow
+    /// while nobody asked or that aged past 30 s in a quiet spell (behind
+    /// NGINX, an answer slower than its 1 s read timeout takes the instance
+    /// out of rotation).
+    pub async fn keep_counts_warm(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(USAGE_CACHE);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            self.usage_cache.keep_warm(self.count());
+        }
     }
 
     /// Seat counts per feature, fresh from the database (admin views), with

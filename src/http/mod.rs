@@ -164,6 +164,7 @@ pub async fn serve(
     let maintenance = tokio::spawn(app.clone().maintenance(stop_rx.clone()));
     let db_watch = tokio::spawn(app.cluster().clone().watch_database(stop_rx.clone()));
     let backups = tokio::spawn(app.backups().clone().backup_schedule(stop_rx.clone()));
+    let counts = tokio::spawn(app.licenses().clone().keep_counts_warm(stop_rx.clone()));
     let addr = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let advertised = app.cluster().advertised_address(addr(&licensing));
     let heartbeat = tokio::spawn(app.clone().cluster_heartbeat(
@@ -190,6 +191,7 @@ pub async fn serve(
         let _ = heartbeat.await;
         let _ = db_watch.await;
         let _ = backups.await;
+        let _ = counts.await;
         a.and(b)
     };
     // Whatever the database does (a request or the last heartbeat waiting on

@@ -612,7 +612,18 @@ const FINDINGS: &str = r#"## Findings of earlier runs, explained
   no sooner than ten times the last one's duration (before, the `query` scenario's p99 was about 1 s on
   a loaded machine, and every grant through the instance made the next
   `info` count again). The full run of 2026-12-07 after these fixes had no
-  errors in any row through NGINX, `query` included.
+  errors in any row through NGINX, `query` included; a run on 2026-12-08
+  had 93,982 `session_unknown` in `query` again: one answer past NGINX's
+  1 s timeout, then about 5 s of clients hashed elsewhere. The instances
+  had had no `info` request for more than 30 s (the spared count's age
+  limit), so the first one after the live-lease scenario waited for a count
+  that had become slow meanwhile. Each instance now also counts when no
+  client asks (`Licenses::keep_counts_warm`: a fast count each second, a
+  slow one every 20 s), so it knows a count is slow before a client comes
+  and holds one young enough to serve at once. A first try counted slow
+  ones every ten times their duration instead: the three instances' counts
+  of 230,000 slots then cost MariaDB enough that the live-lease scenario's
+  p99 rose from 6-14 ms to 140 ms.
 - **The restructuring (issue 14) against f6f7d48** (the comparison below,
   three rounds, re-measured on 2026-12-07 after migration 0012). Earlier
   sessions at load 12-13 had `handshake` (0.84x, 0.88x) and `query`
