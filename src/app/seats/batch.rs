@@ -32,8 +32,8 @@ const SEAT_WORKERS: usize = 1;
 /// while it runs the next fills, so each statement answers more heartbeats
 /// (measured on 2026-12-08 against two: heartbeats +20% through NGINX on
 /// three instances, +7-45% on one, lower p99 in every round;
-/// docs/benchmarks.md). The reads take no locks; a read held up by the
-/// database fails at its statement timeout like any other.
+/// docs/benchmarks.md). The reads take no locks; one held up by the
+/// database gives up after [`CHECK_TIMEOUT`].
 const CHECK_WORKERS: usize = 1;
 /// How long a check read may take before its heartbeats are answered
 /// `unavailable` and the worker moves on: far above any read measured under
