@@ -34,6 +34,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::mysql_wire;
 use testkit::promise::{
     Findings, InstanceSpec, PromiseCluster, RecClient, Record, Recorder, Target,
 };
@@ -129,12 +130,7 @@ async fn pipe(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
             Ok(n) => n,
         };
         buf.extend_from_slice(&tmp[..n]);
-        while buf.len() >= 4 {
-            let len = buf[0] as usize | (buf[1] as usize) << 8 | (buf[2] as usize) << 16;
-            if buf.len() < 4 + len {
-                break;
-            }
-            let pkt: Vec<u8> = buf.drain(..4 + len).collect();
+        for pkt in mysql_wire::take_packets(&mut buf) {
             if hold {
                 // Held until the test lets this connection go on.
                 if let Ok(p) = ctl.release.acquire().await {
@@ -145,10 +141,9 @@ async fn pipe(client: TcpStream, server: TcpStream, ctl: Arc<Ctl>) {
             if sw.write_all(&pkt).await.is_err() {
                 return;
             }
-            if pkt[3] != 0 || len == 0 {
+            let Some((cmd, body)) = mysql_wire::command(&pkt) else {
                 continue;
-            }
-            let (cmd, body) = (pkt[4], &pkt[5..]);
+            };
             if cmd == 0x03 && body.eq_ignore_ascii_case(b"BEGIN") {
                 if let Some(k) = ctl.armed.lock().unwrap().take() {
                     target = Some((k, 0));

@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testkit::{def, record, test_keyring, Kind, TestStore};
+use testkit::{def, mysql_wire, record, test_keyring, Kind, TestStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -173,16 +173,9 @@ async fn cut_pipe(
             Ok(n) => n,
         };
         buf.extend_from_slice(&tmp[..n]);
-        while buf.len() >= 4 {
-            let len = buf[0] as usize | (buf[1] as usize) << 8 | (buf[2] as usize) << 16;
-            if buf.len() < 4 + len {
-                break;
-            }
-            let pkt: Vec<u8> = buf.drain(..4 + len).collect();
-            let commit = pkt[3] == 0
-                && len > 0
-                && pkt[4] == 0x03
-                && pkt[5..].eq_ignore_ascii_case(b"COMMIT")
+        for pkt in mysql_wire::take_packets(&mut buf) {
+            let commit = mysql_wire::command(&pkt)
+                .is_some_and(|(cmd, body)| cmd == 0x03 && body.eq_ignore_ascii_case(b"COMMIT"))
                 && armed.swap(false, Ordering::SeqCst);
             if commit {
                 cut.store(true, Ordering::SeqCst);

@@ -6,6 +6,7 @@
 // MariaDB servers and Galera clusters of a test's own: crates/mariadb-harness,
 // shared with crates/bench's Galera scenario.
 pub use floatlm_mariadb_harness::{galera, own_mariadb};
+pub mod mysql_wire;
 pub mod nginx;
 pub mod promise;
 pub mod raw;
